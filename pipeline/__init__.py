@@ -1,0 +1,1 @@
+"""Cached feature extraction for transfer learning on CIFAR-10 (see README.md)."""

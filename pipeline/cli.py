@@ -1,0 +1,100 @@
+"""Command line: `python -m pipeline <stage> [flags]`. Parses flags into a settings object, runs
+the stage, and turns a UserError into one line on stderr with exit code 2."""
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import sys
+import traceback
+
+from pipeline.errors import UserError
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _add_features(sub):
+    p = sub.add_parser("features", help="stage one: cache frozen-backbone embeddings in HDF5",
+                       description="Run the frozen backbone once over CIFAR-10 and store the pooled "
+                                   "embeddings, labels and provenance in cache/features/*.h5. The last "
+                                   "line printed is the file's path.")
+    p.add_argument("--data", metavar="PATH", help="cifar-10-batches-py folder, cifar-10-python.tar.gz, or "
+                   "image folders train/<class>/* and test/<class>/*; default: download via Keras")
+    p.add_argument("--backbone", default="inception_v3", metavar="inception_v3|PATH",
+                   help="InceptionV3, or a saved .keras model taking RGB 0-255 images and returning a "
+                        "feature vector (default: inception_v3)")
+    p.add_argument("--weights", metavar="imagenet|none|PATH",
+                   help="InceptionV3 weights: Keras's ImageNet download, random init (tests), or a local "
+                        "weights file (default: imagenet)")
+    p.add_argument("--size", type=_positive_int, metavar="N",
+                   help="side of the resized input, at least 75 (default: 299; a model file's own size)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="images per batch (default: 64)")
+    p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="auto: float16 on a GPU, bfloat16 on a CPU with AMX/AVX512-BF16, else float32")
+    p.add_argument("--limit", type=_positive_int, metavar="N",
+                   help="at most N train and N test images, balanced across classes (val is carved from train)")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                   help="stratified share of train held out as val (default: 0.1)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the val split and of --weights none")
+    p.add_argument("--cache-dir", default="cache", metavar="DIR", help="where outputs go (default: cache)")
+
+
+def _run_features(args):
+    from pipeline.features import FeatureSettings, run_features
+    settings = FeatureSettings(data=args.data, backbone=args.backbone, weights=args.weights, size=args.size,
+                               batch_size=args.batch_size, precision=args.precision, limit=args.limit,
+                               val_fraction=args.val_fraction, seed=args.seed, cache_dir=args.cache_dir)
+    print(run_features(settings))
+
+
+def _run_info(args):
+    from pipeline.store import describe
+    print(describe(args.file))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline",
+                                     description="Cached feature extraction for transfer learning on CIFAR-10.")
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+    _add_features(sub)
+    info = sub.add_parser("info", help="print a features file's settings, splits, shapes and completeness")
+    info.add_argument("file", metavar="FILE.h5")
+    return parser
+
+
+RUNNERS = {"features": _run_features, "info": _run_info}
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        RUNNERS[args.stage](args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            print(f"error: disk full while writing {exc.filename or 'the cache'}; free space and rerun "
+                  "to resume", file=sys.stderr)
+            return 2
+        if exc.errno in (errno.EACCES, errno.EROFS):
+            print(f"error: cannot write {exc.filename}: {exc.strerror}", file=sys.stderr)
+            return 2
+        traceback.print_exc()
+        return 1
+    except Exception:
+        traceback.print_exc()
+        print("internal error (a bug): please report the traceback above", file=sys.stderr)
+        return 1
+    return 0

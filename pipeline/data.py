@@ -1,0 +1,283 @@
+"""Images in, uint8 arrays out: load CIFAR-10 from any supported source and carve fixed splits.
+
+Accepted sources (``load_dataset``):
+- ``None``: ``keras.datasets.cifar10.load_data()`` (downloads once, then Keras's cache);
+- a ``cifar-10-batches-py`` folder (data_batch_1..5, test_batch, batches.meta);
+- a ``cifar-10-python.tar.gz`` tarball holding that folder;
+- an image-folder tree ``train/<class>/*`` and ``test/<class>/*`` (JPEG/PNG, RGB, one size);
+  the class order is the sorted folder names, which for CIFAR-10 is its label order.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+BATCH_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+FORMATS_HELP = ("--data takes a cifar-10-batches-py folder, a cifar-10-python.tar.gz, "
+                "or an image-folder tree train/<class>/*.jpg and test/<class>/*.jpg")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str                      # short label used in cache file names
+    source: str                    # where it came from, for the metadata
+    class_names: tuple[str, ...]
+    train_x: np.ndarray            # (N, H, W, 3) uint8
+    train_y: np.ndarray            # (N,) uint8
+    train_index: np.ndarray        # (N,) int64: row of each image in the full source train set
+    test_x: np.ndarray
+    test_y: np.ndarray
+    test_index: np.ndarray
+
+
+@dataclass(frozen=True)
+class Split:
+    x: np.ndarray       # (n, H, W, 3) uint8
+    y: np.ndarray       # (n,) uint8
+    index: np.ndarray   # (n,) int64, row in the source's train or test set
+
+
+def load_dataset(path: str | os.PathLike | None, limit: int | None = None) -> Dataset:
+    """Load a source; with `limit`, keep at most that many train and test images each
+    (``balanced_subset``), decoding only those from an image folder."""
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be a positive number of images, got {limit}")
+    if path is None:
+        return _load_keras(limit)
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"data path {path} does not exist; {FORMATS_HELP}")
+    if path.is_file():
+        if path.name.endswith((".tar.gz", ".tgz", ".tar")):
+            return _load_tarball(path, limit)
+        raise UserError(f"unknown data format {path.name}; {FORMATS_HELP}")
+    if (path / "data_batch_1").exists() or (path / "test_batch").exists():
+        return _load_batches_dir(path, limit)
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return _load_image_folders(path, limit)
+    raise UserError(f"{path} is not a recognised dataset folder; {FORMATS_HELP}")
+
+
+def source_identity(path: str | os.PathLike | None) -> str:
+    """A cheap fingerprint of the source files (names, sizes, modification times), computed
+    without decoding a single image, so an up-to-date cache is found at once. The content
+    fingerprint (``fingerprint``) is stored in the file as well."""
+    if path is None:
+        return "keras.datasets.cifar10"
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"data path {path} does not exist; {FORMATS_HELP}")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if f != path else f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _subset(x, y, n_classes, limit):
+    keep = balanced_subset(y, n_classes, limit)
+    return x[keep], y[keep], keep.astype(np.int64)
+
+
+# ---------------------------------------------------------------- the sources
+
+def _load_keras(limit) -> Dataset:
+    import keras
+    try:
+        (train_x, train_y), (test_x, test_y) = keras.datasets.cifar10.load_data()
+    except Exception as exc:  # URLError, HTTPError, socket errors: all mean "could not download"
+        raise UserError(f"could not download CIFAR-10 through Keras ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); offline? "
+                        f"{FORMATS_HELP}") from None
+    k = len(CIFAR10_CLASSES)
+    return Dataset("cifar10", "keras.datasets.cifar10", CIFAR10_CLASSES,
+                   *_subset(train_x, train_y.reshape(-1).astype(np.uint8), k, limit),
+                   *_subset(test_x, test_y.reshape(-1).astype(np.uint8), k, limit))
+
+
+def _unpickle_batch(raw: bytes, where: str) -> dict:
+    try:
+        batch = pickle.loads(raw, encoding="bytes")
+    except Exception:
+        raise UserError(f"{where} is not a CIFAR-10 pickle batch") from None
+    if not isinstance(batch, dict):
+        raise UserError(f"{where} is not a CIFAR-10 pickle batch (not a dict)")
+    return batch
+
+
+def _batch_arrays(batch: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
+    data, labels = batch.get(b"data"), batch.get(b"labels")
+    if data is None or labels is None:
+        raise UserError(f"{where} lacks the keys b'data' and b'labels' of a CIFAR-10 batch")
+    data = np.asarray(data)
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise UserError(f"{where}: b'data' is {data.dtype} {data.shape}, expected uint8 (N, 3072)")
+    labels = np.asarray(labels)
+    if labels.shape != (data.shape[0],) or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+        raise UserError(f"{where}: b'labels' must hold one label 0-9 per image")
+    # Stored channel-major (N, 3, 32, 32); we want (N, 32, 32, 3).
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels.astype(np.uint8)
+
+
+def _from_batches(read, where: str, name: str, limit) -> Dataset:
+    """Build a Dataset from a function that returns a batch file's bytes (or None if missing)."""
+    parts = []
+    for fname in BATCH_FILES + ["test_batch"]:
+        raw = read(fname)
+        if raw is None:
+            raise UserError(f"{where} lacks {fname}; a CIFAR-10 batches folder has "
+                            f"{', '.join(BATCH_FILES)}, test_batch and batches.meta")
+        parts.append(_batch_arrays(_unpickle_batch(raw, f"{where}/{fname}"), f"{where}/{fname}"))
+    classes = CIFAR10_CLASSES
+    meta = read("batches.meta")
+    if meta is not None:
+        names = _unpickle_batch(meta, f"{where}/batches.meta").get(b"label_names")
+        if names:
+            classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+    train_x = np.concatenate([p[0] for p in parts[:5]])
+    train_y = np.concatenate([p[1] for p in parts[:5]])
+    k = len(classes)
+    return Dataset(name, where, classes, *_subset(train_x, train_y, k, limit), *_subset(*parts[5], k, limit))
+
+
+def _load_batches_dir(path: Path, limit) -> Dataset:
+    def read(fname):
+        f = path / fname
+        return f.read_bytes() if f.exists() else None
+    return _from_batches(read, str(path), "cifar10", limit)
+
+
+def _load_tarball(path: Path, limit) -> Dataset:
+    try:
+        tar = tarfile.open(path)
+        members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"cannot read tarball {path}: {exc}") from None
+
+    def read(fname):
+        member = members.get(fname)
+        return tar.extractfile(member).read() if member is not None else None
+    with tar:
+        return _from_batches(read, str(path), "cifar10", limit)
+
+
+def _class_folders(root: Path) -> list[str]:
+    return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+
+def _read_image(path: Path) -> np.ndarray:
+    from PIL import Image
+    try:
+        with Image.open(path) as img:
+            if img.mode != "RGB":
+                raise UserError(f"{path} is a {img.mode} image; expected RGB")
+            return np.asarray(img, dtype=np.uint8)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from None
+
+
+def _read_split_folder(root: Path, classes: list[str], limit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    files, labels = [], []
+    for label, name in enumerate(classes):
+        found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not found:
+            raise UserError(f"class folder {root / name} holds no JPEG or PNG images")
+        files += found
+        labels += [label] * len(found)
+    labels = np.asarray(labels, dtype=np.uint8)
+    keep = balanced_subset(labels, len(classes), limit)
+    files = [files[i] for i in keep]
+    # PIL releases the GIL while decoding, so threads give a real speed-up here.
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        images = list(pool.map(_read_image, files, chunksize=256))
+    shape = images[0].shape
+    for f, img in zip(files, images):
+        if img.shape != shape:
+            raise UserError(f"{f} is {img.shape[1]}x{img.shape[0]}; expected {shape[1]}x{shape[0]} "
+                            f"like {files[0]} (all images must share one size)")
+    return np.stack(images), labels[keep], keep.astype(np.int64)
+
+
+def _load_image_folders(path: Path, limit) -> Dataset:
+    train_classes, test_classes = _class_folders(path / "train"), _class_folders(path / "test")
+    if train_classes != test_classes:
+        only_train = sorted(set(train_classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(train_classes))
+        raise UserError(f"class folders of {path}/train and {path}/test differ "
+                        f"(only in train: {only_train or 'none'}; only in test: {only_test or 'none'})")
+    if not train_classes:
+        raise UserError(f"{path}/train has no class folders; {FORMATS_HELP}")
+    if len(train_classes) > 256:
+        raise UserError(f"{path} has {len(train_classes)} classes; labels are stored as uint8 (at most 256)")
+    train = _read_split_folder(path / "train", train_classes, limit)
+    test = _read_split_folder(path / "test", train_classes, limit)
+    train_x, test_x = train[0], test[0]
+    if train_x.shape[1:] != test_x.shape[1:]:
+        raise UserError(f"train images are {train_x.shape[1:]} but test images are {test_x.shape[1:]}")
+    return Dataset(path.resolve().name, str(path), tuple(train_classes), *train, *test)
+
+
+# ---------------------------------------------------------------- splits
+
+def balanced_subset(labels: np.ndarray, n_classes: int, limit: int | None) -> np.ndarray:
+    """Indices of at most `limit` images, as even across classes as possible: the first ones of
+    each class in source order, so the choice is deterministic and needs no seed."""
+    if limit is None or limit >= len(labels):
+        return np.arange(len(labels))
+    per_class = [np.flatnonzero(labels == c) for c in range(n_classes)]
+    quota = [limit // n_classes + (1 if c < limit % n_classes else 0) for c in range(n_classes)]
+    return np.sort(np.concatenate([idx[:q] for idx, q in zip(per_class, quota)]))
+
+
+def make_splits(ds: Dataset, val_fraction: float, seed: int) -> dict[str, Split]:
+    """train/val/test: a seeded, stratified `val_fraction` of the train set becomes val.
+    Test is never touched. Each split's ``index`` points into the full source set."""
+    if not 0 < val_fraction < 1:
+        raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    k = len(ds.class_names)
+    rng = np.random.default_rng(seed)
+    val = []
+    for c in range(k):
+        members = np.flatnonzero(ds.train_y == c)
+        n_val = int(round(val_fraction * len(members)))
+        if len(members) >= 2:
+            n_val = min(max(n_val, 1), len(members) - 1)   # keep both sides non-empty
+        else:
+            n_val = 0
+        val.append(rng.permutation(members)[:n_val])
+    val = np.sort(np.concatenate(val))
+    train = np.setdiff1d(np.arange(len(ds.train_y)), val)
+    splits = {"train": Split(ds.train_x[train], ds.train_y[train], ds.train_index[train]),
+              "val": Split(ds.train_x[val], ds.train_y[val], ds.train_index[val]),
+              "test": Split(ds.test_x, ds.test_y, ds.test_index)}
+    for name, s in splits.items():
+        if len(s.y) == 0:
+            raise UserError(f"the {name} split is empty; raise --limit or --val-fraction")
+    return splits
+
+
+def fingerprint(splits: dict[str, Split]) -> str:
+    """sha256 of every split's pixels, labels and indices: equal iff the inputs are equal."""
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        s = splits[name]
+        h.update(name.encode())
+        for arr in (s.x, s.y, s.index):
+            h.update(str(arr.shape).encode())
+            h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()

@@ -1,0 +1,268 @@
+"""The feature store: one HDF5 file per settings, written resumably and atomically, read with checks.
+
+Layout (schema version 1), readable with plain h5py:
+    /train, /val, /test        groups, each with
+        features  (N, D) float32   one embedding per image
+        labels    (N,)   uint8     class index into the `class_names` attribute
+        index     (N,)   int64     row of the image in the source's train or test set
+    root attributes: schema_version, complete, settings_hash, settings (JSON of the hashed
+    settings), every setting on its own too, data_fingerprint, class_names, versions, created, ...
+
+Crash safety: every dataset is created at full size with its storage allocated up front, so
+writing a batch only overwrites raw bytes and never changes the file's structure; a `progress`
+dataset (rows written per split) is updated after the rows themselves. A run killed at any
+moment leaves a readable ``.partial`` file that the next run continues. The final name appears
+only through an atomic rename of a complete file.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import UserError
+
+SCHEMA_VERSION = 1
+SPLITS = ("train", "val", "test")
+CHUNK_ROWS = 128
+
+
+def settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _slug(text) -> str:
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", str(text)).strip("-.").lower() or "x"
+
+
+def features_path(cache_dir, settings: dict) -> Path:
+    """cache/features/<dataset>-<backbone>-<size>-<precision>-<hash>.h5: readable, and unique."""
+    stem = Path(settings["backbone"]).stem if settings["backbone"].endswith(".keras") else settings["backbone"]
+    name = "-".join([_slug(settings["dataset"]), _slug(stem), str(settings["input_size"]),
+                     settings["precision"], settings_hash(settings)])
+    return Path(cache_dir) / "features" / f"{name}.h5"
+
+
+def partial_path(path: Path) -> Path:
+    return path.with_name(path.name + ".partial")
+
+
+# ---------------------------------------------------------------- reading
+
+@dataclass(frozen=True)
+class FeatureSplit:
+    features: np.ndarray
+    labels: np.ndarray
+    index: np.ndarray
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    path: Path
+    attrs: dict
+    splits: dict[str, FeatureSplit]
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.attrs["class_names"])
+
+
+def _open(path: Path, mode="r"):
+    import h5py
+    if not path.is_file():
+        raise UserError(f"features file {path} does not exist; run `make features` first")
+    try:
+        return h5py.File(path, mode)
+    except OSError as exc:
+        raise UserError(f"{path} is not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+
+
+def _attrs(f) -> dict:
+    out = {}
+    for key, value in f.attrs.items():
+        if isinstance(value, bytes):
+            value = value.decode()
+        if isinstance(value, np.ndarray):
+            value = [v.decode() if isinstance(v, bytes) else v.item() for v in value]
+        elif isinstance(value, np.generic):
+            value = value.item()
+        out[key] = value
+    for key in ("settings", "versions"):
+        if isinstance(out.get(key), str):
+            out[key] = json.loads(out[key])
+    return out
+
+
+def check_structure(f, path: Path, require_complete: bool = True) -> dict:
+    """Validate schema and shapes; return the attributes. UserError names what is wrong."""
+    attrs = _attrs(f)
+    if attrs.get("schema_version") != SCHEMA_VERSION or "settings_hash" not in attrs:
+        raise UserError(f"{path} is not a features file of this pipeline (schema version "
+                        f"{attrs.get('schema_version', 'missing')}, expected {SCHEMA_VERSION})")
+    if require_complete and not attrs.get("complete"):
+        raise UserError(f"{path} is incomplete; rerun `make features` with the same settings to finish it")
+    width = attrs.get("feature_width")
+    for split in SPLITS:
+        if split not in f:
+            raise UserError(f"{path} lacks the {split} split")
+        g = f[split]
+        if not all(k in g for k in ("features", "labels", "index")):
+            raise UserError(f"{path}: split {split} lacks features, labels or index")
+        n = g["labels"].shape[0]
+        if g["features"].shape != (n, width) or g["index"].shape != (n,):
+            raise UserError(f"{path}: split {split} has features {g['features'].shape}, labels ({n},), "
+                            f"index {g['index'].shape}; expected ({n}, {width})")
+    return attrs
+
+
+def read_features(path, expect: dict | None = None, splits=SPLITS) -> FeatureSet:
+    """Load a complete features file into memory. `expect`: settings it must have been made with."""
+    path = Path(path)
+    with _open(path) as f:
+        attrs = check_structure(f, path)
+        for key, wanted in (expect or {}).items():
+            if attrs.get(key) != wanted:
+                raise UserError(f"{path} was made with {key}={attrs.get(key)!r}, not {wanted!r}; "
+                                f"run `make features` with the settings you want")
+        data = {s: FeatureSplit(f[s]["features"][...], f[s]["labels"][...], f[s]["index"][...])
+                for s in splits}
+    return FeatureSet(path, attrs, data)
+
+
+def describe(path) -> str:
+    """Human-readable summary for `python -m pipeline info`."""
+    path = Path(path)
+    with _open(path) as f:
+        attrs = check_structure(f, path, require_complete=False)
+        progress = f["progress"][...] if "progress" in f else None
+        lines = [f"file:          {path}",
+                 f"complete:      {'yes' if attrs.get('complete') else 'no'}"]
+        for key in ("schema_version", "settings_hash", "dataset", "source", "backbone", "weights",
+                    "input_size", "feature_width", "preprocessing", "precision", "device", "limit",
+                    "val_fraction", "seed", "batch_size", "data_fingerprint", "created",
+                    "elapsed_seconds", "images_per_second"):
+            if key in attrs:
+                lines.append(f"{key + ':':<15}{attrs[key]}")
+        lines.append(f"{'class_names:':<15}{', '.join(attrs.get('class_names', []))}")
+        lines.append(f"{'versions:':<15}" + ", ".join(f"{k} {v}" for k, v in attrs.get("versions", {}).items()))
+        for i, split in enumerate(SPLITS):
+            g = f[split]
+            done = f" ({int(progress[i])} rows written)" if progress is not None else ""
+            counts = np.bincount(g["labels"][...], minlength=len(attrs.get("class_names", [])))
+            lines.append(f"{split:<6} features {g['features'].shape} {g['features'].dtype}, "
+                         f"labels {g['labels'].shape}, per class {counts.tolist()}{done}")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- writing
+
+class CacheLock:
+    """Exclusive, non-blocking lock next to a cache file: a second run on the same settings is
+    refused with a clear message instead of writing the same file at once. The OS drops the
+    lock when its process dies, so a killed run never leaves a stale lock."""
+
+    def __init__(self, path: Path):
+        self.path = path.with_name(path.name + ".lock")
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise UserError(f"another run is writing {self.path.name[:-5]} right now; "
+                            "wait for it to finish (the result will then be up to date)") from None
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
+def _preallocated(group, name, shape, dtype, fill=0):
+    """A chunked dataset whose storage is allocated now, so later writes change no metadata."""
+    import h5py
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    chunks = (max(1, min(shape[0], CHUNK_ROWS)),) + tuple(shape[1:])
+    return group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=fill, dcpl=dcpl)
+
+
+class FeatureWriter:
+    """Writes (or resumes) ``<final>.partial``; ``finish`` marks it complete and renames it."""
+
+    def __init__(self, final: Path, attrs: dict, labels: dict, index: dict, width: int, log=print):
+        import h5py
+        self.final, self.partial = final, partial_path(final)
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.file = None
+        if self.partial.exists():
+            try:
+                self.file = h5py.File(self.partial, "r+")
+                found = check_structure(self.file, self.partial, require_complete=False)
+                if (found["settings_hash"] != attrs["settings_hash"]
+                        or found.get("data_fingerprint") != attrs["data_fingerprint"]
+                        or "progress" not in self.file):
+                    raise UserError("made from other settings or images")
+                log(f"resuming {self.partial.name}: {self.file['progress'][...].sum()} rows already written")
+            except (UserError, OSError, KeyError) as exc:
+                if self.file is not None:
+                    self.file.close()
+                self.file = None
+                log(f"discarding unusable partial file {self.partial.name} ({exc})")
+                self.partial.unlink()
+        if self.file is None:
+            self.file = self._create(attrs, labels, index, width)
+
+    def _create(self, attrs, labels, index, width):
+        import h5py
+        f = h5py.File(self.partial, "w")
+        for key, value in attrs.items():
+            f.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
+        f.attrs["complete"] = False
+        for split in SPLITS:
+            g = f.create_group(split)
+            _preallocated(g, "features", (len(labels[split]), width), "float32", fill=np.nan)
+            g.create_dataset("labels", data=np.asarray(labels[split], np.uint8))
+            g.create_dataset("index", data=np.asarray(index[split], np.int64))
+        f.create_dataset("progress", data=np.zeros(len(SPLITS), np.int64))
+        f.flush()
+        return f
+
+    def rows_done(self, split: str) -> int:
+        return int(self.file["progress"][SPLITS.index(split)])
+
+    def write(self, split: str, start: int, features: np.ndarray):
+        self.file[split]["features"][start:start + len(features)] = features
+        self.file.flush()                      # rows reach the OS before progress says so
+        self.file["progress"][SPLITS.index(split)] = start + len(features)
+        self.file.flush()
+
+    def finish(self, extra_attrs: dict) -> Path:
+        for split in SPLITS:
+            if self.rows_done(split) != len(self.file[split]["labels"]):
+                raise RuntimeError(f"finish() before {split} was fully written")
+        for key, value in extra_attrs.items():
+            self.file.attrs[key] = value
+        self.file.attrs["complete"] = True
+        del self.file["progress"]
+        self.file.close()
+        with open(self.partial, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(self.partial, self.final)
+        return self.final
+
+    def close(self):
+        if self.file is not None and self.file.id.valid:
+            self.file.close()
