@@ -106,7 +106,7 @@ def run_features(s: FeatureSettings, log=print) -> Path:
                  "device": device, "batch_size": s.batch_size, "versions": versions(),
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         writer = store.FeatureWriter(final, attrs, {k: v.y for k, v in splits.items()},
-                                     {k: v.index for k, v in splits.items()}, backbone.width, log=log)
+                                     {k: v.index for k, v in splits.items()}, (backbone.width,), log=log)
         try:
             started, computed = time.perf_counter(), 0
             for name in store.SPLITS:

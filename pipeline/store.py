@@ -89,7 +89,8 @@ def _attrs(f) -> dict:
         if isinstance(value, bytes):
             value = value.decode()
         if isinstance(value, np.ndarray):
-            value = [v.decode() if isinstance(v, bytes) else v.item() for v in value]
+            value = [v.decode() if isinstance(v, bytes) else v.item() if isinstance(v, np.generic) else v
+                     for v in value]
         elif isinstance(value, np.generic):
             value = value.item()
         out[key] = value
@@ -107,7 +108,7 @@ def check_structure(f, path: Path, require_complete: bool = True) -> dict:
                         f"{attrs.get('schema_version', 'missing')}, expected {SCHEMA_VERSION})")
     if require_complete and not attrs.get("complete"):
         raise UserError(f"{path} is incomplete; rerun `make features` with the same settings to finish it")
-    width = attrs.get("feature_width")
+    row_shape = tuple(attrs.get("row_shape", [attrs.get("feature_width")]))
     for split in SPLITS:
         if split not in f:
             raise UserError(f"{path} lacks the {split} split")
@@ -115,9 +116,9 @@ def check_structure(f, path: Path, require_complete: bool = True) -> dict:
         if not all(k in g for k in ("features", "labels", "index")):
             raise UserError(f"{path}: split {split} lacks features, labels or index")
         n = g["labels"].shape[0]
-        if g["features"].shape != (n, width) or g["index"].shape != (n,):
+        if g["features"].shape != (n, *row_shape) or g["index"].shape != (n,):
             raise UserError(f"{path}: split {split} has features {g['features'].shape}, labels ({n},), "
-                            f"index {g['index'].shape}; expected ({n}, {width})")
+                            f"index {g['index'].shape}; expected {(n, *row_shape)}")
     return attrs
 
 
@@ -141,16 +142,16 @@ def describe(path) -> str:
     with _open(path) as f:
         attrs = check_structure(f, path, require_complete=False)
         progress = f["progress"][...] if "progress" in f else None
-        lines = [f"file:          {path}",
-                 f"complete:      {'yes' if attrs.get('complete') else 'no'}"]
+        lines = [f"{"file:":<19}{path}",
+                 f"{"complete:":<19}{'yes' if attrs.get('complete') else 'no'}"]
         for key in ("schema_version", "settings_hash", "dataset", "source", "backbone", "weights",
                     "input_size", "feature_width", "preprocessing", "precision", "device", "limit",
-                    "val_fraction", "seed", "batch_size", "data_fingerprint", "created",
+                    "val_fraction", "split_seed", "batch_size", "data_fingerprint", "created",
                     "elapsed_seconds", "images_per_second"):
             if key in attrs:
-                lines.append(f"{key + ':':<15}{attrs[key]}")
-        lines.append(f"{'class_names:':<15}{', '.join(attrs.get('class_names', []))}")
-        lines.append(f"{'versions:':<15}" + ", ".join(f"{k} {v}" for k, v in attrs.get("versions", {}).items()))
+                lines.append(f"{key + ':':<19}{attrs[key]}")
+        lines.append(f"{"class_names:":<19}{', '.join(attrs.get('class_names', []))}")
+        lines.append(f"{"versions:":<19}" + ", ".join(f"{k} {v}" for k, v in attrs.get("versions", {}).items()))
         for i, split in enumerate(SPLITS):
             g = f[split]
             done = f" ({int(progress[i])} rows written)" if progress is not None else ""
@@ -200,9 +201,12 @@ def _preallocated(group, name, shape, dtype, fill=0):
 
 
 class FeatureWriter:
-    """Writes (or resumes) ``<final>.partial``; ``finish`` marks it complete and renames it."""
+    """Writes (or resumes) ``<final>.partial``; ``finish`` marks it complete and renames it.
+    Rows are (D,) float32 embeddings by default; `row_shape`/`dtype` allow other per-image arrays
+    (stage three caches float16 activation maps the same way)."""
 
-    def __init__(self, final: Path, attrs: dict, labels: dict, index: dict, width: int, log=print):
+    def __init__(self, final: Path, attrs: dict, labels: dict, index: dict, row_shape: tuple,
+                 dtype="float32", log=print):
         import h5py
         self.final, self.partial = final, partial_path(final)
         self.final.parent.mkdir(parents=True, exist_ok=True)
@@ -223,9 +227,9 @@ class FeatureWriter:
                 log(f"discarding unusable partial file {self.partial.name} ({exc})")
                 self.partial.unlink()
         if self.file is None:
-            self.file = self._create(attrs, labels, index, width)
+            self.file = self._create({**attrs, "row_shape": list(row_shape)}, labels, index, row_shape, dtype)
 
-    def _create(self, attrs, labels, index, width):
+    def _create(self, attrs, labels, index, row_shape, dtype):
         import h5py
         f = h5py.File(self.partial, "w")
         for key, value in attrs.items():
@@ -233,7 +237,7 @@ class FeatureWriter:
         f.attrs["complete"] = False
         for split in SPLITS:
             g = f.create_group(split)
-            _preallocated(g, "features", (len(labels[split]), width), "float32", fill=np.nan)
+            _preallocated(g, "features", (len(labels[split]), *row_shape), dtype, fill=np.nan)
             g.create_dataset("labels", data=np.asarray(labels[split], np.uint8))
             g.create_dataset("index", data=np.asarray(index[split], np.int64))
         f.create_dataset("progress", data=np.zeros(len(SPLITS), np.int64))
