@@ -142,16 +142,16 @@ def describe(path) -> str:
     with _open(path) as f:
         attrs = check_structure(f, path, require_complete=False)
         progress = f["progress"][...] if "progress" in f else None
-        lines = [f"{"file:":<19}{path}",
-                 f"{"complete:":<19}{'yes' if attrs.get('complete') else 'no'}"]
+        lines = [f"{'file:':<19}{path}",
+                 f"{'complete:':<19}{'yes' if attrs.get('complete') else 'no'}"]
         for key in ("schema_version", "settings_hash", "dataset", "source", "backbone", "weights",
                     "input_size", "feature_width", "preprocessing", "precision", "device", "limit",
                     "val_fraction", "split_seed", "batch_size", "data_fingerprint", "created",
                     "elapsed_seconds", "images_per_second"):
             if key in attrs:
                 lines.append(f"{key + ':':<19}{attrs[key]}")
-        lines.append(f"{"class_names:":<19}{', '.join(attrs.get('class_names', []))}")
-        lines.append(f"{"versions:":<19}" + ", ".join(f"{k} {v}" for k, v in attrs.get("versions", {}).items()))
+        lines.append(f"{'class_names:':<19}{', '.join(attrs.get('class_names', []))}")
+        lines.append(f"{'versions:':<19}" + ", ".join(f"{k} {v}" for k, v in attrs.get("versions", {}).items()))
         for i, split in enumerate(SPLITS):
             g = f[split]
             done = f" ({int(progress[i])} rows written)" if progress is not None else ""
