@@ -20,7 +20,15 @@ FEATURE_FLAGS = $(call opt,--data,$(DATA)) $(call opt,--backbone,$(BACKBONE)) $(
 	$(call opt,--size,$(SIZE)) $(call opt,--limit,$(LIMIT)) $(call opt,--batch-size,$(BATCH)) \
 	$(call opt,--precision,$(PRECISION)) --cache-dir $(CACHE)
 
-.PHONY: venv features info test bench clean-venv
+# Later stages: FEATURES=cache/features/X.h5 (default: newest matching file), HEAD=dense|logreg,
+# GRID="hidden=256,512 dropout=0.2,0.5", HEADFILE=cache/heads/RUN/model.keras, ARGS="any other flags".
+FEATURES ?=
+HEAD     ?=
+GRID     ?=
+HEADFILE ?=
+ARGS     ?=
+
+.PHONY: venv features info head sweep finetune test bench clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,11 +44,20 @@ features: $(STAMP)
 info: $(STAMP)
 	$(PY) -m pipeline info $(FILE)
 
+head: $(STAMP)
+	$(PY) -m pipeline head $(call opt,--features,$(FEATURES)) $(call opt,--head,$(HEAD)) --cache-dir $(CACHE) $(ARGS)
+
+sweep: $(STAMP)
+	$(PY) -m pipeline sweep $(call opt,--features,$(FEATURES)) $(call opt,--grid,$(GRID)) --cache-dir $(CACHE) $(ARGS)
+
+finetune: $(STAMP)
+	$(PY) -m pipeline finetune $(call opt,--features,$(FEATURES)) $(call opt,--head,$(HEADFILE)) --cache-dir $(CACHE) $(ARGS)
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
-	$(PY) benchmarks/bench_features.py
+	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
 clean-venv:
 	rm -rf $(VENV)

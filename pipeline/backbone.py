@@ -181,8 +181,7 @@ def _folded_weights(conv, bn) -> list[np.ndarray]:
     """conv(x) then BN in inference mode == conv'(x) with kernel*s and bias (b - mean)*s + beta,
     where s = gamma / sqrt(var + eps)."""
     import keras
-    kernel = np.asarray(conv.kernel if not isinstance(conv, keras.layers.DepthwiseConv2D)
-                        else conv.depthwise_kernel, dtype=np.float64)
+    kernel = np.asarray(conv.kernel, dtype=np.float64)
     bias = np.asarray(conv.bias, np.float64) if conv.use_bias else 0.0
     mean, var = np.asarray(bn.moving_mean, np.float64), np.asarray(bn.moving_variance, np.float64)
     gamma = np.asarray(bn.gamma, np.float64) if bn.scale else 1.0

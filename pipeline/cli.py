@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
-import os
+import importlib
 import sys
 import traceback
 
@@ -60,23 +60,43 @@ def _run_info(args):
     print(describe(args.file))
 
 
+# Later stages live in their own modules, each with `add_arguments(parser)` and `run(args)`.
+# Those modules import nothing heavy at the top, so `--help` stays quick.
+STAGE_MODULES = [
+    ("head", "pipeline.heads", "stage two: train a dense head or a logistic-regression baseline on cached features"),
+    ("sweep", "pipeline.sweep", "stage two: a grid of head settings in parallel, with a leaderboard"),
+    ("finetune", "pipeline.finetune", "stage three: fine-tune the upper backbone blocks from the stage-two head"),
+    ("predict", "pipeline.predict", "top-3 classes of image files with a saved model"),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline",
                                      description="Cached feature extraction for transfer learning on CIFAR-10.")
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
     _add_features(sub)
+    sub.choices["features"].set_defaults(run=_run_features)
     info = sub.add_parser("info", help="print a features file's settings, splits, shapes and completeness")
     info.add_argument("file", metavar="FILE.h5")
+    info.set_defaults(run=_run_info)
+    for name, module_name, help_text in STAGE_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue   # stage not built yet
+        p = sub.add_parser(name, help=help_text, description=module.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        module.add_arguments(p)
+        p.set_defaults(run=module.run)
     return parser
-
-
-RUNNERS = {"features": _run_features, "info": _run_info}
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        RUNNERS[args.stage](args)
+        args.run(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
