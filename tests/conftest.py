@@ -45,3 +45,49 @@ def tiny_inception_features(tmp_path_factory) -> Path:
     cache = tmp_path_factory.mktemp("tiny-cache")
     return run_features(FeatureSettings(data=str(CIFAR_JPG), weights="none", size=75, limit=40,
                                         precision="float32", cache_dir=str(cache)), log=lambda *a: None)
+
+
+# ---------------------------------------------------------------- synthetic datasets in each format
+
+def synthetic_cifar(n_train=50, n_test=20, seed=0):
+    """Random 32x32 RGB images with labels cycling 0..9 (every class present in every batch)."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    train_x = rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8)
+    test_x = rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8)
+    return train_x, np.arange(n_train) % 10, test_x, np.arange(n_test) % 10
+
+
+def write_batches(folder: Path, train_x, train_y, test_x, test_y) -> Path:
+    """The cifar-10-batches-py layout: pickled dicts, b"data" uint8 (N, 3072) channel-major."""
+    import pickle
+    import numpy as np
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def dump(name, x, y):
+        rows = x.transpose(0, 3, 1, 2).reshape(len(x), 3072)
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rows, b"labels": [int(v) for v in y], b"batch_label": name.encode()}, f)
+    for i, part in enumerate(np.array_split(np.arange(len(train_x)), 5)):
+        dump(f"data_batch_{i + 1}", train_x[part], train_y[part])
+    dump("test_batch", test_x, test_y)
+    with open(folder / "batches.meta", "wb") as f:
+        from pipeline.data import CIFAR10_CLASSES
+        pickle.dump({b"label_names": [c.encode() for c in CIFAR10_CLASSES]}, f)
+    return folder
+
+
+def write_image_tree(root: Path, train_x, train_y, test_x, test_y, classes) -> Path:
+    """train/<class>/NNNN.png and test/<class>/NNNN.png (PNG: lossless, so pixels round-trip)."""
+    from PIL import Image
+    for split, xs, ys in (("train", train_x, train_y), ("test", test_x, test_y)):
+        for i, (x, y) in enumerate(zip(xs, ys)):
+            d = root / split / classes[y]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(x).save(d / f"{i:04d}.png")
+    return root
+
+
+@pytest.fixture
+def batches_dir(tmp_path) -> Path:
+    return write_batches(tmp_path / "cifar-10-batches-py", *synthetic_cifar())

@@ -1,0 +1,148 @@
+"""Data loading: every accepted format gives the same arrays; splits are balanced, seeded, disjoint."""
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import CIFAR_JPG, require_real_images, synthetic_cifar, write_batches, write_image_tree
+from pipeline import data
+from pipeline.errors import UserError
+
+
+def test_batches_folder_is_decoded_channel_major(batches_dir):
+    train_x, train_y, test_x, test_y = synthetic_cifar()
+    ds = data.load_dataset(batches_dir)
+    np.testing.assert_array_equal(ds.train_x, train_x)
+    np.testing.assert_array_equal(ds.train_y, train_y)
+    np.testing.assert_array_equal(ds.test_x, test_x)
+    np.testing.assert_array_equal(ds.test_index, np.arange(len(test_x)))
+    assert ds.class_names == data.CIFAR10_CLASSES
+
+
+def test_tarball_equals_folder(batches_dir, tmp_path):
+    tar_path = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(tar_path, "w:gz") as tar:
+        tar.add(batches_dir, arcname="cifar-10-batches-py")
+    a, b = data.load_dataset(batches_dir), data.load_dataset(tar_path)
+    np.testing.assert_array_equal(a.train_x, b.train_x)
+    np.testing.assert_array_equal(a.test_y, b.test_y)
+
+
+def test_image_tree_equals_arrays_and_sorts_classes(tmp_path):
+    train_x, train_y, test_x, test_y = synthetic_cifar(30, 10)
+    classes = [f"c{i}" for i in range(10)]
+    ds = data.load_dataset(write_image_tree(tmp_path / "tree", train_x, train_y, test_x, test_y, classes))
+    assert ds.class_names == tuple(classes)
+    order = np.argsort(train_y, kind="stable")          # files are read class by class
+    np.testing.assert_array_equal(ds.train_x, train_x[order])
+    np.testing.assert_array_equal(ds.train_y, train_y[order])
+
+
+def test_limit_is_balanced_and_deterministic():
+    labels = np.repeat(np.arange(10), 7)[np.random.default_rng(1).permutation(70)]
+    keep = data.balanced_subset(labels, 10, 23)
+    counts = np.bincount(labels[keep], minlength=10)
+    assert len(keep) == 23 and counts.max() - counts.min() <= 1
+    np.testing.assert_array_equal(keep, data.balanced_subset(labels, 10, 23))
+    # the first members of each class in source order
+    for c in range(10):
+        members = np.flatnonzero(labels == c)
+        assert set(keep[labels[keep] == c]) == set(members[:counts[c]])
+
+
+def test_splits_are_stratified_seeded_and_disjoint(batches_dir):
+    ds = data.load_dataset(batches_dir)
+    a = data.make_splits(ds, 0.2, seed=0)
+    b = data.make_splits(ds, 0.2, seed=0)
+    c = data.make_splits(ds, 0.2, seed=1)
+    np.testing.assert_array_equal(a["val"].index, b["val"].index)
+    assert not np.array_equal(a["val"].index, c["val"].index)
+    assert set(a["val"].index).isdisjoint(a["train"].index)
+    assert len(a["val"].index) + len(a["train"].index) == len(ds.train_y)
+    assert np.bincount(a["val"].y, minlength=10).tolist() == [1] * 10      # 20% of 5 per class
+    np.testing.assert_array_equal(a["test"].index, np.arange(len(ds.test_y)))
+    np.testing.assert_array_equal(a["train"].x, ds.train_x[a["train"].index])
+    assert data.fingerprint(a) == data.fingerprint(b) != data.fingerprint(c)
+
+
+def test_limit_on_real_images_keeps_source_indices():
+    require_real_images()
+    ds = data.load_dataset(CIFAR_JPG, limit=30)
+    assert ds.train_x.shape == (30, 32, 32, 3) and ds.test_x.shape == (30, 32, 32, 3)
+    assert np.bincount(ds.train_y).tolist() == [3] * 10
+    # image-folder order is class by class, 5,000 train images per class
+    assert ds.train_index[ds.train_y == 1].tolist() == [5000, 5001, 5002]
+
+
+def test_offline_keras_download_names_the_local_formats(monkeypatch):
+    import keras
+
+    def offline():
+        raise Exception("URL fetch failure on https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
+    with pytest.raises(UserError, match="could not download CIFAR-10.*cifar-10-batches-py"):
+        data.load_dataset(None)
+
+
+def _gray_tree(root):
+    train_x, train_y, test_x, test_y = synthetic_cifar(10, 10)
+    write_image_tree(root, train_x, train_y, test_x, test_y, [f"c{i}" for i in range(10)])
+    Image.fromarray(train_x[0, :, :, 0]).save(root / "train" / "c0" / "0000.png")
+    return root
+
+
+def _odd_size_tree(root):
+    train_x, train_y, test_x, test_y = synthetic_cifar(10, 10)
+    write_image_tree(root, train_x, train_y, test_x, test_y, [f"c{i}" for i in range(10)])
+    Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(root / "test" / "c3" / "0003.png")
+    return root
+
+
+def _mismatched_tree(root):
+    train_x, train_y, test_x, test_y = synthetic_cifar(10, 10)
+    write_image_tree(root, train_x, train_y, test_x, test_y, [f"c{i}" for i in range(10)])
+    (root / "test" / "c9").rename(root / "test" / "other")
+    return root
+
+
+def _corrupt_image_tree(root):
+    train_x, train_y, test_x, test_y = synthetic_cifar(10, 10)
+    write_image_tree(root, train_x, train_y, test_x, test_y, [f"c{i}" for i in range(10)])
+    (root / "train" / "c2" / "0002.png").write_bytes(b"not an image")
+    return root
+
+
+def _batches_missing_one(root):
+    write_batches(root, *synthetic_cifar())
+    (root / "data_batch_3").unlink()
+    return root
+
+
+def _batches_wrong_shape(root):
+    import pickle
+    write_batches(root, *synthetic_cifar())
+    with open(root / "test_batch", "wb") as f:
+        pickle.dump({b"data": np.zeros((4, 1024), np.uint8), b"labels": [0, 1, 2, 3]}, f)
+    return root
+
+
+def _unknown_file(root):
+    root.mkdir()
+    (root / "data.zip").write_bytes(b"PK")
+    return root / "data.zip"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: root / "nowhere", "does not exist"),
+    (_unknown_file, "unknown data format"),
+    (_gray_tree, "is a L image; expected RGB"),
+    (_odd_size_tree, "is 20x16; expected 32x32"),
+    (_mismatched_tree, r"class folders .* differ \(only in train: \['c9'\]; only in test: \['other'\]\)"),
+    (_corrupt_image_tree, "cannot read image"),
+    (_batches_missing_one, "lacks data_batch_3"),
+    (_batches_wrong_shape, r"expected uint8 \(N, 3072\)"),
+])
+def test_bad_data_gives_one_clear_error(tmp_path, make, message):
+    with pytest.raises(UserError, match=message):
+        data.load_dataset(make(tmp_path / "data"))
