@@ -1,0 +1,194 @@
+"""Stage one end to end: the CLI, the HDF5 schema, caching, resume after a kill, and bad input."""
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import CIFAR_JPG, ROOT, synthetic_cifar, write_batches
+from pipeline import store
+from pipeline.cli import main
+
+FAST = ["--weights", "none", "--size", "75"]
+
+
+def features(capsys, data, cache, *extra):
+    """Run `python -m pipeline features` in-process; return (exit code, stdout lines, stderr)."""
+    code = main(["features", "--data", str(data), "--cache-dir", str(cache), *FAST, *extra])
+    out, err = capsys.readouterr()
+    return code, out.strip().splitlines(), err
+
+
+def test_writes_the_documented_schema(capsys, batches_dir, tmp_path):
+    code, out, _ = features(capsys, batches_dir, tmp_path / "cache", "--val-fraction", "0.2")
+    assert code == 0
+    path = Path(out[-1])
+    assert path.parent == tmp_path / "cache" / "features" and path.suffix == ".h5"
+    assert "-inception_v3-75-" in path.name
+    with h5py.File(path) as f:
+        assert f.attrs["complete"] and f.attrs["schema_version"] == 1
+        for key in ("backbone", "weights", "input_size", "preprocessing", "precision", "data_fingerprint",
+                    "versions", "created", "settings_hash", "class_names", "feature_width"):
+            assert key in f.attrs, key
+        assert f.attrs["settings_hash"] in path.name
+        sizes = {}
+        for split in ("train", "val", "test"):
+            g = f[split]
+            assert g["features"].dtype == np.float32 and g["labels"].dtype == np.uint8
+            assert g["features"].shape == (len(g["labels"]), 2048) == (len(g["index"]), 2048)
+            assert np.isfinite(g["features"][...]).all()
+            sizes[split] = len(g["labels"])
+        assert "progress" not in f
+    assert sizes == {"train": 40, "val": 10, "test": 20}
+    assert not list(path.parent.glob("*.partial")) and not list(path.parent.glob("*.lock"))
+    assert main(["info", str(path)]) == 0
+    assert "complete:          yes" in capsys.readouterr().out
+
+
+def test_rerun_is_up_to_date_and_changed_settings_give_a_new_file(capsys, batches_dir, tmp_path):
+    cache = tmp_path / "cache"
+    _, out, _ = features(capsys, batches_dir, cache)
+    first = Path(out[-1])
+    stamp = first.stat().st_mtime_ns
+    started = time.perf_counter()
+    _, out, _ = features(capsys, batches_dir, cache)
+    assert out[0].startswith("up to date") and Path(out[-1]) == first and first.stat().st_mtime_ns == stamp
+    assert time.perf_counter() - started < 5          # no images decoded, no backbone built
+    _, out, _ = features(capsys, batches_dir, cache, "--precision", "float32")
+    _, out2, _ = features(capsys, batches_dir, cache, "--size", "80")
+    assert len({first, Path(out[-1]), Path(out2[-1])}) == 3
+
+
+def test_stored_features_equal_the_plain_keras_model_on_real_images(tiny_inception_features):
+    from pipeline.backbone import build_backbone
+    from pipeline.data import load_dataset
+    fs = store.read_features(tiny_inception_features)
+    assert fs.attrs["precision"] == "float32" and fs.attrs["weights"] == "none (random init, seed 0)"
+    images = load_dataset(CIFAR_JPG, limit=40).test_x
+    np.testing.assert_array_equal(fs.splits["test"].index, np.repeat(np.arange(10) * 1000, 4) + np.tile(np.arange(4), 10))
+    reference = build_backbone("inception_v3", "none", 75, seed=0).model.predict(images, verbose=0)
+    got = fs.splits["test"].features
+    assert np.abs(got - reference).max() <= 1e-4 * np.abs(reference).max()
+
+
+def _cli(*args, **kwargs):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def _progress(partial: Path) -> int:
+    try:
+        with h5py.File(partial, "r", locking=False) as f:
+            return int(f["progress"][...].sum())
+    except (OSError, KeyError):
+        return 0
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_an_identical_file(tmp_path):
+    data = write_batches(tmp_path / "batches", *synthetic_cifar(1000, 200))
+    args = ["features", "--data", str(data), *FAST, "--batch-size", "16"]
+    reference = _cli(*args, "--cache-dir", str(tmp_path / "ref"))
+    out, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err
+    ref_path = Path(out.splitlines()[-1])
+
+    cache = tmp_path / "run"
+    final = cache / "features" / ref_path.name
+    partial = store.partial_path(final)
+    victim = _cli(*args, "--cache-dir", str(cache))
+    deadline = time.time() + 240
+    while _progress(partial) < 64 and time.time() < deadline and victim.poll() is None:
+        time.sleep(0.1)
+    victim.send_signal(signal.SIGKILL)
+    victim.communicate()
+    written = _progress(partial)
+    assert 64 <= written < 1200, "the run must be killed mid-way"
+    assert not final.exists()
+
+    resumed = _cli(*args, "--cache-dir", str(cache))
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert f"resuming {partial.name}" in out and Path(out.splitlines()[-1]) == final
+    with h5py.File(ref_path) as a, h5py.File(final) as b:
+        for split in ("train", "val", "test"):
+            for name in ("features", "labels", "index"):
+                np.testing.assert_array_equal(a[split][name][...], b[split][name][...])
+        volatile = {"created", "elapsed_seconds", "images_per_second"}
+        assert {k: str(v) for k, v in a.attrs.items() if k not in volatile} == \
+               {k: str(v) for k, v in b.attrs.items() if k not in volatile}
+
+
+def test_second_concurrent_run_is_refused(capsys, batches_dir, tmp_path):
+    cache = tmp_path / "cache"
+    _, out, _ = features(capsys, batches_dir, cache)
+    final = Path(out[-1])
+    final.unlink()
+    with store.CacheLock(final):
+        code, _, err = features(capsys, batches_dir, cache)
+    assert code == 2 and "another run is writing" in err
+    assert not final.exists()
+
+
+def test_disk_full_leaves_no_final_file_and_resumes(capsys, batches_dir, tmp_path, monkeypatch):
+    real_write = store.FeatureWriter.write
+    calls = []
+
+    def fill_up(self, split, start, rows):
+        calls.append(split)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.partial))
+        return real_write(self, split, start, rows)
+    monkeypatch.setattr(store.FeatureWriter, "write", fill_up)
+    code, out, err = features(capsys, batches_dir, tmp_path / "cache", "--batch-size", "16")
+    assert code == 2 and err.strip().startswith("error: disk full") and len(err.strip().splitlines()) == 1
+    folder = tmp_path / "cache" / "features"
+    assert not list(folder.glob("*.h5")) and len(list(folder.glob("*.partial"))) == 1
+    monkeypatch.setattr(store.FeatureWriter, "write", real_write)
+    code, out, _ = features(capsys, batches_dir, tmp_path / "cache", "--batch-size", "16")
+    assert code == 0 and any(line.startswith("resuming") for line in out)
+
+
+@pytest.mark.parametrize("garbage, message", [
+    (lambda p: p.write_bytes(b"definitely not hdf5"), "is not a readable HDF5 file"),
+    (lambda p: h5py.File(p, "w").close(), "is not a features file of this pipeline"),
+])
+def test_foreign_file_under_the_cache_name_is_refused_and_kept(capsys, batches_dir, tmp_path, garbage, message):
+    cache = tmp_path / "cache"
+    _, out, _ = features(capsys, batches_dir, cache)
+    final = Path(out[-1])
+    final.unlink()
+    garbage(final)
+    before = final.read_bytes()
+    code, _, err = features(capsys, batches_dir, cache)
+    assert code == 2 and message in err and final.read_bytes() == before
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data", "/no/such/folder"], "does not exist"),
+    (["--size", "60"], "at least 75"),
+    (["--weights", "/no/such/weights.h5"], "not a file"),
+    (["--val-fraction", "1.5"], "between 0 and 1"),
+])
+def test_bad_flags_give_one_error_line_and_exit_2(capsys, batches_dir, tmp_path, extra, message):
+    code = main(["features", "--data", str(batches_dir), "--cache-dir", str(tmp_path), *FAST, *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.rglob("*.h5"))
+
+
+def test_unreadable_weights_file_exits_2_without_traceback(tmp_path):
+    junk = tmp_path / "junk.weights.h5"
+    junk.write_bytes(b"garbage")
+    proc = _cli("features", "--data", str(tmp_path), "--weights", str(junk), "--size", "75",
+                "--cache-dir", str(tmp_path / "cache"))
+    write_batches(tmp_path, *synthetic_cifar())
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in err and "cannot load InceptionV3 weights" in err
