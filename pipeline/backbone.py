@@ -152,14 +152,15 @@ def _saved_model(path: Path, size: int | None, image_shape) -> Backbone:
 
 # ---------------------------------------------------------------- fast inference
 
-def _identity_layer(name):
-    """Stands in for a folded BatchNormalization (accepts the same call arguments)."""
+def _identity_layer(name, dtype):
+    """Stands in for a folded BatchNormalization (accepts the same call arguments). It must share
+    the network's dtype policy: a float32 one would cast every activation up and back down."""
     import keras
 
     class Folded(keras.layers.Layer):
         def call(self, x, training=None, mask=None):
             return x
-    return Folded(name=name)
+    return Folded(name=name, dtype=dtype)
 
 
 def _foldable_pairs(model) -> dict:
@@ -203,7 +204,7 @@ def fold_batchnorm(model, precision: str = "float32"):
 
     def clone(layer):
         if layer.name in folded_bns:
-            return _identity_layer(layer.name)
+            return _identity_layer(layer.name, _POLICY[precision])
         config = layer.get_config()
         config["dtype"] = _POLICY[precision]
         if layer.name in pairs:

@@ -72,6 +72,14 @@ def test_bfloat16_stays_close_to_float32(inception):
     assert not np.array_equal(f32, b16)          # it really ran in lower precision
 
 
+def test_every_folded_layer_computes_in_the_chosen_precision(inception):
+    """One float32 layer in a bfloat16 network casts activations up and down and halves the speed."""
+    import keras
+    folded = bb.fold_batchnorm(inception.model.get_layer("inception_v3"), "bfloat16")
+    dtypes = {l.compute_dtype for l in folded.layers if not isinstance(l, keras.layers.InputLayer)}
+    assert dtypes == {"bfloat16"}
+
+
 def test_folding_handles_depthwise_convolutions_and_biases():
     import keras
     inputs = keras.Input((12, 12, 3))

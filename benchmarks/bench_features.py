@@ -1,0 +1,120 @@
+"""Stage-one speed: our extractor against the plain approach, in one run on the same machine.
+
+plain: the tutorial's way, a Keras model with a resize layer in front of InceptionV3, float32,
+       `model.predict` (batch 32).
+ours:  `fast_extractor`: BatchNorm folded into the convolutions, precision "auto" (bfloat16 on
+       an AMX/AVX512-BF16 CPU), one compiled graph (batch 64).
+Both at 299x299 on the same real CIFAR-10 images, alternating rounds so drift hits both alike;
+the best round of each counts. Weights are random (`none`): speed does not depend on their values.
+Then the real stage-one command runs in a subprocess over --limit images per split (0 = all of
+CIFAR-10) to measure its peak memory (max RSS) and end-to-end rate.
+
+Writes cache/bench/features.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+SHARED_JPG = ROOT.parent / "shared" / "data" / "cifar10-jpg"
+
+
+def images(n):
+    import numpy as np
+    if SHARED_JPG.is_dir():
+        from pipeline.data import load_dataset
+        return load_dataset(SHARED_JPG, limit=n).test_x, f"real CIFAR-10 test images from {SHARED_JPG}"
+    return np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), "random images"
+
+
+def rate(fn, x):
+    started = time.perf_counter()
+    fn(x)
+    return len(x) / (time.perf_counter() - started)
+
+
+def cpu_name():
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def stage_one_run(limit):
+    """The real CLI in a subprocess: its peak RSS is what a user's run costs."""
+    with tempfile.TemporaryDirectory() as cache:
+        cmd = [sys.executable, "-m", "pipeline", "features", "--weights", "none", "--cache-dir", cache]
+        if SHARED_JPG.is_dir():
+            cmd += ["--data", str(SHARED_JPG)]
+        if limit:
+            cmd += ["--limit", str(limit)]
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if proc.returncode != 0:
+            raise SystemExit(f"stage one failed:\n{proc.stderr[-2000:]}")
+        summary = [line for line in proc.stdout.splitlines() if line.startswith("features:")][-1]
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return {"limit_per_split": limit or "all", "wall_seconds": round(wall, 1), "peak_rss_mb": round(peak_mb),
+            "summary": summary}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=256, help="images per timed round (default 256)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=1000,
+                        help="images per split for the memory run; 0 = all of CIFAR-10 (default 1000)")
+    args = parser.parse_args()
+
+    from pipeline.backbone import build_backbone, fast_extractor, resolve_precision
+    x, source = images(args.images)
+    precision, device = resolve_precision("auto")
+    backbone = build_backbone("inception_v3", "none", 299, seed=0)
+    fast = fast_extractor(backbone, precision)
+    plain = lambda batch: backbone.model.predict(batch, batch_size=32, verbose=0)  # noqa: E731
+
+    def ours(batch):
+        for lo in range(0, len(batch), 64):
+            fast(batch[lo:lo + 64])
+
+    plain(x[:32]), ours(x[:64])                                   # warm-up: tracing, oneDNN kernels
+    plain_rates, our_rates = [], []
+    for r in range(args.rounds):
+        plain_rates.append(rate(plain, x))
+        our_rates.append(rate(ours, x))
+        print(f"round {r + 1}: plain {plain_rates[-1]:.1f} images/s, ours {our_rates[-1]:.1f} images/s", flush=True)
+    best_plain, best_ours = max(plain_rates), max(our_rates)
+    result = {
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "device": device},
+        "input_size": 299, "images": len(x), "image_source": source, "rounds": args.rounds,
+        "plain": {"what": "Keras model, Resizing + InceptionV3, float32, model.predict, batch 32",
+                  "images_per_second": round(best_plain, 1), "all_rounds": [round(v, 1) for v in plain_rates]},
+        "ours": {"what": f"fast_extractor: folded BatchNorm, {precision}, tf.function, batch 64",
+                 "images_per_second": round(best_ours, 1), "all_rounds": [round(v, 1) for v in our_rates]},
+        "speedup": round(best_ours / best_plain, 2),
+        "in_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+    print(f"plain {best_plain:.1f} images/s, ours {best_ours:.1f} images/s: {result['speedup']:.2f}x", flush=True)
+    result["stage_one_run"] = stage_one_run(args.limit)
+    print(f"stage one over {result['stage_one_run']['limit_per_split']} images per split: "
+          f"peak RSS {result['stage_one_run']['peak_rss_mb']} MB; {result['stage_one_run']['summary']}")
+    out = ROOT / "cache" / "bench" / "features.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
