@@ -1,0 +1,130 @@
+"""Reports for any trained classifier: metrics JSON, a confusion-matrix heatmap, learning curves.
+
+`write_report` takes true labels and predicted probabilities per split ("val", "test", ...) and
+writes, into one folder that appears atomically:
+    report.json     accuracy, per-class precision/recall/F1/support and the confusion matrix of
+                    every split, the wall time, and whatever `extra` the caller adds
+    confusion.png   one heatmap per split (rows: true class, columns: predicted)
+    curves.png      loss and accuracy per epoch, when a Keras history is given
+Test numbers are for reading only; nothing here chooses anything by them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+
+def split_metrics(y_true, y_prob, class_names) -> dict:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_prob).argmax(axis=1)
+    labels = np.arange(len(class_names))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    return {
+        "accuracy": float(np.mean(y_pred == y_true)),
+        "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+                      for name, p, r, f, s in zip(class_names, precision, recall, f1, support)},
+        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+    }
+
+
+def _plot_confusion(path: Path, splits: dict, class_names):
+    import matplotlib
+    matplotlib.use("Agg")            # files only; no display on servers or in CI
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 5), squeeze=False)
+    for ax, (name, m) in zip(axes[0], splits.items()):
+        cm = np.asarray(m["confusion"])
+        ax.imshow(cm, cmap="Blues")
+        ticks = np.arange(len(class_names))
+        ax.set_xticks(ticks, class_names, rotation=90, fontsize=7)
+        ax.set_yticks(ticks, class_names, fontsize=7)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{name}: accuracy {m['accuracy']:.3f}")
+        for (i, j), v in np.ndenumerate(cm):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=6,
+                    color="white" if v > cm.max() / 2 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_curves(path: Path, history: dict):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    kinds = [k for k in ("loss", "accuracy") if k in history]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.5 * len(kinds), 4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for key in (kind, f"val_{kind}"):
+            if key in history:
+                ax.plot(np.arange(1, len(history[key]) + 1), history[key], label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(kind)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def replace_dir(tmp: Path, final: Path):
+    """Move a finished folder onto its final name (an old one is dropped first): readers see the
+    old complete folder or the new one, never a half-written one under the final name."""
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+
+
+def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_seconds, history=None,
+                 extra=None) -> dict:
+    """Write report.json, confusion.png (and curves.png) to `out_dir`; return the report dict."""
+    out_dir = Path(out_dir)
+    class_names = list(class_names)
+    splits = {name: split_metrics(y_true[name], y_prob[name], class_names) for name in y_true}
+    report = {**{f"{name}_accuracy": m["accuracy"] for name, m in splits.items()},
+              "wall_seconds": round(float(wall_seconds), 2), "class_names": class_names,
+              "splits": splits, **(extra or {})}
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        _plot_confusion(tmp / "confusion.png", splits, class_names)
+        if history:
+            _plot_curves(tmp / "curves.png", history)
+        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        replace_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report
+
+
+def format_table(headers, rows) -> str:
+    """Plain-text table: columns padded to their widest cell, numbers right-aligned."""
+    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
+    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    numeric = [all(isinstance(row[i], (int, float)) for row in rows) for i in range(len(headers))]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+    return "\n".join([line([str(h) for h in headers]), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def summary_table(report: dict, title: str = "") -> str:
+    """Per-class precision/recall/F1 on every split, with the accuracies and wall time on top."""
+    splits = report["splits"]
+    head = "  ".join(f"{name} accuracy {m['accuracy']:.4f}" for name, m in splits.items())
+    headers = ["class"] + [f"{name} {k}" for name in splits for k in ("prec", "recall", "f1")]
+    rows = [[cls] + [splits[name]["per_class"][cls][k] for name in splits for k in ("precision", "recall", "f1")]
+            for cls in report["class_names"]]
+    top = f"{title}\n" if title else ""
+    return f"{top}{head}  wall {report['wall_seconds']:.1f} s\n{format_table(headers, rows)}"
+
+
+def print_summary(report: dict, title: str = ""):
+    print(summary_table(report, title))
