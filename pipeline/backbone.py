@@ -90,20 +90,27 @@ def _front(image_shape, size):
     return inputs, x
 
 
+def inception_weights_identity(weights: str, seed: int) -> str:
+    """What the numbers depend on: Keras's ImageNet file (per Keras version), the seed of a random
+    init, or the content of a local weights file."""
+    import keras
+    if weights == "none":
+        return f"none (random init, seed {seed})"
+    if weights == "imagenet":
+        return f"imagenet (keras {keras.__version__})"
+    if not Path(weights).is_file():
+        raise UserError(f"--weights must be imagenet, none or a weights file; {weights} is not a file")
+    return f"sha256:{sha256_file(Path(weights))}"
+
+
 def _inception(weights: str, size: int, image_shape, seed: int) -> Backbone:
     import keras
     if size < 75:
         raise UserError(f"--size must be at least 75 for InceptionV3, got {size}")
+    identity = inception_weights_identity(weights, seed)
+    source = "imagenet" if weights == "imagenet" else None
     if weights == "none":
         keras.utils.set_random_seed(seed)  # random init, but the same one every run
-        identity, source = f"none (random init, seed {seed})", None
-    elif weights == "imagenet":
-        identity, source = f"imagenet (keras {keras.__version__})", "imagenet"
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise UserError(f"--weights must be imagenet, none or a weights file; {path} is not a file")
-        identity, source = f"sha256:{sha256_file(path)}", None
     try:
         base = keras.applications.InceptionV3(include_top=False, weights=source, pooling="avg",
                                               input_shape=(size, size, 3))

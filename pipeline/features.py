@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import data, store
-from pipeline.backbone import INCEPTION, INCEPTION_PREPROCESSING, build_backbone, fast_extractor, resolve_precision
+from pipeline.backbone import (INCEPTION, INCEPTION_PREPROCESSING, build_backbone, fast_extractor,
+                               inception_weights_identity, resolve_precision)
 from pipeline.errors import UserError
 
 
@@ -39,18 +40,8 @@ def dataset_name(path: str | None) -> str:
 def identity(s: FeatureSettings, precision: str) -> dict:
     """Exactly the settings that determine the cached numbers; their hash names the file.
     Computed without decoding an image or building InceptionV3, so an up-to-date check is quick."""
-    import keras
     if s.backbone == INCEPTION:
-        weights = s.weights or "imagenet"
-        if weights == "imagenet":
-            weights_id = f"imagenet (keras {keras.__version__})"
-        elif weights == "none":
-            weights_id = f"none (random init, seed {s.seed})"
-        else:
-            if not Path(weights).is_file():
-                raise UserError(f"--weights must be imagenet, none or a weights file; {weights} is not a file")
-            from pipeline.backbone import sha256_file
-            weights_id = f"sha256:{sha256_file(Path(weights))}"
+        weights_id = inception_weights_identity(s.weights or "imagenet", s.seed)
         size = 299 if s.size is None else s.size
         backbone, width, preprocessing = INCEPTION, 2048, INCEPTION_PREPROCESSING.format(size=size)
     else:
