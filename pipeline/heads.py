@@ -64,8 +64,15 @@ def make_settings(head: str, **given) -> dict:
     """The full settings of a head: defaults overridden by `given` (None = default)."""
     if head not in HEADS:
         raise UserError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
-    return {key: default if given.get(key) is None else parse_setting(head, key, given[key])
-            for key, default in DEFAULTS[head].items()}
+    return canonical({key: default if given.get(key) is None else parse_setting(head, key, given[key])
+                      for key, default in DEFAULTS[head].items()})
+
+
+def canonical(settings: dict) -> dict:
+    """Without a hidden layer there is no dropout: settings differing only there are one run."""
+    if settings.get("hidden") == 0:
+        settings = {**settings, "dropout": 0.0}
+    return settings
 
 
 def run_name(head: str, features_hash: str, settings: dict) -> str:
@@ -133,6 +140,7 @@ def _configure_tf(threads: int | None):
     `threads` CPU threads so parallel sweep workers do not fight over the cores."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
+    tf.get_logger().setLevel("ERROR")    # a sweep worker trains many models: retracing notes are noise
     if threads:
         try:
             tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -222,16 +230,26 @@ def _write_json(path: Path, data):
     path.write_text(json.dumps(data, indent=2))
 
 
+def finished_run(cache_dir, head: str, features_hash: str, settings: dict) -> dict | None:
+    """run.json of the run with these settings (plus run_dir, report, skipped), if it finished."""
+    name = run_name(head, features_hash, settings)
+    run_json = Path(cache_dir) / "heads" / name / "run.json"
+    if not run_json.is_file():
+        return None
+    return {**json.loads(run_json.read_text()), "run_dir": str(run_json.parent),
+            "report": str(Path(cache_dir) / "reports" / name), "skipped": True}
+
+
 def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose=0, threads=None) -> dict:
     """Train (unless up to date), save, report. Returns run.json's content plus run_dir, report and
     skipped. Everything is written under temporary names and renamed when complete."""
     from pipeline.report import replace_dir, write_report
+    done = finished_run(cache_dir, head, fs.attrs["settings_hash"], settings)
+    if done:
+        return done
     name = run_name(head, fs.attrs["settings_hash"], settings)
     final = Path(cache_dir) / "heads" / name
     report_dir = Path(cache_dir) / "reports" / name
-    if (final / "run.json").is_file():
-        info = json.loads((final / "run.json").read_text())
-        return {**info, "run_dir": str(final), "report": str(report_dir), "skipped": True}
 
     tmp = final.with_name(f".{name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -306,7 +324,7 @@ def settings_from_args(args) -> dict:
 
 
 def features_from_args(args) -> store.FeatureSet:
-    return load_features(args.features if args.features else default_features(args.cache_dir))
+    return load_features(args.features or default_features(args.cache_dir))
 
 
 def add_arguments(p):
