@@ -1,0 +1,148 @@
+"""The cached mode's store: the frozen lower part's output (the cut activation) for every image,
+computed once, in HDF5 like stage one's features (pipeline.store: float16, chunked, resumable,
+renamed into place only when complete, named by a hash of what determines the numbers).
+
+Row order. Train rows are written in a seeded random order of the images, so that any contiguous
+run of rows is a random sample: training then reads whole contiguous windows (fast, chunk-aligned
+HDF5 reads) instead of scattered rows. With flips, image i of that order fills rows 2i (as is) and
+2i+1 (mirrored), and each epoch picks one of the two per image, as on-the-fly flipping would.
+Val and test rows keep the features file's order and are never flipped.
+
+Values are stored times the file's `scale` attribute (a power of two, see `float_scale`);
+divide by it to get the activations back.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import store
+
+TRAIN_ORDER_SEED = 0
+
+
+def settings(features_attrs: dict, cut: str, flip: bool, precision: str) -> dict:
+    return {"kind": "cut activations", "features_hash": features_attrs["settings_hash"],
+            "data_fingerprint": features_attrs["data_fingerprint"], "cut": cut, "flip": bool(flip),
+            "precision": precision, "storage": "float16", "train_order_seed": TRAIN_ORDER_SEED}
+
+
+def path_for(cache_dir, features_path: Path, s: dict) -> Path:
+    return Path(cache_dir) / "activations" / f"{features_path.stem}-{s['cut']}-{store.settings_hash(s)}.h5"
+
+
+def train_order(n: int) -> np.ndarray:
+    return np.random.default_rng(TRAIN_ORDER_SEED).permutation(n)
+
+
+def float_scale(sample: np.ndarray) -> float:
+    """A power of two (so scaling is exact) that brings the sample's largest magnitude to about
+    1024: inside float16's normal range (6e-5..65504) with 64x headroom. Without it, tiny
+    activations (a random-weight network's) would fall into float16's imprecise subnormals."""
+    peak = float(np.abs(sample).max())
+    return float(2.0 ** np.floor(np.log2(1024.0 / peak))) if peak > 0 and np.isfinite(peak) else 1.0
+
+
+def build(final: Path, s: dict, splits: dict, lower_fn, batch_size: int, log=print) -> Path:
+    """Compute (or resume) the cache. `splits`: pipeline.data splits; `lower_fn`: uint8 batch ->
+    float32 cut activations. Returns the final path."""
+    from tqdm import tqdm
+    flip = s["flip"]
+    order = {"train": train_order(len(splits["train"].y))}
+    order.update({k: np.arange(len(splits[k].y)) for k in ("val", "test")})
+    copies = {"train": 2 if flip else 1, "val": 1, "test": 1}
+    labels = {k: np.repeat(splits[k].y[order[k]], copies[k]) for k in store.SPLITS}
+    index = {k: np.repeat(splits[k].index[order[k]], copies[k]) for k in store.SPLITS}
+    probe = lower_fn(splits["val"].x[:batch_size])
+    row_shape = tuple(probe.shape[1:])
+    attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(s), "settings": s,
+             **s, "rows_per_image": [copies[k] for k in store.SPLITS], "scale": float_scale(probe),
+             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    writer = store.FeatureWriter(final, attrs, labels, index, row_shape, dtype="float16", log=log)
+    scale = float(writer.file.attrs["scale"])   # a resumed file keeps the scale it was begun with
+    started, computed = time.perf_counter(), 0
+    try:
+        for name in store.SPLITS:
+            x, k = splits[name].x[order[name]], copies[name]
+            start = writer.rows_done(name) // k
+            with tqdm(total=len(x), initial=start, desc=f"cache {name:>5}", unit="img", file=sys.stderr,
+                      disable=None, dynamic_ncols=True) as bar:
+                for lo in range(start, len(x), batch_size):
+                    batch = x[lo:lo + batch_size]
+                    rows = lower_fn(batch)
+                    if k == 2:   # interleave: row 2i as is, row 2i+1 mirrored
+                        rows = np.stack([rows, lower_fn(batch[:, :, ::-1])], axis=1).reshape(-1, *row_shape)
+                    rows = (rows * scale).astype(np.float16)
+                    if not np.isfinite(rows).all():
+                        raise RuntimeError(f"cut activations overflow float16 even at scale {scale}")
+                    writer.write(name, lo * k, rows)
+                    bar.update(len(batch))
+                    computed += len(batch) * k
+        elapsed = time.perf_counter() - started
+        path = writer.finish({"elapsed_seconds": round(elapsed, 2), "activations_computed": computed})
+    finally:
+        writer.close()
+    log(f"activation cache: {computed:,} activations {row_shape} computed in {elapsed:.1f} s -> {path}")
+    return path
+
+
+def batches(path: Path, split: str, batch_size: int, shuffle: bool, seed: int = 0, first_epoch: int = 0):
+    """A keras PyDataset of (activations float32, labels) from the cache. Shuffled, each epoch reads
+    the split as contiguous windows from a random offset in a random order (a seeded function of
+    the epoch, so a resumed run sees what an uninterrupted one would have)."""
+    import h5py
+    import keras
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.file = h5py.File(path, "r")
+            attrs = store.check_structure(self.file, path)
+            self.rows = self.file[split]["features"]
+            self.k = int(attrs["rows_per_image"][store.SPLITS.index(split)])
+            self.scale = float(attrs["scale"])
+            self.labels = self.file[split]["labels"][...][::self.k]
+            self.n = len(self.labels)
+            self.epoch = first_epoch
+            self._plan()
+
+        def _plan(self):
+            """This epoch's windows: a random start offset and a random window order (train only)."""
+            rng = np.random.default_rng([seed, self.epoch])
+            count = len(self)
+            self.offset = int(rng.integers(self.n)) if shuffle else 0
+            self.window_order = rng.permutation(count) if shuffle else np.arange(count)
+            self.variant_rng = rng
+
+        def __len__(self):
+            return math.ceil(self.n / batch_size)
+
+        def _images(self, lo, hi):
+            """Rows of images lo..hi-1 (indices mod n, so a window may wrap around the end)."""
+            lo, hi = lo % self.n, lo % self.n + (hi - lo)
+            parts = [(lo, min(hi, self.n))] + ([(0, hi - self.n)] if hi > self.n else [])
+            x = np.concatenate([self.rows[a * self.k:b * self.k] for a, b in parts])
+            y = np.concatenate([self.labels[a:b] for a, b in parts])
+            return x, y
+
+        def __getitem__(self, i):
+            w = int(self.window_order[i])
+            lo = w * batch_size
+            hi = min(lo + batch_size, self.n)
+            x, y = self._images(self.offset + lo, self.offset + hi)
+            if self.k == 2:   # one of (as is, mirrored) per image, chosen at random
+                pick = self.variant_rng.integers(2, size=len(y)) if shuffle else np.zeros(len(y), int)
+                x = x.reshape(len(y), 2, *x.shape[1:])[np.arange(len(y)), pick]
+            return x.astype(np.float32) / self.scale, y
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            if shuffle:
+                self._plan()
+
+    return Batches()

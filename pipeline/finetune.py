@@ -1,0 +1,404 @@
+"""Stage three: fine-tune the upper backbone blocks, starting from the trained stage-two head.
+
+One Keras model: uint8 images -> resize and preprocessing -> the backbone of the features file
+(rebuilt exactly: same network, weights and input size) -> the stage-two dense head with its
+trained weights. Everything from --unfreeze-from on trains (default: the top two blocks, mixed9
+for InceptionV3); BatchNorm stays in inference mode throughout, so moving statistics never change.
+
+Modes:
+  cached      (default on a CPU) the frozen part below the cut is a fixed function of the image:
+              it runs once per image (and per mirrored image with --augment) into an HDF5 cache
+              under <cache-dir>/activations/, and training runs only the upper part. Augmentation
+              is horizontal flips only.
+  end-to-end  (default on a GPU) every step runs the whole network on the images, with on-the-fly
+              augmentation (random flip and a translation of up to 2 pixels).
+
+Outputs in <cache-dir>/finetune/<run>/: model.keras (uint8 32x32x3 images -> class probabilities,
+plain keras.models.load_model), run.json (settings, class names, metrics, the comparison with
+the starting head), report/ (report.json, confusion.png, curves.png, as stage two's) and
+checkpoint.npz (for --resume). The last line printed is the model's path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import store
+from pipeline.errors import UserError
+
+MODES = ("cached", "end-to-end")
+OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass
+class FinetuneSettings:
+    features: str | None = None        # stage-one file; None: the newest in <cache_dir>/features
+    head: str | None = None            # stage-two model.keras; None: the best dense head for the features
+    mode: str | None = None            # None: end-to-end on a GPU, cached on a CPU
+    unfreeze_from: str | None = None   # None: mixed9 for InceptionV3, the second-to-last block otherwise
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-4
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    patience: int = 3
+    augment: bool = False
+    resume: bool = False
+    precision: str = "auto"
+    seed: int = 0
+    backbone: str | None = None        # path of the .keras backbone when the features file used one
+    weights: str | None = None         # InceptionV3 weights file when the features file used one
+    data: str | None = None            # the image source, when it moved since stage one
+    cache_dir: str = "cache"
+
+
+def add_arguments(p):
+    from pipeline.cli import _positive_int
+    p.add_argument("--features", metavar="FILE", help="stage-one features file whose data, backbone, weights, "
+                   "input size and splits to reuse (default: the newest in <cache-dir>/features)")
+    p.add_argument("--head", metavar="FILE", help="stage-two dense head model.keras to start from "
+                   "(default: the best dense head trained on the features file)")
+    p.add_argument("--mode", choices=MODES, help="default: end-to-end on a GPU, cached on a CPU")
+    p.add_argument("--unfreeze-from", metavar="NAME", help="train this block and everything after it "
+                   "(default: mixed9 for InceptionV3, i.e. the top two blocks; the second-to-last block otherwise)")
+    p.add_argument("--epochs", type=int, default=10, metavar="N", help="at most N epochs (default: 10; "
+                   "0 exports backbone + head unchanged)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="default: 32")
+    p.add_argument("--lr", type=float, default=1e-4, metavar="X", help="learning rate (default: 1e-4)")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd with momentum 0.9, or adam")
+    p.add_argument("--patience", type=_positive_int, default=3, metavar="N",
+                   help="early stopping on validation loss after N epochs without improvement (default: 3)")
+    p.add_argument("--augment", action="store_true", help="random flips (both modes) and translations (end-to-end)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="auto: float16 on a GPU, bfloat16 on a CPU with AMX/AVX512-BF16, else float32")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of shuffling, augmentation, dropout")
+    p.add_argument("--backbone", metavar="PATH", help="the .keras backbone file, when the features file was made with one")
+    p.add_argument("--weights", metavar="PATH", help="the InceptionV3 weights file, when the features file was made with one")
+    p.add_argument("--data", metavar="PATH", help="the image source, if it moved since the features file was made")
+    p.add_argument("--cache-dir", default="cache", metavar="DIR", help="where outputs go (default: cache)")
+
+
+def run(args):
+    s = FinetuneSettings(**{k: getattr(args, k) for k in FinetuneSettings.__dataclass_fields__ if hasattr(args, k)})
+    print(run_finetune(s))
+
+
+# ---------------------------------------------------------------- inputs
+
+def _check(s: FinetuneSettings):
+    if s.epochs < 0:
+        raise UserError(f"--epochs must be 0 or more, got {s.epochs}")
+    if not s.lr > 0:
+        raise UserError(f"--lr must be positive, got {s.lr}")
+    if s.mode is not None and s.mode not in MODES:
+        raise UserError(f"--mode must be one of {', '.join(MODES)}, got {s.mode!r}")
+
+
+def newest_features(cache_dir) -> Path:
+    found = sorted(Path(cache_dir, "features").glob("*.h5"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise UserError(f"no features file in {Path(cache_dir, 'features')}; run `make features` first "
+                        "(or pass --features FILE)")
+    return found[-1]
+
+
+def _load_head(path: Path, width: int, n_classes: int):
+    from pipeline.predict import load_keras_file
+    head = load_keras_file(path, "head", "head")
+    d, k = head.input_shape[-1], head.output_shape[-1]
+    if d != width or k != n_classes:
+        raise UserError(f"head {path} maps {d} features to {k} classes, but the backbone gives {width} "
+                        f"features and the data has {n_classes} classes; train a head on this features file")
+    return head
+
+
+def _head_run(path: Path, features_hash: str) -> dict:
+    """The stage-two run.json beside the head, checked against the features file (empty if none)."""
+    run_json = path.parent / "run.json"
+    if not run_json.is_file():
+        return {}
+    info = json.loads(run_json.read_text())
+    made_from = info.get("features", {}).get("settings_hash")
+    if made_from not in (None, features_hash):
+        raise UserError(f"head {path} was trained on features {made_from}, not on this features file "
+                        f"({features_hash}); pass a head trained on it, or run `make head`")
+    return info
+
+
+def _find_head(s: FinetuneSettings, features_hash: str) -> Path:
+    if s.head is not None:
+        return Path(s.head)
+    try:
+        from pipeline.heads import find_best_head
+    except ImportError:
+        raise UserError("no --head given and stage two is not installed; pass --head FILE") from None
+    found = find_best_head(s.cache_dir, features_hash, head="dense")
+    if found is None:
+        raise UserError(f"no dense head for features {features_hash} in {Path(s.cache_dir, 'heads')}; "
+                        "run `make head` first (or pass --head FILE)")
+    found = Path(found)
+    return found / "model.keras" if found.is_dir() else found
+
+
+def rebuild_backbone(attrs: dict, s: FinetuneSettings):
+    """The same network the features file was made with: name, weights and input size from its
+    attributes; a file is located by --backbone/--weights and checked by its sha256."""
+    from pipeline.backbone import INCEPTION, build_backbone, sha256_file
+    weights_id, shape, seed = attrs["weights"], tuple(attrs["image_shape"]), 0
+    if attrs["backbone"] == INCEPTION:
+        if weights_id.startswith("imagenet"):
+            weights = "imagenet"
+        elif weights_id.startswith("none"):
+            weights, seed = "none", int(weights_id.rsplit("seed", 1)[1].strip(" )"))
+        else:
+            if s.weights is None:
+                raise UserError("the features file was made with a local InceptionV3 weights file; pass --weights PATH")
+            weights = s.weights
+        if weights == s.weights and f"sha256:{sha256_file(Path(s.weights))}" != weights_id:
+            raise UserError(f"{s.weights} is not the weights file the features were made with ({weights_id})")
+        bb = build_backbone(INCEPTION, weights, attrs["input_size"], shape, seed)
+    else:
+        if s.backbone is None:
+            raise UserError(f"the features file was made with the backbone file {attrs['backbone']}; "
+                            "pass --backbone PATH to it")
+        bb = build_backbone(s.backbone, None, None, shape)
+        if bb.weights != weights_id:
+            raise UserError(f"{s.backbone} is not the backbone the features were made with ({weights_id})")
+    if (bb.width, bb.input_size) != (attrs["feature_width"], attrs["input_size"]):
+        raise UserError(f"rebuilt backbone gives width {bb.width} at {bb.input_size}px; the features file "
+                        f"says {attrs['feature_width']} at {attrs['input_size']}px")
+    return bb
+
+
+def load_splits(attrs: dict, data_path: str | None):
+    """The features file's images and splits, checked against its fingerprint."""
+    from pipeline import data
+    source = data_path or (None if attrs["source"] == "keras.datasets.cifar10" else attrs["source"])
+    limit = attrs["limit"] if attrs["limit"] != -1 else None
+    splits = data.make_splits(data.load_dataset(source, limit), attrs["val_fraction"], attrs["split_seed"])
+    if data.fingerprint(splits) != attrs["data_fingerprint"]:
+        raise UserError(f"the images at {source} are not the ones the features file was made from; "
+                        "pass --data PATH to the original source")
+    return splits
+
+
+# ---------------------------------------------------------------- training pieces
+
+def default_unfreeze(base) -> str:
+    from pipeline.surgery import block_names
+    names = block_names(base)
+    return "mixed9" if "mixed9" in names else names[-2]
+
+
+def training_model(parts, mode: str, precision: str):
+    """(model, upper copy) for `mode`: the upper part in `precision`, then the head. The frozen
+    lower part runs BatchNorm-folded (the same function, fewer ops) in end-to-end mode, or not at
+    all in cached mode, where the model's input is the cut activation."""
+    import keras
+    from pipeline.backbone import fold_batchnorm
+    from pipeline.surgery import with_precision
+    upper = with_precision(parts.upper, precision)
+    if mode == "cached":
+        inputs = keras.Input(tuple(parts.lower.output.shape[1:]), name="cut_activation")
+        x = inputs
+    else:
+        lower = fold_batchnorm(parts.lower, precision)
+        lower.trainable = False
+        inputs = keras.Input(tuple(parts.front.input.shape[1:]), dtype="uint8", name="image")
+        x = lower(parts.front(inputs), training=False)
+    # training=False on the backbone part: BatchNorm uses (and keeps) its moving statistics.
+    outputs = parts.head(upper(x, training=False))
+    return keras.Model(inputs, outputs, name=f"finetune_{mode}"), upper
+
+
+def make_optimizer(s: FinetuneSettings, precision: str):
+    import keras
+    if s.optimizer == "sgd":
+        opt = keras.optimizers.SGD(s.lr, momentum=s.momentum)
+    else:
+        opt = keras.optimizers.Adam(s.lr)
+    # float16 needs loss scaling against underflowing gradients; bfloat16 has float32's range.
+    return keras.optimizers.LossScaleOptimizer(opt) if precision == "float16" else opt
+
+
+def compile_model(model, s: FinetuneSettings, precision: str):
+    model.compile(optimizer=make_optimizer(s, precision), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+
+
+def image_dataset(x, y, batch_size: int, shuffle: bool, augment: bool, seed: int):
+    """tf.data over uint8 images; augmentation: random horizontal flip and a shift of up to 2 px
+    (reflect-pad by 2, random crop back), applied per image on the fly."""
+    import tensorflow as tf
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if augment:
+        h, w, c = x.shape[1:]
+
+        def jitter(img, label):
+            img = tf.image.random_flip_left_right(img)
+            img = tf.pad(img, [[2, 2], [2, 2], [0, 0]], mode="REFLECT")
+            return tf.image.random_crop(img, (h, w, c)), label
+        ds = ds.map(jitter, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------- the run
+
+def run_settings(s: FinetuneSettings, attrs: dict, head_path: Path, mode: str, cut: str, unfreeze: str,
+                 precision: str) -> dict:
+    from pipeline.backbone import sha256_file
+    return {"features_hash": attrs["settings_hash"], "head_sha256": sha256_file(head_path), "mode": mode,
+            "unfreeze_from": unfreeze, "cut": cut, "epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr,
+            "optimizer": s.optimizer, "momentum": s.momentum if s.optimizer == "sgd" else None,
+            "patience": s.patience, "augment": s.augment, "precision": precision, "seed": s.seed}
+
+
+def _atomic_json(path: Path, obj):
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def save_model_atomically(model, path: Path):
+    """Keras writes the archive in place; write it beside and rename, so a killed run never
+    leaves a half-written file under the final name."""
+    tmp = path.with_name(f".{path.stem}.partial.keras")
+    model.save(tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def run_finetune(s: FinetuneSettings, log=print) -> Path:
+    """Fine-tune (or find up to date, or resume); return the exported model's path."""
+    _check(s)
+    from pipeline.backbone import resolve_precision
+    features_path = Path(s.features) if s.features else newest_features(s.cache_dir)
+    fs = store.read_features(features_path, splits=("val", "test"))
+    attrs, class_names = fs.attrs, fs.class_names
+    precision, device = resolve_precision(s.precision)
+    mode = s.mode or ("end-to-end" if device.startswith("GPU") else "cached")
+    head_path = _find_head(s, attrs["settings_hash"])
+    head = _load_head(head_path, attrs["feature_width"], len(class_names))
+    head_info = _head_run(head_path, attrs["settings_hash"])
+
+    import keras
+    from pipeline import surgery
+    bb = rebuild_backbone(attrs, s)
+    unfreeze = s.unfreeze_from or default_unfreeze(bb.model.layers[-1])
+    parts = surgery.split(bb.model, head, unfreeze)
+    settings = run_settings(s, attrs, head_path, mode, parts.cut, unfreeze, precision)
+    run_dir = Path(s.cache_dir) / "finetune" / f"{features_path.stem}-{mode}-{unfreeze}-{store.settings_hash(settings)}"
+    model_path = run_dir / "model.keras"
+    if model_path.is_file() and (run_dir / "run.json").is_file():
+        log(f"up to date: {model_path}")
+        return model_path
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with store.CacheLock(model_path):
+        started = time.perf_counter()
+        # The starting point, measured before any weight moves: the head on the stored features.
+        baseline = {k: head.predict(fs.splits[k].features, verbose=0) for k in ("val", "test")}
+        data = _training_data(s, attrs, features_path, parts, mode, precision, log)
+        keras.utils.set_random_seed(s.seed)
+        model, upper = training_model(parts, mode, precision)
+        compile_model(model, s, precision)
+        history = _fit(model, s, data, run_dir / "checkpoint.npz", log)
+        surgery.copy_weights_back(upper, parts.base)
+        save_model_atomically(surgery.image_model(bb.model, head), model_path)
+        y_prob = {k: model.predict(data[k], verbose=0) for k in ("val", "test")}
+        y_true = {k: fs.splits[k].labels for k in ("val", "test")}
+        wall = time.perf_counter() - started
+        comparison = compare(y_true, baseline, y_prob, head_path, head_info)
+        from pipeline.report import write_report
+        write_report(run_dir / "report", y_true=y_true, y_prob=y_prob, class_names=class_names, wall_seconds=wall,
+                     history=history, extra={"stage": "finetune", "settings": settings, "comparison": comparison})
+        _atomic_json(run_dir / "run.json", {
+            "stage": "finetune", "settings": settings, "class_names": class_names, "model": "model.keras",
+            "features": {"path": str(features_path), "settings_hash": attrs["settings_hash"]},
+            "head": {"path": str(head_path)}, "backbone": {"name": bb.name, "weights": bb.weights,
+                                                            "input_size": bb.input_size},
+            "device": device, "metrics": comparison["finetuned"], "comparison": comparison,
+            "epochs_run": len(history.get("loss", [])), "wall_seconds": round(wall, 1)})
+    log(_comparison_table(comparison))
+    return model_path
+
+
+def _training_data(s, attrs, features_path, parts, mode, precision, log) -> dict:
+    """{"train", "val", "test"}: keras-ready inputs for the training model in `mode`."""
+    if mode == "end-to-end":
+        splits = load_splits(attrs, s.data)
+        return {k: image_dataset(v.x, v.y, s.batch_size, shuffle=(k == "train"), augment=s.augment and k == "train",
+                                 seed=s.seed) for k, v in splits.items()}
+    import keras
+    from pipeline import activations
+    from pipeline.backbone import Backbone, fast_extractor
+    if s.augment:
+        log("cached mode: --augment caches mirrored images (random translation needs --mode end-to-end)")
+    cs = activations.settings(attrs, parts.cut, s.augment, precision)
+    path = activations.path_for(s.cache_dir, features_path, cs)
+    if not path.exists():
+        with store.CacheLock(path):
+            if not path.exists():
+                splits = load_splits(attrs, s.data)
+                lower = keras.Model(parts.front.input, parts.lower(parts.front.output), name="front_lower")
+                # fast_extractor only needs .model: front layers, then one network to fold and cast
+                fn = fast_extractor(Backbone(lower, parts.base.name, "", 0, 0, ""), precision)
+                activations.build(path, cs, splits, fn, max(s.batch_size, 32), log=log)
+    else:
+        log(f"activation cache up to date: {path}")
+    store.read_features(path, expect={"settings_hash": store.settings_hash(cs)}, splits=())
+    return {k: activations.batches(path, k, s.batch_size, shuffle=(k == "train"), seed=s.seed)
+            for k in store.SPLITS}
+
+
+# ---------------------------------------------------------------- fit with checkpoints
+
+def _fit(model, s: FinetuneSettings, data: dict, ckpt: Path, log) -> dict:
+    """model.fit with early stopping and a checkpoint per epoch; with --resume, from the checkpoint."""
+    from pipeline.checkpoint import Checkpoint, ResumableEarlyStopping, restore
+    stopper = ResumableEarlyStopping(monitor="val_loss", patience=s.patience, restore_best_weights=True)
+    state = {"epochs_done": 0, "history": {}, "stopped": False}
+    if s.resume and ckpt.is_file():
+        state = restore(ckpt, model, stopper)
+        log(f"resuming from epoch {state['epochs_done']} of {s.epochs} ({ckpt})")
+    elif s.resume:
+        log(f"nothing to resume in {ckpt.parent}; starting from the head")
+    elif ckpt.is_file():
+        log(f"starting over (pass --resume to continue from {ckpt})")
+    if hasattr(data["train"], "epoch"):
+        data["train"].epoch = state["epochs_done"]
+        data["train"]._plan()
+    if s.epochs > state["epochs_done"] and not state["stopped"]:
+        model.fit(data["train"], validation_data=data["val"], epochs=s.epochs, initial_epoch=state["epochs_done"],
+                  callbacks=[stopper, Checkpoint(ckpt, stopper, state)], verbose=2)
+    elif state["stopped"] and stopper.best_weights is not None:
+        model.set_weights(stopper.best_weights)   # the finished run's result
+    return state["history"]
+
+
+def compare(y_true: dict, head_prob: dict, tuned_prob: dict, head_path: Path, head_info: dict) -> dict:
+    def accuracy(prob):
+        return {f"{k}_accuracy": round(float(np.mean(np.argmax(prob[k], 1) == y_true[k])), 4) for k in y_true}
+    head = {"path": str(head_path), **accuracy(head_prob)}
+    if head_info.get("metrics"):
+        head["reported"] = head_info["metrics"]
+    tuned = accuracy(tuned_prob)
+    return {"head": head, "finetuned": tuned,
+            "delta": {k: round(tuned[k] - head[k], 4) for k in tuned}}
+
+
+def _comparison_table(c: dict) -> str:
+    rows = [f"{'':<12}{'val acc':>9}{'test acc':>10}"]
+    for name in ("head", "finetuned"):
+        rows.append(f"{name:<12}{c[name]['val_accuracy']:>9.4f}{c[name]['test_accuracy']:>10.4f}")
+    rows.append(f"{'change':<12}{c['delta']['val_accuracy']:>+9.4f}{c['delta']['test_accuracy']:>+10.4f}")
+    return "\n".join(rows)

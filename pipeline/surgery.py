@@ -1,0 +1,124 @@
+"""Cutting a backbone in two for fine-tuning: a frozen lower part and a trainable upper part.
+
+The cut is a *separator*: a layer whose output is the only path from everything before it to
+everything after it (mixed8 in InceptionV3, the output of block13 in EfficientNet-Lite0). Below it
+the network is a fixed function of the image, which is what makes the cached mode possible.
+`--unfreeze-from NAME` trains everything after the last separator that comes before NAME, so a
+block name (InceptionV3's `mixed9`) means the whole block, as the Keras fine-tuning guide does.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pipeline.backbone import _POLICY
+from pipeline.errors import UserError
+
+
+@dataclass
+class Parts:
+    front: object    # keras.Model: uint8 image -> the pretrained network's input (resize, preprocess)
+    base: object     # the pretrained network (float32); the exported model uses it
+    cut: str         # name of the layer whose output is the cut
+    lower: object    # keras.Model: network input -> cut activation (frozen)
+    upper: object    # keras.Model: cut activation -> features (trainable); shares layers with `base`
+    head: object     # the stage-two head: features -> class probabilities
+
+
+def _producers(layer, position) -> list[int]:
+    """Positions of the layers whose outputs `layer` consumed when the network was built."""
+    node = layer._inbound_nodes[0]
+    return [position[t._keras_history.operation.name] for t in node.input_tensors]
+
+
+def separators(base) -> list[int]:
+    """Positions i (in the network's topological layer order) whose output alone carries
+    everything from layers 0..i to layers after i."""
+    layers = base.layers
+    position = {layer.name: i for i, layer in enumerate(layers)}
+    earliest = [min(_producers(l, position), default=i) for i, l in enumerate(layers)]
+    found, low = [], len(layers)
+    for i in range(len(layers) - 1, -1, -1):   # low = earliest producer of any layer after i
+        if low >= i and len(layers[i]._inbound_nodes[0].output_tensors) == 1:
+            found.append(i)
+        low = min(low, earliest[i])
+    return sorted(found)
+
+
+def block_names(base) -> list[str]:
+    """Names worth suggesting for --unfreeze-from: InceptionV3's mixedN blocks, or the first
+    layer of each `<word><number>_` group (EfficientNet's block00_..block15_)."""
+    names = [layer.name for layer in base.layers[1:]]
+    mixed = [n for n in names if re.fullmatch(r"mixed\d+", n)]
+    if mixed:
+        return mixed
+    firsts, seen = [], set()
+    for n in names:
+        m = re.match(r"([A-Za-z]+\d+)_", n)
+        if m and m.group(1) not in seen:
+            seen.add(m.group(1))
+            firsts.append(n)
+    return firsts or names
+
+
+def find_cut(base, unfreeze_from: str) -> str:
+    """The separator layer right before the block that `unfreeze_from` names."""
+    names = [layer.name for layer in base.layers]
+    if unfreeze_from not in names[1:]:
+        raise UserError(f"--unfreeze-from {unfreeze_from!r} is not a layer of {base.name}; valid block "
+                        f"names: {', '.join(block_names(base))} (or any other layer name of the network)")
+    target = names.index(unfreeze_from)
+    return names[max(i for i in separators(base) if i < target)]
+
+
+def split(backbone_model, head, unfreeze_from: str) -> Parts:
+    """Cut `backbone_model` (from pipeline.backbone.build_backbone) before `unfreeze_from`."""
+    import keras
+    base = backbone_model.layers[-1]           # the pretrained network after the front layers
+    front = keras.Model(backbone_model.input, backbone_model.layers[-2].output, name="front")
+    cut = find_cut(base, unfreeze_from)
+    cut_tensor = base.get_layer(cut).output
+    lower = keras.Model(base.input, cut_tensor, name="lower")
+    upper = keras.Model(cut_tensor, base.output, name="upper")
+    trainable = set(map(id, upper.layers[1:]))
+    base.trainable = True
+    for layer in [*base.layers, *head.layers]:
+        # Everything from the cut down stays fixed. BatchNorm is frozen everywhere: a frozen BN layer
+        # always runs in inference mode. Calling the network with training=False is not enough in
+        # Keras 3: a nested functional model passes the outer fit's training=True on to its layers,
+        # overriding the training=False it was built with (seen in Keras 3.15: moving statistics moved).
+        layer.trainable = (id(layer) in trainable or layer in head.layers) and not isinstance(
+            layer, keras.layers.BatchNormalization)
+    return Parts(front, base, cut, lower, upper, head)
+
+
+def with_precision(model, precision: str):
+    """A copy of `model` computing in `precision` (float32 variables, as mixed precision keeps them),
+    with the same weights. Trainability is copied layer by layer."""
+    import keras
+
+    def clone(layer):
+        config = layer.get_config()
+        if not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = _POLICY[precision]
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone)
+    copy.set_weights(model.get_weights())
+    for src, dst in zip(model.layers, copy.layers):
+        dst.trainable = src.trainable
+    return copy
+
+
+def copy_weights_back(trained, reference):
+    """Write the weights of a with_precision copy into the layers of `reference` (same names)."""
+    for layer in trained.layers:
+        if layer.weights:
+            reference.get_layer(layer.name).set_weights(layer.get_weights())
+
+
+def image_model(backbone_model, head, name="image_classifier"):
+    """The deliverable: uint8 images -> front -> pretrained network -> head -> probabilities."""
+    import keras
+    probabilities = head(backbone_model.output)
+    return keras.Model(backbone_model.input, probabilities, name=name)

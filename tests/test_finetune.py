@@ -1,0 +1,216 @@
+"""Stage three on a random-weight InceptionV3 at 75x75 and a few real images: what trains and what
+does not, the starting point, cached vs end-to-end, resume, bad input. Float32 throughout, so
+comparisons can be tight."""
+import json
+
+import numpy as np
+import pytest
+
+from finetune_helpers import make_head
+from pipeline import surgery
+from pipeline.cli import main
+from pipeline.finetune import FinetuneSettings, load_splits, rebuild_backbone, run_finetune, training_model
+from pipeline.store import read_features
+
+# Random InceptionV3 features are badly scaled; a small step keeps the plumbing tests finite.
+LR = 1e-6
+
+
+@pytest.fixture(scope="module")
+def head(tiny_inception_features, tmp_path_factory):
+    return make_head(tiny_inception_features, tmp_path_factory.mktemp("heads") / "dense-1", epochs=5)
+
+
+def _capture(monkeypatch) -> dict:
+    """What run_finetune hands the report writer (probabilities, history, comparison)."""
+    seen = {}
+    monkeypatch.setattr("pipeline.report.write_report", lambda out_dir, **kwargs: seen.update(kwargs) or {})
+    return seen
+
+
+@pytest.fixture
+def captured(monkeypatch):
+    return _capture(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_inception_features, head, tmp_path_factory):
+    """One cached-mode run of two epochs: (model path, what the report got)."""
+    import pipeline.finetune
+    original = pipeline.finetune.save_model_atomically
+    with pytest.MonkeyPatch.context() as mp:
+        seen = _capture(mp)
+        mp.setattr(pipeline.finetune, "save_model_atomically",
+                   lambda model, path: (seen.update(in_memory=model), original(model, path)))
+        path = run_finetune(settings(tiny_inception_features, head, tmp_path_factory.mktemp("tuned"), epochs=2),
+                            log=quiet)
+    return path, seen
+
+
+def settings(features, head, cache, **kw):
+    base = dict(features=str(features), head=str(head), mode="cached", epochs=1, batch_size=8, lr=LR,
+                precision="float32", cache_dir=str(cache))
+    return FinetuneSettings(**{**base, **kw})
+
+
+def quiet(*args):
+    pass
+
+
+def fresh_parts(features, head_path):
+    import keras
+    attrs = read_features(features, splits=()).attrs
+    bb = rebuild_backbone(attrs, FinetuneSettings())
+    return attrs, bb, surgery.split(bb.model, keras.models.load_model(head_path), "mixed9")
+
+
+def test_only_the_top_blocks_train_and_batchnorm_statistics_never_move(tiny_inception_features, head, tuned):
+    import keras
+    path, seen = tuned
+    trained = keras.models.load_model(path).get_layer("inception_v3")
+    _, bb, parts = fresh_parts(tiny_inception_features, head)
+    upper = {layer.name for layer in parts.upper.layers[1:]}
+    assert parts.cut == "mixed8" and {"mixed9", "mixed10"} <= upper and "mixed8" not in upper
+    changed = []
+    # by position: auto-generated layer names (conv2d_N) differ between builds in one process
+    for before, after in zip(parts.base.layers, trained.layers):
+        for v0, v1 in zip(before.weights, after.weights):
+            a, b = np.asarray(v0), np.asarray(v1)
+            if before.name not in upper or "moving_" in v0.path:
+                np.testing.assert_array_equal(a, b, err_msg=f"{v0.path} moved")
+            elif v0.trainable:
+                changed.append(not np.array_equal(a, b))
+    assert len(changed) == len(parts.upper.trainable_weights) and all(changed)
+    assert len(seen["history"]["loss"]) == 2 and np.isfinite(seen["history"]["loss"]).all()
+
+
+def test_starting_model_predicts_what_the_head_does_on_the_stored_features(tiny_inception_features, head, tmp_path,
+                                                                           captured):
+    import keras
+    path = run_finetune(settings(tiny_inception_features, head, tmp_path, epochs=0), log=quiet)
+    fs = read_features(tiny_inception_features)
+    expected = keras.models.load_model(head).predict(fs.splits["val"].features, verbose=0)
+    images = load_splits(fs.attrs, None)["val"].x
+    # Stored features came from the BatchNorm-folded extractor (float32, ~1e-6 apart); the head's
+    # standardization magnifies that on random-weight features' near-constant dimensions.
+    np.testing.assert_allclose(keras.models.load_model(path).predict(images, verbose=0), expected, atol=5e-4)
+    assert captured["extra"]["comparison"]["delta"] == {"val_accuracy": 0.0, "test_accuracy": 0.0}
+
+
+def test_exported_model_reloads_and_predicts_the_same(tiny_inception_features, tuned):
+    import keras
+    path, seen = tuned
+    fs = read_features(tiny_inception_features)
+    images = load_splits(fs.attrs, None)["test"].x
+    reloaded = keras.models.load_model(path)   # plain Keras: built-in layers only
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), seen["in_memory"].predict(images, verbose=0),
+                               rtol=0, atol=1e-6)
+    run = json.loads((path.parent / "run.json").read_text())
+    assert run["class_names"] == fs.class_names and run["settings"]["cut"] == "mixed8"
+    assert not list(path.parent.glob("*.partial*"))
+
+
+def _reset_dropout(model, states):
+    for layer, state in zip([l for l in model.layers if hasattr(l, "seed_generator")], states):
+        layer.seed_generator.state.assign(state)
+
+
+def test_one_step_cached_equals_one_step_end_to_end(tiny_inception_features, head, tmp_path):
+    """Same weights, same batch, one SGD step: the updates agree to 2% (relative L2 over all trainable
+    variables). The gap is the float16 storage of the cut activations (~5e-4 relative per value)."""
+    import keras
+    from pipeline import activations
+    from pipeline.backbone import Backbone, fast_extractor
+    attrs, bb, parts = fresh_parts(tiny_inception_features, head)
+    splits = load_splits(attrs, None)
+    lower = keras.Model(parts.front.input, parts.lower(parts.front.output))
+    cs = activations.settings(attrs, parts.cut, False, "float32")
+    cache = activations.build(tmp_path / "acts.h5", cs, splits, fast_extractor(Backbone(lower, "", "", 0, 0, ""),
+                                                                               "float32"), 16, log=quiet)
+    first = activations.batches(cache, "train", 16, shuffle=False)
+    x_cut, y = first[0]
+    rows = activations.train_order(len(splits["train"].y))[:16]     # the cache's first 16 train rows
+    images = splits["train"].x[rows]
+    np.testing.assert_array_equal(y, splits["train"].y[rows])
+
+    dropout_states = [np.asarray(l.seed_generator.state) for l in parts.head.layers if hasattr(l, "seed_generator")]
+    start = [np.asarray(w) for w in parts.head.weights]
+    deltas = {}
+    for mode, x in (("cached", x_cut), ("end-to-end", images)):
+        parts.head.set_weights(start)
+        _reset_dropout(parts.head, dropout_states)
+        model, upper = training_model(parts, mode, "float32")
+        model.compile(keras.optimizers.SGD(1e-3, momentum=0.9), "sparse_categorical_crossentropy")
+        before = [np.asarray(v) for v in model.trainable_variables]
+        model.train_on_batch(x, y)
+        deltas[mode] = np.concatenate([(np.asarray(v) - b).ravel() for v, b in zip(model.trainable_variables, before)])
+    assert np.linalg.norm(deltas["cached"]) > 0
+    gap = np.linalg.norm(deltas["cached"] - deltas["end-to-end"]) / np.linalg.norm(deltas["end-to-end"])
+    assert gap < 0.02, gap
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_inception_features, head, tmp_path, monkeypatch, captured):
+    from pipeline import checkpoint
+    original = checkpoint.Checkpoint.on_epoch_end
+
+    def killed_after_first_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 0:
+            raise KeyboardInterrupt
+    s = settings(tiny_inception_features, head, tmp_path, epochs=3, patience=5)
+    monkeypatch.setattr(checkpoint.Checkpoint, "on_epoch_end", killed_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(s, log=quiet)
+    run_dir = next((tmp_path / "finetune").iterdir())
+    assert not (run_dir / "model.keras").exists() and (run_dir / "checkpoint.npz").exists()
+    with np.load(run_dir / "checkpoint.npz") as z:
+        first_loss = json.loads(str(z["state"]))["history"]["loss"]
+        iterations_after_one = int(z["o0"])
+    assert len(first_loss) == 1 and iterations_after_one == 4   # 30 train images / batch 8
+
+    monkeypatch.setattr(checkpoint.Checkpoint, "on_epoch_end", original)
+    lines = []
+    s.resume = True
+    run_finetune(s, log=lines.append)
+    assert any("resuming from epoch 1 of 3" in line for line in lines)
+    assert captured["history"]["loss"][0] == first_loss[0] and len(captured["history"]["loss"]) == 3
+    with np.load(run_dir / "checkpoint.npz") as z:
+        assert int(z["o0"]) == 12    # the optimizer's step count carried over: 3 epochs x 4 steps
+    assert (run_dir / "model.keras").is_file()
+
+
+def test_unknown_unfreeze_layer_lists_the_blocks(tiny_inception_features, head, tmp_path, capsys):
+    code = main(["finetune", "--features", str(tiny_inception_features), "--head", str(head),
+                 "--unfreeze-from", "mixed99", "--cache-dir", str(tmp_path), "--precision", "float32"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ")
+    assert "mixed99" in err[0] and "mixed8, mixed9, mixed10" in err[0]
+
+
+def _wrong_head(tmp_path, width, classes):
+    import keras
+    model = keras.Sequential([keras.Input((width,)), keras.layers.Dense(classes, activation="softmax")])
+    model.save(tmp_path / "wrong.keras")
+    return tmp_path / "wrong.keras"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("no features", "does not exist; run `make features`"),
+    ("no head", "does not exist; run `make head` first"),
+    ("no head found", "run `make head` first"),
+    ("head width", "maps 10 features to 10 classes, but the backbone gives 2048"),
+    ("head classes", "maps 2048 features to 3 classes"),
+    ("not a head", "cannot load head"),
+])
+def test_bad_input_gives_one_error_line_and_exit_2(tiny_inception_features, head, tmp_path, capsys, case, message):
+    head_arg = {"no head": str(tmp_path / "missing.keras"),
+                "head width": str(_wrong_head(tmp_path, 10, 10)) if case == "head width" else None,
+                "head classes": str(_wrong_head(tmp_path, 2048, 3)) if case == "head classes" else None,
+                "not a head": str(tiny_inception_features)}.get(case, str(head))
+    features = str(tmp_path / "missing.h5") if case == "no features" else str(tiny_inception_features)
+    argv = ["finetune", "--features", features, "--cache-dir", str(tmp_path), "--precision", "float32"]
+    if case != "no head found":
+        argv += ["--head", head_arg]
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
