@@ -68,9 +68,9 @@ def load_keras_file(path: Path, what: str, make: str):
 
 def load_model(path: Path):
     model = load_keras_file(path, "model", "finetune")
-    shape = tuple(model.input_shape)
-    if len(shape) != 4 or shape[-1] != 3 or model.input.dtype != "uint8":
-        raise UserError(f"{path} takes {model.input.dtype} {shape}, not uint8 images; give a stage-three "
+    shape, dtype = tuple(model.input_shape), model.inputs[0].dtype
+    if len(shape) != 4 or shape[-1] != 3 or dtype != "uint8":
+        raise UserError(f"{path} takes {dtype} {shape}, not uint8 images; give a stage-three "
                         "model (a stage-two head takes features, not images)")
     return model
 

@@ -1,0 +1,41 @@
+"""Real transfer: the ImageNet-pretrained EfficientNet-Lite0 in ../shared/models on 112 real CIFAR-10
+images per class; fine-tuning its last two blocks from a dense head in cached mode."""
+import numpy as np
+import pytest
+
+from conftest import PRETRAINED
+from finetune_helpers import make_head
+from pipeline.finetune import FinetuneSettings, load_splits, run_finetune
+from pipeline.store import read_features
+
+pytestmark = pytest.mark.slow
+
+
+def test_fine_tuning_keeps_or_improves_validation_accuracy(real_features, tmp_path, monkeypatch):
+    import keras
+    seen = {}
+    monkeypatch.setattr("pipeline.report.write_report", lambda out_dir, **kw: seen.update(kw) or {})
+    head = make_head(real_features, tmp_path / "heads" / "dense-1", hidden=512)
+    common = dict(features=str(real_features), head=str(head), backbone=str(PRETRAINED), mode="cached",
+                  precision="float32", cache_dir=str(tmp_path))
+
+    # The starting point: before any step, the cached-mode model (float16 cut activations) and the
+    # exported image model (float32 all through) agree; the head saw features stored in bfloat16.
+    start = run_finetune(FinetuneSettings(**common, epochs=0), log=lambda *a: None)
+    fs = read_features(real_features)
+    images = load_splits(fs.attrs, None)["val"].x
+    from_images = keras.models.load_model(start).predict(images, verbose=0)
+    assert np.abs(from_images - seen["y_prob"]["val"]).max() < 0.01
+    head_val = keras.models.load_model(head).predict(fs.splits["val"].features, verbose=0)
+    assert np.mean(from_images.argmax(1) == head_val.argmax(1)) >= 0.9
+
+    lines = []
+    path = run_finetune(FinetuneSettings(**common, epochs=3), log=lines.append)
+    c = seen["extra"]["comparison"]
+    assert "activation cache up to date" in lines[0]
+    assert c["finetuned"]["val_accuracy"] >= c["head"]["val_accuracy"], c
+    # The exported image model computes what was trained (cached float16 activations vs images).
+    exported = keras.models.load_model(path).predict(images, verbose=0)
+    assert np.abs(exported - seen["y_prob"]["val"]).max() < 0.01
+    assert np.mean(exported.argmax(1) == fs.splits["val"].labels) == pytest.approx(c["finetuned"]["val_accuracy"],
+                                                                                   abs=1e-4)
