@@ -51,7 +51,8 @@ sweep: $(STAMP)
 	$(PY) -m pipeline sweep $(call opt,--features,$(FEATURES)) $(call opt,--grid,$(GRID)) --cache-dir $(CACHE) $(ARGS)
 
 finetune: $(STAMP)
-	$(PY) -m pipeline finetune $(call opt,--features,$(FEATURES)) $(call opt,--head,$(HEADFILE)) --cache-dir $(CACHE) $(ARGS)
+	$(PY) -m pipeline finetune $(call opt,--features,$(FEATURES)) $(call opt,--head,$(HEADFILE)) \
+		$(call opt,--backbone,$(filter-out inception_v3,$(BACKBONE))) --cache-dir $(CACHE) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
