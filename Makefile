@@ -48,7 +48,7 @@ head: $(STAMP)
 	$(PY) -m pipeline head $(call opt,--features,$(FEATURES)) $(call opt,--head,$(HEAD)) --cache-dir $(CACHE) $(ARGS)
 
 sweep: $(STAMP)
-	$(PY) -m pipeline sweep $(call opt,--features,$(FEATURES)) $(call opt,--grid,$(GRID)) --cache-dir $(CACHE) $(ARGS)
+	$(PY) -m pipeline sweep $(call opt,--features,$(FEATURES)) $(call opt,--head,$(HEAD)) $(call opt,--grid,$(GRID)) --cache-dir $(CACHE) $(ARGS)
 
 finetune: $(STAMP)
 	$(PY) -m pipeline finetune $(call opt,--features,$(FEATURES)) $(call opt,--head,$(HEADFILE)) \

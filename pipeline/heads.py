@@ -23,8 +23,10 @@ from pipeline.errors import UserError
 
 HEADS = ("dense", "logreg")
 # Every setting of a head, with its default; the types here are the types flags and grids parse to.
+# Batch 1024: on a 2-core CPU an epoch over 45,000 x 2048 takes ~3 s against ~11 s at 256, and
+# the real-feature accuracy was the same (a sweep over 64..1024 stayed within noise).
 DEFAULTS = {
-    "dense": {"hidden": 1024, "dropout": 0.5, "lr": 1e-3, "batch_size": 256, "epochs": 100,
+    "dense": {"hidden": 1024, "dropout": 0.5, "lr": 1e-3, "batch_size": 1024, "epochs": 100,
               "l2": 0.0, "patience": 5, "seed": 0},
     "logreg": {"C": 0.1, "max_iter": 1000},
 }
