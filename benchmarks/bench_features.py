@@ -82,7 +82,7 @@ def main():
     x, source = images(args.images)
     precision, device = resolve_precision("auto")
     backbone = build_backbone("inception_v3", "none", 299, seed=0)
-    fast = fast_extractor(backbone, precision)
+    fast = fast_extractor(backbone.model, precision)
     plain = lambda batch: backbone.model.predict(batch, batch_size=32, verbose=0)  # noqa: E731
 
     def ours(batch):

@@ -58,7 +58,7 @@ def measure(precision, args) -> dict:
 
     import keras
     import numpy as np
-    from pipeline.backbone import Backbone, build_backbone, fast_extractor, resolve_precision
+    from pipeline.backbone import build_backbone, fast_extractor, resolve_precision
     from pipeline.finetune import FinetuneSettings, compile_model, training_model
     from pipeline import surgery
     precision, device = resolve_precision(precision)
@@ -70,8 +70,7 @@ def measure(precision, args) -> dict:
     y = rng.integers(0, 10, BATCH)
     s = FinetuneSettings()
 
-    lower = keras.Model(parts.front.input, parts.lower(parts.front.output))
-    extract = fast_extractor(Backbone(lower, "", "", 0, 0, ""), precision)
+    extract = fast_extractor(parts.image_to_cut(), precision)
     extract(images[:8])                       # warm-up
     started = time.perf_counter()
     for lo in range(0, args.cache_images, BATCH):

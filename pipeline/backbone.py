@@ -227,14 +227,15 @@ def fold_batchnorm(model, precision: str = "float32"):
     return folded
 
 
-def fast_extractor(backbone: Backbone, precision: str):
-    """uint8 numpy batch -> float32 numpy features, computing `backbone.model`'s function."""
+def fast_extractor(model, precision: str):
+    """uint8 numpy batch -> float32 numpy output, computing `model`'s function. `model` is shaped
+    like ``Backbone.model``: front layers (cast, resize, preprocess), then one flat network as its
+    last layer, which is folded and cast (stage three passes its frozen lower part this way)."""
     import keras
     import tensorflow as tf
-    inner = backbone.model.layers[-1]          # the pretrained network after the front layers
-    fast_inner = fold_batchnorm(inner, precision)
-    front = keras.Model(backbone.model.input, backbone.model.layers[-2].output)
-    image_shape = tuple(backbone.model.input_shape[1:])
+    fast_inner = fold_batchnorm(model.layers[-1], precision)
+    front = keras.Model(model.input, model.layers[-2].output)
+    image_shape = tuple(model.input_shape[1:])
 
     @tf.function(input_signature=[tf.TensorSpec((None, *image_shape), tf.uint8)], reduce_retracing=True)
     def extract(images):

@@ -90,7 +90,7 @@ def run_features(s: FeatureSettings, log=print) -> Path:
         ds = data.load_dataset(s.data, s.limit)
         splits = data.make_splits(ds, s.val_fraction, s.seed)
         backbone = build_backbone(s.backbone, s.weights, s.size, ds.train_x.shape[1:], s.seed)
-        extract = fast_extractor(backbone, precision)
+        extract = fast_extractor(backbone.model, precision)
         attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(settings),
                  "settings": settings, **settings, "source": ds.source, "class_names": list(ds.class_names),
                  "image_shape": list(ds.train_x.shape[1:]), "data_fingerprint": data.fingerprint(splits),

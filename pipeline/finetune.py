@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -338,9 +338,8 @@ def _training_data(s, attrs, features_path, parts, mode, precision, log) -> dict
         splits = load_splits(attrs, s.data)
         return {k: image_dataset(v.x, v.y, s.batch_size, shuffle=(k == "train"), augment=s.augment and k == "train",
                                  seed=s.seed) for k, v in splits.items()}
-    import keras
     from pipeline import activations
-    from pipeline.backbone import Backbone, fast_extractor
+    from pipeline.backbone import fast_extractor
     if s.augment:
         log("cached mode: --augment caches mirrored images (random translation needs --mode end-to-end)")
     cs = activations.settings(attrs, parts.cut, s.augment, precision)
@@ -349,9 +348,7 @@ def _training_data(s, attrs, features_path, parts, mode, precision, log) -> dict
         with store.CacheLock(path):
             if not path.exists():
                 splits = load_splits(attrs, s.data)
-                lower = keras.Model(parts.front.input, parts.lower(parts.front.output), name="front_lower")
-                # fast_extractor only needs .model: front layers, then one network to fold and cast
-                fn = fast_extractor(Backbone(lower, parts.base.name, "", 0, 0, ""), precision)
+                fn = fast_extractor(parts.image_to_cut(), precision)
                 activations.build(path, cs, splits, fn, max(s.batch_size, 32), log=log)
     else:
         log(f"activation cache up to date: {path}")

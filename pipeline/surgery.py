@@ -24,6 +24,12 @@ class Parts:
     upper: object    # keras.Model: cut activation -> features (trainable); shares layers with `base`
     head: object     # the stage-two head: features -> class probabilities
 
+    def image_to_cut(self):
+        """keras.Model: uint8 image -> cut activation (front, then the frozen lower part), shaped as
+        backbone.fast_extractor expects."""
+        import keras
+        return keras.Model(self.front.input, self.lower(self.front.output), name="image_to_cut")
+
 
 def _producers(layer, position) -> list[int]:
     """Positions of the layers whose outputs `layer` consumed when the network was built."""

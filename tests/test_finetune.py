@@ -120,13 +120,12 @@ def test_one_step_cached_equals_one_step_end_to_end(tiny_inception_features, hea
     variables). The gap is the float16 storage of the cut activations (~5e-4 relative per value)."""
     import keras
     from pipeline import activations
-    from pipeline.backbone import Backbone, fast_extractor
+    from pipeline.backbone import fast_extractor
     attrs, bb, parts = fresh_parts(tiny_inception_features, head)
     splits = load_splits(attrs, None)
-    lower = keras.Model(parts.front.input, parts.lower(parts.front.output))
     cs = activations.settings(attrs, parts.cut, False, "float32")
-    cache = activations.build(tmp_path / "acts.h5", cs, splits, fast_extractor(Backbone(lower, "", "", 0, 0, ""),
-                                                                               "float32"), 16, log=quiet)
+    cache = activations.build(tmp_path / "acts.h5", cs, splits, fast_extractor(parts.image_to_cut(), "float32"),
+                                 16, log=quiet)
     first = activations.batches(cache, "train", 16, shuffle=False)
     x_cut, y = first[0]
     rows = activations.train_order(len(splits["train"].y))[:16]     # the cache's first 16 train rows
