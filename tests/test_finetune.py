@@ -116,8 +116,9 @@ def _reset_dropout(model, states):
 
 
 def test_one_step_cached_equals_one_step_end_to_end(tiny_inception_features, head, tmp_path):
-    """Same weights, same batch, one SGD step: the updates agree to 2% (relative L2 over all trainable
-    variables). The gap is the float16 storage of the cut activations (~5e-4 relative per value)."""
+    """Same weights, same batch, one SGD step: fed the float32 cut activations, the cached-mode update
+    equals the end-to-end one to 1e-4 (relative L2 over all trainable variables); from the float16
+    cache, to 5% (the storage rounds each value by ~5e-4 relative)."""
     import keras
     from pipeline import activations
     from pipeline.backbone import fast_extractor
@@ -135,17 +136,22 @@ def test_one_step_cached_equals_one_step_end_to_end(tiny_inception_features, hea
     dropout_states = [np.asarray(l.seed_generator.state) for l in parts.head.layers if hasattr(l, "seed_generator")]
     start = [np.asarray(w) for w in parts.head.weights]
     deltas = {}
-    for mode, x in (("cached", x_cut), ("end-to-end", images)):
+    exact_cut = parts.image_to_cut().predict(images, verbose=0)           # float32, never stored
+    for run, mode, x in (("cached", "cached", x_cut), ("cached, float32 input", "cached", exact_cut),
+                         ("end-to-end", "end-to-end", images)):
         parts.head.set_weights(start)
         _reset_dropout(parts.head, dropout_states)
         model, upper = training_model(parts, mode, "float32")
         model.compile(keras.optimizers.SGD(1e-3, momentum=0.9), "sparse_categorical_crossentropy")
         before = [np.asarray(v) for v in model.trainable_variables]
         model.train_on_batch(x, y)
-        deltas[mode] = np.concatenate([(np.asarray(v) - b).ravel() for v, b in zip(model.trainable_variables, before)])
+        deltas[run] = np.concatenate([(np.asarray(v) - b).ravel() for v, b in zip(model.trainable_variables, before)])
     assert np.linalg.norm(deltas["cached"]) > 0
-    gap = np.linalg.norm(deltas["cached"] - deltas["end-to-end"]) / np.linalg.norm(deltas["end-to-end"])
-    assert gap < 0.02, gap
+    def gap(run):
+        return np.linalg.norm(deltas[run] - deltas["end-to-end"]) / np.linalg.norm(deltas["end-to-end"])
+    # Measured on the 2-core AMX Xeon: 5e-6 and 0.019.
+    assert gap("cached, float32 input") < 1e-4, gap("cached, float32 input")   # the same computation
+    assert gap("cached") < 0.05, gap("cached")                                  # plus float16 storage
 
 
 def test_resume_continues_from_the_last_checkpoint(tiny_inception_features, head, tmp_path, monkeypatch, captured):
