@@ -91,7 +91,7 @@ def build(final: Path, s: dict, splits: dict, lower_fn, batch_size: int, log=pri
     return path
 
 
-def batches(path: Path, split: str, batch_size: int, shuffle: bool, seed: int = 0, first_epoch: int = 0):
+def batches(path: Path, split: str, batch_size: int, shuffle: bool, seed: int = 0):
     """A keras PyDataset of (activations float32, labels) from the cache. Shuffled, each epoch reads
     the split as contiguous windows from a random offset in a random order (a seeded function of
     the epoch, so a resumed run sees what an uninterrupted one would have)."""
@@ -108,7 +108,11 @@ def batches(path: Path, split: str, batch_size: int, shuffle: bool, seed: int = 
             self.scale = float(attrs["scale"])
             self.labels = self.file[split]["labels"][...][::self.k]
             self.n = len(self.labels)
-            self.epoch = first_epoch
+            self.start_at(0)
+
+        def start_at(self, epoch: int):
+            """Plan `epoch` next (a resumed run starts past its finished epochs)."""
+            self.epoch = epoch
             self._plan()
 
         def _plan(self):

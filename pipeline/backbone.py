@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 
 INCEPTION = "inception_v3"
 INCEPTION_PREPROCESSING = "bilinear resize to {size}x{size}, then x/127.5 - 1 (inception_v3.preprocess_input)"
@@ -125,7 +125,7 @@ def _inception(weights: str, size: int, image_shape, seed: int) -> Backbone:
             base.load_weights(str(weights))
         except Exception as exc:
             raise UserError(f"cannot load InceptionV3 weights from {weights}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                            f"{first_line(exc)}") from None
     base.name = INCEPTION
     inputs, x = _front(image_shape, size)
     x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")(x)
@@ -141,7 +141,7 @@ def _saved_model(path: Path, size: int | None, image_shape) -> Backbone:
         base = keras.models.load_model(path, compile=False)
     except Exception as exc:
         raise UserError(f"cannot load Keras model {path}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                        f"{first_line(exc)}") from None
     in_shape, out_shape = tuple(base.input_shape), tuple(base.output_shape)
     if len(in_shape) != 4 or in_shape[-1] != 3 or in_shape[1] is None or in_shape[1] != in_shape[2]:
         raise UserError(f"{path} takes input {in_shape}; a backbone must take square RGB images (None, S, S, 3)")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
@@ -100,7 +100,7 @@ def _load_keras(limit) -> Dataset:
         (train_x, train_y), (test_x, test_y) = keras.datasets.cifar10.load_data()
     except Exception as exc:  # URLError, HTTPError, socket errors: all mean "could not download"
         raise UserError(f"could not download CIFAR-10 through Keras ({type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else 'no detail'}); offline? "
+                        f"{first_line(exc)}); offline? "
                         f"{FORMATS_HELP}") from None
     k = len(CIFAR10_CLASSES)
     return Dataset("cifar10", "keras.datasets.cifar10", CIFAR10_CLASSES,

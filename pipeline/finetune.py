@@ -261,12 +261,6 @@ def run_settings(s: FinetuneSettings, attrs: dict, head_path: Path, mode: str, c
             "patience": s.patience, "augment": s.augment, "precision": precision, "seed": s.seed}
 
 
-def _atomic_json(path: Path, obj):
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def save_model_atomically(model, path: Path):
     """Keras writes the archive in place; write it beside and rename, so a killed run never
     leaves a half-written file under the final name."""
@@ -321,13 +315,13 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         from pipeline.report import write_report
         write_report(run_dir / "report", y_true=y_true, y_prob=y_prob, class_names=class_names, wall_seconds=wall,
                      history=history, extra={"stage": "finetune", "settings": settings, "comparison": comparison})
-        _atomic_json(run_dir / "run.json", {
+        store.write_text_atomic(run_dir / "run.json", json.dumps({
             "stage": "finetune", "settings": settings, "class_names": class_names, "model": "model.keras",
             "features": {"path": str(features_path), "settings_hash": attrs["settings_hash"]},
             "head": {"path": str(head_path)}, "backbone": {"name": bb.name, "weights": bb.weights,
                                                             "input_size": bb.input_size},
             "device": device, "metrics": comparison["finetuned"], "comparison": comparison,
-            "epochs_run": len(history.get("loss", [])), "wall_seconds": round(wall, 1)})
+            "epochs_run": len(history.get("loss", [])), "wall_seconds": round(wall, 1)}, indent=2, default=str))
     log(_comparison_table(comparison))
     return model_path
 
@@ -371,9 +365,8 @@ def _fit(model, s: FinetuneSettings, data: dict, ckpt: Path, log) -> dict:
         log(f"nothing to resume in {ckpt.parent}; starting from the head")
     elif ckpt.is_file():
         log(f"starting over (pass --resume to continue from {ckpt})")
-    if hasattr(data["train"], "epoch"):
-        data["train"].epoch = state["epochs_done"]
-        data["train"]._plan()
+    if hasattr(data["train"], "start_at"):   # cached mode: a seeded plan per epoch
+        data["train"].start_at(state["epochs_done"])
     if s.epochs > state["epochs_done"] and not state["stopped"]:
         model.fit(data["train"], validation_data=data["val"], epochs=s.epochs, initial_epoch=state["epochs_done"],
                   callbacks=[stopper, Checkpoint(ckpt, stopper, state)], verbose=2)
@@ -394,8 +387,7 @@ def compare(y_true: dict, head_prob: dict, tuned_prob: dict, head_path: Path, he
 
 
 def _comparison_table(c: dict) -> str:
-    rows = [f"{'':<12}{'val acc':>9}{'test acc':>10}"]
-    for name in ("head", "finetuned"):
-        rows.append(f"{name:<12}{c[name]['val_accuracy']:>9.4f}{c[name]['test_accuracy']:>10.4f}")
-    rows.append(f"{'change':<12}{c['delta']['val_accuracy']:>+9.4f}{c['delta']['test_accuracy']:>+10.4f}")
-    return "\n".join(rows)
+    from pipeline.report import format_table
+    rows = [[name, c[name]["val_accuracy"], c[name]["test_accuracy"]] for name in ("head", "finetuned")]
+    return format_table(["", "val acc", "test acc"], rows + [["change", c["delta"]["val_accuracy"],
+                                                                c["delta"]["test_accuracy"]]])

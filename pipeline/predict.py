@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 
 TOP = 3
 
@@ -50,7 +50,7 @@ def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8)
     except Exception as exc:
-        raise UserError(f"cannot read image {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise UserError(f"cannot read image {path}: {first_line(exc)}") from None
 
 
 def load_keras_file(path: Path, what: str, make: str):
@@ -63,7 +63,7 @@ def load_keras_file(path: Path, what: str, make: str):
         return keras.models.load_model(path, compile=False)
     except Exception as exc:
         raise UserError(f"cannot load {what} {path}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+                        f"{first_line(exc)}") from None
 
 
 def load_model(path: Path):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
 
 SCHEMA_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -51,6 +51,13 @@ def features_path(cache_dir, settings: dict) -> Path:
 
 def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
+
+
+def write_text_atomic(path: Path, text: str):
+    """Write beside, then rename: a reader sees the old file or the whole new one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- reading
@@ -80,7 +87,7 @@ def _open(path: Path, mode="r"):
     try:
         return h5py.File(path, mode)
     except OSError as exc:
-        raise UserError(f"{path} is not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{path} is not a readable HDF5 file ({first_line(exc)})") from None
 
 
 def _attrs(f) -> dict:

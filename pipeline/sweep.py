@@ -64,12 +64,6 @@ def leaderboard(runs: list[dict], keys) -> list[dict]:
     return sorted(rows, key=lambda row: (-row["val_accuracy"], row["run"]))
 
 
-def _write_atomic(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_leaderboard(rows: list[dict], path_stem: Path) -> tuple[Path, Path]:
     path_stem.parent.mkdir(parents=True, exist_ok=True)
     out = io.StringIO()
@@ -77,8 +71,8 @@ def save_leaderboard(rows: list[dict], path_stem: Path) -> tuple[Path, Path]:
     writer.writeheader()
     writer.writerows(rows)
     json_path, csv_path = path_stem.with_suffix(".json"), path_stem.with_suffix(".csv")
-    _write_atomic(json_path, json.dumps(rows, indent=2))
-    _write_atomic(csv_path, out.getvalue())
+    store.write_text_atomic(json_path, json.dumps(rows, indent=2))
+    store.write_text_atomic(csv_path, out.getvalue())
     return json_path, csv_path
 
 
