@@ -7,6 +7,7 @@ import errno
 import importlib
 import sys
 import traceback
+from pathlib import Path
 
 from pipeline.errors import UserError
 
@@ -67,7 +68,26 @@ STAGE_MODULES = [
     ("sweep", "pipeline.sweep", "stage two: a grid of head settings in parallel, with a leaderboard"),
     ("finetune", "pipeline.finetune", "stage three: fine-tune the upper backbone blocks from the stage-two head"),
     ("predict", "pipeline.predict", "top-3 classes of image files with a saved model"),
+    ("neighbors", "pipeline.neighbors", "the most similar images to a row or to image files (cosine on features)"),
+    ("audit", "pipeline.audit", "near-duplicate and exact-copy images across splits, and accuracy without them"),
+    ("map", "pipeline.projection", "2-D map of the features (PCA, then t-SNE) and Embedding Projector files"),
+    ("report", "pipeline.site", "rebuild cache/reports/index.html: every run in one sortable page"),
 ]
+
+
+# Stages after which cache/reports/index.html is rebuilt, so the page always lists every run.
+REBUILDS_SITE = ("head", "sweep", "finetune")
+
+
+def _rebuild_site(cache_dir):
+    from pipeline import site
+    try:
+        index, _ = site.rebuild(cache_dir)
+    except (UserError, OSError) as exc:     # the run itself succeeded: say so, do not fail it
+        print(f"warning: {Path(cache_dir, 'reports', 'index.html')} not rebuilt ({exc}); "
+              "`python -m pipeline report` retries", file=sys.stderr)
+        return
+    print(f"all runs: {index}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +117,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
+        if args.stage in REBUILDS_SITE:
+            _rebuild_site(args.cache_dir)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

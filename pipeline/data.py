@@ -191,7 +191,9 @@ def _read_image(path: Path) -> np.ndarray:
         raise UserError(f"cannot read image {path}: {exc}") from None
 
 
-def _read_split_folder(root: Path, classes: list[str], limit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _folder_files(root: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
+    """Every image file of one split folder in source order (class by class, sorted names) and
+    its label: a row's `index` is its position in this list."""
     files, labels = [], []
     for label, name in enumerate(classes):
         found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
@@ -199,12 +201,20 @@ def _read_split_folder(root: Path, classes: list[str], limit) -> tuple[np.ndarra
             raise UserError(f"class folder {root / name} holds no JPEG or PNG images")
         files += found
         labels += [label] * len(found)
-    labels = np.asarray(labels, dtype=np.uint8)
-    keep = balanced_subset(labels, len(classes), limit)
-    files = [files[i] for i in keep]
+    return files, np.asarray(labels, dtype=np.uint8)
+
+
+def _read_images(files: list[Path]) -> list[np.ndarray]:
     # PIL releases the GIL while decoding, so threads give a real speed-up here.
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        images = list(pool.map(_read_image, files, chunksize=256))
+        return list(pool.map(_read_image, files, chunksize=256))
+
+
+def _read_split_folder(root: Path, classes: list[str], limit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    files, labels = _folder_files(root, classes)
+    keep = balanced_subset(labels, len(classes), limit)
+    files = [files[i] for i in keep]
+    images = _read_images(files)
     shape = images[0].shape
     for f, img in zip(files, images):
         if img.shape != shape:
@@ -230,6 +240,52 @@ def _load_image_folders(path: Path, limit) -> Dataset:
     if train_x.shape[1:] != test_x.shape[1:]:
         raise UserError(f"train images are {train_x.shape[1:]} but test images are {test_x.shape[1:]}")
     return Dataset(path.resolve().name, str(path), tuple(train_classes), *train, *test)
+
+
+# Which part of the source a split's `index` points into: val is carved from train.
+SOURCE_PART = {"train": "train", "val": "train", "test": "test"}
+
+
+def source_of(attrs: dict, data_path=None):
+    """The source a features file was made from (`data_path` overrides it), as load_dataset takes it."""
+    if data_path is not None:
+        return data_path
+    if not attrs.get("source"):
+        raise UserError("the features file does not record where its images came from; pass --data PATH")
+    return None if attrs["source"] == "keras.datasets.cifar10" else attrs["source"]
+
+
+def load_rows(path, part: str, index) -> tuple[np.ndarray, list[str | None]]:
+    """The images at `index` of the source's `part` ("train" or "test": val rows live in train)
+    and their file paths (None where the source has no files). Only an image folder is read row by
+    row; the other formats are loaded whole (CIFAR-10 size: seconds)."""
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
+    files = row_files(path, part, index)
+    if files is not None:
+        images = _read_images(files)
+        return (np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)), [str(f) for f in files]
+    ds = load_dataset(path)
+    x = ds.train_x if part == "train" else ds.test_x
+    _check_rows(index, len(x), path, part)
+    return x[index], [None] * len(index)
+
+
+def row_files(path, part: str, index) -> list[Path] | None:
+    """The files of an image-folder source at `index` of its `part`, without decoding them; None
+    for the other formats, which have no file per image."""
+    if path is None or not ((Path(path) / "train").is_dir() and (Path(path) / "test").is_dir()):
+        return None
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
+    root = Path(path)
+    files, _ = _folder_files(root / part, _class_folders(root / "train"))
+    _check_rows(index, len(files), path, part)
+    return [files[i] for i in index]
+
+
+def _check_rows(index, n, path, part):
+    if len(index) and (index.min() < 0 or index.max() >= n):
+        raise UserError(f"the {part} set of {path} has {n} images, but a row points at image "
+                        f"{int(index.max())}; is this the source the features were made from? (--data)")
 
 
 # ---------------------------------------------------------------- splits

@@ -179,7 +179,7 @@ def rebuild_backbone(attrs: dict, s: FinetuneSettings):
 def load_splits(attrs: dict, data_path: str | None):
     """The features file's images and splits, checked against its fingerprint."""
     from pipeline import data
-    source = data_path or (None if attrs["source"] == "keras.datasets.cifar10" else attrs["source"])
+    source = data.source_of(attrs, data_path)
     limit = attrs["limit"] if attrs["limit"] != -1 else None
     splits = data.make_splits(data.load_dataset(source, limit), attrs["val_fraction"], attrs["split_seed"])
     if data.fingerprint(splits) != attrs["data_fingerprint"]:
@@ -314,7 +314,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         comparison = compare(y_true, baseline, y_prob, head_path, head_info)
         from pipeline.report import write_report
         write_report(run_dir / "report", y_true=y_true, y_prob=y_prob, class_names=class_names, wall_seconds=wall,
-                     history=history, extra={"stage": "finetune", "settings": settings, "comparison": comparison})
+                     history=history, features=fs, extra={"stage": "finetune", "settings": settings, "comparison": comparison})
         store.write_text_atomic(run_dir / "run.json", json.dumps({
             "stage": "finetune", "settings": settings, "class_names": class_names, "model": "model.keras",
             "features": {"path": str(features_path), "settings_hash": attrs["settings_hash"]},

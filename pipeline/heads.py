@@ -274,7 +274,7 @@ def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose
         y_prob = {s: predict_proba(model, fs.splits[s].features) for s in ("val", "test")}
         info = {"head": head, "settings": settings, "features": _identity(fs), "metrics": {}}
         report = write_report(report_dir, y_true=y_true, y_prob=y_prob, class_names=fs.class_names,
-                              wall_seconds=wall, history=history,
+                              wall_seconds=wall, history=history, features=fs,
                               extra={"run": name, "head": head, "settings": settings, "features": info["features"]})
         info["metrics"] = {"val_accuracy": report["val_accuracy"], "test_accuracy": report["test_accuracy"],
                            "wall_seconds": report["wall_seconds"], **metrics}

@@ -82,8 +82,10 @@ def replace_dir(tmp: Path, final: Path):
 
 
 def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_seconds, history=None,
-                 extra=None) -> dict:
-    """Write report.json, confusion.png (and curves.png) to `out_dir`; return the report dict."""
+                 extra=None, features=None) -> dict:
+    """Write report.json, confusion.png (and curves.png) to `out_dir`; return the report dict.
+    `features`: the FeatureSet whose val/test rows y_true and y_prob are, in order; with it the
+    report also holds predictions.csv, mistakes.png and the most-confused pairs (pipeline.looking)."""
     out_dir = Path(out_dir)
     class_names = list(class_names)
     splits = {name: split_metrics(y_true[name], y_prob[name], class_names) for name in y_true}
@@ -97,6 +99,9 @@ def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_secon
         _plot_confusion(tmp / "confusion.png", splits, class_names)
         if history:
             _plot_curves(tmp / "curves.png", history)
+        if features is not None:
+            from pipeline.looking import write_run_views
+            report.update(write_run_views(tmp, features, y_true, y_prob, class_names, splits))
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         replace_dir(tmp, out_dir)
     finally:

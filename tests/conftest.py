@@ -91,3 +91,13 @@ def write_image_tree(root: Path, train_x, train_y, test_x, test_y, classes) -> P
 @pytest.fixture
 def batches_dir(tmp_path) -> Path:
     return write_batches(tmp_path / "cifar-10-batches-py", *synthetic_cifar())
+
+
+@pytest.fixture(scope="session")
+def planted(tmp_path_factory):
+    """(features path, data root, FeatureSet): real images with exact train copies planted in test
+    (tests/looking_helpers.py), for the looking-at-results tests."""
+    import looking_helpers
+    from pipeline.store import read_features
+    path, root = looking_helpers.build(tmp_path_factory.mktemp("planted"))
+    return path, root, read_features(path)

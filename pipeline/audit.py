@@ -1,0 +1,196 @@
+"""Near-duplicates across splits: test images with a near-copy in the source's train set (train or
+val split), and val images with one in train, by cosine similarity of cached features, plus every
+exact copy (identical pixels, found by hashing the source images, whatever the threshold).
+
+  python -m pipeline audit --features F --threshold 0.95 [--run cache/heads/RUN]
+
+Writes cache/audit/<features file>-<hash>/ (audit.json: counts and every pair; pairs.csv; pairs.png:
+the most similar pairs side by side). With --run, also the run's test accuracy with and without
+the test images that have a duplicate in train, from its predictions.csv (any kind of run).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import rows, store
+from pipeline.errors import UserError
+
+# (queries, searched): test against everything trained on or selected with; val against train.
+DIRECTIONS = (("test", ("train", "val")), ("val", ("train",)))
+SHOW = 24              # pairs drawn in pairs.png
+MAX_PAIRS = 1_000_000  # more than this means the threshold is far too low to mean "duplicate"
+PAIR_FIELDS = ("split", "row", "source_index", "class", "other_split", "other_row", "other_source_index",
+               "other_class", "similarity", "exact")
+
+
+def pixel_digests(attrs: dict, split: str, index, data_path=None) -> list[str]:
+    x, _ = rows.images(attrs, split, index, data_path)
+    return [hashlib.sha1(img.tobytes()).hexdigest() for img in x]
+
+
+def find_pairs(fs: store.FeatureSet, threshold: float, digests: dict | None) -> list[dict]:
+    """Every (query split row, searched split row) pair with cosine >= threshold or identical
+    pixels (`digests`: split -> per-row pixel hashes; None skips the exact check)."""
+    from pipeline.neighbors import pairs_above, unit_rows
+    out = []
+    for query, searched in DIRECTIONS:
+        q = fs.splits[query]
+        where = [(s, r) for s in searched for r in range(len(fs.splits[s].labels))]
+        base = np.concatenate([fs.splits[s].features for s in searched])
+        found = {}
+        for qi, bi, sim in zip(*pairs_above(q.features, base, threshold, limit=MAX_PAIRS)):
+            found[(int(qi), int(bi))] = float(sim)
+        if digests is not None:
+            at = {}
+            for b, (s, r) in enumerate(where):
+                at.setdefault(digests[s][r], []).append(b)
+            for qi, d in enumerate(digests[query]):
+                for bi in at.get(d, ()):
+                    if (qi, bi) not in found:    # a copy whose features drifted below the threshold
+                        found[(qi, bi)] = float(unit_rows(q.features[qi:qi + 1])[0] @ unit_rows(base[bi:bi + 1])[0])
+        names = fs.class_names
+        for (qi, bi), sim in sorted(found.items(), key=lambda kv: (-kv[1], kv[0])):
+            s, r = where[bi]
+            other = fs.splits[s]
+            out.append({"split": query, "row": qi, "source_index": int(q.index[qi]),
+                        "class": names[int(q.labels[qi])], "other_split": s, "other_row": r,
+                        "other_source_index": int(other.index[r]), "other_class": names[int(other.labels[r])],
+                        "similarity": round(sim, 6),
+                        "exact": bool(digests is not None and digests[query][qi] == digests[s][r])})
+    return out
+
+
+def summarize(fs: store.FeatureSet, pairs: list[dict]) -> dict:
+    out = {}
+    for query, searched in DIRECTIONS:
+        mine = [p for p in pairs if p["split"] == query]
+        n = len(fs.splits[query].labels)
+        dup = {p["row"] for p in mine}
+        out[query] = {"rows": n, "with_duplicate": len(dup), "share": round(len(dup) / n, 5),
+                      "exact_copies": len({p["row"] for p in mine if p["exact"]}),
+                      "pairs": len(mine), "label_disagrees": sum(p["class"] != p["other_class"] for p in mine),
+                      "searched": list(searched)}
+    return out
+
+
+def accuracy_without(run_dir: Path, test_duplicates: set[int], fs: store.FeatureSet) -> dict:
+    """Test accuracy of a run from its predictions.csv, on all test rows and on those without a
+    duplicate in train (rows matched by source index, so any run on the same images works)."""
+    from pipeline.looking import read_predictions
+    csv_path = _predictions_of(run_dir)
+    table = [r for r in read_predictions(csv_path) if r["split"] == "test"]
+    ours = set(fs.splits["test"].index.tolist())
+    theirs = {r["source_index"] for r in table}
+    if theirs != ours:
+        raise UserError(f"{csv_path} covers other test images than {fs.path.name} "
+                        f"({len(theirs)} vs {len(ours)} rows); audit the features file that run used")
+    clean = [r for r in table if r["source_index"] not in test_duplicates]
+    return {"run": str(run_dir), "predictions": str(csv_path),
+            "test_accuracy": round(float(np.mean([r["correct"] for r in table])), 5),
+            "test_accuracy_without_duplicates": round(float(np.mean([r["correct"] for r in clean])), 5)
+            if clean else None, "test_rows_without_duplicates": len(clean)}
+
+
+def _predictions_of(run_dir: Path) -> Path:
+    """A run is named by its folder: a head run (cache/heads/R), its report (cache/reports/R), or a
+    fine-tune run (cache/finetune/R, report in R/report)."""
+    run_dir = Path(run_dir)
+    candidates = [run_dir / "predictions.csv", run_dir / "report" / "predictions.csv",
+                  run_dir.parent.parent / "reports" / run_dir.name / "predictions.csv"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    if not run_dir.is_dir():
+        raise UserError(f"--run {run_dir} does not exist")
+    raise UserError(f"--run {run_dir} has no predictions.csv (runs made before it existed lack one; "
+                    "rerun the head or fine-tune)")
+
+
+# ---------------------------------------------------------------- command line
+
+def add_arguments(p):
+    p.add_argument("--features", metavar="FILE", help="stage-one HDF5 file (default: the newest complete file "
+                   "in CACHE/features made with the default settings)")
+    p.add_argument("--threshold", type=float, default=0.95, metavar="T",
+                   help="cosine similarity at or above which two images count as near-duplicates (default: 0.95)")
+    p.add_argument("--run", dest="run_dir", metavar="DIR", help="a head or fine-tune run folder: also report its test accuracy "
+                   "with and without the test images that have a duplicate in train")
+    p.add_argument("--no-exact", action="store_true", help="skip the exact-copy check (it decodes every image)")
+    p.add_argument("--data", metavar="PATH", help="the image source, when it moved since stage one")
+    p.add_argument("--cache-dir", default="cache", metavar="DIR", help="where outputs go (default: cache)")
+
+
+def run(args):
+    if not (0 < args.threshold <= 1) or not np.isfinite(args.threshold):
+        raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
+    from pipeline import heads
+    fs = heads.features_from_args(args)
+    key = store.settings_hash({"features": fs.attrs["settings_hash"], "threshold": args.threshold,
+                               "exact": not args.no_exact})
+    out = Path(args.cache_dir) / "audit" / f"{fs.path.stem}-{key}"
+    if (out / "audit.json").is_file():
+        result = json.loads((out / "audit.json").read_text())
+        print(f"up to date: {out}")
+    else:
+        result = audit(fs, args.threshold, not args.no_exact, args.data, out)
+    print_summary(result)
+    if args.run_dir:
+        acc = accuracy_without(Path(args.run_dir), set(result["test_duplicate_source_index"]), fs)
+        print(f"run {Path(acc['run']).name}: test accuracy {acc['test_accuracy']:.4f} on all "
+              f"{len(fs.splits['test'].labels)} test images, {acc['test_accuracy_without_duplicates']:.4f} on the "
+              f"{acc['test_rows_without_duplicates']} without a duplicate in train")
+    print(out)
+
+
+def audit(fs: store.FeatureSet, threshold: float, exact: bool, data_path, out: Path) -> dict:
+    digests = ({s: pixel_digests(fs.attrs, s, fs.splits[s].index, data_path) for s in store.SPLITS}
+               if exact else None)
+    pairs = find_pairs(fs, threshold, digests)
+    result = {"features": str(fs.path), "threshold": threshold, "exact_check": exact,
+              "summary": summarize(fs, pairs),
+              "test_duplicate_source_index": sorted({p["source_index"] for p in pairs if p["split"] == "test"}),
+              "pairs": pairs}
+    with store.CacheLock(out), store.atomic_dir(out) as tmp:
+        result["gallery"] = draw_pairs(tmp / "pairs.png", fs, pairs, data_path)
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(PAIR_FIELDS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(pairs)
+        (tmp / "pairs.csv").write_text(buf.getvalue())
+        (tmp / "audit.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def draw_pairs(path: Path, fs: store.FeatureSet, pairs: list[dict], data_path) -> str:
+    """The most similar pairs, each as two cells side by side (query image, then its match)."""
+    shown = sorted(pairs, key=lambda p: -p["similarity"])[:SHOW]
+    if not shown:
+        return "no pairs"
+    from pipeline.gallery import save_grid
+    items = [it for p in shown for it in ((p["split"], p["source_index"]), (p["other_split"], p["other_source_index"]))]
+    try:
+        images = rows.images_of(fs.attrs, items, data_path)
+    except (UserError, OSError) as exc:
+        return rows.unreadable(exc)
+    captions = [c for p in shown for c in (f"{p['split']} {p['class']}\n{'exact' if p['exact'] else round(p['similarity'], 3)}",
+                                           f"{p['other_split']} {p['other_class']}\n#{p['other_source_index']}")]
+    colors = [c for p in shown for c in ("black", "black" if p["class"] == p["other_class"] else "red")]
+    save_grid(path, images, captions, columns=8, colors=colors,
+              title=f"most similar pairs (left: {shown[0]['split']} image, right: its match; red = other label)")
+    return path.name
+
+
+def print_summary(result: dict):
+    from pipeline.report import format_table
+    rows_ = [[q, s["rows"], s["with_duplicate"], f"{100 * s['share']:.2f}%", s["exact_copies"], s["pairs"],
+              s["label_disagrees"], "+".join(s["searched"])] for q, s in result["summary"].items()]
+    print(f"near-duplicates at cosine >= {result['threshold']}"
+          f"{'' if result['exact_check'] else ' (exact-copy check skipped)'}:")
+    print(format_table(["split", "rows", "with duplicate", "share", "exact copies", "pairs",
+                        "other label", "searched"], rows_))

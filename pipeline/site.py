@@ -1,0 +1,231 @@
+"""One page for every run: cache/reports/index.html, a sortable table of all heads (any kind, sweeps
+included) and fine-tunes, each linking to its own page in cache/reports/runs/ (metrics, confusion
+matrices, learning curves, most-confused pairs, the mistakes gallery). Plain static files with
+relative links and a few lines of inline JavaScript: they open from disk, with no server and no
+internet. `head`, `sweep` and `finetune` rebuild it after every run; `python -m pipeline report`
+rebuilds it on demand. A page whose content did not change is not rewritten.
+"""
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import os
+from pathlib import Path
+
+from pipeline import store
+from pipeline.errors import UserError
+
+STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
+table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}
+th[data-sort]{cursor:pointer;background:#eef}th[data-sort]:hover{background:#dde}
+td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;border:1px solid #ddd}
+.note{color:#666;font-size:12px}code{font-size:12px}"""
+SORT_JS = """document.querySelectorAll("th[data-sort]").forEach(th => th.addEventListener("click", () => {
+  const body = th.closest("table").tBodies[0], col = th.cellIndex, num = th.dataset.sort === "num";
+  // first click: numbers largest first, text A-Z; each further click reverses
+  const down = th.dataset.dir ? th.dataset.dir === "up" : num;
+  th.closest("tr").querySelectorAll("th").forEach(h => delete h.dataset.dir);
+  th.dataset.dir = down ? "down" : "up";
+  const value = tr => { const c = tr.cells[col], v = c.dataset.v ?? c.textContent;
+                        return num ? (v === "" ? -Infinity : parseFloat(v)) : v.toLowerCase(); };
+  [...body.rows].sort((a, b) => { const x = value(a), y = value(b);
+                                  return (x < y ? -1 : x > y ? 1 : 0) * (down ? -1 : 1); })
+               .forEach(tr => body.appendChild(tr));
+}));"""
+COLUMNS = [  # (header, key, numeric)
+    ("run", "name", False), ("kind", "kind", False), ("sweep", "sweep", False), ("features", "features", False),
+    ("backbone", "backbone", False), ("settings", "settings", False), ("val acc", "val_accuracy", True),
+    ("test acc", "test_accuracy", True), ("time s", "wall_seconds", True), ("finished (UTC)", "finished", False)]
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _page(title: str, body: str, script: str = "") -> str:
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<link rel=\"icon\" href=\"data:,\">"       # no favicon request: nothing fails to load
+            f"<title>{_e(title)}</title><style>{STYLE}</style></head>\n<body>\n{body}\n"
+            + (f"<script>\n{script}\n</script>\n" if script else "") + "</body></html>\n")
+
+
+# ---------------------------------------------------------------- collecting runs
+
+def _features_attrs(path: str, seen: dict) -> dict:
+    if path not in seen:
+        try:
+            seen[path] = store.read_features(path, splits=()).attrs
+        except (UserError, OSError):
+            seen[path] = {}
+    return seen[path]
+
+
+def collect_runs(cache_dir) -> tuple[list[dict], list[dict]]:
+    """(runs, sweeps). A run: name, kind, page, report folder, settings, accuracies, time. Any head
+    kind is taken as its run.json names it; unreadable run folders are skipped."""
+    cache = Path(cache_dir)
+    seen, runs = {}, []
+    sources = [(p, cache / "reports" / p.parent.name) for p in sorted(cache.glob("heads/*/run.json"))]
+    sources += [(p, p.parent / "report") for p in sorted(cache.glob("finetune/*/run.json"))]
+    for run_json, report_dir in sources:
+        try:
+            info = json.loads(run_json.read_text())
+            metrics = info.get("metrics") or {}
+            features = info.get("features") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        attrs = _features_attrs(features.get("path", ""), seen)
+        finetune = info.get("stage") == "finetune"
+        settings = info.get("settings") or {}
+        report = _read_json(report_dir / "report.json")
+        runs.append({
+            "name": run_json.parent.name, "kind": "finetune" if finetune else str(info.get("head", "?")),
+            "sweep": "", "features": Path(features.get("path", "?")).name,
+            "backbone": (info.get("backbone") or {}).get("name") or attrs.get("backbone", "?"),
+            "settings": _settings_text(settings, finetune),
+            "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
+            "wall_seconds": info.get("wall_seconds", metrics.get("wall_seconds", report.get("wall_seconds"))),
+            "finished": datetime.datetime.fromtimestamp(run_json.stat().st_mtime, datetime.timezone.utc)
+                        .strftime("%Y-%m-%d %H:%M:%S"),
+            "report_dir": report_dir, "report": report, "info": info})
+    by_name = {r["name"]: r for r in runs}
+    sweeps = []
+    for path in sorted(cache.glob("sweeps/*.json")):
+        board = _read_json(path, default=[])
+        if not isinstance(board, list):
+            continue
+        members = [row.get("run") for row in board if isinstance(row, dict) and row.get("run") in by_name]
+        for name in members:
+            by_name[name]["sweep"] = ", ".join(filter(None, [by_name[name]["sweep"], path.stem]))
+        if members:
+            sweeps.append({"name": path.stem, "runs": members, "best": members[0]})
+    return runs, sweeps
+
+
+def _read_json(path: Path, default=None):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {} if default is None else default
+
+
+def _settings_text(settings: dict, finetune: bool) -> str:
+    keep = ("mode", "unfreeze_from", "lr", "epochs", "batch_size", "augment", "optimizer") if finetune else settings
+    return " ".join(f"{k}={settings[k]}" for k in keep if k in settings and not isinstance(settings[k], (dict, list)))
+
+
+# ---------------------------------------------------------------- pages
+
+def _cell(run: dict, key: str, numeric: bool, page_dir: Path) -> str:
+    value = run.get(key)
+    if key == "name":
+        return f'<td><a href="runs/{_e(run["name"])}.html">{_e(value)}</a></td>'
+    if numeric:
+        text = "" if value is None else (f"{value:.4f}" if key.endswith("accuracy") else f"{value:.1f}")
+        return f'<td class="num" data-v="{"" if value is None else _e(value)}">{text}</td>'
+    return f"<td>{_e(value or '')}</td>"
+
+
+def index_html(runs: list[dict], sweeps: list[dict], page_dir: Path) -> str:
+    runs = sorted(runs, key=lambda r: r["finished"], reverse=True)
+    head = "".join(f'<th data-sort="{"num" if num else "text"}">{_e(h)}</th>' for h, _, num in COLUMNS)
+    body_rows = "\n".join("<tr>" + "".join(_cell(r, k, num, page_dir) for _, k, num in COLUMNS) + "</tr>"
+                          for r in runs)
+    parts = [f"<h1>All runs ({len(runs)})</h1>",
+             '<p class="note">Click a column header to sort (again to reverse). Models are chosen on val; '
+             "test accuracy is for reading only.</p>",
+             f'<table id="runs"><thead><tr>{head}</tr></thead><tbody>\n{body_rows}\n</tbody></table>']
+    if sweeps:
+        rows = "\n".join(f'<tr><td>{_e(s["name"])}</td><td class="num">{len(s["runs"])}</td>'
+                         f'<td><a href="runs/{_e(s["best"])}.html">{_e(s["best"])}</a></td></tr>' for s in sweeps)
+        parts.append("<h2>Sweeps</h2><table><thead><tr><th>sweep</th><th>runs</th><th>best on val</th></tr>"
+                     f"</thead><tbody>\n{rows}\n</tbody></table>")
+    if not runs:
+        parts.append('<p class="note">No runs yet: <code>make head</code> makes one.</p>')
+    return _page("All runs", "\n".join(parts), SORT_JS)
+
+
+def run_html(run: dict, page_dir: Path) -> str:
+    report, report_dir = run["report"], run["report_dir"]
+
+    def rel(name):
+        return _e(os.path.relpath(report_dir / name, page_dir))
+    facts = [(h, run.get(k)) for h, k, _ in COLUMNS if k != "name"]
+    parts = [f"<p><a href=\"../index.html\">all runs</a></p><h1>{_e(run['name'])}</h1>",
+             "<table>" + "".join(f"<tr><th>{_e(h)}</th><td>{_e('' if v is None else v)}</td></tr>" for h, v in facts)
+             + "</table>"]
+    comparison = report.get("comparison") or run["info"].get("comparison")
+    if comparison:
+        parts.append("<h2>Fine-tuned against its starting head</h2><table><tr><th></th><th>val acc</th>"
+                     "<th>test acc</th></tr>" + "".join(
+                         f"<tr><td>{_e(k)}</td><td class=\"num\">{_e(comparison[k].get('val_accuracy'))}</td>"
+                         f"<td class=\"num\">{_e(comparison[k].get('test_accuracy'))}</td></tr>"
+                         for k in ("head", "finetuned", "delta") if isinstance(comparison.get(k), dict))
+                     + "</table>")
+    splits = report.get("splits") or {}
+    if splits:
+        names = report.get("class_names") or []
+        head = "".join(f"<th>{_e(s)} {k}</th>" for s in splits for k in ("precision", "recall", "F1"))
+        rows = "".join("<tr><td>" + _e(c) + "</td>" + "".join(
+            f"<td class=\"num\">{splits[s]['per_class'][c][k]:.3f}</td>"
+            for s in splits for k in ("precision", "recall", "f1")) + "</tr>" for c in names)
+        parts.append(f"<h2>Per class</h2><table><tr><th>class</th>{head}</tr>{rows}</table>")
+    confused = report.get("most_confused") or {}
+    if confused:
+        items = "".join(f"<li>{_e(s)}: " + "; ".join(f"{_e(p['true'])} &rarr; {_e(p['predicted'])} "
+                                                      f"({p['count']})" for p in pairs) + "</li>"
+                        for s, pairs in confused.items())
+        parts.append(f"<h2>Most-confused pairs (true &rarr; predicted, count)</h2><ul>{items}</ul>")
+    for title, name in (("Confusion matrices", "confusion.png"), ("Learning curves", "curves.png"),
+                        ("Most confident mistakes", "mistakes.png")):
+        if (report_dir / name).is_file():
+            parts.append(f'<h2>{title}</h2><img src="{rel(name)}" alt="{_e(title)}">')
+    note = (report.get("mistakes") or {}).get("note")
+    if note:
+        parts.append(f'<p class="note">{_e(note)}</p>')
+    links = [f'<a href="{rel(n)}">{n}</a>' for n in ("predictions.csv", "report.json") if (report_dir / n).is_file()]
+    if links:
+        parts.append("<p>" + " &middot; ".join(links) + "</p>")
+    return _page(run["name"], "\n".join(parts))
+
+
+def _write_if_changed(path: Path, text: str) -> bool:
+    if path.is_file() and path.read_text() == text:
+        return False
+    store.write_text_atomic(path, text)
+    return True
+
+
+def rebuild(cache_dir) -> tuple[Path, bool]:
+    """Write index.html and every run's page; drop pages of runs that are gone. Returns
+    (index path, whether anything changed)."""
+    root = Path(cache_dir) / "reports"
+    page_dir = root / "runs"
+    page_dir.mkdir(parents=True, exist_ok=True)
+    runs, sweeps = collect_runs(cache_dir)
+    changed = False
+    for r in runs:
+        changed |= _write_if_changed(page_dir / f"{r['name']}.html", run_html(r, page_dir))
+    keep = {f"{r['name']}.html" for r in runs}
+    for old in page_dir.glob("*.html"):
+        if old.name not in keep:
+            old.unlink()
+            changed = True
+    index = root / "index.html"
+    changed |= _write_if_changed(index, index_html(runs, sweeps, page_dir))
+    return index, changed
+
+
+# ---------------------------------------------------------------- command line
+
+def add_arguments(p):
+    p.add_argument("--cache-dir", default="cache", metavar="DIR", help="the cache whose runs to list (default: cache)")
+
+
+def run(args):
+    cache = Path(args.cache_dir)
+    if not cache.is_dir():
+        raise UserError(f"--cache-dir {cache} is not a folder; run `make head` first")
+    index, changed = rebuild(cache)
+    print(index if changed else f"up to date: {index}")
