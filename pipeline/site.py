@@ -117,7 +117,7 @@ def _settings_text(settings: dict, finetune: bool) -> str:
 
 # ---------------------------------------------------------------- pages
 
-def _cell(run: dict, key: str, numeric: bool, page_dir: Path) -> str:
+def _cell(run: dict, key: str, numeric: bool) -> str:
     value = run.get(key)
     if key == "name":
         return f'<td><a href="runs/{_e(run["name"])}.html">{_e(value)}</a></td>'
@@ -127,10 +127,10 @@ def _cell(run: dict, key: str, numeric: bool, page_dir: Path) -> str:
     return f"<td>{_e(value or '')}</td>"
 
 
-def index_html(runs: list[dict], sweeps: list[dict], page_dir: Path) -> str:
+def index_html(runs: list[dict], sweeps: list[dict]) -> str:
     runs = sorted(runs, key=lambda r: r["finished"], reverse=True)
     head = "".join(f'<th data-sort="{"num" if num else "text"}">{_e(h)}</th>' for h, _, num in COLUMNS)
-    body_rows = "\n".join("<tr>" + "".join(_cell(r, k, num, page_dir) for _, k, num in COLUMNS) + "</tr>"
+    body_rows = "\n".join("<tr>" + "".join(_cell(r, k, num) for _, k, num in COLUMNS) + "</tr>"
                           for r in runs)
     parts = [f"<h1>All runs ({len(runs)})</h1>",
              '<p class="note">Click a column header to sort (again to reverse). Models are chosen on val; '
@@ -213,7 +213,7 @@ def rebuild(cache_dir) -> tuple[Path, bool]:
             old.unlink()
             changed = True
     index = root / "index.html"
-    changed |= _write_if_changed(index, index_html(runs, sweeps, page_dir))
+    changed |= _write_if_changed(index, index_html(runs, sweeps))
     return index, changed
 
 
