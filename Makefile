@@ -28,7 +28,7 @@ GRID     ?=
 HEADFILE ?=
 ARGS     ?=
 
-.PHONY: venv features info head sweep finetune test bench clean-venv
+.PHONY: venv features backbones info head sweep finetune test bench clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ venv: $(STAMP)
 features: $(STAMP)
 	$(PY) -m pipeline features $(FEATURE_FLAGS)
 
+backbones: $(STAMP)
+	$(PY) -m pipeline backbones
+
 info: $(STAMP)
 	$(PY) -m pipeline info $(FILE)
 
@@ -52,7 +55,7 @@ sweep: $(STAMP)
 
 finetune: $(STAMP)
 	$(PY) -m pipeline finetune $(call opt,--features,$(FEATURES)) $(call opt,--head,$(HEADFILE)) \
-		$(call opt,--backbone,$(filter-out inception_v3,$(BACKBONE))) --cache-dir $(CACHE) $(ARGS)
+		$(call opt,--backbone,$(filter %.keras,$(BACKBONE))) --cache-dir $(CACHE) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -29,14 +29,16 @@ def _add_features(sub):
                                    "line printed is the file's path.")
     p.add_argument("--data", metavar="PATH", help="cifar-10-batches-py folder, cifar-10-python.tar.gz, or "
                    "image folders train/<class>/* and test/<class>/*; default: download via Keras")
-    p.add_argument("--backbone", default="inception_v3", metavar="inception_v3|PATH",
-                   help="InceptionV3, or a saved .keras model taking RGB 0-255 images and returning a "
-                        "feature vector (default: inception_v3)")
+    p.add_argument("--backbone", default="inception_v3", metavar="NAME|PATH",
+                   help="a backbone named in `python -m pipeline backbones` (inception_v3, resnet50, "
+                        "convnext_tiny, ...), or a saved .keras model taking RGB 0-255 images and returning "
+                        "a feature vector (default: inception_v3)")
     p.add_argument("--weights", metavar="imagenet|none|PATH",
-                   help="InceptionV3 weights: Keras's ImageNet download, random init (tests), or a local "
-                        "weights file (default: imagenet)")
+                   help="Keras's ImageNet download, random init (tests), or a local weights file, e.g. "
+                        "Keras's *_notop.h5 for the backbone (default: imagenet)")
     p.add_argument("--size", type=_positive_int, metavar="N",
-                   help="side of the resized input, at least 75 (default: 299; a model file's own size)")
+                   help="side of the resized input (default: the backbone's own, e.g. 299 for inception_v3; "
+                        "at least its minimum, e.g. 75)")
     p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N", help="images per batch (default: 64)")
     p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="auto: float16 on a GPU, bfloat16 on a CPU with AMX/AVX512-BF16, else float32")
@@ -54,6 +56,11 @@ def _run_features(args):
                                batch_size=args.batch_size, precision=args.precision, limit=args.limit,
                                val_fraction=args.val_fraction, seed=args.seed, cache_dir=args.cache_dir)
     print(run_features(settings))
+
+
+def _run_backbones(args):
+    from pipeline.backbone import backbone_table
+    print(backbone_table())
 
 
 def _run_info(args):
@@ -99,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print a features file's settings, splits, shapes and completeness")
     info.add_argument("file", metavar="FILE.h5")
     info.set_defaults(run=_run_info)
+    sub.add_parser("backbones", help="the backbones --backbone can name: size, width, parameters, "
+                   "preprocessing, default --unfreeze-from").set_defaults(run=_run_backbones)
     for name, module_name, help_text in STAGE_MODULES:
         try:
             module = importlib.import_module(module_name)

@@ -9,17 +9,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import data, store
-from pipeline.backbone import (INCEPTION, INCEPTION_PREPROCESSING, build_backbone, fast_extractor,
-                               inception_weights_identity, resolve_precision)
+from pipeline import backbone as backbones
+from pipeline.backbone import build_backbone, fast_extractor, resolve_precision
 from pipeline.errors import UserError
 
 
 @dataclass
 class FeatureSettings:
     data: str | None = None          # None: keras.datasets.cifar10 download
-    backbone: str = INCEPTION        # or a saved .keras model
-    weights: str | None = None       # imagenet | none | PATH (InceptionV3 only); None = imagenet
-    size: int | None = None          # None: 299 for InceptionV3, the model's own for a file
+    backbone: str = backbones.DEFAULT_BACKBONE   # a row of backbone.BACKBONES, or a saved .keras model
+    weights: str | None = None       # imagenet | none | PATH (named backbones only); None = imagenet
+    size: int | None = None          # None: the row's default size, the model's own for a file
     batch_size: int = 64
     precision: str = "auto"
     limit: int | None = None
@@ -39,19 +39,52 @@ def dataset_name(path: str | None) -> str:
 
 def identity(s: FeatureSettings, precision: str) -> dict:
     """Exactly the settings that determine the cached numbers; their hash names the file.
-    Computed without decoding an image or building InceptionV3, so an up-to-date check is quick."""
-    if s.backbone == INCEPTION:
-        weights_id = inception_weights_identity(s.weights or "imagenet", s.seed)
-        size = 299 if s.size is None else s.size
-        backbone, width, preprocessing = INCEPTION, 2048, INCEPTION_PREPROCESSING.format(size=size)
-    else:
-        bb = build_backbone(s.backbone, s.weights, s.size)   # a saved model: cheap to load
-        backbone, weights_id, size, width, preprocessing = (Path(s.backbone).name, bb.weights,
-                                                            bb.input_size, bb.width, bb.preprocessing)
+    Computed without decoding an image or building a network, so an up-to-date check is quick.
+    `rebuild_backbone` and `load_splits` below are its inverse."""
     return {"dataset": dataset_name(s.data), "source_identity": data.source_identity(s.data),
             "limit": s.limit if s.limit is not None else -1, "val_fraction": s.val_fraction,
-            "split_seed": s.seed, "backbone": backbone, "weights": weights_id, "input_size": size,
-            "feature_width": width, "preprocessing": preprocessing, "precision": precision}
+            "split_seed": s.seed, **backbones.identity(s.backbone, s.weights, s.size, s.seed),
+            "precision": precision}
+
+
+def rebuild_backbone(attrs: dict, backbone_file: str | None = None, weights_file: str | None = None):
+    """The network a features file was made with, from its attributes: a named backbone with the
+    same weights origin and input size; a weights or .keras file is located by the caller
+    (--weights/--backbone) and checked by its sha256."""
+    from pipeline.backbone import BACKBONES, Weights
+    if "weights_source" not in attrs:
+        raise UserError("the features file predates structured weight attributes; rerun `make features`")
+    recorded, shape = Weights.from_attrs(attrs), tuple(attrs["image_shape"])
+    if attrs["backbone"] in BACKBONES:
+        weights = {"imagenet": "imagenet", "none": "none"}.get(recorded.source, weights_file)
+        if weights is None:
+            raise UserError(f"the features file was made with a local {attrs['backbone']} weights file; "
+                            "pass --weights PATH")
+        bb = build_backbone(attrs["backbone"], weights, int(attrs["input_size"]), shape, max(recorded.seed, 0))
+        what = f"--weights {weights_file}"
+    else:
+        if backbone_file is None:
+            raise UserError(f"the features file was made with the backbone file {attrs['backbone']}; "
+                            "pass --backbone PATH to it")
+        bb = build_backbone(backbone_file, None, None, shape)
+        what = f"--backbone {backbone_file}"
+    if bb.weights != recorded:
+        raise UserError(f"{what} is not the one the features were made with ({recorded})")
+    if (bb.width, bb.input_size) != (attrs["feature_width"], attrs["input_size"]):
+        raise UserError(f"rebuilt backbone gives width {bb.width} at {bb.input_size}px; the features file "
+                        f"says {attrs['feature_width']} at {attrs['input_size']}px")
+    return bb
+
+
+def load_splits(attrs: dict, data_path: str | None):
+    """The features file's images and splits, checked against its fingerprint."""
+    source = data.source_of(attrs, data_path)
+    limit = attrs["limit"] if attrs["limit"] != -1 else None
+    splits = data.make_splits(data.load_dataset(source, limit), attrs["val_fraction"], attrs["split_seed"])
+    if data.fingerprint(splits) != attrs["data_fingerprint"]:
+        raise UserError(f"the images at {source} are not the ones the features file was made from; "
+                        "pass --data PATH to the original source")
+    return splits
 
 
 def _check(s: FeatureSettings):
@@ -92,7 +125,7 @@ def run_features(s: FeatureSettings, log=print) -> Path:
         backbone = build_backbone(s.backbone, s.weights, s.size, ds.train_x.shape[1:], s.seed)
         extract = fast_extractor(backbone.model, precision)
         attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(settings),
-                 "settings": settings, **settings, "source": ds.source, "class_names": list(ds.class_names),
+                 "settings": settings, **settings, "weights": str(backbone.weights), "source": ds.source, "class_names": list(ds.class_names),
                  "image_shape": list(ds.train_x.shape[1:]), "data_fingerprint": data.fingerprint(splits),
                  "device": device, "batch_size": s.batch_size, "versions": versions(),
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

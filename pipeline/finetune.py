@@ -2,8 +2,8 @@
 
 One Keras model: uint8 images -> resize and preprocessing -> the backbone of the features file
 (rebuilt exactly: same network, weights and input size) -> the stage-two dense head with its
-trained weights. Everything from --unfreeze-from on trains (default: the top two blocks, mixed9
-for InceptionV3); BatchNorm stays in inference mode throughout, so moving statistics never change.
+trained weights. Everything from --unfreeze-from on trains (default: the top two blocks, from the
+backbone table: mixed9 for InceptionV3, conv5_block2_1_conv for ResNet50, ...); BatchNorm stays in inference mode throughout, so moving statistics never change.
 
 Modes:
   cached      (default on a CPU) the frozen part below the cut is a fixed function of the image:
@@ -30,6 +30,7 @@ import numpy as np
 
 from pipeline import store
 from pipeline.errors import UserError
+from pipeline.features import load_splits, rebuild_backbone
 
 MODES = ("cached", "end-to-end")
 OPTIMIZERS = ("sgd", "adam")
@@ -40,7 +41,7 @@ class FinetuneSettings:
     features: str | None = None        # stage-one file; None: the newest in <cache_dir>/features
     head: str | None = None            # stage-two model.keras; None: the best dense head for the features
     mode: str | None = None            # None: end-to-end on a GPU, cached on a CPU
-    unfreeze_from: str | None = None   # None: mixed9 for InceptionV3, the second-to-last block otherwise
+    unfreeze_from: str | None = None   # None: the backbone row's default, a file's second-to-last block
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-4
@@ -52,7 +53,7 @@ class FinetuneSettings:
     precision: str = "auto"
     seed: int = 0
     backbone: str | None = None        # path of the .keras backbone when the features file used one
-    weights: str | None = None         # InceptionV3 weights file when the features file used one
+    weights: str | None = None         # the weights file, when the features file was made with one
     data: str | None = None            # the image source, when it moved since stage one
     cache_dir: str = "cache"
 
@@ -65,7 +66,8 @@ def add_arguments(p):
                    "(default: the best dense head trained on the features file)")
     p.add_argument("--mode", choices=MODES, help="default: end-to-end on a GPU, cached on a CPU")
     p.add_argument("--unfreeze-from", metavar="NAME", help="train this block and everything after it "
-                   "(default: mixed9 for InceptionV3, i.e. the top two blocks; the second-to-last block otherwise)")
+                   "(default: the top two blocks, as `python -m pipeline backbones` lists; a backbone file's "
+                   "second-to-last block)")
     p.add_argument("--epochs", type=int, default=10, metavar="N", help="at most N epochs (default: 10; "
                    "0 exports backbone + head unchanged)")
     p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="default: 32")
@@ -79,7 +81,7 @@ def add_arguments(p):
                    help="auto: float16 on a GPU, bfloat16 on a CPU with AMX/AVX512-BF16, else float32")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of shuffling, augmentation, dropout")
     p.add_argument("--backbone", metavar="PATH", help="the .keras backbone file, when the features file was made with one")
-    p.add_argument("--weights", metavar="PATH", help="the InceptionV3 weights file, when the features file was made with one")
+    p.add_argument("--weights", metavar="PATH", help="the weights file, when the features file was made with --weights PATH")
     p.add_argument("--data", metavar="PATH", help="the image source, if it moved since the features file was made")
     p.add_argument("--cache-dir", default="cache", metavar="DIR", help="where outputs go (default: cache)")
 
@@ -146,55 +148,7 @@ def _find_head(s: FinetuneSettings, features_hash: str) -> Path:
     return found / "model.keras" if found.is_dir() else found
 
 
-def rebuild_backbone(attrs: dict, s: FinetuneSettings):
-    """The same network the features file was made with: name, weights and input size from its
-    attributes; a file is located by --backbone/--weights and checked by its sha256."""
-    from pipeline.backbone import INCEPTION, build_backbone, sha256_file
-    weights_id, shape, seed = attrs["weights"], tuple(attrs["image_shape"]), 0
-    if attrs["backbone"] == INCEPTION:
-        if weights_id.startswith("imagenet"):
-            weights = "imagenet"
-        elif weights_id.startswith("none"):
-            weights, seed = "none", int(weights_id.rsplit("seed", 1)[1].strip(" )"))
-        else:
-            if s.weights is None:
-                raise UserError("the features file was made with a local InceptionV3 weights file; pass --weights PATH")
-            weights = s.weights
-        if weights == s.weights and f"sha256:{sha256_file(Path(s.weights))}" != weights_id:
-            raise UserError(f"{s.weights} is not the weights file the features were made with ({weights_id})")
-        bb = build_backbone(INCEPTION, weights, attrs["input_size"], shape, seed)
-    else:
-        if s.backbone is None:
-            raise UserError(f"the features file was made with the backbone file {attrs['backbone']}; "
-                            "pass --backbone PATH to it")
-        bb = build_backbone(s.backbone, None, None, shape)
-        if bb.weights != weights_id:
-            raise UserError(f"{s.backbone} is not the backbone the features were made with ({weights_id})")
-    if (bb.width, bb.input_size) != (attrs["feature_width"], attrs["input_size"]):
-        raise UserError(f"rebuilt backbone gives width {bb.width} at {bb.input_size}px; the features file "
-                        f"says {attrs['feature_width']} at {attrs['input_size']}px")
-    return bb
-
-
-def load_splits(attrs: dict, data_path: str | None):
-    """The features file's images and splits, checked against its fingerprint."""
-    from pipeline import data
-    source = data.source_of(attrs, data_path)
-    limit = attrs["limit"] if attrs["limit"] != -1 else None
-    splits = data.make_splits(data.load_dataset(source, limit), attrs["val_fraction"], attrs["split_seed"])
-    if data.fingerprint(splits) != attrs["data_fingerprint"]:
-        raise UserError(f"the images at {source} are not the ones the features file was made from; "
-                        "pass --data PATH to the original source")
-    return splits
-
-
 # ---------------------------------------------------------------- training pieces
-
-def default_unfreeze(base) -> str:
-    from pipeline.surgery import block_names
-    names = block_names(base)
-    return "mixed9" if "mixed9" in names else names[-2]
-
 
 def training_model(parts, mode: str, precision: str):
     """(model, upper copy) for `mode`: the upper part in `precision`, then the head. The frozen
@@ -286,9 +240,10 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
 
     import keras
     from pipeline import surgery
-    bb = rebuild_backbone(attrs, s)
-    unfreeze = s.unfreeze_from or default_unfreeze(bb.model.layers[-1])
-    parts = surgery.split(bb.model, head, unfreeze)
+    from pipeline.backbone import default_unfreeze
+    bb = rebuild_backbone(attrs, s.backbone, s.weights)
+    unfreeze = s.unfreeze_from or default_unfreeze(bb.model.layers[-1], bb.row)
+    parts = surgery.split(bb.model, head, unfreeze, bb.row)
     settings = run_settings(s, attrs, head_path, mode, parts.cut, unfreeze, precision)
     run_dir = Path(s.cache_dir) / "finetune" / f"{features_path.stem}-{mode}-{unfreeze}-{store.settings_hash(settings)}"
     model_path = run_dir / "model.keras"
@@ -318,7 +273,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         store.write_text_atomic(run_dir / "run.json", json.dumps({
             "stage": "finetune", "settings": settings, "class_names": class_names, "model": "model.keras",
             "features": {"path": str(features_path), "settings_hash": attrs["settings_hash"]},
-            "head": {"path": str(head_path)}, "backbone": {"name": bb.name, "weights": bb.weights,
+            "head": {"path": str(head_path)}, "backbone": {"name": bb.name, **bb.weights.attrs(),
                                                             "input_size": bb.input_size},
             "device": device, "metrics": comparison["finetuned"], "comparison": comparison,
             "epochs_run": len(history.get("loss", [])), "wall_seconds": round(wall, 1)}, indent=2, default=str))

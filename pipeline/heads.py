@@ -42,8 +42,6 @@ _VALID = {   # setting -> (is it valid?, what it must be)
     "C": (lambda v: v > 0, "positive"),
     "max_iter": (lambda v: v >= 1, "a whole number >= 1"),
 }
-# What `make features` makes by default: --features may be left out when such a file exists.
-DEFAULT_FEATURES = {"backbone": "inception_v3", "weights": "imagenet", "input_size": 299}
 
 
 # ---------------------------------------------------------------- settings
@@ -85,20 +83,21 @@ def run_name(head: str, features_hash: str, settings: dict) -> str:
 
 def default_features(cache_dir) -> Path:
     """The newest complete features file in the cache made with `make features`' default settings."""
+    from pipeline.backbone import BACKBONES, DEFAULT_BACKBONE
+    default = {"backbone": DEFAULT_BACKBONE, "weights_source": "imagenet",
+               "input_size": BACKBONES[DEFAULT_BACKBONE].default_size}
     found = []
     for path in Path(cache_dir, "features").glob("*.h5"):
         try:
             attrs = store.read_features(path, splits=()).attrs
         except UserError:
             continue       # incomplete or foreign: not a candidate
-        if (attrs.get("backbone") == DEFAULT_FEATURES["backbone"] and attrs.get("input_size") == 299
-                and str(attrs.get("weights", "")).startswith(DEFAULT_FEATURES["weights"])
-                and len(attrs.get("row_shape", [0])) == 1):
+        if all(attrs.get(k) == v for k, v in default.items()) and len(attrs.get("row_shape", [0])) == 1:
             found.append(path)
     if not found:
-        raise UserError(f"no complete features file with the default settings (InceptionV3, ImageNet "
-                        f"weights, 299x299) in {Path(cache_dir, 'features')}; run `make features` first, "
-                        f"or pass --features FILE")
+        raise UserError(f"no complete features file with the default settings ({DEFAULT_BACKBONE}, ImageNet "
+                        f"weights, {default['input_size']}x{default['input_size']}) in "
+                        f"{Path(cache_dir, 'features')}; run `make features` first, or pass --features FILE")
     return max(found, key=lambda p: p.stat().st_mtime)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -75,10 +74,10 @@ def embed_files(attrs: dict, files: list[Path], backbone=None, weights=None) -> 
     """Features of image files computed as stage one computed the file's rows: the same network
     (checked by its weights identity), precision and image size."""
     from pipeline.backbone import fast_extractor
-    from pipeline.finetune import rebuild_backbone
+    from pipeline.features import rebuild_backbone
     from pipeline.predict import load_image
     images = np.stack([load_image(f, tuple(attrs["image_shape"][:2])) for f in files])
-    bb = rebuild_backbone(attrs, SimpleNamespace(backbone=backbone, weights=weights))
+    bb = rebuild_backbone(attrs, backbone, weights)
     return fast_extractor(bb.model, attrs["precision"])(images)
 
 
@@ -96,7 +95,7 @@ def add_arguments(p):
                    help="splits searched, comma-separated (default: train)")
     p.add_argument("--backbone", metavar="PATH", help="the .keras backbone file, when the features were made "
                    "with one (needed to embed IMAGE files)")
-    p.add_argument("--weights", metavar="PATH", help="local InceptionV3 weights file, when the features were "
+    p.add_argument("--weights", metavar="PATH", help="local weights file, when the features were "
                    "made with one (needed to embed IMAGE files)")
     p.add_argument("--data", metavar="PATH", help="the image source, when it moved since stage one")
     p.add_argument("--cache-dir", default="cache", metavar="DIR", help="where outputs go (default: cache)")

@@ -8,7 +8,6 @@ block name (InceptionV3's `mixed9`) means the whole block, as the Keras fine-tun
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from pipeline.backbone import _POLICY
@@ -38,9 +37,9 @@ def _producers(layer, position) -> list[int]:
 
 
 def separators(base) -> list[int]:
-    """Positions i (in the network's topological layer order) whose output alone carries
-    everything from layers 0..i to layers after i."""
-    layers = base.layers
+    """Positions i (in the network's topological order of operations: layers, and plain ops such
+    as ConvNeXt's residual `+`) whose output alone carries everything from 0..i to after i."""
+    layers = base.operations
     position = {layer.name: i for i, layer in enumerate(layers)}
     earliest = [min(_producers(l, position), default=i) for i, l in enumerate(layers)]
     found, low = [], len(layers)
@@ -51,39 +50,26 @@ def separators(base) -> list[int]:
     return sorted(found)
 
 
-def block_names(base) -> list[str]:
-    """Names worth suggesting for --unfreeze-from: InceptionV3's mixedN blocks, or the first
-    layer of each `<word><number>_` group (EfficientNet's block00_..block15_)."""
-    names = [layer.name for layer in base.layers[1:]]
-    mixed = [n for n in names if re.fullmatch(r"mixed\d+", n)]
-    if mixed:
-        return mixed
-    firsts, seen = [], set()
-    for n in names:
-        m = re.match(r"([A-Za-z]+\d+)_", n)
-        if m and m.group(1) not in seen:
-            seen.add(m.group(1))
-            firsts.append(n)
-    return firsts or names
-
-
-def find_cut(base, unfreeze_from: str) -> str:
-    """The separator layer right before the block that `unfreeze_from` names."""
-    names = [layer.name for layer in base.layers]
-    if unfreeze_from not in names[1:]:
+def find_cut(base, unfreeze_from: str, row=None) -> str:
+    """The separator right before the block that `unfreeze_from` names (`row`: its backbone table
+    row, which says how blocks are named)."""
+    from pipeline.backbone import block_names
+    names = [op.name for op in base.operations]
+    if unfreeze_from not in [layer.name for layer in base.layers[1:]]:
         raise UserError(f"--unfreeze-from {unfreeze_from!r} is not a layer of {base.name}; valid block "
-                        f"names: {', '.join(block_names(base))} (or any other layer name of the network)")
+                        f"names: {', '.join(block_names(base, row))} (or any other layer name of the network)")
     target = names.index(unfreeze_from)
     return names[max(i for i in separators(base) if i < target)]
 
 
-def split(backbone_model, head, unfreeze_from: str) -> Parts:
-    """Cut `backbone_model` (from pipeline.backbone.build_backbone) before `unfreeze_from`."""
+def split(backbone_model, head, unfreeze_from: str, row=None) -> Parts:
+    """Cut `backbone_model` (from pipeline.backbone.build_backbone, `row` its table row) before
+    `unfreeze_from`."""
     import keras
     base = backbone_model.layers[-1]           # the pretrained network after the front layers
     front = keras.Model(backbone_model.input, backbone_model.layers[-2].output, name="front")
-    cut = find_cut(base, unfreeze_from)
-    cut_tensor = base.get_layer(cut).output
+    cut = find_cut(base, unfreeze_from, row)
+    cut_tensor = next(op for op in base.operations if op.name == cut).output
     lower = keras.Model(base.input, cut_tensor, name="lower")
     upper = keras.Model(cut_tensor, base.output, name="upper")
     trainable = set(map(id, upper.layers[1:]))
@@ -104,9 +90,11 @@ def with_precision(model, precision: str):
     import keras
 
     def clone(layer):
+        if isinstance(layer, keras.Model):       # ConvNeXt's downsampling blocks
+            return with_precision(layer, precision)
         config = layer.get_config()
-        if not isinstance(layer, keras.layers.InputLayer):
-            config["dtype"] = _POLICY[precision]
+        if isinstance(layer, keras.layers.Layer) and not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = _POLICY[precision]   # (not plain ops such as ConvNeXt's residual `+`)
         return layer.__class__.from_config(config)
 
     copy = keras.models.clone_model(model, clone_function=clone)

@@ -100,10 +100,13 @@ def test_folding_handles_depthwise_convolutions_and_biases():
     np.testing.assert_allclose(folded(x).numpy(), model(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_auto_precision_on_this_cpu():
+def test_auto_precision_follows_the_device():
+    import tensorflow as tf
     precision, device = bb.resolve_precision("auto")
-    assert device == "CPU"
-    assert precision == ("bfloat16" if bb.cpu_has_bf16() else "float32")
+    if tf.config.list_physical_devices("GPU"):
+        assert device.startswith("GPU") and precision == "float16"
+    else:
+        assert device == "CPU" and precision == ("bfloat16" if bb.cpu_has_bf16() else "float32")
     with pytest.raises(UserError):
         bb.resolve_precision("int8")
 
@@ -112,7 +115,7 @@ def test_weights_file_gives_the_same_network(tmp_path, inception):
     path = tmp_path / "inception.weights.h5"
     inception.model.get_layer("inception_v3").save_weights(path)
     loaded = bb.build_backbone("inception_v3", str(path), SIZE, seed=123)
-    assert loaded.weights.startswith("sha256:")
+    assert loaded.weights == bb.Weights("file", sha256=bb.sha256_file(path))
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(loaded.model.predict(images, verbose=0), inception.model.predict(images, verbose=0))
 
@@ -121,7 +124,8 @@ def test_saved_backbone_file_brings_its_own_size_and_width():
     require_pretrained()
     backbone = bb.build_backbone(str(PRETRAINED))
     assert (backbone.input_size, backbone.width) == (224, 1280)
-    assert backbone.weights == "sha256:cbe38d27d3d675a9b34bbfe0d790490068c14d1b4c5c8fc9e5c2996e78326728"
+    assert backbone.weights.attrs() == {"weights_source": "file", "weights_seed": -1, "weights_sha256":
+                                        "cbe38d27d3d675a9b34bbfe0d790490068c14d1b4c5c8fc9e5c2996e78326728"}
     images = _real_images(4)
     ref = backbone.model.predict(images, verbose=0)
     fast = bb.fast_extractor(backbone.model, "float32")(images)
@@ -131,6 +135,8 @@ def test_saved_backbone_file_brings_its_own_size_and_width():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(backbone="inception_v3", weights="none", size=50), "at least 75"),
     (dict(backbone="no/such/model.keras"), "does not exist"),
+    (dict(backbone="resnet_50"), "must be one of inception_v3, resnet50, "),
+    (dict(backbone="xception", weights="none", size=64), "at least 71 for xception"),
     (dict(backbone="inception_v3", weights="no/such/file.h5"), "not a file"),
 ])
 def test_bad_backbone_settings(kwargs, message):
@@ -141,7 +147,7 @@ def test_bad_backbone_settings(kwargs, message):
 def test_unreadable_files_are_user_errors(tmp_path):
     junk = tmp_path / "junk.weights.h5"
     junk.write_bytes(b"\x00" * 64)
-    with pytest.raises(UserError, match="cannot load InceptionV3 weights"):
+    with pytest.raises(UserError, match="cannot load inception_v3 weights"):
         bb.build_backbone("inception_v3", str(junk), SIZE)
     fake_model = tmp_path / "model.keras"
     fake_model.write_bytes(b"not a zip")
@@ -154,5 +160,81 @@ def test_imagenet_download_failure_is_explained(monkeypatch):
     def offline(*args, **kwargs):
         raise Exception("URL fetch failure")
     monkeypatch.setattr("keras.src.applications.inception_v3.file_utils.get_file", offline)
-    with pytest.raises(UserError, match="could not download the InceptionV3 ImageNet weights.*--weights"):
+    with pytest.raises(UserError, match="could not download the inception_v3 ImageNet weights.*--weights.*notop.h5"):
         bb.build_backbone("inception_v3", "imagenet", SIZE)
+
+
+# ---------------------------------------------------------------- every row of the table
+
+def _application_preprocess(row):
+    """The row's keras.applications module's own preprocess_input (the reference)."""
+    import importlib
+    import keras
+    return importlib.import_module(getattr(keras.applications, row.constructor).__module__).preprocess_input
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(bb.BACKBONES))
+def test_every_backbone_fast_path_equals_the_keras_application(name):
+    """Random weights (BatchNorm perturbed), smallest input size, random and real images: the
+    folded float32 extractor equals the plain keras.applications network fed its own
+    preprocess_input; bfloat16 stays within a cosine of 0.999."""
+    import keras
+    import tensorflow as tf
+    row = bb.BACKBONES[name]
+    size = max(row.min_size, 32)
+    backbone = bb.build_backbone(name, "none", size, seed=0)
+    assert (backbone.row, backbone.width, backbone.input_size) == (row, row.width, size)
+    network = backbone.model.layers[-1]
+    _perturb_batchnorm(network, seed=1)
+    images = np.concatenate([np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
+                             _real_images(10)[:6]])
+    pixels = tf.image.resize(tf.cast(images, tf.float32), (size, size))
+    ref = network(_application_preprocess(row)(pixels), training=False).numpy()
+    f32 = bb.fast_extractor(backbone.model, "float32")(images)
+    assert f32.shape == (len(images), row.width)
+    assert np.abs(f32 - ref).max() <= 1e-4 * np.abs(ref).max()
+    folded = bb.fold_batchnorm(network)
+    conv_fed = [l for l in network.layers if isinstance(l, keras.layers.BatchNormalization)
+                and isinstance(l.input._keras_history.operation, bb._convolutions())]
+    assert len(conv_fed) == len(bb._foldable_pairs(network))          # every conv->BN pair folded
+    assert not any(folded.get_layer(l.name).weights for l in conv_fed)
+    b16 = bb.fast_extractor(backbone.model, "bfloat16")(images)
+    assert _cosines(f32, b16).min() >= 0.999
+    # Fine-tuning cuts the row at its default block: the block trains, and lower then upper is the network.
+    from pipeline import surgery
+    head = keras.Sequential([keras.Input((row.width,)), keras.layers.Dense(10, activation="softmax")])
+    parts = surgery.split(backbone.model, head, row.unfreeze, row)
+    assert row.unfreeze in {l.name for l in parts.upper.layers} and row.unfreeze in bb.block_names(network, row)
+    x = _application_preprocess(row)(pixels)
+    np.testing.assert_allclose(parts.upper(parts.lower(x)).numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+
+
+@pytest.mark.slow
+def test_weights_file_builds_what_imagenet_builds(tmp_path, monkeypatch):
+    """--weights PATH is Keras's ImageNet build with the download answered by the file: for
+    EfficientNet that build differs from a random-init one (an extra input rescaling)."""
+    import keras
+    random_init = bb.build_backbone("efficientnet_b0", "none", 32, seed=0)
+    path = tmp_path / "efficientnetb0_notop.weights.h5"
+    random_init.model.get_layer("efficientnet_b0").save_weights(path)
+    from_file = bb.build_backbone("efficientnet_b0", str(path), 32)
+    monkeypatch.setattr("keras.src.applications.efficientnet.file_utils.get_file", lambda *a, **k: str(path))
+    as_imagenet = bb.build_backbone("efficientnet_b0", "imagenet", 32)
+    assert from_file.weights == bb.Weights("file", sha256=bb.sha256_file(path))
+    assert as_imagenet.weights == bb.Weights("imagenet")
+    images = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(from_file.model.predict(images, verbose=0), as_imagenet.model.predict(images, verbose=0))
+    rescalings = [sum(isinstance(l, keras.layers.Rescaling) for l in b.model.get_layer("efficientnet_b0").layers)
+                  for b in (random_init, from_file)]
+    assert rescalings[1] == rescalings[0] + 1
+
+
+@pytest.mark.slow
+def test_backbones_command_prints_the_table(capsys):
+    from pipeline.cli import main
+    assert main(["backbones"]) == 0
+    out = capsys.readouterr().out
+    for row in bb.BACKBONES.values():
+        assert row.name in out and row.unfreeze in out
+    assert "inception_v3 (default)" in out

@@ -33,8 +33,8 @@ def test_writes_the_documented_schema(capsys, batches_dir, tmp_path):
     assert "-inception_v3-75-" in path.name
     with h5py.File(path) as f:
         assert f.attrs["complete"] and f.attrs["schema_version"] == 1
-        for key in ("backbone", "weights", "input_size", "preprocessing", "precision", "data_fingerprint",
-                    "versions", "created", "settings_hash", "class_names", "feature_width"):
+        for key in ("backbone", "weights", "weights_source", "weights_seed", "weights_sha256", "input_size",
+                    "preprocessing", "precision", "data_fingerprint", "versions", "created", "settings_hash", "class_names", "feature_width"):
             assert key in f.attrs, key
         assert f.attrs["settings_hash"] in path.name
         sizes = {}
@@ -74,7 +74,7 @@ def test_stored_features_equal_the_plain_keras_model_on_real_images(tiny_incepti
     from pipeline.backbone import build_backbone
     from pipeline.data import load_dataset
     fs = store.read_features(tiny_inception_features)
-    assert fs.attrs["precision"] == "float32" and fs.attrs["weights"] == "none (random init, seed 0)"
+    assert fs.attrs["precision"] == "float32" and (fs.attrs["weights_source"], fs.attrs["weights_seed"]) == ("none", 0)
     images = load_dataset(CIFAR_JPG, limit=40).test_x
     np.testing.assert_array_equal(fs.splits["test"].index, np.repeat(np.arange(10) * 1000, 4) + np.tile(np.arange(4), 10))
     reference = build_backbone("inception_v3", "none", 75, seed=0).model.predict(images, verbose=0)
@@ -196,4 +196,4 @@ def test_unreadable_weights_file_exits_2_without_traceback(tmp_path):
                 "--cache-dir", str(tmp_path / "cache"))
     write_batches(tmp_path, *synthetic_cifar())
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2 and "Traceback" not in err and "cannot load InceptionV3 weights" in err
+    assert proc.returncode == 2 and "Traceback" not in err and "cannot load inception_v3 weights" in err

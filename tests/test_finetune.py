@@ -9,7 +9,8 @@ import pytest
 from finetune_helpers import make_head
 from pipeline import surgery
 from pipeline.cli import main
-from pipeline.finetune import FinetuneSettings, load_splits, rebuild_backbone, run_finetune, training_model
+from pipeline.features import load_splits, rebuild_backbone
+from pipeline.finetune import FinetuneSettings, run_finetune, training_model
 from pipeline.store import read_features
 
 # Random InceptionV3 features are badly scaled; a small step keeps the plumbing tests finite.
@@ -60,7 +61,7 @@ def quiet(*args):
 def fresh_parts(features, head_path):
     import keras
     attrs = read_features(features, splits=()).attrs
-    bb = rebuild_backbone(attrs, FinetuneSettings())
+    bb = rebuild_backbone(attrs)
     return attrs, bb, surgery.split(bb.model, keras.models.load_model(head_path), "mixed9")
 
 
@@ -219,3 +220,25 @@ def test_bad_input_gives_one_error_line_and_exit_2(tiny_inception_features, head
     code = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+@pytest.mark.slow
+def test_resnet50_fine_tunes_from_its_default_block(tmp_path):
+    """Another row of the backbone table through stage three: its default --unfreeze-from, its
+    caffe-style preprocessing in the exported model."""
+    import keras
+    from conftest import CIFAR_JPG, require_real_images
+    from pipeline.features import FeatureSettings, run_features
+    require_real_images()
+    features = run_features(FeatureSettings(data=str(CIFAR_JPG), backbone="resnet50", weights="none", size=32,
+                                            limit=20, precision="float32", cache_dir=str(tmp_path)), log=quiet)
+    head = make_head(features, tmp_path / "heads" / "dense-1", hidden=8, epochs=2)
+    path = run_finetune(settings(features, head, tmp_path, epochs=1), log=quiet)
+    run = json.loads((path.parent / "run.json").read_text())
+    assert (run["settings"]["unfreeze_from"], run["settings"]["cut"]) == ("conv5_block2_1_conv", "conv5_block1_out")
+    attrs = read_features(features, splits=()).attrs
+    before = rebuild_backbone(attrs).model.get_layer("resnet50")
+    after = keras.models.load_model(path).get_layer("resnet50")
+    moved = {a.name for a, b in zip(before.layers, after.layers)
+             if any(not np.array_equal(np.asarray(v), np.asarray(w)) for v, w in zip(a.weights, b.weights))}
+    assert moved and all(name.startswith(("conv5_block2", "conv5_block3")) for name in moved), moved
