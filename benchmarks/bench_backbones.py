@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench_features import ROOT, cpu_name, images, rate
+from bench_features import ROOT, cpu_name, images, plain_and_fast, rate
 
 
 def main():
@@ -26,19 +26,14 @@ def main():
     parser.add_argument("--only", nargs="*", help="these backbones (default: the whole table)")
     args = parser.parse_args()
 
-    from pipeline.backbone import BACKBONES, build_backbone, fast_extractor, resolve_precision
+    from pipeline.backbone import BACKBONES, build_backbone, resolve_precision
     from pipeline.report import format_table
     x, source = images(args.images)
     precision, device = resolve_precision("auto")
     rows = []
     for name in args.only or BACKBONES:
         backbone = build_backbone(name, "none", seed=0)
-        fast = fast_extractor(backbone.model, precision)
-        plain = lambda batch: backbone.model.predict(batch, batch_size=32, verbose=0)  # noqa: E731
-
-        def ours(batch):
-            for lo in range(0, len(batch), 64):
-                fast(batch[lo:lo + 64])
+        plain, ours = plain_and_fast(backbone, precision)
         plain(x[:32]), ours(x[:64])                       # warm-up: tracing, oneDNN kernels
         best_plain = max(rate(plain, x) for _ in range(args.rounds))
         best_fast = max(rate(ours, x) for _ in range(args.rounds))

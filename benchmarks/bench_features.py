@@ -51,6 +51,19 @@ def cpu_name():
     return platform.processor()
 
 
+def plain_and_fast(backbone, precision):
+    """(plain, ours): the tutorial's model.predict at batch 32, and stage one's fast extractor at
+    batch 64; each takes a uint8 batch."""
+    from pipeline.backbone import fast_extractor
+    fast = fast_extractor(backbone.model, precision)
+    plain = lambda batch: backbone.model.predict(batch, batch_size=32, verbose=0)  # noqa: E731
+
+    def ours(batch):
+        for lo in range(0, len(batch), 64):
+            fast(batch[lo:lo + 64])
+    return plain, ours
+
+
 def stage_one_run(limit):
     """The real CLI in a subprocess: its peak RSS is what a user's run costs."""
     with tempfile.TemporaryDirectory() as cache:
@@ -78,17 +91,10 @@ def main():
                         help="images per split for the memory run; 0 = all of CIFAR-10 (default 1000)")
     args = parser.parse_args()
 
-    from pipeline.backbone import build_backbone, fast_extractor, resolve_precision
+    from pipeline.backbone import build_backbone, resolve_precision
     x, source = images(args.images)
     precision, device = resolve_precision("auto")
-    backbone = build_backbone("inception_v3", "none", 299, seed=0)
-    fast = fast_extractor(backbone.model, precision)
-    plain = lambda batch: backbone.model.predict(batch, batch_size=32, verbose=0)  # noqa: E731
-
-    def ours(batch):
-        for lo in range(0, len(batch), 64):
-            fast(batch[lo:lo + 64])
-
+    plain, ours = plain_and_fast(build_backbone("inception_v3", "none", 299, seed=0), precision)
     plain(x[:32]), ours(x[:64])                                   # warm-up: tracing, oneDNN kernels
     plain_rates, our_rates = [], []
     for r in range(args.rounds):
