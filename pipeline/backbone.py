@@ -425,4 +425,18 @@ def fast_extractor(model, precision: str):
     def extract(images):
         return tf.cast(fast_inner(front(images, training=False), training=False), tf.float32)
 
-    return lambda batch: extract(tf.convert_to_tensor(batch, tf.uint8)).numpy()
+    # Images of different sizes (a list from an image folder) cannot share one tensor: each is
+    # resized alone by the same front layers, then the network runs on the whole batch at once.
+    @tf.function(input_signature=[tf.TensorSpec((None, *image_shape), tf.uint8)], reduce_retracing=True)
+    def resize(images):
+        return front(images, training=False)
+
+    @tf.function(input_signature=[tf.TensorSpec(front.output.shape, front.output.dtype)], reduce_retracing=True)
+    def network(x):
+        return tf.cast(fast_inner(x, training=False), tf.float32)
+
+    def run(batch):
+        if not isinstance(batch, np.ndarray) and len({img.shape for img in batch}) > 1:
+            return network(tf.concat([resize(img[None]) for img in batch], 0)).numpy()
+        return extract(tf.convert_to_tensor(np.asarray(batch), tf.uint8)).numpy()
+    return run

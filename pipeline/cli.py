@@ -48,13 +48,26 @@ def _add_features(sub):
                    help="stratified share of train held out as val (default: 0.1)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the val split and of --weights none")
     p.add_argument("--cache-dir", default="cache", metavar="DIR", help="where outputs go (default: cache)")
+    p.add_argument("--shard-rows", type=_positive_int, default=4096, metavar="N",
+                   help="rows per unit of work, a multiple of 128: what a resumed run recomputes at most "
+                        "per shard in flight (default: 4096)")
+    p.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help="local: this process (default); ray: a Ray Data actor pool, on a local instance "
+                        "or a cluster (needs the [ray] extra)")
+    p.add_argument("--address", metavar="auto|ray://HOST:PORT", help="ray: the cluster to join (default: "
+                   "start a local instance for this run)")
+    p.add_argument("--workers", type=_positive_int, default=2, metavar="N", help="ray: actors in the pool (default: 2)")
+    p.add_argument("--gpus-per-worker", type=float, default=0, metavar="G",
+                   help="ray: GPUs per actor (default: 0, CPU); more than the cluster has fails at once")
 
 
 def _run_features(args):
     from pipeline.features import FeatureSettings, run_features
     settings = FeatureSettings(data=args.data, backbone=args.backbone, weights=args.weights, size=args.size,
                                batch_size=args.batch_size, precision=args.precision, limit=args.limit,
-                               val_fraction=args.val_fraction, seed=args.seed, cache_dir=args.cache_dir)
+                               val_fraction=args.val_fraction, seed=args.seed, cache_dir=args.cache_dir,
+                               shard_rows=args.shard_rows, engine=args.engine, address=args.address,
+                               workers=args.workers, gpus_per_worker=args.gpus_per_worker)
     print(run_features(settings))
 
 

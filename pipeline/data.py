@@ -4,8 +4,14 @@ Accepted sources (``load_dataset``):
 - ``None``: ``keras.datasets.cifar10.load_data()`` (downloads once, then Keras's cache);
 - a ``cifar-10-batches-py`` folder (data_batch_1..5, test_batch, batches.meta);
 - a ``cifar-10-python.tar.gz`` tarball holding that folder;
-- an image-folder tree ``train/<class>/*`` and ``test/<class>/*`` (JPEG/PNG, RGB, one size);
+- an image-folder tree ``train/<class>/*`` and ``test/<class>/*`` (JPEG/PNG, RGB, any sizes);
   the class order is the sorted folder names, which for CIFAR-10 is its label order.
+
+Nothing here decodes a whole image folder at once: a split holds labels, source indices and an
+``Images`` reader (file names, or the arrays of a pickled source, which is CIFAR-sized by nature),
+and callers decode bounded batches with ``Split.read(lo, hi)``. The data fingerprint is made of
+fixed blocks of ``BLOCK_ROWS`` images, so any batch or shard layout (and any worker) computes the
+same blocks, and the blocks combine to one hash.
 """
 from __future__ import annotations
 
@@ -29,24 +35,98 @@ FORMATS_HELP = ("--data takes a cifar-10-batches-py folder, a cifar-10-python.ta
                 "or an image-folder tree train/<class>/*.jpg and test/<class>/*.jpg")
 
 
+BLOCK_ROWS = 128      # images per fingerprint block (also the HDF5 chunk): shards are whole blocks
+
+
+def stack(images, where="these images") -> np.ndarray:
+    """One (n, H, W, 3) array from decoded images that must share a size."""
+    if isinstance(images, np.ndarray):
+        return images
+    shapes = {img.shape for img in images}
+    if len(shapes) > 1:
+        raise UserError(f"{where} differ in size ({', '.join(sorted(str(s) for s in shapes)[:3])}, ...); "
+                        "this step needs images of one size")
+    return np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)
+
+
+@dataclass(frozen=True)
+class ArrayImages:
+    """Images already in memory (pickled CIFAR batches, the Keras download)."""
+    x: np.ndarray                  # (N, H, W, 3) uint8
+
+    def __len__(self):
+        return len(self.x)
+
+    def select(self, rows) -> "ArrayImages":
+        return ArrayImages(self.x[rows])
+
+    def read(self, lo=0, hi=None) -> np.ndarray:
+        return self.x[lo:hi]
+
+    @property
+    def image_shape(self):
+        return list(self.x.shape[1:])
+
+
+@dataclass(frozen=True)
+class FileImages:
+    """Image files, decoded only when read: a shard ships its file names, not pixels."""
+    paths: np.ndarray              # (N,) str
+
+    def __len__(self):
+        return len(self.paths)
+
+    def select(self, rows) -> "FileImages":
+        return FileImages(self.paths[rows])
+
+    def read(self, lo=0, hi=None) -> list[np.ndarray]:
+        return _read_images(self.paths[lo:hi])
+
+    @property
+    def image_shape(self):
+        """The first image's size, from its header (other images may differ)."""
+        from PIL import Image
+        with Image.open(self.paths[0]) as img:
+            return [img.height, img.width, 3]
+
+
+@dataclass(frozen=True)
+class Split:
+    y: np.ndarray       # (n,) uint8
+    index: np.ndarray   # (n,) int64, row in the source's train or test set
+    images: ArrayImages | FileImages
+
+    def __len__(self):
+        return len(self.y)
+
+    def read(self, lo=0, hi=None):
+        """Decoded images lo:hi: an (n, H, W, 3) array, or a list when sizes may differ."""
+        return self.images.read(lo, hi)
+
+    def select(self, rows) -> "Split":
+        return Split(self.y[rows], self.index[rows], self.images.select(rows))
+
+    @property
+    def x(self) -> np.ndarray:
+        """Every image at once: for small sets (tests, stage three's in-memory training)."""
+        return stack(self.read(), "the images")
+
+
 @dataclass(frozen=True)
 class Dataset:
     name: str                      # short label used in cache file names
     source: str                    # where it came from, for the metadata
     class_names: tuple[str, ...]
-    train_x: np.ndarray            # (N, H, W, 3) uint8
-    train_y: np.ndarray            # (N,) uint8
-    train_index: np.ndarray        # (N,) int64: row of each image in the full source train set
-    test_x: np.ndarray
-    test_y: np.ndarray
-    test_index: np.ndarray
+    train: Split                   # index: row of each image in the full source train set
+    test: Split
 
-
-@dataclass(frozen=True)
-class Split:
-    x: np.ndarray       # (n, H, W, 3) uint8
-    y: np.ndarray       # (n,) uint8
-    index: np.ndarray   # (n,) int64, row in the source's train or test set
+    # The arrays of small sets, decoded on demand (tests, benchmarks).
+    train_x = property(lambda self: self.train.x)
+    train_y = property(lambda self: self.train.y)
+    train_index = property(lambda self: self.train.index)
+    test_x = property(lambda self: self.test.x)
+    test_y = property(lambda self: self.test.y)
+    test_index = property(lambda self: self.test.index)
 
 
 def load_dataset(path: str | os.PathLike | None, limit: int | None = None) -> Dataset:
@@ -87,9 +167,9 @@ def source_identity(path: str | os.PathLike | None) -> str:
     return h.hexdigest()
 
 
-def _subset(x, y, n_classes, limit):
+def _subset(images, y, n_classes, limit) -> Split:
     keep = balanced_subset(y, n_classes, limit)
-    return x[keep], y[keep], keep.astype(np.int64)
+    return Split(y[keep], keep.astype(np.int64), images.select(keep))
 
 
 # ---------------------------------------------------------------- the sources
@@ -104,8 +184,8 @@ def _load_keras(limit) -> Dataset:
                         f"{FORMATS_HELP}") from None
     k = len(CIFAR10_CLASSES)
     return Dataset("cifar10", "keras.datasets.cifar10", CIFAR10_CLASSES,
-                   *_subset(train_x, train_y.reshape(-1).astype(np.uint8), k, limit),
-                   *_subset(test_x, test_y.reshape(-1).astype(np.uint8), k, limit))
+                   _subset(ArrayImages(train_x), train_y.reshape(-1).astype(np.uint8), k, limit),
+                   _subset(ArrayImages(test_x), test_y.reshape(-1).astype(np.uint8), k, limit))
 
 
 def _unpickle_batch(raw: bytes, where: str) -> dict:
@@ -150,7 +230,8 @@ def _from_batches(read, where: str, name: str, limit) -> Dataset:
     train_x = np.concatenate([p[0] for p in parts[:5]])
     train_y = np.concatenate([p[1] for p in parts[:5]])
     k = len(classes)
-    return Dataset(name, where, classes, *_subset(train_x, train_y, k, limit), *_subset(*parts[5], k, limit))
+    return Dataset(name, where, classes, _subset(ArrayImages(train_x), train_y, k, limit),
+                   _subset(ArrayImages(parts[5][0]), parts[5][1], k, limit))
 
 
 def _load_batches_dir(path: Path, limit) -> Dataset:
@@ -204,23 +285,16 @@ def _folder_files(root: Path, classes: list[str]) -> tuple[list[Path], np.ndarra
     return files, np.asarray(labels, dtype=np.uint8)
 
 
-def _read_images(files: list[Path]) -> list[np.ndarray]:
+def _read_images(files) -> list[np.ndarray]:
     # PIL releases the GIL while decoding, so threads give a real speed-up here.
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        return list(pool.map(_read_image, files, chunksize=256))
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2, max(1, len(files)))) as pool:
+        return list(pool.map(_read_image, files))
 
 
-def _read_split_folder(root: Path, classes: list[str], limit) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _list_split_folder(root: Path, classes: list[str], limit) -> Split:
+    """File names and labels only: nothing is decoded here."""
     files, labels = _folder_files(root, classes)
-    keep = balanced_subset(labels, len(classes), limit)
-    files = [files[i] for i in keep]
-    images = _read_images(files)
-    shape = images[0].shape
-    for f, img in zip(files, images):
-        if img.shape != shape:
-            raise UserError(f"{f} is {img.shape[1]}x{img.shape[0]}; expected {shape[1]}x{shape[0]} "
-                            f"like {files[0]} (all images must share one size)")
-    return np.stack(images), labels[keep], keep.astype(np.int64)
+    return _subset(FileImages(np.asarray([str(f) for f in files])), labels, len(classes), limit)
 
 
 def _load_image_folders(path: Path, limit) -> Dataset:
@@ -234,12 +308,9 @@ def _load_image_folders(path: Path, limit) -> Dataset:
         raise UserError(f"{path}/train has no class folders; {FORMATS_HELP}")
     if len(train_classes) > 256:
         raise UserError(f"{path} has {len(train_classes)} classes; labels are stored as uint8 (at most 256)")
-    train = _read_split_folder(path / "train", train_classes, limit)
-    test = _read_split_folder(path / "test", train_classes, limit)
-    train_x, test_x = train[0], test[0]
-    if train_x.shape[1:] != test_x.shape[1:]:
-        raise UserError(f"train images are {train_x.shape[1:]} but test images are {test_x.shape[1:]}")
-    return Dataset(path.resolve().name, str(path), tuple(train_classes), *train, *test)
+    return Dataset(path.resolve().name, str(path), tuple(train_classes),
+                   _list_split_folder(path / "train", train_classes, limit),
+                   _list_split_folder(path / "test", train_classes, limit))
 
 
 # Which part of the source a split's `index` points into: val is carved from train.
@@ -262,8 +333,7 @@ def load_rows(path, part: str, index) -> tuple[np.ndarray, list[str | None]]:
     index = np.asarray(index, dtype=np.int64).reshape(-1)
     files = row_files(path, part, index)
     if files is not None:
-        images = _read_images(files)
-        return (np.stack(images) if images else np.zeros((0, 0, 0, 3), np.uint8)), [str(f) for f in files]
+        return stack(_read_images(files), "these images"), [str(f) for f in files]
     ds = load_dataset(path)
     x = ds.train_x if part == "train" else ds.test_x
     _check_rows(index, len(x), path, part)
@@ -318,22 +388,63 @@ def make_splits(ds: Dataset, val_fraction: float, seed: int) -> dict[str, Split]
         val.append(rng.permutation(members)[:n_val])
     val = np.sort(np.concatenate(val))
     train = np.setdiff1d(np.arange(len(ds.train_y)), val)
-    splits = {"train": Split(ds.train_x[train], ds.train_y[train], ds.train_index[train]),
-              "val": Split(ds.train_x[val], ds.train_y[val], ds.train_index[val]),
-              "test": Split(ds.test_x, ds.test_y, ds.test_index)}
+    splits = {"train": ds.train.select(train), "val": ds.train.select(val), "test": ds.test}
     for name, s in splits.items():
         if len(s.y) == 0:
             raise UserError(f"the {name} split is empty; raise --limit or --val-fraction")
     return splits
 
 
-def fingerprint(splits: dict[str, Split]) -> str:
-    """sha256 of every split's pixels, labels and indices: equal iff the inputs are equal."""
+def block_digest(images, labels: np.ndarray, index: np.ndarray) -> bytes:
+    """sha256 of one block's pixels (with each image's shape), labels and indices."""
     h = hashlib.sha256()
-    for name in sorted(splits):
-        s = splits[name]
-        h.update(name.encode())
-        for arr in (s.x, s.y, s.index):
-            h.update(str(arr.shape).encode())
-            h.update(np.ascontiguousarray(arr).tobytes())
+    for img in images:
+        h.update(str(img.shape).encode())
+        h.update(np.ascontiguousarray(img).tobytes())
+    h.update(np.asarray(labels, np.uint8).tobytes())
+    h.update(np.asarray(index, np.int64).tobytes())
+    return h.digest()
+
+
+def combine_digests(blocks: dict[str, list[bytes]], sizes: dict[str, int]) -> str:
+    """The data fingerprint from every split's block digests, in order."""
+    h = hashlib.sha256()
+    for name in sorted(blocks):
+        h.update(f"{name}:{sizes[name]}:{BLOCK_ROWS}".encode())
+        for digest in blocks[name]:
+            h.update(digest)
     return h.hexdigest()
+
+
+class BlockHasher:
+    """Feeds a split's rows in order, from a block boundary; hands back each block's digest as
+    soon as its last row has been fed. Workers hash exactly the rows they extract."""
+
+    def __init__(self, split: Split, start: int):
+        assert start % BLOCK_ROWS == 0, "shards start on a block boundary"
+        self.split, self.next, self.pending = split, start, []
+
+    def feed(self, images) -> dict[int, bytes]:
+        """`images`: the next rows, in order. Returns {block number: digest} of completed blocks."""
+        done = {}
+        for img in images:
+            self.pending.append(img)
+            self.next += 1
+            if self.next % BLOCK_ROWS == 0 or self.next == len(self.split):
+                lo = self.next - len(self.pending)
+                done[lo // BLOCK_ROWS] = block_digest(self.pending, self.split.y[lo:self.next],
+                                                      self.split.index[lo:self.next])
+                self.pending = []
+        return done
+
+
+def fingerprint(splits: dict[str, Split]) -> str:
+    """The data fingerprint of in-memory splits: equal iff the inputs are equal, and equal to the
+    one stage one assembles from its workers' blocks."""
+    blocks = {}
+    for name, split in splits.items():
+        hasher = BlockHasher(split, 0)
+        blocks[name] = []
+        for lo in range(0, len(split), BLOCK_ROWS):
+            blocks[name] += hasher.feed(split.read(lo, lo + BLOCK_ROWS)).values()
+    return combine_digests(blocks, {k: len(v) for k, v in splits.items()})

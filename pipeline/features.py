@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import datetime
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import data, store
 from pipeline import backbone as backbones
-from pipeline.backbone import build_backbone, fast_extractor, resolve_precision
+from pipeline import data, engine, store
+from pipeline.backbone import build_backbone, resolve_precision
 from pipeline.errors import UserError
+from pipeline.progress import Progress
 
 
 @dataclass
@@ -26,6 +26,12 @@ class FeatureSettings:
     val_fraction: float = 0.1
     seed: int = 0
     cache_dir: str = "cache"
+    # How the work is done: provenance, not settings (the file and its name do not depend on them).
+    shard_rows: int = engine.DEFAULT_SHARD_ROWS
+    engine: str = "local"            # local: this process; ray: a Ray Data actor pool
+    address: str | None = None       # ray: None starts a local instance; "auto" or ray://host:port joins one
+    workers: int = 2                 # ray: actors in the pool
+    gpus_per_worker: float = 0       # ray: GPUs per actor (0: CPU)
 
 
 def dataset_name(path: str | None) -> str:
@@ -88,6 +94,13 @@ def load_splits(attrs: dict, data_path: str | None):
 
 
 def _check(s: FeatureSettings):
+    if s.engine not in ("local", "ray"):
+        raise UserError(f"--engine must be local or ray, got {s.engine!r}")
+    if s.engine == "local" and (s.address is not None or s.gpus_per_worker):
+        raise UserError("--address and --gpus-per-worker apply to --engine ray only")
+    if s.workers < 1 or s.gpus_per_worker < 0:
+        raise UserError(f"--workers must be at least 1 and --gpus-per-worker at least 0, "
+                        f"got {s.workers} and {s.gpus_per_worker:g}")
     if s.batch_size < 1:
         raise UserError(f"--batch-size must be positive, got {s.batch_size}")
     if s.limit is not None and s.limit < 1:
@@ -105,56 +118,78 @@ def versions() -> dict:
             "hdf5": h5py.version.hdf5_version, "tensorflow": tensorflow.__version__, "keras": keras.__version__}
 
 
+def _up_to_date(final: Path, settings: dict, log) -> bool:
+    if not final.exists():
+        return False
+    if store.older_schema(final):
+        log(f"replacing {final.name}: written by an older version of this pipeline (schema "
+            f"{store.older_schema(final)}, now {store.SCHEMA_VERSION})")
+        return False
+    store.read_features(final, expect={"settings_hash": store.settings_hash(settings)}, splits=())
+    log(f"up to date: {final}")
+    return True
+
+
 def run_features(s: FeatureSettings, log=print) -> Path:
     """Compute (or find up to date, or resume) the features file for `s`; return its path."""
     _check(s)
+    engine.check_shard_rows(s.shard_rows)
     precision, device = resolve_precision(s.precision)
+    if s.engine == "ray":
+        # The workers, not this driver, run the network: auto means float16 on their GPUs.
+        if s.gpus_per_worker > 0 and s.precision == "auto":
+            precision = "float16"
+        device = f"Ray: {s.workers} workers, {s.gpus_per_worker:g} GPUs each" if s.gpus_per_worker else \
+            f"Ray: {s.workers} CPU workers"
     settings = identity(s, precision)
     final = store.features_path(s.cache_dir, settings)
-    if final.exists():
-        store.read_features(final, expect={"settings_hash": store.settings_hash(settings)}, splits=())
-        log(f"up to date: {final}")
+    if _up_to_date(final, settings, log):
         return final
 
     with store.CacheLock(final):
-        if final.exists():   # another run finished it while we waited for nothing
-            log(f"up to date: {final}")
+        if _up_to_date(final, settings, log):   # another run finished it while we looked
             return final
         ds = data.load_dataset(s.data, s.limit)
         splits = data.make_splits(ds, s.val_fraction, s.seed)
-        backbone = build_backbone(s.backbone, s.weights, s.size, ds.train_x.shape[1:], s.seed)
-        extract = fast_extractor(backbone.model, precision)
+        sizes = {k: len(v) for k, v in splits.items()}
         attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(settings),
-                 "settings": settings, **settings, "weights": str(backbone.weights), "source": ds.source, "class_names": list(ds.class_names),
-                 "image_shape": list(ds.train_x.shape[1:]), "data_fingerprint": data.fingerprint(splits),
-                 "device": device, "batch_size": s.batch_size, "versions": versions(),
+                 "settings": settings, **settings, "weights": str(backbones.Weights.from_attrs(settings)),
+                 "source": ds.source, "class_names": list(ds.class_names),
+                 "image_shape": splits["train"].images.image_shape, "device": device,
+                 "batch_size": s.batch_size, "shard_rows": s.shard_rows, "versions": versions(),
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         writer = store.FeatureWriter(final, attrs, {k: v.y for k, v in splits.items()},
-                                     {k: v.index for k, v in splits.items()}, (backbone.width,), log=log)
+                                     {k: v.index for k, v in splits.items()}, (settings["feature_width"],),
+                                     log=log, block_rows=data.BLOCK_ROWS)
         try:
-            started, computed = time.perf_counter(), 0
-            for name in store.SPLITS:
-                computed += _extract_split(name, splits[name], writer, extract, s.batch_size)
+            shards = engine.plan(sizes, s.shard_rows)
+            todo = engine.missing(shards, {k: writer.done_rows(k) for k in store.SPLITS})
+            total, before = sum(sizes.values()), sum(writer.rows_written(k) for k in store.SPLITS)
+            if len(todo) < len(shards):
+                log(f"{len(shards) - len(todo)} of {len(shards)} shards already done, {len(todo)} to compute")
+            spec = engine.ExtractorSpec(s.backbone, s.weights, s.size, s.seed, precision)
+            started, provenance = time.perf_counter(), {"engine": s.engine}
+            with Progress(total, before, desc="features") as progress:
+                if s.engine == "ray" and todo:
+                    from pipeline import ray_engine
+                    with ray_engine.Session(s.address) as session:
+                        started = time.perf_counter()
+                        devices = ray_engine.run(todo, splits, writer, spec, s.batch_size, progress, session,
+                                                 s.workers, s.gpus_per_worker)
+                    provenance.update(workers=s.workers, gpus_per_worker=s.gpus_per_worker,
+                                      worker_devices=sorted(devices))
+                else:
+                    engine.run_local(todo, splits, writer, spec, s.batch_size, progress)
             elapsed = time.perf_counter() - started
+            computed = sum(writer.rows_written(k) for k in store.SPLITS) - before
             rate = computed / elapsed if elapsed > 0 else 0.0
-            path = writer.finish({"elapsed_seconds": round(elapsed, 2), "images_per_second": round(rate, 2)})
+            fingerprint = data.combine_digests({k: writer.block_digests(k) for k in store.SPLITS}, sizes)
+            path = writer.finish({"data_fingerprint": fingerprint, "shards": len(shards), **provenance,
+                                  "elapsed_seconds": round(elapsed, 2), "images_per_second": round(rate, 2)})
         finally:
             writer.close()
-    total = sum(len(v.y) for v in splits.values())
-    counts = ", ".join(f"{k} {len(v.y):,}" for k, v in splits.items())
+    counts = ", ".join(f"{k} {n:,}" for k, n in sizes.items())
     log(f"features: {total:,} images ({counts}); computed {computed:,} in {elapsed:.1f} s "
-        f"({rate:.1f} images/s), {backbone.name} {backbone.input_size}x{backbone.input_size}, "
-        f"{precision} on {device}, width {backbone.width}")
+        f"({rate:.1f} images/s), {settings['backbone']} {settings['input_size']}x{settings['input_size']}, "
+        f"{precision} on {device}, width {settings['feature_width']}")
     return path
-
-
-def _extract_split(name, split, writer, extract, batch_size) -> int:
-    from tqdm import tqdm
-    n, start = len(split.y), writer.rows_done(name)
-    with tqdm(total=n, initial=start, desc=f"{name:>5}", unit="img", file=sys.stderr,
-              disable=None, dynamic_ncols=True) as bar:
-        for lo in range(start, n, batch_size):
-            hi = min(lo + batch_size, n)
-            writer.write(name, lo, extract(split.x[lo:hi]))
-            bar.update(hi - lo)
-    return n - start

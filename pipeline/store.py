@@ -1,6 +1,6 @@
 """The feature store: one HDF5 file per settings, written resumably and atomically, read with checks.
 
-Layout (schema version 1), readable with plain h5py:
+Layout (schema version 2), readable with plain h5py:
     /train, /val, /test        groups, each with
         features  (N, D) float32   one embedding per image
         labels    (N,)   uint8     class index into the `class_names` attribute
@@ -10,9 +10,13 @@ Layout (schema version 1), readable with plain h5py:
 
 Crash safety: every dataset is created at full size with its storage allocated up front, so
 writing a batch only overwrites raw bytes and never changes the file's structure; a `progress`
-dataset (rows written per split) is updated after the rows themselves. A run killed at any
-moment leaves a readable ``.partial`` file that the next run continues. The final name appears
-only through an atomic rename of a complete file.
+group (per split: a done flag per row, and stage one's fingerprint block digests) is updated
+after the rows themselves, so rows may arrive in any order (shards from several workers). A run
+killed at any moment leaves a readable ``.partial`` file; the next run computes only the rows
+not marked done. The final name appears only through an atomic rename of a complete file.
+
+Schema version 2 (was 1): the same layout; `data_fingerprint` is now assembled from fixed blocks
+of images (see data.BLOCK_ROWS), so it no longer equals a version-1 file's.
 """
 from __future__ import annotations
 
@@ -29,7 +33,7 @@ import numpy as np
 
 from pipeline.errors import UserError, first_line
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 SPLITS = ("train", "val", "test")
 CHUNK_ROWS = 128
 
@@ -161,6 +165,17 @@ def check_structure(f, path: Path, require_complete: bool = True) -> dict:
     return attrs
 
 
+def older_schema(path: Path) -> int | None:
+    """The schema version of a features file written by an older version of this pipeline, else
+    None (a current file, or something that is not ours: the reader then says what is wrong)."""
+    try:
+        with _open(path) as f:
+            version = f.attrs.get("schema_version")
+    except UserError:
+        return None
+    return int(version) if isinstance(version, (int, np.integer)) and 0 < version < SCHEMA_VERSION else None
+
+
 def read_features(path, expect: dict | None = None, splits=SPLITS) -> FeatureSet:
     """Load a complete features file into memory. `expect`: settings it must have been made with."""
     path = Path(path)
@@ -180,7 +195,7 @@ def describe(path) -> str:
     path = Path(path)
     with _open(path) as f:
         attrs = check_structure(f, path, require_complete=False)
-        progress = f["progress"][...] if "progress" in f else None
+        progress = f.get("progress")
         lines = [f"{'file:':<19}{path}",
                  f"{'complete:':<19}{'yes' if attrs.get('complete') else 'no'}"]
         for key in ("schema_version", "settings_hash", "dataset", "source", "backbone", "weights",
@@ -193,7 +208,7 @@ def describe(path) -> str:
         lines.append(f"{'versions:':<19}" + ", ".join(f"{k} {v}" for k, v in attrs.get("versions", {}).items()))
         for i, split in enumerate(SPLITS):
             g = f[split]
-            done = f" ({int(progress[i])} rows written)" if progress is not None else ""
+            done = f" ({int(progress[split]['done'][...].sum())} rows written)" if progress is not None else ""
             counts = np.bincount(g["labels"][...], minlength=len(attrs.get("class_names", [])))
             lines.append(f"{split:<6} features {g['features'].shape} {g['features'].dtype}, "
                          f"labels {g['labels'].shape}, per class {counts.tolist()}{done}")
@@ -245,20 +260,21 @@ class FeatureWriter:
     (stage three caches float16 activation maps the same way)."""
 
     def __init__(self, final: Path, attrs: dict, labels: dict, index: dict, row_shape: tuple,
-                 dtype="float32", log=print):
+                 dtype="float32", log=print, block_rows: int | None = None):
         import h5py
         self.final, self.partial = final, partial_path(final)
         self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.block_rows = block_rows
         self.file = None
         if self.partial.exists():
             try:
                 self.file = h5py.File(self.partial, "r+")
                 found = check_structure(self.file, self.partial, require_complete=False)
-                if (found["settings_hash"] != attrs["settings_hash"]
-                        or found.get("data_fingerprint") != attrs["data_fingerprint"]
-                        or "progress" not in self.file):
+                if found["settings_hash"] != attrs["settings_hash"]:
                     raise UserError("made from other settings or images")
-                log(f"resuming {self.partial.name}: {self.file['progress'][...].sum()} rows already written")
+                if not isinstance(self.file.get("progress"), h5py.Group):
+                    raise UserError("written by an older version")
+                log(f"resuming {self.partial.name}: {sum(self.rows_written(s) for s in SPLITS)} rows already written")
             except (UserError, OSError, KeyError) as exc:
                 if self.file is not None:
                     self.file.close()
@@ -275,26 +291,46 @@ class FeatureWriter:
             f.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
         f.attrs["complete"] = False
         for split in SPLITS:
+            n = len(labels[split])
             g = f.create_group(split)
-            _preallocated(g, "features", (len(labels[split]), *row_shape), dtype, fill=np.nan)
+            _preallocated(g, "features", (n, *row_shape), dtype, fill=np.nan)
             g.create_dataset("labels", data=np.asarray(labels[split], np.uint8))
             g.create_dataset("index", data=np.asarray(index[split], np.int64))
-        f.create_dataset("progress", data=np.zeros(len(SPLITS), np.int64))
+            p = f.create_group(f"progress/{split}")
+            _preallocated(p, "done", (n,), np.uint8)
+            if self.block_rows:
+                _preallocated(p, "blocks", (-(-n // self.block_rows), 32), np.uint8)
         f.flush()
         return f
 
-    def rows_done(self, split: str) -> int:
-        return int(self.file["progress"][SPLITS.index(split)])
+    def done_rows(self, split: str) -> np.ndarray:
+        """(N,) bool: rows written (in any order)."""
+        return self.file["progress"][split]["done"][...].astype(bool)
 
-    def write(self, split: str, start: int, features: np.ndarray):
-        self.file[split]["features"][start:start + len(features)] = features
+    def rows_written(self, split: str) -> int:
+        return int(self.done_rows(split).sum())
+
+    def rows_done(self, split: str) -> int:
+        """How many rows from the start are written: where an in-order writer resumes."""
+        done = self.done_rows(split)
+        return len(done) if done.all() else int(np.argmin(done))
+
+    def write(self, split: str, start: int, rows: np.ndarray, blocks: dict[int, bytes] | None = None):
+        """Rows start:start+len(rows), and the digests of blocks whose last row is among them."""
+        self.file[split]["features"][start:start + len(rows)] = rows
         self.file.flush()                      # rows reach the OS before progress says so
-        self.file["progress"][SPLITS.index(split)] = start + len(features)
+        progress = self.file["progress"][split]
+        for block, digest in (blocks or {}).items():
+            progress["blocks"][block] = np.frombuffer(digest, np.uint8)
+        progress["done"][start:start + len(rows)] = 1
         self.file.flush()
+
+    def block_digests(self, split: str) -> list[bytes]:
+        return [row.tobytes() for row in self.file["progress"][split]["blocks"][...]]
 
     def finish(self, extra_attrs: dict) -> Path:
         for split in SPLITS:
-            if self.rows_done(split) != len(self.file[split]["labels"]):
+            if self.rows_written(split) != len(self.file[split]["labels"]):
                 raise RuntimeError(f"finish() before {split} was fully written")
         for key, value in extra_attrs.items():
             self.file.attrs[key] = value

@@ -7,6 +7,10 @@ Every combination of the grid values (other settings from the flags or their def
 exists is skipped, so an interrupted or extended sweep only trains what is new. The leaderboard,
 sorted by validation accuracy (test accuracy is shown, never used to rank), is printed and saved
 as JSON and CSV in cache/sweeps/.
+
+With `--engine ray` the configurations are Ray tasks and the features go into Ray's object store
+once, shared by every task (the local engine's processes each read their own copy). The tasks
+write their runs under --cache-dir, so on a multi-node cluster that folder must be shared.
 """
 from __future__ import annotations
 
@@ -56,6 +60,25 @@ def _train_one(features_path: str, head: str, settings: dict, cache_dir: str, th
     return result
 
 
+def _train_shared(fs, head: str, settings: dict, cache_dir: str, threads: int) -> dict:
+    """One configuration as a Ray task: `fs` comes from the object store (read-only arrays)."""
+    result = heads.run_head(fs, head, settings, cache_dir, verbose=0, threads=threads)
+    result.pop("model", None)
+    return result
+
+
+def _ray_results(fs, head, todo, cache_dir, threads, address):
+    from pipeline import ray_engine
+    with ray_engine.Session(address) as session:
+        ray = session.ray
+        shared = ray.put(fs)
+        task = ray.remote(num_cpus=threads, max_retries=1)(_train_shared)
+        pending = [task.remote(shared, head, c, cache_dir, threads) for c in todo]
+        while pending:
+            finished, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(finished[0])
+
+
 def leaderboard(runs: list[dict], keys) -> list[dict]:
     rows = [{"run": Path(r["run_dir"]).name, **{k: r["settings"][k] for k in keys},
              "val_accuracy": r["metrics"]["val_accuracy"], "test_accuracy": r["metrics"]["test_accuracy"],
@@ -82,6 +105,10 @@ def add_arguments(p):
                    "dropout=0.2,0.5 (dense) or C=0.01,0.1,1 (logreg); default: just the base settings")
     p.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
                    help="parallel worker processes (default: min(4, cores))")
+    p.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help="local: joblib processes (default); ray: Ray tasks sharing one copy of the features")
+    p.add_argument("--address", metavar="auto|ray://HOST:PORT",
+                   help="ray: the cluster to join (default: start a local instance for this sweep)")
 
 
 def run(args):
@@ -97,14 +124,19 @@ def run(args):
     todo = [c for c in configs if not heads.finished_run(args.cache_dir, args.head, features_hash, c)]
     print(f"sweep: {len(configs)} configurations of the {args.head} head on {fs.path.name}; "
           f"{len(configs) - len(todo)} already done, {len(todo)} to train")
-    features_path = str(fs.path)
-    del fs                                             # workers read the file themselves
-
+    if args.engine == "local" and args.address is not None:
+        raise UserError("--address applies to --engine ray only")
     jobs = min(args.jobs, max(1, len(todo)))
     threads = max(1, (os.cpu_count() or 1) // jobs)    # split the cores; do not oversubscribe them
     started = time.perf_counter()
-    tasks = (delayed(_train_one)(features_path, args.head, c, args.cache_dir, threads) for c in todo)
-    for i, r in enumerate(Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(tasks), 1):
+    if args.engine == "ray":
+        results = _ray_results(fs, args.head, todo, args.cache_dir, threads, args.address) if todo else []
+    else:
+        features_path = str(fs.path)
+        del fs                                         # workers read the file themselves
+        tasks = (delayed(_train_one)(features_path, args.head, c, args.cache_dir, threads) for c in todo)
+        results = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(tasks)
+    for i, r in enumerate(results, 1):
         print(f"[{i}/{len(todo)}] {Path(r['run_dir']).name}  val {r['metrics']['val_accuracy']:.4f}  "
               f"({r['metrics']['wall_seconds']:.1f} s)", flush=True)
 

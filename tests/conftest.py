@@ -101,3 +101,26 @@ def planted(tmp_path_factory):
     from pipeline.store import read_features
     path, root = looking_helpers.build(tmp_path_factory.mktemp("planted"))
     return path, root, read_features(path)
+
+
+# ---------------------------------------------------------------- a tiny backbone (fast stage-one runs)
+
+def save_tiny_backbone(path: Path, size: int = 32) -> Path:
+    """A small conv net (conv -> BatchNorm -> relu -> pool) saved as a .keras backbone file: the
+    fast path folds its BatchNorm like InceptionV3's, in a second instead of a minute."""
+    import keras
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2)(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Conv2D(32, 3)(x)
+    outputs = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, outputs).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> Path:
+    return save_tiny_backbone(tmp_path_factory.mktemp("tiny-backbone") / "tiny.keras")

@@ -39,6 +39,40 @@ def test_image_tree_equals_arrays_and_sorts_classes(tmp_path):
     np.testing.assert_array_equal(ds.train_y, train_y[order])
 
 
+def test_mixed_sizes_are_listed_without_decoding_and_read_as_they_are(tmp_path):
+    train_x, train_y, test_x, test_y = synthetic_cifar(10, 10)
+    root = write_image_tree(tmp_path / "tree", train_x, train_y, test_x, test_y, [f"c{i}" for i in range(10)])
+    odd = np.random.default_rng(2).integers(0, 256, (16, 20, 3), dtype=np.uint8)
+    Image.fromarray(odd).save(root / "test" / "c3" / "0003.png")
+    ds = data.load_dataset(root)
+    assert isinstance(ds.test.images, data.FileImages) and len(ds.test) == 10
+    images = ds.test.read()
+    np.testing.assert_array_equal(images[3], odd)
+    assert images[2].shape == (32, 32, 3)
+    with pytest.raises(UserError, match="differ in size"):
+        ds.test_x
+
+
+def test_fingerprint_is_the_same_for_any_batch_layout(tmp_path):
+    train_x, train_y, test_x, test_y = synthetic_cifar(300, 140)
+    ds = data.load_dataset(write_batches(tmp_path / "b", train_x, train_y, test_x, test_y))
+    splits = data.make_splits(ds, 0.1, seed=0)
+    sizes = {k: len(v) for k, v in splits.items()}
+    assert sizes["test"] > data.BLOCK_ROWS                  # several blocks in a split
+    for step in (7, 128, 1000):                             # uneven batches, block-sized, one batch
+        blocks = {}
+        for name, split in splits.items():
+            hasher, blocks[name] = data.BlockHasher(split, 0), []
+            for lo in range(0, len(split), step):
+                blocks[name] += hasher.feed(split.read(lo, lo + step)).values()
+            assert len(blocks[name]) == -(-len(split) // data.BLOCK_ROWS)
+        assert data.combine_digests(blocks, sizes) == data.fingerprint(splits)
+    changed = train_x.copy()
+    changed[-1, 0, 0, 0] ^= 1
+    other = data.make_splits(data.load_dataset(write_batches(tmp_path / "c", changed, train_y, test_x, test_y)), 0.1, 0)
+    assert data.fingerprint(other) != data.fingerprint(splits)
+
+
 def test_limit_is_balanced_and_deterministic():
     labels = np.repeat(np.arange(10), 7)[np.random.default_rng(1).permutation(70)]
     keep = data.balanced_subset(labels, 10, 23)
@@ -92,13 +126,6 @@ def _gray_tree(root):
     return root
 
 
-def _odd_size_tree(root):
-    train_x, train_y, test_x, test_y = synthetic_cifar(10, 10)
-    write_image_tree(root, train_x, train_y, test_x, test_y, [f"c{i}" for i in range(10)])
-    Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(root / "test" / "c3" / "0003.png")
-    return root
-
-
 def _mismatched_tree(root):
     train_x, train_y, test_x, test_y = synthetic_cifar(10, 10)
     write_image_tree(root, train_x, train_y, test_x, test_y, [f"c{i}" for i in range(10)])
@@ -137,7 +164,6 @@ def _unknown_file(root):
     (lambda root: root / "nowhere", "does not exist"),
     (_unknown_file, "unknown data format"),
     (_gray_tree, "is a L image; expected RGB"),
-    (_odd_size_tree, "is 20x16; expected 32x32"),
     (_mismatched_tree, r"class folders .* differ \(only in train: \['c9'\]; only in test: \['other'\]\)"),
     (_corrupt_image_tree, "cannot read image"),
     (_batches_missing_one, "lacks data_batch_3"),
@@ -145,4 +171,5 @@ def _unknown_file(root):
 ])
 def test_bad_data_gives_one_clear_error(tmp_path, make, message):
     with pytest.raises(UserError, match=message):
-        data.load_dataset(make(tmp_path / "data"))
+        ds = data.load_dataset(make(tmp_path / "data"))
+        ds.train.read(), ds.test.read()      # images are decoded only when read

@@ -1,0 +1,168 @@
+"""The Ray engine: the driver's shards on a Ray Data actor pool, rows back to the driver.
+
+Each actor builds the fast extractor once (a callable class, as Ray Data's batch inference does it),
+gets `--gpus-per-worker` GPUs of its own (Ray sets its CUDA_VISIBLE_DEVICES), and turns one shard
+at a time into rows and fingerprint block digests, reading the shard's images itself (file names
+travel, pixels do not; a pickled source's pixels travel in the shard). The driver writes whatever
+arrives, so the output needs no shared filesystem. Ray restarts a dead actor and retries its shard
+up to RETRIES times; a tiny ledger actor counts the attempts so the driver can name a shard that
+keeps failing. Ray is imported only here, so the local engine does not need it installed.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+
+from pipeline import data
+from pipeline.engine import CRASH_ENV, ExtractorSpec, Shard, maybe_crash, shard_batches
+from pipeline.errors import UserError, first_line
+
+RETRIES = 2                          # attempts per shard: 1 + RETRIES
+LOCAL_OBJECT_STORE = 512 * 2**20     # a local instance's object store: shards stream through it
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise UserError("--engine ray needs Ray Data: pip install '.[ray]' (ray[data])") from None
+    return ray
+
+
+class Session:
+    """Joins a cluster (`address`), or starts a local instance that it alone shuts down again, on
+    any exit including Ctrl-C. An instance already running in this process (tests) is used as is."""
+
+    def __init__(self, address: str | None):
+        self.ray, self.address, self.started = _import_ray(), address, False
+
+    def __enter__(self):
+        ray = self.ray
+        if not ray.is_initialized():
+            kwargs = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=False, configure_logging=True)
+            try:
+                if self.address is None:
+                    ray.init(object_store_memory=LOCAL_OBJECT_STORE, **kwargs)
+                else:
+                    ray.init(address=self.address, **kwargs)
+            except ConnectionError as exc:
+                raise UserError(f"cannot join the Ray cluster at {self.address}: {first_line(exc)}") from None
+            self.started = True
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False          # our own progress line counts rows and shards
+        ctx.print_on_execution_start = False
+        return self
+
+    def __exit__(self, *exc):
+        if self.started:
+            self.ray.shutdown()
+
+
+def check_resources(ray, workers: int, gpus_per_worker: float):
+    """Fail at once where Ray would wait forever for resources the cluster does not have."""
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    cpus = sum(n.get("CPU", 0) for n in nodes)
+    if cpus < workers:
+        raise UserError(f"--workers {workers} needs {workers} CPUs (one per worker); the Ray cluster has {cpus:g}")
+    if gpus_per_worker > 0:
+        gpus = [n.get("GPU", 0) for n in nodes]
+        if max(gpus, default=0) < gpus_per_worker or sum(gpus) < workers * gpus_per_worker:
+            raise UserError(f"--workers {workers} with --gpus-per-worker {gpus_per_worker:g} needs "
+                            f"{workers * gpus_per_worker:g} GPUs, at least {gpus_per_worker:g} on one node; "
+                            f"the Ray cluster has {sum(gpus):g} (per node: {', '.join(f'{g:g}' for g in gpus)})")
+
+
+class _Ledger:
+    """Attempts per shard, recorded by the workers before they start one; each worker's devices."""
+
+    def __init__(self):
+        self.attempts, self.devices = {}, set()
+
+    def hello(self, device: str):
+        self.devices.add(device)
+
+    def started(self, shard: str):
+        self.attempts[shard] = self.attempts.get(shard, 0) + 1
+
+    def get(self):
+        return self.attempts
+
+    def get_devices(self):
+        return self.devices
+
+
+class ShardWorker:
+    """One Ray actor: the extractor built once; one shard per call."""
+
+    def __init__(self, spec: ExtractorSpec, batch_size: int, ledger, crash: str | None):
+        import ray
+        # Said first: on a small job the pool can finish before every actor has built its model.
+        ray.get(ledger.hello.remote(os.environ.get("CUDA_VISIBLE_DEVICES", "")))
+        import tensorflow as tf
+        cpus = int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)) or 1
+        tf.config.threading.set_intra_op_parallelism_threads(cpus)   # workers share the cores, not fight
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        self.extract, _ = spec.build()
+        self.batch_size, self.ledger, self.crash = batch_size, ledger, crash
+
+    def __call__(self, batch: dict) -> dict:
+        import ray
+        (split,), (lo,), (hi,), (payload,) = batch["split"], batch["lo"], batch["hi"], batch["images"]
+        shard = Shard(str(split), int(lo), int(hi))
+        ray.get(self.ledger.started.remote(str(shard)))    # recorded before the work (and any crash)
+        maybe_crash(shard, self.crash)
+        part = pickle.loads(payload)
+        rows, digests = [], {}
+        for _, features, blocks in shard_batches(self.extract, part, shard.lo, self.batch_size):
+            rows.append(features)
+            digests.update(blocks)
+        return {"split": [shard.split], "lo": [shard.lo], "features": np.concatenate(rows)[None],
+                "blocks": np.stack([np.frombuffer(digests[b], np.uint8) for b in sorted(digests)])[None]}
+
+
+def _cause(exc):
+    """A worker's own error inside Ray's wrappers."""
+    while exc is not None and not isinstance(exc, UserError):
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return exc
+
+
+def run(todo: list[Shard], splits: dict, writer, spec: ExtractorSpec, batch_size: int, progress,
+        session: Session, workers: int, gpus_per_worker: float) -> set[str]:
+    """Compute `todo` on the pool, writing rows as shards arrive. Returns the workers'
+    CUDA_VISIBLE_DEVICES values (provenance)."""
+    ray = session.ray
+    check_resources(ray, workers, gpus_per_worker)
+    ledger = ray.remote(num_cpus=0)(_Ledger).remote()
+    items = [{"split": s.split, "lo": s.lo, "hi": s.hi,
+              "images": pickle.dumps(splits[s.split].select(np.arange(s.lo, s.hi)))} for s in todo]
+    shards = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+        ShardWorker, batch_size=1, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=workers),
+        num_cpus=1, num_gpus=gpus_per_worker or None,
+        fn_constructor_kwargs={"spec": spec, "batch_size": batch_size, "ledger": ledger,
+                               "crash": os.environ.get(CRASH_ENV)},
+        max_restarts=-1, max_task_retries=RETRIES)
+    done = 0
+    try:
+        for row in shards.iter_rows():
+            first = int(row["lo"]) // data.BLOCK_ROWS
+            blocks = {first + i: digest.tobytes() for i, digest in enumerate(row["blocks"])}
+            writer.write(str(row["split"]), int(row["lo"]), row["features"], blocks)
+            done += 1
+            retried = sum(n - 1 for n in ray.get(ledger.get.remote()).values())
+            progress.update(len(row["features"]), f"shards {done}/{len(todo)} done, {retried} retried, "
+                                                   f"{len(todo) - done} remaining")
+    except Exception as exc:
+        if isinstance(_cause(exc), UserError):
+            raise _cause(exc) from None
+        failing = [s for s, n in ray.get(ledger.get.remote()).items() if n > RETRIES]
+        if failing:
+            raise UserError(f"shard {failing[0]} failed {1 + RETRIES} times (its worker died each time); "
+                            f"{done} shards were written and are kept in {writer.partial.name}; "
+                            "rerun the same command to retry the rest") from None
+        raise
+    return ray.get(ledger.get_devices.remote())

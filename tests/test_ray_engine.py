@@ -1,0 +1,191 @@
+"""Stage one on Ray: the same file as the local engine, fake GPUs handed out one per actor, a crashed
+actor's shard retried (and a shard that always crashes named), GPUs the cluster lacks refused at once,
+and a killed or interrupted driver resuming with no Ray process left behind.
+
+One local Ray instance (2 CPUs, 2 fake GPUs) serves the in-process tests; the subprocess test starts
+its own instances through the command, under a private temp dir by which it finds (and kills) any
+process they leave."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import ROOT, synthetic_cifar, write_batches
+from pipeline import store
+from pipeline.cli import main
+from pipeline.engine import CRASH_ENV
+from test_features import _progress as _done_rows
+from test_streaming import mixed_tree, read_file
+
+ray = pytest.importorskip("ray")
+
+
+def ray_pids(marker: str) -> list[int]:
+    """Processes whose command line names this test's private Ray temp dir."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+def kill_all(marker: str):
+    for pid in ray_pids(marker):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_gone(marker: str, seconds: float = 30) -> list[int]:
+    deadline = time.time() + seconds
+    while ray_pids(marker) and time.time() < deadline:
+        time.sleep(0.5)
+    return ray_pids(marker)
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")     # short: Ray's socket paths must fit 107 bytes
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, object_store_memory=100 * 2**20,
+             _temp_dir=temp, logging_level="ERROR", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    kill_all(temp)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, tiny_backbone):
+    """A mixed-size image folder (4 shards of 128 rows) and its features from the local engine."""
+    root = mixed_tree(tmp_path_factory.mktemp("ray-data") / "mixed")
+    args = ["features", "--data", str(root), "--backbone", str(tiny_backbone), "--precision", "float32",
+            "--batch-size", "16", "--shard-rows", "128"]
+    cache = tmp_path_factory.mktemp("ray-local")
+    assert main([*args, "--cache-dir", str(cache)]) == 0
+    return args, next((cache / "features").glob("*.h5"))
+
+
+def assert_same_file(a_path, b_path):
+    a, a_attrs = read_file(a_path)
+    b, b_attrs = read_file(b_path)
+    for key in ("data_fingerprint", "settings_hash", "image_shape", "class_names"):
+        assert str(a_attrs[key]) == str(b_attrs[key]), key
+    for split in store.SPLITS:
+        for name in ("labels", "index"):
+            np.testing.assert_array_equal(a[split][name], b[split][name])
+        # Same batches, but a worker computes with its share of the cores (1 thread, not 2), which
+        # can change float32 sums in the last bits: 5 of 4,032 numbers differed, by 1.5e-7 relative.
+        np.testing.assert_allclose(a[split]["features"], b[split]["features"], rtol=1e-5, atol=1e-7)
+
+
+def test_ray_equals_local_and_gives_each_worker_its_own_gpu(ray_instance, mixed, tmp_path, capsys):
+    args, local = mixed
+    capsys.readouterr()
+    assert main([*args, "--cache-dir", str(tmp_path), "--engine", "ray", "--workers", "2",
+                 "--gpus-per-worker", "1"]) == 0
+    path = Path(capsys.readouterr().out.splitlines()[-1])
+    assert path.name == local.name
+    assert_same_file(local, path)
+    with h5py.File(path) as f:
+        assert f.attrs["engine"] == "ray" and f.attrs["workers"] == 2 and f.attrs["shards"] == 4
+        assert sorted(f.attrs["worker_devices"]) == ["0", "1"]      # Ray's CUDA_VISIBLE_DEVICES per actor
+
+
+@pytest.mark.slow
+def test_crashed_workers_are_replaced_and_a_shard_that_always_crashes_is_named(ray_instance, mixed, tmp_path,
+                                                                              capsys, monkeypatch):
+    args, local = mixed
+    args = [*args, "--cache-dir", str(tmp_path), "--engine", "ray", "--gpus-per-worker", "1"]
+    once = tmp_path / "crashed-once"
+    monkeypatch.setenv(CRASH_ENV, f"train:0:once={once},test:128")     # one crash, and one shard always
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: shard test[128:140] failed 3 times")
+    partial = next(tmp_path.rglob("*.h5.partial"))
+    assert once.exists() and not list(tmp_path.rglob("*.h5"))
+    with h5py.File(partial) as f:
+        assert f["progress"]["train"]["done"][...].all()            # the retried shard was written
+    monkeypatch.delenv(CRASH_ENV)
+    assert main(args) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("3 of 4 shards already done, 1 to compute") for line in out)
+    assert_same_file(local, Path(out[-1]))
+
+
+def test_gpus_the_cluster_lacks_fail_at_once(ray_instance, mixed, tmp_path, capsys):
+    args, _ = mixed
+    assert main([*args, "--cache-dir", str(tmp_path), "--engine", "ray", "--gpus-per-worker", "3"]) == 2
+    assert "needs 6 GPUs, at least 3 on one node; the Ray cluster has 2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_killed_or_interrupted_driver_resumes_and_leaves_no_ray_process(tmp_path):
+    data = write_batches(tmp_path / "batches", *synthetic_cifar(500, 100))
+    args = [sys.executable, "-m", "pipeline", "features", "--data", str(data), "--weights", "none", "--size", "75",
+            "--precision", "float32", "--batch-size", "32", "--shard-rows", "128"]
+    reference = subprocess.run([*args, "--cache-dir", str(tmp_path / "ref")], cwd=ROOT, capture_output=True, text=True)
+    assert reference.returncode == 0, reference.stderr
+    ref_path = Path(reference.stdout.splitlines()[-1])
+
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": temp, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    cache = tmp_path / "run"
+    final = cache / "features" / ref_path.name
+    partial = store.partial_path(final)
+    ray_args = [*args, "--cache-dir", str(cache), "--engine", "ray", "--workers", "2"]
+    try:
+        no_gpu = subprocess.run([*ray_args, "--gpus-per-worker", "1"], cwd=ROOT, env=env, capture_output=True, text=True)
+        assert no_gpu.returncode == 2 and "the Ray cluster has 0" in no_gpu.stderr
+        assert wait_gone(temp) == []
+
+        for stop, after_rows in ((signal.SIGKILL, 256), (signal.SIGINT, 384)):
+            driver = subprocess.Popen(ray_args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            deadline = time.time() + 300
+            while _done_rows(partial) < after_rows and driver.poll() is None and time.time() < deadline:
+                time.sleep(0.2)
+            driver.send_signal(stop)
+            out, err = driver.communicate(timeout=120)
+            assert not final.exists() and after_rows <= _done_rows(partial) < 600, err
+            if stop == signal.SIGINT:
+                assert driver.returncode == 130 and "interrupted" in err
+            assert wait_gone(temp) == [], f"Ray processes outlived a driver stopped by {stop!r}"
+
+        resumed = subprocess.run(ray_args, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stderr
+        done_before = [line for line in resumed.stdout.splitlines() if "shards already done" in line]
+        assert done_before and not done_before[0].startswith("0 of")
+        assert wait_gone(temp) == []
+        assert_same_file(ref_path, final)
+    finally:
+        kill_all(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_sweep_on_ray_shares_the_features_and_ranks_like_local(ray_instance, tmp_path, capsys):
+    from test_heads import synthetic_features
+    features = synthetic_features(tmp_path, width=16, per_class=(30, 20, 20))
+    boards = {}
+    for engine in ("local", "ray"):
+        cache = tmp_path / engine
+        capsys.readouterr()
+        assert main(["sweep", "--features", str(features), "--cache-dir", str(cache), "--head", "logreg",
+                     "--jobs", "2", "--engine", engine, "--grid", "C=0.01,1"]) == 0
+        assert "0 already done, 2 to train" in capsys.readouterr().out
+        board = json.loads(next((cache / "sweeps").glob("*.json")).read_text())
+        boards[engine] = [(r["run"], r["C"], r["val_accuracy"], r["test_accuracy"]) for r in board]
+    assert boards["ray"] == boards["local"]
