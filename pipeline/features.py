@@ -178,7 +178,7 @@ def run_features(s: FeatureSettings, log=print) -> Path:
                                                  s.workers, s.gpus_per_worker)
                     provenance.update(workers=s.workers, gpus_per_worker=s.gpus_per_worker,
                                       worker_devices=sorted(devices))
-                else:
+                elif todo:
                     engine.run_local(todo, splits, writer, spec, s.batch_size, progress)
             elapsed = time.perf_counter() - started
             computed = sum(writer.rows_written(k) for k in store.SPLITS) - before

@@ -141,7 +141,9 @@ def run(todo: list[Shard], splits: dict, writer, spec: ExtractorSpec, batch_size
               "images": pickle.dumps(splits[s.split].select(np.arange(s.lo, s.hi)))} for s in todo]
     shards = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
         ShardWorker, batch_size=1, batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=workers),
+        # One shard in flight per actor: a dying actor then fails only its own shard (with more
+        # queued, each crash would use up the retries of every shard waiting behind it).
+        compute=ray.data.ActorPoolStrategy(size=workers, max_tasks_in_flight_per_actor=1),
         num_cpus=1, num_gpus=gpus_per_worker or None,
         fn_constructor_kwargs={"spec": spec, "batch_size": batch_size, "ledger": ledger,
                                "crash": os.environ.get(CRASH_ENV)},
