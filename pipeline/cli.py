@@ -84,7 +84,7 @@ def _run_info(args):
 # Later stages live in their own modules, each with `add_arguments(parser)` and `run(args)`.
 # Those modules import nothing heavy at the top, so `--help` stays quick.
 STAGE_MODULES = [
-    ("head", "pipeline.heads", "stage two: train a dense head or a logistic-regression baseline on cached features"),
+    ("head", "pipeline.heads", "stage two: train a dense, logreg or knn head on cached features"),
     ("sweep", "pipeline.sweep", "stage two: a grid of head settings in parallel, with a leaderboard"),
     ("finetune", "pipeline.finetune", "stage three: fine-tune the upper backbone blocks from the stage-two head"),
     ("predict", "pipeline.predict", "top-3 classes of image files with a saved model"),

@@ -4,75 +4,121 @@
                   (--hidden 0: standardize -> softmax), EarlyStopping on val loss with the best
                   weights restored, ModelCheckpoint of the best epoch.
   --head logreg   scikit-learn Pipeline(StandardScaler, LogisticRegression(lbfgs, multinomial)).
+  --head knn      scikit-learn Pipeline(StandardScaler, KNeighborsClassifier(cosine)): the
+                  training-free k-nearest-neighbour probe of DINO- and CLIP-style evaluations.
 
-Each run goes to cache/heads/<head>-<features hash>-<settings hash>/ (model.keras or
-model.joblib, run.json, history.json) and its report to cache/reports/<same name>/ (report.json,
-confusion.png, curves.png). A run whose folder exists is up to date and is not trained again.
+HEADS is the one table of head kinds (defaults, train function, saved artifact, what a sweep may
+vary) and SETTINGS the one table of valid ranges; a new head is one HeadKind row plus its train
+function. Each run goes to cache/heads/<head>-<features hash>-<settings hash>/ (the row's
+artifact: model.keras or model.joblib; run.json; history.json for heads trained by epochs) and
+its report to cache/reports/<same name>/ (report.json, confusion.png, curves.png). A run whose folder exists is up to date and is not trained again.
 The model is chosen on the validation split; test accuracy is only reported.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from pipeline import store
 from pipeline.errors import UserError
 
-HEADS = ("dense", "logreg")
-# Every setting of a head, with its default; the types here are the types flags and grids parse to.
-# Batch 1024: on a 2-core CPU an epoch over 45,000 x 2048 takes ~3 s against ~11 s at 256, and
-# the real-feature accuracy was the same (a sweep over 64..1024 stayed within noise).
-DEFAULTS = {
-    "dense": {"hidden": 1024, "dropout": 0.5, "lr": 1e-3, "batch_size": 1024, "epochs": 100,
-              "l2": 0.0, "patience": 5, "seed": 0},
-    "logreg": {"C": 0.1, "max_iter": 1000},
+# ---------------------------------------------------------------- settings and their valid ranges
+
+@dataclass(frozen=True)
+class Interval:
+    """A number of `kind` between `low` and `high` (None: unbounded), like scikit-learn's
+    _parameter_constraints; floats must also be finite."""
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    closed: str = "left"       # which ends belong: "left", "right", "both" or "neither"
+
+    def parse(self, text):
+        if isinstance(text, bool) or (self.kind is int and isinstance(text, float) and not text.is_integer()):
+            raise ValueError(text)
+        value = self.kind(text)
+        left, right = self.closed in ("left", "both"), self.closed in ("right", "both")
+        if (not math.isfinite(value)
+                or (self.low is not None and not (value >= self.low if left else value > self.low))
+                or (self.high is not None and not (value <= self.high if right else value < self.high))):
+            raise ValueError(text)
+        return value
+
+    def __str__(self):
+        what = "a whole number" if self.kind is int else "a finite number"
+        left, right = self.closed in ("left", "both"), self.closed in ("right", "both")
+        if self.low is not None and self.high is not None:
+            return f"in {'[' if left else '('}{self.low}, {self.high}{']' if right else ')'}"
+        if self.low == 0 and not left:
+            return f"positive ({what} > 0)"
+        return what if self.low is None else f"{what} {'>=' if left else '>'} {self.low}"
+
+
+@dataclass(frozen=True)
+class Choice:
+    options: tuple
+
+    def parse(self, text):
+        if text not in self.options:
+            raise ValueError(text)
+        return text
+
+    def __str__(self):
+        return f"one of {', '.join(self.options)}"
+
+
+# setting -> (valid values, what it does): the one place flags, grids and make_settings check
+# against, with one message for every mistake.
+SETTINGS = {
+    "hidden": (Interval(int, 0), "hidden units, 0 = linear softmax"),
+    "dropout": (Interval(float, 0, 1), "dropout after the hidden layer"),
+    "lr": (Interval(float, 0, closed="neither"), "Adam learning rate"),
+    "batch_size": (Interval(int, 1), "rows per step"),
+    "epochs": (Interval(int, 1), "most epochs; early stopping usually ends sooner"),
+    "l2": (Interval(float, 0), "L2 penalty on the Dense kernels"),
+    "patience": (Interval(int, 0), "epochs without a better val loss before stopping"),
+    "seed": (Interval(int, 0), "weight init, dropout, shuffling"),
+    "C": (Interval(float, 0, closed="neither"), "inverse regularization strength"),
+    "max_iter": (Interval(int, 1), "lbfgs iterations at most"),
+    "k": (Interval(int, 1), "neighbours that vote (at most the number of training rows)"),
+    "weighting": (Choice(("uniform", "distance")), "equal votes, or votes weighted by 1/cosine distance"),
 }
-_VALID = {   # setting -> (is it valid?, what it must be)
-    "hidden": (lambda v: v >= 0, "a whole number >= 0 (0: no hidden layer)"),
-    "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
-    "lr": (lambda v: v > 0, "positive"),
-    "batch_size": (lambda v: v >= 1, "a whole number >= 1"),
-    "epochs": (lambda v: v >= 1, "a whole number >= 1"),
-    "l2": (lambda v: v >= 0, ">= 0"),
-    "patience": (lambda v: v >= 0, "a whole number >= 0"),
-    "seed": (lambda v: True, "a whole number"),
-    "C": (lambda v: v > 0, "positive"),
-    "max_iter": (lambda v: v >= 1, "a whole number >= 1"),
-}
 
 
-# ---------------------------------------------------------------- settings
-
-def parse_setting(head: str, key: str, text) -> int | float:
+def parse_setting(head: str, key: str, text):
     """One setting from a flag or a grid value, converted to its type and checked."""
-    if key not in DEFAULTS[head]:
-        raise UserError(f"unknown {head} setting {key!r}; known: {', '.join(DEFAULTS[head])}")
-    kind = type(DEFAULTS[head][key])
+    if key not in HEADS[head].defaults:
+        raise UserError(f"unknown {head} setting {key!r}; known: {', '.join(HEADS[head].defaults)}")
+    constraint = SETTINGS[key][0]
     try:
-        value = kind(text)
+        return constraint.parse(text)
     except (TypeError, ValueError):
-        raise UserError(f"{key} must be {_VALID[key][1]}, got {text!r}") from None
-    if not _VALID[key][0](value):
-        raise UserError(f"{key} must be {_VALID[key][1]}, got {text!r}")
-    return value
+        raise UserError(f"{key} must be {constraint}, got {text!r}") from None
 
 
 def make_settings(head: str, **given) -> dict:
     """The full settings of a head: defaults overridden by `given` (None = default)."""
     if head not in HEADS:
         raise UserError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
-    return canonical({key: default if given.get(key) is None else parse_setting(head, key, given[key])
-                      for key, default in DEFAULTS[head].items()})
+    return canonical(head, {key: default if given.get(key) is None else parse_setting(head, key, given[key])
+                            for key, default in HEADS[head].defaults.items()})
 
 
-def canonical(settings: dict) -> dict:
-    """Without a hidden layer there is no dropout: settings differing only there are one run."""
-    if settings.get("hidden") == 0:
-        settings = {**settings, "dropout": 0.0}
-    return settings
+def canonical(head: str, settings: dict) -> dict:
+    """Settings that are one run written differently, written one way (the row's rule), so they
+    train once."""
+    return HEADS[head].canonical(settings)
+
+
+def _no_dropout_without_hidden(settings: dict) -> dict:
+    """Dense: without a hidden layer there is no dropout."""
+    return {**settings, "dropout": 0.0} if settings["hidden"] == 0 else settings
 
 
 def run_name(head: str, features_hash: str, settings: dict) -> str:
@@ -134,7 +180,7 @@ def _identity(fs: store.FeatureSet) -> dict:
             "feature_width": int(fs.attrs["feature_width"]), "class_names": fs.class_names}
 
 
-# ---------------------------------------------------------------- the two heads
+# ---------------------------------------------------------------- training, one function per kind
 
 def _configure_tf(threads: int | None):
     """Import TensorFlow lazily (never at module level: `--help` stays quick), optionally capped to
@@ -169,7 +215,8 @@ def build_dense(train_x, n_classes: int, s: dict):
 
 
 def train_dense(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, threads=None):
-    """Fit on train, stop on val loss. Returns (model with the best weights, history dict)."""
+    """Fit on train, stop on val loss; the best epoch is saved as out_dir/model.keras as it trains.
+    Returns (model with the best weights, history, metrics)."""
     _configure_tf(threads)
     import keras
     keras.utils.set_random_seed(s["seed"])
@@ -186,11 +233,13 @@ def train_dense(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, threads
                     epochs=s["epochs"], batch_size=s["batch_size"], callbacks=callbacks,
                     verbose=verbose, shuffle=True)
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
-    return model, history
+    val_loss = history["val_loss"]      # EarlyStopping restored the first lowest one
+    return model, history, {"epochs": len(val_loss), "best_epoch": val_loss.index(min(val_loss)) + 1}
 
 
-def train_logreg(fs: store.FeatureSet, s: dict):
-    """Returns (fitted Pipeline, whether lbfgs converged within max_iter)."""
+def train_logreg(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, threads=None):
+    """Returns (fitted Pipeline, None, whether lbfgs converged within max_iter and how many
+    iterations it took); saved as out_dir/model.joblib."""
     import warnings
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
@@ -202,27 +251,90 @@ def train_logreg(fs: store.FeatureSet, s: dict):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
         model.fit(tr.features, tr.labels)
-    return model, not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    _save_joblib(model, out_dir)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return model, None, {"converged": converged, "iterations": int(model[-1].n_iter_.max())}
+
+
+def train_knn(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, threads=None):
+    """Cosine k-nearest neighbours on standardized features: no training beyond storing the
+    standardized train rows (float32). Returns (fitted Pipeline, None, metrics); saved as
+    out_dir/model.joblib."""
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    tr = fs.splits["train"]
+    if s["k"] > len(tr.labels):
+        raise UserError(f"k must be at most the number of training rows ({len(tr.labels)}), got {s['k']}")
+    model = Pipeline([("scale", StandardScaler()),
+                      ("knn", KNeighborsClassifier(n_neighbors=s["k"], weights=s["weighting"], metric="cosine",
+                                                   algorithm="brute", n_jobs=threads))])
+    model.fit(tr.features, tr.labels)
+    _save_joblib(model, out_dir)
+    return model, None, {"train_rows": len(tr.labels)}
+
+
+def _save_joblib(model, out_dir: Path):
+    import joblib
+    joblib.dump(model, out_dir / "model.joblib")
+
+
+def _load_keras(path: Path):
+    _configure_tf(None)
+    import keras
+    return keras.models.load_model(path)
+
+
+def _load_joblib(path: Path):
+    import joblib
+    return joblib.load(path)
+
+
+# ---------------------------------------------------------------- the head table
+
+@dataclass(frozen=True)
+class HeadKind:
+    name: str
+    summary: str
+    # every setting with its default (ranges in SETTINGS). Dense batch 1024: on a 2-core CPU an
+    # epoch over 45,000 x 2048 takes ~3 s against ~11 s at 256, with the same real-feature accuracy.
+    defaults: dict
+    train: Callable        # (fs, settings, out_dir, verbose, threads) -> (model, history or None, metrics)
+    artifact: str          # the model file train() leaves in the run folder
+    load: Callable         # artifact path -> model with predict_proba (sklearn) or predict (Keras)
+    sweep: tuple           # the settings a sweep may vary (its leaderboard's columns without a grid)
+    canonical: Callable = field(default=lambda settings: settings)
+
+
+HEADS = {kind.name: kind for kind in [
+    HeadKind("dense", "Keras: standardize -> Dense(hidden, relu) -> Dropout -> Dense(K, softmax)",
+             {"hidden": 1024, "dropout": 0.5, "lr": 1e-3, "batch_size": 1024, "epochs": 100, "l2": 0.0,
+              "patience": 5, "seed": 0},
+             train_dense, "model.keras", _load_keras,
+             ("hidden", "dropout", "lr", "batch_size", "l2", "patience", "seed"), _no_dropout_without_hidden),
+    HeadKind("logreg", "scikit-learn: StandardScaler -> LogisticRegression(lbfgs)", {"C": 0.1, "max_iter": 1000},
+             train_logreg, "model.joblib", _load_joblib, ("C", "max_iter")),
+    HeadKind("knn", "scikit-learn: StandardScaler -> cosine k-nearest neighbours", {"k": 20, "weighting": "distance"},
+             train_knn, "model.joblib", _load_joblib, ("k", "weighting")),
+]}
 
 
 def predict_proba(model, x):
-    """(N, K) class probabilities from either kind of head."""
+    """(N, K) class probabilities from any kind of head."""
     if hasattr(model, "predict_proba"):
         return model.predict_proba(x)
     return model.predict(x, batch_size=4096, verbose=0)
 
 
 def load_head(run_dir):
-    """The saved model of a run folder: a keras.Model or a scikit-learn Pipeline."""
+    """The saved model of a run folder, by the artifact its run.json's head kind names."""
     run_dir = Path(run_dir)
-    if (run_dir / "model.keras").is_file():
-        _configure_tf(None)
-        import keras
-        return keras.models.load_model(run_dir / "model.keras")
-    if (run_dir / "model.joblib").is_file():
-        import joblib
-        return joblib.load(run_dir / "model.joblib")
-    raise UserError(f"{run_dir} holds no model.keras or model.joblib")
+    run_json = run_dir / "run.json"
+    kinds = [HEADS[json.loads(run_json.read_text())["head"]]] if run_json.is_file() else list(HEADS.values())
+    for kind in kinds:
+        if (run_dir / kind.artifact).is_file():
+            return kind.load(run_dir / kind.artifact)
+    raise UserError(f"{run_dir} holds no {' or '.join(sorted({k.artifact for k in kinds}))}")
 
 
 # ---------------------------------------------------------------- one run
@@ -257,17 +369,9 @@ def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose
     tmp.mkdir(parents=True)
     try:
         started = time.perf_counter()
-        history, metrics = None, {}
-        if head == "dense":
-            model, history = train_dense(fs, settings, tmp, verbose, threads)
-            val_loss = history["val_loss"]      # EarlyStopping restored the first lowest one
-            metrics = {"epochs": len(val_loss), "best_epoch": val_loss.index(min(val_loss)) + 1}
+        model, history, metrics = HEADS[head].train(fs, settings, tmp, verbose, threads)
+        if history is not None:
             _write_json(tmp / "history.json", history)
-        else:
-            import joblib
-            model, converged = train_logreg(fs, settings)
-            metrics = {"converged": converged, "iterations": int(model[-1].n_iter_.max())}
-            joblib.dump(model, tmp / "model.joblib")
         wall = time.perf_counter() - started
         y_true = {s: fs.splits[s].labels for s in ("val", "test")}
         y_prob = {s: predict_proba(model, fs.splits[s].features) for s in ("val", "test")}
@@ -294,34 +398,29 @@ def find_best_head(cache_dir, settings_hash: str, head: str = "dense") -> Path |
             best, best_acc = run_json.parent, acc
     if best is None:
         return None
-    return best / ("model.keras" if head == "dense" else "model.joblib")
+    return best / HEADS[head].artifact
 
 
 # ---------------------------------------------------------------- command line
 
 def add_common_arguments(p):
-    """Flags shared by `head` and `sweep`; head settings default to None = DEFAULTS."""
-    d, l = DEFAULTS["dense"], DEFAULTS["logreg"]
+    """Flags shared by `head` and `sweep`: one group per head kind, one flag per setting, from the
+    tables; head settings default to None = the row's default."""
     p.add_argument("--features", metavar="FILE", help="stage-one HDF5 file (default: the newest complete "
                    "file in CACHE/features made with the default settings)")
-    p.add_argument("--head", default="dense", choices=HEADS, help="which classifier (default: dense)")
+    p.add_argument("--head", default="dense", choices=list(HEADS), help="which classifier (default: dense)")
     p.add_argument("--cache-dir", default="cache", metavar="DIR", help="where models and reports go (default: cache)")
-    p.add_argument("--seed", type=int, metavar="N", help=f"dense: weight init, dropout, shuffling (default: {d['seed']})")
-    g = p.add_argument_group("dense head")
-    g.add_argument("--hidden", metavar="N", help=f"hidden units, 0 = linear softmax (default: {d['hidden']})")
-    g.add_argument("--dropout", metavar="F", help=f"dropout after the hidden layer (default: {d['dropout']})")
-    g.add_argument("--lr", metavar="F", help=f"Adam learning rate (default: {d['lr']})")
-    g.add_argument("--batch-size", metavar="N", help=f"(default: {d['batch_size']})")
-    g.add_argument("--epochs", metavar="N", help=f"most epochs; early stopping usually ends sooner (default: {d['epochs']})")
-    g.add_argument("--l2", metavar="F", help=f"L2 penalty on the Dense kernels (default: {d['l2']})")
-    g.add_argument("--patience", metavar="N", help=f"epochs without a better val loss before stopping (default: {d['patience']})")
-    g = p.add_argument_group("logistic-regression baseline")
-    g.add_argument("--C", metavar="F", help=f"inverse regularization strength (default: {l['C']})")
-    g.add_argument("--max-iter", metavar="N", help=f"lbfgs iterations at most (default: {l['max_iter']})")
+    for kind in HEADS.values():
+        group = p.add_argument_group(f"--head {kind.name}", kind.summary)
+        for key, default in kind.defaults.items():
+            constraint, what = SETTINGS[key]
+            metavar = "{" + ",".join(constraint.options) + "}" if isinstance(constraint, Choice) else (
+                "N" if constraint.kind is int else "F")
+            group.add_argument(f"--{key.replace('_', '-')}", metavar=metavar, help=f"{what} (default: {default})")
 
 
 def settings_from_args(args) -> dict:
-    return make_settings(args.head, **{k: getattr(args, k, None) for k in DEFAULTS[args.head]})
+    return make_settings(args.head, **{k: getattr(args, k, None) for k in HEADS[args.head].defaults})
 
 
 def features_from_args(args) -> store.FeatureSet:

@@ -37,15 +37,17 @@ def parse_grid(head: str, items) -> dict:
         if key in grid:
             raise UserError(f"--grid names {key} twice")
         parsed = [heads.parse_setting(head, key, v.strip()) for v in values.split(",")]
+        if key not in heads.HEADS[head].sweep:
+            raise UserError(f"a {head} sweep may vary {', '.join(heads.HEADS[head].sweep)}; not {key}")
         grid[key] = list(dict.fromkeys(parsed))       # drop repeats, keep order
     return grid
 
 
-def configurations(base: dict, grid: dict) -> list[dict]:
+def configurations(head: str, base: dict, grid: dict) -> list[dict]:
     """Every combination of the grid over `base`; combinations that are the same run appear once."""
     keys, out = list(grid), []
     for combo in itertools.product(*(grid[k] for k in keys)):
-        config = heads.canonical({**base, **dict(zip(keys, combo))})
+        config = heads.canonical(head, {**base, **dict(zip(keys, combo))})
         if config not in out:
             out.append(config)
     return out
@@ -102,7 +104,9 @@ def save_leaderboard(rows: list[dict], path_stem: Path) -> tuple[Path, Path]:
 def add_arguments(p):
     heads.add_common_arguments(p)
     p.add_argument("--grid", nargs="+", metavar="KEY=V1,V2", help="settings to vary, e.g. hidden=256,512 "
-                   "dropout=0.2,0.5 (dense) or C=0.01,0.1,1 (logreg); default: just the base settings")
+                   "dropout=0.2,0.5 (dense), C=0.01,0.1,1 (logreg) or k=5,10,20 (knn); default: just the base "
+                   "settings. Which settings each head lets a sweep vary: " + "; ".join(
+                       f"{k.name}: {', '.join(k.sweep)}" for k in heads.HEADS.values()))
     p.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
                    help="parallel worker processes (default: min(4, cores))")
     p.add_argument("--engine", default="local", choices=("local", "ray"),
@@ -119,7 +123,7 @@ def run(args):
     base = heads.settings_from_args(args)
     grid = parse_grid(args.head, args.grid)            # grid mistakes surface before any loading
     fs = heads.features_from_args(args)
-    configs = configurations(base, grid)
+    configs = configurations(args.head, base, grid)
     features_hash = fs.attrs["settings_hash"]
     todo = [c for c in configs if not heads.finished_run(args.cache_dir, args.head, features_hash, c)]
     print(f"sweep: {len(configs)} configurations of the {args.head} head on {fs.path.name}; "
@@ -141,7 +145,7 @@ def run(args):
               f"({r['metrics']['wall_seconds']:.1f} s)", flush=True)
 
     runs = [heads.finished_run(args.cache_dir, args.head, features_hash, c) for c in configs]
-    keys = list(grid) or ["seed" if args.head == "dense" else "C"]
+    keys = list(grid) or list(heads.HEADS[args.head].sweep)
     rows = leaderboard(runs, keys)
     stem = Path(args.cache_dir) / "sweeps" / f"{args.head}-{features_hash}-{store.settings_hash({'base': base, 'grid': grid})}"
     json_path, csv_path = save_leaderboard(rows, stem)

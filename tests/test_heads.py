@@ -57,14 +57,15 @@ def separable(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def trained(separable, tmp_path_factory):
-    """One dense and one logreg run on the separable file, shared by several tests."""
+    """One run of each head kind on the separable file, shared by several tests."""
     cache = tmp_path_factory.mktemp("runs")
     fs = heads.load_features(separable)
     return fs, cache, {"dense": heads.run_head(fs, "dense", dense(), cache),
-                       "logreg": heads.run_head(fs, "logreg", heads.make_settings("logreg"), cache)}
+                       "logreg": heads.run_head(fs, "logreg", heads.make_settings("logreg"), cache),
+                       "knn": heads.run_head(fs, "knn", heads.make_settings("knn", k=5), cache)}
 
 
-def test_both_heads_separate_separable_classes(trained):
+def test_every_head_separates_separable_classes(trained):
     _, _, runs = trained
     for name, r in runs.items():
         assert r["metrics"]["val_accuracy"] > 0.95, name
@@ -73,7 +74,7 @@ def test_both_heads_separate_separable_classes(trained):
 
 def test_shuffled_labels_stay_near_chance(tmp_path):
     fs = heads.load_features(synthetic_features(tmp_path, shuffle=True, per_class=(40, 30, 30)))
-    for head, s in (("dense", dense()), ("logreg", heads.make_settings("logreg"))):
+    for head, s in (("dense", dense()), ("logreg", heads.make_settings("logreg")), ("knn", heads.make_settings("knn"))):
         r = heads.run_head(fs, head, s, tmp_path)
         assert r["metrics"]["val_accuracy"] < 0.25, head    # chance is 0.10
         assert r["metrics"]["test_accuracy"] < 0.25, head
@@ -107,14 +108,14 @@ def test_run_artifacts_follow_the_contract(trained):
         assert info["head"] == head and info["settings"] == r["settings"]
         assert info["features"] == {"path": str(fs.path), "settings_hash": fs.attrs["settings_hash"],
                                     "feature_width": 16, "class_names": CLASSES}
-        assert (run_dir / ("model.keras" if head == "dense" else "model.joblib")).is_file()
+        assert (run_dir / heads.HEADS[head].artifact).is_file()
         report_dir = cache / "reports" / run_dir.name
         report = json.loads((report_dir / "report.json").read_text())
         assert report["val_accuracy"] == info["metrics"]["val_accuracy"]
         assert np.asarray(report["splits"]["test"]["confusion"]).sum() == len(fs.splits["test"].labels)
         assert set(report["splits"]["val"]["per_class"]["class3"]) == {"precision", "recall", "f1", "support"}
         assert (report_dir / "confusion.png").stat().st_size > 1000
-        assert (report_dir / "curves.png").is_file() == (head == "dense")
+        assert (report_dir / "curves.png").is_file() == (run_dir / "history.json").is_file() == (head == "dense")
     history = json.loads((Path(runs["dense"]["run_dir"]) / "history.json").read_text())
     assert len(history["val_loss"]) == runs["dense"]["metrics"]["epochs"]
     assert not [p for p in (cache / "heads").iterdir() if p.name.startswith(".")]   # no temp folders left
@@ -243,6 +244,12 @@ def test_no_default_features_says_run_make_features(tmp_path, capsys):
     (["--lr", "0"], "lr must be positive"),
     (["--head", "logreg", "--C", "-1"], "C must be positive"),
     (["--head", "logreg", "--max-iter", "2.5"], "max_iter must be"),
+    (["--lr", "inf"], "lr must be positive (a finite number > 0), got 'inf'"),
+    (["--l2", "nan"], "l2 must be a finite number >= 0, got 'nan'"),
+    (["--seed", "-1"], "seed must be a whole number >= 0, got '-1'"),
+    (["--head", "knn", "--k", "0"], "k must be a whole number >= 1"),
+    (["--head", "knn", "--weighting", "gaussian"], "weighting must be one of uniform, distance"),
+    (["--head", "knn", "--k", "401"], "k must be at most the number of training rows (400)"),
 ])
 def test_bad_head_settings(flags, expect, separable, tmp_path, capsys):
     _fails_cleanly(["head", "--features", str(separable), "--cache-dir", str(tmp_path), *flags],
@@ -256,10 +263,19 @@ def test_bad_head_settings(flags, expect, separable, tmp_path, capsys):
     (["dropout=0.2,2"], "dropout must be in [0, 1)"),
     (["hidden"], "KEY=V1,V2"),
     (["hidden=8", "hidden=16"], "twice"),
+    (["lr=1e-3,inf"], "lr must be positive"),
+    (["epochs=5,10"], "a dense sweep may vary hidden, dropout"),
 ])
 def test_bad_grids(grid, expect, separable, tmp_path, capsys):
     _fails_cleanly(["sweep", "--features", str(separable), "--cache-dir", str(tmp_path), "--grid", *grid],
                    capsys, tmp_path, expect)
+
+
+def test_settings_table_checks_every_default():
+    """Every row's defaults pass its own ranges: the tables agree."""
+    for kind in heads.HEADS.values():
+        assert heads.make_settings(kind.name) == kind.canonical(dict(kind.defaults))
+        assert set(kind.sweep) <= set(kind.defaults)
 
 
 def test_bad_jobs(separable, tmp_path, capsys):

@@ -71,7 +71,15 @@ def test_logreg_sweep(tmp_path, capsys):
 def test_grid_parsing_and_duplicate_configurations():
     grid = parse_grid("dense", ["hidden=0,256", "dropout=0.2,0.5", "lr=1e-3,0.001"])
     assert grid == {"hidden": [0, 256], "dropout": [0.2, 0.5], "lr": [0.001]}
-    configs = configurations(heads.make_settings("dense"), grid)
+    configs = configurations("dense", heads.make_settings("dense"), grid)
     # without a hidden layer dropout means nothing: (0, 0.2) and (0, 0.5) are one run
     assert [(c["hidden"], c["dropout"]) for c in configs] == [(0, 0.0), (256, 0.2), (256, 0.5)]
     assert parse_grid("dense", ["batch-size=32"]) == {"batch_size": [32]}
+
+
+def test_knn_sweep_over_k(tmp_path, capsys):
+    features = synthetic_features(tmp_path, width=8, per_class=(20, 10, 10))
+    out = _sweep(capsys, features, tmp_path, "k=1,5,25", "weighting=uniform,distance", head="knn")
+    rows = _leaderboard(tmp_path, {"k": (1, 5, 25), "weighting": ("uniform", "distance")})
+    assert len(rows) == 6 and "weighting" in out
+    assert all(json.loads((Path(r["run_dir"]) / "run.json").read_text())["head"] == "knn" for r in rows)
