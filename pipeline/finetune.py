@@ -30,7 +30,6 @@ import numpy as np
 
 from pipeline import store
 from pipeline.errors import UserError
-from pipeline.features import load_splits, rebuild_backbone
 
 MODES = ("cached", "end-to-end")
 OPTIMIZERS = ("sgd", "adam")
@@ -241,6 +240,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
     import keras
     from pipeline import surgery
     from pipeline.backbone import default_unfreeze
+    from pipeline.features import rebuild_backbone
     bb = rebuild_backbone(attrs, s.backbone, s.weights)
     unfreeze = s.unfreeze_from or default_unfreeze(bb.model.layers[-1], bb.row)
     parts = surgery.split(bb.model, head, unfreeze, bb.row)
@@ -283,6 +283,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
 
 def _training_data(s, attrs, features_path, parts, mode, precision, log) -> dict:
     """{"train", "val", "test"}: keras-ready inputs for the training model in `mode`."""
+    from pipeline.features import load_splits
     if mode == "end-to-end":
         splits = load_splits(attrs, s.data)
         return {k: image_dataset(v.x, v.y, s.batch_size, shuffle=(k == "train"), augment=s.augment and k == "train",
