@@ -2,7 +2,7 @@
 val split), and val images with one in train, by cosine similarity of cached features, plus every
 exact copy (identical pixels, found by hashing the source images, whatever the threshold).
 
-  python -m pipeline audit --features F --threshold 0.95 [--run cache/heads/RUN]
+  python -m pipeline audit --features F --threshold 0.85 [--run cache/heads/RUN]
 
 Writes cache/audit/<features file>-<hash>/ (audit.json: counts and every pair; pairs.csv; pairs.png:
 the most similar pairs side by side). With --run, also the run's test accuracy with and without
@@ -117,8 +117,9 @@ def _predictions_of(run_dir: Path) -> Path:
 def add_arguments(p):
     p.add_argument("--features", metavar="FILE", help="stage-one HDF5 file (default: the newest complete file "
                    "in CACHE/features made with the default settings)")
-    p.add_argument("--threshold", type=float, default=0.95, metavar="T",
-                   help="cosine similarity at or above which two images count as near-duplicates (default: 0.95)")
+    p.add_argument("--threshold", type=float, default=0.85, metavar="T",
+                   help="cosine similarity at or above which two images count as near-duplicates; it depends "
+                        "on the backbone: look at pairs.png (default: 0.85, chosen so for EfficientNet-Lite0)")
     p.add_argument("--run", dest="run_dir", metavar="DIR", help="a head or fine-tune run folder: also report its test accuracy "
                    "with and without the test images that have a duplicate in train")
     p.add_argument("--no-exact", action="store_true", help="skip the exact-copy check (it decodes every image)")

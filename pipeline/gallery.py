@@ -20,7 +20,7 @@ def save_grid(path: Path, images, captions, columns: int = 8, title: str | None 
     n = len(images)
     columns = max(1, min(columns, n))
     rows = max(1, math.ceil(n / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(1.45 * columns, 1.65 * rows + (0.3 if title else 0)),
+    fig, axes = plt.subplots(rows, columns, figsize=(1.45 * columns, 1.75 * rows + (0.3 if title else 0.1)),
                              squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -29,7 +29,7 @@ def save_grid(path: Path, images, captions, columns: int = 8, title: str | None 
             ax.set_title(captions[i], fontsize=6, color=(colors[i] if colors else "black"))
     if title:
         fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(pad=0.8)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)

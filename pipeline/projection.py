@@ -55,7 +55,7 @@ def plot_map(path: Path, xy, labels, class_names, title: str):
             ax.scatter(xy[at, 0], xy[at, 1], s=6, color=cmap(c % cmap.N), label=name, alpha=0.8)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
     fig.tight_layout()
     with store.atomic_path(path) as tmp:
@@ -150,7 +150,7 @@ def run(args):
             writer.writerow([int(r), int(split.index[r]), names[int(split.labels[r])], f"{x:.4f}", f"{y:.4f}"])
         store.write_text_atomic(table, buf.getvalue())
         plot_map(png, xy, split.labels[picked], names,
-                 f"{fs.path.stem}: {args.split}, {len(picked)} images (PCA {PCA_DIMS}, then t-SNE)")
+                 f"{args.split}: {len(picked)} images, PCA to {PCA_DIMS} then t-SNE\n{fs.path.name}")
         print(png)
     if projector is not None:
         if projector_up_to_date(projector, key):

@@ -128,7 +128,10 @@ def summary_table(report: dict, title: str = "") -> str:
     rows = [[cls] + [splits[name]["per_class"][cls][k] for name in splits for k in ("precision", "recall", "f1")]
             for cls in report["class_names"]]
     top = f"{title}\n" if title else ""
-    return f"{top}{head}  wall {report['wall_seconds']:.1f} s\n{format_table(headers, rows)}"
+    confused = "".join(f"\nmost confused ({name}, true -> predicted): "
+                       + ", ".join(f"{p['true']} -> {p['predicted']} {p['count']}" for p in pairs)
+                       for name, pairs in report.get("most_confused", {}).items() if pairs)
+    return f"{top}{head}  wall {report['wall_seconds']:.1f} s\n{format_table(headers, rows)}{confused}"
 
 
 def print_summary(report: dict, title: str = ""):

@@ -19,6 +19,7 @@ from pipeline.errors import UserError
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}
 th[data-sort]{cursor:pointer;background:#eef}th[data-sort]:hover{background:#dde}
+th[data-dir=down]::after{content:" \\25BC"}th[data-dir=up]::after{content:" \\25B2"}
 td.num{text-align:right;font-variant-numeric:tabular-nums}img{max-width:100%;border:1px solid #ddd}
 .note{color:#666;font-size:12px}code{font-size:12px}"""
 SORT_JS = """document.querySelectorAll("th[data-sort]").forEach(th => th.addEventListener("click", () => {

@@ -40,7 +40,7 @@ def test_audit_finds_every_planted_copy_and_nothing_else(planted, tmp_path, caps
     want = lh.planted_pairs(fs)
     result, out = audit_json(capsys, path, tmp_path)
     test_pairs = {(p["source_index"], p["other_source_index"]) for p in result["pairs"] if p["split"] == "test"}
-    assert test_pairs == want                                # every copy, and no other pair >= 0.95
+    assert test_pairs == want                                # every copy, and no other pair >= 0.85
     assert all(p["exact"] and p["similarity"] > 0.9999 for p in result["pairs"] if p["split"] == "test")
     assert not [p for p in result["pairs"] if p["split"] == "val"]
     s = result["summary"]["test"]
@@ -172,6 +172,8 @@ def test_predictions_and_mistakes_are_the_rows_own_images(planted, tmp_path, mon
     cm = np.asarray(report["splits"]["test"]["confusion"])
     np.fill_diagonal(cm, 0)
     assert pairs and pairs[0]["count"] == cm.max()
+    from pipeline.report import summary_table        # what `head` prints names them too
+    assert f"{pairs[0]['true']} -> {pairs[0]['predicted']} {pairs[0]['count']}" in summary_table(report)
 
 
 # ---------------------------------------------------------------- map and the Embedding Projector
