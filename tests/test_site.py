@@ -36,22 +36,34 @@ def parse(path: Path) -> Links:
 
 @pytest.fixture(scope="module")
 def cache(planted, tmp_path_factory):
-    """Three runs through the CLI (each rebuilds the page): two logistic regressions and a dense head."""
+    """Runs of every kind through the CLI, each rebuilding the page: two logistic regressions (then a
+    sweep over both, which finds them done), a dense head, and a fine-tune exporting that head on the
+    backbone unchanged (--epochs 0: the page, not the training, is under test)."""
+    from conftest import PRETRAINED
     cache = tmp_path_factory.mktemp("site")
     path = str(planted[0])
     for extra in (["--head", "logreg", "--C", "0.01"], ["--head", "logreg", "--C", "1"],
                   ["--head", "dense", "--hidden", "16", "--epochs", "3", "--batch-size", "32"]):
         assert main(["head", "--features", path, "--cache-dir", str(cache), *extra]) == 0
+    assert main(["sweep", "--features", path, "--cache-dir", str(cache), "--head", "logreg",
+                 "--grid", "C=0.01,1", "--jobs", "1"]) == 0
+    assert main(["finetune", "--features", path, "--cache-dir", str(cache), "--backbone", str(PRETRAINED),
+                 "--epochs", "0", "--precision", "float32"]) == 0
     return cache
+
+
+def all_runs(cache: Path) -> list[str]:
+    return sorted(p.parent.name for p in [*cache.glob("heads/*/run.json"), *cache.glob("finetune/*/run.json")])
 
 
 def test_index_lists_every_run_and_every_link_exists(cache, capsys):
     index = cache / "reports" / "index.html"
-    runs = sorted(p.name for p in (cache / "heads").iterdir())
+    runs = all_runs(cache)
+    assert len(runs) == 4
     page = parse(index)
     assert not page.scripts                                       # nothing from the internet
     run_links = [h for h in page.links if h.startswith("runs/")]
-    assert sorted(Path(h).stem for h in run_links) == runs
+    assert sorted({Path(h).stem for h in run_links}) == runs          # the sweeps table links its best again
     for href in page.links:
         target = (index.parent / href).resolve()
         assert target.is_file(), href
@@ -60,8 +72,13 @@ def test_index_lists_every_run_and_every_link_exists(cache, capsys):
         for ref in sub.links + sub.images:
             assert (target.parent / ref).resolve().is_file(), (href, ref)
         names = {Path(i).name for i in sub.images}
-        assert {"confusion.png", "mistakes.png"} <= names
-        assert ("curves.png" in names) == href.startswith("runs/dense-")
+        if href.startswith("runs/"):
+            assert {"confusion.png", "mistakes.png"} <= names
+            assert ("curves.png" in names) == href.startswith("runs/dense-")
+    text = index.read_text()
+    sweep = next((cache / "sweeps").glob("*.json")).stem
+    assert text.count(f"<td>{sweep}</td>") == 3      # both logreg runs name their sweep, and the sweeps table
+    assert "<td>finetune</td>" in text
     # `report` rebuilds it: nothing changed, so up to date; a deleted page comes back
     capsys.readouterr()
     assert main(["report", "--cache-dir", str(cache)]) == 0
@@ -75,6 +92,7 @@ def test_removed_runs_leave_the_page(cache, tmp_path):
     copy = tmp_path / "c"
     shutil.copytree(cache, copy)
     gone = sorted((copy / "heads").iterdir())[0]
+    assert (copy / "reports" / "runs" / f"{gone.name}.html").is_file()
     shutil.rmtree(gone)
     assert main(["report", "--cache-dir", str(copy)]) == 0
     assert gone.name not in (copy / "reports" / "index.html").read_text()
@@ -104,7 +122,7 @@ def test_in_a_real_browser(cache):
     sync_playwright = browser()
     index = cache / "reports" / "index.html"
     val = {p.parent.name: json.loads(p.read_text())["metrics"]["val_accuracy"]
-           for p in (cache / "heads").glob("*/run.json")}
+           for p in [*cache.glob("heads/*/run.json"), *cache.glob("finetune/*/run.json")]}
     with sync_playwright() as pw:
         try:
             chrome = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
