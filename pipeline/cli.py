@@ -47,6 +47,9 @@ def _add_features(sub):
     p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
                    help="stratified share of train held out as val (default: 0.1)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the val split and of --weights none")
+    p.add_argument("--views", type=int, default=1, choices=(1, 2),
+                   help="2: also store each image's horizontally mirrored view (heads then train on both "
+                        "and average the two views' probabilities); default: 1")
     p.add_argument("--cache-dir", default="cache", metavar="DIR", help="where outputs go (default: cache)")
     p.add_argument("--shard-rows", type=_positive_int, default=4096, metavar="N",
                    help="rows per unit of work, a multiple of 128: what a resumed run recomputes at most "
@@ -67,7 +70,8 @@ def _run_features(args):
                                batch_size=args.batch_size, precision=args.precision, limit=args.limit,
                                val_fraction=args.val_fraction, seed=args.seed, cache_dir=args.cache_dir,
                                shard_rows=args.shard_rows, engine=args.engine, address=args.address,
-                               workers=args.workers, gpus_per_worker=args.gpus_per_worker)
+                               workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                               views=args.views)
     print(run_features(settings))
 
 
@@ -87,7 +91,8 @@ STAGE_MODULES = [
     ("head", "pipeline.heads", "stage two: train a dense, logreg or knn head on cached features"),
     ("sweep", "pipeline.sweep", "stage two: a grid of head settings in parallel, with a leaderboard"),
     ("finetune", "pipeline.finetune", "stage three: fine-tune the upper backbone blocks from the stage-two head"),
-    ("predict", "pipeline.predict", "top-3 classes of image files with a saved model"),
+    ("predict", "pipeline.predict", "top-k classes of image files, folders or globs with a saved model"),
+    ("export", "pipeline.export", "a dense head or stage-three run as a SavedModel, TFLite or Keras file"),
     ("neighbors", "pipeline.neighbors", "the most similar images to a row or to image files (cosine on features)"),
     ("audit", "pipeline.audit", "near-duplicate and exact-copy images across splits, and accuracy without them"),
     ("map", "pipeline.projection", "2-D map of the features (PCA, then t-SNE) and Embedding Projector files"),
@@ -138,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
+        code = args.run(args)     # a stage may return a non-zero code of its own (predict: 3 = skipped files)
         if args.stage in REBUILDS_SITE:
             _rebuild_site(args.cache_dir)
     except UserError as exc:
@@ -161,4 +166,4 @@ def main(argv=None) -> int:
         traceback.print_exc()
         print("internal error (a bug): please report the traceback above", file=sys.stderr)
         return 1
-    return 0
+    return code or 0

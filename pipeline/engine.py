@@ -66,12 +66,17 @@ class ExtractorSpec:
     size: int | None
     seed: int
     precision: str
+    views: int = 1         # 2: rows are (n, 2, D), each image's embedding and its mirror's
 
     def build(self):
         """(extract: images -> float32 rows, Backbone). Any image size: resized in the graph."""
         from pipeline.backbone import build_backbone, fast_extractor
+        from pipeline.views import image_views
         backbone = build_backbone(self.backbone, self.weights, self.size, (None, None, 3), self.seed)
-        return fast_extractor(backbone.model, self.precision), backbone
+        extract = fast_extractor(backbone.model, self.precision)
+        if self.views == 1:
+            return extract, backbone
+        return (lambda images: np.stack([extract(v) for v in image_views(images, self.views)], axis=1)), backbone
 
 
 def maybe_crash(shard: Shard, spec: str | None):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import backbone as backbones
-from pipeline import data, engine, store
+from pipeline import data, engine, store, views
 from pipeline.backbone import build_backbone, resolve_precision
 from pipeline.errors import UserError
 from pipeline.progress import Progress
@@ -32,6 +32,7 @@ class FeatureSettings:
     address: str | None = None       # ray: None starts a local instance; "auto" or ray://host:port joins one
     workers: int = 2                 # ray: actors in the pool
     gpus_per_worker: float = 0       # ray: GPUs per actor (0: CPU)
+    views: int = 1                   # 2: also the mirrored image's embedding (pipeline.views)
 
 
 def dataset_name(path: str | None) -> str:
@@ -47,10 +48,13 @@ def identity(s: FeatureSettings, precision: str) -> dict:
     """Exactly the settings that determine the cached numbers; their hash names the file.
     Computed without decoding an image or building a network, so an up-to-date check is quick.
     `rebuild_backbone` and `load_splits` below are its inverse."""
-    return {"dataset": dataset_name(s.data), "source_identity": data.source_identity(s.data),
-            "limit": s.limit if s.limit is not None else -1, "val_fraction": s.val_fraction,
-            "split_seed": s.seed, **backbones.identity(s.backbone, s.weights, s.size, s.seed),
-            "precision": precision}
+    found = {"dataset": dataset_name(s.data), "source_identity": data.source_identity(s.data),
+             "limit": s.limit if s.limit is not None else -1, "val_fraction": s.val_fraction,
+             "split_seed": s.seed, **backbones.identity(s.backbone, s.weights, s.size, s.seed),
+             "precision": precision}
+    if s.views != 1:     # only then: a 1-view file keeps the name and hash it always had
+        found["views"] = s.views
+    return found
 
 
 def rebuild_backbone(attrs: dict, backbone_file: str | None = None, weights_file: str | None = None):
@@ -105,6 +109,8 @@ def _check(s: FeatureSettings):
         raise UserError(f"--batch-size must be positive, got {s.batch_size}")
     if s.limit is not None and s.limit < 1:
         raise UserError(f"--limit must be a positive number of images, got {s.limit}")
+    if s.views not in views.VIEWS:
+        raise UserError(f"--views must be 1 or 2, got {s.views}")
     if not 0 < s.val_fraction < 1:
         raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), got {s.val_fraction}")
 
@@ -167,7 +173,7 @@ def run_features(s: FeatureSettings, log=print) -> Path:
             total, before = sum(sizes.values()), sum(writer.rows_written(k) for k in store.SPLITS)
             if len(todo) < len(shards):
                 log(f"{len(shards) - len(todo)} of {len(shards)} shards already done, {len(todo)} to compute")
-            spec = engine.ExtractorSpec(s.backbone, s.weights, s.size, s.seed, precision)
+            spec = engine.ExtractorSpec(s.backbone, s.weights, s.size, s.seed, precision, s.views)
             started, provenance = time.perf_counter(), {"engine": s.engine}
             with Progress(total, before, desc="features") as progress:
                 if s.engine == "ray" and todo:
@@ -191,5 +197,5 @@ def run_features(s: FeatureSettings, log=print) -> Path:
     counts = ", ".join(f"{k} {n:,}" for k, n in sizes.items())
     log(f"features: {total:,} images ({counts}); computed {computed:,} in {elapsed:.1f} s "
         f"({rate:.1f} images/s), {settings['backbone']} {settings['input_size']}x{settings['input_size']}, "
-        f"{precision} on {device}, width {settings['feature_width']}")
+        f"{precision} on {device}, width {settings['feature_width']}, {s.views} view{'s' if s.views > 1 else ''}")
     return path

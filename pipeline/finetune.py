@@ -267,15 +267,19 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         y_true = {k: fs.splits[k].labels for k in ("val", "test")}
         wall = time.perf_counter() - started
         comparison = compare(y_true, baseline, y_prob, head_path, head_info)
+        from pipeline import calibration
         from pipeline.report import write_report
+        temperature, after = calibration.calibrate(y_true, {k: p[None] for k, p in y_prob.items()})
         write_report(run_dir / "report", y_true=y_true, y_prob=y_prob, class_names=class_names, wall_seconds=wall,
-                     history=history, features=fs, extra={"stage": "finetune", "settings": settings, "comparison": comparison})
+                     history=history, features=fs, extra={"stage": "finetune", "settings": settings, "comparison": comparison},
+                     calibrated={"temperature": temperature, "y_prob": after})
         store.write_text_atomic(run_dir / "run.json", json.dumps({
             "stage": "finetune", "settings": settings, "class_names": class_names, "model": "model.keras",
             "features": {"path": str(features_path), "settings_hash": attrs["settings_hash"]},
             "head": {"path": str(head_path)}, "backbone": {"name": bb.name, **bb.weights.attrs(),
                                                             "input_size": bb.input_size},
             "device": device, "metrics": comparison["finetuned"], "comparison": comparison,
+            "calibration": calibration.summary(y_true, y_prob, after, temperature),
             "epochs_run": len(history.get("loss", [])), "wall_seconds": round(wall, 1)}, indent=2, default=str))
     log(_comparison_table(comparison))
     return model_path

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipeline import store
+from pipeline import store, views
 from pipeline.errors import UserError
 
 # ---------------------------------------------------------------- settings and their valid ranges
@@ -170,14 +170,15 @@ def load_features(path) -> store.FeatureSet:
             raise UserError(f"{path}: the {name} split is empty")
         if split.labels.max() >= len(classes):
             raise UserError(f"{path}: {name} has label {split.labels.max()} but only {len(classes)} class names")
-        if not np.isfinite(x).all():
+        if not all(np.isfinite(v).all() for v in split.views):
             raise UserError(f"{path}: {name} features contain NaN or infinite values; rerun `make features`")
     return fs
 
 
 def _identity(fs: store.FeatureSet) -> dict:
     return {"path": str(fs.path), "settings_hash": fs.attrs["settings_hash"],
-            "feature_width": int(fs.attrs["feature_width"]), "class_names": fs.class_names}
+            "feature_width": int(fs.attrs["feature_width"]), "class_names": fs.class_names,
+            "views": int(fs.attrs.get("views", 1))}
 
 
 # ---------------------------------------------------------------- training, one function per kind
@@ -220,8 +221,8 @@ def train_dense(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, threads
     _configure_tf(threads)
     import keras
     keras.utils.set_random_seed(s["seed"])
-    tr, va = fs.splits["train"], fs.splits["val"]
-    model = build_dense(tr.features, len(fs.class_names), s)
+    (x_tr, y_tr), validation = (views.training_rows(fs.splits[k]) for k in ("train", "val"))
+    model = build_dense(x_tr, len(fs.class_names), s)
     model.compile(optimizer=keras.optimizers.Adam(s["lr"]), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=s["patience"],
@@ -229,7 +230,7 @@ def train_dense(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, threads
                  # the best epoch on disk as it trains: this file becomes the run's model.keras
                  keras.callbacks.ModelCheckpoint(out_dir / "model.keras", monitor="val_loss",
                                                  save_best_only=True)]
-    fit = model.fit(tr.features, tr.labels.astype("int32"), validation_data=(va.features, va.labels.astype("int32")),
+    fit = model.fit(x_tr, y_tr.astype("int32"), validation_data=(validation[0], validation[1].astype("int32")),
                     epochs=s["epochs"], batch_size=s["batch_size"], callbacks=callbacks,
                     verbose=verbose, shuffle=True)
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
@@ -247,10 +248,9 @@ def train_logreg(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, thread
     from sklearn.preprocessing import StandardScaler
     model = Pipeline([("scale", StandardScaler()),
                       ("logreg", LogisticRegression(C=s["C"], max_iter=s["max_iter"], solver="lbfgs"))])
-    tr = fs.splits["train"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        model.fit(tr.features, tr.labels)
+        model.fit(*views.training_rows(fs.splits["train"]))
     _save_joblib(model, out_dir)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     return model, None, {"converged": converged, "iterations": int(model[-1].n_iter_.max())}
@@ -269,9 +269,9 @@ def train_knn(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, threads=N
     model = Pipeline([("scale", StandardScaler()),
                       ("knn", KNeighborsClassifier(n_neighbors=s["k"], weights=s["weighting"], metric="cosine",
                                                    algorithm="brute", n_jobs=threads))])
-    model.fit(tr.features, tr.labels)
+    model.fit(*views.training_rows(tr))     # every stored view of each train image
     _save_joblib(model, out_dir)
-    return model, None, {"train_rows": len(tr.labels)}
+    return model, None, {"train_rows": len(tr.labels) * len(tr.views)}
 
 
 def _save_joblib(model, out_dir: Path):
@@ -304,6 +304,8 @@ class HeadKind:
     load: Callable         # artifact path -> model with predict_proba (sklearn) or predict (Keras)
     sweep: tuple           # the settings a sweep may vary (its leaderboard's columns without a grid)
     canonical: Callable = field(default=lambda settings: settings)
+    # a softmax output layer: a temperature fitted on val (pipeline.calibration) calibrates it
+    calibrated: bool = False
 
 
 HEADS = {kind.name: kind for kind in [
@@ -311,7 +313,8 @@ HEADS = {kind.name: kind for kind in [
              {"hidden": 1024, "dropout": 0.5, "lr": 1e-3, "batch_size": 1024, "epochs": 100, "l2": 0.0,
               "patience": 5, "seed": 0},
              train_dense, "model.keras", _load_keras,
-             ("hidden", "dropout", "lr", "batch_size", "l2", "patience", "seed"), _no_dropout_without_hidden),
+             ("hidden", "dropout", "lr", "batch_size", "l2", "patience", "seed"), _no_dropout_without_hidden,
+             calibrated=True),
     HeadKind("logreg", "scikit-learn: StandardScaler -> LogisticRegression(lbfgs)", {"C": 0.1, "max_iter": 1000},
              train_logreg, "model.joblib", _load_joblib, ("C", "max_iter")),
     HeadKind("knn", "scikit-learn: StandardScaler -> cosine k-nearest neighbours", {"k": 20, "weighting": "distance"},
@@ -356,6 +359,7 @@ def finished_run(cache_dir, head: str, features_hash: str, settings: dict) -> di
 def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose=0, threads=None) -> dict:
     """Train (unless up to date), save, report. Returns run.json's content plus run_dir, report and
     skipped. Everything is written under temporary names and renamed when complete."""
+    from pipeline.calibration import calibrate, summary
     from pipeline.report import replace_dir, write_report
     done = finished_run(cache_dir, head, fs.attrs["settings_hash"], settings)
     if done:
@@ -374,11 +378,18 @@ def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose
             _write_json(tmp / "history.json", history)
         wall = time.perf_counter() - started
         y_true = {s: fs.splits[s].labels for s in ("val", "test")}
-        y_prob = {s: predict_proba(model, fs.splits[s].features) for s in ("val", "test")}
+        # every stored view of each image, and their mean: a 2-view file is evaluated with flip TTA
+        per_view = {s: views.per_view(lambda x: predict_proba(model, x), fs.splits[s].views) for s in ("val", "test")}
+        y_prob = {s: p.mean(axis=0) for s, p in per_view.items()}
+        temperature, after = None, None
+        if HEADS[head].calibrated:      # a softmax output layer: temperature scaling fitted on val
+            temperature, after = calibrate(y_true, per_view)
         info = {"head": head, "settings": settings, "features": _identity(fs), "metrics": {}}
         report = write_report(report_dir, y_true=y_true, y_prob=y_prob, class_names=fs.class_names,
                               wall_seconds=wall, history=history, features=fs,
+                              calibrated=after and {"temperature": temperature, "y_prob": after},
                               extra={"run": name, "head": head, "settings": settings, "features": info["features"]})
+        info["calibration"] = summary(y_true, y_prob, after, temperature)
         info["metrics"] = {"val_accuracy": report["val_accuracy"], "test_accuracy": report["test_accuracy"],
                            "wall_seconds": report["wall_seconds"], **metrics}
         _write_json(tmp / "run.json", info)      # last: a folder with run.json is a finished run

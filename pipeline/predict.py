@@ -1,13 +1,24 @@
-"""Top-3 classes, with probabilities, of each image file given, by a saved image model.
+"""Top-k classes, with probabilities, of image files, folders (searched recursively) and globs.
 
-The model is a stage-three model.keras (fine-tuned, or backbone + head with --epochs 0): uint8
-images in, class probabilities out. Class names come from the run.json beside it. Any RGB image
-is accepted: it is resized to the model's input size (32x32 for CIFAR-10) first, so that it
-looks like what the model was trained on.
+The model is an image model.keras: a stage-three model (fine-tuned, or backbone + head with
+--epochs 0), whose class names and fitted temperature come from the run.json beside it, or an
+`export --format keras` file, whose labels.txt is beside it and which carries its temperature
+already. Any RGB image is accepted: it is resized to the model's input size (32x32 for CIFAR-10)
+first, so that it looks like what the model was trained on.
+
+Images are read and classified in batches (--batch-size), with a progress bar on a terminal.
+Without --out each image's line is printed; with --out FILE.csv the rows (path, then class and
+probability for each of the top k) are written there, atomically. An image that cannot be read
+is skipped and named on stderr with the reason; the others are still predicted, and the exit
+code is then 3. --tta averages the probabilities of each image and its mirror (pipeline.views).
 """
 from __future__ import annotations
 
+import csv
+import glob
+import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,31 +26,71 @@ import numpy as np
 from pipeline.errors import UserError, first_line
 
 TOP = 3
+BATCH = 64
+EXIT_SKIPPED = 3
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def add_arguments(p):
-    p.add_argument("--model", required=True, metavar="FILE", help="a stage-three model.keras")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    from pipeline.cli import _positive_int
+    p.add_argument("--model", required=True, metavar="FILE", help="a stage-three model.keras, or an exported "
+                   "model.keras (export --format keras)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (searched recursively for "
+                   f"{', '.join(sorted(IMAGE_SUFFIXES))}) or glob patterns (quote them; ** recurses)")
+    p.add_argument("--top-k", type=_positive_int, default=TOP, metavar="K", help=f"classes per image (default: {TOP})")
+    p.add_argument("--out", metavar="FILE.csv", help="write path,class_1,prob_1,...,class_k,prob_k rows there "
+                   "instead of printing them")
+    p.add_argument("--batch-size", type=_positive_int, default=BATCH, metavar="N", help=f"default: {BATCH}")
+    p.add_argument("--tta", action="store_true", help="average each image's probabilities with its mirror's")
 
 
-def run(args):
-    for path, top in predict_files(Path(args.model), [Path(i) for i in args.images]):
-        print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
+def run(args) -> int:
+    from tqdm import tqdm
+    model_path = Path(args.model)
+    predictor = Predictor(model_path, tta=args.tta)      # a bad model fails before any image is read
+    paths = expand(args.images)
+    k = min(args.top_k, len(predictor.class_names))
+    rows, skipped = [], []
+    with tqdm(total=len(paths), unit="img", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
+        for batch_rows, batch_skipped in predictor.predict_paths(paths, k, args.batch_size):
+            rows += batch_rows
+            skipped += batch_skipped
+            bar.update(len(batch_rows) + len(batch_skipped))
+    if args.out:
+        write_csv(Path(args.out), rows, k)
+    else:
+        for path, top in rows:
+            print(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
+    for path, reason in skipped:
+        print(f"skipped: {reason}", file=sys.stderr)
+    if args.out:
+        print(f"{len(rows)} images -> {args.out}" + (f"; {len(skipped)} skipped" if skipped else ""), file=sys.stderr)
+    return EXIT_SKIPPED if skipped else 0
 
 
-def class_names(model_path: Path, n_classes: int) -> list[str]:
-    """From run.json beside the model (stage three's, or stage two's features.class_names)."""
-    run_json = model_path.parent / "run.json"
-    names = None
-    if run_json.is_file():
-        info = json.loads(run_json.read_text())
-        names = info.get("class_names") or info.get("features", {}).get("class_names")
-    if not names or len(names) != n_classes:
-        return [f"class {i}" for i in range(n_classes)]
-    return list(names)
+# ---------------------------------------------------------------- inputs
+
+def expand(patterns: list[str]) -> list[Path]:
+    """Files as given, folders searched recursively for image files, glob patterns expanded; in
+    order, without repeats. A named file that does not exist stays in the list (it is skipped
+    with its reason); a folder or pattern that finds no image is a UserError."""
+    found: dict[Path, None] = {}
+    for text in patterns:
+        path = Path(text)
+        if path.is_dir():
+            matches = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif glob.has_magic(text):
+            matches = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        else:
+            matches = [path]
+        if not matches:
+            raise UserError(f"{text} matches no image files")
+        found.update(dict.fromkeys(matches))
+    return list(found)
 
 
 def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (H, W, 3) at `size`; a UserError with the reason when the file cannot be read."""
     from PIL import Image
     if not path.is_file():
         raise UserError(f"image {path} does not exist")
@@ -52,6 +103,19 @@ def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     except Exception as exc:
         raise UserError(f"cannot read image {path}: {first_line(exc)}") from None
 
+
+def write_csv(path: Path, rows, k: int):
+    from pipeline.store import write_text_atomic
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path"] + [f"{what}_{i}" for i in range(1, k + 1) for what in ("class", "prob")])
+    for image, top in rows:
+        writer.writerow([str(image)] + [v for name, p in top for v in (name, f"{p:.6f}")])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------- the model
 
 def load_keras_file(path: Path, what: str, make: str):
     """keras.models.load_model, with a missing or unreadable file as a UserError naming `what`
@@ -75,16 +139,52 @@ def load_model(path: Path):
     return model
 
 
-def predict_files(model_path: Path, images: list[Path]):
-    """[(image path, [(class name, probability)] * 3)], best first. Reads every image before
-    running the model, so a bad file fails fast."""
-    model = load_model(model_path)
-    size = tuple(model.input_shape[1:3])
-    batch = np.stack([load_image(p, size) for p in images])
-    probs = model.predict(batch, verbose=0)
-    names = class_names(model_path, probs.shape[1])
-    out = []
-    for path, p in zip(images, probs):
-        best = np.argsort(p)[::-1][:TOP]
-        out.append((path, [(names[i], float(p[i])) for i in best]))
-    return out
+def model_metadata(model_path: Path, n_classes: int) -> tuple[list[str], float]:
+    """(class names, temperature still to apply). An export's labels.txt (its model carries its
+    temperature), else run.json beside the model (stage three's, or stage two's features)."""
+    labels, run_json = model_path.parent / "labels.txt", model_path.parent / "run.json"
+    names, temperature = None, 1.0
+    if labels.is_file() and (model_path.parent / "export.json").is_file():
+        names = labels.read_text().splitlines()
+    elif run_json.is_file():
+        info = json.loads(run_json.read_text())
+        names = info.get("class_names") or info.get("features", {}).get("class_names")
+        temperature = float(info.get("calibration", {}).get("temperature", 1.0))
+    if not names or len(names) != n_classes:
+        names = [f"class {i}" for i in range(n_classes)]
+    return list(names), temperature
+
+
+class Predictor:
+    """An image model with its class names and temperature: uint8 batches -> probabilities."""
+
+    def __init__(self, model_path: Path, tta: bool = False):
+        from pipeline.calibration import apply_temperature
+        self.model = load_model(model_path)
+        self.class_names, self.temperature = model_metadata(model_path, int(self.model.output_shape[-1]))
+        apply_temperature(self.model, self.temperature)
+        self.size = tuple(self.model.input_shape[1:3])
+        self.tta = tta
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        from pipeline.views import image_views
+        return np.mean([self.model.predict(v, verbose=0) for v in image_views(images, 2 if self.tta else 1)],
+                       axis=0)
+
+    def predict_paths(self, paths: list[Path], k: int, batch_size: int = BATCH):
+        """Yields ([(path, [(class, probability)] * k)], [(path, reason)]) per batch of paths."""
+        for lo in range(0, len(paths), batch_size):
+            images, good, skipped = [], [], []
+            for path in paths[lo:lo + batch_size]:
+                try:
+                    images.append(load_image(path, self.size))
+                    good.append(path)
+                except UserError as exc:
+                    skipped.append((path, str(exc)))
+            rows = []
+            if images:
+                for path, p in zip(good, self.probabilities(np.stack(images))):
+                    best = np.argsort(p)[::-1][:k]
+                    rows.append((path, [(self.class_names[i], float(p[i])) for i in best]))
+            yield rows, skipped
+

@@ -6,6 +6,9 @@ writes, into one folder that appears atomically:
                     every split, the wall time, and whatever `extra` the caller adds
     confusion.png   one heatmap per split (rows: true class, columns: predicted)
     curves.png      loss and accuracy per epoch, when a Keras history is given
+    reliability.png accuracy against confidence per split (15 bins), before and after temperature
+                    scaling when the caller fitted one; report.json's "calibration" holds the ECE
+                    and NLL of each (pipeline.calibration)
 Test numbers are for reading only; nothing here chooses anything by them.
 """
 from __future__ import annotations
@@ -82,21 +85,26 @@ def replace_dir(tmp: Path, final: Path):
 
 
 def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_seconds, history=None,
-                 extra=None, features=None) -> dict:
-    """Write report.json, confusion.png (and curves.png) to `out_dir`; return the report dict.
-    `features`: the FeatureSet whose val/test rows y_true and y_prob are, in order; with it the
-    report also holds predictions.csv, mistakes.png and the most-confused pairs (pipeline.looking)."""
+                 extra=None, features=None, calibrated: dict | None = None) -> dict:
+    """Write report.json, confusion.png, reliability.png (and curves.png) to `out_dir`; return the
+    report dict. `features`: the FeatureSet whose val/test rows y_true and y_prob are, in order; with
+    it the report also holds predictions.csv, mistakes.png and the most-confused pairs
+    (pipeline.looking). `calibrated`: {"temperature": T, "y_prob": {split: probabilities after scaling}}."""
+    from pipeline import calibration
     out_dir = Path(out_dir)
+    after, temperature = (calibrated["y_prob"], calibrated["temperature"]) if calibrated else (None, None)
     class_names = list(class_names)
     splits = {name: split_metrics(y_true[name], y_prob[name], class_names) for name in y_true}
     report = {**{f"{name}_accuracy": m["accuracy"] for name, m in splits.items()},
               "wall_seconds": round(float(wall_seconds), 2), "class_names": class_names,
-              "splits": splits, **(extra or {})}
+              "splits": splits, "calibration": calibration.summary(y_true, y_prob, after, temperature),
+              **(extra or {})}
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
         _plot_confusion(tmp / "confusion.png", splits, class_names)
+        calibration.plot_reliability(tmp / "reliability.png", y_true, y_prob, after, temperature)
         if history:
             _plot_curves(tmp / "curves.png", history)
         if features is not None:

@@ -5,6 +5,8 @@ Layout (schema version 2), readable with plain h5py:
         features  (N, D) float32   one embedding per image
         labels    (N,)   uint8     class index into the `class_names` attribute
         index     (N,)   int64     row of the image in the source's train or test set
+        features_mirrored (N, D) float32   only in files made with `--views 2` (root attribute
+                                   views = 2): the embedding of the horizontally mirrored image
     root attributes: schema_version, complete, settings_hash, settings (JSON of the hashed
     settings), every setting on its own too, data_fingerprint, class_names, versions, created, ...
 
@@ -36,6 +38,7 @@ from pipeline.errors import UserError, first_line
 SCHEMA_VERSION = 2
 SPLITS = ("train", "val", "test")
 CHUNK_ROWS = 128
+MIRRORED = "features_mirrored"     # the second view's dataset (views = 2)
 
 
 def settings_hash(settings: dict) -> str:
@@ -50,7 +53,8 @@ def features_path(cache_dir, settings: dict) -> Path:
     """cache/features/<dataset>-<backbone>-<size>-<precision>-<hash>.h5: readable, and unique."""
     stem = Path(settings["backbone"]).stem if settings["backbone"].endswith(".keras") else settings["backbone"]
     name = "-".join([_slug(settings["dataset"]), _slug(stem), str(settings["input_size"]),
-                     settings["precision"], settings_hash(settings)])
+                     settings["precision"], *(["2views"] if settings.get("views", 1) == 2 else []),
+                     settings_hash(settings)])
     return Path(cache_dir) / "features" / f"{name}.h5"
 
 
@@ -103,6 +107,12 @@ class FeatureSplit:
     features: np.ndarray
     labels: np.ndarray
     index: np.ndarray
+    mirrored: np.ndarray | None = None    # the mirrored view's features (views = 2 files)
+
+    @property
+    def views(self) -> list[np.ndarray]:
+        """Every stored view's features: [features] or [features, mirrored]."""
+        return [self.features] if self.mirrored is None else [self.features, self.mirrored]
 
 
 @dataclass(frozen=True)
@@ -152,6 +162,9 @@ def check_structure(f, path: Path, require_complete: bool = True) -> dict:
     if require_complete and not attrs.get("complete"):
         raise UserError(f"{path} is incomplete; rerun `make features` with the same settings to finish it")
     row_shape = tuple(attrs.get("row_shape", [attrs.get("feature_width")]))
+    views = attrs.get("views", 1)
+    if views not in (1, 2):
+        raise UserError(f"{path} says views={views!r}; a features file holds 1 or 2 views")
     for split in SPLITS:
         if split not in f:
             raise UserError(f"{path} lacks the {split} split")
@@ -162,6 +175,12 @@ def check_structure(f, path: Path, require_complete: bool = True) -> dict:
         if g["features"].shape != (n, *row_shape) or g["index"].shape != (n,):
             raise UserError(f"{path}: split {split} has features {g['features'].shape}, labels ({n},), "
                             f"index {g['index'].shape}; expected {(n, *row_shape)}")
+        if (MIRRORED in g) != (views == 2):
+            raise UserError(f"{path}: split {split} {'lacks' if views == 2 else 'has'} {MIRRORED} "
+                            f"but the file says views={views}")
+        if views == 2 and g[MIRRORED].shape != g["features"].shape:
+            raise UserError(f"{path}: split {split} has {MIRRORED} {g[MIRRORED].shape}, "
+                            f"features {g['features'].shape}; they must match")
     return attrs
 
 
@@ -185,7 +204,8 @@ def read_features(path, expect: dict | None = None, splits=SPLITS) -> FeatureSet
             if attrs.get(key) != wanted:
                 raise UserError(f"{path} was made with {key}={attrs.get(key)!r}, not {wanted!r}; "
                                 f"run `make features` with the settings you want")
-        data = {s: FeatureSplit(f[s]["features"][...], f[s]["labels"][...], f[s]["index"][...])
+        data = {s: FeatureSplit(f[s]["features"][...], f[s]["labels"][...], f[s]["index"][...],
+                                f[s][MIRRORED][...] if MIRRORED in f[s] else None)
                 for s in splits}
     return FeatureSet(path, attrs, data)
 
@@ -199,7 +219,7 @@ def describe(path) -> str:
         lines = [f"{'file:':<19}{path}",
                  f"{'complete:':<19}{'yes' if attrs.get('complete') else 'no'}"]
         for key in ("schema_version", "settings_hash", "dataset", "source", "backbone", "weights",
-                    "input_size", "feature_width", "preprocessing", "precision", "device", "limit",
+                    "input_size", "feature_width", "views", "preprocessing", "precision", "device", "limit",
                     "val_fraction", "split_seed", "batch_size", "data_fingerprint", "created",
                     "elapsed_seconds", "images_per_second"):
             if key in attrs:
@@ -257,7 +277,8 @@ def _preallocated(group, name, shape, dtype, fill=0):
 class FeatureWriter:
     """Writes (or resumes) ``<final>.partial``; ``finish`` marks it complete and renames it.
     Rows are (D,) float32 embeddings by default; `row_shape`/`dtype` allow other per-image arrays
-    (stage three caches float16 activation maps the same way)."""
+    (stage three caches float16 activation maps the same way). With attrs views = 2 each split
+    also holds the mirrored view's rows, written with the same call."""
 
     def __init__(self, final: Path, attrs: dict, labels: dict, index: dict, row_shape: tuple,
                  dtype="float32", log=print, block_rows: int | None = None):
@@ -294,6 +315,8 @@ class FeatureWriter:
             n = len(labels[split])
             g = f.create_group(split)
             _preallocated(g, "features", (n, *row_shape), dtype, fill=np.nan)
+            if attrs.get("views", 1) == 2:
+                _preallocated(g, MIRRORED, (n, *row_shape), dtype, fill=np.nan)
             g.create_dataset("labels", data=np.asarray(labels[split], np.uint8))
             g.create_dataset("index", data=np.asarray(index[split], np.int64))
             p = f.create_group(f"progress/{split}")
@@ -316,8 +339,15 @@ class FeatureWriter:
         return len(done) if done.all() else int(np.argmin(done))
 
     def write(self, split: str, start: int, rows: np.ndarray, blocks: dict[int, bytes] | None = None):
-        """Rows start:start+len(rows), and the digests of blocks whose last row is among them."""
-        self.file[split]["features"][start:start + len(rows)] = rows
+        """Rows start:start+len(rows), and the digests of blocks whose last row is among them. In a
+        2-view file `rows` is (n, 2, D): each image's embedding, then its mirror's."""
+        group = self.file[split]
+        if MIRRORED in group:
+            if rows.ndim < 2 or rows.shape[1] != 2:
+                raise ValueError(f"this file holds 2 views per image; write() was given rows {rows.shape}")
+            group[MIRRORED][start:start + len(rows)] = rows[:, 1]
+            rows = rows[:, 0]
+        group["features"][start:start + len(rows)] = rows
         self.file.flush()                      # rows reach the OS before progress says so
         progress = self.file["progress"][split]
         for block, digest in (blocks or {}).items():

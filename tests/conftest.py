@@ -106,21 +106,33 @@ def planted(tmp_path_factory):
 # ---------------------------------------------------------------- a tiny backbone (fast stage-one runs)
 
 def save_tiny_backbone(path: Path, size: int = 32) -> Path:
-    """A small conv net (conv -> BatchNorm -> relu -> pool) saved as a .keras backbone file: the
-    fast path folds its BatchNorm like InceptionV3's, in a second instead of a minute."""
+    """A small conv net saved as a .keras backbone file to the --backbone contract (RGB 0-255 pixels
+    in, a 32-wide feature vector out; blocks named like EfficientNet's, so stage three can cut it):
+    the fast path folds its BatchNorm like InceptionV3's, and stage one, heads, fine-tuning and
+    exports of a whole backbone take seconds instead of minutes."""
     import keras
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((size, size, 3))
-    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
-    x = keras.layers.Conv2D(16, 3, strides=2)(x)
-    x = keras.layers.BatchNormalization()(x)
-    x = keras.layers.ReLU()(x)
-    x = keras.layers.Conv2D(32, 3)(x)
-    outputs = keras.layers.GlobalAveragePooling2D()(x)
-    keras.Model(inputs, outputs).save(path)
+    inputs = keras.Input((size, size, 3), name="pixels_0_255")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="tiny_preprocess")(inputs)
+    for i, (filters, stride) in enumerate(((8, 2), (16, 2), (32, 1))):
+        x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"block{i}_conv")(x)
+        x = keras.layers.BatchNormalization(name=f"block{i}_bn")(x)
+        x = keras.layers.ReLU(name=f"block{i}_relu")(x)
+    outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    keras.Model(inputs, outputs, name="tiny_backbone").save(path)
     return path
 
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> Path:
     return save_tiny_backbone(tmp_path_factory.mktemp("tiny-backbone") / "tiny.keras")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_features(tiny_backbone, tmp_path_factory) -> Path:
+    """Stage one with the tiny backbone file on 80 real images (train 30, val 10, test 40)."""
+    require_real_images()
+    from pipeline.features import FeatureSettings, run_features
+    return run_features(FeatureSettings(data=str(CIFAR_JPG), backbone=str(tiny_backbone), limit=40,
+                                        cache_dir=str(tmp_path_factory.mktemp("tiny-backbone-cache"))),
+                        log=lambda *a: None)

@@ -1,4 +1,8 @@
-"""`predict`: top-3 classes of image files with a stage-three model, and its bad input."""
+"""`predict`: top-k classes of image files, folders and globs with a stage-three model, in batches, to
+the screen or a CSV, with its temperature, mirror TTA, skipped unreadable files, and bad input."""
+import csv
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -7,14 +11,17 @@ from finetune_helpers import make_head
 from pipeline.cli import main
 from pipeline.finetune import FinetuneSettings, run_finetune
 
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
 
 @pytest.fixture(scope="module")
-def model(tiny_inception_features, tmp_path_factory):
+def model(tiny_backbone_features, tiny_backbone, tmp_path_factory):
     """Backbone + head exported without training (--epochs 0): the quickest real image model."""
     cache = tmp_path_factory.mktemp("predict")
-    head = make_head(tiny_inception_features, cache / "heads" / "dense-1", epochs=3)
-    return run_finetune(FinetuneSettings(features=str(tiny_inception_features), head=str(head), epochs=0,
-                                         mode="cached", precision="float32", cache_dir=str(cache)),
+    head = make_head(tiny_backbone_features, cache / "heads" / "dense-1", epochs=3)
+    return run_finetune(FinetuneSettings(features=str(tiny_backbone_features), head=str(head), epochs=0,
+                                         backbone=str(tiny_backbone), mode="cached", precision="float32",
+                                         cache_dir=str(cache)),
                         log=lambda *a: None)
 
 
@@ -24,40 +31,98 @@ def run_cli(capsys, *argv):
     return code, out.strip().splitlines(), err.strip().splitlines()
 
 
-def test_prints_the_top_three_classes_of_each_image(model, tmp_path, capsys):
+def expected_probs(model, images, tta=False):
+    """The saved model's probabilities with the run's fitted temperature (and the mirror's, averaged)."""
     import keras
-    rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    Image.fromarray(small).save(tmp_path / "a.png")
-    Image.fromarray(rng.integers(0, 256, (80, 60), dtype=np.uint8)).convert("L").save(tmp_path / "b.jpg")
-    code, out, err = run_cli(capsys, "predict", "--model", model, tmp_path / "a.png", tmp_path / "b.jpg")
-    assert code == 0 and len(out) == 2 and out[0].startswith(f"{tmp_path / 'a.png'}: ")
-    probs = keras.models.load_model(model).predict(small[None], verbose=0)[0]
-    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    expected = ", ".join(f"{names[i]} {probs[i]:.3f}" for i in np.argsort(probs)[::-1][:3])
-    assert out[0] == f"{tmp_path / 'a.png'}: {expected}"
+    from pipeline.calibration import as_logits, scaled_probs
+    t = json.loads((model.parent / "run.json").read_text())["calibration"]["temperature"]
+    net = keras.models.load_model(model)
+    views = [images, images[:, :, ::-1]] if tta else [images]
+    return np.mean([scaled_probs(as_logits(net.predict(v, verbose=0)), t) for v in views], axis=0)
+
+
+def save_images(folder, n, seed=0):
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(folder / f"{i:02d}.png")
+        Image.fromarray(img).save(paths[-1])
+    return images, paths
+
+
+def test_prints_the_top_three_classes_of_each_image(model, tmp_path, capsys):
+    (small,), (a,) = save_images(tmp_path, 1)
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (80, 60), dtype=np.uint8)).convert("L").save(
+        tmp_path / "b.jpg")
+    code, out, err = run_cli(capsys, "predict", "--model", model, a, tmp_path / "b.jpg")
+    assert code == 0 and len(out) == 2
+    probs = expected_probs(model, small[None])[0]
+    expected = ", ".join(f"{CLASSES[i]} {probs[i]:.3f}" for i in np.argsort(probs)[::-1][:3])
+    assert out[0] == f"{a}: {expected}"
     shown = [float(part.rsplit(" ", 1)[1]) for part in out[1].split(": ", 1)[1].split(", ")]
     assert len(shown) == 3 and shown == sorted(shown, reverse=True) and sum(shown) <= 1.001
 
 
+def test_a_folder_with_a_corrupt_file_gives_a_csv_of_the_good_images_and_names_the_bad_one(model, tmp_path, capsys):
+    images, paths = save_images(tmp_path / "photos" / "deeper", 5)
+    bad = tmp_path / "photos" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (tmp_path / "photos" / "notes.txt").write_text("not an image: ignored in a folder")
+    out_csv = tmp_path / "out" / "predictions.csv"
+    code, out, err = run_cli(capsys, "predict", "--model", model, tmp_path / "photos", "--out", out_csv,
+                             "--top-k", 2, "--batch-size", 2)
+    assert code == 3 and out == []
+    skipped = [line for line in err if line.startswith("skipped")]
+    assert len(skipped) == 1 and skipped[0].startswith(f"skipped: cannot read image {bad}: ")
+    rows = list(csv.reader(out_csv.open()))
+    assert rows[0] == ["path", "class_1", "prob_1", "class_2", "prob_2"]
+    assert [r[0] for r in rows[1:]] == [str(p) for p in paths]
+    probs = expected_probs(model, images)
+    for row, p in zip(rows[1:], probs):
+        best = np.argsort(p)[::-1][:2]
+        assert row[1::2] == [CLASSES[i] for i in best]
+        np.testing.assert_allclose([float(v) for v in row[2::2]], p[best], atol=1e-5)
+
+
+def test_glob_and_tta_average_each_image_with_its_mirror(model, tmp_path, capsys):
+    images, paths = save_images(tmp_path / "a" / "b", 3, seed=2)
+    code, out, err = run_cli(capsys, "predict", "--model", model, str(tmp_path / "**" / "*.png"), "--tta",
+                             "--top-k", 10, "--out", tmp_path / "p.csv")
+    assert code == 0
+    rows = list(csv.reader((tmp_path / "p.csv").open()))[1:]
+    assert [r[0] for r in rows] == [str(p) for p in paths]
+    probs = expected_probs(model, images, tta=True)
+    plain = expected_probs(model, images)
+    for row, p in zip(rows, probs):
+        got = dict(zip(row[1::2], map(float, row[2::2])))
+        np.testing.assert_allclose([got[c] for c in CLASSES], p, atol=1e-5)
+    assert np.abs(probs - plain).max() > 1e-4      # the mirror changed something
+
+
 @pytest.mark.parametrize("case, message", [
-    ("corrupt", "cannot read image"),
-    ("missing image", "does not exist"),
     ("missing model", "model file"),
     ("head as model", "not uint8 images"),
+    ("empty folder", "matches no image files"),
 ])
-def test_bad_input_gives_one_error_line_and_exit_2(model, tiny_inception_features, tmp_path, capsys, case, message):
+def test_bad_input_gives_one_error_line_and_exit_2(model, tmp_path, capsys, case, message):
     image = tmp_path / "ok.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(image)
     model_arg = model
-    if case == "corrupt":
-        image = tmp_path / "broken.jpg"
-        image.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    elif case == "missing image":
-        image = tmp_path / "nothing.png"
-    elif case == "missing model":
+    if case == "missing model":
         model_arg = tmp_path / "none.keras"
     elif case == "head as model":
         model_arg = model.parents[2] / "heads" / "dense-1" / "model.keras"
+    elif case == "empty folder":
+        image = tmp_path / "empty"
+        image.mkdir()
     code, out, err = run_cli(capsys, "predict", "--model", model_arg, image)
     assert code == 2 and out == [] and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_a_missing_file_is_skipped_and_the_others_predicted(model, tmp_path, capsys):
+    _, (good,) = save_images(tmp_path, 1)
+    code, out, err = run_cli(capsys, "predict", "--model", model, tmp_path / "nothing.png", good)
+    assert code == 3 and len(out) == 1 and out[0].startswith(f"{good}: ")
+    assert err == [f"skipped: image {tmp_path / 'nothing.png'} does not exist"]

@@ -1,0 +1,135 @@
+"""`export`: a dense head run (backbone + head) and a stage-three run as SavedModel, TFLite and Keras
+files, each reloaded in a fresh process that does not import the project, and matching the Keras
+model within the stated tolerances; labels.txt, export.json, up to date, bad input. On a tiny
+backbone file so that every format exports in seconds; the images are real CIFAR-10 JPEGs."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.cli import main
+from pipeline.export import FORMATS, export_run, features_attrs, image_model, read_run, sample_test_images
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def quiet(*args):
+    pass
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_backbone, tiny_backbone_features, tmp_path_factory):
+    """(cache, head run folder, stage-three run folder, backbone file) on the tiny backbone's features of
+    80 real images."""
+    from pipeline.finetune import FinetuneSettings, run_finetune
+    from pipeline.heads import load_features, make_settings, run_head
+    cache, features = tmp_path_factory.mktemp("export"), tiny_backbone_features
+    head = run_head(load_features(features), "dense", make_settings("dense", hidden=32, epochs=5), cache)
+    tuned = run_finetune(FinetuneSettings(features=str(features), head=str(head["run_dir"] + "/model.keras"),
+                                          backbone=str(tiny_backbone), mode="cached", epochs=1, batch_size=8,
+                                          precision="float32", cache_dir=str(cache)), log=quiet)
+    return cache, Path(head["run_dir"]), tuned.parent, str(tiny_backbone)
+
+
+# The fresh process: TensorFlow (and, for the .keras file, Keras) only; the project is not on its path.
+CHILD = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import tensorflow as tf
+    jobs, images = json.loads(sys.argv[1]), np.load(sys.argv[2])
+    out = {}
+    for key, (fmt, path) in jobs.items():
+        if fmt == "savedmodel":
+            loaded = tf.saved_model.load(path)     # keep it referenced while serving
+            out[key] = loaded.serve(tf.constant(images)).numpy()
+        elif fmt == "tflite":
+            interpreter = tf.lite.Interpreter(model_path=path)
+            inp = interpreter.get_input_details()[0]
+            interpreter.resize_tensor_input(inp["index"], images.shape)
+            interpreter.allocate_tensors()
+            interpreter.set_tensor(inp["index"], images)
+            interpreter.invoke()
+            out[key] = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+        else:
+            import keras
+            out[key] = keras.models.load_model(path).predict(images, verbose=0)
+    assert not any(m == "pipeline" or m.startswith("pipeline.") for m in sys.modules)
+    np.savez(sys.argv[3], **out)
+""")
+
+
+@pytest.mark.slow
+def test_every_format_reloads_without_the_project_and_matches_the_keras_model(runs, tmp_path, capsys):
+    cache, head_run, tuned_run, backbone = runs
+    exported, expected = {}, {}
+    for kind, run_dir, formats in (("head", head_run, FORMATS), ("tuned", tuned_run, ("savedmodel",))):
+        run_dir, info = read_run(run_dir)
+        attrs = features_attrs(info)
+        images = sample_test_images(attrs, None, 64)     # all 40 test images, the same for both runs
+        expected[kind] = image_model(run_dir, info, attrs, backbone=backbone).predict(images, verbose=0)
+        for fmt in formats:
+            code = main(["export", str(run_dir), "--format", fmt, "--backbone", backbone,
+                         "--cache-dir", str(cache)])
+            out = capsys.readouterr().out.strip().splitlines()
+            path = cache / "exports" / f"{run_dir.name}-{fmt}" / FORMATS[fmt][0]
+            assert code == 0 and out[-1] == str(path)
+            meta = json.loads((path.parent / "export.json").read_text())
+            assert meta["check"]["passed"] and meta["check"]["max_abs_diff"] <= FORMATS[fmt][1]
+            assert meta["check"]["images"] == 40 and meta["temperature"] == info["calibration"]["temperature"]
+            assert (path.parent / "labels.txt").read_text().splitlines() == CLASSES
+            exported[f"{kind}-{fmt}"] = (fmt, str(path))
+    np.save(tmp_path / "images.npy", images)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    child = subprocess.run([sys.executable, "-c", CHILD, json.dumps(exported), str(tmp_path / "images.npy"),
+                            str(tmp_path / "out.npz")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert child.returncode == 0, child.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    for key, (fmt, _) in exported.items():
+        diff = np.abs(got[key] - expected[key.split("-")[0]]).max()
+        assert diff <= FORMATS[fmt][1], (key, diff)
+        np.testing.assert_allclose(got[key].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_the_exported_model_is_the_run_with_its_temperature(runs):
+    """Backbone + head, and softmax(log p / T) of that with the run's fitted T."""
+    import keras
+    from pipeline.calibration import as_logits, scaled_probs
+    from pipeline.features import rebuild_backbone
+    from pipeline.surgery import image_model as stack
+    cache, head_run, _, backbone = runs
+    run_dir, info = read_run(head_run)
+    attrs = features_attrs(info)
+    images = sample_test_images(attrs, None, 16)
+    t = info["calibration"]["temperature"]
+    assert t != 1.0
+    raw = stack(rebuild_backbone(attrs, backbone).model,
+                keras.models.load_model(run_dir / "model.keras")).predict(images, verbose=0)
+    calibrated = image_model(run_dir, info, attrs, backbone=backbone).predict(images, verbose=0)
+    np.testing.assert_allclose(calibrated, scaled_probs(as_logits(raw), t), atol=1e-5)
+
+
+def test_rerun_is_up_to_date_and_bad_runs_are_one_error_line(runs, tmp_path, capsys):
+    cache, head_run, _, backbone = runs
+    lines = []
+    export_run(head_run, "keras", cache_dir=cache, backbone=backbone, log=lines.append)
+    lines.clear()
+    export_run(head_run, "keras", cache_dir=cache, backbone=backbone, log=lines.append)
+    assert lines == [f"up to date: {cache / 'exports' / (head_run.name + '-keras') / 'model.keras'}"]
+
+    logreg = tmp_path / "logreg-x"
+    logreg.mkdir()
+    (logreg / "run.json").write_text(json.dumps({"head": "logreg"}))
+    for bad, message in ((logreg, "only dense head runs and stage-three runs"), (tmp_path, "not a run folder")):
+        code = main(["export", str(bad), "--cache-dir", str(cache)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and message in err[0], err
+    code = main(["export", str(head_run), "--cache-dir", str(tmp_path / "fresh")])   # no --backbone
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "pass --backbone PATH" in err[0]
+    assert not list((cache / "exports").glob(".*tmp*"))
