@@ -178,7 +178,7 @@ def load_features(path) -> store.FeatureSet:
 def _identity(fs: store.FeatureSet) -> dict:
     return {"path": str(fs.path), "settings_hash": fs.attrs["settings_hash"],
             "feature_width": int(fs.attrs["feature_width"]), "class_names": fs.class_names,
-            "views": int(fs.attrs.get("views", 1))}
+            "views": len(fs.splits["train"].views)}
 
 
 # ---------------------------------------------------------------- training, one function per kind

@@ -107,7 +107,7 @@ def test_run_artifacts_follow_the_contract(trained):
         info = json.loads((run_dir / "run.json").read_text())
         assert info["head"] == head and info["settings"] == r["settings"]
         assert info["features"] == {"path": str(fs.path), "settings_hash": fs.attrs["settings_hash"],
-                                    "feature_width": 16, "class_names": CLASSES}
+                                    "feature_width": 16, "class_names": CLASSES, "views": 1}
         assert (run_dir / heads.HEADS[head].artifact).is_file()
         report_dir = cache / "reports" / run_dir.name
         report = json.loads((report_dir / "report.json").read_text())
@@ -116,6 +116,8 @@ def test_run_artifacts_follow_the_contract(trained):
         assert set(report["splits"]["val"]["per_class"]["class3"]) == {"precision", "recall", "f1", "support"}
         assert (report_dir / "confusion.png").stat().st_size > 1000
         assert (report_dir / "curves.png").is_file() == (run_dir / "history.json").is_file() == (head == "dense")
+        assert (report_dir / "reliability.png").is_file() and info["calibration"] == report["calibration"]
+        assert ("temperature" in info["calibration"]) == heads.HEADS[head].calibrated
     history = json.loads((Path(runs["dense"]["run_dir"]) / "history.json").read_text())
     assert len(history["val_loss"]) == runs["dense"]["metrics"]["epochs"]
     assert not [p for p in (cache / "heads").iterdir() if p.name.startswith(".")]   # no temp folders left
