@@ -64,7 +64,7 @@ def main():
     p.add_argument("--cache-dir", default=str(ROOT / "cache"))
     args = p.parse_args()
     from pipeline.features import FeatureSettings, run_features
-    from pipeline.finetune import load_splits
+    from pipeline.features import load_splits
     from pipeline.heads import load_features
     cache = Path(args.cache_dir)
     path = args.features or run_features(FeatureSettings(data=str(DATA), backbone=str(BACKBONE), limit=args.limit,
