@@ -28,7 +28,7 @@ GRID     ?=
 HEADFILE ?=
 ARGS     ?=
 
-.PHONY: venv features backbones info head sweep finetune test bench clean-venv
+.PHONY: venv features backbones info head sweep finetune test test-fast bench clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,9 @@ finetune: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done

@@ -24,6 +24,8 @@ import numpy as np
 from pipeline import store
 
 TRAIN_ORDER_SEED = 0
+WORDS = store.Words(what="activation cache", make="`python -m pipeline finetune --mode cached` builds it",
+                    fix="delete it; the next `finetune` run rebuilds it")
 
 
 def settings(features_attrs: dict, cut: str, flip: bool, precision: str) -> dict:
@@ -63,7 +65,7 @@ def build(final: Path, s: dict, splits: dict, lower_fn, batch_size: int, log=pri
     attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(s), "settings": s,
              **s, "rows_per_image": [copies[k] for k in store.SPLITS], "scale": float_scale(probe),
              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    writer = store.FeatureWriter(final, attrs, labels, index, row_shape, dtype="float16", log=log)
+    writer = store.RowWriter(final, attrs, labels, index, row_shape, dtype="float16", log=log, words=WORDS)
     scale = float(writer.file.attrs["scale"])   # a resumed file keeps the scale it was begun with
     started, computed = time.perf_counter(), 0
     try:
@@ -102,7 +104,7 @@ def batches(path: Path, split: str, batch_size: int, shuffle: bool, seed: int = 
         def __init__(self):
             super().__init__()
             self.file = h5py.File(path, "r")
-            attrs = store.check_structure(self.file, path)
+            attrs = store.check_structure(self.file, path, words=WORDS)
             self.rows = self.file[split]["features"]
             self.k = int(attrs["rows_per_image"][store.SPLITS.index(split)])
             self.scale = float(attrs["scale"])

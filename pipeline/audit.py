@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import rows, store
+from pipeline import flags, outputs, rows, store
 from pipeline.errors import UserError
 
 # (queries, searched): test against everything trained on or selected with; val against train.
@@ -124,7 +124,7 @@ def add_arguments(p):
                    "with and without the test images that have a duplicate in train")
     p.add_argument("--no-exact", action="store_true", help="skip the exact-copy check (it decodes every image)")
     p.add_argument("--data", metavar="PATH", help="the image source, when it moved since stage one")
-    p.add_argument("--cache-dir", default="cache", metavar="DIR", help="where outputs go (default: cache)")
+    flags.add_cache_dir(p)
 
 
 def run(args):
@@ -157,7 +157,7 @@ def audit(fs: store.FeatureSet, threshold: float, exact: bool, data_path, out: P
               "summary": summarize(fs, pairs),
               "test_duplicate_source_index": sorted({p["source_index"] for p in pairs if p["split"] == "test"}),
               "pairs": pairs}
-    with store.CacheLock(out), store.atomic_dir(out) as tmp:
+    with outputs.Lock(out), outputs.atomic_dir(out) as tmp:
         result["gallery"] = draw_pairs(tmp / "pairs.png", fs, pairs, data_path)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(PAIR_FIELDS), lineterminator="\n")

@@ -22,8 +22,8 @@ from unittest import mock
 import numpy as np
 
 from pipeline.errors import UserError, first_line
+from pipeline.flags import PRECISIONS
 
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 _POLICY = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 

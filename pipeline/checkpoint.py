@@ -9,11 +9,13 @@ Imported lazily by pipeline.finetune (it loads Keras).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import keras
 import numpy as np
+
+from pipeline.errors import UserError, first_line
+from pipeline.outputs import atomic_file
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -46,16 +48,22 @@ def save(path: Path, model, best_weights, state: dict):
     arrays = {f"w{i}": w for i, w in enumerate(model.get_weights())}
     arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(model.optimizer.variables)})
     arrays.update({f"b{i}": w for i, w in enumerate(best_weights or [])})
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        np.savez(f, state=np.array(json.dumps(state)), **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, state=np.array(json.dumps(state)), **arrays)
 
 
 def restore(path: Path, model, stopper) -> dict:
-    """Load weights and optimizer state into a compiled `model`; arm `stopper`; return the state."""
+    """Load weights and optimizer state into a compiled `model`; arm `stopper`; return the state.
+    A checkpoint that cannot be read, or was made for another model, is a UserError."""
+    try:
+        return _restore(path, model, stopper)
+    except Exception as exc:
+        raise UserError(f"checkpoint {path} cannot be used ({first_line(exc)}); delete it to start over, "
+                        "or run without --resume") from None
+
+
+def _restore(path: Path, model, stopper) -> dict:
     with np.load(path) as z:
         state = json.loads(str(z["state"]))
         count = lambda prefix: sum(1 for k in z.files if k.startswith(prefix) and k[1:].isdigit())

@@ -139,6 +139,7 @@ def load_dataset(path: str | os.PathLike | None, limit: int | None = None) -> Da
     path = Path(path)
     if not path.exists():
         raise UserError(f"data path {path} does not exist; {FORMATS_HELP}")
+    path = path.resolve()   # stored as the source: later stages find it from any working directory
     if path.is_file():
         if path.name.endswith((".tar.gz", ".tgz", ".tar")):
             return _load_tarball(path, limit)
@@ -323,7 +324,12 @@ def source_of(attrs: dict, data_path=None):
         return data_path
     if not attrs.get("source"):
         raise UserError("the features file does not record where its images came from; pass --data PATH")
-    return None if attrs["source"] == "keras.datasets.cifar10" else attrs["source"]
+    if attrs["source"] == "keras.datasets.cifar10":
+        return None
+    if not Path(attrs["source"]).exists():
+        raise UserError(f"the images the features file was made from are no longer at {attrs['source']}; pass "
+                        "--data PATH to them (a moved copy is recognised by its fingerprint)")
+    return attrs["source"]
 
 
 def load_rows(path, part: str, index) -> tuple[np.ndarray, list[str | None]]:

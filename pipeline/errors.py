@@ -1,4 +1,9 @@
-"""The one exception type that means "the user asked for something we cannot do"."""
+"""The one exception type that means "the user asked for something we cannot do", and the one
+mapping of storage failures (a full disk, a read-only or unwritable cache) onto it."""
+from __future__ import annotations
+
+import errno
+import re
 
 
 class UserError(Exception):
@@ -10,3 +15,49 @@ def first_line(exc: BaseException) -> str:
     can run to many lines, and a UserError is one line."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+# errno -> what the user is told. h5py reports a failed write as ValueError/RuntimeError/OSError
+# with only "errno = 28" in its text, so the text is searched as well as the exception's errno.
+_STORAGE = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOTDIR: "a path component is a file, not a folder",
+    errno.EISDIR: "a folder is in the way",
+}
+
+
+def storage_errno(exc: BaseException) -> int | None:
+    """The storage errno behind `exc` (or any exception it was raised from), or None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = getattr(exc, "errno", None)
+        if code in _STORAGE:
+            return code
+        found = re.search(r"errno = (\d+)", str(exc))
+        if found and int(found.group(1)) in _STORAGE:
+            return int(found.group(1))
+        for code, text in ((errno.ENOSPC, "No space left on device"), (errno.EDQUOT, "Disk quota exceeded"),
+                           (errno.EROFS, "Read-only file system")):
+            if text in str(exc):
+                return code
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def storage_message(exc: BaseException, rerun_hint: str = "rerun the same command") -> str | None:
+    """The one `error:` line for a storage failure, or None when `exc` is not one."""
+    code = storage_errno(exc)
+    if code is None:
+        return None
+    name = getattr(exc, "filename", None)
+    if name is None:
+        found = re.search(r"filename = '([^']*)'", str(exc))
+        name = found.group(1) if found else "the cache"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return f"{_STORAGE[code]} while writing {name}; free space and {rerun_hint} (finished work is kept)"
+    return f"cannot write {name}: {_STORAGE[code]}"

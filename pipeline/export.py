@@ -32,7 +32,7 @@ CHECK_BATCH = 32
 
 
 def add_arguments(p):
-    from pipeline.cli import _positive_int
+    from pipeline.flags import positive_int as _positive_int
     p.add_argument("run_path", metavar="RUN", help="a run folder: cache/heads/dense-... (exports backbone + head) or "
                    "cache/finetune/... (its model.keras)")
     p.add_argument("--format", default="savedmodel", choices=tuple(FORMATS),

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import backbone as backbones
-from pipeline import data, engine, store, views
+from pipeline import data, engine, flags, store, views
 from pipeline.backbone import build_backbone, resolve_precision
 from pipeline.errors import UserError
+from pipeline.outputs import Lock
 from pipeline.progress import Progress
 
 
@@ -111,8 +112,124 @@ def _check(s: FeatureSettings):
         raise UserError(f"--limit must be a positive number of images, got {s.limit}")
     if s.views not in views.VIEWS:
         raise UserError(f"--views must be 1 or 2, got {s.views}")
+    if s.seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {s.seed}")
     if not 0 < s.val_fraction < 1:
         raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), got {s.val_fraction}")
+
+
+def add_arguments(p):
+    p.add_argument("--data", metavar="PATH", help="cifar-10-batches-py folder, cifar-10-python.tar.gz, or "
+                   "image folders train/<class>/* and test/<class>/*; default: download via Keras")
+    p.add_argument("--backbone", default=backbones.DEFAULT_BACKBONE, metavar="NAME|PATH",
+                   help="a backbone named in `python -m pipeline backbones` (inception_v3, resnet50, "
+                        "convnext_tiny, ...), or a saved .keras model taking RGB 0-255 images and returning "
+                        f"a feature vector (default: {backbones.DEFAULT_BACKBONE})")
+    p.add_argument("--weights", metavar="imagenet|none|PATH",
+                   help="Keras's ImageNet download, random init (tests), or a local weights file, e.g. "
+                        "Keras's *_notop.h5 for the backbone (default: imagenet)")
+    p.add_argument("--size", type=flags.positive_int, metavar="N",
+                   help="side of the resized input (default: the backbone's own, e.g. 299 for inception_v3; "
+                        "at least its minimum, e.g. 75)")
+    p.add_argument("--batch-size", type=flags.positive_int, default=64, metavar="N",
+                   help="images per batch (default: 64)")
+    flags.add_precision(p)
+    p.add_argument("--limit", type=flags.positive_int, metavar="N",
+                   help="at most N train and N test images, balanced across classes (val is carved from train)")
+    p.add_argument("--val-fraction", type=flags.finite_float, default=0.1, metavar="F",
+                   help="stratified share of train held out as val (default: 0.1)")
+    flags.add_seed(p, "seed of the val split and of --weights none (default: 0)")
+    flags.add_cache_dir(p)
+    p.add_argument("--views", type=int, default=1, choices=(1, 2),
+                   help="2: also store each image's horizontally mirrored view (heads then train on both "
+                        "and average the two views' probabilities); default: 1")
+    p.add_argument("--shard-rows", type=flags.positive_int, default=engine.DEFAULT_SHARD_ROWS, metavar="N",
+                   help="rows per unit of work, a multiple of 128: what a resumed run recomputes at most "
+                        f"per shard in flight (default: {engine.DEFAULT_SHARD_ROWS})")
+    p.add_argument("--engine", default="local", choices=("local", "ray"),
+                   help="local: this process (default); ray: a Ray Data actor pool, on a local instance "
+                        "or a cluster (needs the [ray] extra)")
+    p.add_argument("--address", metavar="auto|ray://HOST:PORT", help="ray: the cluster to join (default: "
+                   "start a local instance for this run)")
+    p.add_argument("--workers", type=flags.positive_int, default=2, metavar="N",
+                   help="ray: actors in the pool (default: 2)")
+    p.add_argument("--gpus-per-worker", type=flags.finite_float, default=0, metavar="G",
+                   help="ray: GPUs per actor (default: 0, CPU); more than the cluster has fails at once")
+
+
+def run(args):
+    settings = FeatureSettings(data=args.data, backbone=args.backbone, weights=args.weights, size=args.size,
+                               batch_size=args.batch_size, precision=args.precision, limit=args.limit,
+                               val_fraction=args.val_fraction, seed=args.seed, cache_dir=args.cache_dir,
+                               shard_rows=args.shard_rows, engine=args.engine, address=args.address,
+                               workers=args.workers, gpus_per_worker=args.gpus_per_worker, views=args.views)
+    print(run_features(settings))
+
+
+# Peak working memory of one batch through a convolutional backbone, per input pixel, in bytes:
+# the float32 image plus the widest early activations (InceptionV3: 64 channels at half the side,
+# alive together with their inputs) come to about 100; measured 0.6 GB for 64 images at 299x299.
+BYTES_PER_PIXEL = 100
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_memory(size: int, batch_size: int):
+    """Refuse an input size the machine cannot hold, with the estimate, before anything is built."""
+    need = BYTES_PER_PIXEL * size * size * batch_size
+    have = _available_memory()
+    if have is not None and need > have:
+        raise UserError(f"--size {size} with --batch-size {batch_size} needs about {need / 2**30:,.1f} GiB of "
+                        f"memory per batch, and {have / 2**30:,.1f} GiB are available; lower --size or "
+                        "--batch-size")
+
+
+# ---------------------------------------------------------------- reading a features file (every stage)
+
+def load_features(path, splits=store.SPLITS, expect: dict | None = None) -> store.RowSet:
+    """Read a features file with every check any stage relies on: the store's own (schema,
+    completeness, shapes, stale settings, labels within class_names, finite values) plus one
+    vector per image of the declared feature_width. `splits`: which to load into memory."""
+    fs = store.read_rows(path, expect=expect, splits=splits, words=store.FEATURES)
+    attrs, path = fs.attrs, fs.path
+    row_shape = list(attrs.get("row_shape", [attrs.get("feature_width")]))
+    if len(row_shape) != 1:
+        kind = f" ({attrs['kind']})" if "kind" in attrs else ""
+        raise UserError(f"{path} holds rows of shape {tuple(row_shape)}{kind}, not one feature vector per "
+                        f"image, (N, D); pass a stage-one features file")
+    if row_shape[0] != attrs.get("feature_width"):
+        raise UserError(f"{path}: its features are {row_shape[0]} wide but the file's feature_width says "
+                        f"{attrs.get('feature_width')}; {store.FEATURES.fix}")
+    return fs
+
+
+def default_features(cache_dir) -> Path:
+    """The one rule for `--features` left out (head, sweep, finetune): the newest complete features
+    file in CACHE/features made with `make features`' default settings (its values are checked when
+    it is loaded: a damaged newest file is reported, not silently passed over for an older one)."""
+    default = {"backbone": backbones.DEFAULT_BACKBONE, "weights_source": "imagenet",
+               "input_size": backbones.BACKBONES[backbones.DEFAULT_BACKBONE].default_size}
+    found = []
+    for path in Path(cache_dir, "features").glob("*.h5"):
+        try:
+            attrs = store.read_rows(path, splits=(), values=False).attrs
+        except UserError:
+            continue       # incomplete, damaged or foreign: not a candidate
+        if all(attrs.get(k) == v for k, v in default.items()) and len(attrs.get("row_shape", [0])) == 1:
+            found.append(path)
+    if not found:
+        raise UserError(f"no complete features file with the default settings ({backbones.DEFAULT_BACKBONE}, "
+                        f"ImageNet weights, {default['input_size']}x{default['input_size']}) in "
+                        f"{Path(cache_dir, 'features')}; run `make features` first, or pass --features FILE")
+    return max(found, key=lambda p: p.stat().st_mtime)
 
 
 def versions() -> dict:
@@ -131,7 +248,8 @@ def _up_to_date(final: Path, settings: dict, log) -> bool:
         log(f"replacing {final.name}: written by an older version of this pipeline (schema "
             f"{store.older_schema(final)}, now {store.SCHEMA_VERSION})")
         return False
-    store.read_features(final, expect={"settings_hash": store.settings_hash(settings)}, splits=())
+    # Every check a later stage makes: a damaged file is never "up to date".
+    load_features(final, expect={"settings_hash": store.settings_hash(settings)}, splits=())
     log(f"up to date: {final}")
     return True
 
@@ -149,10 +267,11 @@ def run_features(s: FeatureSettings, log=print) -> Path:
             f"Ray: {s.workers} CPU workers"
     settings = identity(s, precision)
     final = store.features_path(s.cache_dir, settings)
+    _check_memory(settings["input_size"], s.batch_size)
     if _up_to_date(final, settings, log):
         return final
 
-    with store.CacheLock(final):
+    with Lock(final, log=log):
         if _up_to_date(final, settings, log):   # another run finished it while we looked
             return final
         ds = data.load_dataset(s.data, s.limit)
@@ -164,9 +283,9 @@ def run_features(s: FeatureSettings, log=print) -> Path:
                  "image_shape": splits["train"].images.image_shape, "device": device,
                  "batch_size": s.batch_size, "shard_rows": s.shard_rows, "versions": versions(),
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-        writer = store.FeatureWriter(final, attrs, {k: v.y for k, v in splits.items()},
-                                     {k: v.index for k, v in splits.items()}, (settings["feature_width"],),
-                                     log=log, block_rows=data.BLOCK_ROWS)
+        writer = store.RowWriter(final, attrs, {k: v.y for k, v in splits.items()},
+                                 {k: v.index for k, v in splits.items()}, (settings["feature_width"],),
+                                 log=log, block_rows=data.BLOCK_ROWS)
         try:
             shards = engine.plan(sizes, s.shard_rows)
             todo = engine.missing(shards, {k: writer.done_rows(k) for k in store.SPLITS})

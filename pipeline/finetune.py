@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import store
-from pipeline.errors import UserError
+from pipeline.errors import UserError, first_line
+from pipeline.outputs import Lock, atomic_file, write_json_atomic
 
 MODES = ("cached", "end-to-end")
 OPTIMIZERS = ("sgd", "adam")
@@ -58,31 +59,32 @@ class FinetuneSettings:
 
 
 def add_arguments(p):
-    from pipeline.cli import _positive_int
+    from pipeline import flags
+    p.set_defaults(rerun_hint="rerun the same command with --resume")
     p.add_argument("--features", metavar="FILE", help="stage-one features file whose data, backbone, weights, "
-                   "input size and splits to reuse (default: the newest in <cache-dir>/features)")
+                   "input size and splits to reuse (default: the newest complete file in <cache-dir>/features "
+                   "made with the default stage-one settings, as for `head`)")
     p.add_argument("--head", metavar="FILE", help="stage-two dense head model.keras to start from "
                    "(default: the best dense head trained on the features file)")
     p.add_argument("--mode", choices=MODES, help="default: end-to-end on a GPU, cached on a CPU")
     p.add_argument("--unfreeze-from", metavar="NAME", help="train this block and everything after it "
                    "(default: the top two blocks, as `python -m pipeline backbones` lists; a backbone file's "
                    "second-to-last block)")
-    p.add_argument("--epochs", type=int, default=10, metavar="N", help="at most N epochs (default: 10; "
-                   "0 exports backbone + head unchanged)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="default: 32")
-    p.add_argument("--lr", type=float, default=1e-4, metavar="X", help="learning rate (default: 1e-4)")
+    p.add_argument("--epochs", type=flags.non_negative_int, default=10, metavar="N",
+                   help="at most N epochs (default: 10; 0 exports backbone + head unchanged)")
+    p.add_argument("--batch-size", type=flags.positive_int, default=32, metavar="N", help="default: 32")
+    p.add_argument("--lr", type=flags.positive_float, default=1e-4, metavar="X", help="learning rate (default: 1e-4)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd", help="sgd with momentum 0.9, or adam")
-    p.add_argument("--patience", type=_positive_int, default=3, metavar="N",
+    p.add_argument("--patience", type=flags.positive_int, default=3, metavar="N",
                    help="early stopping on validation loss after N epochs without improvement (default: 3)")
     p.add_argument("--augment", action="store_true", help="random flips (both modes) and translations (end-to-end)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                   help="auto: float16 on a GPU, bfloat16 on a CPU with AMX/AVX512-BF16, else float32")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of shuffling, augmentation, dropout")
+    flags.add_precision(p)
+    flags.add_seed(p, "seed of shuffling, augmentation, dropout (default: 0)")
     p.add_argument("--backbone", metavar="PATH", help="the .keras backbone file, when the features file was made with one")
     p.add_argument("--weights", metavar="PATH", help="the weights file, when the features file was made with --weights PATH")
     p.add_argument("--data", metavar="PATH", help="the image source, if it moved since the features file was made")
-    p.add_argument("--cache-dir", default="cache", metavar="DIR", help="where outputs go (default: cache)")
+    flags.add_cache_dir(p)
 
 
 def run(args):
@@ -95,18 +97,12 @@ def run(args):
 def _check(s: FinetuneSettings):
     if s.epochs < 0:
         raise UserError(f"--epochs must be 0 or more, got {s.epochs}")
-    if not s.lr > 0:
-        raise UserError(f"--lr must be positive, got {s.lr}")
+    if not 0 < s.lr < float("inf"):
+        raise UserError(f"--lr must be positive and finite, got {s.lr}")
+    if s.seed < 0:
+        raise UserError(f"--seed must be 0 or more, got {s.seed}")
     if s.mode is not None and s.mode not in MODES:
         raise UserError(f"--mode must be one of {', '.join(MODES)}, got {s.mode!r}")
-
-
-def newest_features(cache_dir) -> Path:
-    found = sorted(Path(cache_dir, "features").glob("*.h5"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise UserError(f"no features file in {Path(cache_dir, 'features')}; run `make features` first "
-                        "(or pass --features FILE)")
-    return found[-1]
 
 
 def _load_head(path: Path, width: int, n_classes: int):
@@ -124,7 +120,13 @@ def _head_run(path: Path, features_hash: str) -> dict:
     run_json = path.parent / "run.json"
     if not run_json.is_file():
         return {}
-    info = json.loads(run_json.read_text())
+    try:
+        info = json.loads(run_json.read_text())
+        if not isinstance(info, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{run_json} beside the head is damaged ({first_line(exc)}); delete the head's folder "
+                        "and train it again with `make head`") from None
     made_from = info.get("features", {}).get("settings_hash")
     if made_from not in (None, features_hash):
         raise UserError(f"head {path} was trained on features {made_from}, not on this features file "
@@ -215,21 +217,18 @@ def run_settings(s: FinetuneSettings, attrs: dict, head_path: Path, mode: str, c
 
 
 def save_model_atomically(model, path: Path):
-    """Keras writes the archive in place; write it beside and rename, so a killed run never
-    leaves a half-written file under the final name."""
-    tmp = path.with_name(f".{path.stem}.partial.keras")
-    model.save(tmp)
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Keras writes the archive in place: write it under a temporary name, then rename."""
+    with atomic_file(path) as tmp:
+        model.save(tmp)
 
 
 def run_finetune(s: FinetuneSettings, log=print) -> Path:
     """Fine-tune (or find up to date, or resume); return the exported model's path."""
     _check(s)
     from pipeline.backbone import resolve_precision
-    features_path = Path(s.features) if s.features else newest_features(s.cache_dir)
-    fs = store.read_features(features_path, splits=("val", "test"))
+    from pipeline.features import default_features, load_features
+    features_path = Path(s.features) if s.features else default_features(s.cache_dir)
+    fs = load_features(features_path, splits=("val", "test"))   # the same checks as stage two
     attrs, class_names = fs.attrs, fs.class_names
     precision, device = resolve_precision(s.precision)
     mode = s.mode or ("end-to-end" if device.startswith("GPU") else "cached")
@@ -252,7 +251,10 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         return model_path
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    with store.CacheLock(model_path):
+    with Lock(run_dir, log=log):
+        if model_path.is_file() and (run_dir / "run.json").is_file():   # finished just before we locked
+            log(f"up to date: {model_path}")
+            return model_path
         started = time.perf_counter()
         # The starting point, measured before any weight moves: the head on the stored features.
         baseline = {k: head.predict(fs.splits[k].features, verbose=0) for k in ("val", "test")}
@@ -261,9 +263,12 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         model, upper = training_model(parts, mode, precision)
         compile_model(model, s, precision)
         history = _fit(model, s, data, run_dir / "checkpoint.npz", log)
+        y_prob = {k: model.predict(data[k], verbose=0) for k in ("val", "test")}
+        if not all(np.isfinite(p).all() for p in y_prob.values()):   # the model to save, not every epoch
+            raise UserError("fine-tuning diverged (its predictions are not finite); no model was saved; "
+                            "lower --lr")
         surgery.copy_weights_back(upper, parts.base)
         save_model_atomically(surgery.image_model(bb.model, head), model_path)
-        y_prob = {k: model.predict(data[k], verbose=0) for k in ("val", "test")}
         y_true = {k: fs.splits[k].labels for k in ("val", "test")}
         wall = time.perf_counter() - started
         comparison = compare(y_true, baseline, y_prob, head_path, head_info)
@@ -273,14 +278,14 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         write_report(run_dir / "report", y_true=y_true, y_prob=y_prob, class_names=class_names, wall_seconds=wall,
                      history=history, features=fs, extra={"stage": "finetune", "settings": settings, "comparison": comparison},
                      calibrated={"temperature": temperature, "y_prob": after})
-        store.write_text_atomic(run_dir / "run.json", json.dumps({
+        write_json_atomic(run_dir / "run.json", {
             "stage": "finetune", "settings": settings, "class_names": class_names, "model": "model.keras",
             "features": {"path": str(features_path), "settings_hash": attrs["settings_hash"]},
             "head": {"path": str(head_path)}, "backbone": {"name": bb.name, **bb.weights.attrs(),
                                                             "input_size": bb.input_size},
             "device": device, "metrics": comparison["finetuned"], "comparison": comparison,
             "calibration": calibration.summary(y_true, y_prob, after, temperature),
-            "epochs_run": len(history.get("loss", [])), "wall_seconds": round(wall, 1)}, indent=2, default=str))
+            "epochs_run": len(history.get("loss", [])), "wall_seconds": round(wall, 1)}, default=str)
     log(_comparison_table(comparison))
     return model_path
 
@@ -299,14 +304,17 @@ def _training_data(s, attrs, features_path, parts, mode, precision, log) -> dict
     cs = activations.settings(attrs, parts.cut, s.augment, precision)
     path = activations.path_for(s.cache_dir, features_path, cs)
     if not path.exists():
-        with store.CacheLock(path):
+        with Lock(path, log=log):
             if not path.exists():
                 splits = load_splits(attrs, s.data)
                 fn = fast_extractor(parts.image_to_cut(), precision)
                 activations.build(path, cs, splits, fn, max(s.batch_size, 32), log=log)
     else:
         log(f"activation cache up to date: {path}")
-    store.read_features(path, expect={"settings_hash": store.settings_hash(cs)}, splits=())
+    # Every row checked (finite, labels in range) once before training: a damaged cache must not
+    # train a garbage model.
+    store.read_rows(path, expect={"settings_hash": store.settings_hash(cs)}, splits=(), words=activations.WORDS,
+                    n_classes=len(attrs["class_names"]))
     return {k: activations.batches(path, k, s.batch_size, shuffle=(k == "train"), seed=s.seed)
             for k in store.SPLITS}
 
@@ -330,8 +338,10 @@ def _fit(model, s: FinetuneSettings, data: dict, ckpt: Path, log) -> dict:
     if s.epochs > state["epochs_done"] and not state["stopped"]:
         model.fit(data["train"], validation_data=data["val"], epochs=s.epochs, initial_epoch=state["epochs_done"],
                   callbacks=[stopper, Checkpoint(ckpt, stopper, state)], verbose=2)
-    elif state["stopped"] and stopper.best_weights is not None:
-        model.set_weights(stopper.best_weights)   # the finished run's result
+    elif stopper.carried and stopper.carried[3] is not None:
+        # Training had ended (all epochs done, or stopped early) before the run was killed, e.g.
+        # while exporting: the result is the best epoch's weights, as fit's end would have restored.
+        model.set_weights(stopper.carried[3])
     return state["history"]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.store import atomic_path
+from pipeline.outputs import atomic_file
 
 
 def save_grid(path: Path, images, captions, columns: int = 8, title: str | None = None,
@@ -30,7 +30,7 @@ def save_grid(path: Path, images, captions, columns: int = 8, title: str | None 
     if title:
         fig.suptitle(title, fontsize=8)
     fig.tight_layout(pad=0.8)
-    with atomic_path(path) as tmp:
+    with atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
     return path
@@ -51,6 +51,6 @@ def save_sprite(path: Path, images: np.ndarray) -> Path:
     for i, img in enumerate(images):
         r, c = divmod(i, side)
         sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
-    with atomic_path(path) as tmp:
+    with atomic_file(path) as tmp:
         Image.fromarray(sheet).save(tmp)
     return path

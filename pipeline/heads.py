@@ -19,14 +19,15 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipeline import store, views
-from pipeline.errors import UserError
+from pipeline import flags, store, views
+from pipeline.errors import UserError, first_line
+from pipeline.features import default_features, load_features  # noqa: F401  (the one features-file rule)
+from pipeline.outputs import Lock, atomic_dir, write_json_atomic
 
 # ---------------------------------------------------------------- settings and their valid ranges
 
@@ -126,54 +127,6 @@ def run_name(head: str, features_hash: str, settings: dict) -> str:
 
 
 # ---------------------------------------------------------------- features
-
-def default_features(cache_dir) -> Path:
-    """The newest complete features file in the cache made with `make features`' default settings."""
-    from pipeline.backbone import BACKBONES, DEFAULT_BACKBONE
-    default = {"backbone": DEFAULT_BACKBONE, "weights_source": "imagenet",
-               "input_size": BACKBONES[DEFAULT_BACKBONE].default_size}
-    found = []
-    for path in Path(cache_dir, "features").glob("*.h5"):
-        try:
-            attrs = store.read_features(path, splits=()).attrs
-        except UserError:
-            continue       # incomplete or foreign: not a candidate
-        if all(attrs.get(k) == v for k, v in default.items()) and len(attrs.get("row_shape", [0])) == 1:
-            found.append(path)
-    if not found:
-        raise UserError(f"no complete features file with the default settings ({DEFAULT_BACKBONE}, ImageNet "
-                        f"weights, {default['input_size']}x{default['input_size']}) in "
-                        f"{Path(cache_dir, 'features')}; run `make features` first, or pass --features FILE")
-    return max(found, key=lambda p: p.stat().st_mtime)
-
-
-def load_features(path) -> store.FeatureSet:
-    """Read a features file and check what stage two needs beyond the store's own schema checks."""
-    import numpy as np
-    fs = store.read_features(path)
-    attrs, path = fs.attrs, fs.path
-    if "settings" in attrs and store.settings_hash(attrs["settings"]) != attrs["settings_hash"]:
-        raise UserError(f"{path} is stale: its settings no longer match its settings_hash "
-                        f"{attrs['settings_hash']}; rerun `make features`")
-    classes = attrs.get("class_names") or []
-    if len(classes) < 2:
-        raise UserError(f"{path} names {len(classes)} classes in class_names; a classifier needs at least 2")
-    for name, split in fs.splits.items():
-        x = split.features
-        if x.ndim != 2:
-            raise UserError(f"{path}: {name} features have shape {x.shape}; stage two needs one "
-                            f"vector per image, (N, D)")
-        if x.shape[1] != attrs.get("feature_width"):
-            raise UserError(f"{path}: {name} features are {x.shape[1]} wide but the file's "
-                            f"feature_width says {attrs.get('feature_width')}")
-        if len(x) == 0:
-            raise UserError(f"{path}: the {name} split is empty")
-        if split.labels.max() >= len(classes):
-            raise UserError(f"{path}: {name} has label {split.labels.max()} but only {len(classes)} class names")
-        if not all(np.isfinite(v).all() for v in split.views):
-            raise UserError(f"{path}: {name} features contain NaN or infinite values; rerun `make features`")
-    return fs
-
 
 def _identity(fs: store.FeatureSet) -> dict:
     return {"path": str(fs.path), "settings_hash": fs.attrs["settings_hash"],
@@ -342,60 +295,78 @@ def load_head(run_dir):
 
 # ---------------------------------------------------------------- one run
 
-def _write_json(path: Path, data):
-    path.write_text(json.dumps(data, indent=2))
+def read_run_json(path: Path) -> dict:
+    """A run's run.json; a damaged one is a UserError that says how to get rid of it."""
+    try:
+        info = json.loads(Path(path).read_text())
+        float(info["metrics"]["val_accuracy"])
+        return info
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path} is damaged ({first_line(exc)}); delete its folder {Path(path).parent} "
+                        "and rerun to train it again") from None
 
 
 def finished_run(cache_dir, head: str, features_hash: str, settings: dict) -> dict | None:
-    """run.json of the run with these settings (plus run_dir, report, skipped), if it finished."""
+    """run.json of the run with these settings (plus run_dir, report, skipped), if it finished:
+    a run.json (written last) and a model."""
     name = run_name(head, features_hash, settings)
-    run_json = Path(cache_dir) / "heads" / name / "run.json"
-    if not run_json.is_file():
+    run_dir = Path(cache_dir) / "heads" / name
+    if not (run_dir / "run.json").is_file() or not (run_dir / HEADS[head].artifact).is_file():
         return None
-    return {**json.loads(run_json.read_text()), "run_dir": str(run_json.parent),
+    return {**read_run_json(run_dir / "run.json"), "run_dir": str(run_dir),
             "report": str(Path(cache_dir) / "reports" / name), "skipped": True}
 
 
-def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose=0, threads=None) -> dict:
+def _check_finite(y_prob: dict, head: str):
+    """A diverged model (NaN or infinite probabilities) is not a result: nothing is saved. (A NaN
+    epoch followed by restoring an earlier best one is fine: the saved model is what counts.)"""
+    import numpy as np
+    if not all(np.isfinite(p).all() for p in y_prob.values()):
+        raise UserError(f"the {head} head diverged (its predictions are not finite); nothing was saved; "
+                        "lower --lr or check the features")
+
+
+def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose=0, threads=None,
+             wait: bool = False) -> dict:
     """Train (unless up to date), save, report. Returns run.json's content plus run_dir, report and
-    skipped. Everything is written under temporary names and renamed when complete."""
+    skipped. Under the run's lock (a second run on the same settings is refused, or with `wait`
+    waits and then finds it done); model and report folders are written under temporary names and
+    renamed when complete, run.json last."""
     from pipeline.calibration import calibrate, summary
-    from pipeline.report import replace_dir, write_report
+    from pipeline.report import write_report
     done = finished_run(cache_dir, head, fs.attrs["settings_hash"], settings)
     if done:
         return done
     name = run_name(head, fs.attrs["settings_hash"], settings)
     final = Path(cache_dir) / "heads" / name
     report_dir = Path(cache_dir) / "reports" / name
-
-    tmp = final.with_name(f".{name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        started = time.perf_counter()
-        model, history, metrics = HEADS[head].train(fs, settings, tmp, verbose, threads)
-        if history is not None:
-            _write_json(tmp / "history.json", history)
-        wall = time.perf_counter() - started
-        y_true = {s: fs.splits[s].labels for s in ("val", "test")}
-        # every stored view of each image, and their mean: a 2-view file is evaluated with flip TTA
-        per_view = {s: views.per_view(lambda x: predict_proba(model, x), fs.splits[s].views) for s in ("val", "test")}
-        y_prob = {s: p.mean(axis=0) for s, p in per_view.items()}
-        temperature, after = None, None
-        if HEADS[head].calibrated:      # a softmax output layer: temperature scaling fitted on val
-            temperature, after = calibrate(y_true, per_view)
-        info = {"head": head, "settings": settings, "features": _identity(fs), "metrics": {}}
-        report = write_report(report_dir, y_true=y_true, y_prob=y_prob, class_names=fs.class_names,
-                              wall_seconds=wall, history=history, features=fs,
-                              calibrated=after and {"temperature": temperature, "y_prob": after},
-                              extra={"run": name, "head": head, "settings": settings, "features": info["features"]})
-        info["calibration"] = summary(y_true, y_prob, after, temperature)
-        info["metrics"] = {"val_accuracy": report["val_accuracy"], "test_accuracy": report["test_accuracy"],
-                           "wall_seconds": report["wall_seconds"], **metrics}
-        _write_json(tmp / "run.json", info)      # last: a folder with run.json is a finished run
-        replace_dir(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with Lock(final, wait=wait, also=[report_dir]):
+        done = finished_run(cache_dir, head, fs.attrs["settings_hash"], settings)
+        if done:                                    # finished by the run we waited for
+            return done
+        with atomic_dir(final) as tmp:
+            started = time.perf_counter()
+            model, history, metrics = HEADS[head].train(fs, settings, tmp, verbose, threads)
+            if history is not None:
+                write_json_atomic(tmp / "history.json", history)
+            wall = time.perf_counter() - started
+            y_true = {s: fs.splits[s].labels for s in ("val", "test")}
+            # every stored view of each image, and their mean: a 2-view file is evaluated with flip TTA
+            per_view = {s: views.per_view(lambda x: predict_proba(model, x), fs.splits[s].views) for s in ("val", "test")}
+            y_prob = {s: p.mean(axis=0) for s, p in per_view.items()}
+            _check_finite(y_prob, head)
+            temperature, after = None, None
+            if HEADS[head].calibrated:      # a softmax output layer: temperature scaling fitted on val
+                temperature, after = calibrate(y_true, per_view)
+            info = {"head": head, "settings": settings, "features": _identity(fs), "metrics": {}}
+            report = write_report(report_dir, y_true=y_true, y_prob=y_prob, class_names=fs.class_names,
+                                  wall_seconds=wall, history=history, features=fs,
+                                  calibrated=after and {"temperature": temperature, "y_prob": after},
+                                  extra={"run": name, "head": head, "settings": settings, "features": info["features"]})
+            info["calibration"] = summary(y_true, y_prob, after, temperature)
+            info["metrics"] = {"val_accuracy": report["val_accuracy"], "test_accuracy": report["test_accuracy"],
+                               "wall_seconds": report["wall_seconds"], **metrics}
+            write_json_atomic(tmp / "run.json", info)   # last: a folder with run.json is a finished run
     return {**info, "run_dir": str(final), "report": str(report_dir), "skipped": False, "model": model}
 
 
@@ -404,12 +375,13 @@ def find_best_head(cache_dir, settings_hash: str, head: str = "dense") -> Path |
     file `settings_hash`; None when there is none."""
     best, best_acc = None, -1.0
     for run_json in sorted(Path(cache_dir, "heads").glob(f"{head}-{settings_hash}-*/run.json")):
-        acc = json.loads(run_json.read_text())["metrics"]["val_accuracy"]
+        model = run_json.parent / HEADS[head].artifact
+        if not model.is_file():
+            continue                       # not a finished run
+        acc = read_run_json(run_json)["metrics"]["val_accuracy"]
         if acc > best_acc:
-            best, best_acc = run_json.parent, acc
-    if best is None:
-        return None
-    return best / HEADS[head].artifact
+            best, best_acc = model, acc
+    return best
 
 
 # ---------------------------------------------------------------- command line
@@ -420,7 +392,7 @@ def add_common_arguments(p):
     p.add_argument("--features", metavar="FILE", help="stage-one HDF5 file (default: the newest complete "
                    "file in CACHE/features made with the default settings)")
     p.add_argument("--head", default="dense", choices=list(HEADS), help="which classifier (default: dense)")
-    p.add_argument("--cache-dir", default="cache", metavar="DIR", help="where models and reports go (default: cache)")
+    flags.add_cache_dir(p, "models and reports")
     for kind in HEADS.values():
         group = p.add_argument_group(f"--head {kind.name}", kind.summary)
         for key, default in kind.defaults.items():

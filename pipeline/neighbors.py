@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import rows, store
+from pipeline import flags, outputs, rows, store
 from pipeline.errors import UserError
 
 BLOCK = 1024           # queries per matrix product: 1024 x 50,000 float32 similarities = 200 MB
@@ -98,7 +98,7 @@ def add_arguments(p):
     p.add_argument("--weights", metavar="PATH", help="local weights file, when the features were "
                    "made with one (needed to embed IMAGE files)")
     p.add_argument("--data", metavar="PATH", help="the image source, when it moved since stage one")
-    p.add_argument("--cache-dir", default="cache", metavar="DIR", help="where outputs go (default: cache)")
+    flags.add_cache_dir(p)
 
 
 def parse_splits(text: str) -> list[str]:
@@ -151,7 +151,7 @@ def run(args):
     note = draw_strip(png_path, fs, result, args.data)
     if note:
         result["note"] = note
-    store.write_text_atomic(json_path, json.dumps(result, indent=2))
+    outputs.write_text_atomic(json_path, json.dumps(result, indent=2))
     print_result(result)
     print(png_path if png_path.is_file() else json_path)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import rows, store
+from pipeline import flags, outputs, rows, store
 from pipeline.errors import UserError
 
 PCA_DIMS = 50
@@ -58,7 +58,7 @@ def plot_map(path: Path, xy, labels, class_names, title: str):
     ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
     fig.tight_layout()
-    with store.atomic_path(path) as tmp:
+    with outputs.atomic_file(path) as tmp:
         fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
@@ -91,15 +91,15 @@ def write_projector(folder: Path, key: str, name: str, features, meta: list[dict
     """Each file written atomically; the config last, so a folder with it is complete."""
     from pipeline.gallery import save_sprite
     folder.mkdir(parents=True, exist_ok=True)
-    store.write_text_atomic(folder / "tensors.tsv",
+    outputs.write_text_atomic(folder / "tensors.tsv",
                             "".join("\t".join(f"{v:.6g}" for v in row) + "\n" for row in features))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(meta[0]), delimiter="\t", lineterminator="\n")
     writer.writeheader()        # more than one column: the projector expects a header line
     writer.writerows(meta)
-    store.write_text_atomic(folder / "metadata.tsv", buf.getvalue())
+    outputs.write_text_atomic(folder / "metadata.tsv", buf.getvalue())
     save_sprite(folder / "sprite.png", images)
-    store.write_text_atomic(folder / CONFIG, projector_config(key, name, features.shape, images.shape[1:3]))
+    outputs.write_text_atomic(folder / CONFIG, projector_config(key, name, features.shape, images.shape[1:3]))
 
 
 # ---------------------------------------------------------------- command line
@@ -114,7 +114,7 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=0, metavar="N", help="subsample, PCA and t-SNE seed (default: 0)")
     p.add_argument("--projector", metavar="DIR", help="also write TensorBoard Embedding Projector files into DIR")
     p.add_argument("--data", metavar="PATH", help="the image source, when it moved since stage one (for the sprite)")
-    p.add_argument("--cache-dir", default="cache", metavar="DIR", help="where outputs go (default: cache)")
+    flags.add_cache_dir(p)
 
 
 def run(args):
@@ -148,7 +148,7 @@ def run(args):
         writer.writerow(["row", "source_index", "class", "x", "y"])
         for r, (x, y) in zip(picked, xy):
             writer.writerow([int(r), int(split.index[r]), names[int(split.labels[r])], f"{x:.4f}", f"{y:.4f}"])
-        store.write_text_atomic(table, buf.getvalue())
+        outputs.write_text_atomic(table, buf.getvalue())
         plot_map(png, xy, split.labels[picked], names,
                  f"{args.split}: {len(picked)} images, PCA to {PCA_DIMS} then t-SNE\n{fs.path.name}")
         print(png)

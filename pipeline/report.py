@@ -14,11 +14,11 @@ Test numbers are for reading only; nothing here chooses anything by them.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
+
+from pipeline.outputs import atomic_dir
 
 
 def split_metrics(y_true, y_prob, class_names) -> dict:
@@ -76,14 +76,6 @@ def _plot_curves(path: Path, history: dict):
     plt.close(fig)
 
 
-def replace_dir(tmp: Path, final: Path):
-    """Move a finished folder onto its final name (an old one is dropped first): readers see the
-    old complete folder or the new one, never a half-written one under the final name."""
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-
-
 def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_seconds, history=None,
                  extra=None, features=None, calibrated: dict | None = None) -> dict:
     """Write report.json, confusion.png, reliability.png (and curves.png) to `out_dir`; return the
@@ -99,10 +91,7 @@ def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_secon
               "wall_seconds": round(float(wall_seconds), 2), "class_names": class_names,
               "splits": splits, "calibration": calibration.summary(y_true, y_prob, after, temperature),
               **(extra or {})}
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out_dir) as tmp:
         _plot_confusion(tmp / "confusion.png", splits, class_names)
         calibration.plot_reliability(tmp / "reliability.png", y_true, y_prob, after, temperature)
         if history:
@@ -111,9 +100,6 @@ def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_secon
             from pipeline.looking import write_run_views
             report.update(write_run_views(tmp, features, y_true, y_prob, class_names, splits))
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
-        replace_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return report
 
 

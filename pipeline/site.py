@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from pipeline import store
+from pipeline import outputs, store
 from pipeline.errors import UserError
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -56,7 +56,7 @@ def _page(title: str, body: str, script: str = "") -> str:
 def _features_attrs(path: str, seen: dict) -> dict:
     if path not in seen:
         try:
-            seen[path] = store.read_features(path, splits=()).attrs
+            seen[path] = store.read_features(path, splits=(), values=False).attrs
         except (UserError, OSError):
             seen[path] = {}
     return seen[path]
@@ -194,7 +194,7 @@ def run_html(run: dict, page_dir: Path) -> str:
 def _write_if_changed(path: Path, text: str) -> bool:
     if path.is_file() and path.read_text() == text:
         return False
-    store.write_text_atomic(path, text)
+    outputs.write_text_atomic(path, text)
     return True
 
 

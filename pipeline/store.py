@@ -1,8 +1,9 @@
-"""The feature store: one HDF5 file per settings, written resumably and atomically, read with checks.
+"""The row store: one HDF5 file per settings, written resumably and atomically, read with checks.
+Stage one keeps its features here, stage three its cut activations: "rows" are one array per image.
 
 Layout (schema version 2), readable with plain h5py:
     /train, /val, /test        groups, each with
-        features  (N, D) float32   one embedding per image
+        features  (N, *row_shape)  one row per image (stage one: (N, D) float32 embeddings)
         labels    (N,)   uint8     class index into the `class_names` attribute
         index     (N,)   int64     row of the image in the source's train or test set
         features_mirrored (N, D) float32   only in files made with `--views 2` (root attribute
@@ -19,11 +20,12 @@ not marked done. The final name appears only through an atomic rename of a compl
 
 Schema version 2 (was 1): the same layout; `data_fingerprint` is now assembled from fixed blocks
 of images (see data.BLOCK_ROWS), so it no longer equals a version-1 file's.
+
+Errors speak the caller's words (`Words`): what the file is, how to make one, how to replace a
+damaged one, so a reader of an activation cache is not told to run `make features`.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -34,11 +36,24 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import UserError, first_line
+from pipeline.outputs import Lock, write_text_atomic  # noqa: F401  (re-exported: the older names)
 
 SCHEMA_VERSION = 2
 SPLITS = ("train", "val", "test")
 CHUNK_ROWS = 128
 MIRRORED = "features_mirrored"     # the second view's dataset (views = 2)
+CHECK_ROWS = 4096       # rows per read when checking values without loading a whole split
+
+
+@dataclass(frozen=True)
+class Words:
+    """How the caller names a file of this store in errors."""
+    what: str = "features file"
+    make: str = "run `make features` first"
+    fix: str = "delete it and rerun `python -m pipeline features` with the flags that made it"
+
+
+FEATURES = Words()
 
 
 def settings_hash(settings: dict) -> str:
@@ -62,49 +77,11 @@ def partial_path(path: Path) -> Path:
     return path.with_name(path.name + ".partial")
 
 
-def write_text_atomic(path: Path, text: str):
-    """Write beside, then rename: a reader sees the old file or the whole new one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary name beside `path` (same suffix, so writers pick the format from it); it
-    becomes `path` by one rename when the block succeeds and is removed when it fails."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_dir(path: Path):
-    """Yield an empty temporary folder beside `path`; when the block succeeds it replaces `path`
-    (an old one is dropped first), when it fails it is removed: readers never see half a folder."""
-    import shutil
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 # ---------------------------------------------------------------- reading
 
 @dataclass(frozen=True)
-class FeatureSplit:
-    features: np.ndarray
+class RowSplit:
+    features: np.ndarray      # the rows (the name of the HDF5 dataset)
     labels: np.ndarray
     index: np.ndarray
     mirrored: np.ndarray | None = None    # the mirrored view's features (views = 2 files)
@@ -116,27 +93,30 @@ class FeatureSplit:
 
 
 @dataclass(frozen=True)
-class FeatureSet:
+class RowSet:
     path: Path
     attrs: dict
-    splits: dict[str, FeatureSplit]
+    splits: dict[str, RowSplit]
 
     @property
     def class_names(self) -> list[str]:
         return list(self.attrs["class_names"])
 
 
-def _open(path: Path, mode="r"):
+FeatureSplit, FeatureSet = RowSplit, RowSet      # the older names
+
+
+def _open(path: Path, words: Words = FEATURES, mode="r"):
     import h5py
     if not path.is_file():
-        raise UserError(f"features file {path} does not exist; run `make features` first")
+        raise UserError(f"{words.what} {path} does not exist; {words.make}")
     try:
         return h5py.File(path, mode)
     except OSError as exc:
-        raise UserError(f"{path} is not a readable HDF5 file ({first_line(exc)})") from None
+        raise UserError(f"{path} is not a readable HDF5 file ({first_line(exc)}); {words.fix}") from None
 
 
-def _attrs(f) -> dict:
+def _attrs(f, path: Path, words: Words) -> dict:
     out = {}
     for key, value in f.attrs.items():
         if isinstance(value, bytes):
@@ -149,32 +129,43 @@ def _attrs(f) -> dict:
         out[key] = value
     for key in ("settings", "versions"):
         if isinstance(out.get(key), str):
-            out[key] = json.loads(out[key])
+            try:
+                out[key] = json.loads(out[key])
+            except json.JSONDecodeError:
+                raise UserError(f"{path}: its {key} attribute is not valid JSON; {words.fix}") from None
     return out
 
 
-def check_structure(f, path: Path, require_complete: bool = True) -> dict:
+def is_complete(attrs: dict) -> bool:
+    """Only a real boolean true counts: a hand-edited complete="no" is a non-empty string."""
+    return attrs.get("complete") is True
+
+
+def check_structure(f, path: Path, require_complete: bool = True, words: Words = FEATURES) -> dict:
     """Validate schema and shapes; return the attributes. UserError names what is wrong."""
-    attrs = _attrs(f)
+    attrs = _attrs(f, path, words)
     if attrs.get("schema_version") != SCHEMA_VERSION or "settings_hash" not in attrs:
-        raise UserError(f"{path} is not a features file of this pipeline (schema version "
+        raise UserError(f"{path} is not a {words.what} of this pipeline (schema version "
                         f"{attrs.get('schema_version', 'missing')}, expected {SCHEMA_VERSION})")
-    if require_complete and not attrs.get("complete"):
-        raise UserError(f"{path} is incomplete; rerun `make features` with the same settings to finish it")
+    if require_complete and not is_complete(attrs):
+        if path.name.endswith(".partial"):
+            raise UserError(f"{path} is incomplete: a run is writing it or was interrupted; rerun the command "
+                            "that made it to finish it")
+        raise UserError(f"{path} is incomplete (its complete attribute is {attrs.get('complete')!r}); {words.fix}")
     row_shape = tuple(attrs.get("row_shape", [attrs.get("feature_width")]))
     views = attrs.get("views", 1)
     if views not in (1, 2):
         raise UserError(f"{path} says views={views!r}; a features file holds 1 or 2 views")
     for split in SPLITS:
         if split not in f:
-            raise UserError(f"{path} lacks the {split} split")
+            raise UserError(f"{path} lacks the {split} split; {words.fix}")
         g = f[split]
         if not all(k in g for k in ("features", "labels", "index")):
-            raise UserError(f"{path}: split {split} lacks features, labels or index")
+            raise UserError(f"{path}: split {split} lacks features, labels or index; {words.fix}")
         n = g["labels"].shape[0]
         if g["features"].shape != (n, *row_shape) or g["index"].shape != (n,):
-            raise UserError(f"{path}: split {split} has features {g['features'].shape}, labels ({n},), "
-                            f"index {g['index'].shape}; expected {(n, *row_shape)}")
+            raise UserError(f"{path}: split {split} has rows {g['features'].shape}, labels ({n},), "
+                            f"index {g['index'].shape}; expected {(n, *row_shape)}; {words.fix}")
         if (MIRRORED in g) != (views == 2):
             raise UserError(f"{path}: split {split} {'lacks' if views == 2 else 'has'} {MIRRORED} "
                             f"but the file says views={views}")
@@ -195,74 +186,98 @@ def older_schema(path: Path) -> int | None:
     return int(version) if isinstance(version, (int, np.integer)) and 0 < version < SCHEMA_VERSION else None
 
 
-def read_features(path, expect: dict | None = None, splits=SPLITS) -> FeatureSet:
-    """Load a complete features file into memory. `expect`: settings it must have been made with."""
+def check_settings(attrs: dict, path: Path, words: Words = FEATURES):
+    """The settings stored beside the hash must still hash to it."""
+    if "settings" in attrs and settings_hash(attrs["settings"]) != attrs["settings_hash"]:
+        raise UserError(f"{path} is stale: its settings no longer match its settings_hash "
+                        f"{attrs['settings_hash']}; {words.fix}")
+
+
+def check_values(split: str, labels: np.ndarray, rows, n_classes: int, path: Path, words: Words = FEATURES):
+    """Labels are whole numbers in [0, n_classes) and every row is finite. `rows` may be an h5py
+    dataset: it is then read CHECK_ROWS at a time, never whole."""
+    if len(labels) == 0:
+        raise UserError(f"{path}: the {split} split is empty; {words.fix}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise UserError(f"{path}: {split} labels are {labels.dtype}, not whole numbers; {words.fix}")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= n_classes:
+        raise UserError(f"{path}: {split} has label {low if low < 0 else high} but only {n_classes} class names "
+                        f"(labels must be 0..{n_classes - 1}); {words.fix}")
+    for lo in range(0, len(rows), CHECK_ROWS):
+        chunk = rows[lo:lo + CHECK_ROWS]
+        if not np.isfinite(chunk).all():
+            bad = lo + int(np.argmin(np.isfinite(chunk.reshape(len(chunk), -1)).all(axis=1)))
+            raise UserError(f"{path}: {split} row {bad} holds NaN or infinite values; {words.fix}")
+
+
+def read_rows(path, expect: dict | None = None, splits=SPLITS, words: Words = FEATURES,
+              values: bool = True, n_classes: int | None = None) -> RowSet:
+    """Open a complete file and check everything a reader relies on (schema, completeness, shapes,
+    settings against their hash, labels, finite rows: the splits not loaded are checked chunk by
+    chunk; values=False skips the labels and rows of splits not loaded); load `splits` into memory.
+    `expect`: attributes it must have been made with; `n_classes`: the number of classes when the
+    file does not name them itself (stage three's activation caches)."""
     path = Path(path)
-    with _open(path) as f:
-        attrs = check_structure(f, path)
+    with _open(path, words) as f:
+        attrs = check_structure(f, path, words=words)
         for key, wanted in (expect or {}).items():
             if attrs.get(key) != wanted:
-                raise UserError(f"{path} was made with {key}={attrs.get(key)!r}, not {wanted!r}; "
-                                f"run `make features` with the settings you want")
-        data = {s: FeatureSplit(f[s]["features"][...], f[s]["labels"][...], f[s]["index"][...],
-                                f[s][MIRRORED][...] if MIRRORED in f[s] else None)
-                for s in splits}
-    return FeatureSet(path, attrs, data)
+                raise UserError(f"{path} was made with {key}={attrs.get(key)!r}, not {wanted!r}; {words.fix}")
+        check_settings(attrs, path, words)
+        if n_classes is None:
+            n_classes = len(attrs.get("class_names") or [])
+            if n_classes < 2:
+                raise UserError(f"{path} names {n_classes} classes in class_names; a classifier needs at least 2")
+        data = {}
+        for split in SPLITS:
+            g = f[split]
+            if split not in splits and not values:
+                continue
+            labels = g["labels"][...]
+            rows = g["features"][...] if split in splits else g["features"]
+            check_values(split, labels, rows, n_classes, path, words)
+            if split in splits:
+                data[split] = RowSplit(rows, labels, g["index"][...],
+                                       g[MIRRORED][...] if MIRRORED in g else None)
+    return RowSet(path, attrs, data)
 
 
-def describe(path) -> str:
-    """Human-readable summary for `python -m pipeline info`."""
+read_features = read_rows        # the older name
+
+
+def describe(path, words: Words = FEATURES) -> str:
+    """Human-readable summary for `python -m pipeline info` (also of incomplete or partial files)."""
     path = Path(path)
-    with _open(path) as f:
-        attrs = check_structure(f, path, require_complete=False)
+    with _open(path, words) as f:
+        attrs = check_structure(f, path, require_complete=False, words=words)
         progress = f.get("progress")
         lines = [f"{'file:':<19}{path}",
-                 f"{'complete:':<19}{'yes' if attrs.get('complete') else 'no'}"]
+                 f"{'complete:':<19}{'yes' if is_complete(attrs) else 'no'}"]
         for key in ("schema_version", "settings_hash", "dataset", "source", "backbone", "weights",
                     "input_size", "feature_width", "views", "preprocessing", "precision", "device", "limit",
                     "val_fraction", "split_seed", "batch_size", "data_fingerprint", "created",
                     "elapsed_seconds", "images_per_second"):
             if key in attrs:
                 lines.append(f"{key + ':':<19}{attrs[key]}")
-        lines.append(f"{'class_names:':<19}{', '.join(attrs.get('class_names', []))}")
+        lines.append(f"{'class_names:':<19}{', '.join(map(str, attrs.get('class_names', [])))}")
         lines.append(f"{'versions:':<19}" + ", ".join(f"{k} {v}" for k, v in attrs.get("versions", {}).items()))
+        n_classes = len(attrs.get("class_names", []))
         for i, split in enumerate(SPLITS):
             g = f[split]
             done = f" ({int(progress[split]['done'][...].sum())} rows written)" if progress is not None else ""
-            counts = np.bincount(g["labels"][...], minlength=len(attrs.get("class_names", [])))
-            lines.append(f"{split:<6} features {g['features'].shape} {g['features'].dtype}, "
-                         f"labels {g['labels'].shape}, per class {counts.tolist()}{done}")
+            labels = g["labels"][...].astype(np.int64)
+            inside = (labels >= 0) & (labels < n_classes)
+            counts = np.bincount(labels[inside], minlength=n_classes).tolist()
+            outside = f", {int((~inside).sum())} labels outside 0..{n_classes - 1}" if not inside.all() else ""
+            lines.append(f"{split:<6} rows {g['features'].shape} {g['features'].dtype}, "
+                         f"labels {g['labels'].shape}, per class {counts}{outside}{done}")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- writing
 
-class CacheLock:
-    """Exclusive, non-blocking lock next to a cache file: a second run on the same settings is
-    refused with a clear message instead of writing the same file at once. The OS drops the
-    lock when its process dies, so a killed run never leaves a stale lock."""
-
-    def __init__(self, path: Path):
-        self.path = path.with_name(path.name + ".lock")
-
-    def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise UserError(f"another run is writing {self.path.name[:-5]} right now; "
-                            "wait for it to finish (the result will then be up to date)") from None
-        return self
-
-    def __exit__(self, *exc):
-        try:
-            self.path.unlink()
-        except OSError:
-            pass
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
+CacheLock = Lock          # the older name
 
 
 def _preallocated(group, name, shape, dtype, fill=0):
@@ -274,14 +289,16 @@ def _preallocated(group, name, shape, dtype, fill=0):
     return group.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks, fillvalue=fill, dcpl=dcpl)
 
 
-class FeatureWriter:
+class RowWriter:
     """Writes (or resumes) ``<final>.partial``; ``finish`` marks it complete and renames it.
     Rows are (D,) float32 embeddings by default; `row_shape`/`dtype` allow other per-image arrays
     (stage three caches float16 activation maps the same way). With attrs views = 2 each split
-    also holds the mirrored view's rows, written with the same call."""
+    also holds the mirrored view's rows, written with the same call. Hold the output's Lock around it.
+    On any failure (a full disk included) the file is closed at once: HDF5 left to close a file
+    during interpreter shutdown after a failed write crashes the process."""
 
     def __init__(self, final: Path, attrs: dict, labels: dict, index: dict, row_shape: tuple,
-                 dtype="float32", log=print, block_rows: int | None = None):
+                 dtype="float32", log=print, block_rows: int | None = None, words: Words = FEATURES):
         import h5py
         self.final, self.partial = final, partial_path(final)
         self.final.parent.mkdir(parents=True, exist_ok=True)
@@ -290,15 +307,14 @@ class FeatureWriter:
         if self.partial.exists():
             try:
                 self.file = h5py.File(self.partial, "r+")
-                found = check_structure(self.file, self.partial, require_complete=False)
+                found = check_structure(self.file, self.partial, require_complete=False, words=words)
                 if found["settings_hash"] != attrs["settings_hash"]:
                     raise UserError("made from other settings or images")
                 if not isinstance(self.file.get("progress"), h5py.Group):
                     raise UserError("written by an older version")
                 log(f"resuming {self.partial.name}: {sum(self.rows_written(s) for s in SPLITS)} rows already written")
-            except (UserError, OSError, KeyError) as exc:
-                if self.file is not None:
-                    self.file.close()
+            except (UserError, OSError, KeyError, ValueError, RuntimeError) as exc:
+                self.close()
                 self.file = None
                 log(f"discarding unusable partial file {self.partial.name} ({exc})")
                 self.partial.unlink()
@@ -307,23 +323,27 @@ class FeatureWriter:
 
     def _create(self, attrs, labels, index, row_shape, dtype):
         import h5py
-        f = h5py.File(self.partial, "w")
-        for key, value in attrs.items():
-            f.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
-        f.attrs["complete"] = False
-        for split in SPLITS:
-            n = len(labels[split])
-            g = f.create_group(split)
-            _preallocated(g, "features", (n, *row_shape), dtype, fill=np.nan)
-            if attrs.get("views", 1) == 2:
-                _preallocated(g, MIRRORED, (n, *row_shape), dtype, fill=np.nan)
-            g.create_dataset("labels", data=np.asarray(labels[split], np.uint8))
-            g.create_dataset("index", data=np.asarray(index[split], np.int64))
-            p = f.create_group(f"progress/{split}")
-            _preallocated(p, "done", (n,), np.uint8)
-            if self.block_rows:
-                _preallocated(p, "blocks", (-(-n // self.block_rows), 32), np.uint8)
-        f.flush()
+        self.file = f = h5py.File(self.partial, "w")
+        try:
+            for key, value in attrs.items():
+                f.attrs[key] = json.dumps(value) if isinstance(value, dict) else value
+            f.attrs["complete"] = False
+            for split in SPLITS:
+                n = len(labels[split])
+                g = f.create_group(split)
+                _preallocated(g, "features", (n, *row_shape), dtype, fill=np.nan)
+                if attrs.get("views", 1) == 2:
+                    _preallocated(g, MIRRORED, (n, *row_shape), dtype, fill=np.nan)
+                g.create_dataset("labels", data=np.asarray(labels[split], np.uint8))
+                g.create_dataset("index", data=np.asarray(index[split], np.int64))
+                p = f.create_group(f"progress/{split}")
+                _preallocated(p, "done", (n,), np.uint8)
+                if self.block_rows:
+                    _preallocated(p, "blocks", (-(-n // self.block_rows), 32), np.uint8)
+            f.flush()
+        except BaseException:
+            self.close()
+            raise
         return f
 
     def done_rows(self, split: str) -> np.ndarray:
@@ -341,19 +361,23 @@ class FeatureWriter:
     def write(self, split: str, start: int, rows: np.ndarray, blocks: dict[int, bytes] | None = None):
         """Rows start:start+len(rows), and the digests of blocks whose last row is among them. In a
         2-view file `rows` is (n, 2, D): each image's embedding, then its mirror's."""
-        group = self.file[split]
-        if MIRRORED in group:
-            if rows.ndim < 2 or rows.shape[1] != 2:
-                raise ValueError(f"this file holds 2 views per image; write() was given rows {rows.shape}")
-            group[MIRRORED][start:start + len(rows)] = rows[:, 1]
-            rows = rows[:, 0]
-        group["features"][start:start + len(rows)] = rows
-        self.file.flush()                      # rows reach the OS before progress says so
-        progress = self.file["progress"][split]
-        for block, digest in (blocks or {}).items():
-            progress["blocks"][block] = np.frombuffer(digest, np.uint8)
-        progress["done"][start:start + len(rows)] = 1
-        self.file.flush()
+        try:
+            group = self.file[split]
+            if MIRRORED in group:
+                if rows.ndim < 2 or rows.shape[1] != 2:
+                    raise ValueError(f"this file holds 2 views per image; write() was given rows {rows.shape}")
+                group[MIRRORED][start:start + len(rows)] = rows[:, 1]
+                rows = rows[:, 0]
+            group["features"][start:start + len(rows)] = rows
+            self.file.flush()                      # rows reach the OS before progress says so
+            progress = self.file["progress"][split]
+            for block, digest in (blocks or {}).items():
+                progress["blocks"][block] = np.frombuffer(digest, np.uint8)
+            progress["done"][start:start + len(rows)] = 1
+            self.file.flush()
+        except BaseException:
+            self.close()
+            raise
 
     def block_digests(self, split: str) -> list[bytes]:
         return [row.tobytes() for row in self.file["progress"][split]["blocks"][...]]
@@ -373,5 +397,12 @@ class FeatureWriter:
         return self.final
 
     def close(self):
+        """Close, even after a failed write (when closing itself may fail again: ignored)."""
         if self.file is not None and self.file.id.valid:
-            self.file.close()
+            try:
+                self.file.close()
+            except Exception:
+                pass
+
+
+FeatureWriter = RowWriter        # the older name

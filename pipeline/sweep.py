@@ -19,11 +19,14 @@ import io
 import itertools
 import json
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
-from pipeline import heads, store
+from pipeline import flags, heads, store
 from pipeline.errors import UserError
+from pipeline.outputs import Lock, write_text_atomic
 
 
 def parse_grid(head: str, items) -> dict:
@@ -53,20 +56,50 @@ def configurations(head: str, base: dict, grid: dict) -> list[dict]:
     return out
 
 
-def _train_one(features_path: str, head: str, settings: dict, cache_dir: str, threads: int) -> dict:
-    """One configuration, in a worker process: it reads the features itself (cheaper than
-    shipping the arrays) and returns run.json's content."""
-    fs = heads.load_features(features_path)
-    result = heads.run_head(fs, head, settings, cache_dir, verbose=0, threads=threads)
+_watching = False
+
+
+def _die_with_parent(sweep_pid: int):
+    """Make this worker process exit as soon as the sweep that started it is gone. loky workers
+    outlive a SIGKILLed parent: they finish the configurations already handed to them, then idle
+    for minutes. PR_SET_PDEATHSIG is no cure here (it fires when the parent *thread* that started
+    the worker ends, and loky starts workers from whichever thread is running), so a daemon thread
+    polls the parent id instead: when the parent dies, the worker is re-parented and ends itself."""
+    global _watching
+    if _watching or os.getpid() == sweep_pid:      # --jobs 1 runs in the sweep's own process
+        return
+    _watching = True
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGKILL)   # half-written run folders are removed by the next run
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def _train(fs, head: str, settings: dict, cache_dir: str, threads: int) -> dict:
+    """One configuration: run.json's content, or {"error", "run_dir"} when it failed as a user
+    error (e.g. one learning rate of the grid diverged: the others still count). A configuration
+    that another run (a `head`, another sweep) is training right now is waited for, then read."""
+    try:
+        result = heads.run_head(fs, head, settings, cache_dir, verbose=0, threads=threads, wait=True)
+    except UserError as exc:
+        return {"error": str(exc), "run_dir": heads.run_name(head, fs.attrs["settings_hash"], settings)}
     result.pop("model", None)
     return result
+
+
+def _train_one(features_path: str, head: str, settings: dict, cache_dir: str, threads: int, sweep_pid: int) -> dict:
+    """One configuration, in a worker process: it reads the features itself (cheaper than
+    shipping the arrays)."""
+    _die_with_parent(sweep_pid)
+    return _train(heads.load_features(features_path), head, settings, cache_dir, threads)
 
 
 def _train_shared(fs, head: str, settings: dict, cache_dir: str, threads: int) -> dict:
     """One configuration as a Ray task: `fs` comes from the object store (read-only arrays)."""
-    result = heads.run_head(fs, head, settings, cache_dir, verbose=0, threads=threads)
-    result.pop("model", None)
-    return result
+    return _train(fs, head, settings, cache_dir, threads)
 
 
 def _ray_results(fs, head, todo, cache_dir, threads, address):
@@ -96,8 +129,8 @@ def save_leaderboard(rows: list[dict], path_stem: Path) -> tuple[Path, Path]:
     writer.writeheader()
     writer.writerows(rows)
     json_path, csv_path = path_stem.with_suffix(".json"), path_stem.with_suffix(".csv")
-    store.write_text_atomic(json_path, json.dumps(rows, indent=2))
-    store.write_text_atomic(csv_path, out.getvalue())
+    write_text_atomic(json_path, json.dumps(rows, indent=2))
+    write_text_atomic(csv_path, out.getvalue())
     return json_path, csv_path
 
 
@@ -107,7 +140,7 @@ def add_arguments(p):
                    "dropout=0.2,0.5 (dense), C=0.01,0.1,1 (logreg) or k=5,10,20 (knn); default: just the base "
                    "settings. Which settings each head lets a sweep vary: " + "; ".join(
                        f"{k.name}: {', '.join(k.sweep)}" for k in heads.HEADS.values()))
-    p.add_argument("--jobs", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
+    p.add_argument("--jobs", type=flags.positive_int, default=min(4, os.cpu_count() or 1), metavar="N",
                    help="parallel worker processes (default: min(4, cores))")
     p.add_argument("--engine", default="local", choices=("local", "ray"),
                    help="local: joblib processes (default); ray: Ray tasks sharing one copy of the features")
@@ -116,39 +149,53 @@ def add_arguments(p):
 
 
 def run(args):
-    from joblib import Parallel, delayed
     from pipeline.report import format_table
-    if args.jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     base = heads.settings_from_args(args)
     grid = parse_grid(args.head, args.grid)            # grid mistakes surface before any loading
     fs = heads.features_from_args(args)
     configs = configurations(args.head, base, grid)
     features_hash = fs.attrs["settings_hash"]
+    if args.engine == "local" and args.address is not None:
+        raise UserError("--address applies to --engine ray only")
+    stem = Path(args.cache_dir) / "sweeps" / f"{args.head}-{features_hash}-{store.settings_hash({'base': base, 'grid': grid})}"
+    started = time.perf_counter()
+    # One sweep per grid at a time; a configuration shared with another sweep or a `head` run
+    # is trained once, under that run's own lock.
+    with Lock(stem, also=[stem.with_suffix(".json"), stem.with_suffix(".csv")]):
+        trained, failed = _train_all(args, fs, configs)
+        runs = [r for r in (heads.finished_run(args.cache_dir, args.head, features_hash, c) for c in configs) if r]
+        if not runs:
+            raise UserError(f"no configuration of the sweep finished: {failed[0]}")
+        keys = list(grid) or list(heads.HEADS[args.head].sweep)
+        rows = leaderboard(runs, keys)
+        json_path, csv_path = save_leaderboard(rows, stem)
+    shown = [[i, r["run"], *(r[k] for k in keys), r["val_accuracy"], r["test_accuracy"]] for i, r in enumerate(rows, 1)]
+    print(format_table(["rank", "run", *keys, "val acc", "test acc"], shown))
+    note = f" ({len(failed)} failed, left out)" if failed else ""
+    print(f"trained {trained} in {time.perf_counter() - started:.1f} s{note}; leaderboard: {json_path} and {csv_path}")
+
+
+def _train_all(args, fs, configs) -> tuple[int, list[str]]:
+    """Train the configurations not finished yet (local processes or Ray tasks); returns (how
+    many were trained, error lines of those that failed)."""
+    from joblib import Parallel, delayed
+    features_hash = fs.attrs["settings_hash"]
     todo = [c for c in configs if not heads.finished_run(args.cache_dir, args.head, features_hash, c)]
     print(f"sweep: {len(configs)} configurations of the {args.head} head on {fs.path.name}; "
           f"{len(configs) - len(todo)} already done, {len(todo)} to train")
-    if args.engine == "local" and args.address is not None:
-        raise UserError("--address applies to --engine ray only")
     jobs = min(args.jobs, max(1, len(todo)))
     threads = max(1, (os.cpu_count() or 1) // jobs)    # split the cores; do not oversubscribe them
-    started = time.perf_counter()
     if args.engine == "ray":
         results = _ray_results(fs, args.head, todo, args.cache_dir, threads, args.address) if todo else []
     else:
-        features_path = str(fs.path)
-        del fs                                         # workers read the file themselves
-        tasks = (delayed(_train_one)(features_path, args.head, c, args.cache_dir, threads) for c in todo)
+        tasks = (delayed(_train_one)(str(fs.path), args.head, c, args.cache_dir, threads, os.getpid()) for c in todo)
         results = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(tasks)
+    failed = []
     for i, r in enumerate(results, 1):
+        if "error" in r:
+            failed.append(f"{r['run_dir']}: {r['error']}")
+            print(f"[{i}/{len(todo)}] {r['run_dir']}  failed: {r['error']}", flush=True)
+            continue
         print(f"[{i}/{len(todo)}] {Path(r['run_dir']).name}  val {r['metrics']['val_accuracy']:.4f}  "
               f"({r['metrics']['wall_seconds']:.1f} s)", flush=True)
-
-    runs = [heads.finished_run(args.cache_dir, args.head, features_hash, c) for c in configs]
-    keys = list(grid) or list(heads.HEADS[args.head].sweep)
-    rows = leaderboard(runs, keys)
-    stem = Path(args.cache_dir) / "sweeps" / f"{args.head}-{features_hash}-{store.settings_hash({'base': base, 'grid': grid})}"
-    json_path, csv_path = save_leaderboard(rows, stem)
-    shown = [[i, r["run"], *(r[k] for k in keys), r["val_accuracy"], r["test_accuracy"]] for i, r in enumerate(rows, 1)]
-    print(format_table(["rank", "run", *keys, "val acc", "test acc"], shown))
-    print(f"trained {len(todo)} in {time.perf_counter() - started:.1f} s; leaderboard: {json_path} and {csv_path}")
+    return len(todo) - len(failed), failed

@@ -1,5 +1,10 @@
-"""Shared test fixtures: paths to the real data in ../shared, and stage-one files built once per session."""
+"""Shared test fixtures and helpers: paths to the real data in ../shared, stage-one files built once
+per session, synthetic features files, the CLI in-process and in a subprocess, a small full disk."""
+import contextlib
 import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -136,3 +141,92 @@ def tiny_backbone_features(tiny_backbone, tmp_path_factory) -> Path:
     return run_features(FeatureSettings(data=str(CIFAR_JPG), backbone=str(tiny_backbone), limit=40,
                                         cache_dir=str(tmp_path_factory.mktemp("tiny-backbone-cache"))),
                         log=lambda *a: None)
+
+
+# ---------------------------------------------------------------- synthetic features files
+
+CLASSES = [f"class{i}" for i in range(10)]
+
+
+def synthetic_features(cache: Path, width=16, per_class=(40, 20, 20), shuffle=False, seed=0,
+                       finish=True, settings=None, row_shape=None, **attrs) -> Path:
+    """A stage-one file with the store's schema: 10 Gaussian classes, far apart (separable), or
+    the same points with their labels shuffled. `attrs` override the file's attributes."""
+    import numpy as np
+    from pipeline import store
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0, 3, (len(CLASSES), width))
+    settings = settings or {"dataset": "synthetic", "width": width, "seed": seed, "shuffle": shuffle}
+    base = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(settings),
+            "settings": settings, "feature_width": width, "class_names": CLASSES, "data_fingerprint": "synthetic",
+            "backbone": "synthetic", "weights": "none", "input_size": 32}
+    base.update(attrs)
+    row_shape = row_shape or (width,)
+    labels, index, rows = {}, {}, {}
+    for split, n in zip(store.SPLITS, per_class):
+        y = np.repeat(np.arange(len(CLASSES)), n)
+        x = (means[y] + rng.normal(0, 1, (len(y), width))).astype(np.float32)
+        labels[split], index[split] = (rng.permutation(y) if shuffle else y), np.arange(len(y))
+        rows[split] = x.reshape(len(y), *row_shape)
+    final = cache / "features" / f"synthetic-{base['settings_hash']}.h5"
+    writer = store.FeatureWriter(final, base, labels, index, row_shape, log=lambda *a: None)
+    for split in store.SPLITS:
+        writer.write(split, 0, rows[split])
+    if not finish:
+        writer.close()
+        return store.partial_path(final)
+    return writer.finish({})
+
+
+
+# ---------------------------------------------------------------- the command line
+
+def run_cli(capsys, *argv):
+    """`python -m pipeline ARGV` in-process: (exit code, stdout lines, stderr lines)."""
+    from pipeline.cli import main
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out.strip().splitlines(), err.strip().splitlines()
+
+
+def assert_one_error(code, err, expect: str = ""):
+    """The user-error contract: exit code 2 and exactly one `error: ...` line, no traceback."""
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: "), (code, err)
+    assert expect in err[0], err[0]
+
+
+def spawn_cli(*argv, cwd=ROOT, **kwargs) -> subprocess.Popen:
+    """`python -m pipeline ARGV` in its own process (for kills and concurrent runs)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1"}
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, argv)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+@contextlib.contextmanager
+def small_disk(megabytes: float):
+    """A tmpfs of the given size (a full disk on demand); skips unless the tests run as root."""
+    if os.geteuid() != 0:
+        pytest.skip("a full disk is simulated with a tmpfs mount, which needs root")
+    where = Path(tempfile.mkdtemp(prefix="small-disk-"))
+    size = max(1, int(megabytes * 1024))
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}k", "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        where.rmdir()
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+        where.rmdir()
+
+
+def fill_disk(where: Path, leave_kb: int = 0) -> Path:
+    """Fill a small disk up to `leave_kb` free kilobytes; returns the filler file (delete it to free)."""
+    st = os.statvfs(where)
+    free = st.f_bavail * st.f_frsize - leave_kb * 1024
+    filler = where / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, free))
+    return filler

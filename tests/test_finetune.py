@@ -242,3 +242,78 @@ def test_resnet50_fine_tunes_from_its_default_block(tmp_path):
     moved = {a.name for a, b in zip(before.layers, after.layers)
              if any(not np.array_equal(np.asarray(v), np.asarray(w)) for v, w in zip(a.weights, b.weights))}
     assert moved and all(name.startswith(("conv5_block2", "conv5_block3")) for name in moved), moved
+
+
+def test_a_run_killed_while_exporting_resumes_to_the_best_epoch(tiny_inception_features, head, tmp_path, monkeypatch):
+    """Every epoch done, killed while exporting: `--resume` trains nothing and must export the best
+    epoch's weights, as fit's end restores them in an uninterrupted run (it used to export the last
+    epoch's). Compared with the checkpoint's best weights, not with a second training run: the
+    head's dropout draws from the process's random state, so two runs in one process differ."""
+    import pipeline.finetune as ft
+    save, compile_ = ft.save_model_atomically, ft.compile_model
+    monkeypatch.setattr(ft, "save_model_atomically", lambda model, path: (_ for _ in ()).throw(KeyboardInterrupt))
+    s = settings(tiny_inception_features, head, tmp_path, epochs=2)
+    with pytest.raises(KeyboardInterrupt):
+        run_finetune(s, log=quiet)
+    run_dir = next((tmp_path / "finetune").iterdir())
+    assert not (run_dir / "model.keras").exists() and not list(run_dir.glob(".*tmp*"))
+
+    seen, lines = {}, []
+    monkeypatch.setattr(ft, "save_model_atomically", save)
+    monkeypatch.setattr(ft, "compile_model", lambda model, *a: (seen.update(model=model), compile_(model, *a)))
+    ckpt = run_dir / "checkpoint.npz"
+    with np.load(ckpt) as z:
+        arrays = {k: z[k] for k in z.files}
+    # Discriminating even when the last epoch was the best: best weights that differ from the last ones.
+    for k in [k for k in arrays if k.startswith("b") and arrays[k].dtype.kind == "f"]:
+        arrays[k] = arrays[k] + np.asarray(0.01, arrays[k].dtype)
+    np.savez(ckpt, **arrays)
+    s.resume = True
+    run_finetune(s, log=lines.append)
+    assert any("resuming from epoch 2 of 2" in line for line in lines) and (run_dir / "model.keras").is_file()
+    got = seen["model"].get_weights()
+    assert len(got) == sum(k.startswith("b") for k in arrays)
+    for i, w in enumerate(got):
+        np.testing.assert_array_equal(w, arrays[f"b{i}"])
+
+
+def test_a_second_identical_finetune_is_refused(tiny_inception_features, head, tmp_path, monkeypatch, capsys):
+    import pipeline.finetune as ft
+    argv = ["finetune", "--features", str(tiny_inception_features), "--head", str(head), "--mode", "cached",
+            "--epochs", "1", "--batch-size", "8", "--lr", str(LR), "--precision", "float32", "--cache-dir", str(tmp_path)]
+    second = {}
+
+    def start_a_second_run(*args):          # the first run holds its lock here
+        capsys.readouterr()
+        second["code"] = main(argv)
+        second["err"] = capsys.readouterr().err.strip().splitlines()
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ft, "_training_data", start_a_second_run)
+    assert main(argv) == 130
+    assert second["code"] == 2 and len(second["err"]) == 1 and "another run is writing" in second["err"][0]
+    assert "--resume" in capsys.readouterr().err          # Ctrl-C names the flag that continues
+
+
+def test_a_corrupt_checkpoint_or_a_nan_activation_is_one_error(tiny_inception_features, head, tuned, tmp_path,
+                                                                capsys):
+    import shutil
+    import h5py
+    source_cache = tuned[0].parents[2]
+    shutil.copytree(source_cache / "activations", tmp_path / "activations")
+    run_dir = tmp_path / "finetune" / tuned[0].parent.name
+    run_dir.mkdir(parents=True)
+    (run_dir / "checkpoint.npz").write_bytes(b"PK\x03\x04 truncated by a full disk")
+    argv = ["finetune", "--features", str(tiny_inception_features), "--head", str(head), "--mode", "cached",
+            "--epochs", "2", "--batch-size", "8", "--lr", str(LR), "--precision", "float32", "--cache-dir", str(tmp_path)]
+    code = main([*argv, "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "checkpoint.npz cannot be used" in err[0] and "--resume" in err[0], err
+
+    cache = next((tmp_path / "activations").glob("*.h5"))
+    with h5py.File(cache, "r+") as f:
+        f["train/features"][5] = np.nan
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "train row 5 holds NaN" in err[0], err
+    assert "the next `finetune` run rebuilds it" in err[0] and "make features" not in err[0], err
+    assert not (run_dir / "model.keras").exists()

@@ -10,40 +10,12 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import CLASSES, synthetic_features
 from pipeline import heads, store
 from pipeline.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-CLASSES = [f"class{i}" for i in range(10)]
 FAST_DENSE = {"hidden": 32, "epochs": 20, "patience": 3, "batch_size": 64, "lr": 1e-2}
-
-
-def synthetic_features(cache: Path, width=16, per_class=(40, 20, 20), shuffle=False, seed=0,
-                       finish=True, settings=None, row_shape=None, **attrs) -> Path:
-    """A stage-one file with the store's schema: 10 Gaussian classes, far apart (separable), or
-    the same points with their labels shuffled. `attrs` override the file's attributes."""
-    rng = np.random.default_rng(seed)
-    means = rng.normal(0, 3, (len(CLASSES), width))
-    settings = settings or {"dataset": "synthetic", "width": width, "seed": seed, "shuffle": shuffle}
-    base = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(settings),
-            "settings": settings, "feature_width": width, "class_names": CLASSES, "data_fingerprint": "synthetic",
-            "backbone": "synthetic", "weights": "none", "input_size": 32}
-    base.update(attrs)
-    row_shape = row_shape or (width,)
-    labels, index, rows = {}, {}, {}
-    for split, n in zip(store.SPLITS, per_class):
-        y = np.repeat(np.arange(len(CLASSES)), n)
-        x = (means[y] + rng.normal(0, 1, (len(y), width))).astype(np.float32)
-        labels[split], index[split] = (rng.permutation(y) if shuffle else y), np.arange(len(y))
-        rows[split] = x.reshape(len(y), *row_shape)
-    final = cache / "features" / f"synthetic-{base['settings_hash']}.h5"
-    writer = store.FeatureWriter(final, base, labels, index, row_shape, log=lambda *a: None)
-    for split in store.SPLITS:
-        writer.write(split, 0, rows[split])
-    if not finish:
-        writer.close()
-        return store.partial_path(final)
-    return writer.finish({})
 
 
 def dense(**over):
@@ -159,7 +131,6 @@ for argv in sys.argv[1:]:
     assert rc == 0, (argv, rc)
 import tensorflow as tf
 assert not tf.config.list_physical_devices("GPU")
-assert "pipeline.features" not in sys.modules
 print("NO-BACKBONE-OK")
 """
 
@@ -282,7 +253,7 @@ def test_settings_table_checks_every_default():
 
 def test_bad_jobs(separable, tmp_path, capsys):
     _fails_cleanly(["sweep", "--features", str(separable), "--cache-dir", str(tmp_path), "--jobs", "0"],
-                   capsys, tmp_path, "--jobs must be at least 1")
+                   capsys, tmp_path, "--jobs: expected a positive whole number")
 
 
 # ---------------------------------------------------------------- real transfer

@@ -10,7 +10,7 @@ import pytest
 from pipeline import heads
 from pipeline.cli import main
 from pipeline.sweep import configurations, parse_grid
-from test_heads import synthetic_features
+from conftest import synthetic_features
 
 
 def _sweep(capsys, features, cache, *grid, head="dense", extra=()):

@@ -1,0 +1,76 @@
+"""Flag parsers shared by every stage, so each flag means and checks the same thing everywhere.
+
+Each parser raises argparse.ArgumentTypeError, which the CLI turns into one `error:` line and exit
+code 2. Precisions are listed here once; pipeline.backbone resolves "auto".
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+PRECISION_HELP = "auto: float16 on a GPU, bfloat16 on a CPU with AMX/AVX512-BF16, else float32"
+
+
+def _int(text) -> int:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def positive_int(text) -> int:
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {value}")
+    return value
+
+
+def non_negative_int(text) -> int:
+    """Seeds, epochs, patience: 0 allowed, negative not (NumPy and Keras refuse negative seeds)."""
+    value = _int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
+def finite_float(text) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def cache_dir(text) -> str:
+    """A folder that exists or can be made: a file under that name is refused up front."""
+    path = Path(text)
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise argparse.ArgumentTypeError(f"{p} is a file, not a folder")
+            break
+    return str(text)
+
+
+def add_cache_dir(p, what="outputs"):
+    p.add_argument("--cache-dir", type=cache_dir, default="cache", metavar="DIR",
+                   help=f"where {what} go (default: cache)")
+
+
+def add_precision(p):
+    p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+
+
+def add_seed(p, help_text, default=0):
+    p.add_argument("--seed", type=non_negative_int, default=default, metavar="N", help=help_text)
