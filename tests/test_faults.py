@@ -2,6 +2,7 @@
 input. Each case ends in the correct result or in one `error:` line with exit code 2, with nothing
 wrong under a final name and no process left behind. Tiny sizes throughout (synthetic features, the
 logistic-regression head, which needs no TensorFlow, and a random InceptionV3 at 75x75)."""
+import dataclasses
 import json
 import os
 import signal
@@ -74,8 +75,8 @@ def features_file(tmp_path_factory):
     (["head", "--features", "{features}", "--seed", "-1"], "seed must be a whole number >= 0"),
     (["sweep", "--features", "{features}", "--grid", "seed=0,-1"], "seed must be a whole number >= 0"),
     (["finetune", "--seed", "-1"], "--seed: expected a whole number >= 0"),
-    (["head", "--features", "{features}", "--lr", "inf"], "lr must be positive and finite"),
-    (["head", "--features", "{features}", "--head", "logreg", "--C", "nan"], "C must be positive and finite"),
+    (["head", "--features", "{features}", "--lr", "inf"], "lr must be positive (a finite number > 0)"),
+    (["head", "--features", "{features}", "--head", "logreg", "--C", "nan"], "C must be positive (a finite number > 0)"),
     (["finetune", "--lr", "inf"], "--lr: expected a finite number"),
     (["features", "--val-fraction", "nan"], "--val-fraction: expected a finite number"),
     (["features", "--size", "100000", "--weights", "none"], "GiB of memory per batch"),
@@ -227,13 +228,13 @@ def test_a_second_identical_head_is_refused_and_a_waiting_one_reads_the_result(f
     fs = heads.load_features(features_file)
     settings = heads.make_settings("logreg")
     entered, release = threading.Event(), threading.Event()
-    original = heads.train_logreg
+    original = heads.HEADS["logreg"].train
 
     def slow(*args):
         entered.set()
         release.wait(30)
         return original(*args)
-    monkeypatch.setattr(heads, "train_logreg", slow)
+    monkeypatch.setitem(heads.HEADS, "logreg", dataclasses.replace(heads.HEADS["logreg"], train=slow))
     first = threading.Thread(target=heads.run_head, args=(fs, "logreg", settings, tmp_path))
     first.start()
     try:
