@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import store
+from pipeline import outputs, store
 from pipeline.errors import UserError, first_line
 
 # format -> (file or folder name in the export, largest allowed absolute probability difference)
@@ -185,38 +184,30 @@ def export_run(run_path: Path, fmt: str, cache_dir="cache", n_images: int = 256,
     expected = model.predict(images, batch_size=CHECK_BATCH, verbose=0)
 
     final.parent.mkdir(parents=True, exist_ok=True)
-    with store.CacheLock(final):
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+    with outputs.Lock(final), outputs.atomic_dir(final) as tmp:
         try:
-            try:
-                _WRITE[fmt](model, tmp / name)
-                got = _RUN[fmt](tmp / name, images)
-            except UserError:
-                raise
-            except Exception as exc:     # a converter or exporter failure: say which, in one line
-                raise UserError(f"{fmt} export of {run_dir.name} failed: {first_line(exc)}") from None
-            diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
-            check = {"images": len(images), "split": "test", "source": attrs["source"],
-                     "max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance,
-                     "same_top_class": float(np.mean(got.argmax(1) == expected.argmax(1)))}
-            if not check["passed"]:
-                raise UserError(f"the {fmt} export differs from the Keras model by up to {diff:.2e} in a "
-                                f"probability (allowed {tolerance:.0e}) on {len(images)} test images; not kept")
-            class_names = info.get("class_names") or info["features"]["class_names"]
-            store.write_text_atomic(tmp / "labels.txt", "".join(f"{c}\n" for c in class_names))
-            store.write_text_atomic(tmp / "export.json", json.dumps({
-                **identity, "file": name, "labels": "labels.txt", "run_dir": str(run_dir),
-                "stage": info.get("stage", "head"), "class_names": class_names,
-                "input": {"dtype": "uint8", "shape": [None, *shape[1:]], "pixels": "RGB 0-255"},
-                "output": f"class probabilities (None, {len(class_names)}), softmax of logits / temperature",
-                "check": check, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            }, indent=2))
-            from pipeline.report import replace_dir
-            replace_dir(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _WRITE[fmt](model, tmp / name)
+            got = _RUN[fmt](tmp / name, images)
+        except UserError:
+            raise
+        except Exception as exc:     # a converter or exporter failure: say which, in one line
+            raise UserError(f"{fmt} export of {run_dir.name} failed: {first_line(exc)}") from None
+        diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
+        check = {"images": len(images), "split": "test", "source": attrs["source"],
+                 "max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance,
+                 "same_top_class": float(np.mean(got.argmax(1) == expected.argmax(1)))}
+        if not check["passed"]:
+            raise UserError(f"the {fmt} export differs from the Keras model by up to {diff:.2e} in a "
+                            f"probability (allowed {tolerance:.0e}) on {len(images)} test images; not kept")
+        class_names = info.get("class_names") or info["features"]["class_names"]
+        store.write_text_atomic(tmp / "labels.txt", "".join(f"{c}\n" for c in class_names))
+        store.write_text_atomic(tmp / "export.json", json.dumps({
+            **identity, "file": name, "labels": "labels.txt", "run_dir": str(run_dir),
+            "stage": info.get("stage", "head"), "class_names": class_names,
+            "input": {"dtype": "uint8", "shape": [None, *shape[1:]], "pixels": "RGB 0-255"},
+            "output": f"class probabilities (None, {len(class_names)}), softmax of logits / temperature",
+            "check": check, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        }, indent=2))
     log(f"{fmt}: max |probability difference| {diff:.2e} against the Keras model on {len(images)} "
         f"test images (allowed {tolerance:.0e}); labels.txt beside it")
     return final / name
