@@ -11,12 +11,11 @@ and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
-from bench_features import ROOT, cpu_name, images, plain_and_fast, rate
+from bench_features import ROOT, cpu_name, images, plain_and_fast, rate, save_result
 
 
 def main():
@@ -45,10 +44,7 @@ def main():
     print(format_table(["backbone", "size", "plain float32 images/s", f"fast {precision} images/s", "speed-up"],
                        [[r["backbone"], r["size"], r["plain_images_per_second"], r["fast_images_per_second"],
                          f"{r['speedup']:.2f}x"] for r in rows]))
-    out = ROOT / "cache" / "bench" / "backbones.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(out)
+    save_result("backbones", result)
 
 
 if __name__ == "__main__":

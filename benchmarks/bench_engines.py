@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_features import cpu_name
+from bench_features import cpu_name, save_result
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,10 +112,7 @@ def main():
         "assumed_gpu_images_per_s": args.gpu_rate,
     }
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=2))
-    out = ROOT / "cache" / "bench" / "engines.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(out)
+    save_result("engines", result)
 
 
 if __name__ == "__main__":

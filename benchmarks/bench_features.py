@@ -30,6 +30,16 @@ sys.path.insert(0, str(ROOT))
 SHARED_JPG = ROOT.parent / "shared" / "data" / "cifar10-jpg"
 
 
+def save_result(name: str, result) -> Path:
+    """Every benchmark's result goes to cache/bench/<name>.json, written atomically; prints the path."""
+    from pipeline.outputs import write_json_atomic
+    out = ROOT / "cache" / "bench" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out, result)
+    print(out)
+    return out
+
+
 def images(n):
     import numpy as np
     if SHARED_JPG.is_dir():
@@ -116,10 +126,7 @@ def main():
     result["stage_one_run"] = stage_one_run(args.limit)
     print(f"stage one over {result['stage_one_run']['limit_per_split']} images per split: "
           f"peak RSS {result['stage_one_run']['peak_rss_mb']} MB; {result['stage_one_run']['summary']}")
-    out = ROOT / "cache" / "bench" / "features.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(out)
+    save_result("features", result)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ Writes cache/bench/finetune.json: one entry per precision.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -24,6 +23,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_features import save_result  # noqa: E402
 TRAIN_IMAGES, SIZE, BATCH = 45_000, 299, 32
 
 
@@ -48,10 +49,7 @@ def main():
     for precision in dict.fromkeys(args.precision):
         result = measure(precision, args)
         results[result["precision"]] = result
-    out = ROOT / "cache" / "bench" / "finetune.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print(out)
+    save_result("finetune", results)
 
 
 def measure(precision, args) -> dict:

@@ -24,6 +24,8 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench_features import save_result  # noqa: E402
 SIZES = {"train": 45_000, "val": 5_000, "test": 10_000}
 WIDTH = 2048
 TARGETS = {"load": 2, "dense": 60, "logreg": 120}
@@ -98,10 +100,7 @@ def main():
             results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
             results[name]["within_target"] = results[name]["wall_seconds"] < TARGETS[name]
             print(f"{name:>6}: {results[name]['wall_seconds']:.2f} s, peak RSS {results[name]['peak_rss_mb']} MB")
-    out = ROOT / "cache" / "bench" / "heads.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
-    print(f"wrote {out}")
+    save_result("heads", results)
 
 
 if __name__ == "__main__":
