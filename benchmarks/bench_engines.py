@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_features import cpu_name, save_result
+from bench_features import cpu_name, run_features_cli, save_result
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,16 +28,11 @@ IMAGENET_21K = 14_197_122     # images in the ImageNet-21k (fall 2011) release
 
 
 def stage_one(engine: str, limit: int, backbone: str, cache: str) -> dict:
-    cmd = [sys.executable, "-m", "pipeline", "features", "--data", str(SHARED_JPG), "--limit", str(limit),
-           "--backbone", backbone, "--precision", "float32", "--cache-dir", cache, "--engine", engine]
+    args = ["--data", str(SHARED_JPG), "--limit", str(limit), "--backbone", backbone, "--precision", "float32",
+            "--cache-dir", cache, "--engine", engine]
     if engine == "ray":
-        cmd += ["--workers", "2"]
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"{engine} run failed:\n{proc.stderr[-3000:]}")
-    summary = [line for line in proc.stdout.splitlines() if line.startswith("features:")][-1]
+        args += ["--workers", "2"]
+    wall, summary = run_features_cli(args, f"{engine} run")
     rate = float(summary.split("(")[2].split(" images/s")[0])
     return {"wall_seconds": round(wall, 1), "images_per_second_in_run": rate, "summary": summary}
 

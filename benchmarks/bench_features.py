@@ -74,20 +74,26 @@ def plain_and_fast(backbone, precision):
     return plain, ours
 
 
+def run_features_cli(args: list[str], what: str) -> tuple[float, str]:
+    """`python -m pipeline features ARGS` in a child process: (wall seconds, its last `features:` line)."""
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "features", *args], cwd=ROOT,
+                          capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{proc.stderr[-3000:]}")
+    return wall, [line for line in proc.stdout.splitlines() if line.startswith("features:")][-1]
+
+
 def stage_one_run(limit):
     """The real CLI in a subprocess: its peak RSS is what a user's run costs."""
     with tempfile.TemporaryDirectory() as cache:
-        cmd = [sys.executable, "-m", "pipeline", "features", "--weights", "none", "--cache-dir", cache]
+        args = ["--weights", "none", "--cache-dir", cache]
         if SHARED_JPG.is_dir():
-            cmd += ["--data", str(SHARED_JPG)]
+            args += ["--data", str(SHARED_JPG)]
         if limit:
-            cmd += ["--limit", str(limit)]
-        started = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        wall = time.perf_counter() - started
-        if proc.returncode != 0:
-            raise SystemExit(f"stage one failed:\n{proc.stderr[-2000:]}")
-        summary = [line for line in proc.stdout.splitlines() if line.startswith("features:")][-1]
+            args += ["--limit", str(limit)]
+        wall, summary = run_features_cli(args, "stage one")
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return {"limit_per_split": limit or "all", "wall_seconds": round(wall, 1), "peak_rss_mb": round(peak_mb),
             "summary": summary}
