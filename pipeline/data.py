@@ -4,7 +4,7 @@ Accepted sources (``load_dataset``):
 - ``None``: ``keras.datasets.cifar10.load_data()`` (downloads once, then Keras's cache);
 - a ``cifar-10-batches-py`` folder (data_batch_1..5, test_batch, batches.meta);
 - a ``cifar-10-python.tar.gz`` tarball holding that folder;
-- an image-folder tree ``train/<class>/*`` and ``test/<class>/*`` (JPEG/PNG, RGB, any sizes);
+- an image-folder tree ``train/<class>/*`` and ``test/<class>/*`` (JPEG, PNG, BMP, GIF, WebP, TIFF; any size; grayscale, palette, RGBA and 16-bit read as 8-bit RGB);
   the class order is the sorted folder names, which for CIFAR-10 is its label order.
 
 Nothing here decodes a whole image folder at once: a split holds labels, source indices and an
@@ -29,7 +29,7 @@ from pipeline.errors import UserError, first_line
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}   # stage one and predict
 BATCH_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 FORMATS_HELP = ("--data takes a cifar-10-batches-py folder, a cifar-10-python.tar.gz, "
                 "or an image-folder tree train/<class>/*.jpg and test/<class>/*.jpg")
@@ -260,17 +260,29 @@ def _class_folders(root: Path) -> list[str]:
     return sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+def rgb8(img):
+    """A PIL image as 8-bit RGB, the way stage one and predict both read files. Grayscale, palette,
+    CMYK and RGBA (alpha dropped, as torchvision's ImageFolder does) convert; PIL's convert("RGB")
+    would clip 16-bit pixels (all white) and truncate float ones (all black), so 16-bit images are
+    scaled down, and images whose range is not fixed (32-bit integer or float) are refused rather
+    than guessed."""
+    from PIL import Image
+    if img.mode.startswith("I;16"):
+        pixels = (np.asarray(img, dtype=np.uint32) * 255 + 32767) // 65535
+        img = Image.fromarray(pixels.astype(np.uint8))
+    elif img.mode in ("I", "F"):
+        kind = "32-bit integer" if img.mode == "I" else "floating-point"
+        raise ValueError(f"a {kind} image has no fixed pixel range; save it as 8-bit (or 16-bit) RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
 def _read_image(path: Path) -> np.ndarray:
     from PIL import Image
     try:
         with Image.open(path) as img:
-            if img.mode != "RGB":
-                raise UserError(f"{path} is a {img.mode} image; expected RGB")
-            return np.asarray(img, dtype=np.uint8)
-    except UserError:
-        raise
+            return np.asarray(rgb8(img), dtype=np.uint8)
     except Exception as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from None
+        raise UserError(f"cannot read image {path}: {first_line(exc)}") from None
 
 
 def _folder_files(root: Path, classes: list[str]) -> tuple[list[Path], np.ndarray]:
@@ -280,7 +292,7 @@ def _folder_files(root: Path, classes: list[str]) -> tuple[list[Path], np.ndarra
     for label, name in enumerate(classes):
         found = sorted(p for p in (root / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not found:
-            raise UserError(f"class folder {root / name} holds no JPEG or PNG images")
+            raise UserError(f"class folder {root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         files += found
         labels += [label] * len(found)
     return files, np.asarray(labels, dtype=np.uint8)

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.data import IMAGE_SUFFIXES, rgb8
 from pipeline.errors import UserError, first_line
 
 TOP = 3
 BATCH = 64
 EXIT_SKIPPED = 3
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
 def add_arguments(p):
@@ -89,20 +89,6 @@ def expand(patterns: list[str]) -> list[Path]:
     return list(found)
 
 
-def _eight_bit(img):
-    """The image as 8-bit RGB. PIL's convert("RGB") clips 16-bit pixels (all white) and truncates
-    float ones (all black), so 16-bit images are scaled down, and images whose range is not fixed
-    (32-bit integer or float) are refused rather than guessed."""
-    from PIL import Image
-    if img.mode.startswith("I;16"):
-        pixels = (np.asarray(img, dtype=np.uint32) * 255 + 32767) // 65535
-        img = Image.fromarray(pixels.astype(np.uint8))
-    elif img.mode in ("I", "F"):
-        kind = "32-bit integer" if img.mode == "I" else "floating-point"
-        raise ValueError(f"a {kind} image has no fixed pixel range; save it as 8-bit (or 16-bit) RGB")
-    return img.convert("RGB")
-
-
 def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     """uint8 (H, W, 3) at `size`; a UserError with the reason when the file cannot be read."""
     from PIL import Image
@@ -110,7 +96,7 @@ def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
         raise UserError(f"image {path} does not exist")
     try:
         with Image.open(path) as img:
-            img = _eight_bit(img)
+            img = rgb8(img)
             if img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.asarray(img, dtype=np.uint8)

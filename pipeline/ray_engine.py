@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import uuid
 
 import numpy as np
 
-from pipeline import data
+from pipeline import data, reaper
 from pipeline.engine import CRASH_ENV, ExtractorSpec, Shard, maybe_crash, shard_batches
 from pipeline.errors import UserError, first_line
 
@@ -34,10 +35,11 @@ def _import_ray():
 
 class Session:
     """Joins a cluster (`address`), or starts a local instance that it alone shuts down again, on
-    any exit including Ctrl-C. An instance already running in this process (tests) is used as is."""
+    any exit including Ctrl-C, and that a watchdog (pipeline.reaper) removes even after a SIGKILL.
+    An instance already running in this process (tests) is used as is."""
 
     def __init__(self, address: str | None):
-        self.ray, self.address, self.started = _import_ray(), address, False
+        self.ray, self.address, self.started, self.watchdog = _import_ray(), address, False, None
 
     def __enter__(self):
         ray = self.ray
@@ -45,6 +47,9 @@ class Session:
             kwargs = dict(include_dashboard=False, logging_level="ERROR", log_to_driver=False, configure_logging=True)
             try:
                 if self.address is None:
+                    mark = uuid.uuid4().hex
+                    self.watchdog = reaper.start(mark)
+                    os.environ[reaper.MARK_ENV] = mark     # inherited by every process of the instance
                     ray.init(object_store_memory=LOCAL_OBJECT_STORE, **kwargs)
                 else:
                     ray.init(address=self.address, **kwargs)
@@ -59,6 +64,9 @@ class Session:
     def __exit__(self, *exc):
         if self.started:
             self.ray.shutdown()
+        if self.watchdog is not None:
+            os.environ.pop(reaper.MARK_ENV, None)
+            reaper.finish(self.watchdog)
 
 
 def check_resources(ray, workers: int, gpus_per_worker: float):

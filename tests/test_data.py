@@ -119,11 +119,32 @@ def test_offline_keras_download_names_the_local_formats(monkeypatch):
         data.load_dataset(None)
 
 
-def _gray_tree(root):
+def _float_image_tree(root):
     train_x, train_y, test_x, test_y = synthetic_cifar(10, 10)
     write_image_tree(root, train_x, train_y, test_x, test_y, [f"c{i}" for i in range(10)])
-    Image.fromarray(train_x[0, :, :, 0]).save(root / "train" / "c0" / "0000.png")
+    Image.fromarray(train_x[0, :, :, 0].astype(np.float32)).save(root / "train" / "c0" / "0000.tif")
     return root
+
+
+def test_images_in_other_modes_are_read_as_rgb(tmp_path):
+    """A real photo folder mixes grayscale, palette, RGBA and 16-bit files: stage one reads each as the
+    8-bit RGB image it shows, as predict does (one conversion, data.rgb8)."""
+    rgb = synthetic_cifar(4, 4)[0][:4]
+    gray = rgb[0, :, :, 0]
+    as_rgb = np.repeat(gray[..., None], 3, axis=2)
+    cases = [(Image.fromarray(gray), as_rgb),                                          # L
+             (Image.fromarray(rgb[1]).convert("RGBA"), rgb[1]),                        # RGBA: alpha dropped
+             (Image.fromarray(gray.astype(np.uint16) * 257), as_rgb),                  # I;16, scaled to 8 bits
+             (Image.fromarray(rgb[3]).quantize(64), None)]                             # P: its palette colours
+    paths = []
+    for k, (img, _) in enumerate(cases):
+        paths.append(str(tmp_path / f"{k}.png"))
+        img.save(paths[-1])
+    got = data.FileImages(np.asarray(paths)).read()
+    for (img, want), pixels in zip(cases, got):
+        want = np.asarray(img.convert("RGB")) if want is None else want
+        assert pixels.dtype == np.uint8 and pixels.shape == (32, 32, 3)
+        np.testing.assert_array_equal(pixels, want)
 
 
 def _mismatched_tree(root):
@@ -163,7 +184,7 @@ def _unknown_file(root):
 @pytest.mark.parametrize("make, message", [
     (lambda root: root / "nowhere", "does not exist"),
     (_unknown_file, "unknown data format"),
-    (_gray_tree, "is a L image; expected RGB"),
+    (_float_image_tree, "floating-point image has no fixed pixel range"),
     (_mismatched_tree, r"class folders .* differ \(only in train: \['c9'\]; only in test: \['other'\]\)"),
     (_corrupt_image_tree, "cannot read image"),
     (_batches_missing_one, "lacks data_batch_3"),

@@ -30,12 +30,14 @@ ray = pytest.importorskip("ray")
 
 
 def ray_pids(marker: str) -> list[int]:
-    """Processes whose command line names this test's private Ray temp dir."""
+    """Processes whose command line or environment (RAY_TMPDIR, inherited by every process of the
+    instance, also by agents that rename themselves `ray::DashboardAgent`) names this test's private
+    Ray temp dir."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if marker.encode() in (entry / "cmdline").read_bytes():
+                if any(marker.encode() in (entry / name).read_bytes() for name in ("cmdline", "environ")):
                     pids.append(int(entry.name))
             except OSError:
                 pass
@@ -50,7 +52,7 @@ def kill_all(marker: str):
             pass
 
 
-def wait_gone(marker: str, seconds: float = 30) -> list[int]:
+def wait_gone(marker: str, seconds: float = 20) -> list[int]:
     deadline = time.time() + seconds
     while ray_pids(marker) and time.time() < deadline:
         time.sleep(0.5)
