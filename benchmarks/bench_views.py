@@ -9,7 +9,7 @@ and real CIFAR-10 JPEGs.
   alternating rounds (best of each), so that both see the same machine load.
 
 Usage: bench_views.py [--features FILE_WITH_2_VIEWS | --limit N] [--cache-dir DIR]; without --features it
-runs stage one with --views 2 and --limit N (default 500 train + 500 test images). Writes <cache>/bench/views.json.
+runs stage one with --views 2 and --limit N (default 500 train + 500 test images). Writes cache/bench/views.json.
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+from bench_features import cpu_name, save_result
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,14 +76,12 @@ def main():
     one = dataclasses.replace(two, splits={k: dataclasses.replace(s, mirrored=None) for k, s in two.splits.items()})
     result = {"features": str(path), "rows": {k: len(s.labels) for k, s in two.splits.items()},
               "stage_one_seconds_two_views": two.attrs.get("elapsed_seconds"),
-              "cpu": _cpu(), "views": {}}
+              "cpu": f"{cpu_name()}, {os.cpu_count()} cores", "views": {}}
     for n, fs in ((1, one), (2, two)):
         result["views"][n] = heads_on(fs, cache / "bench" / f"views-{n}")
     test = load_splits(two.attrs, None)["test"].x[:args.timing_images]
     result["extraction"] = extraction_rates(str(BACKBONE), test)
-    out = cache / "bench" / "views.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = save_result("views", result)
     for n in (1, 2):
         v = result["views"][n]
         c = v["dense"]["calibration"]["test"]
@@ -89,13 +89,6 @@ def main():
               f"{c['ece_after']:.4f}, T {v['dense']['calibration']['temperature']:.3f}), "
               f"logreg test {v['logreg']['test_accuracy']:.4f} (ECE {v['logreg']['calibration']['test']['ece_before']:.4f})")
     print(json.dumps(result["extraction"]), f"-> {out}")
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
-    return f"{os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

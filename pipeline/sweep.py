@@ -56,23 +56,16 @@ def configurations(head: str, base: dict, grid: dict) -> list[dict]:
     return out
 
 
-_watching = False
-
-
 def _die_with_parent(sweep_pid: int):
-    """Make this worker process exit as soon as the sweep that started it is gone. loky workers
-    outlive a SIGKILLed parent: they finish the configurations already handed to them, then idle
-    for minutes. PR_SET_PDEATHSIG is no cure here (it fires when the parent *thread* that started
-    the worker ends, and loky starts workers from whichever thread is running), so a daemon thread
-    polls the parent id instead: when the parent dies, the worker is re-parented and ends itself."""
-    global _watching
-    if _watching or os.getpid() == sweep_pid:      # --jobs 1 runs in the sweep's own process
-        return
-    _watching = True
-    parent = os.getppid()
-
+    """Run in each worker process as it starts (loky's initializer): exit as soon as the sweep that
+    started it is gone. loky workers outlive a SIGKILLed parent: they finish the configurations already
+    handed to them, then idle for loky's idle timeout (300 s; measured: a sweep killed while its workers
+    were still starting left them, and the pipes they hold, for 340 s). PR_SET_PDEATHSIG is no cure here
+    (it fires when the parent *thread* that started the worker ends, and loky starts workers from
+    whichever thread is running), so a daemon thread polls the parent id instead: once it is no longer
+    the sweep (dead already, or re-parented since), the worker ends itself."""
     def watch():
-        while os.getppid() == parent:
+        while os.getppid() == sweep_pid:
             time.sleep(0.2)
         os.kill(os.getpid(), signal.SIGKILL)   # half-written run folders are removed by the next run
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
@@ -90,10 +83,9 @@ def _train(fs, head: str, settings: dict, cache_dir: str, threads: int) -> dict:
     return result
 
 
-def _train_one(features_path: str, head: str, settings: dict, cache_dir: str, threads: int, sweep_pid: int) -> dict:
+def _train_one(features_path: str, head: str, settings: dict, cache_dir: str, threads: int) -> dict:
     """One configuration, in a worker process: it reads the features itself (cheaper than
     shipping the arrays)."""
-    _die_with_parent(sweep_pid)
     return _train(heads.load_features(features_path), head, settings, cache_dir, threads)
 
 
@@ -188,8 +180,9 @@ def _train_all(args, fs, configs) -> tuple[int, list[str]]:
     if args.engine == "ray":
         results = _ray_results(fs, args.head, todo, args.cache_dir, threads, args.address) if todo else []
     else:
-        tasks = (delayed(_train_one)(str(fs.path), args.head, c, args.cache_dir, threads, os.getpid()) for c in todo)
-        results = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered")(tasks)
+        tasks = (delayed(_train_one)(str(fs.path), args.head, c, args.cache_dir, threads) for c in todo)
+        results = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered",
+                           initializer=_die_with_parent, initargs=(os.getpid(),))(tasks)
     failed = []
     for i, r in enumerate(results, 1):
         if "error" in r:

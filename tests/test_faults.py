@@ -306,7 +306,7 @@ def test_sigkill_of_a_sweep_takes_its_workers_along_and_the_rerun_finishes(tmp_p
         time.sleep(0.1)
     assert len(workers) == 2, "the sweep never started its workers"
     victim.send_signal(signal.SIGKILL)
-    victim.communicate()
+    victim.wait()            # not communicate(): a surviving worker would hold the pipes open
     deadline = time.time() + 10
     while time.time() < deadline and any(_alive(w) for w in workers):
         time.sleep(0.1)
@@ -316,6 +316,7 @@ def test_sigkill_of_a_sweep_takes_its_workers_along_and_the_rerun_finishes(tmp_p
         for w in workers:
             if _alive(w):
                 os.kill(w, signal.SIGKILL)
+        victim.communicate(timeout=30)
     rerun = spawn_cli(*argv)
     out, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, err
