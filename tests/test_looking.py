@@ -38,21 +38,23 @@ def audit_json(capsys, path, cache, *extra):
 def test_audit_finds_every_planted_copy_and_nothing_else(planted, tmp_path, capsys):
     path, root, fs = planted
     want = lh.planted_pairs(fs)
-    result, out = audit_json(capsys, path, tmp_path)
+    result, out = audit_json(capsys, path, tmp_path, "--threshold", "0.85")
     test_pairs = {(p["source_index"], p["other_source_index"]) for p in result["pairs"] if p["split"] == "test"}
     assert test_pairs == want                                # every copy, and no other pair >= 0.85
     assert all(p["exact"] and p["similarity"] > 0.9999 for p in result["pairs"] if p["split"] == "test")
     assert not [p for p in result["pairs"] if p["split"] == "val"]
     s = result["summary"]["test"]
     assert (s["with_duplicate"], s["exact_copies"], s["rows"]) == (5, 5, len(fs.splits["test"].labels))
-    assert (tmp_path / "audit").is_dir() and Path(out[-1], "pairs.png").is_file()
+    assert s["with_duplicate_at"] == {str(t): 5 for t in (0.88, 0.9, 0.92, 0.95, 0.98)}   # copies: similarity ~1
+    assert "test images with a match at a stricter threshold: >= 0.88: 5," in "\n".join(out)
+    assert all(Path(out[-1], name).is_file() for name in ("pairs.png", "borderline.png"))
     # the pair gallery's partners really are the planted files
     for p in result["pairs"]:
         a = folder_file(root, "test", p["source_index"])
         b = folder_file(root, "train", p["other_source_index"])
         assert a.name == "zz-copy.jpg" and a.read_bytes() == b.read_bytes()
     # the same question again is up to date
-    again, out2 = audit_json(capsys, path, tmp_path)
+    again, out2 = audit_json(capsys, path, tmp_path, "--threshold", "0.85")
     assert again == result and any(line.startswith("up to date") for line in out2)
 
 
