@@ -52,11 +52,18 @@ def kill_all(marker: str):
             pass
 
 
-def wait_gone(marker: str, seconds: float = 20) -> list[int]:
+def wait_gone(marker: str, seconds: float = 20) -> list[str]:
+    """What is still running after `seconds`, as 'pid: command line'."""
     deadline = time.time() + seconds
     while ray_pids(marker) and time.time() < deadline:
         time.sleep(0.5)
-    return ray_pids(marker)
+    left = []
+    for pid in ray_pids(marker):
+        try:
+            left.append(f"{pid}: {Path(f'/proc/{pid}/cmdline').read_bytes()[:100].replace(bytes(1), b' ').decode()}")
+        except OSError:
+            pass
+    return left
 
 
 @pytest.fixture(scope="module")
