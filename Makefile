@@ -57,11 +57,12 @@ finetune: $(STAMP)
 	$(PY) -m pipeline finetune $(call opt,--features,$(FEATURES)) $(call opt,--head,$(HEADFILE)) \
 		$(call opt,--backbone,$(filter %.keras,$(BACKBONE))) --cache-dir $(CACHE) $(ARGS)
 
+# Two processes (pytest-xdist): many tests wait on subprocesses, sleeps and I/O, so two share 2 cores well.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n 2 -m "not slow"
 
 bench: $(STAMP)
 	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done

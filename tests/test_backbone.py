@@ -111,6 +111,7 @@ def test_auto_precision_follows_the_device():
         bb.resolve_precision("int8")
 
 
+@pytest.mark.slow
 def test_weights_file_gives_the_same_network(tmp_path, inception):
     path = tmp_path / "inception.weights.h5"
     inception.model.get_layer("inception_v3").save_weights(path)

@@ -51,6 +51,7 @@ def test_temperature_lowers_validation_nll_of_a_deliberately_overconfident_head(
                                calibration.scaled_probs(calibration.as_logits(probs), t), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_reports_carry_ece_and_the_dense_head_its_temperature(tiny_backbone_features, tmp_path):
     from pipeline.heads import load_features, make_settings, predict_proba, run_head
     fs = load_features(tiny_backbone_features)

@@ -96,6 +96,7 @@ def test_every_format_reloads_without_the_project_and_matches_the_keras_model(ru
         np.testing.assert_allclose(got[key].sum(axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_exported_model_is_the_run_with_its_temperature(runs):
     """Backbone + head, and softmax(log p / T) of that with the run's fitted T."""
     import keras

@@ -131,6 +131,7 @@ def test_info_on_non_json_settings_is_one_error(tmp_path, capsys):
     assert_one_error(*run_cli(capsys, "info", path)[::2], "settings attribute is not valid JSON")
 
 
+@pytest.mark.slow
 def test_a_damaged_final_features_file_is_never_up_to_date(batches_dir, tmp_path, capsys):
     """`features` reports a damaged file (NaN rows here) with the fix instead of "up to date", and
     the fix works: deleting it and rerunning recomputes the same file."""

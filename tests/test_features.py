@@ -51,6 +51,7 @@ def test_writes_the_documented_schema(capsys, batches_dir, tmp_path):
     assert "complete:          yes" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_rerun_is_up_to_date_and_changed_settings_give_a_new_file(capsys, batches_dir, tmp_path, monkeypatch):
     from pipeline import features as stage_one
     from pipeline.backbone import resolve_precision
@@ -70,6 +71,7 @@ def test_rerun_is_up_to_date_and_changed_settings_give_a_new_file(capsys, batche
     assert len({first, Path(out[-1]), Path(out2[-1])}) == 3
 
 
+@pytest.mark.slow
 def test_stored_features_equal_the_plain_keras_model_on_real_images(tiny_inception_features):
     from pipeline.backbone import build_backbone
     from pipeline.data import load_dataset
@@ -142,6 +144,7 @@ def test_second_concurrent_run_is_refused(capsys, batches_dir, tmp_path):
     assert not final.exists()
 
 
+@pytest.mark.slow
 def test_disk_full_leaves_no_final_file_and_resumes(capsys, batches_dir, tmp_path, monkeypatch):
     real_write = store.FeatureWriter.write
     calls = []
@@ -189,6 +192,7 @@ def test_bad_flags_give_one_error_line_and_exit_2(capsys, batches_dir, tmp_path,
     assert not list(tmp_path.rglob("*.h5"))
 
 
+@pytest.mark.slow
 def test_unreadable_weights_file_exits_2_without_traceback(tmp_path):
     junk = tmp_path / "junk.weights.h5"
     junk.write_bytes(b"garbage")

@@ -65,6 +65,7 @@ def fresh_parts(features, head_path):
     return attrs, bb, surgery.split(bb.model, keras.models.load_model(head_path), "mixed9")
 
 
+@pytest.mark.slow
 def test_only_the_top_blocks_train_and_batchnorm_statistics_never_move(tiny_inception_features, head, tuned):
     import keras
     path, seen = tuned
@@ -85,6 +86,7 @@ def test_only_the_top_blocks_train_and_batchnorm_statistics_never_move(tiny_ince
     assert len(seen["history"]["loss"]) == 2 and np.isfinite(seen["history"]["loss"]).all()
 
 
+@pytest.mark.slow
 def test_starting_model_predicts_what_the_head_does_on_the_stored_features(tiny_inception_features, head, tmp_path,
                                                                            captured):
     import keras
@@ -98,6 +100,7 @@ def test_starting_model_predicts_what_the_head_does_on_the_stored_features(tiny_
     assert captured["extra"]["comparison"]["delta"] == {"val_accuracy": 0.0, "test_accuracy": 0.0}
 
 
+@pytest.mark.slow
 def test_exported_model_reloads_and_predicts_the_same(tiny_inception_features, tuned):
     import keras
     path, seen = tuned
@@ -116,6 +119,7 @@ def _reset_dropout(model, states):
         layer.seed_generator.state.assign(state)
 
 
+@pytest.mark.slow
 def test_one_step_cached_equals_one_step_end_to_end(tiny_inception_features, head, tmp_path):
     """Same weights, same batch, one SGD step: fed the float32 cut activations, the cached-mode update
     equals the end-to-end one to 1e-4 (relative L2 over all trainable variables); from the float16
@@ -155,6 +159,7 @@ def test_one_step_cached_equals_one_step_end_to_end(tiny_inception_features, hea
     assert gap("cached") < 0.05, gap("cached")                                  # plus float16 storage
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint(tiny_inception_features, head, tmp_path, monkeypatch, captured):
     from pipeline import checkpoint
     original = checkpoint.Checkpoint.on_epoch_end
@@ -244,6 +249,7 @@ def test_resnet50_fine_tunes_from_its_default_block(tmp_path):
     assert moved and all(name.startswith(("conv5_block2", "conv5_block3")) for name in moved), moved
 
 
+@pytest.mark.slow
 def test_a_run_killed_while_exporting_resumes_to_the_best_epoch(tiny_inception_features, head, tmp_path, monkeypatch):
     """Every epoch done, killed while exporting: `--resume` trains nothing and must export the best
     epoch's weights, as fit's end restores them in an uninterrupted run (it used to export the last
@@ -294,6 +300,7 @@ def test_a_second_identical_finetune_is_refused(tiny_inception_features, head, t
     assert "--resume" in capsys.readouterr().err          # Ctrl-C names the flag that continues
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_or_a_nan_activation_is_one_error(tiny_inception_features, head, tuned, tmp_path,
                                                                 capsys):
     import shutil

@@ -52,6 +52,7 @@ def save_images(folder, n, seed=0):
     return images, paths
 
 
+@pytest.mark.slow
 def test_prints_the_top_three_classes_of_each_image(model, tmp_path, capsys):
     (small,), (a,) = save_images(tmp_path, 1)
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (80, 60), dtype=np.uint8)).convert("L").save(

@@ -101,6 +101,7 @@ def assert_same_file(a_path, b_path):
         np.testing.assert_allclose(a[split]["features"], b[split]["features"], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_ray_equals_local_and_gives_each_worker_its_own_gpu(ray_instance, mixed, tmp_path, capsys):
     args, local = mixed
     capsys.readouterr()
@@ -114,6 +115,7 @@ def test_ray_equals_local_and_gives_each_worker_its_own_gpu(ray_instance, mixed,
         assert sorted(f.attrs["worker_devices"]) == ["0", "1"]      # Ray's CUDA_VISIBLE_DEVICES per actor
 
 
+@pytest.mark.slow
 def test_a_crashed_worker_is_replaced_and_its_shard_retried(ray_instance, mixed, tmp_path, capsys, monkeypatch):
     args, local = mixed
     marker = tmp_path / "crashed-once"
@@ -186,6 +188,7 @@ def test_killed_or_interrupted_driver_resumes_and_leaves_no_ray_process(tmp_path
         shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_sweep_on_ray_shares_the_features_and_ranks_like_local(ray_instance, tmp_path, capsys):
     from test_heads import synthetic_features
     features = synthetic_features(tmp_path, width=16, per_class=(30, 20, 20))

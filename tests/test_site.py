@@ -56,6 +56,7 @@ def all_runs(cache: Path) -> list[str]:
     return sorted(p.parent.name for p in [*cache.glob("heads/*/run.json"), *cache.glob("finetune/*/run.json")])
 
 
+@pytest.mark.slow
 def test_index_lists_every_run_and_every_link_exists(cache, capsys):
     index = cache / "reports" / "index.html"
     runs = all_runs(cache)
@@ -88,6 +89,7 @@ def test_index_lists_every_run_and_every_link_exists(cache, capsys):
     assert (index.parent / run_links[0]).is_file()
 
 
+@pytest.mark.slow
 def test_removed_runs_leave_the_page(cache, tmp_path):
     copy = tmp_path / "c"
     shutil.copytree(cache, copy)

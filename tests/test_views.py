@@ -50,6 +50,7 @@ def test_a_two_view_file_missing_a_view_is_refused(two_views, tmp_path, capsys):
     assert "lacks features_mirrored" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_heads_train_on_both_views_and_evaluate_on_their_mean(two_views, tmp_path):
     from pipeline.heads import load_features, make_settings, predict_proba, run_head
     fs = load_features(two_views)
