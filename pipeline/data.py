@@ -4,7 +4,8 @@ Accepted sources (``load_dataset``):
 - ``None``: ``keras.datasets.cifar10.load_data()`` (downloads once, then Keras's cache);
 - a ``cifar-10-batches-py`` folder (data_batch_1..5, test_batch, batches.meta);
 - a ``cifar-10-python.tar.gz`` tarball holding that folder;
-- an image-folder tree ``train/<class>/*`` and ``test/<class>/*`` (JPEG, PNG, BMP, GIF, WebP, TIFF; any size; grayscale, palette, RGBA and 16-bit read as 8-bit RGB);
+- an image-folder tree ``train/<class>/*`` and ``test/<class>/*`` (JPEG, PNG, BMP, GIF, WebP, TIFF; any
+  size; grayscale, palette, RGBA and 16-bit files are read as 8-bit RGB);
   the class order is the sorted folder names, which for CIFAR-10 is its label order.
 
 Nothing here decodes a whole image folder at once: a split holds labels, source indices and an
