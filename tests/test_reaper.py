@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from test_faults import _alive as _running
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the watchdog reads /proc (Linux)")
 
@@ -28,13 +29,6 @@ unmarked = subprocess.Popen(["sleep", "60"], env=env)
 print(before.pid, marked.pid, unmarked.pid, flush=True)
 time.sleep(60)
 """
-
-
-def _running(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_a_killed_drivers_new_processes_die_with_it_and_older_ones_do_not():
