@@ -132,7 +132,8 @@ def add_arguments(p):
                    "dropout=0.2,0.5 (dense), C=0.01,0.1,1 (logreg) or k=5,10,20 (knn); default: just the base "
                    "settings. Which settings each head lets a sweep vary: " + "; ".join(
                        f"{k.name}: {', '.join(k.sweep)}" for k in heads.HEADS.values()))
-    p.add_argument("--jobs", type=flags.positive_int, default=min(4, os.cpu_count() or 1), metavar="N",
+    # no default here: it depends on the machine, and docs/reference.md must not
+    p.add_argument("--jobs", type=flags.positive_int, metavar="N",
                    help="parallel worker processes (default: min(4, cores))")
     p.add_argument("--engine", default="local", choices=("local", "ray"),
                    help="local: joblib processes (default); ray: Ray tasks sharing one copy of the features")
@@ -175,7 +176,7 @@ def _train_all(args, fs, configs) -> tuple[int, list[str]]:
     todo = [c for c in configs if not heads.finished_run(args.cache_dir, args.head, features_hash, c)]
     print(f"sweep: {len(configs)} configurations of the {args.head} head on {fs.path.name}; "
           f"{len(configs) - len(todo)} already done, {len(todo)} to train")
-    jobs = min(args.jobs, max(1, len(todo)))
+    jobs = min(args.jobs or min(4, os.cpu_count() or 1), max(1, len(todo)))
     threads = max(1, (os.cpu_count() or 1) // jobs)    # split the cores; do not oversubscribe them
     if args.engine == "ray":
         results = _ray_results(fs, args.head, todo, args.cache_dir, threads, args.address) if todo else []
