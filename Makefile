@@ -1,11 +1,26 @@
-# Thin layer over `python -m pipeline`. Every target bootstraps .venv on first use.
+# A thin layer over `python -m pipeline COMMAND`: one target per command, each bootstrapping .venv on
+# first use. docs/reference.md lists every flag; these variables cover the common ones (empty = the
+# command's own default) and ARGS passes any other flag through, e.g. make head ARGS="--hidden 512".
+#
+#   CACHE=cache        where every command reads and writes (--cache-dir)
+#   DATA=DIR           features: the image source (default: ../shared/data/cifar10-jpg beside the checkout,
+#                      else Keras's CIFAR-10 download)
+#   BACKBONE=NAME|FILE features: a backbone of `make backbones` or a .keras file; a .keras file is passed on to
+#                      finetune, export and neighbors too
+#   WEIGHTS= SIZE= LIMIT= BATCH= PRECISION=    features: --weights --size --limit --batch-size --precision
+#   FEATURES=FILE.h5   head, sweep, finetune, neighbors, audit, map (default: the newest matching features file)
+#   HEAD=dense|logreg|knn   head, sweep: the head kind          GRID="hidden=256,512 dropout=0.2,0.5"   sweep
+#   MODEL=FILE         finetune: the head to start from; predict: the model to predict with
+#   RUN=DIR            export: the run to export; audit: also that run's accuracy without the duplicates
+#   FORMAT=savedmodel|tflite|keras   export          IMAGES="a.jpg photos/"   predict, neighbors
+#   OUT=FILE.csv       predict: write the predictions there          FILE=FILE.h5   info
+#   ARGS="..."         any other flags of the command
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-# Stage-one knobs (empty = the CLI's default). DATA defaults to the shared CIFAR-10 JPEG tree when
-# it sits beside the checkout; elsewhere, to Keras's CIFAR-10 download.
+CACHE     ?= cache
 DATA      ?= $(wildcard ../shared/data/cifar10-jpg)
 BACKBONE  ?=
 WEIGHTS   ?=
@@ -13,22 +28,28 @@ SIZE      ?=
 LIMIT     ?=
 BATCH     ?=
 PRECISION ?=
-CACHE     ?= cache
+FEATURES  ?=
+HEAD      ?=
+GRID      ?=
+MODEL     ?=
+RUN       ?=
+FORMAT    ?=
+IMAGES    ?=
+OUT       ?=
+FILE      ?=
+ARGS      ?=
 
 opt = $(if $(2),$(1) $(2))
+CACHE_FLAG    = --cache-dir $(CACHE)
+FEATURES_FLAG = $(call opt,--features,$(FEATURES))
+BACKBONE_FILE = $(call opt,--backbone,$(filter %.keras,$(BACKBONE)))
 FEATURE_FLAGS = $(call opt,--data,$(DATA)) $(call opt,--backbone,$(BACKBONE)) $(call opt,--weights,$(WEIGHTS)) \
 	$(call opt,--size,$(SIZE)) $(call opt,--limit,$(LIMIT)) $(call opt,--batch-size,$(BATCH)) \
-	$(call opt,--precision,$(PRECISION)) --cache-dir $(CACHE)
+	$(call opt,--precision,$(PRECISION)) $(CACHE_FLAG)
+RUN_PIPELINE  = $(PY) -m pipeline
 
-# Later stages: FEATURES=cache/features/X.h5 (default: newest matching file), HEAD=dense|logreg,
-# GRID="hidden=256,512 dropout=0.2,0.5", HEADFILE=cache/heads/RUN/model.keras, ARGS="any other flags".
-FEATURES ?=
-HEAD     ?=
-GRID     ?=
-HEADFILE ?=
-ARGS     ?=
-
-.PHONY: venv features backbones info head sweep finetune test test-fast bench clean-venv
+.PHONY: venv features backbones info head sweep finetune predict export neighbors audit map report compare verify \
+	docs test test-fast bench clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,24 +59,55 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# ---------------------------------------------------------------- stage one
 features: $(STAMP)
-	$(PY) -m pipeline features $(FEATURE_FLAGS)
+	$(RUN_PIPELINE) features $(FEATURE_FLAGS) $(ARGS)
 
 backbones: $(STAMP)
-	$(PY) -m pipeline backbones
+	$(RUN_PIPELINE) backbones
 
 info: $(STAMP)
-	$(PY) -m pipeline info $(FILE)
+	$(RUN_PIPELINE) info $(FILE)
 
+# ---------------------------------------------------------------- stage two and three
 head: $(STAMP)
-	$(PY) -m pipeline head $(call opt,--features,$(FEATURES)) $(call opt,--head,$(HEAD)) --cache-dir $(CACHE) $(ARGS)
+	$(RUN_PIPELINE) head $(FEATURES_FLAG) $(call opt,--head,$(HEAD)) $(CACHE_FLAG) $(ARGS)
 
 sweep: $(STAMP)
-	$(PY) -m pipeline sweep $(call opt,--features,$(FEATURES)) $(call opt,--head,$(HEAD)) $(call opt,--grid,$(GRID)) --cache-dir $(CACHE) $(ARGS)
+	$(RUN_PIPELINE) sweep $(FEATURES_FLAG) $(call opt,--head,$(HEAD)) $(call opt,--grid,$(GRID)) $(CACHE_FLAG) $(ARGS)
 
 finetune: $(STAMP)
-	$(PY) -m pipeline finetune $(call opt,--features,$(FEATURES)) $(call opt,--head,$(HEADFILE)) \
-		$(call opt,--backbone,$(filter %.keras,$(BACKBONE))) --cache-dir $(CACHE) $(ARGS)
+	$(RUN_PIPELINE) finetune $(FEATURES_FLAG) $(call opt,--head,$(MODEL)) $(BACKBONE_FILE) $(CACHE_FLAG) $(ARGS)
+
+# ---------------------------------------------------------------- shipping
+predict: $(STAMP)
+	$(RUN_PIPELINE) predict $(call opt,--model,$(MODEL)) $(IMAGES) $(call opt,--out,$(OUT)) $(ARGS)
+
+export: $(STAMP)
+	$(RUN_PIPELINE) export $(RUN) $(call opt,--format,$(FORMAT)) $(BACKBONE_FILE) $(CACHE_FLAG) $(ARGS)
+
+# ---------------------------------------------------------------- looking at results
+neighbors: $(STAMP)
+	$(RUN_PIPELINE) neighbors $(FEATURES_FLAG) $(IMAGES) $(BACKBONE_FILE) $(CACHE_FLAG) $(ARGS)
+
+audit: $(STAMP)
+	$(RUN_PIPELINE) audit $(FEATURES_FLAG) $(call opt,--run,$(RUN)) $(CACHE_FLAG) $(ARGS)
+
+map: $(STAMP)
+	$(RUN_PIPELINE) map $(FEATURES_FLAG) $(CACHE_FLAG) $(ARGS)
+
+report: $(STAMP)
+	$(RUN_PIPELINE) report $(CACHE_FLAG) $(ARGS)
+
+compare: $(STAMP)
+	$(RUN_PIPELINE) compare $(ARGS)
+
+verify: $(STAMP)
+	$(RUN_PIPELINE) verify $(ARGS)
+
+# ---------------------------------------------------------------- the project itself
+docs: $(STAMP)
+	$(PY) tools/make_reference.py
 
 # Two processes (pytest-xdist): many tests wait on subprocesses, sleeps and I/O, so two share 2 cores well.
 test: $(STAMP)
