@@ -230,3 +230,24 @@ def fill_disk(where: Path, leave_kb: int = 0) -> Path:
     with open(filler, "wb") as f:
         f.write(b"\0" * max(0, free))
     return filler
+
+
+# ---------------------------------------------------------------- the `slow` marker's rule, applied
+
+SLOW_SECONDS = 7       # pyproject.toml: `slow` marks tests over ~7 s on 2 idle cores
+_unmarked_slow = []
+
+
+def pytest_runtest_logreport(report):
+    """Note the tests over SLOW_SECONDS without the marker (the call alone: fixtures are shared)."""
+    if report.when == "call" and report.duration > SLOW_SECONDS and "slow" not in report.keywords:
+        _unmarked_slow.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name them, so the rule stays applied as written; a note, not a failure, since a loaded machine
+    slows every test."""
+    if _unmarked_slow:
+        terminalreporter.section(f"over {SLOW_SECONDS} s without @pytest.mark.slow (mark them, or the machine is busy)")
+        for nodeid, seconds in sorted(_unmarked_slow, key=lambda item: -item[1]):
+            terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")

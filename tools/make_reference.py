@@ -40,7 +40,8 @@ def _flag(action: argparse.Action) -> str:
     name = ", ".join(action.option_strings) or (action.metavar or action.dest)
     if action.nargs == 0:                                    # a switch: no value
         return f"`{name}`"
-    value = action.metavar or ("{" + ",".join(map(str, action.choices)) + "}" if action.choices else action.dest.upper())
+    choices = "{" + ",".join(map(str, action.choices or ())) + "}"
+    value = action.metavar or (choices if action.choices else action.dest.upper())
     if action.nargs in ("+", "*"):
         value = f"{value} ..."
     return f"`{name}`" if not action.option_strings else f"`{name} {value}`"

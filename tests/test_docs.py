@@ -1,0 +1,89 @@
+"""The documentation's claims, checked: the reference is what the parsers say, every default a help
+text states is the flag's default, the README stays a short front door whose links and Make targets
+exist, and every test the guarantees table names exists. Reads files and builds the parsers only (~1 s)."""
+import argparse
+import importlib.util
+import re
+
+import pytest
+
+from conftest import ROOT
+
+README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def make_reference():
+    spec = importlib.util.spec_from_file_location("make_reference", ROOT / "tools" / "make_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_reference_is_what_the_parsers_say():
+    assert (DOCS / "reference.md").read_text() == make_reference().render(), \
+        "docs/reference.md is stale: run `make docs`"
+
+
+def _flags():
+    from pipeline.cli import build_parser
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return [(name, action) for name, sub in commands.items() for action in sub._actions]
+
+
+def _same(stated: str, value) -> bool:
+    try:
+        return float(stated) == float(value)
+    except (TypeError, ValueError):
+        return stated == str(value)
+
+
+def test_every_default_a_help_states_is_the_flags_default():
+    checked = 0
+    for command, action in _flags():
+        stated = re.search(r"default: ([^;),]+)", action.help or "")
+        if stated and action.default is not None and action.nargs != 0:
+            assert _same(stated.group(1).strip(), action.default), (command, action.option_strings, action.default)
+            checked += 1
+    assert checked >= 20
+
+
+def test_the_readme_is_a_short_front_door():
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 200, f"README.md has {len(lines)} lines; move detail into docs/"
+    long = [i + 1 for i, line in enumerate(lines) if len(line) > 120]
+    assert not long, f"README.md lines over 120 characters: {long}"
+
+
+def _anchors(path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    heads = re.findall(r"^#+ (.+)$", path.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in heads}
+
+
+@pytest.mark.parametrize("page", [README, *sorted(DOCS.glob("*.md"))], ids=lambda p: p.name)
+def test_every_link_points_to_a_file_and_heading_that_exist(page):
+    for target in LINK.findall(page.read_text()):
+        if re.match(r"[a-z]+://", target):
+            continue
+        file, _, anchor = target.partition("#")
+        path = (page.parent / file).resolve() if file else page
+        assert path.exists(), f"{page.name} links to {target}, which does not exist"
+        if anchor and path.suffix == ".md":
+            assert anchor in _anchors(path), f"{page.name} links to {target}: no such heading"
+
+
+def test_every_make_target_the_readme_names_exists():
+    named = set(re.findall(r"(?:^|`)make ([a-z][\w-]*)", README.read_text(), flags=re.M))
+    rules = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), flags=re.M))
+    assert named and not named - rules, f"targets the README names but the Makefile lacks: {named - rules}"
+
+
+def test_every_test_the_guarantees_table_names_exists():
+    """A bare name is in tests/test_faults.py, as the table's introduction says; `file.py::name` elsewhere."""
+    named = re.findall(r"`(?:(test_\w+\.py)::)?(test_\w+)`", (DOCS / "guarantees.md").read_text())
+    assert len(named) >= 20
+    missing = [f"{file or 'test_faults.py'}::{name}" for file, name in named
+               if not re.search(rf"^def {name}\(", (ROOT / "tests" / (file or "test_faults.py")).read_text(), re.M)]
+    assert not missing, f"docs/guarantees.md names tests that do not exist: {missing}"
