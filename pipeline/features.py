@@ -112,8 +112,8 @@ def _check(s: FeatureSettings):
         raise UserError(f"--limit must be a positive number of images, got {s.limit}")
     if s.views not in views.VIEWS:
         raise UserError(f"--views must be 1 or 2, got {s.views}")
-    if s.seed < 0:
-        raise UserError(f"--seed must be 0 or more, got {s.seed}")
+    if not 0 <= s.seed <= flags.SEED_MAX:
+        raise UserError(f"--seed must be {flags.SEED_RANGE}, got {s.seed}")
     if not 0 < s.val_fraction < 1:
         raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), got {s.val_fraction}")
 

@@ -111,7 +111,7 @@ def add_arguments(p):
     p.add_argument("--per-class", type=int, default=100, metavar="N",
                    help="images per class in the subsample (default: 100)")
     p.add_argument("--perplexity", type=float, default=30.0, metavar="P", help="t-SNE perplexity (default: 30)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="subsample, PCA and t-SNE seed (default: 0)")
+    flags.add_seed(p, "subsample, PCA and t-SNE seed (default: 0)")
     p.add_argument("--projector", metavar="DIR", help="also write TensorBoard Embedding Projector files into DIR")
     p.add_argument("--data", metavar="PATH", help="the image source, when it moved since stage one (for the sprite)")
     flags.add_cache_dir(p)
@@ -122,8 +122,6 @@ def run(args):
         raise UserError(f"--per-class must be at least 1, got {args.per_class}")
     if not (np.isfinite(args.perplexity) and args.perplexity > 0):
         raise UserError(f"--perplexity must be a positive number, got {args.perplexity}")
-    if args.seed < 0:
-        raise UserError(f"--seed must be >= 0, got {args.seed}")
     projector = Path(args.projector) if args.projector else None
     if projector is not None and projector.exists() and not projector.is_dir():
         raise UserError(f"--projector {projector} is a file; give a folder")
