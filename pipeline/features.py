@@ -58,14 +58,16 @@ def identity(s: FeatureSettings, precision: str) -> dict:
     return found
 
 
-def rebuild_backbone(attrs: dict, backbone_file: str | None = None, weights_file: str | None = None):
+def rebuild_backbone(attrs: dict, backbone_file: str | None = None, weights_file: str | None = None,
+                     image_shape=None):
     """The network a features file was made with, from its attributes: a named backbone with the
     same weights origin and input size; a weights or .keras file is located by the caller
-    (--weights/--backbone) and checked by its sha256."""
+    (--weights/--backbone) and checked by its sha256. `image_shape`: its input (default: the
+    file's first image's; (None, None, 3) takes any size, as stage one does)."""
     from pipeline.backbone import BACKBONES, Weights
     if "weights_source" not in attrs:
         raise UserError("the features file predates structured weight attributes; rerun `make features`")
-    recorded, shape = Weights.from_attrs(attrs), tuple(attrs["image_shape"])
+    recorded, shape = Weights.from_attrs(attrs), tuple(image_shape or attrs["image_shape"])
     if attrs["backbone"] in BACKBONES:
         weights = {"imagenet": "imagenet", "none": "none"}.get(recorded.source, weights_file)
         if weights is None:

@@ -87,7 +87,7 @@ def projector_up_to_date(folder: Path, key: str) -> bool:
     return config.is_file() and f"settings {key}\n" in config.read_text().splitlines()[0] + "\n"
 
 
-def write_projector(folder: Path, key: str, name: str, features, meta: list[dict], images: np.ndarray):
+def write_projector(folder: Path, key: str, name: str, features, meta: list[dict], images: list[np.ndarray]):
     """Each file written atomically; the config last, so a folder with it is complete."""
     from pipeline.gallery import save_sprite
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,8 +98,8 @@ def write_projector(folder: Path, key: str, name: str, features, meta: list[dict
     writer.writeheader()        # more than one column: the projector expects a header line
     writer.writerows(meta)
     outputs.write_text_atomic(folder / "metadata.tsv", buf.getvalue())
-    save_sprite(folder / "sprite.png", images)
-    outputs.write_text_atomic(folder / CONFIG, projector_config(key, name, features.shape, images.shape[1:3]))
+    cell = save_sprite(folder / "sprite.png", images)
+    outputs.write_text_atomic(folder / CONFIG, projector_config(key, name, features.shape, cell))
 
 
 # ---------------------------------------------------------------- command line
@@ -131,7 +131,10 @@ def run(args):
     picked = stratified(split.labels, args.per_class, args.seed)
     if len(picked) < 3:
         raise UserError(f"the {args.split} split gives only {len(picked)} rows; a map needs at least 3")
-    key = store.settings_hash({"features": fs.attrs["settings_hash"], "split": args.split,
+    # the images (sprite, paths) come from a source checked against the features file, before any work
+    source = rows.checked_source(fs.attrs, args.data, args.cache_dir) if projector or args.data else None
+    key = store.settings_hash({"features": fs.attrs["settings_hash"],
+                               "data_fingerprint": fs.attrs.get("data_fingerprint"), "split": args.split,
                                "per_class": args.per_class, "perplexity": args.perplexity, "seed": args.seed})
     out = Path(args.cache_dir) / "looking" / f"map-{key}"
     png, table = out.with_suffix(".png"), out.with_suffix(".csv")
@@ -151,10 +154,11 @@ def run(args):
                  f"{args.split}: {len(picked)} images, PCA to {PCA_DIMS} then t-SNE\n{fs.path.name}")
         print(png)
     if projector is not None:
+        key = store.settings_hash({"map": key, "source": source.key})
         if projector_up_to_date(projector, key):
             print(f"up to date: {projector}")
             return
-        images, paths = rows.images(fs.attrs, args.split, split.index[picked], args.data)
+        images, paths = rows.images(fs.attrs, args.split, split.index[picked], source.path)
         meta = [{"class": names[int(split.labels[r])], "split": args.split, "source_index": int(split.index[r]),
                  "path": p or ""} for r, p in zip(picked, paths)]
         write_projector(projector, key, f"{fs.path.stem} {args.split}", split.features[picked], meta, images)
