@@ -43,7 +43,9 @@ def test_neighbors_of_a_file_finds_its_own_row_whatever_its_size(mixed_features,
     result = last_json(out)
     for q, query in zip(result["queries"], queries):
         first = q["neighbors"][0]
-        assert first["similarity"] > 0.9999 and Path(first["path"]) == query
+        # the very numbers stage one stored (resizing the query another way gave 0.999996 here, 0.95 on
+        # EfficientNet-Lite0 at 224 px)
+        assert first["similarity"] >= 0.999999 and Path(first["path"]) == query
         assert int(fs.splits["train"].index[first["row"]]) == train.index(query)
     assert Path(out[-1]).suffix == ".png" and "note" not in result      # the strip is drawn
 
