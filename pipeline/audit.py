@@ -7,7 +7,9 @@ exact copy (identical pixels, found by hashing the source images, whatever the t
 Writes cache/audit/<features file>-<hash>/ (audit.json: counts and every pair; pairs.csv; pairs.png:
 the most similar pairs side by side; borderline.png: the least similar pairs still counted, the ones
 to look at when choosing the threshold). With --run, also the run's test accuracy with and without
-the test images that have a duplicate in train, from its predictions.csv (any kind of run).
+the test images that have a duplicate in train, from its predictions.csv (any kind of run), which is
+read and checked before the audit starts. The images come from the source checked against the
+features file's data fingerprint (rows.checked_source); without --no-exact it must be there.
 """
 from __future__ import annotations
 

@@ -7,8 +7,10 @@ Writes cache/looking/map-<hash>.png and map-<hash>.csv (source index, class, x, 
 settings again are up to date. --projector DIR also writes TensorBoard Embedding Projector files
 into DIR (`tensorboard --logdir DIR`, then the Projector tab): tensors.tsv (the raw features of the
 subsample), metadata.tsv (class, split, source index, path), sprite.png (the images, row-major,
-row i = cell i) and projector_config.pbtxt, written last (it names the settings hash; a rerun with
-the same settings finds it and is up to date).
+row i = cell i, images of any mix of sizes fitted into one cell size) and projector_config.pbtxt,
+written last (it names the settings hash, which includes the image source; a rerun with the same
+settings finds it and is up to date). The images come from the source checked against the
+features file's data fingerprint (rows.checked_source), as does any --data given.
 """
 from __future__ import annotations
 

@@ -134,7 +134,7 @@ def test_the_source_is_part_of_the_answer_and_a_changed_source_is_refused(mixed_
         assert_one_error(*run_cli(capsys, *argv)[::2], "are not the ones the features file was made from")
 
 
-def test_neighbors_without_the_source_still_answers_with_a_note(mixed_features, tmp_path, capsys):
+def test_without_the_source_neighbors_and_audit_answer_with_a_note(mixed_features, tmp_path, capsys):
     path, root = mixed_features
     gone = tmp_path / "features" / path.name
     gone.parent.mkdir()
@@ -145,6 +145,12 @@ def test_neighbors_without_the_source_still_answers_with_a_note(mixed_features, 
                            "--cache-dir", tmp_path / "cache")
     result = last_json(out)
     assert code == 0 and "no longer at" in result["note"] and not any("path" in n for n in result["queries"][0]["neighbors"])
+    # audit's galleries can go without pictures too; its exact-copy check cannot
+    code, out, _ = run_cli(capsys, "audit", "--features", gone, "--no-exact", "--cache-dir", tmp_path / "cache")
+    result = last_json([str(Path(out[-1]) / "audit.json")])
+    assert code == 0 and "no longer at" in result["gallery"] and "no longer at" in result["borderline"]
+    assert_one_error(*run_cli(capsys, "audit", "--features", gone, "--cache-dir", tmp_path / "cache")[::2],
+                     "no longer at")
 
 
 # ---------------------------------------------------------------- defect 16: a renamed copy of a query image
