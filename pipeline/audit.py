@@ -7,7 +7,9 @@ exact copy (identical pixels, found by hashing the source images, whatever the t
 Writes cache/audit/<features file>-<hash>/ (audit.json: counts and every pair; pairs.csv; pairs.png:
 the most similar pairs side by side; borderline.png: the least similar pairs still counted, the ones
 to look at when choosing the threshold). With --run, also the run's test accuracy with and without
-the test images that have a duplicate in train, from its predictions.csv (any kind of run).
+the test images that have a duplicate in train, from its predictions.csv (any kind of run), which is
+read and checked before the audit starts. The images come from the source checked against the
+features file's data fingerprint (rows.checked_source); without --no-exact it must be there.
 """
 from __future__ import annotations
 
@@ -89,9 +91,9 @@ def summarize(fs: store.FeatureSet, pairs: list[dict], threshold: float) -> dict
     return out
 
 
-def accuracy_without(run_dir: Path, test_duplicates: set[int], fs: store.FeatureSet) -> dict:
-    """Test accuracy of a run from its predictions.csv, on all test rows and on those without a
-    duplicate in train (rows matched by source index, so any run on the same images works)."""
+def run_predictions(run_dir: Path, fs: store.FeatureSet) -> tuple[Path, list[dict]]:
+    """The test rows of a run's predictions.csv, checked to cover exactly this file's test images
+    (rows matched by source index, so any run on the same images works)."""
     from pipeline.looking import read_predictions
     csv_path = _predictions_of(run_dir)
     table = [r for r in read_predictions(csv_path) if r["split"] == "test"]
@@ -100,6 +102,12 @@ def accuracy_without(run_dir: Path, test_duplicates: set[int], fs: store.Feature
     if theirs != ours:
         raise UserError(f"{csv_path} covers other test images than {fs.path.name} "
                         f"({len(theirs)} vs {len(ours)} rows); audit the features file that run used")
+    return csv_path, table
+
+
+def accuracy_without(run_dir: Path, csv_path: Path, table: list[dict], test_duplicates: set[int]) -> dict:
+    """Test accuracy of a run on all test rows and on those without a duplicate in train (None
+    when every test image has one)."""
     clean = [r for r in table if r["source_index"] not in test_duplicates]
     return {"run": str(run_dir), "predictions": str(csv_path),
             "test_accuracy": round(float(np.mean([r["correct"] for r in table])), 5),
@@ -143,25 +151,37 @@ def run(args):
         raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
     from pipeline import heads
     fs = heads.features_from_args(args)
-    key = store.settings_hash({"features": fs.attrs["settings_hash"], "threshold": args.threshold,
-                               "exact": not args.no_exact})
+    # everything the user named is checked before the audit's work: the run, then the images
+    predictions = run_predictions(Path(args.run_dir), fs) if args.run_dir else None
+    exact = not args.no_exact
+    if exact:           # the exact check needs the images; the galleries alone can go without
+        source, note = rows.checked_source(fs.attrs, args.data, args.cache_dir), None
+    else:
+        source, note = rows.source_or_note(fs.attrs, args.data, args.cache_dir)
+    key = store.settings_hash({"features": fs.attrs["settings_hash"],
+                               "data_fingerprint": fs.attrs.get("data_fingerprint"),
+                               "source": source and source.key, "threshold": args.threshold, "exact": exact})
     out = Path(args.cache_dir) / "audit" / f"{fs.path.stem}-{key}"
     if (out / "audit.json").is_file():
         result = json.loads((out / "audit.json").read_text())
         print(f"up to date: {out}")
     else:
-        result = audit(fs, args.threshold, not args.no_exact, args.data, out)
+        result = audit(fs, args.threshold, exact, source, note, out)
     print_summary(result)
-    if args.run_dir:
-        acc = accuracy_without(Path(args.run_dir), set(result["test_duplicate_source_index"]), fs)
+    if predictions:
+        acc = accuracy_without(Path(args.run_dir), *predictions, set(result["test_duplicate_source_index"]))
+        clean = acc["test_accuracy_without_duplicates"]
         print(f"run {Path(acc['run']).name}: test accuracy {acc['test_accuracy']:.4f} on all "
-              f"{len(fs.splits['test'].labels)} test images, {acc['test_accuracy_without_duplicates']:.4f} on the "
-              f"{acc['test_rows_without_duplicates']} without a duplicate in train")
+              f"{len(fs.splits['test'].labels)} test images, "
+              + (f"{clean:.4f} on the {acc['test_rows_without_duplicates']} without a duplicate in train"
+                 if clean is not None else "none without a duplicate in train"))
     print(out)
 
 
-def audit(fs: store.FeatureSet, threshold: float, exact: bool, data_path, out: Path) -> dict:
-    digests = ({s: pixel_digests(fs.attrs, s, fs.splits[s].index, data_path) for s in store.SPLITS}
+def audit(fs: store.FeatureSet, threshold: float, exact: bool, source: rows.Source | None, note: str | None,
+          out: Path) -> dict:
+    """`source`: the checked image source (None: it is gone, and `note` says why nothing is drawn)."""
+    digests = ({s: pixel_digests(fs.attrs, s, fs.splits[s].index, source.path) for s in store.SPLITS}
                if exact else None)
     pairs = find_pairs(fs, threshold, digests)
     result = {"features": str(fs.path), "threshold": threshold, "exact_check": exact,
@@ -170,10 +190,13 @@ def audit(fs: store.FeatureSet, threshold: float, exact: bool, data_path, out: P
               "pairs": pairs}
     with outputs.Lock(out), outputs.atomic_dir(out) as tmp:
         by_similarity = sorted(pairs, key=lambda p: -p["similarity"])
-        result["gallery"] = draw_pairs(tmp / "pairs.png", fs, by_similarity[:SHOW], data_path,
-                                       "most similar pairs")
-        result["borderline"] = draw_pairs(tmp / "borderline.png", fs, by_similarity[-SHOW:], data_path,
-                                          f"least similar pairs still >= {threshold}")
+        if source is None:
+            result["gallery"] = result["borderline"] = note
+        else:
+            result["gallery"] = draw_pairs(tmp / "pairs.png", fs, by_similarity[:SHOW], source.path,
+                                           "most similar pairs")
+            result["borderline"] = draw_pairs(tmp / "borderline.png", fs, by_similarity[-SHOW:], source.path,
+                                              f"least similar pairs still >= {threshold}")
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(PAIR_FIELDS), lineterminator="\n")
         writer.writeheader()

@@ -345,18 +345,19 @@ def source_of(attrs: dict, data_path=None):
     return attrs["source"]
 
 
-def load_rows(path, part: str, index) -> tuple[np.ndarray, list[str | None]]:
-    """The images at `index` of the source's `part` ("train" or "test": val rows live in train)
-    and their file paths (None where the source has no files). Only an image folder is read row by
-    row; the other formats are loaded whole (CIFAR-10 size: seconds)."""
+def load_rows(path, part: str, index) -> tuple[list[np.ndarray], list[str | None]]:
+    """The images at `index` of the source's `part` ("train" or "test": val rows live in train),
+    each at its own size (an image folder may mix sizes), and their file paths (None where the
+    source has no files). Only an image folder is read row by row; the other formats are loaded
+    whole (CIFAR-10 size: seconds)."""
     index = np.asarray(index, dtype=np.int64).reshape(-1)
     files = row_files(path, part, index)
     if files is not None:
-        return stack(_read_images(files), "these images"), [str(f) for f in files]
+        return _read_images(files), [str(f) for f in files]
     ds = load_dataset(path)
     x = ds.train_x if part == "train" else ds.test_x
     _check_rows(index, len(x), path, part)
-    return x[index], [None] * len(index)
+    return list(x[index]), [None] * len(index)
 
 
 def row_files(path, part: str, index) -> list[Path] | None:

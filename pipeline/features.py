@@ -58,14 +58,16 @@ def identity(s: FeatureSettings, precision: str) -> dict:
     return found
 
 
-def rebuild_backbone(attrs: dict, backbone_file: str | None = None, weights_file: str | None = None):
+def rebuild_backbone(attrs: dict, backbone_file: str | None = None, weights_file: str | None = None,
+                     image_shape=None):
     """The network a features file was made with, from its attributes: a named backbone with the
     same weights origin and input size; a weights or .keras file is located by the caller
-    (--weights/--backbone) and checked by its sha256."""
+    (--weights/--backbone) and checked by its sha256. `image_shape`: its input (default: the
+    file's first image's; (None, None, 3) takes any size, as stage one does)."""
     from pipeline.backbone import BACKBONES, Weights
     if "weights_source" not in attrs:
         raise UserError("the features file predates structured weight attributes; rerun `make features`")
-    recorded, shape = Weights.from_attrs(attrs), tuple(attrs["image_shape"])
+    recorded, shape = Weights.from_attrs(attrs), tuple(image_shape or attrs["image_shape"])
     if attrs["backbone"] in BACKBONES:
         weights = {"imagenet": "imagenet", "none": "none"}.get(recorded.source, weights_file)
         if weights is None:
@@ -112,8 +114,8 @@ def _check(s: FeatureSettings):
         raise UserError(f"--limit must be a positive number of images, got {s.limit}")
     if s.views not in views.VIEWS:
         raise UserError(f"--views must be 1 or 2, got {s.views}")
-    if s.seed < 0:
-        raise UserError(f"--seed must be 0 or more, got {s.seed}")
+    if not 0 <= s.seed <= flags.SEED_MAX:
+        raise UserError(f"--seed must be {flags.SEED_RANGE}, got {s.seed}")
     if not 0 < s.val_fraction < 1:
         raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), got {s.val_fraction}")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import store
+from pipeline import flags, store
 from pipeline.errors import UserError, first_line
 from pipeline.outputs import Lock, atomic_file, write_json_atomic
 
@@ -59,7 +59,6 @@ class FinetuneSettings:
 
 
 def add_arguments(p):
-    from pipeline import flags
     p.set_defaults(rerun_hint="rerun the same command with --resume")
     p.add_argument("--features", metavar="FILE", help="stage-one features file whose data, backbone, weights, "
                    "input size and splits to reuse (default: the newest complete file in <cache-dir>/features "
@@ -99,8 +98,8 @@ def _check(s: FinetuneSettings):
         raise UserError(f"--epochs must be 0 or more, got {s.epochs}")
     if not 0 < s.lr < float("inf"):
         raise UserError(f"--lr must be positive and finite, got {s.lr}")
-    if s.seed < 0:
-        raise UserError(f"--seed must be 0 or more, got {s.seed}")
+    if not 0 <= s.seed <= flags.SEED_MAX:
+        raise UserError(f"--seed must be {flags.SEED_RANGE}, got {s.seed}")
     if s.mode is not None and s.mode not in MODES:
         raise UserError(f"--mode must be one of {', '.join(MODES)}, got {s.mode!r}")
 

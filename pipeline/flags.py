@@ -28,10 +28,23 @@ def positive_int(text) -> int:
 
 
 def non_negative_int(text) -> int:
-    """Seeds, epochs, patience: 0 allowed, negative not (NumPy and Keras refuse negative seeds)."""
+    """Epochs, patience: 0 allowed, negative not."""
     value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+    return value
+
+
+# Every seed flag and setting takes this range: NumPy's generators, scikit-learn's random_state and
+# Keras all accept 0..2**32-1 (larger ones fail deep inside them, with a traceback).
+SEED_MAX = 2**32 - 1
+SEED_RANGE = f"a whole number in [0, {SEED_MAX}]"
+
+
+def seed(text) -> int:
+    value = _int(text)
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"expected {SEED_RANGE}, got {value}")
     return value
 
 
@@ -73,4 +86,4 @@ def add_precision(p):
 
 
 def add_seed(p, help_text, default=0):
-    p.add_argument("--seed", type=non_negative_int, default=default, metavar="N", help=help_text)
+    p.add_argument("--seed", type=seed, default=default, metavar="N", help=help_text)

@@ -36,21 +36,34 @@ def save_grid(path: Path, images, captions, columns: int = 8, title: str | None 
     return path
 
 
+SPRITE_MAX = 8192      # the Embedding Projector reads sprites up to 8192 x 8192 pixels
+
+
 def sprite_geometry(n: int) -> int:
     """Cells per side of the Embedding Projector's square sprite for n thumbnails."""
     return max(1, math.ceil(math.sqrt(n)))
 
 
-def save_sprite(path: Path, images: np.ndarray) -> Path:
+def sprite_cell(images) -> tuple[int, int]:
+    """(height, width) of one sprite cell: the largest image's, scaled down to fit the sprite's limit."""
+    h, w = max(img.shape[0] for img in images), max(img.shape[1] for img in images)
+    scale = min(1.0, SPRITE_MAX / (sprite_geometry(len(images)) * max(h, w)))
+    return max(1, int(h * scale)), max(1, int(w * scale))
+
+
+def save_sprite(path: Path, images) -> tuple[int, int]:
     """The Embedding Projector's sprite: thumbnails row-major in a square grid, row i of the
-    tensors file being cell i (the projector's own layout)."""
-    from PIL import Image
-    n, h, w = images.shape[:3]
-    side = sprite_geometry(n)
+    tensors file being cell i (the projector's own layout). Images of any mix of sizes: each is
+    fitted into the cell (aspect ratio kept, white around it). Returns the cell's (height, width)."""
+    from PIL import Image, ImageOps
+    h, w = sprite_cell(images)
+    side = sprite_geometry(len(images))
     sheet = np.full((side * h, side * w, 3), 255, np.uint8)
     for i, img in enumerate(images):
+        if img.shape[:2] != (h, w):
+            img = np.asarray(ImageOps.pad(Image.fromarray(img), (w, h), color="white"))
         r, c = divmod(i, side)
         sheet[r * h:(r + 1) * h, c * w:(c + 1) * w] = img
     with atomic_file(path) as tmp:
         Image.fromarray(sheet).save(tmp)
-    return path
+    return h, w

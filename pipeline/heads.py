@@ -55,7 +55,8 @@ class Interval:
         what = "a whole number" if self.kind is int else "a finite number"
         left, right = self.closed in ("left", "both"), self.closed in ("right", "both")
         if self.low is not None and self.high is not None:
-            return f"in {'[' if left else '('}{self.low}, {self.high}{']' if right else ')'}"
+            span = f"in {'[' if left else '('}{self.low}, {self.high}{']' if right else ')'}"
+            return f"{what} {span}" if self.kind is int else span
         if self.low == 0 and not left:
             return f"positive ({what} > 0)"
         return what if self.low is None else f"{what} {'>=' if left else '>'} {self.low}"
@@ -84,7 +85,7 @@ SETTINGS = {
     "epochs": (Interval(int, 1), "most epochs; early stopping usually ends sooner"),
     "l2": (Interval(float, 0), "L2 penalty on the Dense kernels"),
     "patience": (Interval(int, 0), "epochs without a better val loss before stopping"),
-    "seed": (Interval(int, 0), "weight init, dropout, shuffling"),
+    "seed": (Interval(int, 0, flags.SEED_MAX, closed="both"), "weight init, dropout, shuffling"),
     "C": (Interval(float, 0, closed="neither"), "inverse regularization strength"),
     "max_iter": (Interval(int, 1), "lbfgs iterations at most"),
     "k": (Interval(int, 1), "neighbours that vote (at most the number of training rows)"),

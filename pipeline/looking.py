@@ -47,12 +47,21 @@ def prediction_rows(split: str, index, y_true, y_prob, class_names, paths) -> li
 
 
 def read_predictions(path: Path) -> list[dict]:
-    """predictions.csv back as dicts (source_index and correct as int, probabilities as float)."""
-    with open(path, newline="") as f:
-        out = list(csv.DictReader(f))
-    for r in out:
-        r["source_index"], r["correct"], r["row"] = int(r["source_index"]), int(r["correct"]), int(r["row"])
-        r["probability"] = float(r["probability"])
+    """predictions.csv back as dicts (source_index and correct as int, probabilities as float); a
+    damaged file (truncated, edited) is a UserError naming it."""
+    from pipeline.errors import first_line
+    try:
+        with open(path, newline="") as f:
+            out = list(csv.DictReader(f))
+        for line, r in enumerate(out, 2):
+            if None in r or None in r.values():      # csv's marks of fields missing (a cut line) or extra
+                raise ValueError(f"line {line} has missing or extra fields")
+            r["source_index"], r["correct"], r["row"] = int(r["source_index"]), int(r["correct"]), int(r["row"])
+            r["probability"] = float(r["probability"])
+            if r["split"] not in store.SPLITS or r["correct"] not in (0, 1):
+                raise ValueError(f"row {r['row']} is not a prediction")
+    except (KeyError, ValueError, csv.Error) as exc:
+        raise UserError(f"{path} is damaged ({first_line(exc)}); delete its run folder and rerun it") from None
     return out
 
 

@@ -4,11 +4,13 @@
   python -m pipeline neighbors --features F --backbone B.keras cat.jpg ship.png
 
 Image files are embedded exactly as stage one embedded its images: the features file's own
-backbone (rebuilt and checked by its identity), its precision, at the source's image size. The
-search is brute force over every row of the searched splits, a block of queries at a time. Prints
-rank, similarity, split, row, class, source index and path; writes a PNG strip (query, then its
-neighbours) and the list as JSON to cache/looking/neighbors-<hash>.* (the same question again is
-up to date).
+backbone (rebuilt and checked by its identity), its precision, each image resized alone by the
+network's resize layer whatever its size. The search is brute force over every row of the searched
+splits, a block of queries at a time. Prints rank, similarity, split, row, class, source index and
+path; writes a PNG strip (query, then its neighbours) and the list as JSON to
+cache/looking/neighbors-<hash>.* (the same question again is up to date). Paths and pictures come
+from the source checked against the file's data fingerprint (rows.checked_source); the answer's
+key holds the file's hash, its data fingerprint, that source, and each query image's bytes and name.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import flags, outputs, rows, store
+from pipeline import data, flags, outputs, rows, store
 from pipeline.errors import UserError
 
 BLOCK = 1024           # queries per matrix product: 1024 x 50,000 float32 similarities = 200 MB
@@ -70,15 +72,19 @@ def pairs_above(queries, base, threshold: float, block: int = BLOCK, limit: int 
     return np.concatenate(qi), np.concatenate(bi), np.concatenate(sv)
 
 
+def read_files(files: list[Path]) -> list[np.ndarray]:
+    """Image files decoded as stage one decodes an image folder, each at its own size."""
+    return data.FileImages(np.asarray([str(f) for f in files])).read()
+
+
 def embed_files(attrs: dict, files: list[Path], backbone=None, weights=None) -> np.ndarray:
     """Features of image files computed as stage one computed the file's rows: the same network
-    (checked by its weights identity), precision and image size."""
+    (checked by its weights identity) and precision, each image resized alone by the network's
+    own resize layer, whatever its size (engine.ExtractorSpec)."""
     from pipeline.backbone import fast_extractor
     from pipeline.features import rebuild_backbone
-    from pipeline.predict import load_image
-    images = np.stack([load_image(f, tuple(attrs["image_shape"][:2])) for f in files])
-    bb = rebuild_backbone(attrs, backbone, weights)
-    return fast_extractor(bb.model, attrs["precision"])(images)
+    bb = rebuild_backbone(attrs, backbone, weights, image_shape=(None, None, 3))
+    return fast_extractor(bb.model, attrs["precision"])(read_files(files))
 
 
 # ---------------------------------------------------------------- command line
@@ -131,14 +137,17 @@ def run(args):
     search = parse_splits(args.search)
     fs = load(args)
     if args.images:
-        digests = [hashlib.sha256(Path(f).read_bytes()).hexdigest() for f in args.images]
-        question = {"images": digests}
+        # an image is its bytes, shown under the name it was given: both are the question
+        question = {"images": [[hashlib.sha256(Path(f).read_bytes()).hexdigest(), str(f)] for f in args.images]}
     else:
         n = len(fs.splits[args.split].labels)
         if not 0 <= args.row < n:
             raise UserError(f"--row must be between 0 and {n - 1} (the {args.split} split has {n} rows), got {args.row}")
         question = {"split": args.split, "row": args.row}
-    key = store.settings_hash({"features": fs.attrs["settings_hash"], **question, "k": args.k, "search": search})
+    source, note = rows.source_or_note(fs.attrs, args.data, args.cache_dir)
+    key = store.settings_hash({"features": fs.attrs["settings_hash"],
+                               "data_fingerprint": fs.attrs.get("data_fingerprint"),
+                               "source": source and source.key, **question, "k": args.k, "search": search})
     out = Path(args.cache_dir) / "looking" / f"neighbors-{key}"
     json_path, png_path = out.with_suffix(".json"), out.with_suffix(".png")
     if json_path.is_file():
@@ -146,9 +155,9 @@ def run(args):
         print_result(result)
         print(f"up to date: {png_path if png_path.is_file() else json_path}")
         return
-    result = search_neighbors(fs, args, search)
+    result = search_neighbors(fs, args, search, source)
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    note = draw_strip(png_path, fs, result, args.data)
+    note = note or draw_strip(png_path, fs, result, source)
     if note:
         result["note"] = note
     outputs.write_text_atomic(json_path, json.dumps(result, indent=2))
@@ -156,8 +165,9 @@ def run(args):
     print(png_path if png_path.is_file() else json_path)
 
 
-def search_neighbors(fs: store.FeatureSet, args, search: list[str]) -> dict:
-    """{"queries": [{..., "neighbors": [{rank, similarity, split, row, class, source_index, path}]}]}"""
+def search_neighbors(fs: store.FeatureSet, args, search: list[str], source: rows.Source | None) -> dict:
+    """{"queries": [{..., "neighbors": [{rank, similarity, split, row, class, source_index, path}]}]}
+    (paths from the checked `source`; none when it is gone)."""
     names = fs.class_names
     base = np.concatenate([fs.splits[s].features for s in search])
     where = [(s, r) for s in search for r in range(len(fs.splits[s].labels))]
@@ -182,14 +192,13 @@ def search_neighbors(fs: store.FeatureSet, args, search: list[str]) -> dict:
             sp = fs.splits[split_name]
             q["neighbors"].append({"rank": rank, "similarity": round(float(s), 6), "split": split_name, "row": r,
                                    "class": names[int(sp.labels[r])], "source_index": int(sp.index[r])})
-        try:
-            for split_name in search:
-                picked = [n for n in q["neighbors"] if n["split"] == split_name]
-                for n, p in zip(picked, rows.paths(fs.attrs, split_name, [n["source_index"] for n in picked],
-                                                   args.data)):
-                    n["path"] = p
-        except (UserError, OSError):
-            pass              # paths are a convenience; the strip says why images are missing
+        if source is None:
+            continue          # paths are a convenience; the note says why they are missing
+        for split_name in search:
+            picked = [n for n in q["neighbors"] if n["split"] == split_name]
+            for n, p in zip(picked, rows.paths(fs.attrs, split_name, [n["source_index"] for n in picked],
+                                               source.path)):
+                n["path"] = p
     return {"features": str(fs.path), "search": search, "queries": described}
 
 
@@ -203,16 +212,14 @@ def print_result(result: dict):
                              n.get("path") or ""] for n in q["neighbors"]]))
 
 
-def draw_strip(path: Path, fs: store.FeatureSet, result: dict, data_path) -> str | None:
-    """One line per query: the query image, then its neighbours with rank, similarity and class.
-    Returns a note instead when the source's images cannot be read."""
+def draw_strip(path: Path, fs: store.FeatureSet, result: dict, source: rows.Source) -> str | None:
+    """One line per query: the query image, then its neighbours with rank, similarity and class,
+    each at its own size. Returns a note instead when the source's images cannot be read."""
     from pipeline.gallery import save_grid
-    from pipeline.predict import load_image
-    shape = tuple(fs.attrs["image_shape"][:2])
     cells, captions, wanted = [], [], []
     for q in result["queries"]:
         if "image" in q:
-            cells.append(load_image(Path(q["image"]), shape))
+            cells += read_files([Path(q["image"])])
             captions.append(f"query\n{Path(q['image']).name}"[:40])
         else:
             cells.append(None)
@@ -223,7 +230,7 @@ def draw_strip(path: Path, fs: store.FeatureSet, result: dict, data_path) -> str
             wanted.append((len(cells) - 1, n["split"], n["source_index"]))
             captions.append(f"#{n['rank']} {n['similarity']:.3f}\n{n['class']}")
     try:
-        found = rows.images_of(fs.attrs, [(s, i) for _, s, i in wanted], data_path)
+        found = rows.images_of(fs.attrs, [(s, i) for _, s, i in wanted], source.path)
     except (UserError, OSError) as exc:
         return rows.unreadable(exc)
     for (cell, _, _), img in zip(wanted, found):

@@ -7,8 +7,10 @@ Writes cache/looking/map-<hash>.png and map-<hash>.csv (source index, class, x, 
 settings again are up to date. --projector DIR also writes TensorBoard Embedding Projector files
 into DIR (`tensorboard --logdir DIR`, then the Projector tab): tensors.tsv (the raw features of the
 subsample), metadata.tsv (class, split, source index, path), sprite.png (the images, row-major,
-row i = cell i) and projector_config.pbtxt, written last (it names the settings hash; a rerun with
-the same settings finds it and is up to date).
+row i = cell i, images of any mix of sizes fitted into one cell size) and projector_config.pbtxt,
+written last (it names the settings hash, which includes the image source; a rerun with the same
+settings finds it and is up to date). The images come from the source checked against the
+features file's data fingerprint (rows.checked_source), as does any --data given.
 """
 from __future__ import annotations
 
@@ -87,7 +89,7 @@ def projector_up_to_date(folder: Path, key: str) -> bool:
     return config.is_file() and f"settings {key}\n" in config.read_text().splitlines()[0] + "\n"
 
 
-def write_projector(folder: Path, key: str, name: str, features, meta: list[dict], images: np.ndarray):
+def write_projector(folder: Path, key: str, name: str, features, meta: list[dict], images: list[np.ndarray]):
     """Each file written atomically; the config last, so a folder with it is complete."""
     from pipeline.gallery import save_sprite
     folder.mkdir(parents=True, exist_ok=True)
@@ -98,8 +100,8 @@ def write_projector(folder: Path, key: str, name: str, features, meta: list[dict
     writer.writeheader()        # more than one column: the projector expects a header line
     writer.writerows(meta)
     outputs.write_text_atomic(folder / "metadata.tsv", buf.getvalue())
-    save_sprite(folder / "sprite.png", images)
-    outputs.write_text_atomic(folder / CONFIG, projector_config(key, name, features.shape, images.shape[1:3]))
+    cell = save_sprite(folder / "sprite.png", images)
+    outputs.write_text_atomic(folder / CONFIG, projector_config(key, name, features.shape, cell))
 
 
 # ---------------------------------------------------------------- command line
@@ -111,7 +113,7 @@ def add_arguments(p):
     p.add_argument("--per-class", type=int, default=100, metavar="N",
                    help="images per class in the subsample (default: 100)")
     p.add_argument("--perplexity", type=float, default=30.0, metavar="P", help="t-SNE perplexity (default: 30)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="subsample, PCA and t-SNE seed (default: 0)")
+    flags.add_seed(p, "subsample, PCA and t-SNE seed (default: 0)")
     p.add_argument("--projector", metavar="DIR", help="also write TensorBoard Embedding Projector files into DIR")
     p.add_argument("--data", metavar="PATH", help="the image source, when it moved since stage one (for the sprite)")
     flags.add_cache_dir(p)
@@ -122,8 +124,6 @@ def run(args):
         raise UserError(f"--per-class must be at least 1, got {args.per_class}")
     if not (np.isfinite(args.perplexity) and args.perplexity > 0):
         raise UserError(f"--perplexity must be a positive number, got {args.perplexity}")
-    if args.seed < 0:
-        raise UserError(f"--seed must be >= 0, got {args.seed}")
     projector = Path(args.projector) if args.projector else None
     if projector is not None and projector.exists() and not projector.is_dir():
         raise UserError(f"--projector {projector} is a file; give a folder")
@@ -133,7 +133,10 @@ def run(args):
     picked = stratified(split.labels, args.per_class, args.seed)
     if len(picked) < 3:
         raise UserError(f"the {args.split} split gives only {len(picked)} rows; a map needs at least 3")
-    key = store.settings_hash({"features": fs.attrs["settings_hash"], "split": args.split,
+    # the images (sprite, paths) come from a source checked against the features file, before any work
+    source = rows.checked_source(fs.attrs, args.data, args.cache_dir) if projector or args.data else None
+    key = store.settings_hash({"features": fs.attrs["settings_hash"],
+                               "data_fingerprint": fs.attrs.get("data_fingerprint"), "split": args.split,
                                "per_class": args.per_class, "perplexity": args.perplexity, "seed": args.seed})
     out = Path(args.cache_dir) / "looking" / f"map-{key}"
     png, table = out.with_suffix(".png"), out.with_suffix(".csv")
@@ -153,10 +156,11 @@ def run(args):
                  f"{args.split}: {len(picked)} images, PCA to {PCA_DIMS} then t-SNE\n{fs.path.name}")
         print(png)
     if projector is not None:
+        key = store.settings_hash({"map": key, "source": source.key})
         if projector_up_to_date(projector, key):
             print(f"up to date: {projector}")
             return
-        images, paths = rows.images(fs.attrs, args.split, split.index[picked], args.data)
+        images, paths = rows.images(fs.attrs, args.split, split.index[picked], source.path)
         meta = [{"class": names[int(split.labels[r])], "split": args.split, "source_index": int(split.index[r]),
                  "path": p or ""} for r, p in zip(picked, paths)]
         write_projector(projector, key, f"{fs.path.stem} {args.split}", split.features[picked], meta, images)

@@ -1,23 +1,64 @@
 """From a cached row back to its image: every row of a features file carries `index`, its place in
-the source's train or test set, so any number the later views show leads to the picture it came from."""
+the source's train or test set, so any number the later views show leads to the picture it came from.
+
+`checked_source` is the one way the looking-at-results commands find that source: the data fingerprint
+of the features file is checked against it (stage one's own check, `features.load_splits`), so another
+tree given as --data, or a source changed after stage one, is refused instead of shown."""
 from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from pipeline import data
+from pipeline import data, outputs, store
 from pipeline.errors import UserError
 
 
-def images(attrs: dict, split: str, index, data_path=None) -> tuple[np.ndarray, list[str | None]]:
-    """The source images of rows `index` (source indices) of `split`, and their file paths (None
-    where the source has none). `data_path` overrides the source stored in the file."""
-    source = data.source_of(attrs, data_path)
-    x, paths = data.load_rows(source, data.SOURCE_PART[split], index)
-    want = tuple(attrs.get("image_shape") or x.shape[1:])
-    if len(x) and tuple(x.shape[1:]) != want:
-        raise UserError(f"the images at {source} are {x.shape[1:]}, but the features file was made from "
-                        f"{want} images; pass --data PATH to the original source")
-    return x, paths
+@dataclass(frozen=True)
+class Source:
+    path: str | None      # as load_dataset takes it (None: the Keras download)
+    key: str              # what the images shown depend on; part of every cached answer's key
+
+
+def checked_source(attrs: dict, data_path, cache_dir) -> Source:
+    """The source of a features file's images (`data_path` overrides the stored one), checked
+    against the file's data fingerprint. The check decodes every image, so it is done once per
+    state of the source: remembered under CACHE/looking/sources/ by the files' names, sizes and
+    modification times (`data.source_identity`), which change whenever the source does."""
+    path = data.source_of(attrs, data_path)
+    if not attrs.get("data_fingerprint"):
+        raise UserError("the features file records no data fingerprint to check its images against; "
+                        "rerun `python -m pipeline features`")
+    where = str(Path(path).resolve()) if path is not None else None
+    seen = {"data_fingerprint": attrs["data_fingerprint"], "source": where,
+            "source_identity": data.source_identity(path)}
+    key = store.settings_hash(seen)
+    marker = Path(cache_dir) / "looking" / "sources" / f"{key}.json"
+    if not marker.is_file():
+        from pipeline.features import load_splits
+        load_splits(attrs, path)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        outputs.write_json_atomic(marker, seen)
+    return Source(path, key)
+
+
+def source_or_note(attrs: dict, data_path, cache_dir) -> tuple[Source | None, str | None]:
+    """checked_source, or (None, why) when the stored source is gone and no --data was given: for
+    the views that are still useful without pictures. A source that is there but differs is refused."""
+    if data_path is None:
+        try:
+            data.source_of(attrs)
+        except UserError as exc:
+            return None, unreadable(exc)
+    return checked_source(attrs, data_path, cache_dir), None
+
+
+def images(attrs: dict, split: str, index, data_path=None) -> tuple[list[np.ndarray], list[str | None]]:
+    """The source images of rows `index` (source indices) of `split` (each at its own size), and
+    their file paths (None where the source has none). `data_path` overrides the stored source."""
+    return data.load_rows(data.source_of(attrs, data_path), data.SOURCE_PART[split], index)
 
 
 def images_of(attrs: dict, items, data_path=None) -> list[np.ndarray]:

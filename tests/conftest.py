@@ -143,6 +143,42 @@ def tiny_backbone_features(tiny_backbone, tmp_path_factory) -> Path:
                         log=lambda *a: None)
 
 
+# ---------------------------------------------------------------- a tree of mixed image sizes
+
+MIXED_CLASSES = ("cat", "dog")
+MIXED_SIZES = ((32, 32), (40, 48))         # (height, width): 32x32 and 48x40 images, alternating
+
+
+def write_mixed_tree(root: Path, train_per_class=4, test_per_class=2) -> Path:
+    """train/<class>/NNNN.png and test/<class>/NNNN.png of two sizes, each image a distinct smooth
+    colour pattern (random noise would embed almost alike), plus test/cat/zz-copy.png: a byte copy
+    of the 48x40 train/cat/0001.png (an exact duplicate across splits)."""
+    import shutil
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for part, n in (("train", train_per_class), ("test", test_per_class)):
+        for c in MIXED_CLASSES:
+            (root / part / c).mkdir(parents=True)
+            for i in range(n):
+                h, w = MIXED_SIZES[i % 2]
+                coarse = Image.fromarray(rng.integers(0, 256, (3, 3, 3), dtype=np.uint8))
+                coarse.resize((w, h), Image.Resampling.BILINEAR).save(root / part / c / f"{i:04d}.png")
+    shutil.copy(root / "train" / "cat" / "0001.png", root / "test" / "cat" / "zz-copy.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def mixed_features(tiny_backbone, tmp_path_factory) -> tuple[Path, Path]:
+    """(features file, data root): stage one with the tiny backbone, float32, on write_mixed_tree."""
+    from pipeline.features import FeatureSettings, run_features
+    tmp = tmp_path_factory.mktemp("mixed")
+    root = write_mixed_tree(tmp / "mixed")
+    path = run_features(FeatureSettings(data=str(root), backbone=str(tiny_backbone), precision="float32",
+                                        cache_dir=str(tmp / "cache")), log=lambda *a: None)
+    return path, root
+
+
 # ---------------------------------------------------------------- synthetic features files
 
 CLASSES = [f"class{i}" for i in range(10)]

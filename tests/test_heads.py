@@ -219,7 +219,7 @@ def test_no_default_features_says_run_make_features(tmp_path, capsys):
     (["--head", "logreg", "--max-iter", "2.5"], "max_iter must be"),
     (["--lr", "inf"], "lr must be positive (a finite number > 0), got 'inf'"),
     (["--l2", "nan"], "l2 must be a finite number >= 0, got 'nan'"),
-    (["--seed", "-1"], "seed must be a whole number >= 0, got '-1'"),
+    (["--seed", "-1"], "seed must be a whole number in [0, 4294967295], got '-1'"),
     (["--head", "knn", "--k", "0"], "k must be a whole number >= 1"),
     (["--head", "knn", "--weighting", "gaussian"], "weighting must be one of uniform, distance"),
     (["--head", "knn", "--k", "401"], "k must be at most the number of training rows (400)"),
