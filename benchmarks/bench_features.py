@@ -30,14 +30,50 @@ sys.path.insert(0, str(ROOT))
 SHARED_JPG = ROOT.parent / "shared" / "data" / "cifar10-jpg"
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")   # the ones precision "auto" and speed hinge on
+LIBRARIES = ("tensorflow", "keras", "numpy", "h5py", "scikit-learn", "ray")
+
+
 def save_result(name: str, result) -> Path:
-    """Every benchmark's result goes to cache/bench/<name>.json, written atomically; prints the path."""
+    """Every benchmark's result goes to cache/bench/<name>.json, written atomically, with the
+    environment it was measured in (tools/make_numbers.py renders it into docs/numbers.md); prints the path."""
     from pipeline.outputs import write_json_atomic
     out = ROOT / "cache" / "bench" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out, result)
+    write_json_atomic(out, {**result, "environment": environment()})
     print(out)
     return out
+
+
+def environment() -> dict:
+    """What a number depends on besides the code's settings: the CPU and its flags, what precision
+    "auto" resolves to there, how busy the machine was (the project's machines are shared), when,
+    which commit (and whether it had local changes), which library versions, and the command line."""
+    from datetime import datetime, timezone
+    from importlib import metadata
+    from pipeline.backbone import resolve_precision
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
+    precision, device = resolve_precision("auto")
+    versions = {"python": platform.python_version()}
+    for lib in LIBRARIES:
+        try:
+            versions[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            pass
+
+    def git(*args):                          # None outside a git checkout or without git
+        try:
+            proc = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        except OSError:
+            return None
+        return proc.stdout.strip() if proc.returncode == 0 else None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+            "device": device, "precision_auto": precision, "load_average": [round(v, 1) for v in os.getloadavg()],
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "commit": git("rev-parse", "HEAD"), "local_changes": None if status is None else bool(status),
+            "versions": versions, "argv": sys.argv[1:]}
 
 
 def images(n):

@@ -25,7 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_features import save_result  # noqa: E402
+from bench_features import cpu_name, save_result  # noqa: E402
 SIZES = {"train": 45_000, "val": 5_000, "test": 10_000}
 WIDTH = 2048
 TARGETS = {"load": 2, "dense": 60, "logreg": 120}
@@ -67,13 +67,6 @@ def step(name: str, path: str, cache: str) -> dict:
                **{k: v for k, v in run["metrics"].items() if k != "wall_seconds"}}
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return out
-
-
-def cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
 
 
 def main():
