@@ -106,8 +106,10 @@ verify: $(STAMP)
 	$(RUN_PIPELINE) verify $(ARGS)
 
 # ---------------------------------------------------------------- the project itself
+# docs/numbers.md's generated section comes from cache/bench/*.json: a checkout without them leaves it as it is.
 docs: $(STAMP)
 	$(PY) tools/make_reference.py
+	$(PY) tools/make_numbers.py
 
 # Two processes (pytest-xdist): many tests wait on subprocesses, sleeps and I/O, so two share 2 cores well.
 test: $(STAMP)
@@ -118,6 +120,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done
+	$(PY) tools/make_numbers.py
 
 clean-venv:
 	rm -rf $(VENV)
