@@ -101,12 +101,15 @@ def test_a_result_replaces_only_its_own_part_and_only_when_newer(tmp_path):
 def test_no_results_leave_the_page_alone_and_a_damaged_one_is_one_error_line(tmp_path):
     proc, doc = make_numbers(tmp_path, {})
     assert proc.returncode == 0 and doc == HAND_KEPT and "unchanged" in proc.stdout
-    proc, doc = make_numbers(tmp_path, {"heads": '{"rows": '})
-    assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
-    assert doc == HAND_KEPT
+    for damaged in ('{"rows": ', "[1]", '{"environment": "x"}'):
+        proc, doc = make_numbers(tmp_path, {"heads": damaged})
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and len(proc.stderr.splitlines()) == 1
+        assert doc == HAND_KEPT
 
 
 def test_an_unknown_shape_or_a_result_without_its_environment_still_shows(tmp_path):
     proc, doc = make_numbers(tmp_path, {"newbench": {"a": {"b": 1.5}, "c": "x"}, "heads": {"rows": {}}})
     assert proc.returncode == 0 and "| a.b | 1.5 |" in doc and "| c | x |" in doc and "| rows." not in doc
     assert doc.count("not recorded") == 2 and "heads.json: no table for its shape" in proc.stderr
+    proc, doc = make_numbers(tmp_path, {"heads": {**RESULTS["heads"], "environment": {"date": "2099-01-01"}}})
+    assert "| date | 2099-01-01 |" in doc and "| dense | 32.0 |" in doc     # an environment of another shape

@@ -152,14 +152,19 @@ RENDERERS = {"features": features, "backbones": backbones, "engines": engines, "
 
 def render_block(name: str, result: dict) -> str:
     env = result.get("environment")
+    data = {k: v for k, v in result.items() if k != "environment"}
+    lines = [*_or_listing(name, lambda e: measured_on(name, e), env), "", *_or_listing(name, RENDERERS.get(name), data)]
+    prose = [line if line.startswith("|") else _wrap(line) for line in lines]
+    return "\n".join([f"<!-- bench {name} {env['date'] if env else ''} -->", f"### bench_{name}", "", *prose, ""])
+
+
+def _or_listing(name: str, render, record) -> list[str]:
+    """render(record), or, for a shape it does not know (a new benchmark, a changed one), the record's values."""
     try:
-        body = RENDERERS[name](result)
-    except (KeyError, TypeError, IndexError, ValueError) as e:          # a new or changed shape: still show it
+        return render(record)
+    except (KeyError, TypeError, IndexError, ValueError) as e:
         print(f"{name}.json: no table for its shape ({type(e).__name__}: {e}); listing its values", file=sys.stderr)
-        body = _table(["value", ""], flat({k: v for k, v in result.items() if k != "environment"}))
-    date = env["date"] if env else ""
-    prose = [line if line.startswith("|") else _wrap(line) for line in [*measured_on(name, env), "", *body]]
-    return "\n".join([f"<!-- bench {name} {date} -->", f"### bench_{name}", "", *prose, ""])
+        return _table(["value", ""], flat(record))
 
 
 def _wrap(line: str) -> str:
@@ -174,6 +179,9 @@ def read_results(bench_dir: Path) -> dict[str, dict]:
             result = json.loads(path.read_text())
             if not isinstance(result, dict):
                 raise ValueError(f"a JSON {type(result).__name__}, not an object")
+            env = result.get("environment")
+            if env is not None and not (isinstance(env, dict) and isinstance(env.get("date"), str)):
+                raise ValueError("its environment is not a record with a date")
         except (OSError, UnicodeDecodeError, ValueError) as e:
             raise UserError(f"{path} is damaged ({e}): rerun benchmarks/bench_{path.stem}.py or delete it") from e
         results[path.stem] = result
@@ -192,7 +200,7 @@ def update(doc: str, results: dict[str, dict]) -> str:
         if name not in blocks or date >= blocks[name][0]:
             blocks[name] = (date, render_block(name, result))
     body = "\n".join(text for _, (_, text) in sorted(blocks.items()))
-    return f"{above.rstrip()}\n\n{START}\n{INTRO}\n{body}{END}\n{below.lstrip()}"
+    return f"{above.rstrip()}\n\n{START}\n{INTRO}\n{body}\n{END}\n{below.lstrip()}"
 
 
 def main(argv=None) -> int:
