@@ -208,6 +208,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bench-dir", type=Path, default=ROOT / "cache" / "bench")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs" / "numbers.md")
     args = parser.parse_args(argv)
+    if not args.doc.is_file():
+        raise UserError(f"{args.doc} does not exist: --doc names the page to update")
     results = read_results(args.bench_dir)
     if not results:
         print(f"no results in {args.bench_dir}: {args.doc} unchanged (`make bench` writes them)")
