@@ -62,8 +62,8 @@ def add_arguments(p):
     from pipeline import flags
     p.set_defaults(rerun_hint="rerun the same command with --resume")
     p.add_argument("--features", metavar="FILE", help="stage-one features file whose data, backbone, weights, "
-                   "input size and splits to reuse (default: the newest complete file in <cache-dir>/features "
-                   "made with the default stage-one settings, as for `head`)")
+                   "input size and splits to reuse (default: the newest complete file in <cache-dir>/features, "
+                   "whatever its settings, as for `head`)")
     p.add_argument("--head", metavar="FILE", help="stage-two dense head model.keras to start from "
                    "(default: the best dense head trained on the features file)")
     p.add_argument("--mode", choices=MODES, help="default: end-to-end on a GPU, cached on a CPU")

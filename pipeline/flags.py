@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -52,14 +53,32 @@ def positive_float(text) -> float:
     return value
 
 
-def cache_dir(text) -> str:
-    """A folder that exists or can be made: a file under that name is refused up front."""
-    path = Path(text)
+def _nearest_folder(path: Path) -> Path:
+    """The first of `path` and its parents that exists; a file there is refused (nothing can be
+    made under it)."""
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
                 raise argparse.ArgumentTypeError(f"{p} is a file, not a folder")
-            break
+            return p
+    return Path(".")
+
+
+def cache_dir(text) -> str:
+    """A folder that exists or can be made: a file under that name is refused up front."""
+    _nearest_folder(Path(text))
+    return str(text)
+
+
+def out_file(text) -> str:
+    """A file to write at the end (predict --out), checked before any work: not a folder, its
+    folder exists or can be made, and can be written to."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; name a file in it, e.g. {path / 'predictions.csv'}")
+    folder = _nearest_folder(path.parent)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in {folder}: permission denied or a read-only file system")
     return str(text)
 
 
