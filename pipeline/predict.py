@@ -54,11 +54,13 @@ def add_arguments(p):
 
 def run(args) -> int:
     from tqdm import tqdm
-    if args.model is None:
+    picked = args.model is None
+    if picked:
         args.model = newest_run(args.cache_dir)
-        print(f"model: {args.model} (the newest run in {args.cache_dir}; --model chooses another)", file=sys.stderr)
     # A bad model or pattern fails before any image is read.
     predictor = Predictor(Path(args.model), tta=args.tta, backbone=args.backbone, weights=args.weights)
+    if picked:
+        print(f"model: {args.model} (the newest run in {args.cache_dir}; --model chooses another)", file=sys.stderr)
     paths = expand(args.images)
     k = min(args.top_k, len(predictor.class_names))
     rows, skipped = [], []
