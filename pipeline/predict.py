@@ -234,7 +234,7 @@ def open_model(path: Path, backbone=None, weights=None):
         raise UserError(f"{path} takes {dtype} {shape}, not uint8 images; give an image model (a stage-two "
                         "head's model.keras takes features: give its run folder, with run.json)")
     # An export carries its temperature; a file of one's own is taken as it is.
-    return forward, tuple(shape[1:3]), export_labels(folder, int(n))
+    return forward, tuple(shape[1:3]), export_labels(path.parent, int(n))
 
 
 def _run_model(run_dir: Path, backbone, weights):
