@@ -62,10 +62,14 @@ def test_features_head_predict_need_no_other_flags_and_say_what_they_picked(newc
     rows = read_csv("preds.csv")
     assert len(rows) == 1 + 12 and {r[1] for r in rows[1:]} <= set(CLASSES)
 
-    # The backbone moved: asked for by name, once, and found again with --backbone.
+    # The backbone moved, or another file took its place: asked for by name, once; found with --backbone.
     shutil.move("models", "moved")
     code, out, err = run_cli(capsys, "predict", "photos/test", "--out", "again.csv")
     assert_one_error(code, err, "no longer there; pass --backbone PATH")
+    Path("models").mkdir()
+    save_tiny_backbone(Path("models", "tiny.keras"), size=40)
+    code, out, err = run_cli(capsys, "predict", "photos/test", "--out", "again.csv")
+    assert_one_error(code, err, "changed since: pass --backbone PATH to the original")
     code, out, err = run_cli(capsys, "predict", "photos/test", "--out", "again.csv", "--backbone", "moved/tiny.keras")
     assert code == 0 and read_csv("again.csv") == rows, err
 
