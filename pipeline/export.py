@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import outputs, store
+from pipeline import flags, outputs, store
 from pipeline.errors import UserError, first_line
 
 # format -> (file or folder name in the export, largest allowed absolute probability difference)
@@ -31,16 +31,14 @@ CHECK_BATCH = 32
 
 
 def add_arguments(p):
-    from pipeline.flags import positive_int as _positive_int
     p.add_argument("run_path", metavar="RUN", help="a run folder: cache/heads/dense-... (exports backbone + head) or "
                    "cache/finetune/... (its model.keras)")
     p.add_argument("--format", default="savedmodel", choices=tuple(FORMATS),
                    help="savedmodel (TensorFlow Serving, tf.saved_model.load), tflite (float32, "
                         "tf.lite.Interpreter / LiteRT), keras (keras.models.load_model); default: savedmodel")
-    p.add_argument("--check-images", type=_positive_int, default=256, metavar="N",
+    p.add_argument("--check-images", type=flags.positive_int, default=256, metavar="N",
                    help="real test images the export is checked on against the Keras model (default: 256)")
-    p.add_argument("--backbone", metavar="PATH", help="the .keras backbone file, when the features file was made with one")
-    p.add_argument("--weights", metavar="PATH", help="the InceptionV3 weights file, when the features file was made with one")
+    flags.add_moved_backbone(p)
     p.add_argument("--data", metavar="PATH", help="the image source, if it moved since the features file was made")
     p.add_argument("--cache-dir", default="cache", metavar="DIR", help="where exports go (default: cache)")
 

@@ -81,8 +81,7 @@ def add_arguments(p):
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     flags.add_precision(p)
     flags.add_seed(p, "seed of shuffling, augmentation, dropout (default: 0)")
-    p.add_argument("--backbone", metavar="PATH", help="the .keras backbone file, when the features file was made with one")
-    p.add_argument("--weights", metavar="PATH", help="the weights file, when the features file was made with --weights PATH")
+    flags.add_moved_backbone(p)
     p.add_argument("--data", metavar="PATH", help="the image source, if it moved since the features file was made")
     flags.add_cache_dir(p)
 

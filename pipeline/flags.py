@@ -91,5 +91,14 @@ def add_precision(p):
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
 
 
+def add_moved_backbone(p):
+    """--backbone/--weights of the commands that rebuild a features file's network: only needed when
+    the file the features file recorded (absolute path and sha256) moved."""
+    p.add_argument("--backbone", metavar="PATH", help="the .keras backbone file the features were made with, "
+                   "if it moved since (default: where the features file recorded it)")
+    p.add_argument("--weights", metavar="PATH", help="the weights file the features were made with, if it moved "
+                   "since (default: where the features file recorded it)")
+
+
 def add_seed(p, help_text, default=0):
     p.add_argument("--seed", type=non_negative_int, default=default, metavar="N", help=help_text)

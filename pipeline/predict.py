@@ -1,16 +1,22 @@
 """Top-k classes, with probabilities, of image files, folders (searched recursively) and globs.
 
-The model is an image model.keras: a stage-three model (fine-tuned, or backbone + head with
---epochs 0), whose class names and fitted temperature come from the run.json beside it, or an
-`export --format keras` file, whose labels.txt is beside it and which carries its temperature
-already. Any RGB image is accepted: it is resized to the model's input size (32x32 for CIFAR-10)
-first, so that it looks like what the model was trained on.
+--model takes every form a trained model has: a run folder (a dense head run: the features file's
+backbone, found where the features file recorded it, with the head on top, as `export` composes
+them; or a fine-tune run), the model.keras in one, an export (its folder, the SavedModel folder,
+the .tflite or .keras file) or an image-model .keras file of one's own. Left out, it is the newest
+dense head or fine-tune run in --cache-dir, named on stderr. Class names and the fitted temperature
+come from the run.json (an export carries its temperature, and its labels.txt). Any RGB image is
+accepted: it is resized to the model's input size (32x32 for CIFAR-10) first, so that it looks like
+what the model was trained on.
 
 Images are read and classified in batches (--batch-size), with a progress bar on a terminal.
-Without --out each image's line is printed; with --out FILE.csv the rows (path, then class and
-probability for each of the top k) are written there, atomically. An image that cannot be read
-is skipped and named on stderr with the reason; the others are still predicted, and the exit
-code is then 3. --tta averages the probabilities of each image and its mirror (pipeline.views).
+Without --out each image's line is printed; with --out FILE.csv (checked before any work) the rows
+(path, then class and probability for each of the top k) are written there, atomically; file names
+that are not UTF-8 are written as their bytes. An image that cannot be read is skipped and named on
+stderr with the reason; the others are still predicted, and the exit code is then 3. A path that
+exists is a file even with glob characters in its name; globs, like folders, follow no linked
+folder and each real file is predicted once. --tta averages the probabilities of each image and its
+mirror (pipeline.views).
 """
 from __future__ import annotations
 
@@ -23,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import export, flags, outputs
 from pipeline.data import IMAGE_SUFFIXES, rgb8
 from pipeline.errors import UserError, first_line
 
@@ -32,7 +39,6 @@ EXIT_SKIPPED = 3
 
 
 def add_arguments(p):
-    from pipeline import flags
     p.add_argument("--model", metavar="RUN|FILE", help="a run folder (cache/heads/dense-..., cache/finetune/...), "
                    "a .keras file, or an export (its folder, SavedModel, .tflite or .keras); default: the newest "
                    "dense head or fine-tune run in --cache-dir")
@@ -44,10 +50,7 @@ def add_arguments(p):
                    "prob_k rows there instead of printing them")
     p.add_argument("--batch-size", type=flags.positive_int, default=BATCH, metavar="N", help=f"default: {BATCH}")
     p.add_argument("--tta", action="store_true", help="average each image's probabilities with its mirror's")
-    p.add_argument("--backbone", metavar="PATH", help="a head run's .keras backbone file, when it moved since "
-                   "the features file was made")
-    p.add_argument("--weights", metavar="PATH", help="a head run's weights file, when it moved since the "
-                   "features file was made")
+    flags.add_moved_backbone(p)
     flags.add_cache_dir(p, "runs")
     p.set_defaults(keeps_work=False)     # a failed write keeps nothing: the CSV is written at the end
 
@@ -157,13 +160,12 @@ def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 
 def write_csv(path: Path, rows, k: int):
-    from pipeline.outputs import atomic_file
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["path"] + [f"{what}_{i}" for i in range(1, k + 1) for what in ("class", "prob")])
     for image, top in rows:
         writer.writerow([str(image)] + [v for name, p in top for v in (name, f"{p:.6f}")])
-    with atomic_file(path) as tmp:     # file names as their bytes, UTF-8 or not
+    with outputs.atomic_file(path) as tmp:     # file names as their bytes, UTF-8 or not
         Path(tmp).write_bytes(buf.getvalue().encode("utf-8", "surrogateescape"))
 
 
@@ -209,7 +211,6 @@ def open_model(path: Path, backbone=None, weights=None):
     """(uint8 images -> probabilities, (H, W) it takes, class names) for every form a model has: a
     run folder (or the model.keras in it), an export (its folder, SavedModel, .tflite, .keras) or
     an image model .keras file of one's own."""
-    from pipeline import export
     if not path.exists():
         raise UserError(f"--model {path} does not exist; give a run folder (cache/heads/dense-..., "
                         "cache/finetune/...), a .keras file or an export")
@@ -240,7 +241,6 @@ def open_model(path: Path, backbone=None, weights=None):
 def _run_model(run_dir: Path, backbone, weights):
     """A dense head run (its features file's backbone rebuilt, the head on top, as export composes
     them) or a fine-tune run, with the run's temperature applied."""
-    from pipeline import export
     run_dir, info = export.read_run(run_dir)
     attrs = None if info.get("stage") == "finetune" else export.features_attrs(info)
     model = export.image_model(run_dir, info, attrs, backbone, weights)
