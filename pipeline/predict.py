@@ -45,7 +45,8 @@ def add_arguments(p):
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (searched recursively for "
                    f"{', '.join(sorted(IMAGE_SUFFIXES))}) or glob patterns (quote them; ** recurses); "
                    "linked folders are not followed")
-    p.add_argument("--top-k", type=flags.positive_int, default=TOP, metavar="K", help=f"classes per image (default: {TOP})")
+    p.add_argument("--top-k", type=flags.positive_int, default=TOP, metavar="K",
+                   help=f"classes per image (default: {TOP})")
     p.add_argument("--out", type=flags.out_file, metavar="FILE.csv", help="write path,class_1,prob_1,...,class_k,"
                    "prob_k rows there instead of printing them")
     p.add_argument("--batch-size", type=flags.positive_int, default=BATCH, metavar="N", help=f"default: {BATCH}")

@@ -49,7 +49,8 @@ def test_features_head_predict_need_no_other_flags_and_say_what_they_picked(newc
     assert code == 0, err
     features = Path(out[-1])
     from pipeline.store import read_rows
-    assert read_rows(features, splits=(), values=False).attrs["backbone_file"] == str(newcomer / "models" / "tiny.keras")
+    recorded = read_rows(features, splits=(), values=False).attrs["backbone_file"]
+    assert recorded == str(newcomer / "models" / "tiny.keras")      # absolute, though given relative
 
     code, out, err = run_cli(capsys, "head")
     assert code == 0, err
