@@ -207,3 +207,13 @@ def test_file_names_that_are_not_utf8_are_predicted_and_written(model, tmp_path,
     assert code == 0, err
     rows = open(os.fsencode(out_csv), "rb").read().splitlines()
     assert len(rows) == 2 and rows[1].startswith(os.fsencode(odd) + b",")    # the name's own bytes
+
+
+def test_predictions_on_a_full_disk_are_one_error_line_and_leave_nothing(model, tmp_path, capsys):
+    from conftest import fill_disk, small_disk
+    _, paths = save_images(tmp_path, 3)
+    with small_disk(0.1) as where:
+        fill_disk(where)
+        code, out, err = run_cli(capsys, "predict", "--model", model, *paths, "--out", where / "p.csv")
+        assert code == 2 and len(err) == 1 and err[0].startswith("error: disk full while writing"), err
+        assert "kept" not in err[0] and sorted(p.name for p in where.iterdir()) == ["filler"]
