@@ -6,7 +6,7 @@ a Keras file, with labels.txt beside it.
         (cache/finetune/...): its model.keras.
 
 Either way the exported model takes raw uint8 RGB images (N, H, W, 3) at the training images' size
-(32x32 for CIFAR-10; resize first: `predict` does) and returns class probabilities (N, K) with the run's fitted
+(32x32 for CIFAR-10; `predict` resizes) and returns class probabilities (N, K) with the run's fitted
 temperature applied (pipeline.calibration). Before it is kept, each export is run on real test
 images of the features file and compared with the Keras model: the largest absolute difference in
 any probability must stay within 1e-4 (SavedModel, Keras) or 1e-3 (TFLite, float32). The check's

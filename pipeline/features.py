@@ -68,19 +68,18 @@ def rebuild_backbone(attrs: dict, backbone_file: str | None = None, weights_file
         raise UserError("the features file predates structured weight attributes; rerun `make features`")
     recorded, shape = Weights.from_attrs(attrs), tuple(attrs["image_shape"])
     if attrs["backbone"] in BACKBONES:
-        weights = {"imagenet": "imagenet", "none": "none"}.get(recorded.source) or \
-            _file_of(attrs, "weights_file", weights_file, f"a local {attrs['backbone']} weights file", "--weights")
-        bb = build_backbone(attrs["backbone"], weights, int(attrs["input_size"]), shape, max(recorded.seed, 0))
-        what = f"--weights {weights_file}" if weights_file else f"the weights file {weights}"
+        flag, given = "--weights", weights_file
+        path = {"imagenet": "imagenet", "none": "none"}.get(recorded.source) or \
+            _file_of(attrs, "weights_file", given, f"a local {attrs['backbone']} weights file", flag)
+        bb = build_backbone(attrs["backbone"], path, int(attrs["input_size"]), shape, max(recorded.seed, 0))
     else:
-        backbone = _file_of(attrs, "backbone_file", backbone_file, f"the backbone file {attrs['backbone']}",
-                            "--backbone")
-        bb = build_backbone(backbone, None, None, shape)
-        what = f"--backbone {backbone_file}" if backbone_file else f"the backbone file {backbone}"
+        flag, given = "--backbone", backbone_file
+        path = _file_of(attrs, "backbone_file", given, f"the backbone file {attrs['backbone']}", flag)
+        bb = build_backbone(path, None, None, shape)
     if bb.weights != recorded:
-        flag = "--weights" if attrs["backbone"] in BACKBONES else "--backbone"
-        raise UserError(f"{what} is not the one the features were made with ({recorded})"
-                        + ("" if what.startswith("--") else f"; it changed since: pass {flag} PATH to the original"))
+        raise UserError(f"{flag} {path} is not the one the features were made with ({recorded})" if given else
+                        f"{path} changed since the features were made with it ({recorded}); pass {flag} PATH "
+                        "to the original")
     if (bb.width, bb.input_size) != (attrs["feature_width"], attrs["input_size"]):
         raise UserError(f"rebuilt backbone gives width {bb.width} at {bb.input_size}px; the features file "
                         f"says {attrs['feature_width']} at {attrs['input_size']}px")

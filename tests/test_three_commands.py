@@ -70,7 +70,7 @@ def test_features_head_predict_need_no_other_flags_and_say_what_they_picked(newc
     Path("models").mkdir()
     save_tiny_backbone(Path("models", "tiny.keras"), size=40)
     code, out, err = run_cli(capsys, "predict", "photos/test", "--out", "again.csv")
-    assert_one_error(code, err, "changed since: pass --backbone PATH to the original")
+    assert_one_error(code, err, "changed since the features were made with it")
     code, out, err = run_cli(capsys, "predict", "photos/test", "--out", "again.csv", "--backbone", "moved/tiny.keras")
     assert code == 0 and read_csv("again.csv") == rows, err
 
