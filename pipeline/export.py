@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -31,8 +32,8 @@ CHECK_BATCH = 32
 
 
 def add_arguments(p):
-    p.add_argument("run_path", metavar="RUN", help="a run folder: cache/heads/dense-... (exports backbone + head) or "
-                   "cache/finetune/... (its model.keras)")
+    p.add_argument("run_path", metavar="RUN", nargs="?", help="a run folder: cache/heads/dense-... (exports backbone "
+                   "+ head) or cache/finetune/... (its model.keras); default: the newest of them in --cache-dir")
     p.add_argument("--format", default="savedmodel", choices=tuple(FORMATS),
                    help="savedmodel (TensorFlow Serving, tf.saved_model.load), tflite (float32, "
                         "tf.lite.Interpreter / LiteRT), keras (keras.models.load_model); default: savedmodel")
@@ -44,8 +45,27 @@ def add_arguments(p):
 
 
 def run(args):
-    print(export_run(Path(args.run_path), args.format, cache_dir=args.cache_dir, n_images=args.check_images,
-                     backbone=args.backbone, weights=args.weights, data=args.data))
+    run_path = args.run_path or newest_run(args.cache_dir)
+    path = export_run(Path(run_path), args.format, cache_dir=args.cache_dir, n_images=args.check_images,
+                      backbone=args.backbone, weights=args.weights, data=args.data)
+    if not args.run_path:      # said once it worked, so that a failure stays one line
+        print(picked_line(run_path, args.cache_dir, "RUN"), file=sys.stderr)
+    print(path)
+
+
+def newest_run(cache_dir) -> Path:
+    """What `export` without RUN and `predict` without --model take: the newest finished run with an
+    image model (a dense head run, composed with its backbone, or a fine-tune run); run.json is
+    written last, so its time is the run's."""
+    found = [j.parent for kind in ("heads", "finetune") for j in Path(cache_dir, kind).glob("*/run.json")
+             if (j.parent / "model.keras").is_file()]
+    if not found:
+        raise UserError(f"no dense head or fine-tune run in {cache_dir}; run `head` first, or name a run")
+    return max(found, key=lambda d: (d / "run.json").stat().st_mtime)
+
+
+def picked_line(run_dir, cache_dir, choose: str) -> str:
+    return f"model: {run_dir} (the newest run in {cache_dir}; {choose} chooses another)"
 
 
 # ---------------------------------------------------------------- the run and its Keras model

@@ -60,11 +60,11 @@ def run(args) -> int:
     from tqdm import tqdm
     picked = args.model is None
     if picked:
-        args.model = newest_run(args.cache_dir)
+        args.model = export.newest_run(args.cache_dir)
     # A bad model or pattern fails before any image is read.
     predictor = Predictor(Path(args.model), tta=args.tta, backbone=args.backbone, weights=args.weights)
     if picked:
-        print(f"model: {args.model} (the newest run in {args.cache_dir}; --model chooses another)", file=sys.stderr)
+        print(export.picked_line(args.model, args.cache_dir, "--model"), file=sys.stderr)
     paths = expand(args.images)
     k = min(args.top_k, len(predictor.class_names))
     rows, skipped = [], []
@@ -193,16 +193,6 @@ def export_labels(folder: Path, n_classes: int) -> list[str]:
     if (folder / "labels.txt").is_file() and (folder / "export.json").is_file():
         names = (folder / "labels.txt").read_text().splitlines()
     return names if names and len(names) == n_classes else [f"class {i}" for i in range(n_classes)]
-
-
-def newest_run(cache_dir) -> Path:
-    """`--model` left out: the newest finished run with an image model (a dense head run, composed
-    with its backbone, or a fine-tune run); run.json is written last, so its time is the run's."""
-    found = [j.parent for kind in ("heads", "finetune") for j in Path(cache_dir, kind).glob("*/run.json")
-             if (j.parent / "model.keras").is_file()]
-    if not found:
-        raise UserError(f"no dense head or fine-tune run in {cache_dir}; run `head` first, or pass --model")
-    return max(found, key=lambda d: (d / "run.json").stat().st_mtime)
 
 
 FORMAT_OF_SUFFIX = {".keras": "keras", ".tflite": "tflite"}
