@@ -166,10 +166,14 @@ def test_an_existing_name_with_glob_characters_is_a_file_not_a_pattern(tmp_path)
 @pytest.mark.parametrize("case, message", [
     ("a folder", "is a folder; name a file in it"),
     ("under a file", "is a file, not a folder"),
+    ("unwritable", "cannot write in"),
 ])
-def test_out_is_checked_before_the_model_or_any_image_is_read(tmp_path, capsys, case, message):
+def test_out_is_checked_before_the_model_or_any_image_is_read(tmp_path, capsys, monkeypatch, case, message):
+    import pipeline.flags
     _, (image,) = save_images(tmp_path, 1)
-    out = tmp_path if case == "a folder" else image / "predictions.csv"
+    out = {"a folder": tmp_path, "under a file": image / "predictions.csv"}.get(case, tmp_path / "new" / "p.csv")
+    if case == "unwritable":      # as a read-only folder or file system answers (root may write anywhere else)
+        monkeypatch.setattr(pipeline.flags.os, "access", lambda path, mode: False)
     code, stdout, err = run_cli(capsys, "predict", "--model", tmp_path / "no-such-model", image, "--out", out)
     assert code == 2 and stdout == [] and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
