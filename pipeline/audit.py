@@ -134,7 +134,7 @@ def _predictions_of(run_dir: Path) -> Path:
 
 def add_arguments(p):
     p.add_argument("--features", metavar="FILE", help="stage-one HDF5 file (default: the newest complete file "
-                   "in CACHE/features made with the default settings)")
+                   "in CACHE/features, whatever its settings)")
     p.add_argument("--threshold", type=float, default=0.9, metavar="T",
                    help="cosine similarity at or above which two images count as near-duplicates; it depends "
                         "on the backbone: look at borderline.png (default: 0.9, chosen so for EfficientNet-Lite0 "

@@ -89,7 +89,7 @@ def main(argv=None) -> int:
         print(f"interrupted; {hint} to continue", file=sys.stderr)
         return 130
     except Exception as exc:
-        message = storage_message(exc, hint)
+        message = storage_message(exc, hint, kept=getattr(args, "keeps_work", True))
         if message:
             print(f"error: {message}", file=sys.stderr)
             return 2

@@ -49,8 +49,9 @@ def storage_errno(exc: BaseException) -> int | None:
     return None
 
 
-def storage_message(exc: BaseException, rerun_hint: str = "rerun the same command") -> str | None:
-    """The one `error:` line for a storage failure, or None when `exc` is not one."""
+def storage_message(exc: BaseException, rerun_hint: str = "rerun the same command", kept: bool = True) -> str | None:
+    """The one `error:` line for a storage failure, or None when `exc` is not one. `kept`: the
+    command resumes from what it finished (not so predict, which writes one file at the end)."""
     code = storage_errno(exc)
     if code is None:
         return None
@@ -59,5 +60,6 @@ def storage_message(exc: BaseException, rerun_hint: str = "rerun the same comman
         found = re.search(r"filename = '([^']*)'", str(exc))
         name = found.group(1) if found else "the cache"
     if code in (errno.ENOSPC, errno.EDQUOT):
-        return f"{_STORAGE[code]} while writing {name}; free space and {rerun_hint} (finished work is kept)"
+        return f"{_STORAGE[code]} while writing {name}; free space and {rerun_hint}" + \
+            (" (finished work is kept)" if kept else "")
     return f"cannot write {name}: {_STORAGE[code]}"

@@ -6,7 +6,7 @@ a Keras file, with labels.txt beside it.
         (cache/finetune/...): its model.keras.
 
 Either way the exported model takes raw uint8 RGB images (N, H, W, 3) at the training images' size
-(32x32 for CIFAR-10; resize first) and returns class probabilities (N, K) with the run's fitted
+(32x32 for CIFAR-10; `predict` resizes) and returns class probabilities (N, K) with the run's fitted
 temperature applied (pipeline.calibration). Before it is kept, each export is run on real test
 images of the features file and compared with the Keras model: the largest absolute difference in
 any probability must stay within 1e-4 (SavedModel, Keras) or 1e-3 (TFLite, float32). The check's
@@ -18,11 +18,12 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import outputs, store
+from pipeline import flags, outputs, store
 from pipeline.errors import UserError, first_line
 
 # format -> (file or folder name in the export, largest allowed absolute probability difference)
@@ -31,23 +32,40 @@ CHECK_BATCH = 32
 
 
 def add_arguments(p):
-    from pipeline.flags import positive_int as _positive_int
-    p.add_argument("run_path", metavar="RUN", help="a run folder: cache/heads/dense-... (exports backbone + head) or "
-                   "cache/finetune/... (its model.keras)")
+    p.add_argument("run_path", metavar="RUN", nargs="?", help="a run folder: cache/heads/dense-... (exports backbone "
+                   "+ head) or cache/finetune/... (its model.keras); default: the newest of them in --cache-dir")
     p.add_argument("--format", default="savedmodel", choices=tuple(FORMATS),
                    help="savedmodel (TensorFlow Serving, tf.saved_model.load), tflite (float32, "
                         "tf.lite.Interpreter / LiteRT), keras (keras.models.load_model); default: savedmodel")
-    p.add_argument("--check-images", type=_positive_int, default=256, metavar="N",
+    p.add_argument("--check-images", type=flags.positive_int, default=256, metavar="N",
                    help="real test images the export is checked on against the Keras model (default: 256)")
-    p.add_argument("--backbone", metavar="PATH", help="the .keras backbone file, when the features file was made with one")
-    p.add_argument("--weights", metavar="PATH", help="the InceptionV3 weights file, when the features file was made with one")
+    flags.add_moved_backbone(p)
     p.add_argument("--data", metavar="PATH", help="the image source, if it moved since the features file was made")
     p.add_argument("--cache-dir", default="cache", metavar="DIR", help="where exports go (default: cache)")
 
 
 def run(args):
-    print(export_run(Path(args.run_path), args.format, cache_dir=args.cache_dir, n_images=args.check_images,
-                     backbone=args.backbone, weights=args.weights, data=args.data))
+    run_path = args.run_path or newest_run(args.cache_dir)
+    path = export_run(Path(run_path), args.format, cache_dir=args.cache_dir, n_images=args.check_images,
+                      backbone=args.backbone, weights=args.weights, data=args.data)
+    if not args.run_path:      # said once it worked, so that a failure stays one line
+        print(picked_line(run_path, args.cache_dir, "RUN"), file=sys.stderr)
+    print(path)
+
+
+def newest_run(cache_dir) -> Path:
+    """What `export` without RUN and `predict` without --model take: the newest finished run with an
+    image model (a dense head run, composed with its backbone, or a fine-tune run); run.json is
+    written last, so its time is the run's."""
+    found = [j.parent for kind in ("heads", "finetune") for j in Path(cache_dir, kind).glob("*/run.json")
+             if (j.parent / "model.keras").is_file()]
+    if not found:
+        raise UserError(f"no dense head or fine-tune run in {cache_dir}; run `head` first, or name a run")
+    return max(found, key=lambda d: (d / "run.json").stat().st_mtime)
+
+
+def picked_line(run_dir, cache_dir, choose: str) -> str:
+    return f"model: {run_dir} (the newest run in {cache_dir}; {choose} chooses another)"
 
 
 # ---------------------------------------------------------------- the run and its Keras model
@@ -61,7 +79,7 @@ def read_run(path: Path) -> tuple[Path, dict]:
     info = json.loads(run_json.read_text())
     if info.get("stage") != "finetune" and not (run_dir / "model.keras").is_file():
         raise UserError(f"{run_dir} is a {info.get('head', 'non-Keras')} head run; only dense head runs and "
-                        "stage-three runs export (they are Keras models)")
+                        "stage-three runs export or predict (they are Keras models)")
     return run_dir, info
 
 
@@ -92,11 +110,21 @@ def temperature(info: dict) -> float:
     return float(info.get("calibration", {}).get("temperature", 1.0))
 
 
+def class_names(info: dict) -> list[str]:
+    return list(info.get("class_names") or info["features"]["class_names"])
+
+
 def sample_test_images(attrs: dict, data_path, n: int) -> np.ndarray:
-    """n real test images of the features file, spread over the split (it is ordered by class)."""
+    """n real test images of the features file, spread over the split (it is ordered by class), at
+    the size the model takes: an image folder's images of other sizes are resized as predict
+    resizes them."""
+    from PIL import Image
     from pipeline.features import load_splits
-    test = load_splits(attrs, data_path)["test"].x
-    return test[np.unique(np.linspace(0, len(test) - 1, min(n, len(test))).astype(int))]
+    from pipeline.predict import to_size
+    test = load_splits(attrs, data_path)["test"]
+    images = test.select(np.unique(np.linspace(0, len(test) - 1, min(n, len(test))).astype(int))).read()
+    size = tuple(attrs["image_shape"][:2])
+    return np.stack([x if x.shape[:2] == size else to_size(Image.fromarray(x), size) for x in images])
 
 
 # ---------------------------------------------------------------- writing and reading each format
@@ -109,10 +137,13 @@ def _write_savedmodel(model, path: Path):
     model.export(str(path), format="tf_saved_model", verbose=False)
 
 
-def _run_savedmodel(path: Path, images: np.ndarray) -> np.ndarray:
+def open_savedmodel(path: Path):
+    """(uint8 batch -> probabilities, input shape, classes, input dtype) of a SavedModel."""
     import tensorflow as tf
     loaded = tf.saved_model.load(str(path))
-    return _in_batches(lambda b: loaded.serve(tf.constant(b)).numpy(), images)
+    spec = loaded.serve.input_signature[0]
+    n = loaded.serve.concrete_functions[0].structured_outputs.shape[-1]
+    return (lambda batch: loaded.serve(tf.constant(batch)).numpy()), tuple(spec.shape), n, spec.dtype.name
 
 
 def _write_tflite(model, path: Path):
@@ -126,8 +157,8 @@ def _write_tflite(model, path: Path):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def run_tflite(path: Path, images: np.ndarray) -> np.ndarray:
-    """The TFLite file's output on uint8 images, batch by batch."""
+def open_tflite(path: Path):
+    """(uint8 batch -> probabilities, input shape, classes, input dtype) of a TFLite file."""
     import warnings
     import tensorflow as tf
     with warnings.catch_warnings():
@@ -141,20 +172,24 @@ def run_tflite(path: Path, images: np.ndarray) -> np.ndarray:
         interpreter.set_tensor(inp["index"], batch)
         interpreter.invoke()
         return interpreter.get_tensor(out["index"]).copy()
-    return _in_batches(call, images)
+    return call, (None, *inp["shape"][1:]), int(out["shape"][-1]), np.dtype(inp["dtype"]).name
 
 
 def _write_keras(model, path: Path):
     model.save(path)
 
 
-def _run_keras(path: Path, images: np.ndarray) -> np.ndarray:
+def open_keras(path: Path):
+    """(uint8 batch -> probabilities, input shape, classes, input dtype) of an exported Keras file."""
     import keras
-    return keras.models.load_model(path, compile=False).predict(images, batch_size=CHECK_BATCH, verbose=0)
+    model = keras.models.load_model(path, compile=False)
+    return (lambda batch: model.predict(batch, batch_size=CHECK_BATCH, verbose=0)), tuple(model.input_shape), \
+        model.output_shape[-1], model.inputs[0].dtype
 
 
 _WRITE = {"savedmodel": _write_savedmodel, "tflite": _write_tflite, "keras": _write_keras}
-_RUN = {"savedmodel": _run_savedmodel, "tflite": run_tflite, "keras": _run_keras}
+# Each format read back as predict reads it: (callable, input shape, classes, input dtype).
+OPEN = {"savedmodel": open_savedmodel, "tflite": open_tflite, "keras": open_keras}
 
 
 # ---------------------------------------------------------------- the export
@@ -187,7 +222,7 @@ def export_run(run_path: Path, fmt: str, cache_dir="cache", n_images: int = 256,
     with outputs.Lock(final), outputs.atomic_dir(final) as tmp:
         try:
             _WRITE[fmt](model, tmp / name)
-            got = _RUN[fmt](tmp / name, images)
+            got = _in_batches(OPEN[fmt](tmp / name)[0], images)
         except UserError:
             raise
         except Exception as exc:     # a converter or exporter failure: say which, in one line
@@ -199,13 +234,13 @@ def export_run(run_path: Path, fmt: str, cache_dir="cache", n_images: int = 256,
         if not check["passed"]:
             raise UserError(f"the {fmt} export differs from the Keras model by up to {diff:.2e} in a "
                             f"probability (allowed {tolerance:.0e}) on {len(images)} test images; not kept")
-        class_names = info.get("class_names") or info["features"]["class_names"]
-        store.write_text_atomic(tmp / "labels.txt", "".join(f"{c}\n" for c in class_names))
+        names = class_names(info)
+        store.write_text_atomic(tmp / "labels.txt", "".join(f"{c}\n" for c in names))
         store.write_text_atomic(tmp / "export.json", json.dumps({
             **identity, "file": name, "labels": "labels.txt", "run_dir": str(run_dir),
-            "stage": info.get("stage", "head"), "class_names": class_names,
+            "stage": info.get("stage", "head"), "class_names": names,
             "input": {"dtype": "uint8", "shape": [None, *shape[1:]], "pixels": "RGB 0-255"},
-            "output": f"class probabilities (None, {len(class_names)}), softmax of logits / temperature",
+            "output": f"class probabilities (None, {len(names)}), softmax of logits / temperature",
             "check": check, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }, indent=2))
     log(f"{fmt}: max |probability difference| {diff:.2e} against the Keras model on {len(images)} "

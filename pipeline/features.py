@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,32 +62,44 @@ def identity(s: FeatureSettings, precision: str) -> dict:
 def rebuild_backbone(attrs: dict, backbone_file: str | None = None, weights_file: str | None = None,
                      image_shape=None):
     """The network a features file was made with, from its attributes: a named backbone with the
-    same weights origin and input size; a weights or .keras file is located by the caller
-    (--weights/--backbone) and checked by its sha256. `image_shape`: its input (default: the
-    file's first image's; (None, None, 3) takes any size, as stage one does)."""
+    same weights origin and input size; a weights or .keras file is found where the features file
+    recorded it (or where --weights/--backbone says, when it moved) and checked by its sha256.
+    `image_shape`: its input (default: the file's first image's; (None, None, 3) takes any size,
+    as stage one does)."""
     from pipeline.backbone import BACKBONES, Weights
     if "weights_source" not in attrs:
         raise UserError("the features file predates structured weight attributes; rerun `make features`")
     recorded, shape = Weights.from_attrs(attrs), tuple(image_shape or attrs["image_shape"])
     if attrs["backbone"] in BACKBONES:
-        weights = {"imagenet": "imagenet", "none": "none"}.get(recorded.source, weights_file)
-        if weights is None:
-            raise UserError(f"the features file was made with a local {attrs['backbone']} weights file; "
-                            "pass --weights PATH")
-        bb = build_backbone(attrs["backbone"], weights, int(attrs["input_size"]), shape, max(recorded.seed, 0))
-        what = f"--weights {weights_file}"
+        flag, given = "--weights", weights_file
+        path = {"imagenet": "imagenet", "none": "none"}.get(recorded.source) or \
+            _file_of(attrs, "weights_file", given, f"a local {attrs['backbone']} weights file", flag)
+        bb = build_backbone(attrs["backbone"], path, int(attrs["input_size"]), shape, max(recorded.seed, 0))
     else:
-        if backbone_file is None:
-            raise UserError(f"the features file was made with the backbone file {attrs['backbone']}; "
-                            "pass --backbone PATH to it")
-        bb = build_backbone(backbone_file, None, None, shape)
-        what = f"--backbone {backbone_file}"
+        flag, given = "--backbone", backbone_file
+        path = _file_of(attrs, "backbone_file", given, f"the backbone file {attrs['backbone']}", flag)
+        bb = build_backbone(path, None, None, shape)
     if bb.weights != recorded:
-        raise UserError(f"{what} is not the one the features were made with ({recorded})")
+        raise UserError(f"{flag} {path} is not the one the features were made with ({recorded})" if given else
+                        f"{path} changed since the features were made with it ({recorded}); pass {flag} PATH "
+                        "to the original")
     if (bb.width, bb.input_size) != (attrs["feature_width"], attrs["input_size"]):
         raise UserError(f"rebuilt backbone gives width {bb.width} at {bb.input_size}px; the features file "
                         f"says {attrs['feature_width']} at {attrs['input_size']}px")
     return bb
+
+
+def _file_of(attrs: dict, key: str, given: str | None, what: str, flag: str) -> str:
+    """The flag's file when given, else the absolute path the features file recorded under `key`."""
+    if given is not None:
+        return given
+    recorded = attrs.get(key)
+    if not recorded:
+        raise UserError(f"the features file was made with {what}; pass {flag} PATH to it")
+    if not Path(recorded).is_file():
+        raise UserError(f"the features file was made with {recorded}, which is no longer there; "
+                        f"pass {flag} PATH to it")
+    return recorded
 
 
 def load_splits(attrs: dict, data_path: str | None):
@@ -98,6 +111,17 @@ def load_splits(attrs: dict, data_path: str | None):
         raise UserError(f"the images at {source} are not the ones the features file was made from; "
                         "pass --data PATH to the original source")
     return splits
+
+
+def _recorded_files(s: FeatureSettings) -> dict:
+    """The absolute path of a backbone or weights file, beside its sha256 (in the settings), so that
+    later commands rebuild the network without being told where it is again. Not a setting: the
+    same file elsewhere gives the same numbers and the same file name."""
+    if s.backbone not in backbones.BACKBONES:
+        return {"backbone_file": str(Path(s.backbone).resolve())}
+    if s.weights not in (None, "imagenet", "none"):
+        return {"weights_file": str(Path(s.weights).resolve())}
+    return {}
 
 
 def _check(s: FeatureSettings):
@@ -213,25 +237,28 @@ def load_features(path, splits=store.SPLITS, expect: dict | None = None) -> stor
     return fs
 
 
-def default_features(cache_dir) -> Path:
-    """The one rule for `--features` left out (head, sweep, finetune): the newest complete features
-    file in CACHE/features made with `make features`' default settings (its values are checked when
-    it is loaded: a damaged newest file is reported, not silently passed over for an older one)."""
-    default = {"backbone": backbones.DEFAULT_BACKBONE, "weights_source": "imagenet",
-               "input_size": backbones.BACKBONES[backbones.DEFAULT_BACKBONE].default_size}
+def default_features(cache_dir, log=None) -> Path:
+    """The one rule for `--features` left out (head, sweep, finetune, ...): the newest complete
+    features file in CACHE/features, whatever its settings, named on stderr (its values are checked
+    when it is loaded: a damaged newest file is reported, not silently passed over for an older one)."""
     found = []
     for path in Path(cache_dir, "features").glob("*.h5"):
         try:
             attrs = store.read_rows(path, splits=(), values=False).attrs
         except UserError:
             continue       # incomplete, damaged or foreign: not a candidate
-        if all(attrs.get(k) == v for k, v in default.items()) and len(attrs.get("row_shape", [0])) == 1:
+        if len(attrs.get("row_shape", [0])) == 1:
             found.append(path)
     if not found:
-        raise UserError(f"no complete features file with the default settings ({backbones.DEFAULT_BACKBONE}, "
-                        f"ImageNet weights, {default['input_size']}x{default['input_size']}) in "
-                        f"{Path(cache_dir, 'features')}; run `make features` first, or pass --features FILE")
-    return max(found, key=lambda p: p.stat().st_mtime)
+        raise UserError(f"no complete features file in {Path(cache_dir, 'features')}; run `make features` "
+                        "(or `python -m pipeline features --data DIR`) first, or pass --features FILE")
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    (log or _stderr)(f"features: {newest} (the newest in {Path(cache_dir, 'features')}; --features chooses another)")
+    return newest
+
+
+def _stderr(line: str):
+    print(line, file=sys.stderr)
 
 
 def versions() -> dict:
@@ -282,7 +309,7 @@ def run_features(s: FeatureSettings, log=print) -> Path:
         attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(settings),
                  "settings": settings, **settings, "weights": str(backbones.Weights.from_attrs(settings)),
                  "source": ds.source, "class_names": list(ds.class_names),
-                 "image_shape": splits["train"].images.image_shape, "device": device,
+                 "image_shape": splits["train"].images.image_shape, "device": device, **_recorded_files(s),
                  "batch_size": s.batch_size, "shard_rows": s.shard_rows, "versions": versions(),
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         writer = store.RowWriter(final, attrs, {k: v.y for k, v in splits.items()},

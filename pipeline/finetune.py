@@ -61,8 +61,8 @@ class FinetuneSettings:
 def add_arguments(p):
     p.set_defaults(rerun_hint="rerun the same command with --resume")
     p.add_argument("--features", metavar="FILE", help="stage-one features file whose data, backbone, weights, "
-                   "input size and splits to reuse (default: the newest complete file in <cache-dir>/features "
-                   "made with the default stage-one settings, as for `head`)")
+                   "input size and splits to reuse (default: the newest complete file in <cache-dir>/features, "
+                   "whatever its settings, as for `head`)")
     p.add_argument("--head", metavar="FILE", help="stage-two dense head model.keras to start from "
                    "(default: the best dense head trained on the features file)")
     p.add_argument("--mode", choices=MODES, help="default: end-to-end on a GPU, cached on a CPU")
@@ -80,8 +80,7 @@ def add_arguments(p):
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     flags.add_precision(p)
     flags.add_seed(p, "seed of shuffling, augmentation, dropout (default: 0)")
-    p.add_argument("--backbone", metavar="PATH", help="the .keras backbone file, when the features file was made with one")
-    p.add_argument("--weights", metavar="PATH", help="the weights file, when the features file was made with --weights PATH")
+    flags.add_moved_backbone(p)
     p.add_argument("--data", metavar="PATH", help="the image source, if it moved since the features file was made")
     flags.add_cache_dir(p)
 

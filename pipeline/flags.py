@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 from pathlib import Path
 
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
@@ -65,14 +66,32 @@ def positive_float(text) -> float:
     return value
 
 
-def cache_dir(text) -> str:
-    """A folder that exists or can be made: a file under that name is refused up front."""
-    path = Path(text)
+def _nearest_folder(path: Path) -> Path:
+    """The first of `path` and its parents that exists; a file there is refused (nothing can be
+    made under it)."""
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
                 raise argparse.ArgumentTypeError(f"{p} is a file, not a folder")
-            break
+            return p
+    return Path(".")
+
+
+def cache_dir(text) -> str:
+    """A folder that exists or can be made: a file under that name is refused up front."""
+    _nearest_folder(Path(text))
+    return str(text)
+
+
+def out_file(text) -> str:
+    """A file to write at the end (predict --out), checked before any work: not a folder, its
+    folder exists or can be made, and can be written to."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; name a file in it, e.g. {path / 'predictions.csv'}")
+    folder = _nearest_folder(path.parent)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in {folder}: permission denied or a read-only file system")
     return str(text)
 
 
@@ -83,6 +102,15 @@ def add_cache_dir(p, what="outputs"):
 
 def add_precision(p):
     p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
+
+
+def add_moved_backbone(p):
+    """--backbone/--weights of the commands that rebuild a features file's network: only needed when
+    the file the features file recorded (absolute path and sha256) moved."""
+    p.add_argument("--backbone", metavar="PATH", help="the .keras backbone file the features were made with, "
+                   "if it moved since (default: where the features file recorded it)")
+    p.add_argument("--weights", metavar="PATH", help="the weights file the features were made with, if it moved "
+                   "since (default: where the features file recorded it)")
 
 
 def add_seed(p, help_text, default=0):

@@ -391,7 +391,7 @@ def add_common_arguments(p):
     """Flags shared by `head` and `sweep`: one group per head kind, one flag per setting, from the
     tables; head settings default to None = the row's default."""
     p.add_argument("--features", metavar="FILE", help="stage-one HDF5 file (default: the newest complete "
-                   "file in CACHE/features made with the default settings)")
+                   "file in CACHE/features, whatever its settings)")
     p.add_argument("--head", default="dense", choices=list(HEADS), help="which classifier (default: dense)")
     flags.add_cache_dir(p, "models and reports")
     for kind in HEADS.values():

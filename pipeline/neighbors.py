@@ -93,16 +93,13 @@ def add_arguments(p):
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files to find neighbours of "
                    "(instead of --split/--row)")
     p.add_argument("--features", metavar="FILE", help="stage-one HDF5 file (default: the newest complete file "
-                   "in CACHE/features made with the default settings)")
+                   "in CACHE/features, whatever its settings)")
     p.add_argument("--split", choices=store.SPLITS, help="split of the query row")
     p.add_argument("--row", type=int, metavar="N", help="row of the query in --split (0-based)")
     p.add_argument("--k", type=int, default=8, metavar="N", help="neighbours per query (default: 8)")
     p.add_argument("--search", default="train", metavar="SPLIT[,SPLIT]",
                    help="splits searched, comma-separated (default: train)")
-    p.add_argument("--backbone", metavar="PATH", help="the .keras backbone file, when the features were made "
-                   "with one (needed to embed IMAGE files)")
-    p.add_argument("--weights", metavar="PATH", help="local weights file, when the features were "
-                   "made with one (needed to embed IMAGE files)")
+    flags.add_moved_backbone(p)
     p.add_argument("--data", metavar="PATH", help="the image source, when it moved since stage one")
     flags.add_cache_dir(p)
 

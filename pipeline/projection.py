@@ -108,7 +108,7 @@ def write_projector(folder: Path, key: str, name: str, features, meta: list[dict
 
 def add_arguments(p):
     p.add_argument("--features", metavar="FILE", help="stage-one HDF5 file (default: the newest complete file "
-                   "in CACHE/features made with the default settings)")
+                   "in CACHE/features, whatever its settings)")
     p.add_argument("--split", default="test", choices=store.SPLITS, help="which split to map (default: test)")
     p.add_argument("--per-class", type=int, default=100, metavar="N",
                    help="images per class in the subsample (default: 100)")

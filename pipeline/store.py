@@ -254,9 +254,9 @@ def describe(path, words: Words = FEATURES) -> str:
         progress = f.get("progress")
         lines = [f"{'file:':<19}{path}",
                  f"{'complete:':<19}{'yes' if is_complete(attrs) else 'no'}"]
-        for key in ("schema_version", "settings_hash", "dataset", "source", "backbone", "weights",
-                    "input_size", "feature_width", "views", "preprocessing", "precision", "device", "limit",
-                    "val_fraction", "split_seed", "batch_size", "data_fingerprint", "created",
+        for key in ("schema_version", "settings_hash", "dataset", "source", "backbone", "backbone_file", "weights",
+                    "weights_file", "input_size", "feature_width", "views", "preprocessing", "precision", "device",
+                    "limit", "val_fraction", "split_seed", "batch_size", "data_fingerprint", "created",
                     "elapsed_seconds", "images_per_second"):
             if key in attrs:
                 lines.append(f"{key + ':':<19}{attrs[key]}")

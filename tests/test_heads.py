@@ -205,9 +205,20 @@ def test_bad_features_files(kind, stage, bad_files, tmp_path, capsys):
                    capsys, tmp_path / "c", expect)
 
 
-def test_no_default_features_says_run_make_features(tmp_path, capsys):
-    synthetic_features(tmp_path)     # complete, but not made with the default settings
+def test_no_complete_features_file_says_run_make_features(tmp_path, capsys):
+    synthetic_features(tmp_path, finish=False)     # a partial file is not a candidate
     _fails_cleanly(["head", "--cache-dir", str(tmp_path)], capsys, tmp_path, "run `make features`")
+
+
+def test_without_features_the_newest_complete_file_is_used_whatever_its_settings_and_named(tmp_path, capsys):
+    older = synthetic_features(tmp_path, seed=1)
+    newer = synthetic_features(tmp_path, seed=2, width=8)
+    os.utime(older, (1, 1))
+    code = main(["head", "--head", "logreg", "--cache-dir", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"features: {newer} (the newest in {tmp_path / 'features'}; --features chooses another)" in captured.err
+    assert newer.name in captured.out and older.name not in captured.out
 
 
 @pytest.mark.parametrize("flags, expect", [

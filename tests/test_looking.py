@@ -129,7 +129,6 @@ def test_neighbors_of_a_row(planted, tmp_path, capsys):
     (["--split", "test", "--row", "1", "--k", "0"], "--k must be at least 1"),
     (["--split", "test", "--row", "1", "--search", "tran"], "--search takes splits"),
     (["missing.jpg"], "image missing.jpg does not exist"),
-    ([str(CIFAR_JPG / "train" / "cat" / "0000.jpg")], "pass --backbone PATH"),
 ])
 def test_neighbors_bad_input(planted, tmp_path, capsys, argv, message):
     assert_user_error(capsys, ["neighbors", "--features", str(planted[0]), "--cache-dir", str(tmp_path), *argv],

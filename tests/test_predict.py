@@ -103,9 +103,10 @@ def test_glob_and_tta_average_each_image_with_its_mirror(model, tmp_path, capsys
 
 
 @pytest.mark.parametrize("case, message", [
-    ("missing model", "model file"),
+    ("missing model", "does not exist; give a run folder"),
     ("head as model", "not uint8 images"),
     ("empty folder", "matches no image files"),
+    ("folder as model", "is not a model predict reads"),
 ])
 def test_bad_input_gives_one_error_line_and_exit_2(model, tmp_path, capsys, case, message):
     image = tmp_path / "ok.png"
@@ -113,8 +114,11 @@ def test_bad_input_gives_one_error_line_and_exit_2(model, tmp_path, capsys, case
     model_arg = model
     if case == "missing model":
         model_arg = tmp_path / "none.keras"
-    elif case == "head as model":
-        model_arg = model.parents[2] / "heads" / "dense-1" / "model.keras"
+    elif case == "head as model":      # a head's model.keras on its own, without its run.json
+        model_arg = tmp_path / "head.keras"
+        model_arg.write_bytes((model.parents[2] / "heads" / "dense-1" / "model.keras").read_bytes())
+    elif case == "folder as model":
+        model_arg = tmp_path
     elif case == "empty folder":
         image = tmp_path / "empty"
         image.mkdir()
@@ -127,3 +131,93 @@ def test_a_missing_file_is_skipped_and_the_others_predicted(model, tmp_path, cap
     code, out, err = run_cli(capsys, "predict", "--model", model, tmp_path / "nothing.png", good)
     assert code == 3 and len(out) == 1 and out[0].startswith(f"{good}: ")
     assert err == [f"skipped: image {tmp_path / 'nothing.png'} does not exist"]
+
+
+# ---------------------------------------------------------------- which files: links, loops, odd names
+
+def test_globs_follow_no_linked_folder_and_name_each_real_file_once(tmp_path, monkeypatch):
+    """Two links back to the folder (loops), a link out of it and a second name of one file: as a
+    folder argument, a glob sees each real image inside the folder once, and returns at once."""
+    from pipeline.predict import expand
+    monkeypatch.chdir(tmp_path)
+    _, (x,) = save_images(tmp_path / "L", 1)
+    _, (y,) = save_images(tmp_path / "L" / "sub", 1, seed=1)
+    save_images(tmp_path / "outside", 1, seed=2)
+    for name, target in (("a", "."), ("b", "."), ("out", "../outside")):
+        (tmp_path / "L" / name).symlink_to(target, target_is_directory=True)
+    (tmp_path / "L" / "again.png").symlink_to(x.name)
+    inside = {x.resolve(), y.resolve()}
+    for args in (["L/**/*.png"], [str(tmp_path / "L" / "**" / "*.png")], ["L/*/*.png", "L/*.png"], ["L"],
+                 ["L", "L/**/*.png", str(x)]):
+        found = expand(args)
+        assert {p.resolve() for p in found} == inside and len(found) == 2, (args, found)
+
+
+def test_an_existing_name_with_glob_characters_is_a_file_not_a_pattern(tmp_path):
+    from pipeline.predict import expand
+    _, (plain,) = save_images(tmp_path, 1)
+    odd = plain.rename(tmp_path / "br[1].png")
+    assert expand([str(odd)]) == [odd]
+    (tmp_path / "br1.png").write_bytes(odd.read_bytes())
+    odd.unlink()      # now a pattern: it matches br1.png
+    assert expand([str(odd)]) == [tmp_path / "br1.png"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("a folder", "is a folder; name a file in it"),
+    ("under a file", "is a file, not a folder"),
+    ("unwritable", "cannot write in"),
+])
+def test_out_is_checked_before_the_model_or_any_image_is_read(tmp_path, capsys, monkeypatch, case, message):
+    import pipeline.flags
+    _, (image,) = save_images(tmp_path, 1)
+    out = {"a folder": tmp_path, "under a file": image / "predictions.csv"}.get(case, tmp_path / "new" / "p.csv")
+    if case == "unwritable":      # as a read-only folder or file system answers (root may write anywhere else)
+        monkeypatch.setattr(pipeline.flags.os, "access", lambda path, mode: False)
+    code, stdout, err = run_cli(capsys, "predict", "--model", tmp_path / "no-such-model", image, "--out", out)
+    assert code == 2 and stdout == [] and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_a_full_disk_while_writing_predictions_does_not_claim_work_is_kept(tmp_path, capsys, monkeypatch):
+    import errno
+    from pipeline import predict
+
+    class Fixed:         # no model needed: what is written, and how it fails, is the point
+        class_names = ["a", "b"]
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def predict_paths(self, paths, k, batch_size):
+            yield [(p, [("a", 0.75), ("b", 0.25)][:k]) for p in paths], []
+
+    def full(path, rows, k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+    monkeypatch.setattr(predict, "Predictor", Fixed)
+    monkeypatch.setattr(predict, "write_csv", full)
+    _, (image,) = save_images(tmp_path, 1)
+    code, out, err = run_cli(capsys, "predict", "--model", tmp_path, image, "--out", tmp_path / "p.csv")
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: disk full while writing"), err
+    assert "kept" not in err[0]
+
+
+def test_file_names_that_are_not_utf8_are_predicted_and_written(model, tmp_path, capsys):
+    import os
+    _, (image,) = save_images(tmp_path, 1)
+    odd = tmp_path / os.fsdecode(b"caf\xe9-\xff.png")        # Latin-1 bytes: not valid UTF-8
+    image.rename(odd)
+    out_csv = tmp_path / os.fsdecode(b"pr\xe9dictions.csv")
+    code, out, err = run_cli(capsys, "predict", "--model", model, odd, "--out", out_csv)
+    assert code == 0, err
+    rows = open(os.fsencode(out_csv), "rb").read().splitlines()
+    assert len(rows) == 2 and rows[1].startswith(os.fsencode(odd) + b",")    # the name's own bytes
+
+
+def test_predictions_on_a_full_disk_are_one_error_line_and_leave_nothing(model, tmp_path, capsys):
+    from conftest import fill_disk, small_disk
+    _, paths = save_images(tmp_path, 3)
+    with small_disk(0.1) as where:
+        fill_disk(where)
+        code, out, err = run_cli(capsys, "predict", "--model", model, *paths, "--out", where / "p.csv")
+        assert code == 2 and len(err) == 1 and err[0].startswith("error: disk full while writing"), err
+        assert "kept" not in err[0] and sorted(p.name for p in where.iterdir()) == ["filler"]
