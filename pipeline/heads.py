@@ -365,6 +365,8 @@ def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose
                                   extra={"run": name, "head": head, "settings": settings, "features": info["features"]})
             info["calibration"] = summary(y_true, y_prob, after, temperature)
             info["metrics"] = {"val_accuracy": report["val_accuracy"], "test_accuracy": report["test_accuracy"],
+                               "val_accuracy_interval": report["val_accuracy_interval"],
+                               "test_accuracy_interval": report["test_accuracy_interval"],
                                "wall_seconds": report["wall_seconds"], **metrics}
             write_json_atomic(tmp / "run.json", info)   # last: a folder with run.json is a finished run
     return {**info, "run_dir": str(final), "report": str(report_dir), "skipped": False, "model": model}
