@@ -143,10 +143,10 @@ def _gallery(path: Path, a: Scored, b: Scored, split: str) -> dict:
     except (UserError, OSError) as exc:
         return {**out, "note": rows.unreadable(exc)}
     from pipeline.gallery import save_grid
-    captions = [f"only {side} right: {p[0]['true']}\nwrong says {p[1 if side == 'A' else 0]['predicted']}"
+    captions = [f"{p[0]['true']}\n{'B' if side == 'A' else 'A'} says {p[1 if side == 'A' else 0]['predicted']}"
                 for side, p, _ in cells]
     save_grid(path, images, captions, colors=[c for _, _, c in cells],
-              title=f"{split} images only A ({a.name}, blue) or only B ({b.name}, orange) gets right")
+              title=f"{split} images only A gets right (blue) and only B (orange); caption: true class, the other's answer")
     return {**out, "file": path.name}
 
 

@@ -15,8 +15,8 @@ def two_runs(tmp_path_factory):
     """A logreg and a knn head on shuffled-label synthetic features (near chance: many images only
     one of them gets right), whose source is a synthetic CIFAR batches folder (the gallery reads it)."""
     tmp = tmp_path_factory.mktemp("compare")
-    source = write_batches(tmp / "batches", *synthetic_cifar(n_train=400, n_test=200))
-    path = synthetic_features(tmp, per_class=(20, 20, 20), shuffle=True, source=str(source),
+    source = write_batches(tmp / "batches", *synthetic_cifar(n_train=300, n_test=30))
+    path = synthetic_features(tmp, per_class=(20, 10, 3), shuffle=True, source=str(source),
                               image_shape=[32, 32, 3])
     fs, cache = heads.load_features(path), tmp / "cache"
     a = heads.run_head(fs, "logreg", heads.make_settings("logreg"), cache)
@@ -65,10 +65,10 @@ def test_runs_are_named_by_name_or_report_folder(two_runs, capsys):
 
 
 @pytest.mark.parametrize("change, expect", [({"data_fingerprint": "other images", "seed": 1}, "different images"),
-                                             ({"per_class": (20, 10, 20), "seed": 2}, "different val images")])
+                                             ({"per_class": (20, 5, 3), "seed": 2}, "different val images")])
 def test_runs_on_different_images_are_refused(two_runs, tmp_path, capsys, change, expect):
     cache, a, _ = two_runs
-    path = synthetic_features(tmp_path, **{"per_class": (20, 20, 20), "shuffle": True, **change})
+    path = synthetic_features(tmp_path, **{"per_class": (20, 10, 3), "shuffle": True, **change})
     other = heads.run_head(heads.load_features(path), "logreg", heads.make_settings("logreg"), cache)
     capsys.readouterr()
     assert main(["compare", a, other["run_dir"], "--cache-dir", str(cache)]) == 2
