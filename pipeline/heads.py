@@ -414,12 +414,22 @@ def features_from_args(args) -> store.FeatureSet:
 
 def add_arguments(p):
     add_common_arguments(p)
+    p.add_argument("--seeds", type=flags.positive_int, default=1, metavar="N",
+                   help="dense: train N seeds (--seed, --seed + 1, ...) and report the mean, standard deviation "
+                        "and 95%% interval of the mean of the accuracies (default: 1)")
 
 
 def run(args):
     from pipeline.report import print_summary
     settings = settings_from_args(args)        # flag mistakes surface before any loading
+    from pipeline import seeds
+    seeds.check(args.head, args.seeds)
     fs = features_from_args(args)
+    if args.seeds > 1:
+        summary, path = seeds.run_seeds(fs, args.head, settings, args.cache_dir, args.seeds, verbose=2)
+        print(seeds.summary_text(summary))
+        print(f"summary: {path}")
+        return
     result = run_head(fs, args.head, settings, args.cache_dir, verbose=2)
     if result["skipped"]:
         print(f"up to date: {result['run_dir']}")

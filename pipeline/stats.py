@@ -88,7 +88,7 @@ def paired(correct_a, correct_b, resamples: int = RESAMPLES, seed: int = 0) -> d
 
 
 def over_seeds(values) -> dict:
-    """{"mean", "sd", "low", "high", "n"} of per-seed values; sd and interval None for one seed."""
+    """{"mean", "sd", "low", "high", "n"} of per-seed accuracies; sd and interval None for one seed."""
     v = np.asarray(values, float)
     n, mean = len(v), float(v.mean())
     if n < 2:
@@ -96,7 +96,8 @@ def over_seeds(values) -> dict:
     from scipy.stats import t
     sd = float(v.std(ddof=1))
     half = float(t.ppf((1 + LEVEL) / 2, n - 1)) * sd / math.sqrt(n)
-    return {"mean": mean, "sd": sd, "low": mean - half, "high": mean + half, "n": n}
+    # accuracies: the interval never leaves [0, 1] (with few seeds the t interval can)
+    return {"mean": mean, "sd": sd, "low": max(0.0, mean - half), "high": min(1.0, mean + half), "n": n}
 
 
 def interval_text(value: float, low: float | None, high: float | None, digits: int = 4) -> str:

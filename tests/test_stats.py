@@ -79,3 +79,32 @@ def test_texts():
     assert stats.interval_text(0.8, 0.49016, 0.94331) == "0.8000 [0.4902, 0.9433]"
     assert stats.interval_text(0.8, None, None) == "0.8000"
     assert stats.signed_text(0.012, -0.004, 0.028) == "+0.0120 [-0.0040, +0.0280]"
+
+
+def test_head_seeds_reports_mean_sd_and_interval(tmp_path, capsys):
+    """`head --seeds 2` on a tiny dense head: two ordinary runs and their summary."""
+    import json
+    from conftest import synthetic_features
+    from pipeline.cli import main
+    features = synthetic_features(tmp_path, width=8, per_class=(10, 5, 5), shuffle=True)
+    argv = ["head", "--features", str(features), "--cache-dir", str(tmp_path / "cache"), "--seeds", "2",
+            "--seed", "4", "--hidden", "0", "--epochs", "2", "--batch-size", "50"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(next((tmp_path / "cache" / "seeds").glob("*-x2.json")).read_text())
+    assert summary["seeds"] == [4, 5] and len(set(summary["runs"])) == 2
+    for split in ("val", "test"):
+        a = summary[f"{split}_accuracy"]
+        assert a == {**stats.over_seeds(a["per_seed"]), "per_seed": a["per_seed"]}
+        assert f"{split} accuracy over 2 seeds: mean" in out
+    assert "Student-t" in out
+    run_jsons = [tmp_path / "cache" / "heads" / r / "run.json" for r in summary["runs"]]
+    stamps = [p.stat().st_mtime_ns for p in run_jsons]
+    assert main(argv) == 0 and [p.stat().st_mtime_ns for p in run_jsons] == stamps     # the runs are reused
+
+
+def test_seeds_refused_for_deterministic_heads(tmp_path, capsys):
+    from pipeline.cli import main
+    assert main(["head", "--head", "logreg", "--seeds", "2", "--cache-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --seeds applies to the dense head") and len(err.strip().splitlines()) == 1
