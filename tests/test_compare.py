@@ -102,3 +102,49 @@ def test_sweep_ties_without_per_image_predictions_are_left_unmarked(two_runs, tm
             for d in (a, b)]
     rows = sweep.leaderboard(runs, [], tmp_path)
     assert [r["tied_with_best"] for r in rows] == [None, None] and rows[0]["recommended"]
+
+
+def test_site_and_report_show_the_intervals(two_runs, tmp_path):
+    """The report site's index and run pages carry each accuracy's interval, per-class recall
+    intervals, and a sweep's recommended run (a leaderboard saved into the cache)."""
+    from pipeline import report, site
+    cache, a, b = two_runs
+    runs = [heads.read_run_json(f"{d}/run.json") | {"run_dir": d} for d in (a, b)]
+    rows = sweep.leaderboard(runs, [], cache)
+    sweep.save_leaderboard(rows, cache / "sweeps" / "test-sweep")
+    site.rebuild(cache)
+    name = a.rsplit("/", 1)[-1]
+    saved = json.loads((cache / "reports" / name / "report.json").read_text())
+    val = saved["splits"]["val"]
+    assert saved["val_accuracy_interval"] == val["accuracy_interval"] == report.accuracy_interval(val)
+    low, high = val["accuracy_interval"]
+    assert low < val["accuracy"] < high and "Wilson" in saved["intervals"]
+    text = stats.interval_text(val["accuracy"], low, high)
+    assert text in (cache / "reports" / "index.html").read_text()
+    page = (cache / "reports" / "runs" / f"{name}.html").read_text()
+    assert text in page and "recall [95% CI]" in page
+    recommended = next(r["run"] for r in rows if r["recommended"])
+    index = (cache / "reports" / "index.html").read_text()
+    assert f'<a href="runs/{recommended}.html">{recommended}</a></td></tr>' in index and "McNemar" in index
+    assert text in report.summary_table(saved) and "recall 95% CI" in report.summary_table(saved)
+
+
+@pytest.mark.slow
+def test_compare_two_real_runs(real_features, tmp_path, capsys):
+    """Dense against logreg on the shared EfficientNet-Lite0 features of real CIFAR-10 images: the
+    paired difference, its interval, McNemar's p, and a gallery of real disagreements."""
+    cache = tmp_path / "cache"
+    fs = heads.load_features(real_features)
+    a = heads.run_head(fs, "dense", heads.make_settings("dense", hidden=256, epochs=20), cache)
+    b = heads.run_head(fs, "logreg", heads.make_settings("logreg"), cache)
+    capsys.readouterr()
+    assert main(["compare", a["run_dir"], b["run_dir"], "--cache-dir", str(cache)]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads(next((cache / "compare").glob("*/compare.json")).read_text())
+    t = saved["splits"]["test"]
+    assert t["a"]["accuracy"] == pytest.approx(a["metrics"]["test_accuracy"])
+    assert t["b"]["accuracy"] == pytest.approx(b["metrics"]["test_accuracy"])
+    assert t["difference_low"] <= t["difference"] <= t["difference_high"] and 0 < t["mcnemar_p"] <= 1
+    assert stats.signed_text(t["difference"], t["difference_low"], t["difference_high"]) in out
+    assert f"{t['mcnemar_p']:.3g}" in out
+    assert saved["gallery"].get("file") == "disagreements.png", saved["gallery"]
