@@ -50,6 +50,17 @@ def accuracy_interval(split: dict) -> list[float]:
     return [round(low, 4), round(high, 4)]
 
 
+def recorded_interval(metrics: dict, report: dict, split: str) -> list[float] | None:
+    """[low, high] of a run's `split` accuracy: as its run.json metrics record it, else from its
+    report's confusion matrix (runs made before intervals were recorded); None without either."""
+    if metrics.get(f"{split}_accuracy_interval"):
+        return metrics[f"{split}_accuracy_interval"]
+    try:
+        return accuracy_interval(report["splits"][split])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
 def accuracy_text(split: dict) -> str:
     """"0.8123 [0.8012, 0.8230]": a split's accuracy with its 95% interval."""
     return stats.interval_text(split["accuracy"], *accuracy_interval(split))

@@ -67,6 +67,7 @@ def _features_attrs(path: str, seen: dict) -> dict:
 def collect_runs(cache_dir) -> tuple[list[dict], list[dict]]:
     """(runs, sweeps). A run: name, kind, page, report folder, settings, accuracies, time. Any head
     kind is taken as its run.json names it; unreadable run folders are skipped."""
+    from pipeline.report import recorded_interval
     cache = Path(cache_dir)
     seen, runs = {}, []
     sources = [(p, cache / "reports" / p.parent.name) for p in sorted(cache.glob("heads/*/run.json"))]
@@ -88,7 +89,7 @@ def collect_runs(cache_dir) -> tuple[list[dict], list[dict]]:
             "backbone": (info.get("backbone") or {}).get("name") or attrs.get("backbone", "?"),
             "settings": _settings_text(settings, finetune),
             "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
-            **{f"{k}_accuracy_interval": _interval(metrics, report, k) for k in ("val", "test")},
+            **{f"{k}_accuracy_interval": recorded_interval(metrics, report, k) for k in ("val", "test")},
             "wall_seconds": info.get("wall_seconds", metrics.get("wall_seconds", report.get("wall_seconds"))),
             "finished": datetime.datetime.fromtimestamp(run_json.stat().st_mtime, datetime.timezone.utc)
                         .strftime("%Y-%m-%d %H:%M:%S"),
@@ -107,18 +108,6 @@ def collect_runs(cache_dir) -> tuple[list[dict], list[dict]]:
             sweeps.append({"name": path.stem, "runs": members, "best": members[0],
                            "recommended": picked[0] if picked and picked[0] in by_name else ""})
     return runs, sweeps
-
-
-def _interval(metrics: dict, report: dict, split: str):
-    """[low, high] of a split's accuracy: as the run recorded it, else from its report's confusion
-    matrix (runs made before intervals were recorded); None without either."""
-    from pipeline.report import accuracy_interval
-    if metrics.get(f"{split}_accuracy_interval"):
-        return metrics[f"{split}_accuracy_interval"]
-    try:
-        return accuracy_interval(report["splits"][split])
-    except (KeyError, TypeError, ValueError):
-        return None
 
 
 def _read_json(path: Path, default=None):
@@ -186,7 +175,7 @@ def run_html(run: dict, page_dir: Path) -> str:
     comparison = report.get("comparison") or run["info"].get("comparison")
     if comparison and comparison.get("paired"):       # pipeline.compare's statement of it
         from pipeline.compare import paired_table
-        parts.append(f"<h2>Fine-tuned (B) against its starting head (A)</h2><pre>"
+        parts.append(f"<h2>Fine-tuned against its starting head</h2><pre>"
                      f"{_e(paired_table(comparison['paired'], 'head', 'tuned'))}</pre>")
     elif comparison:
         parts.append("<h2>Fine-tuned against its starting head</h2><table><tr><th></th><th>val acc</th>"

@@ -126,7 +126,14 @@ def leaderboard(runs: list[dict], keys, cache_dir=None) -> list[dict]:
 
 
 def _interval(run: dict, split: str) -> dict:
-    low, high = run["metrics"].get(f"{split}_accuracy_interval") or (None, None)
+    from pipeline.report import recorded_interval
+    report = {}
+    if not run["metrics"].get(f"{split}_accuracy_interval") and run.get("report"):   # a run from before intervals
+        try:
+            report = json.loads(Path(run["report"], "report.json").read_text())
+        except (OSError, ValueError):
+            pass
+    low, high = recorded_interval(run["metrics"], report, split) or (None, None)
     return {f"{split}_accuracy_low": low, f"{split}_accuracy_high": high}
 
 

@@ -93,6 +93,10 @@ def test_sweep_marks_ties_with_the_best_and_recommends_one(two_runs):
     assert other["tied_with_best"] == (other["val_p_vs_best"] >= sweep.TIE_LEVEL)
     assert sum(r["recommended"] for r in rows) == 1
     assert all(r["val_accuracy_low"] <= r["val_accuracy"] <= r["val_accuracy_high"] for r in rows)
+    # runs recorded before intervals existed: the interval comes from their report's confusion matrix
+    old = [{**r, "metrics": {k: v for k, v in r["metrics"].items() if not k.endswith("_interval")},
+            "report": str(cache / "reports" / r["run_dir"].rsplit("/", 1)[-1])} for r in runs]
+    assert [r["test_accuracy_low"] for r in sweep.leaderboard(old, [], cache)] == [r["test_accuracy_low"] for r in rows]
 
 
 def test_sweep_ties_without_per_image_predictions_are_left_unmarked(two_runs, tmp_path):
