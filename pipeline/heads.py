@@ -259,6 +259,9 @@ class HeadKind:
     canonical: Callable = field(default=lambda settings: settings)
     # a softmax output layer: a temperature fitted on val (pipeline.calibration) calibrates it
     calibrated: bool = False
+    # how a sweep breaks a tie between configurations toward the more regularized one, as the
+    # one-standard-error rule does (Breiman et al.): (setting, +1 smaller is simpler / -1 larger is)
+    simpler: tuple = ()
 
 
 HEADS = {kind.name: kind for kind in [
@@ -267,11 +270,11 @@ HEADS = {kind.name: kind for kind in [
               "patience": 5, "seed": 0},
              train_dense, "model.keras", _load_keras,
              ("hidden", "dropout", "lr", "batch_size", "l2", "patience", "seed"), _no_dropout_without_hidden,
-             calibrated=True),
+             calibrated=True, simpler=(("hidden", 1), ("l2", -1), ("dropout", -1))),
     HeadKind("logreg", "scikit-learn: StandardScaler -> LogisticRegression(lbfgs)", {"C": 0.1, "max_iter": 1000},
-             train_logreg, "model.joblib", _load_joblib, ("C", "max_iter")),
+             train_logreg, "model.joblib", _load_joblib, ("C", "max_iter"), simpler=(("C", 1),)),
     HeadKind("knn", "scikit-learn: StandardScaler -> cosine k-nearest neighbours", {"k": 20, "weighting": "distance"},
-             train_knn, "model.joblib", _load_joblib, ("k", "weighting")),
+             train_knn, "model.joblib", _load_joblib, ("k", "weighting"), simpler=(("k", -1),)),
 ]}
 
 

@@ -8,7 +8,7 @@ exists is skipped, so an interrupted or extended sweep only trains what is new. 
 sorted by validation accuracy (test accuracy is shown, never used to rank), with each accuracy's
 95% Wilson interval, is printed and saved as JSON and CSV in cache/sweeps/. Configurations whose
 val accuracy is not distinguishable from the best (McNemar's exact test on the same val images,
-p >= 0.05) are marked as ties, and the fastest to train among them is recommended.
+p >= 0.05) are marked as ties, and the most regularized of them (HeadKind.simpler) is recommended.
 
 With `--engine ray` the configurations are Ray tasks and the features go into Ray's object store
 once, shared by every task (the local engine's processes each read their own copy). The tasks
@@ -110,19 +110,23 @@ def _ray_results(fs, head, todo, cache_dir, threads, address):
 
 TIE_LEVEL = 0.05
 TIE_RULE = (f"ties: val accuracy not distinguishable from the best's (McNemar's exact test on the same val "
-            f"images, p >= {TIE_LEVEL}); recommended: the fastest to train among the ties")
+            f"images, p >= {TIE_LEVEL}); recommended: the most regularized of the ties (" + "; ".join(
+                f"{k.name}: " + ", then ".join(f"{'smaller' if sign > 0 else 'larger'} {key}" for key, sign in k.simpler)
+                for k in heads.HEADS.values() if k.simpler) + "), then the fastest to train")
 
 
 def leaderboard(runs: list[dict], keys, cache_dir=None) -> list[dict]:
     """Rows sorted by val accuracy, each with its accuracies' 95% intervals; with `cache_dir`
     (where the runs' per-image predictions are) the ties with the best are marked (TIE_RULE)."""
+    simplest_first = {Path(r["run_dir"]).name: tuple(sign * r["settings"][key] for key, sign in
+                                                     heads.HEADS[r["head"]].simpler) for r in runs}
     rows = [{"run": Path(r["run_dir"]).name, **{k: r["settings"][k] for k in keys},
              "val_accuracy": r["metrics"]["val_accuracy"], **_interval(r, "val"),
              "test_accuracy": r["metrics"]["test_accuracy"], **_interval(r, "test"),
              "wall_seconds": r["metrics"].get("wall_seconds"), "run_dir": r["run_dir"]}
             for r in runs]
     rows.sort(key=lambda row: (-row["val_accuracy"], row["run"]))
-    return mark_ties(rows, cache_dir) if cache_dir is not None else rows
+    return mark_ties(rows, cache_dir, simplest_first) if cache_dir is not None else rows
 
 
 def _interval(run: dict, split: str) -> dict:
@@ -137,10 +141,11 @@ def _interval(run: dict, split: str) -> dict:
     return {f"{split}_accuracy_low": low, f"{split}_accuracy_high": high}
 
 
-def mark_ties(rows: list[dict], cache_dir) -> list[dict]:
+def mark_ties(rows: list[dict], cache_dir, simplest_first: dict) -> list[dict]:
     """Adds val_p_vs_best (McNemar's exact p of each run against the best, on the same val
-    images), tied_with_best and recommended (TIE_RULE); None where a run's per-image predictions
-    are missing (a report from before they were written)."""
+    images), tied_with_best and recommended (TIE_RULE; `simplest_first`: run name -> sort key,
+    smallest = most regularized); None where a run's per-image predictions are missing (a report
+    from before they were written)."""
     import numpy as np
     from pipeline import compare, stats
 
@@ -156,8 +161,8 @@ def mark_ties(rows: list[dict], cache_dir) -> list[dict]:
                                 stats.mcnemar_exact(int(np.sum(best & ~right)), int(np.sum(right & ~best))))
         row["tied_with_best"] = None if row["val_p_vs_best"] is None else row["val_p_vs_best"] >= TIE_LEVEL
     tied = [r for r in rows if r["tied_with_best"]] or rows[:1]
-    pick = min(tied, key=lambda r: (r["wall_seconds"] if r["wall_seconds"] is not None else float("inf"),
-                                    -r["val_accuracy"], r["run"]))
+    pick = min(tied, key=lambda r: (simplest_first[r["run"]],
+                                    r["wall_seconds"] if r["wall_seconds"] is not None else float("inf"), r["run"]))
     for row in rows:
         row["recommended"] = row is pick
     return rows

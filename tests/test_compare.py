@@ -152,3 +152,17 @@ def test_compare_two_real_runs(real_features, tmp_path, capsys):
     assert stats.signed_text(t["difference"], t["difference_low"], t["difference_high"]) in out
     assert f"{t['mcnemar_p']:.3g}" in out
     assert saved["gallery"].get("file") == "disagreements.png", saved["gallery"]
+
+
+def test_the_recommended_tie_is_the_most_regularized(monkeypatch):
+    """Three logreg configurations right on the same val images (all tied): the smallest C is
+    recommended however long each took; without ties, the best alone."""
+    same = type("Scored", (), {"predictions": {"val": [{"correct": 1}, {"correct": 0}] * 10}})()
+    monkeypatch.setattr(compare, "load", lambda *a: same)
+    runs = [{"run_dir": f"cache/heads/logreg-{c}", "head": "logreg", "settings": {"C": c, "max_iter": 100},
+             "metrics": {"val_accuracy": 0.5, "test_accuracy": 0.5, "wall_seconds": w}}
+            for c, w in ((1.0, 1.0), (0.01, 9.0), (0.1, 2.0))]
+    rows = sweep.leaderboard(runs, ["C"], "cache")
+    assert all(r["tied_with_best"] for r in rows)
+    assert [r["C"] for r in rows if r["recommended"]] == [0.01]
+    assert "logreg: smaller C" in sweep.TIE_RULE and "dense: smaller hidden" in sweep.TIE_RULE
