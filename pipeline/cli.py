@@ -26,6 +26,9 @@ STAGE_MODULES = [
     ("neighbors", "pipeline.neighbors", "the most similar images to a row or to image files (cosine on features)"),
     ("audit", "pipeline.audit", "near-duplicate and exact-copy images across splits, and accuracy without them"),
     ("map", "pipeline.projection", "2-D map of the features (PCA, then t-SNE) and Embedding Projector files"),
+    ("compare", "pipeline.compare", "two runs on the same images: both accuracies with intervals, the paired "
+                                    "difference, McNemar's p and the images only one gets right"),
+    ("verify", "pipeline.verify", "re-embed a sample of a features file's rows and check they match what is stored"),
     ("report", "pipeline.site", "rebuild cache/reports/index.html: every run in one sortable page"),
 ]
 RERUN = "rerun the same command"

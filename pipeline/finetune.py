@@ -344,18 +344,25 @@ def _fit(model, s: FinetuneSettings, data: dict, ckpt: Path, log) -> dict:
 
 
 def compare(y_true: dict, head_prob: dict, tuned_prob: dict, head_path: Path, head_info: dict) -> dict:
-    def accuracy(prob):
-        return {f"{k}_accuracy": round(float(np.mean(np.argmax(prob[k], 1) == y_true[k])), 4) for k in y_true}
-    head = {"path": str(head_path), **accuracy(head_prob)}
+    """The fine-tuned model against its starting head on the same val and test images, stated as
+    `python -m pipeline compare` states two runs (pipeline.stats.paired): accuracies with 95%
+    intervals, the change with its paired bootstrap interval, McNemar's exact p."""
+    from pipeline import stats
+    paired = {k: stats.paired(np.argmax(head_prob[k], 1) == y_true[k], np.argmax(tuned_prob[k], 1) == y_true[k])
+              for k in y_true}
+
+    def accuracy(side):
+        return {key: value for k, p in paired.items() for key, value in (
+            (f"{k}_accuracy", round(p[side]["accuracy"], 4)),
+            (f"{k}_accuracy_interval", [round(p[side]["low"], 4), round(p[side]["high"], 4)]))}
+    head = {"path": str(head_path), **accuracy("a")}
     if head_info.get("metrics"):
         head["reported"] = head_info["metrics"]
-    tuned = accuracy(tuned_prob)
-    return {"head": head, "finetuned": tuned,
-            "delta": {k: round(tuned[k] - head[k], 4) for k in tuned}}
+    tuned = accuracy("b")
+    return {"head": head, "finetuned": tuned, "paired": paired,
+            "delta": {f"{k}_accuracy": round(p["difference"], 4) for k, p in paired.items()}}
 
 
 def _comparison_table(c: dict) -> str:
-    from pipeline.report import format_table
-    rows = [[name, c[name]["val_accuracy"], c[name]["test_accuracy"]] for name in ("head", "finetuned")]
-    return format_table(["", "val acc", "test acc"], rows + [["change", c["delta"]["val_accuracy"],
-                                                                c["delta"]["test_accuracy"]]])
+    from pipeline.compare import paired_table
+    return paired_table(c["paired"], "head", "tuned")

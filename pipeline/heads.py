@@ -260,6 +260,9 @@ class HeadKind:
     canonical: Callable = field(default=lambda settings: settings)
     # a softmax output layer: a temperature fitted on val (pipeline.calibration) calibrates it
     calibrated: bool = False
+    # how a sweep breaks a tie between configurations toward the more regularized one, as the
+    # one-standard-error rule does (Breiman et al.): (setting, +1 smaller is simpler / -1 larger is)
+    simpler: tuple = ()
 
 
 HEADS = {kind.name: kind for kind in [
@@ -268,11 +271,11 @@ HEADS = {kind.name: kind for kind in [
               "patience": 5, "seed": 0},
              train_dense, "model.keras", _load_keras,
              ("hidden", "dropout", "lr", "batch_size", "l2", "patience", "seed"), _no_dropout_without_hidden,
-             calibrated=True),
+             calibrated=True, simpler=(("hidden", 1), ("l2", -1), ("dropout", -1))),
     HeadKind("logreg", "scikit-learn: StandardScaler -> LogisticRegression(lbfgs)", {"C": 0.1, "max_iter": 1000},
-             train_logreg, "model.joblib", _load_joblib, ("C", "max_iter")),
+             train_logreg, "model.joblib", _load_joblib, ("C", "max_iter"), simpler=(("C", 1),)),
     HeadKind("knn", "scikit-learn: StandardScaler -> cosine k-nearest neighbours", {"k": 20, "weighting": "distance"},
-             train_knn, "model.joblib", _load_joblib, ("k", "weighting")),
+             train_knn, "model.joblib", _load_joblib, ("k", "weighting"), simpler=(("k", -1),)),
 ]}
 
 
@@ -366,6 +369,8 @@ def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose
                                   extra={"run": name, "head": head, "settings": settings, "features": info["features"]})
             info["calibration"] = summary(y_true, y_prob, after, temperature)
             info["metrics"] = {"val_accuracy": report["val_accuracy"], "test_accuracy": report["test_accuracy"],
+                               "val_accuracy_interval": report["val_accuracy_interval"],
+                               "test_accuracy_interval": report["test_accuracy_interval"],
                                "wall_seconds": report["wall_seconds"], **metrics}
             write_json_atomic(tmp / "run.json", info)   # last: a folder with run.json is a finished run
     return {**info, "run_dir": str(final), "report": str(report_dir), "skipped": False, "model": model}
@@ -413,12 +418,22 @@ def features_from_args(args) -> store.FeatureSet:
 
 def add_arguments(p):
     add_common_arguments(p)
+    p.add_argument("--seeds", type=flags.positive_int, default=1, metavar="N",
+                   help="dense: train N seeds (--seed, --seed + 1, ...) and report the mean, standard deviation "
+                        "and 95%% interval of the mean of the accuracies (default: 1)")
 
 
 def run(args):
     from pipeline.report import print_summary
     settings = settings_from_args(args)        # flag mistakes surface before any loading
+    from pipeline import seeds
+    seeds.check(args.head, args.seeds)
     fs = features_from_args(args)
+    if args.seeds > 1:
+        summary, path = seeds.run_seeds(fs, args.head, settings, args.cache_dir, args.seeds, verbose=2)
+        print(seeds.summary_text(summary))
+        print(f"summary: {path}")
+        return
     result = run_head(fs, args.head, settings, args.cache_dir, verbose=2)
     if result["skipped"]:
         print(f"up to date: {result['run_dir']}")

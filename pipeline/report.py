@@ -2,8 +2,9 @@
 
 `write_report` takes true labels and predicted probabilities per split ("val", "test", ...) and
 writes, into one folder that appears atomically:
-    report.json     accuracy, per-class precision/recall/F1/support and the confusion matrix of
-                    every split, the wall time, and whatever `extra` the caller adds
+    report.json     accuracy with its 95% Wilson interval, per-class precision/recall (with its
+                    interval)/F1/support and the confusion matrix of every split, the wall time,
+                    and whatever `extra` the caller adds
     confusion.png   one heatmap per split (rows: true class, columns: predicted)
     curves.png      loss and accuracy per epoch, when a Keras history is given
     reliability.png accuracy against confidence per split (15 bins), before and after temperature
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import stats
 from pipeline.outputs import atomic_dir
 
 
@@ -28,12 +30,40 @@ def split_metrics(y_true, y_prob, class_names) -> dict:
     labels = np.arange(len(class_names))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0)
+    confusion = confusion_matrix(y_true, y_pred, labels=labels).tolist()
+    recall_ci = stats.per_class_recall(y_true, y_pred, len(class_names))
     return {
         "accuracy": float(np.mean(y_pred == y_true)),
-        "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                      for name, p, r, f, s in zip(class_names, precision, recall, f1, support)},
-        "confusion": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "accuracy_interval": accuracy_interval({"confusion": confusion}),
+        "per_class": {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s),
+                             "recall_interval": [round(lo, 4), round(hi, 4)]}
+                      for name, p, r, f, s, (lo, hi) in zip(class_names, precision, recall, f1, support, recall_ci)},
+        "confusion": confusion,
     }
+
+
+def accuracy_interval(split: dict) -> list[float]:
+    """[low, high]: the 95% Wilson interval of a split's accuracy, from its confusion matrix (so a
+    report written before intervals existed gets one too)."""
+    cm = np.asarray(split["confusion"])
+    low, high = stats.wilson(int(np.trace(cm)), int(cm.sum()))
+    return [round(low, 4), round(high, 4)]
+
+
+def recorded_interval(metrics: dict, report: dict, split: str) -> list[float] | None:
+    """[low, high] of a run's `split` accuracy: as its run.json metrics record it, else from its
+    report's confusion matrix (runs made before intervals were recorded); None without either."""
+    if metrics.get(f"{split}_accuracy_interval"):
+        return metrics[f"{split}_accuracy_interval"]
+    try:
+        return accuracy_interval(report["splits"][split])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def accuracy_text(split: dict) -> str:
+    """"0.8123 [0.8012, 0.8230]": a split's accuracy with its 95% interval."""
+    return stats.interval_text(split["accuracy"], *accuracy_interval(split))
 
 
 def _plot_confusion(path: Path, splits: dict, class_names):
@@ -49,7 +79,8 @@ def _plot_confusion(path: Path, splits: dict, class_names):
         ax.set_yticks(ticks, class_names, fontsize=7)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{name}: accuracy {m['accuracy']:.3f}")
+        low, high = accuracy_interval(m)
+        ax.set_title(f"{name}: accuracy {m['accuracy']:.3f} [95% CI {low:.3f}, {high:.3f}]")
         for (i, j), v in np.ndenumerate(cm):
             ax.text(j, i, str(v), ha="center", va="center", fontsize=6,
                     color="white" if v > cm.max() / 2 else "black")
@@ -88,6 +119,8 @@ def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_secon
     class_names = list(class_names)
     splits = {name: split_metrics(y_true[name], y_prob[name], class_names) for name in y_true}
     report = {**{f"{name}_accuracy": m["accuracy"] for name, m in splits.items()},
+              **{f"{name}_accuracy_interval": m["accuracy_interval"] for name, m in splits.items()},
+              "intervals": stats.ACCURACY_METHOD + " (accuracy, and each class's recall)",
               "wall_seconds": round(float(wall_seconds), 2), "class_names": class_names,
               "splits": splits, "calibration": calibration.summary(y_true, y_prob, after, temperature),
               **(extra or {})}
@@ -98,6 +131,8 @@ def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_secon
             _plot_curves(tmp / "curves.png", history)
         if features is not None:
             from pipeline.looking import write_run_views
+            # which images these are scored on: `compare` refuses two runs whose sources differ
+            report["data_fingerprint"] = features.attrs.get("data_fingerprint")
             report.update(write_run_views(tmp, features, y_true, y_prob, class_names, splits))
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
     return report
@@ -117,15 +152,21 @@ def format_table(headers, rows) -> str:
 def summary_table(report: dict, title: str = "") -> str:
     """Per-class precision/recall/F1 on every split, with the accuracies and wall time on top."""
     splits = report["splits"]
-    head = "  ".join(f"{name} accuracy {m['accuracy']:.4f}" for name, m in splits.items())
-    headers = ["class"] + [f"{name} {k}" for name in splits for k in ("prec", "recall", "f1")]
-    rows = [[cls] + [splits[name]["per_class"][cls][k] for name in splits for k in ("precision", "recall", "f1")]
+    head = "  ".join(f"{name} accuracy {accuracy_text(m)}" for name, m in splits.items())
+    headers = ["class"] + [f"{name} {k}" for name in splits for k in ("prec", "recall", "recall 95% CI", "f1")]
+    rows = [[cls] + [v for name in splits for v in _class_cells(splits[name]["per_class"][cls])]
             for cls in report["class_names"]]
     top = f"{title}\n" if title else ""
     confused = "".join(f"\nmost confused ({name}, true -> predicted): "
                        + ", ".join(f"{p['true']} -> {p['predicted']} {p['count']}" for p in pairs)
                        for name, pairs in report.get("most_confused", {}).items() if pairs)
-    return f"{top}{head}  wall {report['wall_seconds']:.1f} s\n{format_table(headers, rows)}{confused}"
+    return (f"{top}{head}  wall {report['wall_seconds']:.1f} s\n{format_table(headers, rows)}{confused}"
+            f"\nintervals: {stats.ACCURACY_METHOD}")
+
+
+def _class_cells(c: dict) -> list:
+    interval = c.get("recall_interval")
+    return [c["precision"], c["recall"], f"[{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "", c["f1"]]
 
 
 def print_summary(report: dict, title: str = ""):

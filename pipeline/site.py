@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline import outputs, store
 from pipeline.errors import UserError
+from pipeline.sweep import TIE_RULE
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}
@@ -34,6 +35,7 @@ SORT_JS = """document.querySelectorAll("th[data-sort]").forEach(th => th.addEven
                                   return (x < y ? -1 : x > y ? 1 : 0) * (down ? -1 : 1); })
                .forEach(tr => body.appendChild(tr));
 }));"""
+ACCURACY_NOTE = "value [95% Wilson score interval over images]"
 COLUMNS = [  # (header, key, numeric)
     ("run", "name", False), ("kind", "kind", False), ("sweep", "sweep", False), ("features", "features", False),
     ("backbone", "backbone", False), ("settings", "settings", False), ("val acc", "val_accuracy", True),
@@ -65,6 +67,7 @@ def _features_attrs(path: str, seen: dict) -> dict:
 def collect_runs(cache_dir) -> tuple[list[dict], list[dict]]:
     """(runs, sweeps). A run: name, kind, page, report folder, settings, accuracies, time. Any head
     kind is taken as its run.json names it; unreadable run folders are skipped."""
+    from pipeline.report import recorded_interval
     cache = Path(cache_dir)
     seen, runs = {}, []
     sources = [(p, cache / "reports" / p.parent.name) for p in sorted(cache.glob("heads/*/run.json"))]
@@ -86,6 +89,7 @@ def collect_runs(cache_dir) -> tuple[list[dict], list[dict]]:
             "backbone": (info.get("backbone") or {}).get("name") or attrs.get("backbone", "?"),
             "settings": _settings_text(settings, finetune),
             "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
+            **{f"{k}_accuracy_interval": recorded_interval(metrics, report, k) for k in ("val", "test")},
             "wall_seconds": info.get("wall_seconds", metrics.get("wall_seconds", report.get("wall_seconds"))),
             "finished": datetime.datetime.fromtimestamp(run_json.stat().st_mtime, datetime.timezone.utc)
                         .strftime("%Y-%m-%d %H:%M:%S"),
@@ -100,7 +104,9 @@ def collect_runs(cache_dir) -> tuple[list[dict], list[dict]]:
         for name in members:
             by_name[name]["sweep"] = ", ".join(filter(None, [by_name[name]["sweep"], path.stem]))
         if members:
-            sweeps.append({"name": path.stem, "runs": members, "best": members[0]})
+            picked = [row.get("run") for row in board if isinstance(row, dict) and row.get("recommended")]
+            sweeps.append({"name": path.stem, "runs": members, "best": members[0],
+                           "recommended": picked[0] if picked and picked[0] in by_name else ""})
     return runs, sweeps
 
 
@@ -123,9 +129,15 @@ def _cell(run: dict, key: str, numeric: bool) -> str:
     if key == "name":
         return f'<td><a href="runs/{_e(run["name"])}.html">{_e(value)}</a></td>'
     if numeric:
-        text = "" if value is None else (f"{value:.4f}" if key.endswith("accuracy") else f"{value:.1f}")
+        text = "" if value is None else (_accuracy_text(run, key) if key.endswith("accuracy") else f"{value:.1f}")
         return f'<td class="num" data-v="{"" if value is None else _e(value)}">{text}</td>'
     return f"<td>{_e(value or '')}</td>"
+
+
+def _accuracy_text(run: dict, key: str) -> str:
+    """"0.8123 [0.8012, 0.8230]": the accuracy with its 95% Wilson interval, when known."""
+    from pipeline.stats import interval_text
+    return interval_text(run[key], *(run.get(f"{key}_interval") or (None, None)))
 
 
 def index_html(runs: list[dict], sweeps: list[dict]) -> str:
@@ -135,13 +147,16 @@ def index_html(runs: list[dict], sweeps: list[dict]) -> str:
                           for r in runs)
     parts = [f"<h1>All runs ({len(runs)})</h1>",
              '<p class="note">Click a column header to sort (again to reverse). Models are chosen on val; '
-             "test accuracy is for reading only.</p>",
+             "test accuracy is for reading only. Accuracies: " + _e(ACCURACY_NOTE) + ".</p>",
              f'<table id="runs"><thead><tr>{head}</tr></thead><tbody>\n{body_rows}\n</tbody></table>']
     if sweeps:
         rows = "\n".join(f'<tr><td>{_e(s["name"])}</td><td class="num">{len(s["runs"])}</td>'
-                         f'<td><a href="runs/{_e(s["best"])}.html">{_e(s["best"])}</a></td></tr>' for s in sweeps)
-        parts.append("<h2>Sweeps</h2><table><thead><tr><th>sweep</th><th>runs</th><th>best on val</th></tr>"
-                     f"</thead><tbody>\n{rows}\n</tbody></table>")
+                         f'<td><a href="runs/{_e(s["best"])}.html">{_e(s["best"])}</a></td><td>'
+                         + (f'<a href="runs/{_e(s["recommended"])}.html">{_e(s["recommended"])}</a>'
+                            if s["recommended"] else "") + "</td></tr>" for s in sweeps)
+        parts.append("<h2>Sweeps</h2><table><thead><tr><th>sweep</th><th>runs</th><th>best on val</th>"
+                     f"<th>recommended</th></tr></thead><tbody>\n{rows}\n</tbody></table>"
+                     f'<p class="note">Recommended: {_e(TIE_RULE)}.</p>')
     if not runs:
         parts.append('<p class="note">No runs yet: <code>make head</code> makes one.</p>')
     return _page("All runs", "\n".join(parts), SORT_JS)
@@ -152,12 +167,17 @@ def run_html(run: dict, page_dir: Path) -> str:
 
     def rel(name):
         return _e(os.path.relpath(report_dir / name, page_dir))
-    facts = [(h, run.get(k)) for h, k, _ in COLUMNS if k != "name"]
+    facts = [(h, _accuracy_text(run, k) if k.endswith("accuracy") and run.get(k) is not None else run.get(k))
+             for h, k, _ in COLUMNS if k != "name"]
     parts = [f"<p><a href=\"../index.html\">all runs</a></p><h1>{_e(run['name'])}</h1>",
              "<table>" + "".join(f"<tr><th>{_e(h)}</th><td>{_e('' if v is None else v)}</td></tr>" for h, v in facts)
              + "</table>"]
     comparison = report.get("comparison") or run["info"].get("comparison")
-    if comparison:
+    if comparison and comparison.get("paired"):       # pipeline.compare's statement of it
+        from pipeline.compare import paired_table
+        parts.append(f"<h2>Fine-tuned against its starting head</h2><pre>"
+                     f"{_e(paired_table(comparison['paired'], 'head', 'tuned'))}</pre>")
+    elif comparison:
         parts.append("<h2>Fine-tuned against its starting head</h2><table><tr><th></th><th>val acc</th>"
                      "<th>test acc</th></tr>" + "".join(
                          f"<tr><td>{_e(k)}</td><td class=\"num\">{_e(comparison[k].get('val_accuracy'))}</td>"
@@ -167,11 +187,12 @@ def run_html(run: dict, page_dir: Path) -> str:
     splits = report.get("splits") or {}
     if splits:
         names = report.get("class_names") or []
-        head = "".join(f"<th>{_e(s)} {k}</th>" for s in splits for k in ("precision", "recall", "F1"))
+        head = "".join(f"<th>{_e(s)} {k}</th>" for s in splits for k in ("precision", "recall [95% CI]", "F1"))
         rows = "".join("<tr><td>" + _e(c) + "</td>" + "".join(
-            f"<td class=\"num\">{splits[s]['per_class'][c][k]:.3f}</td>"
+            f"<td class=\"num\">{_class_cell(splits[s]['per_class'][c], k)}</td>"
             for s in splits for k in ("precision", "recall", "f1")) + "</tr>" for c in names)
-        parts.append(f"<h2>Per class</h2><table><tr><th>class</th>{head}</tr>{rows}</table>")
+        parts.append(f"<h2>Per class</h2><table><tr><th>class</th>{head}</tr>{rows}</table>"
+                     '<p class="note">Recall intervals: 95% Wilson score interval over the class\'s images.</p>')
     confused = report.get("most_confused") or {}
     if confused:
         items = "".join(f"<li>{_e(s)}: " + "; ".join(f"{_e(p['true'])} &rarr; {_e(p['predicted'])} "
@@ -189,6 +210,11 @@ def run_html(run: dict, page_dir: Path) -> str:
     if links:
         parts.append("<p>" + " &middot; ".join(links) + "</p>")
     return _page(run["name"], "\n".join(parts))
+
+
+def _class_cell(c: dict, key: str) -> str:
+    interval = c.get("recall_interval") if key == "recall" else None
+    return f"{c[key]:.3f}" + (f" [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "")
 
 
 def _write_if_changed(path: Path, text: str) -> bool:

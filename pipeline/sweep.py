@@ -5,8 +5,10 @@
 Every combination of the grid values (other settings from the flags or their defaults) is one
 `head` run, saved exactly as `python -m pipeline head` saves it; a combination whose run already
 exists is skipped, so an interrupted or extended sweep only trains what is new. The leaderboard,
-sorted by validation accuracy (test accuracy is shown, never used to rank), is printed and saved
-as JSON and CSV in cache/sweeps/.
+sorted by validation accuracy (test accuracy is shown, never used to rank), with each accuracy's
+95% Wilson interval, is printed and saved as JSON and CSV in cache/sweeps/. Configurations whose
+val accuracy is not distinguishable from the best (McNemar's exact test on the same val images,
+p >= 0.05) are marked as ties, and the most regularized of them (HeadKind.simpler) is recommended.
 
 With `--engine ray` the configurations are Ray tasks and the features go into Ray's object store
 once, shared by every task (the local engine's processes each read their own copy). The tasks
@@ -106,12 +108,64 @@ def _ray_results(fs, head, todo, cache_dir, threads, address):
             yield ray.get(finished[0])
 
 
-def leaderboard(runs: list[dict], keys) -> list[dict]:
+TIE_LEVEL = 0.05
+TIE_RULE = (f"ties: val accuracy not distinguishable from the best's (McNemar's exact test on the same val "
+            f"images, p >= {TIE_LEVEL}); recommended: the most regularized of the ties (" + "; ".join(
+                f"{k.name}: " + ", then ".join(f"{'smaller' if sign > 0 else 'larger'} {key}" for key, sign in k.simpler)
+                for k in heads.HEADS.values() if k.simpler) + "), then the fastest to train")
+
+
+def leaderboard(runs: list[dict], keys, cache_dir=None) -> list[dict]:
+    """Rows sorted by val accuracy, each with its accuracies' 95% intervals; with `cache_dir`
+    (where the runs' per-image predictions are) the ties with the best are marked (TIE_RULE)."""
+    simplest_first = {Path(r["run_dir"]).name: tuple(sign * r["settings"][key] for key, sign in
+                                                     heads.HEADS[r["head"]].simpler) for r in runs}
     rows = [{"run": Path(r["run_dir"]).name, **{k: r["settings"][k] for k in keys},
-             "val_accuracy": r["metrics"]["val_accuracy"], "test_accuracy": r["metrics"]["test_accuracy"],
+             "val_accuracy": r["metrics"]["val_accuracy"], **_interval(r, "val"),
+             "test_accuracy": r["metrics"]["test_accuracy"], **_interval(r, "test"),
              "wall_seconds": r["metrics"].get("wall_seconds"), "run_dir": r["run_dir"]}
             for r in runs]
-    return sorted(rows, key=lambda row: (-row["val_accuracy"], row["run"]))
+    rows.sort(key=lambda row: (-row["val_accuracy"], row["run"]))
+    return mark_ties(rows, cache_dir, simplest_first) if cache_dir is not None else rows
+
+
+def _interval(run: dict, split: str) -> dict:
+    from pipeline.report import recorded_interval
+    report = {}
+    if not run["metrics"].get(f"{split}_accuracy_interval") and run.get("report"):   # a run from before intervals
+        try:
+            report = json.loads(Path(run["report"], "report.json").read_text())
+        except (OSError, ValueError):
+            pass
+    low, high = recorded_interval(run["metrics"], report, split) or (None, None)
+    return {f"{split}_accuracy_low": low, f"{split}_accuracy_high": high}
+
+
+def mark_ties(rows: list[dict], cache_dir, simplest_first: dict) -> list[dict]:
+    """Adds val_p_vs_best (McNemar's exact p of each run against the best, on the same val
+    images), tied_with_best and recommended (TIE_RULE; `simplest_first`: run name -> sort key,
+    smallest = most regularized); None where a run's per-image predictions are missing (a report
+    from before they were written)."""
+    import numpy as np
+    from pipeline import compare, stats
+
+    def val_right(row):
+        try:
+            return np.array([p["correct"] for p in compare.load(row["run_dir"], cache_dir).predictions["val"]], bool)
+        except (UserError, KeyError):
+            return None
+    best = val_right(rows[0])
+    for row in rows:
+        right = None if best is None else val_right(row)
+        row["val_p_vs_best"] = (None if right is None or right.shape != best.shape else
+                                stats.mcnemar_exact(int(np.sum(best & ~right)), int(np.sum(right & ~best))))
+        row["tied_with_best"] = None if row["val_p_vs_best"] is None else row["val_p_vs_best"] >= TIE_LEVEL
+    tied = [r for r in rows if r["tied_with_best"]] or rows[:1]
+    pick = min(tied, key=lambda r: (simplest_first[r["run"]],
+                                    r["wall_seconds"] if r["wall_seconds"] is not None else float("inf"), r["run"]))
+    for row in rows:
+        row["recommended"] = row is pick
+    return rows
 
 
 def save_leaderboard(rows: list[dict], path_stem: Path) -> tuple[Path, Path]:
@@ -160,10 +214,17 @@ def run(args):
         if not runs:
             raise UserError(f"no configuration of the sweep finished: {failed[0]}")
         keys = list(grid) or list(heads.HEADS[args.head].sweep)
-        rows = leaderboard(runs, keys)
+        rows = leaderboard(runs, keys, args.cache_dir)
         json_path, csv_path = save_leaderboard(rows, stem)
-    shown = [[i, r["run"], *(r[k] for k in keys), r["val_accuracy"], r["test_accuracy"]] for i, r in enumerate(rows, 1)]
-    print(format_table(["rank", "run", *keys, "val acc", "test acc"], shown))
+    from pipeline.stats import ACCURACY_METHOD, interval_text
+    shown = [[i, r["run"], *(r[k] for k in keys),
+              interval_text(r["val_accuracy"], r["val_accuracy_low"], r["val_accuracy_high"]),
+              interval_text(r["test_accuracy"], r["test_accuracy_low"], r["test_accuracy_high"]),
+              "" if r["val_p_vs_best"] is None else f"{r['val_p_vs_best']:.3g}",
+              ("*" if r["recommended"] else "") + ("=" if r["tied_with_best"] else "")] for i, r in enumerate(rows, 1)]
+    print(format_table(["rank", "run", *keys, "val acc [95% CI]", "test acc [95% CI]", "p vs best", "tie"], shown))
+    print(f"tie: = tied with the best, * recommended; {TIE_RULE}; intervals: {ACCURACY_METHOD}")
+    print(f"recommended: {next(r['run'] for r in rows if r['recommended'])}")
     note = f" ({len(failed)} failed, left out)" if failed else ""
     print(f"trained {trained} in {time.perf_counter() - started:.1f} s{note}; leaderboard: {json_path} and {csv_path}")
 

@@ -98,6 +98,8 @@ def test_starting_model_predicts_what_the_head_does_on_the_stored_features(tiny_
     # standardization magnifies that on random-weight features' near-constant dimensions.
     np.testing.assert_allclose(keras.models.load_model(path).predict(images, verbose=0), expected, atol=5e-4)
     assert captured["extra"]["comparison"]["delta"] == {"val_accuracy": 0.0, "test_accuracy": 0.0}
+    paired = captured["extra"]["comparison"]["paired"]["test"]       # stated as `compare` states it
+    assert (paired["only_a"], paired["only_b"], paired["mcnemar_p"]) == (0, 0, 1.0)
 
 
 @pytest.mark.slow

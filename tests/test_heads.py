@@ -85,7 +85,9 @@ def test_run_artifacts_follow_the_contract(trained):
         report = json.loads((report_dir / "report.json").read_text())
         assert report["val_accuracy"] == info["metrics"]["val_accuracy"]
         assert np.asarray(report["splits"]["test"]["confusion"]).sum() == len(fs.splits["test"].labels)
-        assert set(report["splits"]["val"]["per_class"]["class3"]) == {"precision", "recall", "f1", "support"}
+        assert set(report["splits"]["val"]["per_class"]["class3"]) == {"precision", "recall", "recall_interval", "f1",
+                                                                        "support"}
+        assert info["metrics"]["val_accuracy_interval"] == report["val_accuracy_interval"]
         assert (report_dir / "confusion.png").stat().st_size > 1000
         assert (report_dir / "curves.png").is_file() == (run_dir / "history.json").is_file() == (head == "dense")
         assert (report_dir / "reliability.png").is_file() and info["calibration"] == report["calibration"]
