@@ -279,6 +279,7 @@ def rgb8(img):
 
 def _read_image(path: Path) -> np.ndarray:
     from PIL import Image
+    path = str(path)     # not np.str_, which PIL's messages would print as np.str_('...')
     try:
         with Image.open(path) as img:
             return np.asarray(rgb8(img), dtype=np.uint8)

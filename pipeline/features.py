@@ -289,12 +289,14 @@ def run_features(s: FeatureSettings, log=print) -> Path:
         try:
             shards = engine.plan(sizes, s.shard_rows)
             todo = engine.missing(shards, {k: writer.done_rows(k) for k in store.SPLITS})
-            total, before = sum(sizes.values()), sum(writer.rows_written(k) for k in store.SPLITS)
+            # Rows to compute, counted from the plan: a resumed shard restarts at a block boundary, so
+            # some rows already written are computed again (counting written rows gave 240/200).
+            total, computed = sum(sizes.values()), sum(shard.hi - shard.lo for shard in todo)
             if len(todo) < len(shards):
                 log(f"{len(shards) - len(todo)} of {len(shards)} shards already done, {len(todo)} to compute")
             spec = engine.ExtractorSpec(s.backbone, s.weights, s.size, s.seed, precision, s.views)
             started, provenance = time.perf_counter(), {"engine": s.engine}
-            with Progress(total, before, desc="features") as progress:
+            with Progress(total, total - computed, desc="features") as progress:
                 if s.engine == "ray" and todo:
                     from pipeline import ray_engine
                     with ray_engine.Session(s.address) as session:
@@ -306,7 +308,6 @@ def run_features(s: FeatureSettings, log=print) -> Path:
                 elif todo:
                     engine.run_local(todo, splits, writer, spec, s.batch_size, progress)
             elapsed = time.perf_counter() - started
-            computed = sum(writer.rows_written(k) for k in store.SPLITS) - before
             rate = computed / elapsed if elapsed > 0 else 0.0
             fingerprint = data.combine_digests({k: writer.block_digests(k) for k in store.SPLITS}, sizes)
             path = writer.finish({"data_fingerprint": fingerprint, "shards": len(shards), **provenance,

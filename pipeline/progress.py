@@ -33,9 +33,9 @@ class Progress:
         self.interval = float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL)) if interval is None else interval
 
     def update(self, n: int, note: str | None = None):
-        if self.started is None:
-            self.started, self.start_rows = time.monotonic(), self.done
         self.done += n
+        if self.started is None:     # the clock starts when the first batch is in (start-up excluded)
+            self.started, self.start_rows = time.monotonic(), self.done
         if note is not None:
             self.note = note
         if self.bar is not None:

@@ -10,6 +10,7 @@ keeps failing. Ray is imported only here, so the local engine does not need it i
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import uuid
@@ -59,6 +60,14 @@ class Session:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False          # our own progress line counts rows and shards
         ctx.print_on_execution_start = False
+        # A worker's UserError (an unreadable image) reaches the driver as itself, not inside a
+        # UserCodeException whose pickled cause is lost, so both engines print the same error line.
+        ctx.raise_original_map_exception = True
+        # Ray Data logs to the console too (warnings, and a failed run's traceback before ours):
+        # the user sees our one line; everything stays in Ray Data's log file.
+        for handler in logging.getLogger("ray.data").handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.CRITICAL)
         return self
 
     def __exit__(self, *exc):
@@ -132,10 +141,14 @@ class ShardWorker:
 
 
 def _cause(exc):
-    """A worker's own error inside Ray's wrappers."""
-    while exc is not None and not isinstance(exc, UserError):
-        exc = getattr(exc, "cause", None) or exc.__cause__
-    return exc
+    """A worker's own UserError inside Ray's wrappers. Ray re-raises it as a RayTaskError that also
+    subclasses UserError but prints Ray's traceback; its `cause` is the error itself."""
+    while exc is not None:
+        inner = getattr(exc, "cause", None)
+        if isinstance(exc, UserError) and not isinstance(inner, BaseException):
+            return exc
+        exc = inner or exc.__cause__
+    return None
 
 
 def run(todo: list[Shard], splits: dict, writer, spec: ExtractorSpec, batch_size: int, progress,
@@ -167,8 +180,8 @@ def run(todo: list[Shard], splits: dict, writer, spec: ExtractorSpec, batch_size
             progress.update(len(row["features"]), f"shards {done}/{len(todo)} done, {retried} retried, "
                                                    f"{len(todo) - done} remaining")
     except Exception as exc:
-        if isinstance(_cause(exc), UserError):
-            raise _cause(exc) from None
+        if _cause(exc) is not None:      # Ray Data appends retry advice to its message: the first line
+            raise UserError(first_line(_cause(exc))) from None
         failing = [s for s, n in ray.get(ledger.get.remote()).items() if n > RETRIES]
         if failing:
             raise UserError(f"shard {failing[0]} failed {1 + RETRIES} times (its worker died each time); "

@@ -19,10 +19,11 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, synthetic_cifar, write_batches
+from conftest import ROOT, assert_one_error, run_cli, synthetic_cifar, write_batches
 from pipeline import store
 from pipeline.cli import main
 from pipeline.engine import CRASH_ENV
+from pipeline.progress import INTERVAL_ENV
 from test_features import _progress as _done_rows
 from test_streaming import mixed_tree, read_file
 
@@ -202,3 +203,19 @@ def test_sweep_on_ray_shares_the_features_and_ranks_like_local(ray_instance, tmp
         board = json.loads(next((cache / "sweeps").glob("*.json")).read_text())
         boards[engine] = [(r["run"], r["C"], r["val_accuracy"], r["test_accuracy"]) for r in board]
     assert boards["ray"] == boards["local"]
+
+
+@pytest.mark.slow
+def test_an_unreadable_image_gives_the_local_engines_error(ray_instance, tiny_backbone, tmp_path, capsys,
+                                                          monkeypatch):
+    monkeypatch.setenv(INTERVAL_ENV, "600")               # no progress line: the error is the only one
+    root = mixed_tree(tmp_path / "data", n_per_class=4)
+    empty = root / "test" / "bee" / "002.png"
+    empty.write_bytes(b"")                                # a 0-byte image file
+    args = ["features", "--data", root, "--backbone", tiny_backbone, "--precision", "float32"]
+    errors = {}
+    for engine in ("local", "ray"):
+        code, _, err = run_cli(capsys, *args, "--cache-dir", tmp_path / engine, "--engine", engine)
+        assert_one_error(code, err, f"cannot read image {empty}: ")
+        errors[engine] = err
+    assert errors["ray"] == errors["local"] and "np.str_" not in errors["local"][0]
