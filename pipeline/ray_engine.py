@@ -34,6 +34,25 @@ def _import_ray():
     return ray
 
 
+CONNECT_SECONDS = 5      # a cluster's head answers a TCP connect at once; ray.init would retry for minutes
+
+
+def check_reachable(address: str):
+    """Fail within CONNECT_SECONDS where nothing accepts connections at `address` (a host:port, or
+    "auto": the running cluster's), since ray.init then retries "Failed to connect to GCS" for ever.
+    A ray:// address (Ray Client) fails cleanly by itself."""
+    import socket
+    from ray._private.services import canonicalize_bootstrap_address_or_die
+    if address.startswith("ray://"):
+        return
+    try:
+        resolved = canonicalize_bootstrap_address_or_die(address)
+        host, _, port = resolved.rpartition(":")
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except (OSError, ValueError) as exc:      # ConnectionError is an OSError: "auto" found no cluster
+        raise UserError(f"cannot join the Ray cluster at {address}: {first_line(exc)}") from None
+
+
 class Session:
     """Joins a cluster (`address`), or starts a local instance that it alone shuts down again, on
     any exit including Ctrl-C, and that a watchdog (pipeline.reaper) removes even after a SIGKILL.
@@ -53,6 +72,7 @@ class Session:
                     os.environ[reaper.MARK_ENV] = mark     # inherited by every process of the instance
                     ray.init(object_store_memory=LOCAL_OBJECT_STORE, **kwargs)
                 else:
+                    check_reachable(self.address)
                     ray.init(address=self.address, **kwargs)
             except ConnectionError as exc:
                 raise UserError(f"cannot join the Ray cluster at {self.address}: {first_line(exc)}") from None

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +20,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_one_error, run_cli, synthetic_cifar, write_batches
+from conftest import ROOT, assert_one_error, run_cli, spawn_cli, synthetic_cifar, write_batches
 from pipeline import store
 from pipeline.cli import main
 from pipeline.engine import CRASH_ENV
@@ -219,3 +220,31 @@ def test_an_unreadable_image_gives_the_local_engines_error(ray_instance, tiny_ba
         assert_one_error(code, err, f"cannot read image {empty}: ")
         errors[engine] = err
     assert errors["ray"] == errors["local"] and "np.str_" not in errors["local"][0]
+
+
+@pytest.mark.parametrize("address, message", [("127.0.0.1:{free}", "Connection refused"),
+                                              ("nonsense", "Invalid address format")])
+def test_an_address_where_no_cluster_answers_fails_in_seconds(address, message):
+    from pipeline.errors import UserError
+    from pipeline.ray_engine import CONNECT_SECONDS, check_reachable
+    with socket.socket() as s:                  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(UserError, match=f"cannot join the Ray cluster at {address.format(free=free)}: .*{message}"):
+        check_reachable(address.format(free=free))
+    assert time.monotonic() - started < CONNECT_SECONDS + 1
+
+
+@pytest.mark.slow
+def test_features_with_an_address_nothing_listens_on_gives_one_error_line(tmp_path):
+    data = write_batches(tmp_path / "batches", *synthetic_cifar(20, 10))
+    started = time.monotonic()
+    proc = spawn_cli("features", "--data", data, "--weights", "none", "--size", "75", "--cache-dir", tmp_path,
+                     "--engine", "ray", "--address", "127.0.0.1:1")
+    _, err = proc.communicate(timeout=120)         # it retried for ever before
+    # TensorFlow's start-up lines come first in a fresh process; ours is the one error line, the last
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and "Traceback" not in err and errors == err.strip().splitlines()[-1:], err
+    assert errors[0].startswith("error: cannot join the Ray cluster at 127.0.0.1:1: ")
+    assert time.monotonic() - started < 60
