@@ -50,6 +50,15 @@ def test_a_two_view_file_missing_a_view_is_refused(two_views, tmp_path, capsys):
     assert "lacks features_mirrored" in capsys.readouterr().err
 
 
+def test_knn_k_may_reach_the_rows_of_both_views(two_views, tmp_path):
+    from pipeline.heads import load_features, make_settings, run_head
+    fs = load_features(two_views)
+    rows = 2 * len(fs.splits["train"].labels)
+    assert run_head(fs, "knn", make_settings("knn", k=rows), tmp_path)["metrics"]["train_rows"] == rows
+    with pytest.raises(UserError, match=rf"k must be at most the number of training rows \({rows}\), got {rows + 1}"):
+        run_head(fs, "knn", make_settings("knn", k=rows + 1), tmp_path)
+
+
 @pytest.mark.slow
 def test_heads_train_on_both_views_and_evaluate_on_their_mean(two_views, tmp_path):
     from pipeline.heads import load_features, make_settings, predict_proba, run_head
