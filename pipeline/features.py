@@ -1,6 +1,7 @@
 """Stage one: run the frozen backbone once over every image and cache the embeddings in HDF5."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import platform
 import time
@@ -13,6 +14,9 @@ from pipeline.backbone import build_backbone, resolve_precision
 from pipeline.errors import UserError
 from pipeline.outputs import Lock
 from pipeline.progress import Progress
+
+
+DEFAULT_WORKERS = 2
 
 
 @dataclass
@@ -31,7 +35,7 @@ class FeatureSettings:
     shard_rows: int = engine.DEFAULT_SHARD_ROWS
     engine: str = "local"            # local: this process; ray: a Ray Data actor pool
     address: str | None = None       # ray: None starts a local instance; "auto" or ray://host:port joins one
-    workers: int = 2                 # ray: actors in the pool
+    workers: int | None = None       # ray: actors in the pool (None: DEFAULT_WORKERS); local: refused
     gpus_per_worker: float = 0       # ray: GPUs per actor (0: CPU)
     views: int = 1                   # 2: also the mirrored image's embedding (pipeline.views)
 
@@ -101,9 +105,10 @@ def load_splits(attrs: dict, data_path: str | None):
 def _check(s: FeatureSettings):
     if s.engine not in ("local", "ray"):
         raise UserError(f"--engine must be local or ray, got {s.engine!r}")
-    if s.engine == "local" and (s.address is not None or s.gpus_per_worker):
-        raise UserError("--address and --gpus-per-worker apply to --engine ray only")
-    if s.workers < 1 or s.gpus_per_worker < 0:
+    if s.engine == "local" and (s.address is not None or s.gpus_per_worker or s.workers is not None):
+        # refused, not ignored: the local engine is one process (its threads are TensorFlow's)
+        raise UserError("--address, --workers and --gpus-per-worker apply to --engine ray only")
+    if (s.workers is not None and s.workers < 1) or s.gpus_per_worker < 0:
         raise UserError(f"--workers must be at least 1 and --gpus-per-worker at least 0, "
                         f"got {s.workers} and {s.gpus_per_worker:g}")
     if s.batch_size < 1:
@@ -151,8 +156,8 @@ def add_arguments(p):
                         "or a cluster (needs the [ray] extra)")
     p.add_argument("--address", metavar="auto|ray://HOST:PORT", help="ray: the cluster to join (default: "
                    "start a local instance for this run)")
-    p.add_argument("--workers", type=flags.positive_int, default=2, metavar="N",
-                   help="ray: actors in the pool (default: 2)")
+    p.add_argument("--workers", type=flags.positive_int, metavar="N",
+                   help=f"ray: actors in the pool (default: {DEFAULT_WORKERS})")
     p.add_argument("--gpus-per-worker", type=flags.finite_float, default=0, metavar="G",
                    help="ray: GPUs per actor (default: 0, CPU); more than the cluster has fails at once")
 
@@ -259,23 +264,30 @@ def run_features(s: FeatureSettings, log=print) -> Path:
     _check(s)
     engine.check_shard_rows(s.shard_rows)
     precision, device = resolve_precision(s.precision)
+    workers = s.workers or DEFAULT_WORKERS
     if s.engine == "ray":
         # The workers, not this driver, run the network: auto means float16 on their GPUs.
         if s.gpus_per_worker > 0 and s.precision == "auto":
             precision = "float16"
-        device = f"Ray: {s.workers} workers, {s.gpus_per_worker:g} GPUs each" if s.gpus_per_worker else \
-            f"Ray: {s.workers} CPU workers"
+        device = f"Ray: {workers} workers, {s.gpus_per_worker:g} GPUs each" if s.gpus_per_worker else \
+            f"Ray: {workers} CPU workers"
     settings = identity(s, precision)
     final = store.features_path(s.cache_dir, settings)
     _check_memory(settings["input_size"], s.batch_size)
     if _up_to_date(final, settings, log):
         return final
 
-    with Lock(final, log=log):
+    with Lock(final, log=log), contextlib.ExitStack() as stack:
         if _up_to_date(final, settings, log):   # another run finished it while we looked
             return final
         ds = data.load_dataset(s.data, s.limit)
         splits = data.make_splits(ds, s.val_fraction, s.seed)
+        if s.engine == "ray":
+            # Joined, and its resources checked, before the partial file exists: a refused run
+            # (GPUs the cluster lacks) leaves nothing behind.
+            from pipeline import ray_engine
+            session = stack.enter_context(ray_engine.Session(s.address))
+            ray_engine.check_resources(session.ray, workers, s.gpus_per_worker)
         sizes = {k: len(v) for k, v in splits.items()}
         attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(settings),
                  "settings": settings, **settings, "weights": str(backbones.Weights.from_attrs(settings)),
@@ -298,12 +310,9 @@ def run_features(s: FeatureSettings, log=print) -> Path:
             started, provenance = time.perf_counter(), {"engine": s.engine}
             with Progress(total, total - computed, desc="features") as progress:
                 if s.engine == "ray" and todo:
-                    from pipeline import ray_engine
-                    with ray_engine.Session(s.address) as session:
-                        started = time.perf_counter()
-                        devices = ray_engine.run(todo, splits, writer, spec, s.batch_size, progress, session,
-                                                 s.workers, s.gpus_per_worker)
-                    provenance.update(workers=s.workers, gpus_per_worker=s.gpus_per_worker,
+                    devices = ray_engine.run(todo, splits, writer, spec, s.batch_size, progress, session,
+                                             workers, s.gpus_per_worker)
+                    provenance.update(workers=workers, gpus_per_worker=s.gpus_per_worker,
                                       worker_devices=sorted(devices))
                 elif todo:
                     engine.run_local(todo, splits, writer, spec, s.batch_size, progress)

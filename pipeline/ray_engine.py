@@ -173,10 +173,9 @@ def _cause(exc):
 
 def run(todo: list[Shard], splits: dict, writer, spec: ExtractorSpec, batch_size: int, progress,
         session: Session, workers: int, gpus_per_worker: float) -> set[str]:
-    """Compute `todo` on the pool, writing rows as shards arrive. Returns the workers'
-    CUDA_VISIBLE_DEVICES values (provenance)."""
+    """Compute `todo` on the pool, writing rows as shards arrive (the caller has run check_resources).
+    Returns the workers' CUDA_VISIBLE_DEVICES values (provenance)."""
     ray = session.ray
-    check_resources(ray, workers, gpus_per_worker)
     ledger = ray.remote(num_cpus=0)(_Ledger).remote()
     items = [{"split": s.split, "lo": s.lo, "hi": s.hi,
               "images": pickle.dumps(splits[s.split].select(np.arange(s.lo, s.hi)))} for s in todo]

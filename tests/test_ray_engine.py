@@ -143,6 +143,7 @@ def test_gpus_the_cluster_lacks_fail_at_once(ray_instance, mixed, tmp_path, caps
     args, _ = mixed
     assert main([*args, "--cache-dir", str(tmp_path), "--engine", "ray", "--gpus-per-worker", "3"]) == 2
     assert "needs 6 GPUs, at least 3 on one node; the Ray cluster has 2" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.partial"))         # checked before the partial file is created
 
 
 @pytest.mark.slow
