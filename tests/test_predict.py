@@ -127,3 +127,12 @@ def test_a_missing_file_is_skipped_and_the_others_predicted(model, tmp_path, cap
     code, out, err = run_cli(capsys, "predict", "--model", model, tmp_path / "nothing.png", good)
     assert code == 3 and len(out) == 1 and out[0].startswith(f"{good}: ")
     assert err == [f"skipped: image {tmp_path / 'nothing.png'} does not exist"]
+
+
+def test_progress_is_plain_lines_when_stderr_is_a_log(model, tmp_path, capsys, monkeypatch):
+    from pipeline.progress import INTERVAL_ENV
+    monkeypatch.setenv(INTERVAL_ENV, "0")                 # a line after every batch
+    _, paths = save_images(tmp_path, 3)
+    code, out, err = run_cli(capsys, "predict", "--model", model, *paths, "--batch-size", 2)
+    assert code == 0 and len(out) == 3
+    assert [line.split(" rows")[0] for line in err] == ["predict: 2/3", "predict: 3/3", "predict: 3/3"]
