@@ -263,6 +263,9 @@ def run_features(s: FeatureSettings, log=print) -> Path:
     """Compute (or find up to date, or resume) the features file for `s`; return its path."""
     _check(s)
     engine.check_shard_rows(s.shard_rows)
+    if s.engine == "ray" and s.address is not None:
+        from pipeline import ray_engine
+        ray_engine.check_reachable(s.address)    # before TensorFlow loads: a wrong address fails in seconds
     precision, device = resolve_precision(s.precision)
     workers = s.workers or DEFAULT_WORKERS
     if s.engine == "ray":
