@@ -42,6 +42,7 @@ def check_reachable(address: str):
     "auto": the running cluster's), since ray.init then retries "Failed to connect to GCS" for ever.
     A ray:// address (Ray Client) fails cleanly by itself."""
     import socket
+    _import_ray()                # Ray missing: the one error line that says how to install it
     from ray._private.services import canonicalize_bootstrap_address_or_die
     if address.startswith("ray://"):
         return
