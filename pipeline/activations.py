@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -53,7 +52,7 @@ def float_scale(sample: np.ndarray) -> float:
 def build(final: Path, s: dict, splits: dict, lower_fn, batch_size: int, log=print) -> Path:
     """Compute (or resume) the cache. `splits`: pipeline.data splits; `lower_fn`: uint8 batch ->
     float32 cut activations. Returns the final path."""
-    from tqdm import tqdm
+    from pipeline.progress import Progress
     flip = s["flip"]
     order = {"train": train_order(len(splits["train"].y))}
     order.update({k: np.arange(len(splits[k].y)) for k in ("val", "test")})
@@ -72,8 +71,8 @@ def build(final: Path, s: dict, splits: dict, lower_fn, batch_size: int, log=pri
         for name in store.SPLITS:
             x, k = splits[name].x[order[name]], copies[name]
             start = writer.rows_done(name) // k
-            with tqdm(total=len(x), initial=start, desc=f"cache {name:>5}", unit="img", file=sys.stderr,
-                      disable=None, dynamic_ncols=True) as bar:
+            # a bar on a terminal, plain lines in a log (a long pass is never silent)
+            with Progress(len(x), start, desc=f"cache {name:>5}") as bar:
                 for lo in range(start, len(x), batch_size):
                     batch = x[lo:lo + batch_size]
                     rows = lower_fn(batch)

@@ -188,10 +188,13 @@ def identity(backbone: str, weights: str | None, size: int | None, seed: int) ->
 
 # ---------------------------------------------------------------- device and precision
 
+CPUINFO = Path("/proc/cpuinfo")        # a name, so tests can fake each kind of CPU
+
+
 def cpu_has_bf16() -> bool:
     """True on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX), where it pays off."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = CPUINFO.read_text()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags

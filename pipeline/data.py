@@ -17,6 +17,7 @@ same blocks, and the blocks combine to one hash.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import tarfile
@@ -190,9 +191,31 @@ def _load_keras(limit) -> Dataset:
                    _subset(ArrayImages(test_x), test_y.reshape(-1).astype(np.uint8), k, limit))
 
 
+# The only callables a CIFAR-10 batch's pickle names: numpy arrays and dtypes (each numpy version's
+# module path, the original batches being Python 2 pickles), labels' numpy integers, and how Python 3
+# writes bytes at protocol 2. Any other (os.system, ...) would run code while loading data.
+_BATCH_GLOBALS = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
+    (f"numpy.{core}.{module}", name) for core in ("core", "_core")
+    for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def __init__(self, raw: bytes, where: str):
+        super().__init__(io.BytesIO(raw), encoding="bytes")     # Python 2's str -> bytes, as CIFAR's keys
+        self.where = where
+
+    def find_class(self, module, name):
+        if (module, name) not in _BATCH_GLOBALS:
+            raise UserError(f"refusing to load {self.where}: its pickle calls {module}.{name}, which a CIFAR-10 "
+                            "batch never does (loading it could run code)")
+        return super().find_class(module, name)
+
+
 def _unpickle_batch(raw: bytes, where: str) -> dict:
     try:
-        batch = pickle.loads(raw, encoding="bytes")
+        batch = _BatchUnpickler(raw, where).load()
+    except UserError:
+        raise
     except Exception:
         raise UserError(f"{where} is not a CIFAR-10 pickle batch") from None
     if not isinstance(batch, dict):
@@ -279,6 +302,7 @@ def rgb8(img):
 
 def _read_image(path: Path) -> np.ndarray:
     from PIL import Image
+    path = str(path)     # not np.str_, which PIL's messages would print as np.str_('...')
     try:
         with Image.open(path) as img:
             return np.asarray(rgb8(img), dtype=np.uint8)

@@ -1,6 +1,7 @@
 """Stage one: run the frozen backbone once over every image and cache the embeddings in HDF5."""
 from __future__ import annotations
 
+import contextlib
 import datetime
 import platform
 import sys
@@ -14,6 +15,9 @@ from pipeline.backbone import build_backbone, resolve_precision
 from pipeline.errors import UserError
 from pipeline.outputs import Lock
 from pipeline.progress import Progress
+
+
+DEFAULT_WORKERS = 2
 
 
 @dataclass
@@ -32,7 +36,7 @@ class FeatureSettings:
     shard_rows: int = engine.DEFAULT_SHARD_ROWS
     engine: str = "local"            # local: this process; ray: a Ray Data actor pool
     address: str | None = None       # ray: None starts a local instance; "auto" or ray://host:port joins one
-    workers: int = 2                 # ray: actors in the pool
+    workers: int | None = None       # ray: actors in the pool (None: DEFAULT_WORKERS); local: refused
     gpus_per_worker: float = 0       # ray: GPUs per actor (0: CPU)
     views: int = 1                   # 2: also the mirrored image's embedding (pipeline.views)
 
@@ -127,9 +131,10 @@ def _recorded_files(s: FeatureSettings) -> dict:
 def _check(s: FeatureSettings):
     if s.engine not in ("local", "ray"):
         raise UserError(f"--engine must be local or ray, got {s.engine!r}")
-    if s.engine == "local" and (s.address is not None or s.gpus_per_worker):
-        raise UserError("--address and --gpus-per-worker apply to --engine ray only")
-    if s.workers < 1 or s.gpus_per_worker < 0:
+    if s.engine == "local" and (s.address is not None or s.gpus_per_worker or s.workers is not None):
+        # refused, not ignored: the local engine is one process (its threads are TensorFlow's)
+        raise UserError("--address, --workers and --gpus-per-worker apply to --engine ray only")
+    if (s.workers is not None and s.workers < 1) or s.gpus_per_worker < 0:
         raise UserError(f"--workers must be at least 1 and --gpus-per-worker at least 0, "
                         f"got {s.workers} and {s.gpus_per_worker:g}")
     if s.batch_size < 1:
@@ -177,8 +182,8 @@ def add_arguments(p):
                         "or a cluster (needs the [ray] extra)")
     p.add_argument("--address", metavar="auto|ray://HOST:PORT", help="ray: the cluster to join (default: "
                    "start a local instance for this run)")
-    p.add_argument("--workers", type=flags.positive_int, default=2, metavar="N",
-                   help="ray: actors in the pool (default: 2)")
+    p.add_argument("--workers", type=flags.positive_int, metavar="N",
+                   help=f"ray: actors in the pool (default: {DEFAULT_WORKERS})")
     p.add_argument("--gpus-per-worker", type=flags.finite_float, default=0, metavar="G",
                    help="ray: GPUs per actor (default: 0, CPU); more than the cluster has fails at once")
 
@@ -301,24 +306,34 @@ def run_features(s: FeatureSettings, log=print) -> Path:
     """Compute (or find up to date, or resume) the features file for `s`; return its path."""
     _check(s)
     engine.check_shard_rows(s.shard_rows)
+    if s.engine == "ray" and s.address is not None:
+        from pipeline import ray_engine
+        ray_engine.check_reachable(s.address)    # before TensorFlow loads: a wrong address fails in seconds
     precision, device = resolve_precision(s.precision)
+    workers = s.workers or DEFAULT_WORKERS
     if s.engine == "ray":
         # The workers, not this driver, run the network: auto means float16 on their GPUs.
         if s.gpus_per_worker > 0 and s.precision == "auto":
             precision = "float16"
-        device = f"Ray: {s.workers} workers, {s.gpus_per_worker:g} GPUs each" if s.gpus_per_worker else \
-            f"Ray: {s.workers} CPU workers"
+        device = f"Ray: {workers} workers, {s.gpus_per_worker:g} GPUs each" if s.gpus_per_worker else \
+            f"Ray: {workers} CPU workers"
     settings = identity(s, precision)
     final = store.features_path(s.cache_dir, settings)
     _check_memory(settings["input_size"], s.batch_size)
     if _up_to_date(final, settings, log):
         return final
 
-    with Lock(final, log=log):
+    with Lock(final, log=log), contextlib.ExitStack() as stack:
         if _up_to_date(final, settings, log):   # another run finished it while we looked
             return final
         ds = data.load_dataset(s.data, s.limit)
         splits = data.make_splits(ds, s.val_fraction, s.seed)
+        if s.engine == "ray":
+            # Joined, and its resources checked, before the partial file exists: a refused run
+            # (GPUs the cluster lacks) leaves nothing behind.
+            from pipeline import ray_engine
+            session = stack.enter_context(ray_engine.Session(s.address))
+            ray_engine.check_resources(session.ray, workers, s.gpus_per_worker)
         sizes = {k: len(v) for k, v in splits.items()}
         attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(settings),
                  "settings": settings, **settings, "weights": str(backbones.Weights.from_attrs(settings)),
@@ -332,24 +347,22 @@ def run_features(s: FeatureSettings, log=print) -> Path:
         try:
             shards = engine.plan(sizes, s.shard_rows)
             todo = engine.missing(shards, {k: writer.done_rows(k) for k in store.SPLITS})
-            total, before = sum(sizes.values()), sum(writer.rows_written(k) for k in store.SPLITS)
+            # Rows to compute, counted from the plan: a resumed shard restarts at a block boundary, so
+            # some rows already written are computed again (counting written rows gave 240/200).
+            total, computed = sum(sizes.values()), sum(shard.hi - shard.lo for shard in todo)
             if len(todo) < len(shards):
                 log(f"{len(shards) - len(todo)} of {len(shards)} shards already done, {len(todo)} to compute")
             spec = engine.ExtractorSpec(s.backbone, s.weights, s.size, s.seed, precision, s.views)
             started, provenance = time.perf_counter(), {"engine": s.engine}
-            with Progress(total, before, desc="features") as progress:
+            with Progress(total, total - computed, desc="features") as progress:
                 if s.engine == "ray" and todo:
-                    from pipeline import ray_engine
-                    with ray_engine.Session(s.address) as session:
-                        started = time.perf_counter()
-                        devices = ray_engine.run(todo, splits, writer, spec, s.batch_size, progress, session,
-                                                 s.workers, s.gpus_per_worker)
-                    provenance.update(workers=s.workers, gpus_per_worker=s.gpus_per_worker,
+                    devices = ray_engine.run(todo, splits, writer, spec, s.batch_size, progress, session,
+                                             workers, s.gpus_per_worker)
+                    provenance.update(workers=workers, gpus_per_worker=s.gpus_per_worker,
                                       worker_devices=sorted(devices))
                 elif todo:
                     engine.run_local(todo, splits, writer, spec, s.batch_size, progress)
             elapsed = time.perf_counter() - started
-            computed = sum(writer.rows_written(k) for k in store.SPLITS) - before
             rate = computed / elapsed if elapsed > 0 else 0.0
             fingerprint = data.combine_digests({k: writer.block_digests(k) for k in store.SPLITS}, sizes)
             path = writer.finish({"data_fingerprint": fingerprint, "shards": len(shards), **provenance,

@@ -218,14 +218,15 @@ def train_knn(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, threads=N
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
     tr = fs.splits["train"]
-    if s["k"] > len(tr.labels):
-        raise UserError(f"k must be at most the number of training rows ({len(tr.labels)}), got {s['k']}")
+    rows = len(tr.labels) * len(tr.views)     # the model holds every stored view of each train image
+    if s["k"] > rows:
+        raise UserError(f"k must be at most the number of training rows ({rows}), got {s['k']}")
     model = Pipeline([("scale", StandardScaler()),
                       ("knn", KNeighborsClassifier(n_neighbors=s["k"], weights=s["weighting"], metric="cosine",
                                                    algorithm="brute", n_jobs=threads))])
     model.fit(*views.training_rows(tr))     # every stored view of each train image
     _save_joblib(model, out_dir)
-    return model, None, {"train_rows": len(tr.labels) * len(tr.views)}
+    return model, None, {"train_rows": rows}
 
 
 def _save_joblib(model, out_dir: Path):
@@ -409,6 +410,12 @@ def add_common_arguments(p):
 
 
 def settings_from_args(args) -> dict:
+    """The chosen kind's settings from its flags; another kind's flag is refused, not ignored."""
+    for kind in HEADS.values():
+        for key in kind.defaults:
+            if getattr(args, key, None) is not None and key not in HEADS[args.head].defaults:
+                kinds = " or ".join(f"--head {k.name}" for k in HEADS.values() if key in k.defaults)
+                raise UserError(f"--{key.replace('_', '-')} applies to {kinds}, not --head {args.head}")
     return make_settings(args.head, **{k: getattr(args, k, None) for k in HEADS[args.head].defaults})
 
 

@@ -57,7 +57,7 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from tqdm import tqdm
+    from pipeline.progress import Progress
     picked = args.model is None
     if picked:
         args.model = export.newest_run(args.cache_dir)
@@ -68,7 +68,7 @@ def run(args) -> int:
     paths = expand(args.images)
     k = min(args.top_k, len(predictor.class_names))
     rows, skipped = [], []
-    with tqdm(total=len(paths), unit="img", file=sys.stderr, disable=None, dynamic_ncols=True) as bar:
+    with Progress(len(paths), desc="predict") as bar:     # plain lines when stderr is a log
         for batch_rows, batch_skipped in predictor.predict_paths(paths, k, args.batch_size):
             rows += batch_rows
             skipped += batch_skipped

@@ -26,6 +26,7 @@ class Progress:
         self.total, self.done, self.desc, self.note = total, initial, desc, ""
         self.last = time.monotonic()
         self.started = self.start_rows = None      # the rate counts from the first rows (not start-up)
+        self.printed = False
         self.bar = None
         if self.file.isatty():
             from tqdm import tqdm
@@ -33,9 +34,9 @@ class Progress:
         self.interval = float(os.environ.get(INTERVAL_ENV, DEFAULT_INTERVAL)) if interval is None else interval
 
     def update(self, n: int, note: str | None = None):
-        if self.started is None:
-            self.started, self.start_rows = time.monotonic(), self.done
         self.done += n
+        if self.started is None:     # the clock starts when the first batch is in (start-up excluded)
+            self.started, self.start_rows = time.monotonic(), self.done
         if note is not None:
             self.note = note
         if self.bar is not None:
@@ -47,7 +48,7 @@ class Progress:
 
     def line(self):
         now = time.monotonic()
-        self.last = now
+        self.last, self.printed = now, True
         rate = (self.done - self.start_rows) / max(now - self.started, 1e-9) if self.started else 0.0
         eta = _duration((self.total - self.done) / rate) if rate > 0 else "?"
         note = f", {self.note}" if self.note else ""
@@ -60,5 +61,7 @@ class Progress:
     def __exit__(self, exc_type, *exc):
         if self.bar is not None:
             self.bar.close()
-        elif exc_type is None and self.started is not None:
-            self.line()      # the final state; after an error, the error line stays the last one
+        elif exc_type is None and self.printed:
+            # the final state of a run long enough to have reported (a short one stays quiet: its
+            # command's own output follows); after an error, the error line stays the last one
+            self.line()

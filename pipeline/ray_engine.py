@@ -10,6 +10,7 @@ keeps failing. Ray is imported only here, so the local engine does not need it i
 """
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import uuid
@@ -33,6 +34,26 @@ def _import_ray():
     return ray
 
 
+CONNECT_SECONDS = 5      # a cluster's head answers a TCP connect at once; ray.init would retry for minutes
+
+
+def check_reachable(address: str):
+    """Fail within CONNECT_SECONDS where nothing accepts connections at `address` (a host:port, or
+    "auto": the running cluster's), since ray.init then retries "Failed to connect to GCS" for ever.
+    A ray:// address (Ray Client) fails cleanly by itself."""
+    import socket
+    _import_ray()                # Ray missing: the one error line that says how to install it
+    from ray._private.services import canonicalize_bootstrap_address_or_die
+    if address.startswith("ray://"):
+        return
+    try:
+        resolved = canonicalize_bootstrap_address_or_die(address)
+        host, _, port = resolved.rpartition(":")
+        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
+    except (OSError, ValueError) as exc:      # ConnectionError is an OSError: "auto" found no cluster
+        raise UserError(f"cannot join the Ray cluster at {address}: {first_line(exc)}") from None
+
+
 class Session:
     """Joins a cluster (`address`), or starts a local instance that it alone shuts down again, on
     any exit including Ctrl-C, and that a watchdog (pipeline.reaper) removes even after a SIGKILL.
@@ -52,6 +73,7 @@ class Session:
                     os.environ[reaper.MARK_ENV] = mark     # inherited by every process of the instance
                     ray.init(object_store_memory=LOCAL_OBJECT_STORE, **kwargs)
                 else:
+                    check_reachable(self.address)
                     ray.init(address=self.address, **kwargs)
             except ConnectionError as exc:
                 raise UserError(f"cannot join the Ray cluster at {self.address}: {first_line(exc)}") from None
@@ -59,6 +81,14 @@ class Session:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False          # our own progress line counts rows and shards
         ctx.print_on_execution_start = False
+        # A worker's UserError (an unreadable image) reaches the driver as itself, not inside a
+        # UserCodeException whose pickled cause is lost, so both engines print the same error line.
+        ctx.raise_original_map_exception = True
+        # Ray Data logs to the console too (warnings, and a failed run's traceback before ours):
+        # the user sees our one line; everything stays in Ray Data's log file.
+        for handler in logging.getLogger("ray.data").handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.CRITICAL)
         return self
 
     def __exit__(self, *exc):
@@ -132,18 +162,21 @@ class ShardWorker:
 
 
 def _cause(exc):
-    """A worker's own error inside Ray's wrappers."""
-    while exc is not None and not isinstance(exc, UserError):
-        exc = getattr(exc, "cause", None) or exc.__cause__
-    return exc
+    """A worker's own UserError inside Ray's wrappers. Ray re-raises it as a RayTaskError that also
+    subclasses UserError but prints Ray's traceback; its `cause` is the error itself."""
+    while exc is not None:
+        inner = getattr(exc, "cause", None)
+        if isinstance(exc, UserError) and not isinstance(inner, BaseException):
+            return exc
+        exc = inner or exc.__cause__
+    return None
 
 
 def run(todo: list[Shard], splits: dict, writer, spec: ExtractorSpec, batch_size: int, progress,
         session: Session, workers: int, gpus_per_worker: float) -> set[str]:
-    """Compute `todo` on the pool, writing rows as shards arrive. Returns the workers'
-    CUDA_VISIBLE_DEVICES values (provenance)."""
+    """Compute `todo` on the pool, writing rows as shards arrive (the caller has run check_resources).
+    Returns the workers' CUDA_VISIBLE_DEVICES values (provenance)."""
     ray = session.ray
-    check_resources(ray, workers, gpus_per_worker)
     ledger = ray.remote(num_cpus=0)(_Ledger).remote()
     items = [{"split": s.split, "lo": s.lo, "hi": s.hi,
               "images": pickle.dumps(splits[s.split].select(np.arange(s.lo, s.hi)))} for s in todo]
@@ -167,8 +200,8 @@ def run(todo: list[Shard], splits: dict, writer, spec: ExtractorSpec, batch_size
             progress.update(len(row["features"]), f"shards {done}/{len(todo)} done, {retried} retried, "
                                                    f"{len(todo) - done} remaining")
     except Exception as exc:
-        if isinstance(_cause(exc), UserError):
-            raise _cause(exc) from None
+        if _cause(exc) is not None:      # Ray Data appends retry advice to its message: the first line
+            raise UserError(first_line(_cause(exc))) from None
         failing = [s for s, n in ray.get(ledger.get.remote()).items() if n > RETRIES]
         if failing:
             raise UserError(f"shard {failing[0]} failed {1 + RETRIES} times (its worker died each time); "

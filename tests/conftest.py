@@ -19,6 +19,19 @@ PRETRAINED = SHARED / "models" / "efficientnet_lite0_imagenet.keras"
 # >= 0.65 test accuracy and a dense head >= 0.55 on this backbone's features; random features stay far below.
 REAL_LIMIT = 600             # 60 per class -> 54 train + 6 val per class, 60 test per class
 LOGREG_FLOOR, DENSE_FLOOR = 0.65, 0.55
+# How far stage-one features in each precision may lie from the float32 computation, as a fraction of
+# the largest |feature|: `--precision auto` is bfloat16 on CPUs with AVX512-BF16 or AMX, float16 on a
+# GPU. Measured on the tiny backbone (2-core Xeon with AMX, 2026-11-30): float32 4e-7, float16 4e-4,
+# bfloat16 7e-3; the bounds leave about 3x.
+PRECISION_TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}
+
+
+def assert_close_at(precision: str, got, expected):
+    """Features computed in `precision` match float32 ones within that precision's tolerance."""
+    import numpy as np
+    expected = np.asarray(expected)
+    np.testing.assert_allclose(got, expected, rtol=0,
+                               atol=PRECISION_TOLERANCE[precision] * np.abs(expected).max(), err_msg=precision)
 
 
 def require_real_images():

@@ -111,6 +111,26 @@ def test_auto_precision_follows_the_device():
         bb.resolve_precision("int8")
 
 
+# /proc/cpuinfo's flags line of each kind of CPU the project supports (abridged).
+CPU_FLAGS = {"avx2 only": "fpu sse4_2 avx avx2 fma",
+             "avx512-bf16": "fpu sse4_2 avx avx2 fma avx512f avx512_bf16",
+             "amx": "fpu sse4_2 avx avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile amx_int8"}
+
+
+@pytest.mark.parametrize("cpu, gpus, expected", [("avx2 only", [], "float32"), ("avx512-bf16", [], "bfloat16"),
+                                                 ("amx", [], "bfloat16"), ("avx2 only", ["gpu0"], "float16")])
+def test_auto_precision_on_each_kind_of_cpu(cpu, gpus, expected, tmp_path, monkeypatch):
+    import tensorflow as tf
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {CPU_FLAGS[cpu]}\n")
+    monkeypatch.setattr(bb, "CPUINFO", cpuinfo)
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: gpus if kind == "GPU" else [])
+    assert bb.resolve_precision("auto")[0] == expected
+    assert bb.resolve_precision("float32")[0] == "float32"      # an explicit choice is kept on every kind
+    monkeypatch.setattr(bb, "CPUINFO", tmp_path / "absent")       # unreadable: the safe choice
+    assert bb.resolve_precision("auto")[0] == ("float16" if gpus else "float32")
+
+
 @pytest.mark.slow
 def test_weights_file_gives_the_same_network(tmp_path, inception):
     path = tmp_path / "inception.weights.h5"

@@ -194,3 +194,46 @@ def test_bad_data_gives_one_clear_error(tmp_path, make, message):
     with pytest.raises(UserError, match=message):
         ds = data.load_dataset(make(tmp_path / "data"))
         ds.train.read(), ds.test.read()      # images are decoded only when read
+
+
+class _RunsCode:
+    """What a hostile pickle holds: unpickling it calls os.system."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+        return os.system, (self.command,)
+
+
+def test_a_batch_whose_pickle_runs_code_is_refused_without_running_it(batches_dir, tmp_path, capsys):
+    import pickle
+    from conftest import assert_one_error, run_cli
+    ran = tmp_path / "ran"
+    with open(batches_dir / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": _RunsCode(f"touch {ran}"), b"labels": [0]}, f)
+    with pytest.raises(UserError, match=r"data_batch_1: its pickle calls (posix|os)\.system, which a CIFAR-10 batch"):
+        data.load_dataset(batches_dir)
+    code, _, err = run_cli(capsys, "features", "--data", batches_dir, "--weights", "none", "--size", "75",
+                           "--cache-dir", tmp_path / "cache")
+    assert_one_error(code, err, "refusing to load")
+    assert not ran.exists()
+
+
+@pytest.mark.parametrize("protocol, numpy_1", [(2, False), (2, True), (5, False)])
+def test_batches_load_whichever_python_and_numpy_pickled_them(batches_dir, protocol, numpy_1):
+    """Protocol 2 writes Python 3 bytes through _codecs.encode; numpy 1.x (and the original Python 2
+    batches) name numpy.core.multiarray, numpy 2 numpy._core.multiarray."""
+    import pickle
+    for name in ("test_batch", "batches.meta"):
+        with open(batches_dir / name, "rb") as f:
+            raw = pickle.dumps(pickle.load(f), protocol=protocol)
+        if numpy_1:
+            raw = raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+        (batches_dir / name).write_bytes(raw)
+    ds = data.load_dataset(batches_dir)
+    train_x, train_y, test_x, test_y = synthetic_cifar()
+    np.testing.assert_array_equal(ds.test_x, test_x)
+    np.testing.assert_array_equal(ds.test_y, test_y)
+    assert ds.class_names == data.CIFAR10_CLASSES

@@ -184,6 +184,9 @@ def test_foreign_file_under_the_cache_name_is_refused_and_kept(capsys, batches_d
     (["--size", "60"], "at least 75"),
     (["--weights", "/no/such/weights.h5"], "not a file"),
     (["--val-fraction", "1.5"], "between 0 and 1"),
+    # the local engine is one process: Ray's flags are refused, not ignored
+    (["--workers", "3"], "--address, --workers and --gpus-per-worker apply to --engine ray only"),
+    (["--gpus-per-worker", "1"], "apply to --engine ray only"),
 ])
 def test_bad_flags_give_one_error_line_and_exit_2(capsys, batches_dir, tmp_path, extra, message):
     code = main(["features", "--data", str(batches_dir), "--cache-dir", str(tmp_path), *FAST, *extra])
@@ -201,3 +204,28 @@ def test_unreadable_weights_file_exits_2_without_traceback(tmp_path):
     write_batches(tmp_path, *synthetic_cifar())
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "Traceback" not in err and "cannot load inception_v3 weights" in err
+
+
+def test_progress_after_a_resume_never_passes_the_total(batches_dir, tiny_backbone, tmp_path, capsys, monkeypatch):
+    """A resumed shard restarts at a block boundary, recomputing rows already written: the count
+    starts from the plan's rows still to compute (it read 240/200 before)."""
+    import re
+    from pipeline import engine
+    from pipeline.progress import INTERVAL_ENV
+    args = ["features", "--data", batches_dir, "--backbone", tiny_backbone, "--batch-size", "8",
+            "--cache-dir", tmp_path]
+    whole = engine.shard_batches
+
+    def dies_after_three_batches(*a, **kw):
+        for i, batch in enumerate(whole(*a, **kw)):
+            if i == 3:
+                raise KeyboardInterrupt          # killed mid-block: 24 of train's 45 rows written
+            yield batch
+    monkeypatch.setattr(engine, "shard_batches", dies_after_three_batches)
+    assert main([str(a) for a in args]) == 130
+    monkeypatch.setattr(engine, "shard_batches", whole)
+    monkeypatch.setenv(INTERVAL_ENV, "0")                # a line after every batch
+    capsys.readouterr()
+    assert main([str(a) for a in args]) == 0
+    counts = [tuple(map(int, m)) for m in re.findall(r"features: (\d+)/(\d+) rows", capsys.readouterr().err)]
+    assert counts and all(done <= total for done, total in counts) and counts[-1] == (70, 70), counts

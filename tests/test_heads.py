@@ -236,6 +236,13 @@ def test_without_features_the_newest_complete_file_is_used_whatever_its_settings
     (["--head", "knn", "--k", "0"], "k must be a whole number >= 1"),
     (["--head", "knn", "--weighting", "gaussian"], "weighting must be one of uniform, distance"),
     (["--head", "knn", "--k", "401"], "k must be at most the number of training rows (400)"),
+    # another kind's flag is refused, not ignored
+    (["--head", "knn", "--hidden", "5"], "--hidden applies to --head dense, not --head knn"),
+    (["--head", "knn", "--lr", "7"], "--lr applies to --head dense, not --head knn"),
+    (["--head", "knn", "--C", "3"], "--C applies to --head logreg, not --head knn"),
+    (["--C", "3"], "--C applies to --head logreg, not --head dense"),
+    (["--head", "logreg", "--k", "3"], "--k applies to --head knn, not --head logreg"),
+    (["--head", "logreg", "--batch-size", "3"], "--batch-size applies to --head dense, not --head logreg"),
 ])
 def test_bad_head_settings(flags, expect, separable, tmp_path, capsys):
     _fails_cleanly(["head", "--features", str(separable), "--cache-dir", str(tmp_path), *flags],
@@ -255,6 +262,11 @@ def test_bad_head_settings(flags, expect, separable, tmp_path, capsys):
 def test_bad_grids(grid, expect, separable, tmp_path, capsys):
     _fails_cleanly(["sweep", "--features", str(separable), "--cache-dir", str(tmp_path), "--grid", *grid],
                    capsys, tmp_path, expect)
+
+
+def test_sweep_refuses_another_kinds_flag(separable, tmp_path, capsys):
+    _fails_cleanly(["sweep", "--features", str(separable), "--cache-dir", str(tmp_path), "--head", "logreg",
+                    "--hidden", "5", "--grid", "C=0.1,1"], capsys, tmp_path, "--hidden applies to --head dense")
 
 
 def test_settings_table_checks_every_default():

@@ -221,3 +221,12 @@ def test_predictions_on_a_full_disk_are_one_error_line_and_leave_nothing(model, 
         code, out, err = run_cli(capsys, "predict", "--model", model, *paths, "--out", where / "p.csv")
         assert code == 2 and len(err) == 1 and err[0].startswith("error: disk full while writing"), err
         assert "kept" not in err[0] and sorted(p.name for p in where.iterdir()) == ["filler"]
+
+
+def test_progress_is_plain_lines_when_stderr_is_a_log(model, tmp_path, capsys, monkeypatch):
+    from pipeline.progress import INTERVAL_ENV
+    monkeypatch.setenv(INTERVAL_ENV, "0")                 # a line after every batch
+    _, paths = save_images(tmp_path, 3)
+    code, out, err = run_cli(capsys, "predict", "--model", model, *paths, "--batch-size", 2)
+    assert code == 0 and len(out) == 3
+    assert [line.split(" rows")[0] for line in err] == ["predict: 2/3", "predict: 3/3", "predict: 3/3"]

@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,10 +20,11 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, synthetic_cifar, write_batches
+from conftest import ROOT, assert_one_error, run_cli, spawn_cli, synthetic_cifar, write_batches
 from pipeline import store
 from pipeline.cli import main
 from pipeline.engine import CRASH_ENV
+from pipeline.progress import INTERVAL_ENV
 from test_features import _progress as _done_rows
 from test_streaming import mixed_tree, read_file
 
@@ -141,6 +143,7 @@ def test_gpus_the_cluster_lacks_fail_at_once(ray_instance, mixed, tmp_path, caps
     args, _ = mixed
     assert main([*args, "--cache-dir", str(tmp_path), "--engine", "ray", "--gpus-per-worker", "3"]) == 2
     assert "needs 6 GPUs, at least 3 on one node; the Ray cluster has 2" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("*.partial"))         # checked before the partial file is created
 
 
 @pytest.mark.slow
@@ -202,3 +205,43 @@ def test_sweep_on_ray_shares_the_features_and_ranks_like_local(ray_instance, tmp
         board = json.loads(next((cache / "sweeps").glob("*.json")).read_text())
         boards[engine] = [(r["run"], r["C"], r["val_accuracy"], r["test_accuracy"]) for r in board]
     assert boards["ray"] == boards["local"]
+
+
+@pytest.mark.slow
+def test_an_unreadable_image_gives_the_local_engines_error(ray_instance, tiny_backbone, tmp_path, capsys,
+                                                          monkeypatch):
+    monkeypatch.setenv(INTERVAL_ENV, "600")               # no progress line: the error is the only one
+    root = mixed_tree(tmp_path / "data", n_per_class=4)
+    empty = root / "test" / "bee" / "002.png"
+    empty.write_bytes(b"")                                # a 0-byte image file
+    args = ["features", "--data", root, "--backbone", tiny_backbone, "--precision", "float32"]
+    errors = {}
+    for engine in (["local"], ["ray", "--workers", "1"]):      # one actor: the test's cost is its start-up
+        code, _, err = run_cli(capsys, *args, "--cache-dir", tmp_path / engine[0], "--engine", *engine)
+        assert_one_error(code, err, f"cannot read image {empty}: ")
+        errors[engine[0]] = err
+    assert errors["ray"] == errors["local"] and "np.str_" not in errors["local"][0]
+
+
+@pytest.mark.parametrize("address, message", [("127.0.0.1:{free}", "Connection refused"),
+                                              ("nonsense", "Invalid address format")])
+def test_an_address_where_no_cluster_answers_fails_in_seconds(address, message):
+    from pipeline.errors import UserError
+    from pipeline.ray_engine import CONNECT_SECONDS, check_reachable
+    with socket.socket() as s:                  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(UserError, match=f"cannot join the Ray cluster at {address.format(free=free)}: .*{message}"):
+        check_reachable(address.format(free=free))
+    assert time.monotonic() - started < CONNECT_SECONDS + 1
+
+
+def test_features_with_an_address_nothing_listens_on_gives_one_error_line(tmp_path):
+    data = write_batches(tmp_path / "batches", *synthetic_cifar(20, 10))
+    started = time.monotonic()
+    proc = spawn_cli("features", "--data", data, "--weights", "none", "--size", "75", "--cache-dir", tmp_path,
+                     "--engine", "ray", "--address", "127.0.0.1:1")
+    _, err = proc.communicate(timeout=120)         # it retried for ever before
+    assert_one_error(proc.returncode, err.strip().splitlines(), "cannot join the Ray cluster at 127.0.0.1:1: ")
+    assert time.monotonic() - started < 30          # checked first: 3 s here, TensorFlow not even loaded

@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import CIFAR_JPG
+from conftest import CIFAR_JPG, assert_close_at
 from pipeline.cli import main
 from pipeline.errors import UserError
 from pipeline.store import MIRRORED, read_features
@@ -34,8 +34,8 @@ def test_two_view_files_validate_and_hold_the_mirrored_images_embeddings(two_vie
     for name in ("train", "val", "test"):
         np.testing.assert_array_equal(two.splits[name].features, one.splits[name].features)   # view 1 unchanged
         assert one.splits[name].mirrored is None
-        mirrored = model.predict(splits[name].x[:, :, ::-1], verbose=0)
-        np.testing.assert_allclose(two.splits[name].mirrored, mirrored, atol=1e-5)
+        mirrored = model.predict(splits[name].x[:, :, ::-1], verbose=0)      # float32
+        assert_close_at(two.attrs["precision"], two.splits[name].mirrored, mirrored)
         assert np.abs(two.splits[name].mirrored - two.splits[name].features).max() > 1e-3
 
 
@@ -48,6 +48,15 @@ def test_a_two_view_file_missing_a_view_is_refused(two_views, tmp_path, capsys):
         read_features(broken)
     assert main(["head", "--features", str(broken), "--cache-dir", str(tmp_path)]) == 2
     assert "lacks features_mirrored" in capsys.readouterr().err
+
+
+def test_knn_k_may_reach_the_rows_of_both_views(two_views, tmp_path):
+    from pipeline.heads import load_features, make_settings, run_head
+    fs = load_features(two_views)
+    rows = 2 * len(fs.splits["train"].labels)
+    assert run_head(fs, "knn", make_settings("knn", k=rows), tmp_path)["metrics"]["train_rows"] == rows
+    with pytest.raises(UserError, match=rf"k must be at most the number of training rows \({rows}\), got {rows + 1}"):
+        run_head(fs, "knn", make_settings("knn", k=rows + 1), tmp_path)
 
 
 @pytest.mark.slow
