@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import flags, outputs, rows, store
+from pipeline import flags, outputs, records, rows, store
 from pipeline.errors import UserError
 
 # (queries, searched): test against everything trained on or selected with; val against train.
@@ -147,7 +147,7 @@ def run(args):
                                "exact": not args.no_exact})
     out = Path(args.cache_dir) / "audit" / f"{fs.path.stem}-{key}"
     if (out / "audit.json").is_file():
-        result = json.loads((out / "audit.json").read_text())
+        result = records.read(out / records.AUDIT_JSON, records.AUDIT_ANSWER)
         print(f"up to date: {out}")
     else:
         result = audit(fs, args.threshold, not args.no_exact, args.data, out)
@@ -164,7 +164,7 @@ def audit(fs: store.FeatureSet, threshold: float, exact: bool, data_path, out: P
     digests = ({s: pixel_digests(fs.attrs, s, fs.splits[s].index, data_path) for s in store.SPLITS}
                if exact else None)
     pairs = find_pairs(fs, threshold, digests)
-    result = {"features": str(fs.path), "threshold": threshold, "exact_check": exact,
+    result = {"features": str(Path(fs.path).absolute()), "threshold": threshold, "exact_check": exact,
               "summary": summarize(fs, pairs, threshold),
               "test_duplicate_source_index": sorted({p["source_index"] for p in pairs if p["split"] == "test"}),
               "pairs": pairs}

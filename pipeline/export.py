@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import outputs, store
+from pipeline import outputs, records, store
 from pipeline.errors import UserError, first_line
 
 # format -> (file or folder name in the export, largest allowed absolute probability difference)
@@ -54,12 +54,12 @@ def run(args):
 
 def read_run(path: Path) -> tuple[Path, dict]:
     """(run folder, its run.json) for a run folder, or its run.json or model.keras."""
-    run_dir = path if path.is_dir() else path.parent
-    run_json = run_dir / "run.json"
+    run_dir = (path if path.is_dir() else path.parent).absolute()
+    run_json = run_dir / records.RUN_JSON
     if not run_json.is_file():
         raise UserError(f"{path} is not a run folder (no run.json); give cache/heads/<run> or cache/finetune/<run>")
-    info = json.loads(run_json.read_text())
-    if info.get("stage") != "finetune" and not (run_dir / "model.keras").is_file():
+    info = records.read_run(run_dir)
+    if info.get("stage") != "finetune" and not (run_dir / records.MODEL).is_file():
         raise UserError(f"{run_dir} is a {info.get('head', 'non-Keras')} head run; only dense head runs and "
                         "stage-three runs export (they are Keras models)")
     return run_dir, info
@@ -214,8 +214,8 @@ def export_run(run_path: Path, fmt: str, cache_dir="cache", n_images: int = 256,
 
 
 def _up_to_date(final: Path, identity: dict) -> bool:
-    meta = final / "export.json"
+    meta = final / records.EXPORT_JSON
     if not meta.is_file():
         return False
-    found = json.loads(meta.read_text())
+    found = records.read(meta, records.EXPORT)
     return all(found.get(k) == v for k, v in identity.items())

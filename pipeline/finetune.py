@@ -20,7 +20,6 @@ checkpoint.npz (for --resume). The last line printed is the model's path.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -28,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import store
-from pipeline.errors import UserError, first_line
+from pipeline import records, store
+from pipeline.errors import UserError
 from pipeline.outputs import Lock, atomic_file, write_json_atomic
 
 MODES = ("cached", "end-to-end")
@@ -117,17 +116,10 @@ def _load_head(path: Path, width: int, n_classes: int):
 
 def _head_run(path: Path, features_hash: str) -> dict:
     """The stage-two run.json beside the head, checked against the features file (empty if none)."""
-    run_json = path.parent / "run.json"
-    if not run_json.is_file():
+    if not (path.parent / records.RUN_JSON).is_file():
         return {}
-    try:
-        info = json.loads(run_json.read_text())
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{run_json} beside the head is damaged ({first_line(exc)}); delete the head's folder "
-                        "and train it again with `make head`") from None
-    made_from = info.get("features", {}).get("settings_hash")
+    info = records.read_run(path.parent)
+    made_from = info["features"]["settings_hash"]
     if made_from not in (None, features_hash):
         raise UserError(f"head {path} was trained on features {made_from}, not on this features file "
                         f"({features_hash}); pass a head trained on it, or run `make head`")
@@ -280,8 +272,8 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
                      calibrated={"temperature": temperature, "y_prob": after})
         write_json_atomic(run_dir / "run.json", {
             "stage": "finetune", "settings": settings, "class_names": class_names, "model": "model.keras",
-            "features": {"path": str(features_path), "settings_hash": attrs["settings_hash"]},
-            "head": {"path": str(head_path)}, "backbone": {"name": bb.name, **bb.weights.attrs(),
+            "features": {"path": str(Path(features_path).absolute()), "settings_hash": attrs["settings_hash"]},
+            "head": {"path": str(Path(head_path).absolute())}, "backbone": {"name": bb.name, **bb.weights.attrs(),
                                                             "input_size": bb.input_size},
             "device": device, "metrics": comparison["finetuned"], "comparison": comparison,
             "calibration": calibration.summary(y_true, y_prob, after, temperature),

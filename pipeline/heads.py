@@ -16,7 +16,6 @@ The model is chosen on the validation split; test accuracy is only reported.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -24,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipeline import flags, store, views
-from pipeline.errors import UserError, first_line
+from pipeline import flags, records, store, views
+from pipeline.errors import UserError
 from pipeline.features import default_features, load_features  # noqa: F401  (the one features-file rule)
 from pipeline.outputs import Lock, atomic_dir, write_json_atomic
 
@@ -129,7 +128,7 @@ def run_name(head: str, features_hash: str, settings: dict) -> str:
 # ---------------------------------------------------------------- features
 
 def _identity(fs: store.FeatureSet) -> dict:
-    return {"path": str(fs.path), "settings_hash": fs.attrs["settings_hash"],
+    return {"path": str(Path(fs.path).absolute()), "settings_hash": fs.attrs["settings_hash"],
             "feature_width": int(fs.attrs["feature_width"]), "class_names": fs.class_names,
             "views": len(fs.splits["train"].views)}
 
@@ -285,8 +284,8 @@ def predict_proba(model, x):
 def load_head(run_dir):
     """The saved model of a run folder, by the artifact its run.json's head kind names."""
     run_dir = Path(run_dir)
-    run_json = run_dir / "run.json"
-    kinds = [HEADS[json.loads(run_json.read_text())["head"]]] if run_json.is_file() else list(HEADS.values())
+    run_json = run_dir / records.RUN_JSON
+    kinds = [HEADS[_kind(run_json)]] if run_json.is_file() else list(HEADS.values())
     for kind in kinds:
         if (run_dir / kind.artifact).is_file():
             return kind.load(run_dir / kind.artifact)
@@ -296,14 +295,16 @@ def load_head(run_dir):
 # ---------------------------------------------------------------- one run
 
 def read_run_json(path: Path) -> dict:
-    """A run's run.json; a damaged one is a UserError that says how to get rid of it."""
-    try:
-        info = json.loads(Path(path).read_text())
-        float(info["metrics"]["val_accuracy"])
-        return info
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path} is damaged ({first_line(exc)}); delete its folder {Path(path).parent} "
-                        "and rerun to train it again") from None
+    """A head run's run.json (pipeline.records: a damaged one is a UserError saying what to do)."""
+    return records.read_run(Path(path).parent)
+
+
+def _kind(run_json: Path) -> str:
+    """The head kind a run.json names; one this version does not know is a damaged record."""
+    head = records.run_kind(read_run_json(run_json))
+    if head not in HEADS:
+        raise records.damaged(run_json, records.RUN, f"unknown head kind {head!r}")
+    return head
 
 
 def finished_run(cache_dir, head: str, features_hash: str, settings: dict) -> dict | None:
@@ -423,6 +424,6 @@ def run(args):
         print(f"up to date: {result['run_dir']}")
     report_json = Path(result["report"], "report.json")
     if report_json.is_file():
-        print_summary(json.loads(report_json.read_text()), title=f"{args.head} head on {fs.path.name}")
+        print_summary(records.read(report_json, records.REPORT), title=f"{args.head} head on {fs.path.name}")
     print(f"report: {result['report']}")
     print(f"model:  {result['run_dir']}")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import flags, outputs, rows, store
+from pipeline import flags, outputs, records, rows, store
 from pipeline.errors import UserError
 
 BLOCK = 1024           # queries per matrix product: 1024 x 50,000 float32 similarities = 200 MB
@@ -142,7 +142,7 @@ def run(args):
     out = Path(args.cache_dir) / "looking" / f"neighbors-{key}"
     json_path, png_path = out.with_suffix(".json"), out.with_suffix(".png")
     if json_path.is_file():
-        result = json.loads(json_path.read_text())
+        result = records.read(json_path, records.NEIGHBORS)
         print_result(result)
         print(f"up to date: {png_path if png_path.is_file() else json_path}")
         return
@@ -190,7 +190,7 @@ def search_neighbors(fs: store.FeatureSet, args, search: list[str]) -> dict:
                     n["path"] = p
         except (UserError, OSError):
             pass              # paths are a convenience; the strip says why images are missing
-    return {"features": str(fs.path), "search": search, "queries": described}
+    return {"features": str(Path(fs.path).absolute()), "search": search, "queries": described}
 
 
 def print_result(result: dict):

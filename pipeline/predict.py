@@ -17,12 +17,12 @@ from __future__ import annotations
 import csv
 import glob
 import io
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from pipeline import records
 from pipeline.data import IMAGE_SUFFIXES, rgb8
 from pipeline.errors import UserError, first_line
 
@@ -139,20 +139,20 @@ def load_model(path: Path):
     return model
 
 
-def model_metadata(model_path: Path, n_classes: int) -> tuple[list[str], float]:
-    """(class names, temperature still to apply). An export's labels.txt (its model carries its
-    temperature), else run.json beside the model (stage three's, or stage two's features)."""
-    labels, run_json = model_path.parent / "labels.txt", model_path.parent / "run.json"
-    names, temperature = None, 1.0
-    if labels.is_file() and (model_path.parent / "export.json").is_file():
-        names = labels.read_text().splitlines()
-    elif run_json.is_file():
-        info = json.loads(run_json.read_text())
-        names = info.get("class_names") or info.get("features", {}).get("class_names")
-        temperature = float(info.get("calibration", {}).get("temperature", 1.0))
-    if not names or len(names) != n_classes:
-        names = [f"class {i}" for i in range(n_classes)]
-    return list(names), temperature
+def model_metadata(model_path: Path) -> tuple[list[str] | None, float]:
+    """(class names or None, temperature still to apply), from the records beside the model, read
+    and checked (pipeline.records) before any work: an export's export.json and labels.txt (its
+    model carries its temperature), else a run's run.json (stage three's, or stage two's features)."""
+    folder = model_path.parent
+    if (folder / records.EXPORT_JSON).is_file():
+        export = records.read(folder / records.EXPORT_JSON, records.EXPORT)
+        labels = folder / records.LABELS
+        return (records.read_labels(labels) if labels.is_file() else export["class_names"]), 1.0
+    if (folder / records.RUN_JSON).is_file():
+        info = records.read(folder / records.RUN_JSON, records.RUN)
+        names = info.get("class_names") or info["features"].get("class_names")
+        return names, float(info.get("calibration", {}).get("temperature", 1.0))
+    return None, 1.0
 
 
 class Predictor:
@@ -160,8 +160,10 @@ class Predictor:
 
     def __init__(self, model_path: Path, tta: bool = False):
         from pipeline.calibration import apply_temperature
+        names, self.temperature = model_metadata(model_path)
         self.model = load_model(model_path)
-        self.class_names, self.temperature = model_metadata(model_path, int(self.model.output_shape[-1]))
+        n_classes = int(self.model.output_shape[-1])
+        self.class_names = list(names) if names and len(names) == n_classes else [f"class {i}" for i in range(n_classes)]
         apply_temperature(self.model, self.temperature)
         self.size = tuple(self.model.input_shape[1:3])
         self.tta = tta
