@@ -225,8 +225,8 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
     precision, device = resolve_precision(s.precision)
     mode = s.mode or ("end-to-end" if device.startswith("GPU") else "cached")
     head_path = _find_head(s, attrs["settings_hash"])
+    head_info = _head_run(head_path, attrs["settings_hash"])   # its record checked before loading it
     head = _load_head(head_path, attrs["feature_width"], len(class_names))
-    head_info = _head_run(head_path, attrs["settings_hash"])
 
     import keras
     from pipeline import surgery

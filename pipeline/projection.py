@@ -84,7 +84,9 @@ def projector_config(key: str, name: str, shape: tuple[int, int], thumb: tuple[i
 
 def projector_up_to_date(folder: Path, key: str) -> bool:
     config = folder / CONFIG
-    return config.is_file() and f"settings {key}\n" in config.read_text().splitlines()[0] + "\n"
+    # bytes, decoded leniently: a damaged config is not up to date (rewritten), never a crash
+    lines = config.read_bytes().decode("utf-8", "replace").splitlines() if config.is_file() else []
+    return bool(lines) and f"settings {key}\n" in lines[0] + "\n"
 
 
 def write_projector(folder: Path, key: str, name: str, features, meta: list[dict], images: np.ndarray):

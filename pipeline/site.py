@@ -192,7 +192,7 @@ def run_html(run: dict, page_dir: Path) -> str:
 
 
 def _write_if_changed(path: Path, text: str) -> bool:
-    if path.is_file() and path.read_text() == text:
+    if path.is_file() and path.read_bytes() == text.encode():   # bytes: a damaged page is rewritten, not a crash
         return False
     outputs.write_text_atomic(path, text)
     return True
