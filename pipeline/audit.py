@@ -111,8 +111,8 @@ def _predictions_of(run_dir: Path) -> Path:
     """A run is named by its folder: a head run (cache/heads/R), its report (cache/reports/R), or a
     fine-tune run (cache/finetune/R, report in R/report)."""
     run_dir = Path(run_dir)
-    candidates = [run_dir / "predictions.csv", run_dir / "report" / "predictions.csv",
-                  run_dir.parent.parent / "reports" / run_dir.name / "predictions.csv"]
+    candidates = [run_dir / records.PREDICTIONS, run_dir / records.REPORT_DIR / records.PREDICTIONS,
+                  run_dir.parent.parent / records.REPORTS / run_dir.name / records.PREDICTIONS]
     for c in candidates:
         if c.is_file():
             return c
@@ -145,8 +145,8 @@ def run(args):
     fs = heads.features_from_args(args)
     key = store.settings_hash({"features": fs.attrs["settings_hash"], "threshold": args.threshold,
                                "exact": not args.no_exact})
-    out = Path(args.cache_dir) / "audit" / f"{fs.path.stem}-{key}"
-    if (out / "audit.json").is_file():
+    out = records.folder(args.cache_dir, records.AUDIT) / f"{fs.path.stem}-{key}"
+    if (out / records.AUDIT_JSON).is_file():
         result = records.read(out / records.AUDIT_JSON, records.AUDIT_ANSWER)
         print(f"up to date: {out}")
     else:
@@ -179,7 +179,7 @@ def audit(fs: store.FeatureSet, threshold: float, exact: bool, data_path, out: P
         writer.writeheader()
         writer.writerows(pairs)
         (tmp / "pairs.csv").write_text(buf.getvalue())
-        (tmp / "audit.json").write_text(json.dumps(result, indent=2))
+        (tmp / records.AUDIT_JSON).write_text(json.dumps(result, indent=2))
     return result
 
 

@@ -26,7 +26,7 @@ from pipeline import outputs, records, store
 from pipeline.errors import UserError, first_line
 
 # format -> (file or folder name in the export, largest allowed absolute probability difference)
-FORMATS = {"savedmodel": ("saved_model", 1e-4), "tflite": ("model.tflite", 1e-3), "keras": ("model.keras", 1e-4)}
+FORMATS = {"savedmodel": ("saved_model", 1e-4), "tflite": ("model.tflite", 1e-3), "keras": (records.MODEL, 1e-4)}
 CHECK_BATCH = 32
 
 
@@ -79,12 +79,12 @@ def image_model(run_dir: Path, info: dict, attrs: dict, backbone=None, weights=N
     from pipeline.calibration import apply_temperature
     from pipeline.predict import load_keras_file
     if info.get("stage") == "finetune":
-        model = load_keras_file(run_dir / "model.keras", "fine-tuned model", "finetune")
+        model = load_keras_file(run_dir / records.MODEL, "fine-tuned model", "finetune")
     else:
         from pipeline.features import rebuild_backbone
         from pipeline.surgery import image_model as stack
         bb = rebuild_backbone(attrs, backbone, weights)
-        model = stack(bb.model, load_keras_file(run_dir / "model.keras", "head", "head"))
+        model = stack(bb.model, load_keras_file(run_dir / records.MODEL, "head", "head"))
     return apply_temperature(model, temperature(info))
 
 
@@ -166,10 +166,10 @@ def export_run(run_path: Path, fmt: str, cache_dir="cache", n_images: int = 256,
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     from pipeline.backbone import sha256_file
     run_dir, info = read_run(Path(run_path))
-    source = run_dir / "model.keras"
+    source = run_dir / records.MODEL
     identity = {"run": run_dir.name, "format": fmt, "model_sha256": sha256_file(source),
                 "temperature": temperature(info)}
-    final = Path(cache_dir) / "exports" / f"{run_dir.name}-{fmt}"
+    final = records.folder(cache_dir, records.EXPORTS) / f"{run_dir.name}-{fmt}"
     name, tolerance = FORMATS[fmt]
     if _up_to_date(final, identity):
         log(f"up to date: {final / name}")
@@ -200,9 +200,9 @@ def export_run(run_path: Path, fmt: str, cache_dir="cache", n_images: int = 256,
             raise UserError(f"the {fmt} export differs from the Keras model by up to {diff:.2e} in a "
                             f"probability (allowed {tolerance:.0e}) on {len(images)} test images; not kept")
         class_names = info.get("class_names") or info["features"]["class_names"]
-        store.write_text_atomic(tmp / "labels.txt", "".join(f"{c}\n" for c in class_names))
-        store.write_text_atomic(tmp / "export.json", json.dumps({
-            **identity, "file": name, "labels": "labels.txt", "run_dir": str(run_dir),
+        store.write_text_atomic(tmp / records.LABELS, "".join(f"{c}\n" for c in class_names))
+        store.write_text_atomic(tmp / records.EXPORT_JSON, json.dumps({
+            **identity, "file": name, "labels": records.LABELS, "run_dir": str(run_dir),
             "stage": info.get("stage", "head"), "class_names": class_names,
             "input": {"dtype": "uint8", "shape": [None, *shape[1:]], "pixels": "RGB 0-255"},
             "output": f"class probabilities (None, {len(class_names)}), softmax of logits / temperature",

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import backbone as backbones
-from pipeline import data, engine, flags, store, views
+from pipeline import data, engine, flags, records, store, views
 from pipeline.backbone import build_backbone, resolve_precision
 from pipeline.errors import UserError
 from pipeline.outputs import Lock
@@ -218,7 +218,7 @@ def default_features(cache_dir) -> Path:
     default = {"backbone": backbones.DEFAULT_BACKBONE, "weights_source": "imagenet",
                "input_size": backbones.BACKBONES[backbones.DEFAULT_BACKBONE].default_size}
     found = []
-    for path in Path(cache_dir, "features").glob("*.h5"):
+    for path in records.folder(cache_dir, records.FEATURES).glob("*.h5"):
         try:
             attrs = store.read_rows(path, splits=(), values=False).attrs
         except UserError:

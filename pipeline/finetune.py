@@ -138,7 +138,7 @@ def _find_head(s: FinetuneSettings, features_hash: str) -> Path:
         raise UserError(f"no dense head for features {features_hash} in {Path(s.cache_dir, 'heads')}; "
                         "run `make head` first (or pass --head FILE)")
     found = Path(found)
-    return found / "model.keras" if found.is_dir() else found
+    return found / records.MODEL if found.is_dir() else found
 
 
 # ---------------------------------------------------------------- training pieces
@@ -236,15 +236,16 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
     unfreeze = s.unfreeze_from or default_unfreeze(bb.model.layers[-1], bb.row)
     parts = surgery.split(bb.model, head, unfreeze, bb.row)
     settings = run_settings(s, attrs, head_path, mode, parts.cut, unfreeze, precision)
-    run_dir = Path(s.cache_dir) / "finetune" / f"{features_path.stem}-{mode}-{unfreeze}-{store.settings_hash(settings)}"
-    model_path = run_dir / "model.keras"
-    if model_path.is_file() and (run_dir / "run.json").is_file():
+    run_dir = (records.folder(s.cache_dir, records.FINETUNE)
+               / f"{features_path.stem}-{mode}-{unfreeze}-{store.settings_hash(settings)}")
+    model_path = run_dir / records.MODEL
+    if model_path.is_file() and (run_dir / records.RUN_JSON).is_file():
         log(f"up to date: {model_path}")
         return model_path
 
     run_dir.mkdir(parents=True, exist_ok=True)
     with Lock(run_dir, log=log):
-        if model_path.is_file() and (run_dir / "run.json").is_file():   # finished just before we locked
+        if model_path.is_file() and (run_dir / records.RUN_JSON).is_file():   # finished just before we locked
             log(f"up to date: {model_path}")
             return model_path
         started = time.perf_counter()
@@ -267,11 +268,12 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         from pipeline import calibration
         from pipeline.report import write_report
         temperature, after = calibration.calibrate(y_true, {k: p[None] for k, p in y_prob.items()})
-        write_report(run_dir / "report", y_true=y_true, y_prob=y_prob, class_names=class_names, wall_seconds=wall,
-                     history=history, features=fs, extra={"stage": "finetune", "settings": settings, "comparison": comparison},
+        write_report(run_dir / records.REPORT_DIR, y_true=y_true, y_prob=y_prob, class_names=class_names,
+                     wall_seconds=wall, history=history, features=fs,
+                     extra={"stage": "finetune", "settings": settings, "comparison": comparison},
                      calibrated={"temperature": temperature, "y_prob": after})
-        write_json_atomic(run_dir / "run.json", {
-            "stage": "finetune", "settings": settings, "class_names": class_names, "model": "model.keras",
+        write_json_atomic(run_dir / records.RUN_JSON, {
+            "stage": "finetune", "settings": settings, "class_names": class_names, "model": records.MODEL,
             "features": {"path": str(Path(features_path).absolute()), "settings_hash": attrs["settings_hash"]},
             "head": {"path": str(Path(head_path).absolute())}, "backbone": {"name": bb.name, **bb.weights.attrs(),
                                                             "input_size": bb.input_size},

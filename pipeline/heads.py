@@ -180,7 +180,7 @@ def train_dense(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, threads
     callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=s["patience"],
                                                restore_best_weights=True),
                  # the best epoch on disk as it trains: this file becomes the run's model.keras
-                 keras.callbacks.ModelCheckpoint(out_dir / "model.keras", monitor="val_loss",
+                 keras.callbacks.ModelCheckpoint(out_dir / records.MODEL, monitor="val_loss",
                                                  save_best_only=True)]
     fit = model.fit(x_tr, y_tr.astype("int32"), validation_data=(validation[0], validation[1].astype("int32")),
                     epochs=s["epochs"], batch_size=s["batch_size"], callbacks=callbacks,
@@ -228,7 +228,7 @@ def train_knn(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, threads=N
 
 def _save_joblib(model, out_dir: Path):
     import joblib
-    joblib.dump(model, out_dir / "model.joblib")
+    joblib.dump(model, out_dir / records.MODEL_JOBLIB)
 
 
 def _load_keras(path: Path):
@@ -264,13 +264,13 @@ HEADS = {kind.name: kind for kind in [
     HeadKind("dense", "Keras: standardize -> Dense(hidden, relu) -> Dropout -> Dense(K, softmax)",
              {"hidden": 1024, "dropout": 0.5, "lr": 1e-3, "batch_size": 1024, "epochs": 100, "l2": 0.0,
               "patience": 5, "seed": 0},
-             train_dense, "model.keras", _load_keras,
+             train_dense, records.MODEL, _load_keras,
              ("hidden", "dropout", "lr", "batch_size", "l2", "patience", "seed"), _no_dropout_without_hidden,
              calibrated=True),
     HeadKind("logreg", "scikit-learn: StandardScaler -> LogisticRegression(lbfgs)", {"C": 0.1, "max_iter": 1000},
-             train_logreg, "model.joblib", _load_joblib, ("C", "max_iter")),
+             train_logreg, records.MODEL_JOBLIB, _load_joblib, ("C", "max_iter")),
     HeadKind("knn", "scikit-learn: StandardScaler -> cosine k-nearest neighbours", {"k": 20, "weighting": "distance"},
-             train_knn, "model.joblib", _load_joblib, ("k", "weighting")),
+             train_knn, records.MODEL_JOBLIB, _load_joblib, ("k", "weighting")),
 ]}
 
 
@@ -311,11 +311,11 @@ def finished_run(cache_dir, head: str, features_hash: str, settings: dict) -> di
     """run.json of the run with these settings (plus run_dir, report, skipped), if it finished:
     a run.json (written last) and a model."""
     name = run_name(head, features_hash, settings)
-    run_dir = Path(cache_dir) / "heads" / name
-    if not (run_dir / "run.json").is_file() or not (run_dir / HEADS[head].artifact).is_file():
+    run_dir = records.folder(cache_dir, records.HEADS) / name
+    if not (run_dir / records.RUN_JSON).is_file() or not (run_dir / HEADS[head].artifact).is_file():
         return None
-    return {**read_run_json(run_dir / "run.json"), "run_dir": str(run_dir),
-            "report": str(Path(cache_dir) / "reports" / name), "skipped": True}
+    return {**read_run_json(run_dir / records.RUN_JSON), "run_dir": str(run_dir),
+            "report": str(records.folder(cache_dir, records.REPORTS) / name), "skipped": True}
 
 
 def _check_finite(y_prob: dict, head: str):
@@ -339,8 +339,8 @@ def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose
     if done:
         return done
     name = run_name(head, fs.attrs["settings_hash"], settings)
-    final = Path(cache_dir) / "heads" / name
-    report_dir = Path(cache_dir) / "reports" / name
+    final = records.folder(cache_dir, records.HEADS) / name
+    report_dir = records.folder(cache_dir, records.REPORTS) / name
     with Lock(final, wait=wait, also=[report_dir]):
         done = finished_run(cache_dir, head, fs.attrs["settings_hash"], settings)
         if done:                                    # finished by the run we waited for
@@ -349,7 +349,7 @@ def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose
             started = time.perf_counter()
             model, history, metrics = HEADS[head].train(fs, settings, tmp, verbose, threads)
             if history is not None:
-                write_json_atomic(tmp / "history.json", history)
+                write_json_atomic(tmp / records.HISTORY_JSON, history)
             wall = time.perf_counter() - started
             y_true = {s: fs.splits[s].labels for s in ("val", "test")}
             # every stored view of each image, and their mean: a 2-view file is evaluated with flip TTA
@@ -367,7 +367,7 @@ def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose
             info["calibration"] = summary(y_true, y_prob, after, temperature)
             info["metrics"] = {"val_accuracy": report["val_accuracy"], "test_accuracy": report["test_accuracy"],
                                "wall_seconds": report["wall_seconds"], **metrics}
-            write_json_atomic(tmp / "run.json", info)   # last: a folder with run.json is a finished run
+            write_json_atomic(tmp / records.RUN_JSON, info)   # last: a folder with run.json is a finished run
     return {**info, "run_dir": str(final), "report": str(report_dir), "skipped": False, "model": model}
 
 
@@ -375,7 +375,8 @@ def find_best_head(cache_dir, settings_hash: str, head: str = "dense") -> Path |
     """The model file of the finished `head` run with the best validation accuracy on the features
     file `settings_hash`; None when there is none."""
     best, best_acc = None, -1.0
-    for run_json in sorted(Path(cache_dir, "heads").glob(f"{head}-{settings_hash}-*/run.json")):
+    runs = records.folder(cache_dir, records.HEADS)
+    for run_json in sorted(runs.glob(f"{head}-{settings_hash}-*/{records.RUN_JSON}")):
         model = run_json.parent / HEADS[head].artifact
         if not model.is_file():
             continue                       # not a finished run
@@ -422,7 +423,7 @@ def run(args):
     result = run_head(fs, args.head, settings, args.cache_dir, verbose=2)
     if result["skipped"]:
         print(f"up to date: {result['run_dir']}")
-    report_json = Path(result["report"], "report.json")
+    report_json = Path(result["report"], records.REPORT_JSON)
     if report_json.is_file():
         print_summary(records.read(report_json, records.REPORT), title=f"{args.head} head on {fs.path.name}")
     print(f"report: {result['report']}")

@@ -139,7 +139,7 @@ def run(args):
             raise UserError(f"--row must be between 0 and {n - 1} (the {args.split} split has {n} rows), got {args.row}")
         question = {"split": args.split, "row": args.row}
     key = store.settings_hash({"features": fs.attrs["settings_hash"], **question, "k": args.k, "search": search})
-    out = Path(args.cache_dir) / "looking" / f"neighbors-{key}"
+    out = records.folder(args.cache_dir, records.LOOKING) / f"neighbors-{key}"
     json_path, png_path = out.with_suffix(".json"), out.with_suffix(".png")
     if json_path.is_file():
         result = records.read(json_path, records.NEIGHBORS)

@@ -163,7 +163,8 @@ class Predictor:
         names, self.temperature = model_metadata(model_path)
         self.model = load_model(model_path)
         n_classes = int(self.model.output_shape[-1])
-        self.class_names = list(names) if names and len(names) == n_classes else [f"class {i}" for i in range(n_classes)]
+        fits = names and len(names) == n_classes
+        self.class_names = list(names) if fits else [f"class {i}" for i in range(n_classes)]
         apply_temperature(self.model, self.temperature)
         self.size = tuple(self.model.input_shape[1:3])
         self.tta = tta

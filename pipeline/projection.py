@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import flags, outputs, rows, store
+from pipeline import flags, outputs, records, rows, store
 from pipeline.errors import UserError
 
 PCA_DIMS = 50
@@ -137,7 +137,7 @@ def run(args):
         raise UserError(f"the {args.split} split gives only {len(picked)} rows; a map needs at least 3")
     key = store.settings_hash({"features": fs.attrs["settings_hash"], "split": args.split,
                                "per_class": args.per_class, "perplexity": args.perplexity, "seed": args.seed})
-    out = Path(args.cache_dir) / "looking" / f"map-{key}"
+    out = records.folder(args.cache_dir, records.LOOKING) / f"map-{key}"
     png, table = out.with_suffix(".png"), out.with_suffix(".csv")
     names = fs.class_names
     if png.is_file() and table.is_file():

@@ -34,6 +34,7 @@ FOLDERS = (FEATURES, ACTIVATIONS, HEADS, SWEEPS, FINETUNE, EXPORTS, LOOKING, AUD
 
 # file and folder names inside those
 MODEL = "model.keras"          # a Keras model (a dense head, or a stage-three image model)
+MODEL_JOBLIB = "model.joblib"  # a scikit-learn head
 RUN_JSON = "run.json"          # written last: a folder with one is a finished run
 REPORT_JSON = "report.json"
 EXPORT_JSON = "export.json"

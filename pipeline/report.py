@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import records
 from pipeline.outputs import atomic_dir
 
 
@@ -99,7 +100,7 @@ def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_secon
         if features is not None:
             from pipeline.looking import write_run_views
             report.update(write_run_views(tmp, features, y_true, y_prob, class_names, splits))
-        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        (tmp / records.REPORT_JSON).write_text(json.dumps(report, indent=2))
     return report
 
 

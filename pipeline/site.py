@@ -185,7 +185,8 @@ def run_html(run: dict, page_dir: Path) -> str:
     note = (report.get("mistakes") or {}).get("note")
     if note:
         parts.append(f'<p class="note">{_e(note)}</p>')
-    links = [f'<a href="{rel(n)}">{n}</a>' for n in ("predictions.csv", "report.json") if (report_dir / n).is_file()]
+    links = [f'<a href="{rel(n)}">{n}</a>' for n in (records.PREDICTIONS, records.REPORT_JSON)
+             if (report_dir / n).is_file()]
     if links:
         parts.append("<p>" + " &middot; ".join(links) + "</p>")
     return _page(run["name"], "\n".join(parts))

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import records
 from pipeline.errors import UserError, first_line
 from pipeline.outputs import Lock, write_text_atomic  # noqa: F401  (re-exported: the older names)
 
@@ -70,7 +71,7 @@ def features_path(cache_dir, settings: dict) -> Path:
     name = "-".join([_slug(settings["dataset"]), _slug(stem), str(settings["input_size"]),
                      settings["precision"], *(["2views"] if settings.get("views", 1) == 2 else []),
                      settings_hash(settings)])
-    return Path(cache_dir) / "features" / f"{name}.h5"
+    return Path(cache_dir) / records.FEATURES / f"{name}.h5"
 
 
 def partial_path(path: Path) -> Path:

@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline import flags, heads, store
+from pipeline import flags, heads, records, store
 from pipeline.errors import UserError
 from pipeline.outputs import Lock, write_text_atomic
 
@@ -149,7 +149,8 @@ def run(args):
     features_hash = fs.attrs["settings_hash"]
     if args.engine == "local" and args.address is not None:
         raise UserError("--address applies to --engine ray only")
-    stem = Path(args.cache_dir) / "sweeps" / f"{args.head}-{features_hash}-{store.settings_hash({'base': base, 'grid': grid})}"
+    stem = (records.folder(args.cache_dir, records.SWEEPS)
+            / f"{args.head}-{features_hash}-{store.settings_hash({'base': base, 'grid': grid})}")
     started = time.perf_counter()
     # One sweep per grid at a time; a configuration shared with another sweep or a `head` run
     # is trained once, under that run's own lock.

@@ -217,7 +217,8 @@ def test_relative_paths_of_old_records_resolve_from_any_directory(cache, tmp_pat
 
 def test_new_records_store_absolute_paths(made):
     cache, _, name = made
-    assert Path(json.loads((cache / records.HEADS / name / records.RUN_JSON).read_text())["features"]["path"]).is_absolute()
+    run_json = cache / records.HEADS / name / records.RUN_JSON
+    assert Path(json.loads(run_json.read_text())["features"]["path"]).is_absolute()
     assert Path(json.loads(record_path(cache, name, "neighbors").read_text())["features"]).is_absolute()
 
 
