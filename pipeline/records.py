@@ -160,11 +160,13 @@ _FEATURES_REF = {"path": str, "settings_hash": str, "class_names?": Each(str)}
 _METRICS = {"val_accuracy": NUMBER, "test_accuracy?": NUMBER, "wall_seconds?": NUMBER}
 _CALIBRATION = {"temperature?": POSITIVE}
 
-RUN = Kind("run record", {"settings": dict, "features": _FEATURES_REF, "metrics": _METRICS, "head?": str,
+# a head run names its kind ("head": "dense"); a fine-tune run is "stage": "finetune" and names its head's file
+RUN = Kind("run record", {"settings": dict, "features": _FEATURES_REF, "metrics": _METRICS,
+                         "head?": Either((str, {"path": str})),
                          "stage?": "finetune", "class_names?": Each(str), "calibration?": _CALIBRATION,
                          "wall_seconds?": NUMBER, "backbone?": {"name?": str}, "comparison?": dict},
            "delete the run's folder {folder} and rerun the command that made it",
-           lambda run: None if "head" in run or "stage" in run else "it names no head kind and no stage")
+           lambda run: None if isinstance(run.get("head"), str) or "stage" in run else "it names no head kind")
 
 
 def _report_classes(report: dict) -> str | None:
