@@ -270,3 +270,18 @@ def test_info_on_a_file_that_is_not_a_features_file_says_so(cache, capsys):
     joblib = cache / records.HEADS / name / "model.joblib"
     code, _, err = run_cli(capsys, "info", joblib)
     assert_one_error(code, err, f"{joblib} is not a readable HDF5 file, so not a features file")
+
+
+@pytest.mark.parametrize("record, kind", [
+    ({"head": "dense"}, "dense"),
+    ({"stage": "finetune", "head": {"path": "/c/heads/dense-1/model.keras"}}, "finetune"),
+])
+def test_head_and_fine_tune_runs_are_both_run_records(record, kind, tmp_path):
+    run_dir = tmp_path / "cache" / records.HEADS / "r"
+    run_dir.mkdir(parents=True)
+    (run_dir / records.RUN_JSON).write_text(json.dumps({
+        **record, "settings": {}, "metrics": {"val_accuracy": 0.5},
+        "features": {"path": "cache/features/f.h5", "settings_hash": "0"}}))
+    info = records.read_run(run_dir)
+    assert records.run_kind(info) == kind
+    assert info["features"]["path"] == str(tmp_path / "cache" / records.FEATURES / "f.h5")
