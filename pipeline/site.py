@@ -121,7 +121,7 @@ def _settings_text(settings: dict, finetune: bool) -> str:
 def _cell(run: dict, key: str, numeric: bool) -> str:
     value = run.get(key)
     if key == "name":
-        return f'<td><a href="runs/{_e(run["name"])}.html">{_e(value)}</a></td>'
+        return f'<td><a href="{records.RUN_PAGES}/{_e(run["name"])}.html">{_e(value)}</a></td>'
     if numeric:
         text = "" if value is None else (f"{value:.4f}" if key.endswith("accuracy") else f"{value:.1f}")
         return f'<td class="num" data-v="{"" if value is None else _e(value)}">{text}</td>'
@@ -139,7 +139,8 @@ def index_html(runs: list[dict], sweeps: list[dict]) -> str:
              f'<table id="runs"><thead><tr>{head}</tr></thead><tbody>\n{body_rows}\n</tbody></table>']
     if sweeps:
         rows = "\n".join(f'<tr><td>{_e(s["name"])}</td><td class="num">{len(s["runs"])}</td>'
-                         f'<td><a href="runs/{_e(s["best"])}.html">{_e(s["best"])}</a></td></tr>' for s in sweeps)
+                         f'<td><a href="{records.RUN_PAGES}/{_e(s["best"])}.html">{_e(s["best"])}</a></td></tr>'
+                         for s in sweeps)
         parts.append("<h2>Sweeps</h2><table><thead><tr><th>sweep</th><th>runs</th><th>best on val</th></tr>"
                      f"</thead><tbody>\n{rows}\n</tbody></table>")
     if not runs:
@@ -153,7 +154,7 @@ def run_html(run: dict, page_dir: Path) -> str:
     def rel(name):
         return _e(os.path.relpath(report_dir / name, page_dir))
     facts = [(h, run.get(k)) for h, k, _ in COLUMNS if k != "name"]
-    parts = [f"<p><a href=\"../index.html\">all runs</a></p><h1>{_e(run['name'])}</h1>",
+    parts = [f"<p><a href=\"../{records.INDEX}\">all runs</a></p><h1>{_e(run['name'])}</h1>",
              "<table>" + "".join(f"<tr><th>{_e(h)}</th><td>{_e('' if v is None else v)}</td></tr>" for h, v in facts)
              + "</table>"]
     comparison = report.get("comparison") or run["info"].get("comparison")
