@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import pytest
 
-from conftest import assert_one_error, run_cli, synthetic_features
+from conftest import assert_one_error, run_cli, spawn_cli, synthetic_features
 from pipeline import outputs, records, site
 from pipeline.errors import UserError
 
@@ -240,6 +240,20 @@ def test_the_site_is_rebuilt_under_its_lock(cache, monkeypatch):
     monkeypatch.setattr(site, "collect_runs", checking)
     site.rebuild(cache, warn=lambda m: None)
     assert seen
+
+
+def test_two_reports_at_once_both_succeed(cache):
+    """The issue's reproduction: two `report` runs pruning stale pages at once (one failed with
+    FileNotFoundError in 2 of 8 tries before the lock)."""
+    cache, _, _ = cache
+    for _ in range(3):
+        for i in range(20):
+            (site.index_path(cache).parent / records.RUN_PAGES / f"stale{i}.html").write_text("x")
+        procs = [spawn_cli("report", "--cache-dir", cache) for _ in range(2)]
+        results = [(p.wait(timeout=60), p.stderr.read()) for p in procs]
+        assert all(code == 0 and not err for code, err in results), results
+    assert sorted(p.name for p in (site.index_path(cache).parent / records.RUN_PAGES).iterdir()) == [
+        f"{next((cache / records.HEADS).iterdir()).name}.html"]
 
 
 # ---------------------------------------------------------------- info on files that are not features files
