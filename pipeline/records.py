@@ -74,27 +74,25 @@ POSITIVE = "a finite number > 0"
 
 
 @dataclass(frozen=True)
-class Each:
-    """A list whose every item has the shape `item`."""
-    item: object
+class Of:
+    """A shape built on another one, `inner`."""
+    inner: object
 
 
-@dataclass(frozen=True)
-class Values:
-    """A JSON object with any keys whose every value has the shape `value`."""
-    value: object
+class Each(Of):
+    """A list whose every item has the shape `inner`."""
 
 
-@dataclass(frozen=True)
-class Maybe:
-    """null, or the shape `value`."""
-    value: object
+class Values(Of):
+    """A JSON object with any keys whose every value has the shape `inner`."""
 
 
-@dataclass(frozen=True)
-class Either:
-    """One of several shapes (the first that fits)."""
-    shapes: tuple
+class Maybe(Of):
+    """null, or the shape `inner`."""
+
+
+class Either(Of):
+    """One of several shapes, `inner` (a tuple): the first that fits."""
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", dict: "a JSON object", list: "a list"}
@@ -119,21 +117,21 @@ def _check(value, shape, where: str):
         if not isinstance(value, list):
             wrong("a list")
         for i, item in enumerate(value):
-            _check(item, shape.item, f"{where}[{i}]")
+            _check(item, shape.inner, f"{where}[{i}]")
     elif isinstance(shape, Values):
         if not isinstance(value, dict):
             wrong("a JSON object")
         for key, item in value.items():
-            _check(item, shape.value, f"{where}.{key}" if where else key)
+            _check(item, shape.inner, f"{where}.{key}" if where else key)
     elif isinstance(shape, Maybe):
         if value is not None:
-            _check(value, shape.value, where)
+            _check(value, shape.inner, where)
     elif isinstance(shape, Either):
-        for i, option in enumerate(shape.shapes):
+        for i, option in enumerate(shape.inner):
             try:
                 return _check(value, option, where)
             except ValueError:
-                if i == len(shape.shapes) - 1:
+                if i == len(shape.inner) - 1:
                     raise
     elif shape in (NUMBER, POSITIVE):
         # bool is an int in Python, not a number in a record; NaN and infinity parse from JSON
