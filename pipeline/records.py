@@ -136,7 +136,7 @@ def _check(value, shape, where: str):
     elif shape in (NUMBER, POSITIVE):
         # bool is an int in Python, not a number in a record; NaN and infinity parse from JSON
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or (shape is POSITIVE and value <= 0):
+                or (shape == POSITIVE and value <= 0):
             wrong(shape)
     elif isinstance(shape, str):            # an exact value
         if value != shape:
@@ -228,11 +228,11 @@ def read(path, kind: Kind):
     """The record at `path`, checked against its kind's shape; any damage -> one UserError."""
     try:
         data = json.loads(read_text(path, kind))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:       # RecursionError: nested thousands deep
         raise damaged(path, kind, f"not valid JSON: {first_line(exc)}") from None
     try:
         _check(data, kind.shape, "")
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise damaged(path, kind, str(exc)) from None
     problem = kind.check(data)
     if problem:
