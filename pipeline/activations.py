@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import store
+from pipeline import records, store
 
 TRAIN_ORDER_SEED = 0
 WORDS = store.Words(what="activation cache", make="`python -m pipeline finetune --mode cached` builds it",
@@ -34,7 +34,8 @@ def settings(features_attrs: dict, cut: str, flip: bool, precision: str) -> dict
 
 
 def path_for(cache_dir, features_path: Path, s: dict) -> Path:
-    return Path(cache_dir) / "activations" / f"{features_path.stem}-{s['cut']}-{store.settings_hash(s)}.h5"
+    name = f"{features_path.stem}-{s['cut']}-{store.settings_hash(s)}.h5"
+    return records.folder(cache_dir, records.ACTIVATIONS) / name
 
 
 def train_order(n: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import flags, outputs, rows, store
+from pipeline import flags, outputs, records, rows, store
 from pipeline.errors import UserError
 
 # (queries, searched): test against everything trained on or selected with; val against train.
@@ -119,8 +119,8 @@ def _predictions_of(run_dir: Path) -> Path:
     """A run is named by its folder: a head run (cache/heads/R), its report (cache/reports/R), or a
     fine-tune run (cache/finetune/R, report in R/report)."""
     run_dir = Path(run_dir)
-    candidates = [run_dir / "predictions.csv", run_dir / "report" / "predictions.csv",
-                  run_dir.parent.parent / "reports" / run_dir.name / "predictions.csv"]
+    candidates = [run_dir / records.PREDICTIONS, run_dir / records.REPORT_DIR / records.PREDICTIONS,
+                  run_dir.parent.parent / records.REPORTS / run_dir.name / records.PREDICTIONS]
     for c in candidates:
         if c.is_file():
             return c
@@ -161,9 +161,9 @@ def run(args):
     key = store.settings_hash({"features": fs.attrs["settings_hash"],
                                "data_fingerprint": fs.attrs.get("data_fingerprint"),
                                "source": source and source.key, "threshold": args.threshold, "exact": exact})
-    out = Path(args.cache_dir) / "audit" / f"{fs.path.stem}-{key}"
-    if (out / "audit.json").is_file():
-        result = json.loads((out / "audit.json").read_text())
+    out = records.folder(args.cache_dir, records.AUDIT) / f"{fs.path.stem}-{key}"
+    if (out / records.AUDIT_JSON).is_file():
+        result = records.read(out / records.AUDIT_JSON, records.AUDIT_ANSWER)
         print(f"up to date: {out}")
     else:
         result = audit(fs, args.threshold, exact, source, note, out)
@@ -184,7 +184,7 @@ def audit(fs: store.FeatureSet, threshold: float, exact: bool, source: rows.Sour
     digests = ({s: pixel_digests(fs.attrs, s, fs.splits[s].index, source.path) for s in store.SPLITS}
                if exact else None)
     pairs = find_pairs(fs, threshold, digests)
-    result = {"features": str(fs.path), "threshold": threshold, "exact_check": exact,
+    result = {"features": str(Path(fs.path).absolute()), "threshold": threshold, "exact_check": exact,
               "summary": summarize(fs, pairs, threshold),
               "test_duplicate_source_index": sorted({p["source_index"] for p in pairs if p["split"] == "test"}),
               "pairs": pairs}
@@ -202,7 +202,7 @@ def audit(fs: store.FeatureSet, threshold: float, exact: bool, source: rows.Sour
         writer.writeheader()
         writer.writerows(pairs)
         (tmp / "pairs.csv").write_text(buf.getvalue())
-        (tmp / "audit.json").write_text(json.dumps(result, indent=2))
+        (tmp / records.AUDIT_JSON).write_text(json.dumps(result, indent=2))
     return result
 
 

@@ -8,9 +8,8 @@ import argparse
 import importlib
 import sys
 import traceback
-from pathlib import Path
 
-from pipeline.errors import UserError, storage_message
+from pipeline.errors import UserError, first_line, storage_message
 
 # Stage modules import nothing heavy at the top, so `--help` stays quick.
 STAGE_MODULES = [
@@ -50,8 +49,10 @@ def _rebuild_site(cache_dir):
     from pipeline import site
     try:
         index, _ = site.rebuild(cache_dir)
-    except (UserError, OSError) as exc:     # the run itself succeeded: say so, do not fail it
-        print(f"warning: {Path(cache_dir, 'reports', 'index.html')} not rebuilt ({exc}); "
+    except Exception as exc:     # the run itself succeeded and is saved: say so, never fail it
+        what = (str(exc) if isinstance(exc, UserError)
+                else storage_message(exc) or f"{type(exc).__name__}: {first_line(exc)}")
+        print(f"warning: {site.index_path(cache_dir)} not rebuilt ({what}); "
               "`python -m pipeline report` retries", file=sys.stderr)
         return
     print(f"all runs: {index}")

@@ -19,9 +19,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 
-from pipeline import flags, rows, stats, store
+from pipeline import flags, records, rows, stats, store
 from pipeline.errors import UserError, first_line
 from pipeline.outputs import Lock, atomic_dir
 
@@ -61,22 +60,22 @@ def _report_dirs(arg: str, cache_dir) -> list[Path]:
     cache/heads/NAME, a fine-tune's is its run folder's report/."""
     p = Path(arg)
     cache = Path(cache_dir)
-    return [p, p / "report", p.parent.parent / "reports" / p.name,
-            cache / "reports" / arg, cache / "finetune" / arg / "report"]
+    return [p, p / records.REPORT_DIR, p.parent.parent / records.REPORTS / p.name,
+            records.folder(cache, records.REPORTS) / arg, records.folder(cache, records.FINETUNE) / arg / records.REPORT_DIR]
 
 
 def load(arg: str, cache_dir) -> Scored:
     from pipeline.looking import read_predictions
-    found = next((d for d in _report_dirs(arg, cache_dir) if (d / "predictions.csv").is_file()), None)
+    found = next((d for d in _report_dirs(arg, cache_dir) if (d / records.PREDICTIONS).is_file()), None)
     if found is None:
         raise UserError(f"{arg} is not a run with per-image predictions (no predictions.csv in its report); "
-                        f"pass a run folder such as {Path(cache_dir, 'heads', 'NAME')} or a run name")
-    fine_tune = found.name == "report"
-    run_json = found.parent / "run.json" if fine_tune else found.parent.parent / "heads" / found.name / "run.json"
+                        f"pass a run folder such as {records.folder(cache_dir, records.HEADS) / 'NAME'} or a run name")
+    fine_tune = found.name == records.REPORT_DIR
+    run_dir = found.parent if fine_tune else found.parent.parent / records.HEADS / found.name
+    report = records.read(found / records.REPORT_JSON, records.REPORT)
+    info = records.read(run_dir / records.RUN_JSON, records.RUN) if (run_dir / records.RUN_JSON).is_file() else {}
     try:
-        report = json.loads((found / "report.json").read_text())
-        info = json.loads(run_json.read_text()) if run_json.is_file() else {}
-        table = read_predictions(found / "predictions.csv")
+        table = read_predictions(found / records.PREDICTIONS)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"the report {found} is damaged ({first_line(exc)}); rerun that run") from None
     predictions = {}

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import flags, outputs, store
+from pipeline import flags, outputs, records, store
 from pipeline.errors import UserError, first_line
 
 # format -> (file or folder name in the export, largest allowed absolute probability difference)
-FORMATS = {"savedmodel": ("saved_model", 1e-4), "tflite": ("model.tflite", 1e-3), "keras": ("model.keras", 1e-4)}
+FORMATS = {"savedmodel": ("saved_model", 1e-4), "tflite": ("model.tflite", 1e-3), "keras": (records.MODEL, 1e-4)}
 CHECK_BATCH = 32
 
 
@@ -57,11 +57,11 @@ def newest_run(cache_dir) -> Path:
     """What `export` without RUN and `predict` without --model take: the newest finished run with an
     image model (a dense head run, composed with its backbone, or a fine-tune run); run.json is
     written last, so its time is the run's."""
-    found = [j.parent for kind in ("heads", "finetune") for j in Path(cache_dir, kind).glob("*/run.json")
-             if (j.parent / "model.keras").is_file()]
+    found = [j.parent for kind in (records.HEADS, records.FINETUNE)
+             for j in records.folder(cache_dir, kind).glob(f"*/{records.RUN_JSON}") if (j.parent / records.MODEL).is_file()]
     if not found:
         raise UserError(f"no dense head or fine-tune run in {cache_dir}; run `head` first, or name a run")
-    return max(found, key=lambda d: (d / "run.json").stat().st_mtime)
+    return max(found, key=lambda d: (d / records.RUN_JSON).stat().st_mtime)
 
 
 def picked_line(run_dir, cache_dir, choose: str) -> str:
@@ -72,12 +72,12 @@ def picked_line(run_dir, cache_dir, choose: str) -> str:
 
 def read_run(path: Path) -> tuple[Path, dict]:
     """(run folder, its run.json) for a run folder, or its run.json or model.keras."""
-    run_dir = path if path.is_dir() else path.parent
-    run_json = run_dir / "run.json"
+    run_dir = (path if path.is_dir() else path.parent).absolute()
+    run_json = run_dir / records.RUN_JSON
     if not run_json.is_file():
         raise UserError(f"{path} is not a run folder (no run.json); give cache/heads/<run> or cache/finetune/<run>")
-    info = json.loads(run_json.read_text())
-    if info.get("stage") != "finetune" and not (run_dir / "model.keras").is_file():
+    info = records.read_run(run_dir)
+    if info.get("stage") != "finetune" and not (run_dir / records.MODEL).is_file():
         raise UserError(f"{run_dir} is a {info.get('head', 'non-Keras')} head run; only dense head runs and "
                         "stage-three runs export or predict (they are Keras models)")
     return run_dir, info
@@ -97,12 +97,12 @@ def image_model(run_dir: Path, info: dict, attrs: dict, backbone=None, weights=N
     from pipeline.calibration import apply_temperature
     from pipeline.predict import load_keras_file
     if info.get("stage") == "finetune":
-        model = load_keras_file(run_dir / "model.keras", "fine-tuned model", "finetune")
+        model = load_keras_file(run_dir / records.MODEL, "fine-tuned model", "finetune")
     else:
         from pipeline.features import rebuild_backbone
         from pipeline.surgery import image_model as stack
         bb = rebuild_backbone(attrs, backbone, weights)
-        model = stack(bb.model, load_keras_file(run_dir / "model.keras", "head", "head"))
+        model = stack(bb.model, load_keras_file(run_dir / records.MODEL, "head", "head"))
     return apply_temperature(model, temperature(info))
 
 
@@ -201,10 +201,10 @@ def export_run(run_path: Path, fmt: str, cache_dir="cache", n_images: int = 256,
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     from pipeline.backbone import sha256_file
     run_dir, info = read_run(Path(run_path))
-    source = run_dir / "model.keras"
+    source = run_dir / records.MODEL
     identity = {"run": run_dir.name, "format": fmt, "model_sha256": sha256_file(source),
                 "temperature": temperature(info)}
-    final = Path(cache_dir) / "exports" / f"{run_dir.name}-{fmt}"
+    final = records.folder(cache_dir, records.EXPORTS) / f"{run_dir.name}-{fmt}"
     name, tolerance = FORMATS[fmt]
     if _up_to_date(final, identity):
         log(f"up to date: {final / name}")
@@ -235,9 +235,9 @@ def export_run(run_path: Path, fmt: str, cache_dir="cache", n_images: int = 256,
             raise UserError(f"the {fmt} export differs from the Keras model by up to {diff:.2e} in a "
                             f"probability (allowed {tolerance:.0e}) on {len(images)} test images; not kept")
         names = class_names(info)
-        store.write_text_atomic(tmp / "labels.txt", "".join(f"{c}\n" for c in names))
-        store.write_text_atomic(tmp / "export.json", json.dumps({
-            **identity, "file": name, "labels": "labels.txt", "run_dir": str(run_dir),
+        store.write_text_atomic(tmp / records.LABELS, "".join(f"{c}\n" for c in names))
+        store.write_text_atomic(tmp / records.EXPORT_JSON, json.dumps({
+            **identity, "file": name, "labels": records.LABELS, "run_dir": str(run_dir),
             "stage": info.get("stage", "head"), "class_names": names,
             "input": {"dtype": "uint8", "shape": [None, *shape[1:]], "pixels": "RGB 0-255"},
             "output": f"class probabilities (None, {len(names)}), softmax of logits / temperature",
@@ -249,8 +249,8 @@ def export_run(run_path: Path, fmt: str, cache_dir="cache", n_images: int = 256,
 
 
 def _up_to_date(final: Path, identity: dict) -> bool:
-    meta = final / "export.json"
+    meta = final / records.EXPORT_JSON
     if not meta.is_file():
         return False
-    found = json.loads(meta.read_text())
+    found = records.read(meta, records.EXPORT)
     return all(found.get(k) == v for k, v in identity.items())

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import backbone as backbones
-from pipeline import data, engine, flags, store, views
+from pipeline import data, engine, flags, records, store, views
 from pipeline.backbone import build_backbone, resolve_precision
 from pipeline.errors import UserError
 from pipeline.outputs import Lock
@@ -247,7 +247,7 @@ def default_features(cache_dir, log=None) -> Path:
     features file in CACHE/features, whatever its settings, named on stderr (its values are checked
     when it is loaded: a damaged newest file is reported, not silently passed over for an older one)."""
     found = []
-    for path in Path(cache_dir, "features").glob("*.h5"):
+    for path in records.folder(cache_dir, records.FEATURES).glob("*.h5"):
         try:
             attrs = store.read_rows(path, splits=(), values=False).attrs
         except UserError:

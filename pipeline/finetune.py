@@ -20,7 +20,6 @@ checkpoint.npz (for --resume). The last line printed is the model's path.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -28,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import flags, store
-from pipeline.errors import UserError, first_line
+from pipeline import flags, records, store
+from pipeline.errors import UserError
 from pipeline.outputs import Lock, atomic_file, write_json_atomic
 
 MODES = ("cached", "end-to-end")
@@ -115,17 +114,10 @@ def _load_head(path: Path, width: int, n_classes: int):
 
 def _head_run(path: Path, features_hash: str) -> dict:
     """The stage-two run.json beside the head, checked against the features file (empty if none)."""
-    run_json = path.parent / "run.json"
-    if not run_json.is_file():
+    if not (path.parent / records.RUN_JSON).is_file():
         return {}
-    try:
-        info = json.loads(run_json.read_text())
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{run_json} beside the head is damaged ({first_line(exc)}); delete the head's folder "
-                        "and train it again with `make head`") from None
-    made_from = info.get("features", {}).get("settings_hash")
+    info = records.read_run(path.parent)
+    made_from = info["features"]["settings_hash"]
     if made_from not in (None, features_hash):
         raise UserError(f"head {path} was trained on features {made_from}, not on this features file "
                         f"({features_hash}); pass a head trained on it, or run `make head`")
@@ -144,7 +136,7 @@ def _find_head(s: FinetuneSettings, features_hash: str) -> Path:
         raise UserError(f"no dense head for features {features_hash} in {Path(s.cache_dir, 'heads')}; "
                         "run `make head` first (or pass --head FILE)")
     found = Path(found)
-    return found / "model.keras" if found.is_dir() else found
+    return found / records.MODEL if found.is_dir() else found
 
 
 # ---------------------------------------------------------------- training pieces
@@ -231,8 +223,8 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
     precision, device = resolve_precision(s.precision)
     mode = s.mode or ("end-to-end" if device.startswith("GPU") else "cached")
     head_path = _find_head(s, attrs["settings_hash"])
+    head_info = _head_run(head_path, attrs["settings_hash"])   # its record checked before loading it
     head = _load_head(head_path, attrs["feature_width"], len(class_names))
-    head_info = _head_run(head_path, attrs["settings_hash"])
 
     import keras
     from pipeline import surgery
@@ -242,15 +234,16 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
     unfreeze = s.unfreeze_from or default_unfreeze(bb.model.layers[-1], bb.row)
     parts = surgery.split(bb.model, head, unfreeze, bb.row)
     settings = run_settings(s, attrs, head_path, mode, parts.cut, unfreeze, precision)
-    run_dir = Path(s.cache_dir) / "finetune" / f"{features_path.stem}-{mode}-{unfreeze}-{store.settings_hash(settings)}"
-    model_path = run_dir / "model.keras"
-    if model_path.is_file() and (run_dir / "run.json").is_file():
+    run_dir = (records.folder(s.cache_dir, records.FINETUNE)
+               / f"{features_path.stem}-{mode}-{unfreeze}-{store.settings_hash(settings)}")
+    model_path = run_dir / records.MODEL
+    if model_path.is_file() and (run_dir / records.RUN_JSON).is_file():
         log(f"up to date: {model_path}")
         return model_path
 
     run_dir.mkdir(parents=True, exist_ok=True)
     with Lock(run_dir, log=log):
-        if model_path.is_file() and (run_dir / "run.json").is_file():   # finished just before we locked
+        if model_path.is_file() and (run_dir / records.RUN_JSON).is_file():   # finished just before we locked
             log(f"up to date: {model_path}")
             return model_path
         started = time.perf_counter()
@@ -273,13 +266,14 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         from pipeline import calibration
         from pipeline.report import write_report
         temperature, after = calibration.calibrate(y_true, {k: p[None] for k, p in y_prob.items()})
-        write_report(run_dir / "report", y_true=y_true, y_prob=y_prob, class_names=class_names, wall_seconds=wall,
-                     history=history, features=fs, extra={"stage": "finetune", "settings": settings, "comparison": comparison},
+        write_report(run_dir / records.REPORT_DIR, y_true=y_true, y_prob=y_prob, class_names=class_names,
+                     wall_seconds=wall, history=history, features=fs,
+                     extra={"stage": "finetune", "settings": settings, "comparison": comparison},
                      calibrated={"temperature": temperature, "y_prob": after})
-        write_json_atomic(run_dir / "run.json", {
-            "stage": "finetune", "settings": settings, "class_names": class_names, "model": "model.keras",
-            "features": {"path": str(features_path), "settings_hash": attrs["settings_hash"]},
-            "head": {"path": str(head_path)}, "backbone": {"name": bb.name, **bb.weights.attrs(),
+        write_json_atomic(run_dir / records.RUN_JSON, {
+            "stage": "finetune", "settings": settings, "class_names": class_names, "model": records.MODEL,
+            "features": {"path": str(Path(features_path).absolute()), "settings_hash": attrs["settings_hash"]},
+            "head": {"path": str(Path(head_path).absolute())}, "backbone": {"name": bb.name, **bb.weights.attrs(),
                                                             "input_size": bb.input_size},
             "device": device, "metrics": comparison["finetuned"], "comparison": comparison,
             "calibration": calibration.summary(y_true, y_prob, after, temperature),

@@ -16,7 +16,6 @@ The model is chosen on the validation split; test accuracy is only reported.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -24,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipeline import flags, store, views
-from pipeline.errors import UserError, first_line
+from pipeline import flags, records, store, views
+from pipeline.errors import UserError
 from pipeline.features import default_features, load_features  # noqa: F401  (the one features-file rule)
 from pipeline.outputs import Lock, atomic_dir, write_json_atomic
 
@@ -130,7 +129,7 @@ def run_name(head: str, features_hash: str, settings: dict) -> str:
 # ---------------------------------------------------------------- features
 
 def _identity(fs: store.FeatureSet) -> dict:
-    return {"path": str(fs.path), "settings_hash": fs.attrs["settings_hash"],
+    return {"path": str(Path(fs.path).absolute()), "settings_hash": fs.attrs["settings_hash"],
             "feature_width": int(fs.attrs["feature_width"]), "class_names": fs.class_names,
             "views": len(fs.splits["train"].views)}
 
@@ -182,7 +181,7 @@ def train_dense(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, threads
     callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=s["patience"],
                                                restore_best_weights=True),
                  # the best epoch on disk as it trains: this file becomes the run's model.keras
-                 keras.callbacks.ModelCheckpoint(out_dir / "model.keras", monitor="val_loss",
+                 keras.callbacks.ModelCheckpoint(out_dir / records.MODEL, monitor="val_loss",
                                                  save_best_only=True)]
     fit = model.fit(x_tr, y_tr.astype("int32"), validation_data=(validation[0], validation[1].astype("int32")),
                     epochs=s["epochs"], batch_size=s["batch_size"], callbacks=callbacks,
@@ -231,7 +230,7 @@ def train_knn(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, threads=N
 
 def _save_joblib(model, out_dir: Path):
     import joblib
-    joblib.dump(model, out_dir / "model.joblib")
+    joblib.dump(model, out_dir / records.MODEL_JOBLIB)
 
 
 def _load_keras(path: Path):
@@ -270,13 +269,13 @@ HEADS = {kind.name: kind for kind in [
     HeadKind("dense", "Keras: standardize -> Dense(hidden, relu) -> Dropout -> Dense(K, softmax)",
              {"hidden": 1024, "dropout": 0.5, "lr": 1e-3, "batch_size": 1024, "epochs": 100, "l2": 0.0,
               "patience": 5, "seed": 0},
-             train_dense, "model.keras", _load_keras,
+             train_dense, records.MODEL, _load_keras,
              ("hidden", "dropout", "lr", "batch_size", "l2", "patience", "seed"), _no_dropout_without_hidden,
              calibrated=True, simpler=(("hidden", 1), ("l2", -1), ("dropout", -1))),
     HeadKind("logreg", "scikit-learn: StandardScaler -> LogisticRegression(lbfgs)", {"C": 0.1, "max_iter": 1000},
-             train_logreg, "model.joblib", _load_joblib, ("C", "max_iter"), simpler=(("C", 1),)),
+             train_logreg, records.MODEL_JOBLIB, _load_joblib, ("C", "max_iter"), simpler=(("C", 1),)),
     HeadKind("knn", "scikit-learn: StandardScaler -> cosine k-nearest neighbours", {"k": 20, "weighting": "distance"},
-             train_knn, "model.joblib", _load_joblib, ("k", "weighting"), simpler=(("k", -1),)),
+             train_knn, records.MODEL_JOBLIB, _load_joblib, ("k", "weighting"), simpler=(("k", -1),)),
 ]}
 
 
@@ -290,8 +289,8 @@ def predict_proba(model, x):
 def load_head(run_dir):
     """The saved model of a run folder, by the artifact its run.json's head kind names."""
     run_dir = Path(run_dir)
-    run_json = run_dir / "run.json"
-    kinds = [HEADS[json.loads(run_json.read_text())["head"]]] if run_json.is_file() else list(HEADS.values())
+    run_json = run_dir / records.RUN_JSON
+    kinds = [HEADS[_kind(run_json)]] if run_json.is_file() else list(HEADS.values())
     for kind in kinds:
         if (run_dir / kind.artifact).is_file():
             return kind.load(run_dir / kind.artifact)
@@ -301,25 +300,27 @@ def load_head(run_dir):
 # ---------------------------------------------------------------- one run
 
 def read_run_json(path: Path) -> dict:
-    """A run's run.json; a damaged one is a UserError that says how to get rid of it."""
-    try:
-        info = json.loads(Path(path).read_text())
-        float(info["metrics"]["val_accuracy"])
-        return info
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path} is damaged ({first_line(exc)}); delete its folder {Path(path).parent} "
-                        "and rerun to train it again") from None
+    """A head run's run.json (pipeline.records: a damaged one is a UserError saying what to do)."""
+    return records.read_run(Path(path).parent)
+
+
+def _kind(run_json: Path) -> str:
+    """The head kind a run.json names; one this version does not know is a damaged record."""
+    head = records.run_kind(read_run_json(run_json))
+    if head not in HEADS:
+        raise records.damaged(run_json, records.RUN, f"unknown head kind {head!r}")
+    return head
 
 
 def finished_run(cache_dir, head: str, features_hash: str, settings: dict) -> dict | None:
     """run.json of the run with these settings (plus run_dir, report, skipped), if it finished:
     a run.json (written last) and a model."""
     name = run_name(head, features_hash, settings)
-    run_dir = Path(cache_dir) / "heads" / name
-    if not (run_dir / "run.json").is_file() or not (run_dir / HEADS[head].artifact).is_file():
+    run_dir = records.folder(cache_dir, records.HEADS) / name
+    if not (run_dir / records.RUN_JSON).is_file() or not (run_dir / HEADS[head].artifact).is_file():
         return None
-    return {**read_run_json(run_dir / "run.json"), "run_dir": str(run_dir),
-            "report": str(Path(cache_dir) / "reports" / name), "skipped": True}
+    return {**read_run_json(run_dir / records.RUN_JSON), "run_dir": str(run_dir),
+            "report": str(records.folder(cache_dir, records.REPORTS) / name), "skipped": True}
 
 
 def _check_finite(y_prob: dict, head: str):
@@ -343,8 +344,8 @@ def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose
     if done:
         return done
     name = run_name(head, fs.attrs["settings_hash"], settings)
-    final = Path(cache_dir) / "heads" / name
-    report_dir = Path(cache_dir) / "reports" / name
+    final = records.folder(cache_dir, records.HEADS) / name
+    report_dir = records.folder(cache_dir, records.REPORTS) / name
     with Lock(final, wait=wait, also=[report_dir]):
         done = finished_run(cache_dir, head, fs.attrs["settings_hash"], settings)
         if done:                                    # finished by the run we waited for
@@ -353,7 +354,7 @@ def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose
             started = time.perf_counter()
             model, history, metrics = HEADS[head].train(fs, settings, tmp, verbose, threads)
             if history is not None:
-                write_json_atomic(tmp / "history.json", history)
+                write_json_atomic(tmp / records.HISTORY_JSON, history)
             wall = time.perf_counter() - started
             y_true = {s: fs.splits[s].labels for s in ("val", "test")}
             # every stored view of each image, and their mean: a 2-view file is evaluated with flip TTA
@@ -373,7 +374,7 @@ def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose
                                "val_accuracy_interval": report["val_accuracy_interval"],
                                "test_accuracy_interval": report["test_accuracy_interval"],
                                "wall_seconds": report["wall_seconds"], **metrics}
-            write_json_atomic(tmp / "run.json", info)   # last: a folder with run.json is a finished run
+            write_json_atomic(tmp / records.RUN_JSON, info)   # last: a folder with run.json is a finished run
     return {**info, "run_dir": str(final), "report": str(report_dir), "skipped": False, "model": model}
 
 
@@ -381,7 +382,8 @@ def find_best_head(cache_dir, settings_hash: str, head: str = "dense") -> Path |
     """The model file of the finished `head` run with the best validation accuracy on the features
     file `settings_hash`; None when there is none."""
     best, best_acc = None, -1.0
-    for run_json in sorted(Path(cache_dir, "heads").glob(f"{head}-{settings_hash}-*/run.json")):
+    runs = records.folder(cache_dir, records.HEADS)
+    for run_json in sorted(runs.glob(f"{head}-{settings_hash}-*/{records.RUN_JSON}")):
         model = run_json.parent / HEADS[head].artifact
         if not model.is_file():
             continue                       # not a finished run
@@ -444,8 +446,8 @@ def run(args):
     result = run_head(fs, args.head, settings, args.cache_dir, verbose=2)
     if result["skipped"]:
         print(f"up to date: {result['run_dir']}")
-    report_json = Path(result["report"], "report.json")
+    report_json = Path(result["report"], records.REPORT_JSON)
     if report_json.is_file():
-        print_summary(json.loads(report_json.read_text()), title=f"{args.head} head on {fs.path.name}")
+        print_summary(records.read(report_json, records.REPORT), title=f"{args.head} head on {fs.path.name}")
     print(f"report: {result['report']}")
     print(f"model:  {result['run_dir']}")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import rows, store
+from pipeline import records, rows, store
 from pipeline.errors import UserError
 
 TOP = 3
@@ -83,7 +83,7 @@ def write_run_views(out_dir: Path, fs: store.FeatureSet, y_true: dict, y_prob: d
     writer = csv.DictWriter(buf, fieldnames=list(table[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(table)
-    (out_dir / "predictions.csv").write_text(buf.getvalue())   # the folder itself appears atomically
+    (out_dir / records.PREDICTIONS).write_text(buf.getvalue())   # the folder itself appears atomically
 
     gallery_split = "test" if "test" in y_true else next(iter(y_true))
     wrong = [r for r in table if r["split"] == gallery_split and not r["correct"]]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import data, flags, outputs, rows, store
+from pipeline import data, flags, outputs, records, rows, store
 from pipeline.errors import UserError
 
 BLOCK = 1024           # queries per matrix product: 1024 x 50,000 float32 similarities = 200 MB
@@ -145,10 +145,10 @@ def run(args):
     key = store.settings_hash({"features": fs.attrs["settings_hash"],
                                "data_fingerprint": fs.attrs.get("data_fingerprint"),
                                "source": source and source.key, **question, "k": args.k, "search": search})
-    out = Path(args.cache_dir) / "looking" / f"neighbors-{key}"
+    out = records.folder(args.cache_dir, records.LOOKING) / f"neighbors-{key}"
     json_path, png_path = out.with_suffix(".json"), out.with_suffix(".png")
     if json_path.is_file():
-        result = json.loads(json_path.read_text())
+        result = records.read(json_path, records.NEIGHBORS)
         print_result(result)
         print(f"up to date: {png_path if png_path.is_file() else json_path}")
         return
@@ -196,7 +196,7 @@ def search_neighbors(fs: store.FeatureSet, args, search: list[str], source: rows
             for n, p in zip(picked, rows.paths(fs.attrs, split_name, [n["source_index"] for n in picked],
                                                source.path)):
                 n["path"] = p
-    return {"features": str(fs.path), "search": search, "queries": described}
+    return {"features": str(Path(fs.path).absolute()), "search": search, "queries": described}
 
 
 def print_result(result: dict):

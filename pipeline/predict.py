@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import export, flags, outputs
+from pipeline import export, flags, outputs, records
 from pipeline.data import IMAGE_SUFFIXES, rgb8
 from pipeline.errors import UserError, first_line
 
@@ -190,8 +190,9 @@ def load_keras_file(path: Path, what: str, make: str):
 def export_labels(folder: Path, n_classes: int) -> list[str]:
     """An export's labels.txt (beside its export.json), else "class i"."""
     names = None
-    if (folder / "labels.txt").is_file() and (folder / "export.json").is_file():
-        names = (folder / "labels.txt").read_text().splitlines()
+    if (folder / records.LABELS).is_file() and (folder / records.EXPORT_JSON).is_file():
+        records.read(folder / records.EXPORT_JSON, records.EXPORT)      # a damaged record: one error line
+        names = records.read_labels(folder / records.LABELS)
     return names if names and len(names) == n_classes else [f"class {i}" for i in range(n_classes)]
 
 
@@ -206,9 +207,9 @@ def open_model(path: Path, backbone=None, weights=None):
         raise UserError(f"--model {path} does not exist; give a run folder (cache/heads/dense-..., "
                         "cache/finetune/...), a .keras file or an export")
     folder = path if path.is_dir() else path.parent
-    if (folder / "run.json").is_file() and (path.is_dir() or path.name == "model.keras"):
+    if (folder / records.RUN_JSON).is_file() and (path.is_dir() or path.name == records.MODEL):
         return _run_model(folder, backbone, weights)
-    if path.is_dir() and (path / "export.json").is_file():
+    if path.is_dir() and (path / records.EXPORT_JSON).is_file():
         inside = [path / name for name, _ in export.FORMATS.values() if (path / name).exists()]
         if not inside:
             raise UserError(f"{path} holds an export.json but no exported model in it")

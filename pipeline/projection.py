@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import flags, outputs, rows, store
+from pipeline import flags, outputs, records, rows, store
 from pipeline.errors import UserError
 
 PCA_DIMS = 50
@@ -86,7 +86,9 @@ def projector_config(key: str, name: str, shape: tuple[int, int], thumb: tuple[i
 
 def projector_up_to_date(folder: Path, key: str) -> bool:
     config = folder / CONFIG
-    return config.is_file() and f"settings {key}\n" in config.read_text().splitlines()[0] + "\n"
+    # bytes, decoded leniently: a damaged config is not up to date (rewritten), never a crash
+    lines = config.read_bytes().decode("utf-8", "replace").splitlines() if config.is_file() else []
+    return bool(lines) and f"settings {key}\n" in lines[0] + "\n"
 
 
 def write_projector(folder: Path, key: str, name: str, features, meta: list[dict], images: list[np.ndarray]):
@@ -138,7 +140,7 @@ def run(args):
     key = store.settings_hash({"features": fs.attrs["settings_hash"],
                                "data_fingerprint": fs.attrs.get("data_fingerprint"), "split": args.split,
                                "per_class": args.per_class, "perplexity": args.perplexity, "seed": args.seed})
-    out = Path(args.cache_dir) / "looking" / f"map-{key}"
+    out = records.folder(args.cache_dir, records.LOOKING) / f"map-{key}"
     png, table = out.with_suffix(".png"), out.with_suffix(".csv")
     names = fs.class_names
     if png.is_file() and table.is_file():

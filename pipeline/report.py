@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import stats
+from pipeline import records, stats
 from pipeline.outputs import atomic_dir
 
 
@@ -134,7 +134,7 @@ def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_secon
             # which images these are scored on: `compare` refuses two runs whose sources differ
             report["data_fingerprint"] = features.attrs.get("data_fingerprint")
             report.update(write_run_views(tmp, features, y_true, y_prob, class_names, splits))
-        (tmp / "report.json").write_text(json.dumps(report, indent=2))
+        (tmp / records.REPORT_JSON).write_text(json.dumps(report, indent=2))
     return report
 
 

@@ -6,7 +6,6 @@ of the features file is checked against it (stage one's own check, `features.loa
 tree given as --data, or a source changed after stage one, is refused instead of shown."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 

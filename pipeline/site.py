@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import datetime
 import html
-import json
 import os
+import sys
 from pathlib import Path
 
-from pipeline import outputs, store
+from pipeline import outputs, records, store
 from pipeline.errors import UserError
 from pipeline.sweep import TIE_RULE
 
@@ -64,43 +64,50 @@ def _features_attrs(path: str, seen: dict) -> dict:
     return seen[path]
 
 
-def collect_runs(cache_dir) -> tuple[list[dict], list[dict]]:
+def collect_runs(cache_dir, skipped: list | None = None) -> tuple[list[dict], list[dict]]:
     """(runs, sweeps). A run: name, kind, page, report folder, settings, accuracies, time. Any head
-    kind is taken as its run.json names it; unreadable run folders are skipped."""
+    kind is taken as its run.json names it. A run whose run.json or report.json is damaged is left
+    out, its error appended to `skipped`: one bad run never hides the others or fails a command."""
     from pipeline.report import recorded_interval
     cache = Path(cache_dir)
     seen, runs = {}, []
-    sources = [(p, cache / "reports" / p.parent.name) for p in sorted(cache.glob("heads/*/run.json"))]
-    sources += [(p, p.parent / "report") for p in sorted(cache.glob("finetune/*/run.json"))]
-    for run_json, report_dir in sources:
+    heads_dir, finetune_dir = records.folder(cache, records.HEADS), records.folder(cache, records.FINETUNE)
+    sources = [(p.parent, records.folder(cache, records.REPORTS) / p.parent.name)
+               for p in sorted(heads_dir.glob(f"*/{records.RUN_JSON}"))]
+    sources += [(p.parent, p.parent / records.REPORT_DIR) for p in sorted(finetune_dir.glob(f"*/{records.RUN_JSON}"))]
+    for run_dir, report_dir in sources:
         try:
-            info = json.loads(run_json.read_text())
-            metrics = info.get("metrics") or {}
-            features = info.get("features") or {}
-        except (OSError, ValueError, AttributeError):
+            info = records.read_run(run_dir)
+            report_json = report_dir / records.REPORT_JSON
+            report = records.read(report_json, records.REPORT) if report_json.is_file() else {}
+        except UserError as exc:
+            if skipped is not None:
+                skipped.append(str(exc))
             continue
-        attrs = _features_attrs(features.get("path", ""), seen)
-        finetune = info.get("stage") == "finetune"
-        settings = info.get("settings") or {}
-        report = _read_json(report_dir / "report.json")
+        metrics, features, settings = info["metrics"], info["features"], info["settings"]
+        attrs = _features_attrs(features["path"], seen)
+        finetune = records.run_kind(info) == "finetune"
         runs.append({
-            "name": run_json.parent.name, "kind": "finetune" if finetune else str(info.get("head", "?")),
-            "sweep": "", "features": Path(features.get("path", "?")).name,
+            "name": run_dir.name, "kind": records.run_kind(info),
+            "sweep": "", "features": Path(features["path"]).name,
             "backbone": (info.get("backbone") or {}).get("name") or attrs.get("backbone", "?"),
             "settings": _settings_text(settings, finetune),
             "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
             **{f"{k}_accuracy_interval": recorded_interval(metrics, report, k) for k in ("val", "test")},
             "wall_seconds": info.get("wall_seconds", metrics.get("wall_seconds", report.get("wall_seconds"))),
-            "finished": datetime.datetime.fromtimestamp(run_json.stat().st_mtime, datetime.timezone.utc)
-                        .strftime("%Y-%m-%d %H:%M:%S"),
+            "finished": datetime.datetime.fromtimestamp((run_dir / records.RUN_JSON).stat().st_mtime,
+                                                        datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
             "report_dir": report_dir, "report": report, "info": info})
     by_name = {r["name"]: r for r in runs}
     sweeps = []
-    for path in sorted(cache.glob("sweeps/*.json")):
-        board = _read_json(path, default=[])
-        if not isinstance(board, list):
+    for path in sorted(records.folder(cache, records.SWEEPS).glob("*.json")):
+        try:
+            board = records.read(path, records.LEADERBOARD)
+        except UserError as exc:
+            if skipped is not None:
+                skipped.append(str(exc))
             continue
-        members = [row.get("run") for row in board if isinstance(row, dict) and row.get("run") in by_name]
+        members = [row["run"] for row in board if isinstance(row.get("run"), str) and row["run"] in by_name]
         for name in members:
             by_name[name]["sweep"] = ", ".join(filter(None, [by_name[name]["sweep"], path.stem]))
         if members:
@@ -108,13 +115,6 @@ def collect_runs(cache_dir) -> tuple[list[dict], list[dict]]:
             sweeps.append({"name": path.stem, "runs": members, "best": members[0],
                            "recommended": picked[0] if picked and picked[0] in by_name else ""})
     return runs, sweeps
-
-
-def _read_json(path: Path, default=None):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {} if default is None else default
 
 
 def _settings_text(settings: dict, finetune: bool) -> str:
@@ -127,7 +127,7 @@ def _settings_text(settings: dict, finetune: bool) -> str:
 def _cell(run: dict, key: str, numeric: bool) -> str:
     value = run.get(key)
     if key == "name":
-        return f'<td><a href="runs/{_e(run["name"])}.html">{_e(value)}</a></td>'
+        return f'<td><a href="{records.RUN_PAGES}/{_e(run["name"])}.html">{_e(value)}</a></td>'
     if numeric:
         text = "" if value is None else (_accuracy_text(run, key) if key.endswith("accuracy") else f"{value:.1f}")
         return f'<td class="num" data-v="{"" if value is None else _e(value)}">{text}</td>'
@@ -151,8 +151,8 @@ def index_html(runs: list[dict], sweeps: list[dict]) -> str:
              f'<table id="runs"><thead><tr>{head}</tr></thead><tbody>\n{body_rows}\n</tbody></table>']
     if sweeps:
         rows = "\n".join(f'<tr><td>{_e(s["name"])}</td><td class="num">{len(s["runs"])}</td>'
-                         f'<td><a href="runs/{_e(s["best"])}.html">{_e(s["best"])}</a></td><td>'
-                         + (f'<a href="runs/{_e(s["recommended"])}.html">{_e(s["recommended"])}</a>'
+                         f'<td><a href="{records.RUN_PAGES}/{_e(s["best"])}.html">{_e(s["best"])}</a></td><td>'
+                         + (f'<a href="{records.RUN_PAGES}/{_e(s["recommended"])}.html">{_e(s["recommended"])}</a>'
                             if s["recommended"] else "") + "</td></tr>" for s in sweeps)
         parts.append("<h2>Sweeps</h2><table><thead><tr><th>sweep</th><th>runs</th><th>best on val</th>"
                      f"<th>recommended</th></tr></thead><tbody>\n{rows}\n</tbody></table>"
@@ -169,7 +169,7 @@ def run_html(run: dict, page_dir: Path) -> str:
         return _e(os.path.relpath(report_dir / name, page_dir))
     facts = [(h, _accuracy_text(run, k) if k.endswith("accuracy") and run.get(k) is not None else run.get(k))
              for h, k, _ in COLUMNS if k != "name"]
-    parts = [f"<p><a href=\"../index.html\">all runs</a></p><h1>{_e(run['name'])}</h1>",
+    parts = [f"<p><a href=\"../{records.INDEX}\">all runs</a></p><h1>{_e(run['name'])}</h1>",
              "<table>" + "".join(f"<tr><th>{_e(h)}</th><td>{_e('' if v is None else v)}</td></tr>" for h, v in facts)
              + "</table>"]
     comparison = report.get("comparison") or run["info"].get("comparison")
@@ -206,7 +206,8 @@ def run_html(run: dict, page_dir: Path) -> str:
     note = (report.get("mistakes") or {}).get("note")
     if note:
         parts.append(f'<p class="note">{_e(note)}</p>')
-    links = [f'<a href="{rel(n)}">{n}</a>' for n in ("predictions.csv", "report.json") if (report_dir / n).is_file()]
+    links = [f'<a href="{rel(n)}">{n}</a>' for n in (records.PREDICTIONS, records.REPORT_JSON)
+             if (report_dir / n).is_file()]
     if links:
         parts.append("<p>" + " &middot; ".join(links) + "</p>")
     return _page(run["name"], "\n".join(parts))
@@ -218,30 +219,44 @@ def _class_cell(c: dict, key: str) -> str:
 
 
 def _write_if_changed(path: Path, text: str) -> bool:
-    if path.is_file() and path.read_text() == text:
+    if path.is_file() and path.read_bytes() == text.encode():   # bytes: a damaged page is rewritten, not a crash
         return False
     outputs.write_text_atomic(path, text)
     return True
 
 
-def rebuild(cache_dir) -> tuple[Path, bool]:
+def index_path(cache_dir) -> Path:
+    return records.folder(cache_dir, records.REPORTS) / records.INDEX
+
+
+def rebuild(cache_dir, warn=None) -> tuple[Path, bool]:
     """Write index.html and every run's page; drop pages of runs that are gone. Returns
-    (index path, whether anything changed)."""
-    root = Path(cache_dir) / "reports"
-    page_dir = root / "runs"
-    page_dir.mkdir(parents=True, exist_ok=True)
-    runs, sweeps = collect_runs(cache_dir)
-    changed = False
-    for r in runs:
-        changed |= _write_if_changed(page_dir / f"{r['name']}.html", run_html(r, page_dir))
-    keep = {f"{r['name']}.html" for r in runs}
-    for old in page_dir.glob("*.html"):
-        if old.name not in keep:
-            old.unlink()
-            changed = True
-    index = root / "index.html"
-    changed |= _write_if_changed(index, index_html(runs, sweeps))
+    (index path, whether anything changed). Runs with damaged records are left out and each is
+    named once through `warn` (default: a `warning:` line on stderr). Under the site's lock, with
+    waiting: two rebuilds at once (a `report` and a finishing `head`) take turns instead of one
+    removing a page the other is writing."""
+    index = index_path(cache_dir)
+    page_dir = index.parent / records.RUN_PAGES
+    with outputs.Lock(page_dir, wait=True, also=[index]):
+        page_dir.mkdir(parents=True, exist_ok=True)
+        skipped = []
+        runs, sweeps = collect_runs(cache_dir, skipped)
+        for problem in skipped:
+            (warn or _warn)(f"warning: left out of {index}: {problem}")
+        changed = False
+        for r in runs:
+            changed |= _write_if_changed(page_dir / f"{r['name']}.html", run_html(r, page_dir))
+        keep = {f"{r['name']}.html" for r in runs}
+        for old in page_dir.glob("*.html"):
+            if old.name not in keep:
+                old.unlink()
+                changed = True
+        changed |= _write_if_changed(index, index_html(runs, sweeps))
     return index, changed
+
+
+def _warn(message: str):
+    print(message, file=sys.stderr)
 
 
 # ---------------------------------------------------------------- command line

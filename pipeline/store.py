@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import records
 from pipeline.errors import UserError, first_line
 from pipeline.outputs import Lock, write_text_atomic  # noqa: F401  (re-exported: the older names)
 
@@ -70,7 +71,7 @@ def features_path(cache_dir, settings: dict) -> Path:
     name = "-".join([_slug(settings["dataset"]), _slug(stem), str(settings["input_size"]),
                      settings["precision"], *(["2views"] if settings.get("views", 1) == 2 else []),
                      settings_hash(settings)])
-    return Path(cache_dir) / "features" / f"{name}.h5"
+    return Path(cache_dir) / records.FEATURES / f"{name}.h5"
 
 
 def partial_path(path: Path) -> Path:
@@ -113,7 +114,8 @@ def _open(path: Path, words: Words = FEATURES, mode="r"):
     try:
         return h5py.File(path, mode)
     except OSError as exc:
-        raise UserError(f"{path} is not a readable HDF5 file ({first_line(exc)}); {words.fix}") from None
+        raise UserError(f"{path} is not a readable HDF5 file, so not a {words.what} ({first_line(exc)}); "
+                        f"if it was one, {words.fix}") from None
 
 
 def _attrs(f, path: Path, words: Words) -> dict:
@@ -133,6 +135,8 @@ def _attrs(f, path: Path, words: Words) -> dict:
                 out[key] = json.loads(out[key])
             except json.JSONDecodeError:
                 raise UserError(f"{path}: its {key} attribute is not valid JSON; {words.fix}") from None
+        if key in out and not isinstance(out[key], dict):     # e.g. '[1,2]' or 'null'
+            raise UserError(f"{path}: its {key} attribute is not a JSON object (it is {out[key]!r}); {words.fix}")
     return out
 
 
@@ -144,9 +148,13 @@ def is_complete(attrs: dict) -> bool:
 def check_structure(f, path: Path, require_complete: bool = True, words: Words = FEATURES) -> dict:
     """Validate schema and shapes; return the attributes. UserError names what is wrong."""
     attrs = _attrs(f, path, words)
-    if attrs.get("schema_version") != SCHEMA_VERSION or "settings_hash" not in attrs:
+    if "schema_version" not in attrs:
+        raise UserError(f"{path} is not a {words.what} of this pipeline (it has no schema_version attribute)")
+    if attrs["schema_version"] != SCHEMA_VERSION:
         raise UserError(f"{path} is not a {words.what} of this pipeline (schema version "
-                        f"{attrs.get('schema_version', 'missing')}, expected {SCHEMA_VERSION})")
+                        f"{attrs['schema_version']}, expected {SCHEMA_VERSION})")
+    if not isinstance(attrs.get("settings_hash"), str):
+        raise UserError(f"{path} has no settings_hash attribute, so it is not a whole {words.what}; {words.fix}")
     if require_complete and not is_complete(attrs):
         if path.name.endswith(".partial"):
             raise UserError(f"{path} is incomplete: a run is writing it or was interrupted; rerun the command "

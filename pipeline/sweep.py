@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline import flags, heads, store
+from pipeline import flags, heads, records, store
 from pipeline.errors import UserError
 from pipeline.outputs import Lock, write_text_atomic
 
@@ -134,9 +134,9 @@ def _interval(run: dict, split: str) -> dict:
     report = {}
     if not run["metrics"].get(f"{split}_accuracy_interval") and run.get("report"):   # a run from before intervals
         try:
-            report = json.loads(Path(run["report"], "report.json").read_text())
-        except (OSError, ValueError):
-            pass
+            report = records.read(Path(run["report"], records.REPORT_JSON), records.REPORT)
+        except UserError:
+            pass            # no interval for a run whose report is gone or damaged
     low, high = recorded_interval(run["metrics"], report, split) or (None, None)
     return {f"{split}_accuracy_low": low, f"{split}_accuracy_high": high}
 
@@ -204,7 +204,8 @@ def run(args):
     features_hash = fs.attrs["settings_hash"]
     if args.engine == "local" and args.address is not None:
         raise UserError("--address applies to --engine ray only")
-    stem = Path(args.cache_dir) / "sweeps" / f"{args.head}-{features_hash}-{store.settings_hash({'base': base, 'grid': grid})}"
+    stem = (records.folder(args.cache_dir, records.SWEEPS)
+            / f"{args.head}-{features_hash}-{store.settings_hash({'base': base, 'grid': grid})}")
     started = time.perf_counter()
     # One sweep per grid at a time; a configuration shared with another sweep or a `head` run
     # is trained once, under that run's own lock.

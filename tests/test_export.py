@@ -125,7 +125,8 @@ def test_rerun_is_up_to_date_and_bad_runs_are_one_error_line(runs, tmp_path, cap
 
     logreg = tmp_path / "logreg-x"
     logreg.mkdir()
-    (logreg / "run.json").write_text(json.dumps({"head": "logreg"}))
+    (logreg / "run.json").write_text(json.dumps({"head": "logreg", "settings": {}, "metrics": {"val_accuracy": 0.5},
+                                                 "features": {"path": "f.h5", "settings_hash": "0"}}))
     for bad, message in ((logreg, "only dense head runs and stage-three runs"), (tmp_path, "not a run folder")):
         code = main(["export", str(bad), "--cache-dir", str(cache)])
         err = capsys.readouterr().err.strip().splitlines()
