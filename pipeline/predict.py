@@ -187,13 +187,13 @@ def load_keras_file(path: Path, what: str, make: str):
                         f"{first_line(exc)}") from None
 
 
-def export_labels(folder: Path, n_classes: int) -> list[str]:
-    """An export's labels.txt (beside its export.json), else "class i"."""
-    names = None
-    if (folder / records.LABELS).is_file() and (folder / records.EXPORT_JSON).is_file():
-        records.read(folder / records.EXPORT_JSON, records.EXPORT)      # a damaged record: one error line
-        names = records.read_labels(folder / records.LABELS)
-    return names if names and len(names) == n_classes else [f"class {i}" for i in range(n_classes)]
+def export_labels(folder: Path) -> list[str] | None:
+    """An export's class names (labels.txt beside its export.json), both read and checked."""
+    if not (folder / records.EXPORT_JSON).is_file():
+        return None
+    found = records.read(folder / records.EXPORT_JSON, records.EXPORT)
+    labels = folder / records.LABELS
+    return records.read_labels(labels) if labels.is_file() else list(found["class_names"])
 
 
 FORMAT_OF_SUFFIX = {".keras": "keras", ".tflite": "tflite"}
@@ -214,6 +214,7 @@ def open_model(path: Path, backbone=None, weights=None):
         if not inside:
             raise UserError(f"{path} holds an export.json but no exported model in it")
         return open_model(inside[0])
+    names = export_labels(path.parent)      # the records first: a damaged one is one error line, not a load failure
     fmt = "savedmodel" if (path / "saved_model.pb").is_file() else \
         FORMAT_OF_SUFFIX.get(path.suffix) if path.is_file() else None
     if fmt is None:
@@ -227,7 +228,8 @@ def open_model(path: Path, backbone=None, weights=None):
         raise UserError(f"{path} takes {dtype} {shape}, not uint8 images; give an image model (a stage-two "
                         "head's model.keras takes features: give its run folder, with run.json)")
     # An export carries its temperature; a file of one's own is taken as it is.
-    return forward, tuple(shape[1:3]), export_labels(path.parent, int(n))
+    names = names if names and len(names) == int(n) else [f"class {i}" for i in range(int(n))]
+    return forward, tuple(shape[1:3]), names
 
 
 def _run_model(run_dir: Path, backbone, weights):
