@@ -100,7 +100,7 @@ report: $(STAMP)
 	$(RUN_PIPELINE) report $(CACHE_FLAG) $(ARGS)
 
 compare: $(STAMP)
-	$(RUN_PIPELINE) compare $(ARGS)
+	$(RUN_PIPELINE) compare $(CACHE_FLAG) $(ARGS)
 
 verify: $(STAMP)
 	$(RUN_PIPELINE) verify $(ARGS)

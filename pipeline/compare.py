@@ -162,7 +162,7 @@ def run_compare(arg_a: str, arg_b: str, cache_dir, split: str = "test") -> tuple
     # the folder's name covers exactly what the result depends on: both runs' predictions and the split
     key = {"a": _sha256(a.report_dir / "predictions.csv"), "b": _sha256(b.report_dir / "predictions.csv"),
            "split": split, "method": stats.PAIRED_METHOD}
-    out = Path(cache_dir) / "compare" / store.settings_hash(key)
+    out = records.folder(cache_dir, records.COMPARE) / store.settings_hash(key)
     if (out / "compare.json").is_file():
         return json.loads((out / "compare.json").read_text()), out, True
     result = {"a": {"name": a.name, "report": str(a.report_dir)}, "b": {"name": b.name, "report": str(b.report_dir)},
@@ -180,7 +180,7 @@ def add_arguments(p):
     p.add_argument("b", metavar="B", help="the run to compare with A, scored on the same images")
     p.add_argument("--split", default="test", choices=("val", "test"),
                    help="whose disagreements disagreements.png shows (default: test)")
-    flags.add_cache_dir(p, "the comparison goes (cache/compare/<hash>/); runs named by NAME are looked up there")
+    flags.add_cache_dir(p, "runs named by NAME are found and comparisons (compare/<hash>/)")
 
 
 def run(args):

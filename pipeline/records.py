@@ -30,7 +30,10 @@ EXPORTS = "exports"            # one folder per exported run and format
 LOOKING = "looking"            # cached answers of `neighbors` and `map`
 AUDIT = "audit"                # one folder per audit
 REPORTS = "reports"            # the site (INDEX, RUN_PAGES) and one report folder per head run
-FOLDERS = (FEATURES, ACTIVATIONS, HEADS, SWEEPS, FINETUNE, EXPORTS, LOOKING, AUDIT, REPORTS)
+COMPARE = "compare"            # one folder per `compare` of two runs
+SEEDS = "seeds"                # one summary per `head --seeds N`
+FOLDERS = (FEATURES, ACTIVATIONS, HEADS, SWEEPS, FINETUNE, EXPORTS, LOOKING, AUDIT, REPORTS, COMPARE, SEEDS)
+CHECKED_SOURCES = "sources"    # under LOOKING: image sources already checked against a fingerprint
 
 # file and folder names inside those
 MODEL = "model.keras"          # a Keras model (a dense head, or a stage-three image model)

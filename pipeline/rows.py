@@ -34,7 +34,7 @@ def checked_source(attrs: dict, data_path, cache_dir) -> Source:
     seen = {"data_fingerprint": attrs["data_fingerprint"], "source": where,
             "source_identity": data.source_identity(path)}
     key = store.settings_hash(seen)
-    marker = records.folder(cache_dir, records.LOOKING) / "sources" / f"{key}.json"
+    marker = records.folder(cache_dir, records.LOOKING) / records.CHECKED_SOURCES / f"{key}.json"
     if not marker.is_file():
         from pipeline.features import load_splits
         load_splits(attrs, path)

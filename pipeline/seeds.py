@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import heads, stats
+from pipeline import heads, records, stats
 from pipeline.errors import UserError
 from pipeline.outputs import write_json_atomic
 
@@ -31,7 +31,7 @@ def run_seeds(fs, head: str, settings: dict, cache_dir, n: int, verbose=0) -> tu
     for split in ("val", "test"):
         values = [r["metrics"][f"{split}_accuracy"] for r in runs]
         summary[f"{split}_accuracy"] = {"per_seed": values, **stats.over_seeds(values)}
-    path = Path(cache_dir) / "seeds" / f"{summary['runs'][0]}-x{n}.json"
+    path = records.folder(cache_dir, records.SEEDS) / f"{summary['runs'][0]}-x{n}.json"
     write_json_atomic(path, summary)
     return summary, path
 

@@ -97,8 +97,7 @@ def add_arguments(p):
     p.add_argument("--sample", type=flags.positive_int, default=DEFAULT_SAMPLE, metavar="N",
                    help=f"rows re-embedded, spread over the splits (default: {DEFAULT_SAMPLE})")
     flags.add_seed(p, "which rows are sampled (default: 0)")
-    p.add_argument("--backbone", metavar="PATH", help="the .keras backbone file, when the features file was made with one")
-    p.add_argument("--weights", metavar="PATH", help="the weights file, when the features file was made with --weights PATH")
+    flags.add_moved_backbone(p)
     p.add_argument("--data", metavar="PATH", help="the image source, if it moved since the features file was made")
 
 
