@@ -1,7 +1,7 @@
 """Stage-three speed: seconds per training epoch over CIFAR-10's 45,000 training images at 299x299,
 end-to-end against cached mode, and the one-off cost of building the cache.
 
-Measured with the real pieces (pipeline.finetune.training_model, the activation-cache extractor) on
+Measured with the real pieces (pipeline.finetune.finetune.training_model, the activation-cache extractor) on
 InceptionV3 (random weights: speed does not depend on their values), --unfreeze-from mixed9, batch
 32, precision "auto" (bfloat16 on an AMX CPU) and float32. Each mode trains `--steps` batches after one warm-up batch (graph tracing);
 seconds per epoch = median seconds per step x ceil(45,000 / 32). The cache build is timed on
@@ -57,8 +57,8 @@ def measure(precision, args) -> dict:
     import keras
     import numpy as np
     from pipeline.backbone import build_backbone, fast_extractor, resolve_precision
-    from pipeline.finetune import FinetuneSettings, compile_model, training_model
-    from pipeline import surgery
+    from pipeline.finetune.finetune import FinetuneSettings, compile_model, training_model
+    from pipeline.finetune import surgery
     precision, device = resolve_precision(precision)
     bb = build_backbone("inception_v3", "none", SIZE)
     head = keras.Sequential([keras.Input((bb.width,)), keras.layers.Dense(10, activation="softmax")])

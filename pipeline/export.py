@@ -100,7 +100,7 @@ def image_model(run_dir: Path, info: dict, attrs: dict, backbone=None, weights=N
         model = load_keras_file(run_dir / records.MODEL, "fine-tuned model", "finetune")
     else:
         from pipeline.features import rebuild_backbone
-        from pipeline.surgery import image_model as stack
+        from pipeline.finetune.surgery import image_model as stack
         bb = rebuild_backbone(attrs, backbone, weights)
         model = stack(bb.model, load_keras_file(run_dir / records.MODEL, "head", "head"))
     return apply_temperature(model, temperature(info))

@@ -223,7 +223,7 @@ def test_every_backbone_fast_path_equals_the_keras_application(name):
     b16 = bb.fast_extractor(backbone.model, "bfloat16")(images)
     assert _cosines(f32, b16).min() >= 0.999
     # Fine-tuning cuts the row at its default block: the block trains, and lower then upper is the network.
-    from pipeline import surgery
+    from pipeline.finetune import surgery
     head = keras.Sequential([keras.Input((row.width,)), keras.layers.Dense(10, activation="softmax")])
     parts = surgery.split(backbone.model, head, row.unfreeze, row)
     assert row.unfreeze in {l.name for l in parts.upper.layers} and row.unfreeze in bb.block_names(network, row)

@@ -27,7 +27,7 @@ def quiet(*args):
 def runs(tiny_backbone, tiny_backbone_features, tmp_path_factory):
     """(cache, head run folder, stage-three run folder, backbone file) on the tiny backbone's features of
     80 real images."""
-    from pipeline.finetune import FinetuneSettings, run_finetune
+    from pipeline.finetune.finetune import FinetuneSettings, run_finetune
     from pipeline.heads import load_features, make_settings, run_head
     cache, features = tmp_path_factory.mktemp("export"), tiny_backbone_features
     head = run_head(load_features(features), "dense", make_settings("dense", hidden=32, epochs=5), cache)
@@ -102,7 +102,7 @@ def test_the_exported_model_is_the_run_with_its_temperature(runs):
     import keras
     from pipeline.calibration import as_logits, scaled_probs
     from pipeline.features import rebuild_backbone
-    from pipeline.surgery import image_model as stack
+    from pipeline.finetune.surgery import image_model as stack
     cache, head_run, _, backbone = runs
     run_dir, info = read_run(head_run)
     attrs = features_attrs(info)

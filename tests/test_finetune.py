@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from finetune_helpers import make_head
-from pipeline import surgery
+from pipeline.finetune import surgery
 from pipeline.cli import main
 from pipeline.features import load_splits, rebuild_backbone
-from pipeline.finetune import FinetuneSettings, run_finetune, training_model
+from pipeline.finetune.finetune import FinetuneSettings, run_finetune, training_model
 from pipeline.store import read_features
 
 # Random InceptionV3 features are badly scaled; a small step keeps the plumbing tests finite.
@@ -37,11 +37,11 @@ def captured(monkeypatch):
 @pytest.fixture(scope="module")
 def tuned(tiny_inception_features, head, tmp_path_factory):
     """One cached-mode run of two epochs: (model path, what the report got)."""
-    import pipeline.finetune
-    original = pipeline.finetune.save_model_atomically
+    import pipeline.finetune.finetune
+    original = pipeline.finetune.finetune.save_model_atomically
     with pytest.MonkeyPatch.context() as mp:
         seen = _capture(mp)
-        mp.setattr(pipeline.finetune, "save_model_atomically",
+        mp.setattr(pipeline.finetune.finetune, "save_model_atomically",
                    lambda model, path: (seen.update(in_memory=model), original(model, path)))
         path = run_finetune(settings(tiny_inception_features, head, tmp_path_factory.mktemp("tuned"), epochs=2),
                             log=quiet)
@@ -127,7 +127,7 @@ def test_one_step_cached_equals_one_step_end_to_end(tiny_inception_features, hea
     equals the end-to-end one to 1e-4 (relative L2 over all trainable variables); from the float16
     cache, to 5% (the storage rounds each value by ~5e-4 relative)."""
     import keras
-    from pipeline import activations
+    from pipeline.finetune import activations
     from pipeline.backbone import fast_extractor
     attrs, bb, parts = fresh_parts(tiny_inception_features, head)
     splits = load_splits(attrs, None)
@@ -163,7 +163,7 @@ def test_one_step_cached_equals_one_step_end_to_end(tiny_inception_features, hea
 
 @pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint(tiny_inception_features, head, tmp_path, monkeypatch, captured):
-    from pipeline import checkpoint
+    from pipeline.finetune import checkpoint
     original = checkpoint.Checkpoint.on_epoch_end
 
     def killed_after_first_epoch(self, epoch, logs=None):
@@ -257,7 +257,7 @@ def test_a_run_killed_while_exporting_resumes_to_the_best_epoch(tiny_inception_f
     epoch's weights, as fit's end restores them in an uninterrupted run (it used to export the last
     epoch's). Compared with the checkpoint's best weights, not with a second training run: the
     head's dropout draws from the process's random state, so two runs in one process differ."""
-    import pipeline.finetune as ft
+    import pipeline.finetune.finetune as ft
     save, compile_ = ft.save_model_atomically, ft.compile_model
     monkeypatch.setattr(ft, "save_model_atomically", lambda model, path: (_ for _ in ()).throw(KeyboardInterrupt))
     s = settings(tiny_inception_features, head, tmp_path, epochs=2)
@@ -286,7 +286,7 @@ def test_a_run_killed_while_exporting_resumes_to_the_best_epoch(tiny_inception_f
 
 
 def test_a_second_identical_finetune_is_refused(tiny_inception_features, head, tmp_path, monkeypatch, capsys):
-    import pipeline.finetune as ft
+    import pipeline.finetune.finetune as ft
     argv = ["finetune", "--features", str(tiny_inception_features), "--head", str(head), "--mode", "cached",
             "--epochs", "1", "--batch-size", "8", "--lr", str(LR), "--precision", "float32", "--cache-dir", str(tmp_path)]
     second = {}

@@ -6,7 +6,7 @@ import pytest
 from conftest import PRETRAINED
 from finetune_helpers import make_head
 from pipeline.features import load_splits
-from pipeline.finetune import FinetuneSettings, run_finetune
+from pipeline.finetune.finetune import FinetuneSettings, run_finetune
 from pipeline.store import read_features
 
 pytestmark = pytest.mark.slow

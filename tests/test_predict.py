@@ -9,7 +9,7 @@ from PIL import Image
 
 from finetune_helpers import make_head
 from pipeline.cli import main
-from pipeline.finetune import FinetuneSettings, run_finetune
+from pipeline.finetune.finetune import FinetuneSettings, run_finetune
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -5,7 +5,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from pipeline import activations, store
+from pipeline import store
+from pipeline.finetune import activations
 from pipeline.progress import INTERVAL_ENV, Progress
 
 

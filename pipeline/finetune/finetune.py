@@ -147,7 +147,7 @@ def training_model(parts, mode: str, precision: str):
     all in cached mode, where the model's input is the cut activation."""
     import keras
     from pipeline.backbone import fold_batchnorm
-    from pipeline.surgery import with_precision
+    from pipeline.finetune.surgery import with_precision
     upper = with_precision(parts.upper, precision)
     if mode == "cached":
         inputs = keras.Input(tuple(parts.lower.output.shape[1:]), name="cut_activation")
@@ -227,7 +227,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
     head = _load_head(head_path, attrs["feature_width"], len(class_names))
 
     import keras
-    from pipeline import surgery
+    from pipeline.finetune import surgery
     from pipeline.backbone import default_unfreeze
     from pipeline.features import rebuild_backbone
     bb = rebuild_backbone(attrs, s.backbone, s.weights)
@@ -289,7 +289,7 @@ def _training_data(s, attrs, features_path, parts, mode, precision, log) -> dict
         splits = load_splits(attrs, s.data)
         return {k: image_dataset(v.x, v.y, s.batch_size, shuffle=(k == "train"), augment=s.augment and k == "train",
                                  seed=s.seed) for k, v in splits.items()}
-    from pipeline import activations
+    from pipeline.finetune import activations
     from pipeline.backbone import fast_extractor
     if s.augment:
         log("cached mode: --augment caches mirrored images (random translation needs --mode end-to-end)")
@@ -315,7 +315,7 @@ def _training_data(s, attrs, features_path, parts, mode, precision, log) -> dict
 
 def _fit(model, s: FinetuneSettings, data: dict, ckpt: Path, log) -> dict:
     """model.fit with early stopping and a checkpoint per epoch; with --resume, from the checkpoint."""
-    from pipeline.checkpoint import Checkpoint, ResumableEarlyStopping, restore
+    from pipeline.finetune.checkpoint import Checkpoint, ResumableEarlyStopping, restore
     stopper = ResumableEarlyStopping(monitor="val_loss", patience=s.patience, restore_best_weights=True)
     state = {"epochs_done": 0, "history": {}, "stopped": False}
     if s.resume and ckpt.is_file():
