@@ -25,8 +25,8 @@ def main():
     parser.add_argument("--only", nargs="*", help="these backbones (default: the whole table)")
     args = parser.parse_args()
 
-    from pipeline.backbone import BACKBONES, build_backbone, resolve_precision
-    from pipeline.report import format_table
+    from pipeline.backbones.backbone import BACKBONES, build_backbone, resolve_precision
+    from pipeline.heads.evaluation import format_table
     x, source = images(args.images)
     precision, device = resolve_precision("auto")
     rows = []

@@ -39,7 +39,8 @@ def stage_one(engine: str, limit: int, backbone: str, cache: str) -> dict:
 
 def hdf5_write_rate(rows: int = 16384, width: int = 2048, shard_rows: int = 4096) -> float:
     """MB/s of the driver writing whole shards of float32 rows (with their block digests)."""
-    from pipeline import data, store
+    from pipeline.sources import data
+    from pipeline.store import store
     labels = {s: np.zeros(rows, np.uint8) for s in store.SPLITS}
     index = {s: np.arange(rows) for s in store.SPLITS}
     features = np.random.default_rng(0).standard_normal((shard_rows, width)).astype(np.float32)
@@ -59,7 +60,7 @@ def hdf5_write_rate(rows: int = 16384, width: int = 2048, shard_rows: int = 4096
 def decode_rate(side: int = 400, n: int = 200) -> float:
     """JPEG decodes per second on one core at about ImageNet's average size (~400x350)."""
     from PIL import Image
-    from pipeline.data import _read_image
+    from pipeline.sources.data import _read_image
     rng = np.random.default_rng(0)
     ramp = np.linspace(0, 255, side, dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:

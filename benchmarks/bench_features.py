@@ -37,7 +37,7 @@ LIBRARIES = ("tensorflow", "keras", "numpy", "h5py", "scikit-learn", "ray")
 def save_result(name: str, result) -> Path:
     """Every benchmark's result goes to cache/bench/<name>.json, written atomically, with the
     environment it was measured in (tools/make_numbers.py renders it into docs/numbers.md); prints the path."""
-    from pipeline.outputs import write_json_atomic
+    from pipeline.foundation.outputs import write_json_atomic
     out = ROOT / "cache" / "bench" / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out, {**result, "environment": environment()})
@@ -51,7 +51,7 @@ def environment() -> dict:
     which commit (and whether it had local changes), which library versions, and the command line."""
     from datetime import datetime, timezone
     from importlib import metadata
-    from pipeline.backbone import resolve_precision
+    from pipeline.backbones.backbone import resolve_precision
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
     precision, device = resolve_precision("auto")
@@ -79,7 +79,7 @@ def environment() -> dict:
 def images(n):
     import numpy as np
     if SHARED_JPG.is_dir():
-        from pipeline.data import load_dataset
+        from pipeline.sources.data import load_dataset
         return load_dataset(SHARED_JPG, limit=n).test_x, f"real CIFAR-10 test images from {SHARED_JPG}"
     return np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), "random images"
 
@@ -100,7 +100,7 @@ def cpu_name():
 def plain_and_fast(backbone, precision):
     """(plain, ours): the tutorial's model.predict at batch 32, and stage one's fast extractor at
     batch 64; each takes a uint8 batch."""
-    from pipeline.backbone import fast_extractor
+    from pipeline.backbones.backbone import fast_extractor
     fast = fast_extractor(backbone.model, precision)
     plain = lambda batch: backbone.model.predict(batch, batch_size=32, verbose=0)  # noqa: E731
 
@@ -143,7 +143,7 @@ def main():
                         help="images per split for the memory run; 0 = all of CIFAR-10 (default 1000)")
     args = parser.parse_args()
 
-    from pipeline.backbone import build_backbone, resolve_precision
+    from pipeline.backbones.backbone import build_backbone, resolve_precision
     x, source = images(args.images)
     precision, device = resolve_precision("auto")
     plain, ours = plain_and_fast(build_backbone("inception_v3", "none", 299, seed=0), precision)

@@ -56,7 +56,7 @@ def measure(precision, args) -> dict:
 
     import keras
     import numpy as np
-    from pipeline.backbone import build_backbone, fast_extractor, resolve_precision
+    from pipeline.backbones.backbone import build_backbone, fast_extractor, resolve_precision
     from pipeline.finetune.finetune import FinetuneSettings, compile_model, training_model
     from pipeline.finetune import surgery
     precision, device = resolve_precision(precision)

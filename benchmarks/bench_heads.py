@@ -33,7 +33,7 @@ TARGETS = {"load": 2, "dense": 60, "logreg": 120}
 
 def make_file(folder: Path) -> Path:
     import numpy as np
-    from pipeline import store
+    from pipeline.store import store
     rng = np.random.default_rng(0)
     # overlapping classes and 10% wrong labels, so that (as on real features) the head starts to
     # overfit and early stopping ends it; well-separated classes would train until --epochs
@@ -55,7 +55,7 @@ def make_file(folder: Path) -> Path:
 
 def step(name: str, path: str, cache: str) -> dict:
     """One measured step, in this (fresh) process."""
-    from pipeline import heads
+    from pipeline.heads import head as heads
     started = time.perf_counter()
     fs = heads.load_features(path)
     load_s = time.perf_counter() - started

@@ -31,7 +31,7 @@ BACKBONE = ROOT.parent / "shared" / "models" / "efficientnet_lite0_imagenet.kera
 
 
 def heads_on(fs, cache: Path) -> dict:
-    from pipeline.heads import make_settings, run_head
+    from pipeline.heads.head import make_settings, run_head
     out = {}
     for head in ("dense", "logreg"):
         r = run_head(fs, head, make_settings(head), cache)
@@ -43,8 +43,8 @@ def heads_on(fs, cache: Path) -> dict:
 
 def extraction_rates(backbone: str, images, rounds: int = 2) -> dict:
     """images/s with one and with two views, alternating rounds, best of each."""
-    from pipeline.backbone import build_backbone, fast_extractor
-    from pipeline.views import image_views
+    from pipeline.backbones.backbone import build_backbone, fast_extractor
+    from pipeline.extract.views import image_views
     extract = fast_extractor(build_backbone(backbone, image_shape=images.shape[1:]).model, "float32")
     extract(images[:8])                                    # trace once outside the timing
     best = {1: 0.0, 2: 0.0}
@@ -65,9 +65,8 @@ def main():
     p.add_argument("--timing-images", type=int, default=256)
     p.add_argument("--cache-dir", default=str(ROOT / "cache"))
     args = p.parse_args()
-    from pipeline.features import FeatureSettings, run_features
-    from pipeline.features import load_splits
-    from pipeline.heads import load_features
+    from pipeline.extract.features import FeatureSettings, run_features, load_splits
+    from pipeline.heads.head import load_features
     cache = Path(args.cache_dir)
     path = args.features or run_features(FeatureSettings(data=str(DATA), backbone=str(BACKBONE), limit=args.limit,
                                                          views=2, precision="float32", cache_dir=str(cache)))

@@ -9,27 +9,28 @@ import importlib
 import sys
 import traceback
 
-from pipeline.errors import UserError, first_line, storage_message
+from pipeline.foundation.errors import UserError, first_line, storage_message
 
 # Stage modules import nothing heavy at the top, so `--help` stays quick.
 STAGE_MODULES = [
-    ("features", "pipeline.features", "stage one: cache frozen-backbone embeddings in HDF5"),
-    ("info", "pipeline.info", "print a features file's settings, splits, shapes and completeness"),
-    ("backbones", "pipeline.listing", "the backbones --backbone can name: size, width, parameters, "
+    ("features", "pipeline.extract.features", "stage one: cache frozen-backbone embeddings in HDF5"),
+    ("info", "pipeline.store.info", "print a features file's settings, splits, shapes and completeness"),
+    ("backbones", "pipeline.backbones.backbones", "the backbones --backbone can name: size, width, parameters, "
                                       "preprocessing, default --unfreeze-from"),
-    ("head", "pipeline.heads", "stage two: train a dense, logreg or knn head on cached features"),
-    ("sweep", "pipeline.sweep", "stage two: a grid of head settings in parallel, with a leaderboard"),
+    ("head", "pipeline.heads.head", "stage two: train a dense, logreg or knn head on cached features"),
+    ("sweep", "pipeline.heads.sweep", "stage two: a grid of head settings in parallel, with a leaderboard"),
     ("finetune", "pipeline.finetune.finetune",
      "stage three: fine-tune the upper backbone blocks from the stage-two head"),
-    ("predict", "pipeline.predict", "top-k classes of image files, folders or globs with a saved model"),
-    ("export", "pipeline.export", "a dense head or stage-three run as a SavedModel, TFLite or Keras file"),
-    ("neighbors", "pipeline.neighbors", "the most similar images to a row or to image files (cosine on features)"),
-    ("audit", "pipeline.audit", "near-duplicate and exact-copy images across splits, and accuracy without them"),
-    ("map", "pipeline.projection", "2-D map of the features (PCA, then t-SNE) and Embedding Projector files"),
-    ("compare", "pipeline.compare", "two runs on the same images: both accuracies with intervals, the paired "
+    ("predict", "pipeline.ship.predict", "top-k classes of image files, folders or globs with a saved model"),
+    ("export", "pipeline.ship.export", "a dense head or stage-three run as a SavedModel, TFLite or Keras file"),
+    ("neighbors", "pipeline.look.neighbors", "the most similar images to a row or to image files (cosine on features)"),
+    ("audit", "pipeline.look.audit", "near-duplicate and exact-copy images across splits, and accuracy without them"),
+    ("map", "pipeline.look.map", "2-D map of the features (PCA, then t-SNE) and Embedding Projector files"),
+    ("compare", "pipeline.look.compare", "two runs on the same images: both accuracies with intervals, the paired "
                                     "difference, McNemar's p and the images only one gets right"),
-    ("verify", "pipeline.verify", "re-embed a sample of a features file's rows and check they match what is stored"),
-    ("report", "pipeline.site", "rebuild cache/reports/index.html: every run in one sortable page"),
+    ("verify", "pipeline.ship.verify",
+     "re-embed a sample of a features file's rows and check they match what is stored"),
+    ("report", "pipeline.look.report", "rebuild cache/reports/index.html: every run in one sortable page"),
 ]
 RERUN = "rerun the same command"
 
@@ -47,7 +48,7 @@ REBUILDS_SITE = ("head", "sweep", "finetune")
 
 
 def _rebuild_site(cache_dir):
-    from pipeline import site
+    from pipeline.look import report as site
     try:
         index, _ = site.rebuild(cache_dir)
     except Exception as exc:     # the run itself succeeded and is saved: say so, never fail it

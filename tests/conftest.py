@@ -49,7 +49,7 @@ def require_pretrained():
 def real_features(tmp_path_factory) -> Path:
     """Stage one with the real ImageNet-pretrained backbone on a balanced subset of real CIFAR-10."""
     require_pretrained()
-    from pipeline.features import FeatureSettings, run_features
+    from pipeline.extract.features import FeatureSettings, run_features
     cache = tmp_path_factory.mktemp("real-cache")
     return run_features(FeatureSettings(data=str(CIFAR_JPG), backbone=str(PRETRAINED), limit=REAL_LIMIT,
                                         cache_dir=str(cache)), log=lambda *a: None)
@@ -59,7 +59,7 @@ def real_features(tmp_path_factory) -> Path:
 def tiny_inception_features(tmp_path_factory) -> Path:
     """Stage one with a random-weight InceptionV3 at 75x75 on 60 real images (fast; for plumbing tests)."""
     require_real_images()
-    from pipeline.features import FeatureSettings, run_features
+    from pipeline.extract.features import FeatureSettings, run_features
     cache = tmp_path_factory.mktemp("tiny-cache")
     return run_features(FeatureSettings(data=str(CIFAR_JPG), weights="none", size=75, limit=40,
                                         precision="float32", cache_dir=str(cache)), log=lambda *a: None)
@@ -90,7 +90,7 @@ def write_batches(folder: Path, train_x, train_y, test_x, test_y) -> Path:
         dump(f"data_batch_{i + 1}", train_x[part], train_y[part])
     dump("test_batch", test_x, test_y)
     with open(folder / "batches.meta", "wb") as f:
-        from pipeline.data import CIFAR10_CLASSES
+        from pipeline.sources.data import CIFAR10_CLASSES
         pickle.dump({b"label_names": [c.encode() for c in CIFAR10_CLASSES]}, f)
     return folder
 
@@ -116,7 +116,7 @@ def planted(tmp_path_factory):
     """(features path, data root, FeatureSet): real images with exact train copies planted in test
     (tests/looking_helpers.py), for the looking-at-results tests."""
     import looking_helpers
-    from pipeline.store import read_features
+    from pipeline.store.store import read_features
     path, root = looking_helpers.build(tmp_path_factory.mktemp("planted"))
     return path, root, read_features(path)
 
@@ -150,7 +150,7 @@ def tiny_backbone(tmp_path_factory) -> Path:
 def tiny_backbone_features(tiny_backbone, tmp_path_factory) -> Path:
     """Stage one with the tiny backbone file on 80 real images (train 30, val 10, test 40)."""
     require_real_images()
-    from pipeline.features import FeatureSettings, run_features
+    from pipeline.extract.features import FeatureSettings, run_features
     return run_features(FeatureSettings(data=str(CIFAR_JPG), backbone=str(tiny_backbone), limit=40,
                                         cache_dir=str(tmp_path_factory.mktemp("tiny-backbone-cache"))),
                         log=lambda *a: None)
@@ -184,7 +184,7 @@ def write_mixed_tree(root: Path, train_per_class=4, test_per_class=2) -> Path:
 @pytest.fixture(scope="session")
 def mixed_features(tiny_backbone, tmp_path_factory) -> tuple[Path, Path]:
     """(features file, data root): stage one with the tiny backbone, float32, on write_mixed_tree."""
-    from pipeline.features import FeatureSettings, run_features
+    from pipeline.extract.features import FeatureSettings, run_features
     tmp = tmp_path_factory.mktemp("mixed")
     root = write_mixed_tree(tmp / "mixed")
     path = run_features(FeatureSettings(data=str(root), backbone=str(tiny_backbone), precision="float32",
@@ -202,7 +202,7 @@ def synthetic_features(cache: Path, width=16, per_class=(40, 20, 20), shuffle=Fa
     """A stage-one file with the store's schema: 10 Gaussian classes, far apart (separable), or
     the same points with their labels shuffled. `attrs` override the file's attributes."""
     import numpy as np
-    from pipeline import store
+    from pipeline.store import store
     rng = np.random.default_rng(seed)
     means = rng.normal(0, 3, (len(CLASSES), width))
     settings = settings or {"dataset": "synthetic", "width": width, "seed": seed, "shuffle": shuffle}

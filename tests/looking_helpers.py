@@ -39,7 +39,7 @@ def planted_pairs(fs):
 def build(tmp: Path):
     """(features file path, data root). Stage one at the backbone's own 224 px, float32."""
     require_pretrained()
-    from pipeline.features import FeatureSettings, run_features
+    from pipeline.extract.features import FeatureSettings, run_features
     root = make_tree(tmp / "planted")
     path = run_features(FeatureSettings(data=str(root), backbone=str(PRETRAINED), precision="float32",
                                         cache_dir=str(tmp / "cache")), log=lambda *a: None)

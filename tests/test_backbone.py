@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from conftest import CIFAR_JPG, PRETRAINED, require_pretrained, require_real_images
-from pipeline import backbone as bb
-from pipeline.errors import UserError
+from pipeline.backbones import backbone as bb
+from pipeline.foundation.errors import UserError
 
 SIZE = 75
 
@@ -51,7 +51,7 @@ def _cosines(a, b):
 
 def _real_images(n=16):
     require_real_images()
-    from pipeline.data import load_dataset
+    from pipeline.sources.data import load_dataset
     return load_dataset(CIFAR_JPG, limit=n).test_x
 
 

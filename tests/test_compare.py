@@ -6,7 +6,11 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_cifar, synthetic_features, write_batches
-from pipeline import compare, heads, looking, stats, sweep
+from pipeline.look import compare
+from pipeline.heads import head as heads
+from pipeline.look import looking
+from pipeline.foundation import stats
+from pipeline.heads import sweep
 from pipeline.cli import main
 
 
@@ -111,7 +115,8 @@ def test_sweep_ties_without_per_image_predictions_are_left_unmarked(two_runs, tm
 def test_site_and_report_show_the_intervals(two_runs, tmp_path):
     """The report site's index and run pages carry each accuracy's interval, per-class recall
     intervals, and a sweep's recommended run (a leaderboard saved into the cache)."""
-    from pipeline import report, site
+    from pipeline.heads import evaluation as report
+    from pipeline.look import report as site
     cache, a, b = two_runs
     runs = [heads.read_run_json(f"{d}/run.json") | {"run_dir": d} for d in (a, b)]
     rows = sweep.leaderboard(runs, [], cache)

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from conftest import CIFAR_JPG, require_real_images, synthetic_cifar, write_batches, write_image_tree
-from pipeline import data
-from pipeline.errors import UserError
+from pipeline.sources import data
+from pipeline.foundation.errors import UserError
 
 
 def test_batches_folder_is_decoded_channel_major(batches_dir):

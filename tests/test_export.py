@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.export import FORMATS, export_run, features_attrs, image_model, read_run, sample_test_images
+from pipeline.ship.export import FORMATS, export_run, features_attrs, image_model, read_run, sample_test_images
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -28,7 +28,7 @@ def runs(tiny_backbone, tiny_backbone_features, tmp_path_factory):
     """(cache, head run folder, stage-three run folder, backbone file) on the tiny backbone's features of
     80 real images."""
     from pipeline.finetune.finetune import FinetuneSettings, run_finetune
-    from pipeline.heads import load_features, make_settings, run_head
+    from pipeline.heads.head import load_features, make_settings, run_head
     cache, features = tmp_path_factory.mktemp("export"), tiny_backbone_features
     head = run_head(load_features(features), "dense", make_settings("dense", hidden=32, epochs=5), cache)
     tuned = run_finetune(FinetuneSettings(features=str(features), head=str(head["run_dir"] + "/model.keras"),
@@ -100,8 +100,8 @@ def test_every_format_reloads_without_the_project_and_matches_the_keras_model(ru
 def test_the_exported_model_is_the_run_with_its_temperature(runs):
     """Backbone + head, and softmax(log p / T) of that with the run's fitted T."""
     import keras
-    from pipeline.calibration import as_logits, scaled_probs
-    from pipeline.features import rebuild_backbone
+    from pipeline.ship.calibration import as_logits, scaled_probs
+    from pipeline.extract.features import rebuild_backbone
     from pipeline.finetune.surgery import image_model as stack
     cache, head_run, _, backbone = runs
     run_dir, info = read_run(head_run)

@@ -16,7 +16,10 @@ import pytest
 
 from conftest import (assert_one_error, fill_disk, run_cli, small_disk, spawn_cli, synthetic_cifar,
                       synthetic_features, write_batches)
-from pipeline import errors, heads, outputs, store
+from pipeline.foundation import errors
+from pipeline.heads import head as heads
+from pipeline.foundation import outputs
+from pipeline.store import store
 
 FAST_FEATURES = ["--weights", "none", "--size", "75", "--precision", "float32"]
 
@@ -326,7 +329,7 @@ def test_sigkill_of_a_sweep_takes_its_workers_along_and_the_rerun_finishes(tmp_p
 
 
 def test_a_second_identical_sweep_is_refused(features_file, tmp_path, capsys):
-    from pipeline.sweep import parse_grid
+    from pipeline.heads.sweep import parse_grid
     base = heads.make_settings("logreg")
     fs = heads.load_features(features_file)
     stem = tmp_path / "sweeps" / (f"logreg-{fs.attrs['settings_hash']}-"
@@ -342,8 +345,8 @@ def test_a_second_identical_sweep_is_refused(features_file, tmp_path, capsys):
 
 def test_sixteen_bit_images_are_scaled_and_float_images_refused(tmp_path):
     from PIL import Image
-    from pipeline.errors import UserError
-    from pipeline.predict import load_image
+    from pipeline.foundation.errors import UserError
+    from pipeline.ship.predict import load_image
     ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "deep.png")
     pixels = load_image(tmp_path / "deep.png", (32, 32))
@@ -356,8 +359,8 @@ def test_sixteen_bit_images_are_scaled_and_float_images_refused(tmp_path):
 # ---------------------------------------------------------------- where the images are
 
 def test_the_data_source_is_stored_absolute_and_a_moved_one_names_the_flag(batches_dir, tmp_path, monkeypatch):
-    from pipeline import data
-    from pipeline.errors import UserError
+    from pipeline.sources import data
+    from pipeline.foundation.errors import UserError
     monkeypatch.chdir(batches_dir.parent)
     ds = data.load_dataset(batches_dir.name)                       # given relative to the working directory
     assert Path(ds.source).is_absolute() and Path(ds.source) == batches_dir.resolve()

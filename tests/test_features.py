@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import CIFAR_JPG, ROOT, synthetic_cifar, write_batches
-from pipeline import store
+from pipeline.store import store
 from pipeline.cli import main
 
 FAST = ["--weights", "none", "--size", "75"]
@@ -53,8 +53,8 @@ def test_writes_the_documented_schema(capsys, batches_dir, tmp_path):
 
 @pytest.mark.slow
 def test_rerun_is_up_to_date_and_changed_settings_give_a_new_file(capsys, batches_dir, tmp_path, monkeypatch):
-    from pipeline import features as stage_one
-    from pipeline.backbone import resolve_precision
+    from pipeline.extract import features as stage_one
+    from pipeline.backbones.backbone import resolve_precision
     cache = tmp_path / "cache"
     _, out, _ = features(capsys, batches_dir, cache)
     first = Path(out[-1])
@@ -73,8 +73,8 @@ def test_rerun_is_up_to_date_and_changed_settings_give_a_new_file(capsys, batche
 
 @pytest.mark.slow
 def test_stored_features_equal_the_plain_keras_model_on_real_images(tiny_inception_features):
-    from pipeline.backbone import build_backbone
-    from pipeline.data import load_dataset
+    from pipeline.backbones.backbone import build_backbone
+    from pipeline.sources.data import load_dataset
     fs = store.read_features(tiny_inception_features)
     assert fs.attrs["precision"] == "float32" and (fs.attrs["weights_source"], fs.attrs["weights_seed"]) == ("none", 0)
     images = load_dataset(CIFAR_JPG, limit=40).test_x
@@ -210,8 +210,8 @@ def test_progress_after_a_resume_never_passes_the_total(batches_dir, tiny_backbo
     """A resumed shard restarts at a block boundary, recomputing rows already written: the count
     starts from the plan's rows still to compute (it read 240/200 before)."""
     import re
-    from pipeline import engine
-    from pipeline.progress import INTERVAL_ENV
+    from pipeline.extract import engine
+    from pipeline.foundation.progress import INTERVAL_ENV
     args = ["features", "--data", batches_dir, "--backbone", tiny_backbone, "--batch-size", "8",
             "--cache-dir", tmp_path]
     whole = engine.shard_batches

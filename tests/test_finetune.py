@@ -9,9 +9,9 @@ import pytest
 from finetune_helpers import make_head
 from pipeline.finetune import surgery
 from pipeline.cli import main
-from pipeline.features import load_splits, rebuild_backbone
+from pipeline.extract.features import load_splits, rebuild_backbone
 from pipeline.finetune.finetune import FinetuneSettings, run_finetune, training_model
-from pipeline.store import read_features
+from pipeline.store.store import read_features
 
 # Random InceptionV3 features are badly scaled; a small step keeps the plumbing tests finite.
 LR = 1e-6
@@ -25,7 +25,7 @@ def head(tiny_inception_features, tmp_path_factory):
 def _capture(monkeypatch) -> dict:
     """What run_finetune hands the report writer (probabilities, history, comparison)."""
     seen = {}
-    monkeypatch.setattr("pipeline.report.write_report", lambda out_dir, **kwargs: seen.update(kwargs) or {})
+    monkeypatch.setattr("pipeline.heads.evaluation.write_report", lambda out_dir, **kwargs: seen.update(kwargs) or {})
     return seen
 
 
@@ -128,7 +128,7 @@ def test_one_step_cached_equals_one_step_end_to_end(tiny_inception_features, hea
     cache, to 5% (the storage rounds each value by ~5e-4 relative)."""
     import keras
     from pipeline.finetune import activations
-    from pipeline.backbone import fast_extractor
+    from pipeline.backbones.backbone import fast_extractor
     attrs, bb, parts = fresh_parts(tiny_inception_features, head)
     splits = load_splits(attrs, None)
     cs = activations.settings(attrs, parts.cut, False, "float32")
@@ -235,7 +235,7 @@ def test_resnet50_fine_tunes_from_its_default_block(tmp_path):
     caffe-style preprocessing in the exported model."""
     import keras
     from conftest import CIFAR_JPG, require_real_images
-    from pipeline.features import FeatureSettings, run_features
+    from pipeline.extract.features import FeatureSettings, run_features
     require_real_images()
     features = run_features(FeatureSettings(data=str(CIFAR_JPG), backbone="resnet50", weights="none", size=32,
                                             limit=20, precision="float32", cache_dir=str(tmp_path)), log=quiet)

@@ -5,9 +5,9 @@ import pytest
 
 from conftest import PRETRAINED
 from finetune_helpers import make_head
-from pipeline.features import load_splits
+from pipeline.extract.features import load_splits
 from pipeline.finetune.finetune import FinetuneSettings, run_finetune
-from pipeline.store import read_features
+from pipeline.store.store import read_features
 
 pytestmark = pytest.mark.slow
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 def test_fine_tuning_keeps_or_improves_validation_accuracy(real_features, tmp_path, monkeypatch):
     import keras
     seen = {}
-    monkeypatch.setattr("pipeline.report.write_report", lambda out_dir, **kw: seen.update(kw) or {})
+    monkeypatch.setattr("pipeline.heads.evaluation.write_report", lambda out_dir, **kw: seen.update(kw) or {})
     head = make_head(real_features, tmp_path / "heads" / "dense-1", hidden=512)
     common = dict(features=str(real_features), head=str(head), backbone=str(PRETRAINED), mode="cached",
                   precision="float32", cache_dir=str(tmp_path))

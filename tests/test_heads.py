@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import CLASSES, synthetic_features
-from pipeline import heads, store
+from pipeline.heads import head as heads
+from pipeline.store import store
 from pipeline.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,8 +112,9 @@ def test_rerun_is_up_to_date_and_best_head_is_chosen_on_val(trained):
 
 
 def test_a_failed_run_leaves_nothing_under_a_final_name(separable, tmp_path, monkeypatch):
-    import pipeline.report
-    monkeypatch.setattr(pipeline.report, "_plot_confusion", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    import pipeline.heads.evaluation
+    monkeypatch.setattr(pipeline.heads.evaluation, "_plot_confusion",
+                        lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError):
         heads.run_head(heads.load_features(separable), "logreg", heads.make_settings("logreg"), tmp_path)
     assert list((tmp_path / "heads").iterdir()) == [] and list((tmp_path / "reports").iterdir()) == []
@@ -122,7 +124,7 @@ def test_a_failed_run_leaves_nothing_under_a_final_name(separable, tmp_path, mon
 
 NO_INCEPTION = """
 import sys, keras
-from pipeline.backbone import BACKBONES
+from pipeline.backbones.backbone import BACKBONES
 def refuse(*a, **k):
     raise AssertionError("a backbone was constructed")
 for row in BACKBONES.values():

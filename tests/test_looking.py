@@ -10,7 +10,9 @@ from PIL import Image
 
 import looking_helpers as lh
 from conftest import CIFAR_JPG, PRETRAINED
-from pipeline import heads, looking, store
+from pipeline.heads import head as heads
+from pipeline.look import looking
+from pipeline.store import store
 from pipeline.cli import main
 
 
@@ -140,13 +142,13 @@ def test_neighbors_bad_input(planted, tmp_path, capsys, argv, message):
 def test_predictions_and_mistakes_are_the_rows_own_images(planted, tmp_path, monkeypatch):
     path, root, fs = planted
     drawn = {}
-    import pipeline.gallery
-    real = pipeline.gallery.save_grid
+    import pipeline.look.gallery
+    real = pipeline.look.gallery.save_grid
 
     def spy(out, images, captions, **kw):
         drawn["images"], drawn["captions"] = [np.asarray(i) for i in images], captions
         return real(out, images, captions, **kw)
-    monkeypatch.setattr(pipeline.gallery, "save_grid", spy)
+    monkeypatch.setattr(pipeline.look.gallery, "save_grid", spy)
     r = heads.run_head(fs, "logreg", heads.make_settings("logreg", C=0.001), tmp_path)
     report_dir = Path(r["report"])
     report = json.loads((report_dir / "report.json").read_text())
@@ -173,7 +175,7 @@ def test_predictions_and_mistakes_are_the_rows_own_images(planted, tmp_path, mon
     cm = np.asarray(report["splits"]["test"]["confusion"])
     np.fill_diagonal(cm, 0)
     assert pairs and pairs[0]["count"] == cm.max()
-    from pipeline.report import summary_table        # what `head` prints names them too
+    from pipeline.heads.evaluation import summary_table        # what `head` prints names them too
     assert f"{pairs[0]['true']} -> {pairs[0]['predicted']} {pairs[0]['count']}" in summary_table(report)
 
 

@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from conftest import MIXED_CLASSES, assert_one_error, run_cli, synthetic_features
-from pipeline import flags, heads, store
+from pipeline.foundation import flags
+from pipeline.heads import head as heads
+from pipeline.store import store
 
 
 def folder_files(root: Path, part: str) -> list[Path]:

@@ -34,7 +34,7 @@ def run_cli(capsys, *argv):
 def expected_probs(model, images, tta=False):
     """The saved model's probabilities with the run's fitted temperature (and the mirror's, averaged)."""
     import keras
-    from pipeline.calibration import as_logits, scaled_probs
+    from pipeline.ship.calibration import as_logits, scaled_probs
     t = json.loads((model.parent / "run.json").read_text())["calibration"]["temperature"]
     net = keras.models.load_model(model)
     views = [images, images[:, :, ::-1]] if tta else [images]
@@ -138,7 +138,7 @@ def test_a_missing_file_is_skipped_and_the_others_predicted(model, tmp_path, cap
 def test_globs_follow_no_linked_folder_and_name_each_real_file_once(tmp_path, monkeypatch):
     """Two links back to the folder (loops), a link out of it and a second name of one file: as a
     folder argument, a glob sees each real image inside the folder once, and returns at once."""
-    from pipeline.predict import expand
+    from pipeline.ship.predict import expand
     monkeypatch.chdir(tmp_path)
     _, (x,) = save_images(tmp_path / "L", 1)
     _, (y,) = save_images(tmp_path / "L" / "sub", 1, seed=1)
@@ -154,7 +154,7 @@ def test_globs_follow_no_linked_folder_and_name_each_real_file_once(tmp_path, mo
 
 
 def test_an_existing_name_with_glob_characters_is_a_file_not_a_pattern(tmp_path):
-    from pipeline.predict import expand
+    from pipeline.ship.predict import expand
     _, (plain,) = save_images(tmp_path, 1)
     odd = plain.rename(tmp_path / "br[1].png")
     assert expand([str(odd)]) == [odd]
@@ -169,18 +169,18 @@ def test_an_existing_name_with_glob_characters_is_a_file_not_a_pattern(tmp_path)
     ("unwritable", "cannot write in"),
 ])
 def test_out_is_checked_before_the_model_or_any_image_is_read(tmp_path, capsys, monkeypatch, case, message):
-    import pipeline.flags
+    import pipeline.foundation.flags
     _, (image,) = save_images(tmp_path, 1)
     out = {"a folder": tmp_path, "under a file": image / "predictions.csv"}.get(case, tmp_path / "new" / "p.csv")
     if case == "unwritable":      # as a read-only folder or file system answers (root may write anywhere else)
-        monkeypatch.setattr(pipeline.flags.os, "access", lambda path, mode: False)
+        monkeypatch.setattr(pipeline.foundation.flags.os, "access", lambda path, mode: False)
     code, stdout, err = run_cli(capsys, "predict", "--model", tmp_path / "no-such-model", image, "--out", out)
     assert code == 2 and stdout == [] and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
 def test_a_full_disk_while_writing_predictions_does_not_claim_work_is_kept(tmp_path, capsys, monkeypatch):
     import errno
-    from pipeline import predict
+    from pipeline.ship import predict
 
     class Fixed:         # no model needed: what is written, and how it fails, is the point
         class_names = ["a", "b"]
@@ -224,7 +224,7 @@ def test_predictions_on_a_full_disk_are_one_error_line_and_leave_nothing(model, 
 
 
 def test_progress_is_plain_lines_when_stderr_is_a_log(model, tmp_path, capsys, monkeypatch):
-    from pipeline.progress import INTERVAL_ENV
+    from pipeline.foundation.progress import INTERVAL_ENV
     monkeypatch.setenv(INTERVAL_ENV, "0")                 # a line after every batch
     _, paths = save_images(tmp_path, 3)
     code, out, err = run_cli(capsys, "predict", "--model", model, *paths, "--batch-size", 2)

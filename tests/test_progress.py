@@ -1,13 +1,13 @@
-"""pipeline.progress wherever a long pass runs: plain lines in a log (stderr not a terminal) for stage
+"""pipeline.foundation.progress wherever a long pass runs: plain lines in a log (stderr not a terminal) for stage
 one, the fine-tune activation pass and predict; never past 100%; a short run stays quiet."""
 import re
 from types import SimpleNamespace
 
 import numpy as np
 
-from pipeline import store
+from pipeline.store import store
 from pipeline.finetune import activations
-from pipeline.progress import INTERVAL_ENV, Progress
+from pipeline.foundation.progress import INTERVAL_ENV, Progress
 
 
 def counts(text: str, desc: str) -> list[tuple[int, int]]:

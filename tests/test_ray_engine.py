@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, assert_one_error, run_cli, spawn_cli, synthetic_cifar, write_batches
-from pipeline import store
+from pipeline.store import store
 from pipeline.cli import main
-from pipeline.engine import CRASH_ENV
-from pipeline.progress import INTERVAL_ENV
+from pipeline.extract.engine import CRASH_ENV
+from pipeline.foundation.progress import INTERVAL_ENV
 from test_features import _progress as _done_rows
 from test_streaming import mixed_tree, read_file
 
@@ -226,8 +226,8 @@ def test_an_unreadable_image_gives_the_local_engines_error(ray_instance, tiny_ba
 @pytest.mark.parametrize("address, message", [("127.0.0.1:{free}", "Connection refused"),
                                               ("nonsense", "Invalid address format")])
 def test_an_address_where_no_cluster_answers_fails_in_seconds(address, message):
-    from pipeline.errors import UserError
-    from pipeline.ray_engine import CONNECT_SECONDS, check_reachable
+    from pipeline.foundation.errors import UserError
+    from pipeline.extract.ray_engine import CONNECT_SECONDS, check_reachable
     with socket.socket() as s:                  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]

@@ -1,4 +1,4 @@
-"""pipeline.reaper on its own, without Ray: a SIGKILLed driver's descendants die with it, also one that
+"""pipeline.foundation.reaper on its own, without Ray: a SIGKILLed driver's descendants die with it, also one that
 carries no mark in its environment (as Ray's agents, whose setproctitle overwrites it), and nothing the
 driver started before the watchdog is touched."""
 import os
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="th
 # an unmarked one (both must die); prints the three pids and waits to be killed.
 DRIVER = """
 import os, subprocess, sys, time
-from pipeline import reaper
+from pipeline.foundation import reaper
 before = subprocess.Popen(["sleep", "60"], start_new_session=True)
 time.sleep(0.05)
 watchdog = reaper.start("m1")

@@ -1,4 +1,4 @@
-"""Damaged records (pipeline.records): each kind of damage to each kind of record, through each
+"""Damaged records (pipeline.foundation.records): each kind of damage to each kind of record, through each
 command that reads it, gives one `error:` line and exit 2; the report site instead leaves the run
 out, names it once in a warning and succeeds, also when a head run rebuilds it. Plus `info` on
 files that are not features files, paths in old records, and the site's lock. Tiny synthetic
@@ -13,8 +13,9 @@ import h5py
 import pytest
 
 from conftest import assert_one_error, run_cli, spawn_cli, synthetic_features
-from pipeline import outputs, records, site
-from pipeline.errors import UserError
+from pipeline.foundation import outputs, records
+from pipeline.look import report as site
+from pipeline.foundation.errors import UserError
 
 
 @pytest.fixture(scope="module")

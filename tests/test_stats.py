@@ -1,10 +1,10 @@
-"""pipeline.stats against hand computations, and the Wilson interval's coverage on simulated draws."""
+"""pipeline.foundation.stats against hand computations, and the Wilson interval's coverage on simulated draws."""
 import math
 
 import numpy as np
 import pytest
 
-from pipeline import stats
+from pipeline.foundation import stats
 
 
 def test_wilson_matches_the_hand_computation():

@@ -11,9 +11,10 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from pipeline import data, store
+from pipeline.sources import data
+from pipeline.store import store
 from pipeline.cli import main
-from pipeline.progress import INTERVAL_ENV
+from pipeline.foundation.progress import INTERVAL_ENV
 
 CLASSES = ("ant", "bee")
 
@@ -36,7 +37,7 @@ def read_file(path):
 
 
 def test_mixed_sizes_any_shard_layout_and_progress_lines(tmp_path, tiny_backbone, capsys, monkeypatch):
-    from pipeline.backbone import build_backbone
+    from pipeline.backbones.backbone import build_backbone
     root = mixed_tree(tmp_path / "mixed")
     monkeypatch.setenv(INTERVAL_ENV, "0")                 # a line after every batch
     base = ["features", "--data", str(root), "--backbone", str(tiny_backbone), "--precision", "float32"]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import heads
+from pipeline.heads import head as heads
 from pipeline.cli import main
-from pipeline.sweep import configurations, parse_grid
+from pipeline.heads.sweep import configurations, parse_grid
 from conftest import synthetic_features
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import CIFAR_JPG, PRETRAINED, require_pretrained
-from pipeline import verify
+from pipeline.ship import verify
 from pipeline.cli import main
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -35,7 +35,7 @@ def made(tmp_path_factory):
     """(features file, its source): 2 train and 2 test real images per class, the shared
     EfficientNet-Lite0, float32."""
     require_pretrained()
-    from pipeline.features import FeatureSettings, run_features
+    from pipeline.extract.features import FeatureSettings, run_features
     tmp = tmp_path_factory.mktemp("verify")
     for part in ("train", "test"):
         for c in CLASSES:

@@ -8,8 +8,8 @@ import pytest
 
 from conftest import CIFAR_JPG, assert_close_at
 from pipeline.cli import main
-from pipeline.errors import UserError
-from pipeline.store import MIRRORED, read_features
+from pipeline.foundation.errors import UserError
+from pipeline.store.store import MIRRORED, read_features
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +23,8 @@ def two_views(tiny_backbone, tiny_backbone_features, tmp_path_factory):
 
 def test_two_view_files_validate_and_hold_the_mirrored_images_embeddings(two_views, tiny_backbone_features,
                                                                          tiny_backbone):
-    from pipeline.backbone import build_backbone
-    from pipeline.features import load_splits
+    from pipeline.backbones.backbone import build_backbone
+    from pipeline.extract.features import load_splits
     one, two = read_features(tiny_backbone_features), read_features(two_views)
     assert two.attrs["views"] == 2 and "views" not in one.attrs and "views" not in one.attrs["settings"]
     assert two.attrs["settings"] == {**one.attrs["settings"], "views": 2}
@@ -51,7 +51,7 @@ def test_a_two_view_file_missing_a_view_is_refused(two_views, tmp_path, capsys):
 
 
 def test_knn_k_may_reach_the_rows_of_both_views(two_views, tmp_path):
-    from pipeline.heads import load_features, make_settings, run_head
+    from pipeline.heads.head import load_features, make_settings, run_head
     fs = load_features(two_views)
     rows = 2 * len(fs.splits["train"].labels)
     assert run_head(fs, "knn", make_settings("knn", k=rows), tmp_path)["metrics"]["train_rows"] == rows
@@ -61,7 +61,7 @@ def test_knn_k_may_reach_the_rows_of_both_views(two_views, tmp_path):
 
 @pytest.mark.slow
 def test_heads_train_on_both_views_and_evaluate_on_their_mean(two_views, tmp_path):
-    from pipeline.heads import load_features, make_settings, predict_proba, run_head
+    from pipeline.heads.head import load_features, make_settings, predict_proba, run_head
     fs = load_features(two_views)
     train = fs.splits["train"]
     dense = run_head(fs, "dense", make_settings("dense", hidden=16, epochs=2), tmp_path)

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 os.environ["COLUMNS"] = "120"        # argparse wraps usage lines to the terminal: fix it, so output is stable
 
 from pipeline.cli import STAGE_MODULES, build_parser  # noqa: E402
-from pipeline.outputs import write_text_atomic  # noqa: E402
+from pipeline.foundation.outputs import write_text_atomic  # noqa: E402
 
 REFERENCE = ROOT / "docs" / "reference.md"
 HEADER = """# Command reference

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import records, store
+from pipeline.foundation import records
+from pipeline.store import store
 
 TRAIN_ORDER_SEED = 0
 WORDS = store.Words(what="activation cache", make="`python -m pipeline finetune --mode cached` builds it",
@@ -53,7 +54,7 @@ def float_scale(sample: np.ndarray) -> float:
 def build(final: Path, s: dict, splits: dict, lower_fn, batch_size: int, log=print) -> Path:
     """Compute (or resume) the cache. `splits`: pipeline.data splits; `lower_fn`: uint8 batch ->
     float32 cut activations. Returns the final path."""
-    from pipeline.progress import Progress
+    from pipeline.foundation.progress import Progress
     flip = s["flip"]
     order = {"train": train_order(len(splits["train"].y))}
     order.update({k: np.arange(len(splits[k].y)) for k in ("val", "test")})

@@ -4,7 +4,7 @@ It holds what an interrupted `fit` needs to continue as if never stopped: the mo
 the optimizer's variables (iteration count, momentum), the early-stopping state (best validation
 loss, epochs waited, best weights) and the history so far. keras.callbacks.ModelCheckpoint writes
 in place and does not keep early-stopping state, hence this small replacement.
-Imported lazily by pipeline.finetune.finetune (it loads Keras).
+Imported lazily by pipeline.finetune (it loads Keras).
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipeline.errors import UserError, first_line
-from pipeline.outputs import atomic_file
+from pipeline.foundation.errors import UserError, first_line
+from pipeline.foundation.outputs import atomic_file
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):

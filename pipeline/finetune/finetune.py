@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import flags, records, store
-from pipeline.errors import UserError
-from pipeline.outputs import Lock, atomic_file, write_json_atomic
+from pipeline.foundation import flags, records
+from pipeline.store import store
+from pipeline.foundation.errors import UserError
+from pipeline.foundation.outputs import Lock, atomic_file, write_json_atomic
 
 MODES = ("cached", "end-to-end")
 OPTIMIZERS = ("sgd", "adam")
@@ -103,7 +104,7 @@ def _check(s: FinetuneSettings):
 
 
 def _load_head(path: Path, width: int, n_classes: int):
-    from pipeline.predict import load_keras_file
+    from pipeline.ship.predict import load_keras_file
     head = load_keras_file(path, "head", "head")
     d, k = head.input_shape[-1], head.output_shape[-1]
     if d != width or k != n_classes:
@@ -128,7 +129,7 @@ def _find_head(s: FinetuneSettings, features_hash: str) -> Path:
     if s.head is not None:
         return Path(s.head)
     try:
-        from pipeline.heads import find_best_head
+        from pipeline.heads.head import find_best_head
     except ImportError:
         raise UserError("no --head given and stage two is not installed; pass --head FILE") from None
     found = find_best_head(s.cache_dir, features_hash, head="dense")
@@ -146,7 +147,7 @@ def training_model(parts, mode: str, precision: str):
     lower part runs BatchNorm-folded (the same function, fewer ops) in end-to-end mode, or not at
     all in cached mode, where the model's input is the cut activation."""
     import keras
-    from pipeline.backbone import fold_batchnorm
+    from pipeline.backbones.backbone import fold_batchnorm
     from pipeline.finetune.surgery import with_precision
     upper = with_precision(parts.upper, precision)
     if mode == "cached":
@@ -199,7 +200,7 @@ def image_dataset(x, y, batch_size: int, shuffle: bool, augment: bool, seed: int
 
 def run_settings(s: FinetuneSettings, attrs: dict, head_path: Path, mode: str, cut: str, unfreeze: str,
                  precision: str) -> dict:
-    from pipeline.backbone import sha256_file
+    from pipeline.backbones.backbone import sha256_file
     return {"features_hash": attrs["settings_hash"], "head_sha256": sha256_file(head_path), "mode": mode,
             "unfreeze_from": unfreeze, "cut": cut, "epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr,
             "optimizer": s.optimizer, "momentum": s.momentum if s.optimizer == "sgd" else None,
@@ -215,8 +216,8 @@ def save_model_atomically(model, path: Path):
 def run_finetune(s: FinetuneSettings, log=print) -> Path:
     """Fine-tune (or find up to date, or resume); return the exported model's path."""
     _check(s)
-    from pipeline.backbone import resolve_precision
-    from pipeline.features import default_features, load_features
+    from pipeline.backbones.backbone import resolve_precision
+    from pipeline.extract.features import default_features, load_features
     features_path = Path(s.features) if s.features else default_features(s.cache_dir)
     fs = load_features(features_path, splits=("val", "test"))   # the same checks as stage two
     attrs, class_names = fs.attrs, fs.class_names
@@ -228,8 +229,8 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
 
     import keras
     from pipeline.finetune import surgery
-    from pipeline.backbone import default_unfreeze
-    from pipeline.features import rebuild_backbone
+    from pipeline.backbones.backbone import default_unfreeze
+    from pipeline.extract.features import rebuild_backbone
     bb = rebuild_backbone(attrs, s.backbone, s.weights)
     unfreeze = s.unfreeze_from or default_unfreeze(bb.model.layers[-1], bb.row)
     parts = surgery.split(bb.model, head, unfreeze, bb.row)
@@ -263,8 +264,8 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         y_true = {k: fs.splits[k].labels for k in ("val", "test")}
         wall = time.perf_counter() - started
         comparison = compare(y_true, baseline, y_prob, head_path, head_info)
-        from pipeline import calibration
-        from pipeline.report import write_report
+        from pipeline.ship import calibration
+        from pipeline.heads.evaluation import write_report
         temperature, after = calibration.calibrate(y_true, {k: p[None] for k, p in y_prob.items()})
         write_report(run_dir / records.REPORT_DIR, y_true=y_true, y_prob=y_prob, class_names=class_names,
                      wall_seconds=wall, history=history, features=fs,
@@ -284,13 +285,13 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
 
 def _training_data(s, attrs, features_path, parts, mode, precision, log) -> dict:
     """{"train", "val", "test"}: keras-ready inputs for the training model in `mode`."""
-    from pipeline.features import load_splits
+    from pipeline.extract.features import load_splits
     if mode == "end-to-end":
         splits = load_splits(attrs, s.data)
         return {k: image_dataset(v.x, v.y, s.batch_size, shuffle=(k == "train"), augment=s.augment and k == "train",
                                  seed=s.seed) for k, v in splits.items()}
     from pipeline.finetune import activations
-    from pipeline.backbone import fast_extractor
+    from pipeline.backbones.backbone import fast_extractor
     if s.augment:
         log("cached mode: --augment caches mirrored images (random translation needs --mode end-to-end)")
     cs = activations.settings(attrs, parts.cut, s.augment, precision)
@@ -341,7 +342,7 @@ def compare(y_true: dict, head_prob: dict, tuned_prob: dict, head_path: Path, he
     """The fine-tuned model against its starting head on the same val and test images, stated as
     `python -m pipeline compare` states two runs (pipeline.stats.paired): accuracies with 95%
     intervals, the change with its paired bootstrap interval, McNemar's exact p."""
-    from pipeline import stats
+    from pipeline.foundation import stats
     paired = {k: stats.paired(np.argmax(head_prob[k], 1) == y_true[k], np.argmax(tuned_prob[k], 1) == y_true[k])
               for k in y_true}
 
@@ -358,5 +359,5 @@ def compare(y_true: dict, head_prob: dict, tuned_prob: dict, head_path: Path, he
 
 
 def _comparison_table(c: dict) -> str:
-    from pipeline.compare import paired_table
+    from pipeline.look.compare import paired_table
     return paired_table(c["paired"], "head", "tuned")

@@ -1,0 +1,263 @@
+"""The cache layout and the records in it: every folder and file name a command writes, and the one
+validating reader of every JSON record (a run's run.json, report.json, export.json, cached answers).
+
+Every record kind declares the shape a command relies on (required keys, their types, finite
+numbers, a positive temperature). A record damaged in any way (missing, truncated, not UTF-8, not
+JSON, the wrong type anywhere, a missing key, NaN or infinity) is one UserError naming the file and
+what to do, so no command ever crashes or prints nonsense on one. Records store absolute paths;
+`resolve` finds the paths of older records (relative to the directory they were made in) in the
+cache they sit in, from any working directory.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pipeline.foundation.errors import UserError, first_line
+
+# ---------------------------------------------------------------- the cache layout
+
+# folders under --cache-dir, one per kind of output
+FEATURES = "features"          # stage one's HDF5 files
+ACTIVATIONS = "activations"    # stage three's cached cut activations
+HEADS = "heads"                # one folder per head run
+SWEEPS = "sweeps"              # one leaderboard (.json, .csv) per sweep
+FINETUNE = "finetune"          # one folder per fine-tune run (its report inside, in REPORT_DIR)
+EXPORTS = "exports"            # one folder per exported run and format
+LOOKING = "looking"            # cached answers of `neighbors` and `map`
+AUDIT = "audit"                # one folder per audit
+REPORTS = "reports"            # the site (INDEX, RUN_PAGES) and one report folder per head run
+COMPARE = "compare"            # one folder per `compare` of two runs
+SEEDS = "seeds"                # one summary per `head --seeds N`
+FOLDERS = (FEATURES, ACTIVATIONS, HEADS, SWEEPS, FINETUNE, EXPORTS, LOOKING, AUDIT, REPORTS, COMPARE, SEEDS)
+CHECKED_SOURCES = "sources"    # under LOOKING: image sources already checked against a fingerprint
+
+# file and folder names inside those
+MODEL = "model.keras"          # a Keras model (a dense head, or a stage-three image model)
+MODEL_JOBLIB = "model.joblib"  # a scikit-learn head
+RUN_JSON = "run.json"          # written last: a folder with one is a finished run
+REPORT_JSON = "report.json"
+EXPORT_JSON = "export.json"
+LABELS = "labels.txt"          # an export's class names, one a line
+AUDIT_JSON = "audit.json"
+HISTORY_JSON = "history.json"
+PREDICTIONS = "predictions.csv"
+REPORT_DIR = "report"          # a fine-tune run's report folder
+INDEX = "index.html"
+RUN_PAGES = "runs"             # the site's page per run
+
+
+def folder(cache_dir, name: str) -> Path:
+    """The cache's folder for one kind of output (one of FOLDERS)."""
+    return Path(cache_dir) / name
+
+
+def resolve(stored, cache_dir) -> Path:
+    """A path read from a record, absolute. Records made before paths were stored absolute hold
+    them relative to the directory the command ran in ("cache/features/x.h5"): such a path is
+    taken relative to the working directory when it exists there, else found in `cache_dir` from
+    its layout folder on ("features/x.h5"), so any working directory gives the same answer."""
+    path = Path(stored)
+    if path.is_absolute() or path.exists():
+        return path.absolute()
+    parts = path.parts
+    for i in range(len(parts) - 2, -1, -1):
+        if parts[i] in FOLDERS:
+            return Path(cache_dir, *parts[i:]).absolute()
+    return path.absolute()
+
+
+# ---------------------------------------------------------------- declared shapes
+
+NUMBER = "a finite number"
+POSITIVE = "a finite number > 0"
+
+
+@dataclass(frozen=True)
+class Of:
+    """A shape built on another one, `inner`."""
+    inner: object
+
+
+class Each(Of):
+    """A list whose every item has the shape `inner`."""
+
+
+class Values(Of):
+    """A JSON object with any keys whose every value has the shape `inner`."""
+
+
+class Maybe(Of):
+    """null, or the shape `inner`."""
+
+
+class Either(Of):
+    """One of several shapes, `inner` (a tuple): the first that fits."""
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", bool: "true or false", dict: "a JSON object", list: "a list"}
+
+
+def _check(value, shape, where: str):
+    """Raise ValueError("<where> must be <what>, got <value>") where `value` does not fit `shape`.
+    A dict shape lists the keys a reader needs ("key?" when it may be absent); others are allowed."""
+    def wrong(what):
+        shown = json.dumps(value)[:40] if not isinstance(value, float) else repr(value)
+        raise ValueError(f"{where or 'the record'} must be {what}, got {shown}")
+    if isinstance(shape, dict):
+        if not isinstance(value, dict):
+            wrong("a JSON object")
+        for key, inner in shape.items():
+            name = key.rstrip("?")
+            if name in value:
+                _check(value[name], inner, f"{where}.{name}" if where else name)
+            elif not key.endswith("?"):
+                raise ValueError(f"{where or 'the record'} has no {name!r}")
+    elif isinstance(shape, Each):
+        if not isinstance(value, list):
+            wrong("a list")
+        for i, item in enumerate(value):
+            _check(item, shape.inner, f"{where}[{i}]")
+    elif isinstance(shape, Values):
+        if not isinstance(value, dict):
+            wrong("a JSON object")
+        for key, item in value.items():
+            _check(item, shape.inner, f"{where}.{key}" if where else key)
+    elif isinstance(shape, Maybe):
+        if value is not None:
+            _check(value, shape.inner, where)
+    elif isinstance(shape, Either):
+        for i, option in enumerate(shape.inner):
+            try:
+                return _check(value, option, where)
+            except ValueError:
+                if i == len(shape.inner) - 1:
+                    raise
+    elif shape in (NUMBER, POSITIVE):
+        # bool is an int in Python, not a number in a record; NaN and infinity parse from JSON
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or (shape == POSITIVE and value <= 0):
+            wrong(shape)
+    elif isinstance(shape, str):            # an exact value
+        if value != shape:
+            wrong(json.dumps(shape))
+    elif isinstance(value, bool) is not (shape is bool) or not isinstance(value, shape):
+        wrong(_TYPE_NAMES.get(shape, shape.__name__))
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of record: its shape, and what to do about a damaged one ({folder}: the record's)."""
+    what: str
+    shape: object
+    fix: str
+    check: Callable[[object], str | None] = lambda data: None   # a rule across keys: None or what is wrong
+
+
+_FEATURES_REF = {"path": str, "settings_hash": str, "class_names?": Each(str)}
+_METRICS = {"val_accuracy": NUMBER, "test_accuracy?": NUMBER, "wall_seconds?": NUMBER}
+_CALIBRATION = {"temperature?": POSITIVE}
+
+# a head run names its kind ("head": "dense"); a fine-tune run is "stage": "finetune" and names its head's file
+RUN = Kind("run record", {"settings": dict, "features": _FEATURES_REF, "metrics": _METRICS,
+                         "head?": Either((str, {"path": str})),
+                         "stage?": "finetune", "class_names?": Each(str), "calibration?": _CALIBRATION,
+                         "wall_seconds?": NUMBER, "backbone?": {"name?": str}, "comparison?": dict},
+           "delete the run's folder {folder} and rerun the command that made it",
+           lambda run: None if isinstance(run.get("head"), str) or "stage" in run else "it names no head kind")
+
+
+def _report_classes(report: dict) -> str | None:
+    for split, m in report["splits"].items():
+        missing = [c for c in report["class_names"] if c not in m["per_class"]]
+        if missing:
+            return f"splits.{split}.per_class has no {missing[0]!r}"
+    return None
+
+
+REPORT = Kind("report", {
+    "class_names": Each(str), "wall_seconds": NUMBER,
+    "splits": Values({"accuracy": NUMBER, "per_class": Values({"precision": NUMBER, "recall": NUMBER, "f1": NUMBER})}),
+    "most_confused?": Values(Each({"true": str, "predicted": str, "count": int})),
+    "mistakes?": {"note?": str}, "comparison?": dict,
+}, "delete the run's folder and its report {folder}, and rerun the command that made it", _report_classes)
+
+EXPORT = Kind("export record", {"run": str, "format": str, "model_sha256": str, "temperature": POSITIVE,
+                                "file": str, "class_names": Each(str)},
+              "delete the folder {folder} and rerun `python -m pipeline export`")
+
+_NEIGHBOR = {"rank": int, "similarity": NUMBER, "split": str, "row": int, "class": str, "source_index": int,
+             "path?": Maybe(str)}
+NEIGHBORS = Kind("cached neighbours answer", {
+    "features": str, "search": Each(str),
+    "queries": Each(Either(({"image": str, "neighbors": Each(_NEIGHBOR)},
+                            {"split": str, "row": int, "class": str, "source_index": int,
+                             "neighbors": Each(_NEIGHBOR)}))),
+}, "delete it and rerun the same command")
+
+AUDIT_ANSWER = Kind("cached audit", {
+    "threshold": NUMBER, "exact_check": bool, "test_duplicate_source_index": Each(int),
+    "summary": Values({"rows": int, "with_duplicate": int, "share": NUMBER, "exact_copies": int, "pairs": int,
+                       "label_disagrees": int, "searched": Each(str), "with_duplicate_at?": Values(int)}),
+}, "delete the folder {folder} and rerun the same command")
+
+LEADERBOARD = Kind("sweep leaderboard", Each(dict), "delete it and rerun the sweep")
+
+
+# ---------------------------------------------------------------- reading
+
+def damaged(path, kind: Kind, why: str) -> UserError:
+    path = Path(path)
+    return UserError(f"{path} is damaged ({why}); {kind.fix.format(folder=path.parent)}")
+
+
+def read_text(path, kind: Kind) -> str:
+    """A record's text; missing, unreadable or not UTF-8 -> one UserError."""
+    path = Path(path)
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path} ({kind.what}) does not exist; {kind.fix.format(folder=path.parent)}") from None
+    except UnicodeDecodeError:
+        raise damaged(path, kind, "not UTF-8 text") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {first_line(exc)}") from None
+
+
+def read(path, kind: Kind):
+    """The record at `path`, checked against its kind's shape; any damage -> one UserError."""
+    try:
+        data = json.loads(read_text(path, kind))
+    except (ValueError, RecursionError) as exc:       # RecursionError: nested thousands deep
+        raise damaged(path, kind, f"not valid JSON: {first_line(exc)}") from None
+    try:
+        _check(data, kind.shape, "")
+    except (ValueError, RecursionError) as exc:
+        raise damaged(path, kind, str(exc)) from None
+    problem = kind.check(data)
+    if problem:
+        raise damaged(path, kind, problem)
+    return data
+
+
+def read_labels(path) -> list[str]:
+    """An export's labels.txt: one class name a line."""
+    return read_text(path, Kind("class names file", None, "delete its folder {folder} and rerun the export")) \
+        .splitlines()
+
+
+def read_run(run_dir) -> dict:
+    """A finished run's run.json (head or fine-tune), with its features path made absolute (see
+    `resolve`; a run folder sits two levels below the cache)."""
+    run_dir = Path(run_dir)
+    info = read(run_dir / RUN_JSON, RUN)
+    info["features"]["path"] = str(resolve(info["features"]["path"], run_dir.parent.parent))
+    return info
+
+
+def run_kind(info: dict) -> str:
+    """"finetune" for a stage-three run, else the head kind ("dense", "logreg", ...)."""
+    return "finetune" if info.get("stage") == "finetune" else info["head"]

@@ -1,0 +1,2 @@
+"""Stage two on cached features: the `head` and `sweep` commands, seeds, and each run's evaluation
+(metrics, confusion heatmaps, curves)."""

@@ -1,0 +1,240 @@
+"""Near-duplicates across splits: test images with a near-copy in the source's train set (train or
+val split), and val images with one in train, by cosine similarity of cached features, plus every
+exact copy (identical pixels, found by hashing the source images, whatever the threshold).
+
+  python -m pipeline audit --features F --threshold 0.9 [--run cache/heads/RUN]
+
+Writes cache/audit/<features file>-<hash>/ (audit.json: counts and every pair; pairs.csv; pairs.png:
+the most similar pairs side by side; borderline.png: the least similar pairs still counted, the ones
+to look at when choosing the threshold). With --run, also the run's test accuracy with and without
+the test images that have a duplicate in train, from its predictions.csv (any kind of run), which is
+read and checked before the audit starts. The images come from the source checked against the
+features file's data fingerprint (rows.checked_source); without --no-exact it must be there.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.foundation import flags, outputs, records
+from pipeline.sources import rows
+from pipeline.store import store
+from pipeline.foundation.errors import UserError
+
+# (queries, searched): test against everything trained on or selected with; val against train.
+DIRECTIONS = (("test", ("train", "val")), ("val", ("train",)))
+SHOW = 24              # pairs drawn in pairs.png and borderline.png
+# Counts are also given at these thresholds (those above --threshold), so one run shows how the count
+# falls as the threshold rises; on CIFAR-10 through EfficientNet-Lite0 it falls from 9.2% of the test
+# images at 0.85 to 1.9% at 0.90 and 0.15% at 0.95 (see the README).
+LADDER = (0.8, 0.85, 0.88, 0.9, 0.92, 0.95, 0.98)
+MAX_PAIRS = 1_000_000  # more than this means the threshold is far too low to mean "duplicate"
+PAIR_FIELDS = ("split", "row", "source_index", "class", "other_split", "other_row", "other_source_index",
+               "other_class", "similarity", "exact")
+
+
+def pixel_digests(attrs: dict, split: str, index, data_path=None) -> list[str]:
+    x, _ = rows.images(attrs, split, index, data_path)
+    return [hashlib.sha1(img.tobytes()).hexdigest() for img in x]
+
+
+def find_pairs(fs: store.FeatureSet, threshold: float, digests: dict | None) -> list[dict]:
+    """Every (query split row, searched split row) pair with cosine >= threshold or identical
+    pixels (`digests`: split -> per-row pixel hashes; None skips the exact check)."""
+    from pipeline.look.neighbors import pairs_above, unit_rows
+    out = []
+    for query, searched in DIRECTIONS:
+        q = fs.splits[query]
+        where = [(s, r) for s in searched for r in range(len(fs.splits[s].labels))]
+        base = np.concatenate([fs.splits[s].features for s in searched])
+        found = {}
+        for qi, bi, sim in zip(*pairs_above(q.features, base, threshold, limit=MAX_PAIRS)):
+            found[(int(qi), int(bi))] = float(sim)
+        if digests is not None:
+            at = {}
+            for b, (s, r) in enumerate(where):
+                at.setdefault(digests[s][r], []).append(b)
+            for qi, d in enumerate(digests[query]):
+                for bi in at.get(d, ()):
+                    if (qi, bi) not in found:    # a copy whose features drifted below the threshold
+                        found[(qi, bi)] = float(unit_rows(q.features[qi:qi + 1])[0] @ unit_rows(base[bi:bi + 1])[0])
+        names = fs.class_names
+        for (qi, bi), sim in sorted(found.items(), key=lambda kv: (-kv[1], kv[0])):
+            s, r = where[bi]
+            other = fs.splits[s]
+            out.append({"split": query, "row": qi, "source_index": int(q.index[qi]),
+                        "class": names[int(q.labels[qi])], "other_split": s, "other_row": r,
+                        "other_source_index": int(other.index[r]), "other_class": names[int(other.labels[r])],
+                        "similarity": round(sim, 6),
+                        "exact": bool(digests is not None and digests[query][qi] == digests[s][r])})
+    return out
+
+
+def summarize(fs: store.FeatureSet, pairs: list[dict], threshold: float) -> dict:
+    out = {}
+    for query, searched in DIRECTIONS:
+        mine = [p for p in pairs if p["split"] == query]
+        n = len(fs.splits[query].labels)
+        dup = {p["row"] for p in mine}
+        best = {}
+        for p in mine:
+            best[p["row"]] = max(best.get(p["row"], -1.0), p["similarity"])
+        out[query] = {"rows": n, "with_duplicate": len(dup), "share": round(len(dup) / n, 5),
+                      "exact_copies": len({p["row"] for p in mine if p["exact"]}),
+                      "pairs": len(mine), "label_disagrees": sum(p["class"] != p["other_class"] for p in mine),
+                      "searched": list(searched),
+                      "with_duplicate_at": {str(t): sum(b >= t for b in best.values())
+                                            for t in LADDER if t > threshold}}
+    return out
+
+
+def run_predictions(run_dir: Path, fs: store.FeatureSet) -> tuple[Path, list[dict]]:
+    """The test rows of a run's predictions.csv, checked to cover exactly this file's test images
+    (rows matched by source index, so any run on the same images works)."""
+    from pipeline.look.looking import read_predictions
+    csv_path = _predictions_of(run_dir)
+    table = [r for r in read_predictions(csv_path) if r["split"] == "test"]
+    ours = set(fs.splits["test"].index.tolist())
+    theirs = {r["source_index"] for r in table}
+    if theirs != ours:
+        raise UserError(f"{csv_path} covers other test images than {fs.path.name} "
+                        f"({len(theirs)} vs {len(ours)} rows); audit the features file that run used")
+    return csv_path, table
+
+
+def accuracy_without(run_dir: Path, csv_path: Path, table: list[dict], test_duplicates: set[int]) -> dict:
+    """Test accuracy of a run on all test rows and on those without a duplicate in train (None
+    when every test image has one)."""
+    clean = [r for r in table if r["source_index"] not in test_duplicates]
+    return {"run": str(run_dir), "predictions": str(csv_path),
+            "test_accuracy": round(float(np.mean([r["correct"] for r in table])), 5),
+            "test_accuracy_without_duplicates": round(float(np.mean([r["correct"] for r in clean])), 5)
+            if clean else None, "test_rows_without_duplicates": len(clean)}
+
+
+def _predictions_of(run_dir: Path) -> Path:
+    """A run is named by its folder: a head run (cache/heads/R), its report (cache/reports/R), or a
+    fine-tune run (cache/finetune/R, report in R/report)."""
+    run_dir = Path(run_dir)
+    candidates = [run_dir / records.PREDICTIONS, run_dir / records.REPORT_DIR / records.PREDICTIONS,
+                  run_dir.parent.parent / records.REPORTS / run_dir.name / records.PREDICTIONS]
+    for c in candidates:
+        if c.is_file():
+            return c
+    if not run_dir.is_dir():
+        raise UserError(f"--run {run_dir} does not exist")
+    raise UserError(f"--run {run_dir} has no predictions.csv (runs made before it existed lack one; "
+                    "rerun the head or fine-tune)")
+
+
+# ---------------------------------------------------------------- command line
+
+def add_arguments(p):
+    p.add_argument("--features", metavar="FILE", help="stage-one HDF5 file (default: the newest complete file "
+                   "in CACHE/features, whatever its settings)")
+    p.add_argument("--threshold", type=float, default=0.9, metavar="T",
+                   help="cosine similarity at or above which two images count as near-duplicates; it depends "
+                        "on the backbone: look at borderline.png (default: 0.9, chosen so for EfficientNet-Lite0 "
+                        "on all of CIFAR-10)")
+    p.add_argument("--run", dest="run_dir", metavar="DIR", help="a head or fine-tune run folder: also report its test accuracy "
+                   "with and without the test images that have a duplicate in train")
+    p.add_argument("--no-exact", action="store_true", help="skip the exact-copy check (it decodes every image)")
+    p.add_argument("--data", metavar="PATH", help="the image source, when it moved since stage one")
+    flags.add_cache_dir(p)
+
+
+def run(args):
+    if not (0 < args.threshold <= 1) or not np.isfinite(args.threshold):
+        raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
+    from pipeline.heads import head as heads
+    fs = heads.features_from_args(args)
+    # everything the user named is checked before the audit's work: the run, then the images
+    predictions = run_predictions(Path(args.run_dir), fs) if args.run_dir else None
+    exact = not args.no_exact
+    if exact:           # the exact check needs the images; the galleries alone can go without
+        source, note = rows.checked_source(fs.attrs, args.data, args.cache_dir), None
+    else:
+        source, note = rows.source_or_note(fs.attrs, args.data, args.cache_dir)
+    key = store.settings_hash({"features": fs.attrs["settings_hash"],
+                               "data_fingerprint": fs.attrs.get("data_fingerprint"),
+                               "source": source and source.key, "threshold": args.threshold, "exact": exact})
+    out = records.folder(args.cache_dir, records.AUDIT) / f"{fs.path.stem}-{key}"
+    if (out / records.AUDIT_JSON).is_file():
+        result = records.read(out / records.AUDIT_JSON, records.AUDIT_ANSWER)
+        print(f"up to date: {out}")
+    else:
+        result = audit(fs, args.threshold, exact, source, note, out)
+    print_summary(result)
+    if predictions:
+        acc = accuracy_without(Path(args.run_dir), *predictions, set(result["test_duplicate_source_index"]))
+        clean = acc["test_accuracy_without_duplicates"]
+        print(f"run {Path(acc['run']).name}: test accuracy {acc['test_accuracy']:.4f} on all "
+              f"{len(fs.splits['test'].labels)} test images, "
+              + (f"{clean:.4f} on the {acc['test_rows_without_duplicates']} without a duplicate in train"
+                 if clean is not None else "none without a duplicate in train"))
+    print(out)
+
+
+def audit(fs: store.FeatureSet, threshold: float, exact: bool, source: rows.Source | None, note: str | None,
+          out: Path) -> dict:
+    """`source`: the checked image source (None: it is gone, and `note` says why nothing is drawn)."""
+    digests = ({s: pixel_digests(fs.attrs, s, fs.splits[s].index, source.path) for s in store.SPLITS}
+               if exact else None)
+    pairs = find_pairs(fs, threshold, digests)
+    result = {"features": str(Path(fs.path).absolute()), "threshold": threshold, "exact_check": exact,
+              "summary": summarize(fs, pairs, threshold),
+              "test_duplicate_source_index": sorted({p["source_index"] for p in pairs if p["split"] == "test"}),
+              "pairs": pairs}
+    with outputs.Lock(out), outputs.atomic_dir(out) as tmp:
+        by_similarity = sorted(pairs, key=lambda p: -p["similarity"])
+        if source is None:
+            result["gallery"] = result["borderline"] = note
+        else:
+            result["gallery"] = draw_pairs(tmp / "pairs.png", fs, by_similarity[:SHOW], source.path,
+                                           "most similar pairs")
+            result["borderline"] = draw_pairs(tmp / "borderline.png", fs, by_similarity[-SHOW:], source.path,
+                                              f"least similar pairs still >= {threshold}")
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(PAIR_FIELDS), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(pairs)
+        (tmp / "pairs.csv").write_text(buf.getvalue())
+        (tmp / records.AUDIT_JSON).write_text(json.dumps(result, indent=2))
+    return result
+
+
+def draw_pairs(path: Path, fs: store.FeatureSet, shown: list[dict], data_path, what: str) -> str:
+    """Pairs, each as two cells side by side (query image, then its match)."""
+    if not shown:
+        return "no pairs"
+    from pipeline.look.gallery import save_grid
+    items = [it for p in shown for it in ((p["split"], p["source_index"]), (p["other_split"], p["other_source_index"]))]
+    try:
+        images = rows.images_of(fs.attrs, items, data_path)
+    except (UserError, OSError) as exc:
+        return rows.unreadable(exc)
+    captions = [c for p in shown for c in (f"{p['split']} {p['class']}\n{'exact' if p['exact'] else round(p['similarity'], 3)}",
+                                           f"{p['other_split']} {p['other_class']}\n#{p['other_source_index']}")]
+    colors = [c for p in shown for c in ("black", "black" if p["class"] == p["other_class"] else "red")]
+    save_grid(path, images, captions, columns=8, colors=colors,
+              title=f"{what} (left: {shown[0]['split']} image, right: its match; red = other label)")
+    return path.name
+
+
+def print_summary(result: dict):
+    from pipeline.heads.evaluation import format_table
+    rows_ = [[q, s["rows"], s["with_duplicate"], f"{100 * s['share']:.2f}%", s["exact_copies"], s["pairs"],
+              s["label_disagrees"], "+".join(s["searched"])] for q, s in result["summary"].items()]
+    print(f"near-duplicates at cosine >= {result['threshold']}"
+          f"{'' if result['exact_check'] else ' (exact-copy check skipped)'}:")
+    print(format_table(["split", "rows", "with duplicate", "share", "exact copies", "pairs",
+                        "other label", "searched"], rows_))
+    for q, s in result["summary"].items():
+        if s.get("with_duplicate_at"):
+            print(f"{q} images with a match at a stricter threshold: "
+                  + ", ".join(f">= {t}: {n}" for t, n in s["with_duplicate_at"].items()))

@@ -1,0 +1,109 @@
+"""What a run got wrong, for any classifier (head of any kind, or fine-tuned model): written into
+its report folder by `report.write_report` from the true labels and predicted probabilities alone.
+
+    predictions.csv   one line per val and test row: source index, file path (image-folder sources),
+                      true class, predicted class and its probability, the true class's probability, top 3
+    mistakes.png      the most confident test mistakes, images read back from the source via `index`
+and, for report.json, the most-confused (true, predicted) class pairs of each split.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.foundation import records
+from pipeline.sources import rows
+from pipeline.store import store
+from pipeline.foundation.errors import UserError
+
+TOP = 3
+MISTAKES = 32          # cells in mistakes.png
+CONFUSED = 5           # most-confused pairs kept per split
+
+
+def most_confused(confusion, class_names, n: int = CONFUSED) -> list[dict]:
+    """The off-diagonal cells with the highest counts, as (true, predicted, count), largest first."""
+    cm = np.asarray(confusion)
+    cells = [(int(cm[i, j]), i, j) for i in range(len(cm)) for j in range(len(cm)) if i != j and cm[i, j] > 0]
+    cells.sort(key=lambda c: (-c[0], c[1], c[2]))
+    return [{"true": class_names[i], "predicted": class_names[j], "count": c} for c, i, j in cells[:n]]
+
+
+def prediction_rows(split: str, index, y_true, y_prob, class_names, paths) -> list[dict]:
+    prob = np.asarray(y_prob)
+    top = np.argsort(-prob, axis=1, kind="stable")[:, :TOP]
+    out = []
+    for r, (src, t, p, best) in enumerate(zip(index, y_true, prob, top)):
+        row = {"split": split, "row": r, "source_index": int(src), "path": paths[r] or "",
+               "true": class_names[int(t)], "predicted": class_names[int(best[0])],
+               "probability": f"{p[best[0]]:.6f}", "true_probability": f"{p[int(t)]:.6f}",
+               "correct": int(best[0] == t)}
+        for k in range(1, len(best)):
+            row[f"top{k + 1}"] = class_names[int(best[k])]
+            row[f"top{k + 1}_probability"] = f"{p[best[k]]:.6f}"
+        out.append(row)
+    return out
+
+
+def read_predictions(path: Path) -> list[dict]:
+    """predictions.csv back as dicts (source_index and correct as int, probabilities as float); a
+    damaged file (truncated, edited) is a UserError naming it."""
+    from pipeline.foundation.errors import first_line
+    try:
+        with open(path, newline="") as f:
+            out = list(csv.DictReader(f))
+        for line, r in enumerate(out, 2):
+            if None in r or None in r.values():      # csv's marks of fields missing (a cut line) or extra
+                raise ValueError(f"line {line} has missing or extra fields")
+            r["source_index"], r["correct"], r["row"] = int(r["source_index"]), int(r["correct"]), int(r["row"])
+            r["probability"] = float(r["probability"])
+            if r["split"] not in store.SPLITS or r["correct"] not in (0, 1):
+                raise ValueError(f"row {r['row']} is not a prediction")
+    except (KeyError, ValueError, csv.Error) as exc:
+        raise UserError(f"{path} is damaged ({first_line(exc)}); delete its run folder and rerun it") from None
+    return out
+
+
+def write_run_views(out_dir: Path, fs: store.FeatureSet, y_true: dict, y_prob: dict, class_names,
+                    splits_metrics: dict) -> dict:
+    """Write predictions.csv and mistakes.png into `out_dir` (a report folder being built); return
+    what report.json gains: the most-confused pairs, and why the gallery is missing if it is."""
+    class_names = list(class_names)
+    extra = {"most_confused": {s: most_confused(m["confusion"], class_names) for s, m in splits_metrics.items()}}
+    table, notes = [], {}
+    for split in y_true:
+        index = fs.splits[split].index
+        try:
+            split_paths = rows.paths(fs.attrs, split, index)
+        except (UserError, OSError) as exc:
+            split_paths, notes[split] = [None] * len(index), rows.unreadable(exc)
+        table += prediction_rows(split, index, y_true[split], y_prob[split], class_names, split_paths)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(table[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    (out_dir / records.PREDICTIONS).write_text(buf.getvalue())   # the folder itself appears atomically
+
+    gallery_split = "test" if "test" in y_true else next(iter(y_true))
+    wrong = [r for r in table if r["split"] == gallery_split and not r["correct"]]
+    wrong.sort(key=lambda r: (-float(r["probability"]), r["row"]))
+    wrong = wrong[:MISTAKES]
+    extra["mistakes"] = {"split": gallery_split, "shown": len(wrong),
+                         "source_index": [r["source_index"] for r in wrong]}
+    if wrong:
+        try:
+            images, _ = rows.images(fs.attrs, gallery_split, [r["source_index"] for r in wrong])
+        except (UserError, OSError) as exc:
+            extra["mistakes"]["note"] = rows.unreadable(exc)
+        else:
+            from pipeline.look.gallery import save_grid
+            captions = [f"{r['true']}\n-> {r['predicted']} {float(r['probability']):.2f}" for r in wrong]
+            save_grid(out_dir / "mistakes.png", images, captions,
+                      title=f"most confident {gallery_split} mistakes (true -> predicted, probability)")
+            extra["mistakes"]["file"] = "mistakes.png"
+    if notes:
+        extra["paths_note"] = notes
+    return extra

@@ -1,0 +1,171 @@
+"""Do the classes separate? A 2-D map of a stratified subsample of one split: PCA to 50 dimensions
+(removes noise and makes t-SNE fast), then t-SNE (scikit-learn), coloured by class.
+
+  python -m pipeline map --features F --split test --per-class 100 [--projector DIR]
+
+Writes cache/looking/map-<hash>.png and map-<hash>.csv (source index, class, x, y); the same
+settings again are up to date. --projector DIR also writes TensorBoard Embedding Projector files
+into DIR (`tensorboard --logdir DIR`, then the Projector tab): tensors.tsv (the raw features of the
+subsample), metadata.tsv (class, split, source index, path), sprite.png (the images, row-major,
+row i = cell i, images of any mix of sizes fitted into one cell size) and projector_config.pbtxt,
+written last (it names the settings hash, which includes the image source; a rerun with the same
+settings finds it and is up to date). The images come from the source checked against the
+features file's data fingerprint (rows.checked_source), as does any --data given.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.foundation import flags, outputs, records
+from pipeline.sources import rows
+from pipeline.store import store
+from pipeline.foundation.errors import UserError
+
+PCA_DIMS = 50
+CONFIG = "projector_config.pbtxt"
+
+
+def stratified(labels, per_class: int, seed: int) -> np.ndarray:
+    """Rows of at most `per_class` images of each class, drawn without replacement, sorted."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return np.sort(np.concatenate(picks))
+
+
+def embed_2d(x, perplexity: float, seed: int) -> np.ndarray:
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+    x = np.asarray(x, np.float32)
+    dims = min(PCA_DIMS, x.shape[1], len(x) - 1)
+    reduced = PCA(n_components=dims, random_state=seed).fit_transform(x) if dims < x.shape[1] else x
+    # t-SNE needs perplexity < n; a third of n keeps tiny samples meaningful
+    perplexity = min(perplexity, max(1.0, (len(x) - 1) / 3))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(reduced)
+
+
+def plot_map(path: Path, xy, labels, class_names, title: str):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    for c, name in enumerate(class_names):
+        at = labels == c
+        if at.any():
+            ax.scatter(xy[at, 0], xy[at, 1], s=6, color=cmap(c % cmap.N), label=name, alpha=0.8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
+    fig.tight_layout()
+    with outputs.atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- the Embedding Projector
+
+def projector_config(key: str, name: str, shape: tuple[int, int], thumb: tuple[int, int]) -> str:
+    """TensorBoard's ProjectorConfig as text (tensorboard/plugins/projector/projector_config.proto)."""
+    return (f"# written by `python -m pipeline map`, settings {key}\n"
+            "embeddings {\n"
+            f'  tensor_name: "{name}"\n'
+            f"  tensor_shape: {shape[0]}\n"
+            f"  tensor_shape: {shape[1]}\n"
+            '  tensor_path: "tensors.tsv"\n'
+            '  metadata_path: "metadata.tsv"\n'
+            "  sprite {\n"
+            '    image_path: "sprite.png"\n'
+            f"    single_image_dim: {thumb[1]}\n"      # width first, then height
+            f"    single_image_dim: {thumb[0]}\n"
+            "  }\n"
+            "}\n")
+
+
+def projector_up_to_date(folder: Path, key: str) -> bool:
+    config = folder / CONFIG
+    # bytes, decoded leniently: a damaged config is not up to date (rewritten), never a crash
+    lines = config.read_bytes().decode("utf-8", "replace").splitlines() if config.is_file() else []
+    return bool(lines) and f"settings {key}\n" in lines[0] + "\n"
+
+
+def write_projector(folder: Path, key: str, name: str, features, meta: list[dict], images: list[np.ndarray]):
+    """Each file written atomically; the config last, so a folder with it is complete."""
+    from pipeline.look.gallery import save_sprite
+    folder.mkdir(parents=True, exist_ok=True)
+    outputs.write_text_atomic(folder / "tensors.tsv",
+                            "".join("\t".join(f"{v:.6g}" for v in row) + "\n" for row in features))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(meta[0]), delimiter="\t", lineterminator="\n")
+    writer.writeheader()        # more than one column: the projector expects a header line
+    writer.writerows(meta)
+    outputs.write_text_atomic(folder / "metadata.tsv", buf.getvalue())
+    cell = save_sprite(folder / "sprite.png", images)
+    outputs.write_text_atomic(folder / CONFIG, projector_config(key, name, features.shape, cell))
+
+
+# ---------------------------------------------------------------- command line
+
+def add_arguments(p):
+    p.add_argument("--features", metavar="FILE", help="stage-one HDF5 file (default: the newest complete file "
+                   "in CACHE/features, whatever its settings)")
+    p.add_argument("--split", default="test", choices=store.SPLITS, help="which split to map (default: test)")
+    p.add_argument("--per-class", type=int, default=100, metavar="N",
+                   help="images per class in the subsample (default: 100)")
+    p.add_argument("--perplexity", type=float, default=30.0, metavar="P", help="t-SNE perplexity (default: 30)")
+    flags.add_seed(p, "subsample, PCA and t-SNE seed (default: 0)")
+    p.add_argument("--projector", metavar="DIR", help="also write TensorBoard Embedding Projector files into DIR")
+    p.add_argument("--data", metavar="PATH", help="the image source, when it moved since stage one (for the sprite)")
+    flags.add_cache_dir(p)
+
+
+def run(args):
+    if args.per_class < 1:
+        raise UserError(f"--per-class must be at least 1, got {args.per_class}")
+    if not (np.isfinite(args.perplexity) and args.perplexity > 0):
+        raise UserError(f"--perplexity must be a positive number, got {args.perplexity}")
+    projector = Path(args.projector) if args.projector else None
+    if projector is not None and projector.exists() and not projector.is_dir():
+        raise UserError(f"--projector {projector} is a file; give a folder")
+    from pipeline.heads import head as heads
+    fs = heads.features_from_args(args)
+    split = fs.splits[args.split]
+    picked = stratified(split.labels, args.per_class, args.seed)
+    if len(picked) < 3:
+        raise UserError(f"the {args.split} split gives only {len(picked)} rows; a map needs at least 3")
+    # the images (sprite, paths) come from a source checked against the features file, before any work
+    source = rows.checked_source(fs.attrs, args.data, args.cache_dir) if projector or args.data else None
+    key = store.settings_hash({"features": fs.attrs["settings_hash"],
+                               "data_fingerprint": fs.attrs.get("data_fingerprint"), "split": args.split,
+                               "per_class": args.per_class, "perplexity": args.perplexity, "seed": args.seed})
+    out = records.folder(args.cache_dir, records.LOOKING) / f"map-{key}"
+    png, table = out.with_suffix(".png"), out.with_suffix(".csv")
+    names = fs.class_names
+    if png.is_file() and table.is_file():
+        print(f"up to date: {png}")
+    else:
+        xy = embed_2d(split.features[picked], args.perplexity, args.seed)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["row", "source_index", "class", "x", "y"])
+        for r, (x, y) in zip(picked, xy):
+            writer.writerow([int(r), int(split.index[r]), names[int(split.labels[r])], f"{x:.4f}", f"{y:.4f}"])
+        outputs.write_text_atomic(table, buf.getvalue())
+        plot_map(png, xy, split.labels[picked], names,
+                 f"{args.split}: {len(picked)} images, PCA to {PCA_DIMS} then t-SNE\n{fs.path.name}")
+        print(png)
+    if projector is not None:
+        key = store.settings_hash({"map": key, "source": source.key})
+        if projector_up_to_date(projector, key):
+            print(f"up to date: {projector}")
+            return
+        images, paths = rows.images(fs.attrs, args.split, split.index[picked], source.path)
+        meta = [{"class": names[int(split.labels[r])], "split": args.split, "source_index": int(split.index[r]),
+                 "path": p or ""} for r, p in zip(picked, paths)]
+        write_projector(projector, key, f"{fs.path.stem} {args.split}", split.features[picked], meta, images)
+        print(projector)

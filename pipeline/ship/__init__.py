@@ -1,0 +1,1 @@
+"""Shipping a model: the `export`, `predict` and `verify` commands and temperature calibration."""

@@ -1,0 +1,124 @@
+"""Does a features file still hold what its backbone gives today?
+
+  python -m pipeline verify cache/features/F.h5 [--sample 256]
+
+Re-embeds a seeded random sample of rows (spread over train, val and test in proportion to their
+sizes, every stored view) from the file's own source images, with the file's own backbone
+(rebuilt and checked by its weights identity, as `finetune` and `neighbors` rebuild it), precision
+and image size, and compares them with the stored rows: the largest absolute difference (as a
+share of the row's largest value) and the smallest cosine similarity. Exit 0 when every sampled
+row is within the precision's tolerance (TOLERANCE); otherwise exit 2 with one `error:` line
+naming the first differing row and what differs between the library versions and machine the
+file records and today's. A replaced source image, other weights, a TensorFlow, Keras or oneDNN
+upgrade, or another CPU's bfloat16 arithmetic all show up here.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.foundation import flags
+from pipeline.sources import rows
+from pipeline.store import store
+from pipeline.extract import views
+from pipeline.foundation.errors import UserError
+
+# precision -> (smallest cosine, largest |difference| / largest |value| of the row) still "the same
+# row". Measured (shared EfficientNet-Lite0, real CIFAR-10, Xeon with AMX): re-embedding on the
+# machine that made the file gives bit-identical rows in float32 (200 rows) and bfloat16 (256);
+# the limits leave room for another CPU's rounding (float32 differs across instruction sets in the
+# last bits; bfloat16 keeps 8 significant bits) and stay far below what another image gives.
+TOLERANCE = {"float32": (0.9999, 1e-3), "bfloat16": (0.999, 2e-2), "float16": (0.999, 2e-2)}
+DEFAULT_SAMPLE = 256
+
+
+def sample_rows(sizes: dict, n: int, seed: int) -> dict:
+    """{split: sorted row numbers}: n rows drawn without replacement, spread over the splits in
+    proportion to their sizes (each non-empty split at least one)."""
+    total = sum(sizes.values())
+    n = min(n, total)
+    rng = np.random.default_rng(seed)
+    want = {s: min(size, max(1 if size else 0, round(n * size / total))) for s, size in sizes.items()}
+    return {s: np.sort(rng.choice(sizes[s], k, replace=False)) for s, k in want.items() if k}
+
+
+def machine() -> dict:
+    """Library versions and the machine, as a features file records them (stage one)."""
+    from pipeline.extract.features import versions
+    return versions()
+
+
+def differences(recorded: dict, today: dict) -> str:
+    changed = [f"{k} {recorded.get(k, '?')} -> {today.get(k, '?')}" for k in sorted(set(recorded) | set(today))
+               if recorded.get(k) != today.get(k)]
+    return "; ".join(changed) if changed else "same library versions and machine as recorded"
+
+
+def verify(path, sample: int = DEFAULT_SAMPLE, seed: int = 0, backbone=None, weights=None, data_path=None,
+           batch_size: int = 64) -> dict:
+    """Compare re-embedded rows with the stored ones. Returns {"rows", "max_abs_diff",
+    "max_relative_diff", "min_cosine", "tolerance", "first_bad"}; first_bad (split, row, source
+    index, path, cosine, relative diff) is None when every row is within tolerance."""
+    from pipeline.backbones.backbone import fast_extractor
+    from pipeline.extract.features import load_features, rebuild_backbone
+    fs = load_features(path)
+    attrs = fs.attrs
+    bb = rebuild_backbone(attrs, backbone, weights)       # other weights: refused here, by their identity
+    extract = fast_extractor(bb.model, attrs["precision"])
+    min_cos, max_rel = TOLERANCE[attrs["precision"]]
+    picked = sample_rows({s: len(fs.splits[s].labels) for s in store.SPLITS}, sample, seed)
+    result = {"rows": 0, "max_abs_diff": 0.0, "max_relative_diff": 0.0, "min_cosine": 1.0,
+              "tolerance": {"min_cosine": min_cos, "max_relative_diff": max_rel}, "first_bad": None}
+    for split, at in picked.items():
+        index = fs.splits[split].index[at]
+        images, paths = rows.images(attrs, split, index, data_path)
+        for lo in range(0, len(at), batch_size):
+            batch = images[lo:lo + batch_size]
+            for stored, fresh in zip(fs.splits[split].views, views.image_views(batch, len(fs.splits[split].views))):
+                stored = np.asarray(stored[at[lo:lo + batch_size]], np.float64)
+                fresh = np.asarray(extract(fresh), np.float64)
+                abs_diff = np.abs(stored - fresh).max(axis=1)
+                rel = abs_diff / np.maximum(np.abs(stored).max(axis=1), 1e-12)
+                cos = np.sum(stored * fresh, 1) / np.maximum(
+                    np.linalg.norm(stored, axis=1) * np.linalg.norm(fresh, axis=1), 1e-12)
+                result["max_abs_diff"] = max(result["max_abs_diff"], float(abs_diff.max()))
+                result["max_relative_diff"] = max(result["max_relative_diff"], float(rel.max()))
+                result["min_cosine"] = min(result["min_cosine"], float(cos.min()))
+                bad = np.flatnonzero((cos < min_cos) | (rel > max_rel))
+                if len(bad) and result["first_bad"] is None:
+                    i = int(bad[0])
+                    result["first_bad"] = {"split": split, "row": int(at[lo + i]), "source_index": int(index[lo + i]),
+                                           "path": paths[lo + i], "cosine": float(cos[i]),
+                                           "relative_diff": float(rel[i])}
+        result["rows"] += len(at)
+    return result
+
+
+# ---------------------------------------------------------------- command line
+
+def add_arguments(p):
+    p.add_argument("file", metavar="FILE", help="the features file to check")
+    p.add_argument("--sample", type=flags.positive_int, default=DEFAULT_SAMPLE, metavar="N",
+                   help=f"rows re-embedded, spread over the splits (default: {DEFAULT_SAMPLE})")
+    flags.add_seed(p, "which rows are sampled (default: 0)")
+    flags.add_moved_backbone(p)
+    p.add_argument("--data", metavar="PATH", help="the image source, if it moved since the features file was made")
+
+
+def run(args):
+    import time
+    started = time.perf_counter()
+    r = verify(args.file, args.sample, args.seed, args.backbone, args.weights, args.data)
+    seconds = time.perf_counter() - started
+    tol = r["tolerance"]
+    print(f"verify: {r['rows']} rows re-embedded in {seconds:.1f} s; largest difference {r['max_abs_diff']:.3g} "
+          f"({r['max_relative_diff']:.3g} of the row's largest value; allowed {tol['max_relative_diff']:g}), "
+          f"smallest cosine {r['min_cosine']:.6f} (allowed {tol['min_cosine']:g})")
+    bad = r["first_bad"]
+    if bad:
+        attrs = store.read_features(args.file, splits=(), values=False).attrs
+        where = f" ({bad['path']})" if bad["path"] else ""
+        raise UserError(f"{args.file}: {bad['split']} row {bad['row']} (source index {bad['source_index']}{where}) "
+                        f"differs from what its backbone gives today (cosine {bad['cosine']:.4f}, difference "
+                        f"{bad['relative_diff']:.3g} of its largest value): the source image, the weights or the "
+                        f"libraries changed; recorded vs today: {differences(attrs.get('versions') or {}, machine())}")
+    print("ok: the stored rows are what the backbone gives today")

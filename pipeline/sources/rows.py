@@ -1,0 +1,86 @@
+"""From a cached row back to its image: every row of a features file carries `index`, its place in
+the source's train or test set, so any number the later views show leads to the picture it came from.
+
+`checked_source` is the one way the looking-at-results commands find that source: the data fingerprint
+of the features file is checked against it (stage one's own check, `features.load_splits`), so another
+tree given as --data, or a source changed after stage one, is refused instead of shown."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.sources import data
+from pipeline.foundation import outputs, records
+from pipeline.store import store
+from pipeline.foundation.errors import UserError
+
+
+@dataclass(frozen=True)
+class Source:
+    path: str | None      # as load_dataset takes it (None: the Keras download)
+    key: str              # what the images shown depend on; part of every cached answer's key
+
+
+def checked_source(attrs: dict, data_path, cache_dir) -> Source:
+    """The source of a features file's images (`data_path` overrides the stored one), checked
+    against the file's data fingerprint. The check decodes every image, so it is done once per
+    state of the source: remembered under CACHE/looking/sources/ by the files' names, sizes and
+    modification times (`data.source_identity`), which change whenever the source does."""
+    path = data.source_of(attrs, data_path)
+    if not attrs.get("data_fingerprint"):
+        raise UserError("the features file records no data fingerprint to check its images against; "
+                        "rerun `python -m pipeline features`")
+    where = str(Path(path).resolve()) if path is not None else None
+    seen = {"data_fingerprint": attrs["data_fingerprint"], "source": where,
+            "source_identity": data.source_identity(path)}
+    key = store.settings_hash(seen)
+    marker = records.folder(cache_dir, records.LOOKING) / records.CHECKED_SOURCES / f"{key}.json"
+    if not marker.is_file():
+        from pipeline.extract.features import load_splits
+        load_splits(attrs, path)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        outputs.write_json_atomic(marker, seen)
+    return Source(path, key)
+
+
+def source_or_note(attrs: dict, data_path, cache_dir) -> tuple[Source | None, str | None]:
+    """checked_source, or (None, why) when the stored source is gone and no --data was given: for
+    the views that are still useful without pictures. A source that is there but differs is refused."""
+    if data_path is None:
+        try:
+            data.source_of(attrs)
+        except UserError as exc:
+            return None, unreadable(exc)
+    return checked_source(attrs, data_path, cache_dir), None
+
+
+def images(attrs: dict, split: str, index, data_path=None) -> tuple[list[np.ndarray], list[str | None]]:
+    """The source images of rows `index` (source indices) of `split` (each at its own size), and
+    their file paths (None where the source has none). `data_path` overrides the stored source."""
+    return data.load_rows(data.source_of(attrs, data_path), data.SOURCE_PART[split], index)
+
+
+def images_of(attrs: dict, items, data_path=None) -> list[np.ndarray]:
+    """The images of (split, source index) pairs, in order, reading each part of the source once."""
+    items = list(items)
+    out = [None] * len(items)
+    for split in dict.fromkeys(s for s, _ in items):
+        at = [i for i, (s, _) in enumerate(items) if s == split]
+        x, _ = images(attrs, split, [items[i][1] for i in at], data_path)
+        for i, img in zip(at, x):
+            out[i] = img
+    return out
+
+
+def paths(attrs: dict, split: str, index, data_path=None) -> list[str | None]:
+    """File paths of rows `index` without decoding them (all None for a source without files)."""
+    files = data.row_files(data.source_of(attrs, data_path), data.SOURCE_PART[split], index)
+    return [str(f) for f in files] if files is not None else [None] * len(np.asarray(index).reshape(-1))
+
+
+def unreadable(exc: Exception) -> str:
+    """Why images could not be shown, for a note where a picture would have been."""
+    from pipeline.foundation.errors import first_line
+    return f"images not drawn: {first_line(exc)}"
