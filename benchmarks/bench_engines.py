@@ -39,19 +39,19 @@ def stage_one(engine: str, limit: int, backbone: str, cache: str) -> dict:
 
 def hdf5_write_rate(rows: int = 16384, width: int = 2048, shard_rows: int = 4096) -> float:
     """MB/s of the driver writing whole shards of float32 rows (with their block digests)."""
-    from pipeline.sources import data
+    from pipeline.sources import digest
     from pipeline.store import store
     labels = {s: np.zeros(rows, np.uint8) for s in store.SPLITS}
     index = {s: np.arange(rows) for s in store.SPLITS}
     features = np.random.default_rng(0).standard_normal((shard_rows, width)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         writer = store.FeatureWriter(Path(tmp) / "x.h5", {"schema_version": store.SCHEMA_VERSION, "settings_hash": "b"},
-                                     labels, index, (width,), log=lambda *a: None, block_rows=data.BLOCK_ROWS)
-        digests = {b: bytes(32) for b in range(shard_rows // data.BLOCK_ROWS)}
+                                     labels, index, (width,), log=lambda *a: None, block_rows=digest.BLOCK_ROWS)
+        digests = {b: bytes(32) for b in range(shard_rows // digest.BLOCK_ROWS)}
         started = time.perf_counter()
         for split in store.SPLITS:
             for lo in range(0, rows, shard_rows):
-                writer.write(split, lo, features, {lo // data.BLOCK_ROWS + b: d for b, d in digests.items()})
+                writer.write(split, lo, features, {lo // digest.BLOCK_ROWS + b: d for b, d in digests.items()})
         seconds = time.perf_counter() - started
         writer.close()
     return 3 * rows * width * 4 / seconds / 1e6
@@ -60,7 +60,7 @@ def hdf5_write_rate(rows: int = 16384, width: int = 2048, shard_rows: int = 4096
 def decode_rate(side: int = 400, n: int = 200) -> float:
     """JPEG decodes per second on one core at about ImageNet's average size (~400x350)."""
     from PIL import Image
-    from pipeline.sources.data import _read_image
+    from pipeline.sources.decode import read_image
     rng = np.random.default_rng(0)
     ramp = np.linspace(0, 255, side, dtype=np.float32)
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +71,7 @@ def decode_rate(side: int = 400, n: int = 200) -> float:
             Image.fromarray(img).save(paths[-1], quality=90)
         started = time.perf_counter()
         for i in range(n):
-            _read_image(paths[i % 20])
+            read_image(paths[i % 20])
         return n / (time.perf_counter() - started)
 
 

@@ -79,7 +79,7 @@ def environment() -> dict:
 def images(n):
     import numpy as np
     if SHARED_JPG.is_dir():
-        from pipeline.sources.data import load_dataset
+        from pipeline.sources.dataset import load_dataset
         return load_dataset(SHARED_JPG, limit=n).test_x, f"real CIFAR-10 test images from {SHARED_JPG}"
     return np.random.default_rng(0).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), "random images"
 

@@ -90,7 +90,7 @@ def write_batches(folder: Path, train_x, train_y, test_x, test_y) -> Path:
         dump(f"data_batch_{i + 1}", train_x[part], train_y[part])
     dump("test_batch", test_x, test_y)
     with open(folder / "batches.meta", "wb") as f:
-        from pipeline.sources.data import CIFAR10_CLASSES
+        from pipeline.sources.cifar import CIFAR10_CLASSES
         pickle.dump({b"label_names": [c.encode() for c in CIFAR10_CLASSES]}, f)
     return folder
 

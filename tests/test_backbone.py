@@ -51,7 +51,7 @@ def _cosines(a, b):
 
 def _real_images(n=16):
     require_real_images()
-    from pipeline.sources.data import load_dataset
+    from pipeline.sources.dataset import load_dataset
     return load_dataset(CIFAR_JPG, limit=n).test_x
 
 

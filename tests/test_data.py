@@ -6,25 +6,26 @@ import pytest
 from PIL import Image
 
 from conftest import CIFAR_JPG, require_real_images, synthetic_cifar, write_batches, write_image_tree
-from pipeline.sources import data
+from pipeline.sources import cifar, dataset, decode, digest, partition
+from pipeline.sources.images import FileImages
 from pipeline.foundation.errors import UserError
 
 
 def test_batches_folder_is_decoded_channel_major(batches_dir):
     train_x, train_y, test_x, test_y = synthetic_cifar()
-    ds = data.load_dataset(batches_dir)
+    ds = dataset.load_dataset(batches_dir)
     np.testing.assert_array_equal(ds.train_x, train_x)
     np.testing.assert_array_equal(ds.train_y, train_y)
     np.testing.assert_array_equal(ds.test_x, test_x)
     np.testing.assert_array_equal(ds.test_index, np.arange(len(test_x)))
-    assert ds.class_names == data.CIFAR10_CLASSES
+    assert ds.class_names == cifar.CIFAR10_CLASSES
 
 
 def test_tarball_equals_folder(batches_dir, tmp_path):
     tar_path = tmp_path / "cifar-10-python.tar.gz"
     with tarfile.open(tar_path, "w:gz") as tar:
         tar.add(batches_dir, arcname="cifar-10-batches-py")
-    a, b = data.load_dataset(batches_dir), data.load_dataset(tar_path)
+    a, b = dataset.load_dataset(batches_dir), dataset.load_dataset(tar_path)
     np.testing.assert_array_equal(a.train_x, b.train_x)
     np.testing.assert_array_equal(a.test_y, b.test_y)
 
@@ -32,7 +33,7 @@ def test_tarball_equals_folder(batches_dir, tmp_path):
 def test_image_tree_equals_arrays_and_sorts_classes(tmp_path):
     train_x, train_y, test_x, test_y = synthetic_cifar(30, 10)
     classes = [f"c{i}" for i in range(10)]
-    ds = data.load_dataset(write_image_tree(tmp_path / "tree", train_x, train_y, test_x, test_y, classes))
+    ds = dataset.load_dataset(write_image_tree(tmp_path / "tree", train_x, train_y, test_x, test_y, classes))
     assert ds.class_names == tuple(classes)
     order = np.argsort(train_y, kind="stable")          # files are read class by class
     np.testing.assert_array_equal(ds.train_x, train_x[order])
@@ -44,8 +45,8 @@ def test_mixed_sizes_are_listed_without_decoding_and_read_as_they_are(tmp_path):
     root = write_image_tree(tmp_path / "tree", train_x, train_y, test_x, test_y, [f"c{i}" for i in range(10)])
     odd = np.random.default_rng(2).integers(0, 256, (16, 20, 3), dtype=np.uint8)
     Image.fromarray(odd).save(root / "test" / "c3" / "0003.png")
-    ds = data.load_dataset(root)
-    assert isinstance(ds.test.images, data.FileImages) and len(ds.test) == 10
+    ds = dataset.load_dataset(root)
+    assert isinstance(ds.test.images, FileImages) and len(ds.test) == 10
     images = ds.test.read()
     np.testing.assert_array_equal(images[3], odd)
     assert images[2].shape == (32, 32, 3)
@@ -55,30 +56,30 @@ def test_mixed_sizes_are_listed_without_decoding_and_read_as_they_are(tmp_path):
 
 def test_fingerprint_is_the_same_for_any_batch_layout(tmp_path):
     train_x, train_y, test_x, test_y = synthetic_cifar(300, 140)
-    ds = data.load_dataset(write_batches(tmp_path / "b", train_x, train_y, test_x, test_y))
-    splits = data.make_splits(ds, 0.1, seed=0)
+    ds = dataset.load_dataset(write_batches(tmp_path / "b", train_x, train_y, test_x, test_y))
+    splits = partition.make_splits(ds, 0.1, seed=0)
     sizes = {k: len(v) for k, v in splits.items()}
-    assert sizes["test"] > data.BLOCK_ROWS                  # several blocks in a split
+    assert sizes["test"] > digest.BLOCK_ROWS                  # several blocks in a split
     for step in (7, 128, 1000):                             # uneven batches, block-sized, one batch
         blocks = {}
         for name, split in splits.items():
-            hasher, blocks[name] = data.BlockHasher(split, 0), []
+            hasher, blocks[name] = digest.BlockHasher(split, 0), []
             for lo in range(0, len(split), step):
                 blocks[name] += hasher.feed(split.read(lo, lo + step)).values()
-            assert len(blocks[name]) == -(-len(split) // data.BLOCK_ROWS)
-        assert data.combine_digests(blocks, sizes) == data.fingerprint(splits)
+            assert len(blocks[name]) == -(-len(split) // digest.BLOCK_ROWS)
+        assert digest.combine_digests(blocks, sizes) == digest.fingerprint(splits)
     changed = train_x.copy()
     changed[-1, 0, 0, 0] ^= 1
-    other = data.make_splits(data.load_dataset(write_batches(tmp_path / "c", changed, train_y, test_x, test_y)), 0.1, 0)
-    assert data.fingerprint(other) != data.fingerprint(splits)
+    other = partition.make_splits(dataset.load_dataset(write_batches(tmp_path / "c", changed, train_y, test_x, test_y)), 0.1, 0)
+    assert digest.fingerprint(other) != digest.fingerprint(splits)
 
 
 def test_limit_is_balanced_and_deterministic():
     labels = np.repeat(np.arange(10), 7)[np.random.default_rng(1).permutation(70)]
-    keep = data.balanced_subset(labels, 10, 23)
+    keep = partition.balanced_subset(labels, 10, 23)
     counts = np.bincount(labels[keep], minlength=10)
     assert len(keep) == 23 and counts.max() - counts.min() <= 1
-    np.testing.assert_array_equal(keep, data.balanced_subset(labels, 10, 23))
+    np.testing.assert_array_equal(keep, partition.balanced_subset(labels, 10, 23))
     # the first members of each class in source order
     for c in range(10):
         members = np.flatnonzero(labels == c)
@@ -86,10 +87,10 @@ def test_limit_is_balanced_and_deterministic():
 
 
 def test_splits_are_stratified_seeded_and_disjoint(batches_dir):
-    ds = data.load_dataset(batches_dir)
-    a = data.make_splits(ds, 0.2, seed=0)
-    b = data.make_splits(ds, 0.2, seed=0)
-    c = data.make_splits(ds, 0.2, seed=1)
+    ds = dataset.load_dataset(batches_dir)
+    a = partition.make_splits(ds, 0.2, seed=0)
+    b = partition.make_splits(ds, 0.2, seed=0)
+    c = partition.make_splits(ds, 0.2, seed=1)
     np.testing.assert_array_equal(a["val"].index, b["val"].index)
     assert not np.array_equal(a["val"].index, c["val"].index)
     assert set(a["val"].index).isdisjoint(a["train"].index)
@@ -97,12 +98,12 @@ def test_splits_are_stratified_seeded_and_disjoint(batches_dir):
     assert np.bincount(a["val"].y, minlength=10).tolist() == [1] * 10      # 20% of 5 per class
     np.testing.assert_array_equal(a["test"].index, np.arange(len(ds.test_y)))
     np.testing.assert_array_equal(a["train"].x, ds.train_x[a["train"].index])
-    assert data.fingerprint(a) == data.fingerprint(b) != data.fingerprint(c)
+    assert digest.fingerprint(a) == digest.fingerprint(b) != digest.fingerprint(c)
 
 
 def test_limit_on_real_images_keeps_source_indices():
     require_real_images()
-    ds = data.load_dataset(CIFAR_JPG, limit=30)
+    ds = dataset.load_dataset(CIFAR_JPG, limit=30)
     assert ds.train_x.shape == (30, 32, 32, 3) and ds.test_x.shape == (30, 32, 32, 3)
     assert np.bincount(ds.train_y).tolist() == [3] * 10
     # image-folder order is class by class, 5,000 train images per class
@@ -116,7 +117,7 @@ def test_offline_keras_download_names_the_local_formats(monkeypatch):
         raise Exception("URL fetch failure on https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz")
     monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
     with pytest.raises(UserError, match="could not download CIFAR-10.*cifar-10-batches-py"):
-        data.load_dataset(None)
+        dataset.load_dataset(None)
 
 
 def _float_image_tree(root):
@@ -128,7 +129,7 @@ def _float_image_tree(root):
 
 def test_images_in_other_modes_are_read_as_rgb(tmp_path):
     """A real photo folder mixes grayscale, palette, RGBA and 16-bit files: stage one reads each as the
-    8-bit RGB image it shows, as predict does (one conversion, data.rgb8)."""
+    8-bit RGB image it shows, as predict does (one conversion, decode.rgb8)."""
     rgb = synthetic_cifar(4, 4)[0][:4]
     gray = rgb[0, :, :, 0]
     as_rgb = np.repeat(gray[..., None], 3, axis=2)
@@ -140,7 +141,7 @@ def test_images_in_other_modes_are_read_as_rgb(tmp_path):
     for k, (img, _) in enumerate(cases):
         paths.append(str(tmp_path / f"{k}.png"))
         img.save(paths[-1])
-    got = data.FileImages(np.asarray(paths)).read()
+    got = FileImages(np.asarray(paths)).read()
     for (img, want), pixels in zip(cases, got):
         want = np.asarray(img.convert("RGB")) if want is None else want
         assert pixels.dtype == np.uint8 and pixels.shape == (32, 32, 3)
@@ -192,7 +193,7 @@ def _unknown_file(root):
 ])
 def test_bad_data_gives_one_clear_error(tmp_path, make, message):
     with pytest.raises(UserError, match=message):
-        ds = data.load_dataset(make(tmp_path / "data"))
+        ds = dataset.load_dataset(make(tmp_path / "data"))
         ds.train.read(), ds.test.read()      # images are decoded only when read
 
 
@@ -214,7 +215,7 @@ def test_a_batch_whose_pickle_runs_code_is_refused_without_running_it(batches_di
     with open(batches_dir / "data_batch_1", "wb") as f:
         pickle.dump({b"data": _RunsCode(f"touch {ran}"), b"labels": [0]}, f)
     with pytest.raises(UserError, match=r"data_batch_1: its pickle calls (posix|os)\.system, which a CIFAR-10 batch"):
-        data.load_dataset(batches_dir)
+        dataset.load_dataset(batches_dir)
     code, _, err = run_cli(capsys, "features", "--data", batches_dir, "--weights", "none", "--size", "75",
                            "--cache-dir", tmp_path / "cache")
     assert_one_error(code, err, "refusing to load")
@@ -232,8 +233,8 @@ def test_batches_load_whichever_python_and_numpy_pickled_them(batches_dir, proto
         if numpy_1:
             raw = raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
         (batches_dir / name).write_bytes(raw)
-    ds = data.load_dataset(batches_dir)
+    ds = dataset.load_dataset(batches_dir)
     train_x, train_y, test_x, test_y = synthetic_cifar()
     np.testing.assert_array_equal(ds.test_x, test_x)
     np.testing.assert_array_equal(ds.test_y, test_y)
-    assert ds.class_names == data.CIFAR10_CLASSES
+    assert ds.class_names == cifar.CIFAR10_CLASSES

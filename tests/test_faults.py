@@ -359,12 +359,12 @@ def test_sixteen_bit_images_are_scaled_and_float_images_refused(tmp_path):
 # ---------------------------------------------------------------- where the images are
 
 def test_the_data_source_is_stored_absolute_and_a_moved_one_names_the_flag(batches_dir, tmp_path, monkeypatch):
-    from pipeline.sources import data
+    from pipeline.sources import dataset
     from pipeline.foundation.errors import UserError
     monkeypatch.chdir(batches_dir.parent)
-    ds = data.load_dataset(batches_dir.name)                       # given relative to the working directory
+    ds = dataset.load_dataset(batches_dir.name)                       # given relative to the working directory
     assert Path(ds.source).is_absolute() and Path(ds.source) == batches_dir.resolve()
     monkeypatch.chdir(tmp_path.parent)                             # later stages run from anywhere
-    assert data.source_of({"source": ds.source}) == ds.source
+    assert dataset.source_of({"source": ds.source}) == ds.source
     with pytest.raises(UserError, match="no longer at .*; pass --data PATH"):
-        data.source_of({"source": str(tmp_path / "moved-away")})
+        dataset.source_of({"source": str(tmp_path / "moved-away")})

@@ -74,7 +74,7 @@ def test_rerun_is_up_to_date_and_changed_settings_give_a_new_file(capsys, batche
 @pytest.mark.slow
 def test_stored_features_equal_the_plain_keras_model_on_real_images(tiny_inception_features):
     from pipeline.backbones.backbone import build_backbone
-    from pipeline.sources.data import load_dataset
+    from pipeline.sources.dataset import load_dataset
     fs = store.read_features(tiny_inception_features)
     assert fs.attrs["precision"] == "float32" and (fs.attrs["weights_source"], fs.attrs["weights_seed"]) == ("none", 0)
     images = load_dataset(CIFAR_JPG, limit=40).test_x

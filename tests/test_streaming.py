@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from pipeline.sources import data
+from pipeline.sources import dataset, digest, partition
 from pipeline.store import store
 from pipeline.cli import main
 from pipeline.foundation.progress import INTERVAL_ENV
@@ -53,8 +53,8 @@ def test_mixed_sizes_any_shard_layout_and_progress_lines(tmp_path, tiny_backbone
     assert a_attrs["data_fingerprint"] == b_attrs["data_fingerprint"] and a_attrs["settings_hash"] == b_attrs["settings_hash"]
     assert (a_attrs["shards"], b_attrs["shards"]) == (4, 3)  # train 126 rows, val 14, test 140 in blocks of 128
 
-    splits = data.make_splits(data.load_dataset(root), 0.1, 0)
-    assert data.fingerprint(splits) == a_attrs["data_fingerprint"]
+    splits = partition.make_splits(dataset.load_dataset(root), 0.1, 0)
+    assert digest.fingerprint(splits) == a_attrs["data_fingerprint"]
     alone = build_backbone(str(tiny_backbone), None, None, (None, None, 3)).model
     for name in store.SPLITS:
         np.testing.assert_array_equal(a[name]["labels"], b[name]["labels"])

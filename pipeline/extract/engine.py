@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.sources import data
+from pipeline.sources import digest
+from pipeline.sources.images import Split
 from pipeline.foundation.errors import UserError
 
 DEFAULT_SHARD_ROWS = 4096
@@ -27,7 +28,7 @@ CRASH_ENV = "PIPELINE_TEST_CRASH_SHARD"
 @dataclass(frozen=True)
 class Shard:
     split: str
-    lo: int          # first row, a multiple of data.BLOCK_ROWS
+    lo: int          # first row, a multiple of digest.BLOCK_ROWS
     hi: int
 
     def __str__(self):
@@ -35,8 +36,8 @@ class Shard:
 
 
 def check_shard_rows(shard_rows: int):
-    if shard_rows < 1 or shard_rows % data.BLOCK_ROWS:
-        raise UserError(f"--shard-rows must be a positive multiple of {data.BLOCK_ROWS} (the fingerprint "
+    if shard_rows < 1 or shard_rows % digest.BLOCK_ROWS:
+        raise UserError(f"--shard-rows must be a positive multiple of {digest.BLOCK_ROWS} (the fingerprint "
                         f"block), got {shard_rows}")
 
 
@@ -54,7 +55,7 @@ def missing(shards: list[Shard], done_rows: dict[str, np.ndarray]) -> list[Shard
         if done.all():
             continue
         first_gap = int(np.argmin(done))
-        todo.append(Shard(shard.split, shard.lo + first_gap // data.BLOCK_ROWS * data.BLOCK_ROWS, shard.hi))
+        todo.append(Shard(shard.split, shard.lo + first_gap // digest.BLOCK_ROWS * digest.BLOCK_ROWS, shard.hi))
     return todo
 
 
@@ -92,11 +93,11 @@ def maybe_crash(shard: Shard, spec: str | None):
         os._exit(17)
 
 
-def shard_batches(extract, part: data.Split, first_row: int, batch_size: int):
+def shard_batches(extract, part: Split, first_row: int, batch_size: int):
     """Yield (row, features, {block: digest}) batch by batch over `part` (a shard's rows, the first
     being row `first_row` of its split). The next batch decodes in a thread while this one runs."""
-    hasher = data.BlockHasher(part, 0)
-    first_block = first_row // data.BLOCK_ROWS
+    hasher = digest.BlockHasher(part, 0)
+    first_block = first_row // digest.BLOCK_ROWS
     starts = list(range(0, len(part), batch_size))
     with ThreadPoolExecutor(max_workers=1) as reader:
         pending = reader.submit(part.read, 0, batch_size)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.backbones import backbone as backbones
-from pipeline.sources import data
+from pipeline.sources import dataset, digest, partition
 from pipeline.extract import engine
 from pipeline.foundation import flags, records
 from pipeline.store import store
@@ -58,7 +58,7 @@ def identity(s: FeatureSettings, precision: str) -> dict:
     """Exactly the settings that determine the cached numbers; their hash names the file.
     Computed without decoding an image or building a network, so an up-to-date check is quick.
     `rebuild_backbone` and `load_splits` below are its inverse."""
-    found = {"dataset": dataset_name(s.data), "source_identity": data.source_identity(s.data),
+    found = {"dataset": dataset_name(s.data), "source_identity": dataset.source_identity(s.data),
              "limit": s.limit if s.limit is not None else -1, "val_fraction": s.val_fraction,
              "split_seed": s.seed, **backbones.identity(s.backbone, s.weights, s.size, s.seed),
              "precision": precision}
@@ -112,10 +112,10 @@ def _file_of(attrs: dict, key: str, given: str | None, what: str, flag: str) -> 
 
 def load_splits(attrs: dict, data_path: str | None):
     """The features file's images and splits, checked against its fingerprint."""
-    source = data.source_of(attrs, data_path)
+    source = dataset.source_of(attrs, data_path)
     limit = attrs["limit"] if attrs["limit"] != -1 else None
-    splits = data.make_splits(data.load_dataset(source, limit), attrs["val_fraction"], attrs["split_seed"])
-    if data.fingerprint(splits) != attrs["data_fingerprint"]:
+    splits = partition.make_splits(dataset.load_dataset(source, limit), attrs["val_fraction"], attrs["split_seed"])
+    if digest.fingerprint(splits) != attrs["data_fingerprint"]:
         raise UserError(f"the images at {source} are not the ones the features file was made from; "
                         "pass --data PATH to the original source")
     return splits
@@ -330,8 +330,8 @@ def run_features(s: FeatureSettings, log=print) -> Path:
     with Lock(final, log=log), contextlib.ExitStack() as stack:
         if _up_to_date(final, settings, log):   # another run finished it while we looked
             return final
-        ds = data.load_dataset(s.data, s.limit)
-        splits = data.make_splits(ds, s.val_fraction, s.seed)
+        ds = dataset.load_dataset(s.data, s.limit)
+        splits = partition.make_splits(ds, s.val_fraction, s.seed)
         if s.engine == "ray":
             # Joined, and its resources checked, before the partial file exists: a refused run
             # (GPUs the cluster lacks) leaves nothing behind.
@@ -347,7 +347,7 @@ def run_features(s: FeatureSettings, log=print) -> Path:
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         writer = store.RowWriter(final, attrs, {k: v.y for k, v in splits.items()},
                                  {k: v.index for k, v in splits.items()}, (settings["feature_width"],),
-                                 log=log, block_rows=data.BLOCK_ROWS)
+                                 log=log, block_rows=digest.BLOCK_ROWS)
         try:
             shards = engine.plan(sizes, s.shard_rows)
             todo = engine.missing(shards, {k: writer.done_rows(k) for k in store.SPLITS})
@@ -368,7 +368,7 @@ def run_features(s: FeatureSettings, log=print) -> Path:
                     engine.run_local(todo, splits, writer, spec, s.batch_size, progress)
             elapsed = time.perf_counter() - started
             rate = computed / elapsed if elapsed > 0 else 0.0
-            fingerprint = data.combine_digests({k: writer.block_digests(k) for k in store.SPLITS}, sizes)
+            fingerprint = digest.combine_digests({k: writer.block_digests(k) for k in store.SPLITS}, sizes)
             path = writer.finish({"data_fingerprint": fingerprint, "shards": len(shards), **provenance,
                                   "elapsed_seconds": round(elapsed, 2), "images_per_second": round(rate, 2)})
         finally:

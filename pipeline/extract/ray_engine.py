@@ -17,7 +17,7 @@ import uuid
 
 import numpy as np
 
-from pipeline.sources import data
+from pipeline.sources import digest
 from pipeline.foundation import reaper
 from pipeline.extract.engine import CRASH_ENV, ExtractorSpec, Shard, maybe_crash, shard_batches
 from pipeline.foundation.errors import UserError, first_line
@@ -193,7 +193,7 @@ def run(todo: list[Shard], splits: dict, writer, spec: ExtractorSpec, batch_size
     done = 0
     try:
         for row in shards.iter_rows():
-            first = int(row["lo"]) // data.BLOCK_ROWS
+            first = int(row["lo"]) // digest.BLOCK_ROWS
             blocks = {first + i: digest.tobytes() for i, digest in enumerate(row["blocks"])}
             writer.write(str(row["split"]), int(row["lo"]), row["features"], blocks)
             done += 1

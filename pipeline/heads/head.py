@@ -235,7 +235,7 @@ def _save_joblib(model, out_dir: Path):
     joblib.dump(model, out_dir / records.MODEL_JOBLIB)
 
 
-def _load_keras(path: Path):
+def load_keras(path: Path):
     _configure_tf(None)
     import keras
     return keras.models.load_model(path)
@@ -271,7 +271,7 @@ HEADS = {kind.name: kind for kind in [
     HeadKind("dense", "Keras: standardize -> Dense(hidden, relu) -> Dropout -> Dense(K, softmax)",
              {"hidden": 1024, "dropout": 0.5, "lr": 1e-3, "batch_size": 1024, "epochs": 100, "l2": 0.0,
               "patience": 5, "seed": 0},
-             train_dense, records.MODEL, _load_keras,
+             train_dense, records.MODEL, load_keras,
              ("hidden", "dropout", "lr", "batch_size", "l2", "patience", "seed"), _no_dropout_without_hidden,
              calibrated=True, simpler=(("hidden", 1), ("l2", -1), ("dropout", -1))),
     HeadKind("logreg", "scikit-learn: StandardScaler -> LogisticRegression(lbfgs)", {"C": 0.1, "max_iter": 1000},

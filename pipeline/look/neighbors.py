@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.sources import data
+from pipeline.sources import images
 from pipeline.foundation import flags, outputs, records
 from pipeline.sources import rows
 from pipeline.store import store
@@ -77,7 +77,7 @@ def pairs_above(queries, base, threshold: float, block: int = BLOCK, limit: int 
 
 def read_files(files: list[Path]) -> list[np.ndarray]:
     """Image files decoded as stage one decodes an image folder, each at its own size."""
-    return data.FileImages(np.asarray([str(f) for f in files])).read()
+    return images.FileImages(np.asarray([str(f) for f in files])).read()
 
 
 def embed_files(attrs: dict, files: list[Path], backbone=None, weights=None) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 
 from pipeline.ship import export
 from pipeline.foundation import flags, outputs, records
-from pipeline.sources.data import IMAGE_SUFFIXES, rgb8
+from pipeline.sources.decode import IMAGE_SUFFIXES, rgb8
 from pipeline.foundation.errors import UserError, first_line
 
 TOP = 3

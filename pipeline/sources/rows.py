@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.sources import data
+from pipeline.sources import dataset
 from pipeline.foundation import outputs, records
 from pipeline.store import store
 from pipeline.foundation.errors import UserError
@@ -27,14 +27,14 @@ def checked_source(attrs: dict, data_path, cache_dir) -> Source:
     """The source of a features file's images (`data_path` overrides the stored one), checked
     against the file's data fingerprint. The check decodes every image, so it is done once per
     state of the source: remembered under CACHE/looking/sources/ by the files' names, sizes and
-    modification times (`data.source_identity`), which change whenever the source does."""
-    path = data.source_of(attrs, data_path)
+    modification times (`dataset.source_identity`), which change whenever the source does."""
+    path = dataset.source_of(attrs, data_path)
     if not attrs.get("data_fingerprint"):
         raise UserError("the features file records no data fingerprint to check its images against; "
                         "rerun `python -m pipeline features`")
     where = str(Path(path).resolve()) if path is not None else None
     seen = {"data_fingerprint": attrs["data_fingerprint"], "source": where,
-            "source_identity": data.source_identity(path)}
+            "source_identity": dataset.source_identity(path)}
     key = store.settings_hash(seen)
     marker = records.folder(cache_dir, records.LOOKING) / records.CHECKED_SOURCES / f"{key}.json"
     if not marker.is_file():
@@ -50,7 +50,7 @@ def source_or_note(attrs: dict, data_path, cache_dir) -> tuple[Source | None, st
     the views that are still useful without pictures. A source that is there but differs is refused."""
     if data_path is None:
         try:
-            data.source_of(attrs)
+            dataset.source_of(attrs)
         except UserError as exc:
             return None, unreadable(exc)
     return checked_source(attrs, data_path, cache_dir), None
@@ -59,7 +59,7 @@ def source_or_note(attrs: dict, data_path, cache_dir) -> tuple[Source | None, st
 def images(attrs: dict, split: str, index, data_path=None) -> tuple[list[np.ndarray], list[str | None]]:
     """The source images of rows `index` (source indices) of `split` (each at its own size), and
     their file paths (None where the source has none). `data_path` overrides the stored source."""
-    return data.load_rows(data.source_of(attrs, data_path), data.SOURCE_PART[split], index)
+    return dataset.load_rows(dataset.source_of(attrs, data_path), dataset.SOURCE_PART[split], index)
 
 
 def images_of(attrs: dict, items, data_path=None) -> list[np.ndarray]:
@@ -76,7 +76,7 @@ def images_of(attrs: dict, items, data_path=None) -> list[np.ndarray]:
 
 def paths(attrs: dict, split: str, index, data_path=None) -> list[str | None]:
     """File paths of rows `index` without decoding them (all None for a source without files)."""
-    files = data.row_files(data.source_of(attrs, data_path), data.SOURCE_PART[split], index)
+    files = dataset.row_files(dataset.source_of(attrs, data_path), dataset.SOURCE_PART[split], index)
     return [str(f) for f in files] if files is not None else [None] * len(np.asarray(index).reshape(-1))
 
 

@@ -1,0 +1,116 @@
+"""Which source, and back again: `load_dataset` opens any supported source, `source_of` finds a
+features file's source, `load_rows` reads the images of cached rows.
+
+Accepted sources (``load_dataset``):
+- ``None``: ``keras.datasets.cifar10.load_data()`` (downloads once, then Keras's cache);
+- a ``cifar-10-batches-py`` folder (data_batch_1..5, test_batch, batches.meta);
+- a ``cifar-10-python.tar.gz`` tarball holding that folder (both: sources/cifar.py);
+- an image-folder tree ``train/<class>/*`` and ``test/<class>/*`` (JPEG, PNG, BMP, GIF, WebP, TIFF; any
+  size; grayscale, palette, RGBA and 16-bit files are read as 8-bit RGB; sources/folders.py).
+
+Nothing here decodes a whole image folder at once: a split holds labels, source indices and an
+``Images`` reader (sources/images.py), and callers decode bounded batches with ``Split.read(lo, hi)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.foundation.errors import UserError
+from pipeline.sources.cifar import load_batches_dir, load_keras, load_tarball
+from pipeline.sources.decode import read_images
+from pipeline.sources.folders import class_folders, folder_files, load_image_folders
+from pipeline.sources.images import Dataset, FORMATS_HELP
+
+
+def load_dataset(path: str | os.PathLike | None, limit: int | None = None) -> Dataset:
+    """Load a source; with `limit`, keep at most that many train and test images each
+    (``balanced_subset``), decoding only those from an image folder."""
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be a positive number of images, got {limit}")
+    if path is None:
+        return load_keras(limit)
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"data path {path} does not exist; {FORMATS_HELP}")
+    path = path.resolve()   # stored as the source: later stages find it from any working directory
+    if path.is_file():
+        if path.name.endswith((".tar.gz", ".tgz", ".tar")):
+            return load_tarball(path, limit)
+        raise UserError(f"unknown data format {path.name}; {FORMATS_HELP}")
+    if (path / "data_batch_1").exists() or (path / "test_batch").exists():
+        return load_batches_dir(path, limit)
+    if (path / "train").is_dir() and (path / "test").is_dir():
+        return load_image_folders(path, limit)
+    raise UserError(f"{path} is not a recognised dataset folder; {FORMATS_HELP}")
+
+
+def source_identity(path: str | os.PathLike | None) -> str:
+    """A cheap fingerprint of the source files (names, sizes, modification times), computed
+    without decoding a single image, so an up-to-date cache is found at once. The content
+    fingerprint (``fingerprint``) is stored in the file as well."""
+    if path is None:
+        return "keras.datasets.cifar10"
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"data path {path} does not exist; {FORMATS_HELP}")
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if f != path else f.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+# Which part of the source a split's `index` points into: val is carved from train.
+SOURCE_PART = {"train": "train", "val": "train", "test": "test"}
+
+
+def source_of(attrs: dict, data_path=None):
+    """The source a features file was made from (`data_path` overrides it), as load_dataset takes it."""
+    if data_path is not None:
+        return data_path
+    if not attrs.get("source"):
+        raise UserError("the features file does not record where its images came from; pass --data PATH")
+    if attrs["source"] == "keras.datasets.cifar10":
+        return None
+    if not Path(attrs["source"]).exists():
+        raise UserError(f"the images the features file was made from are no longer at {attrs['source']}; pass "
+                        "--data PATH to them (a moved copy is recognised by its fingerprint)")
+    return attrs["source"]
+
+
+def load_rows(path, part: str, index) -> tuple[list[np.ndarray], list[str | None]]:
+    """The images at `index` of the source's `part` ("train" or "test": val rows live in train),
+    each at its own size (an image folder may mix sizes), and their file paths (None where the
+    source has no files). Only an image folder is read row by row; the other formats are loaded
+    whole (CIFAR-10 size: seconds)."""
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
+    files = row_files(path, part, index)
+    if files is not None:
+        return read_images(files), [str(f) for f in files]
+    ds = load_dataset(path)
+    x = ds.train_x if part == "train" else ds.test_x
+    _check_rows(index, len(x), path, part)
+    return list(x[index]), [None] * len(index)
+
+
+def row_files(path, part: str, index) -> list[Path] | None:
+    """The files of an image-folder source at `index` of its `part`, without decoding them; None
+    for the other formats, which have no file per image."""
+    if path is None or not ((Path(path) / "train").is_dir() and (Path(path) / "test").is_dir()):
+        return None
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
+    root = Path(path)
+    files, _ = folder_files(root / part, class_folders(root / "train"))
+    _check_rows(index, len(files), path, part)
+    return [files[i] for i in index]
+
+
+def _check_rows(index, n, path, part):
+    if len(index) and (index.min() < 0 or index.max() >= n):
+        raise UserError(f"the {part} set of {path} has {n} images, but a row points at image "
+                        f"{int(index.max())}; is this the source the features were made from? (--data)")
