@@ -25,7 +25,9 @@ def main():
     parser.add_argument("--only", nargs="*", help="these backbones (default: the whole table)")
     args = parser.parse_args()
 
-    from pipeline.backbones.backbone import BACKBONES, build_backbone, resolve_precision
+    from pipeline.backbones.table import BACKBONES
+    from pipeline.backbones.build import build_backbone
+    from pipeline.backbones.precision import resolve_precision
     from pipeline.heads.evaluation import format_table
     x, source = images(args.images)
     precision, device = resolve_precision("auto")

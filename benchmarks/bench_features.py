@@ -51,7 +51,7 @@ def environment() -> dict:
     which commit (and whether it had local changes), which library versions, and the command line."""
     from datetime import datetime, timezone
     from importlib import metadata
-    from pipeline.backbones.backbone import resolve_precision
+    from pipeline.backbones.precision import resolve_precision
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     flags = next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines() if line.startswith("flags")), [])
     precision, device = resolve_precision("auto")
@@ -100,7 +100,7 @@ def cpu_name():
 def plain_and_fast(backbone, precision):
     """(plain, ours): the tutorial's model.predict at batch 32, and stage one's fast extractor at
     batch 64; each takes a uint8 batch."""
-    from pipeline.backbones.backbone import fast_extractor
+    from pipeline.backbones.folding import fast_extractor
     fast = fast_extractor(backbone.model, precision)
     plain = lambda batch: backbone.model.predict(batch, batch_size=32, verbose=0)  # noqa: E731
 
@@ -143,7 +143,8 @@ def main():
                         help="images per split for the memory run; 0 = all of CIFAR-10 (default 1000)")
     args = parser.parse_args()
 
-    from pipeline.backbones.backbone import build_backbone, resolve_precision
+    from pipeline.backbones.build import build_backbone
+    from pipeline.backbones.precision import resolve_precision
     x, source = images(args.images)
     precision, device = resolve_precision("auto")
     plain, ours = plain_and_fast(build_backbone("inception_v3", "none", 299, seed=0), precision)

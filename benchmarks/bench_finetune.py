@@ -56,7 +56,9 @@ def measure(precision, args) -> dict:
 
     import keras
     import numpy as np
-    from pipeline.backbones.backbone import build_backbone, fast_extractor, resolve_precision
+    from pipeline.backbones.build import build_backbone
+    from pipeline.backbones.folding import fast_extractor
+    from pipeline.backbones.precision import resolve_precision
     from pipeline.finetune.finetune import FinetuneSettings, compile_model, training_model
     from pipeline.finetune import surgery
     precision, device = resolve_precision(precision)

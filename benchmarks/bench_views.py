@@ -43,7 +43,8 @@ def heads_on(fs, cache: Path) -> dict:
 
 def extraction_rates(backbone: str, images, rounds: int = 2) -> dict:
     """images/s with one and with two views, alternating rounds, best of each."""
-    from pipeline.backbones.backbone import build_backbone, fast_extractor
+    from pipeline.backbones.build import build_backbone
+    from pipeline.backbones.folding import fast_extractor
     from pipeline.extract.views import image_views
     extract = fast_extractor(build_backbone(backbone, image_shape=images.shape[1:]).model, "float32")
     extract(images[:8])                                    # trace once outside the timing

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import CIFAR_JPG, PRETRAINED, require_pretrained, require_real_images
-from pipeline.backbones import backbone as bb
+from pipeline.backbones import build, folding, table
+from pipeline.backbones import precision as device_precision
+from pipeline.backbones.weights import Weights, sha256_file
 from pipeline.foundation.errors import UserError
 
 SIZE = 75
@@ -29,7 +31,7 @@ def _perturb_batchnorm(model, seed=0):
 
 @pytest.fixture(scope="module")
 def inception():
-    backbone = bb.build_backbone("inception_v3", "none", SIZE, seed=0)
+    backbone = build.build_backbone("inception_v3", "none", SIZE, seed=0)
     _perturb_batchnorm(backbone.model.get_layer("inception_v3"))
     return backbone
 
@@ -56,7 +58,7 @@ def _real_images(n=16):
 
 
 def test_float32_fast_path_matches_reference_on_random_and_real_images(inception):
-    extract = bb.fast_extractor(inception.model, "float32")
+    extract = folding.fast_extractor(inception.model, "float32")
     random_images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
     for images in (random_images, _real_images()):
         ref, got = _reference(inception, images), extract(images)
@@ -66,7 +68,8 @@ def test_float32_fast_path_matches_reference_on_random_and_real_images(inception
 
 def test_bfloat16_stays_close_to_float32(inception):
     images = _real_images()
-    f32, b16 = bb.fast_extractor(inception.model, "float32")(images), bb.fast_extractor(inception.model, "bfloat16")(images)
+    f32 = folding.fast_extractor(inception.model, "float32")(images)
+    b16 = folding.fast_extractor(inception.model, "bfloat16")(images)
     assert b16.dtype == np.float32
     assert _cosines(f32, b16).min() >= 0.999
     assert not np.array_equal(f32, b16)          # it really ran in lower precision
@@ -75,7 +78,7 @@ def test_bfloat16_stays_close_to_float32(inception):
 def test_every_folded_layer_computes_in_the_chosen_precision(inception):
     """One float32 layer in a bfloat16 network casts activations up and down and halves the speed."""
     import keras
-    folded = bb.fold_batchnorm(inception.model.get_layer("inception_v3"), "bfloat16")
+    folded = folding.fold_batchnorm(inception.model.get_layer("inception_v3"), "bfloat16")
     dtypes = {l.compute_dtype for l in folded.layers if not isinstance(l, keras.layers.InputLayer)}
     assert dtypes == {"bfloat16"}
 
@@ -94,7 +97,7 @@ def test_folding_handles_depthwise_convolutions_and_biases():
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D) and layer.use_bias:
             layer.bias.assign(np.linspace(-1, 1, layer.bias.shape[0]))
-    folded = bb.fold_batchnorm(model)
+    folded = folding.fold_batchnorm(model)
     assert not any(isinstance(l, keras.layers.BatchNormalization) for l in folded.layers)
     x = np.random.default_rng(0).normal(size=(4, 12, 12, 3)).astype("float32")
     np.testing.assert_allclose(folded(x).numpy(), model(x, training=False).numpy(), rtol=1e-5, atol=1e-5)
@@ -102,13 +105,13 @@ def test_folding_handles_depthwise_convolutions_and_biases():
 
 def test_auto_precision_follows_the_device():
     import tensorflow as tf
-    precision, device = bb.resolve_precision("auto")
+    precision, device = device_precision.resolve_precision("auto")
     if tf.config.list_physical_devices("GPU"):
         assert device.startswith("GPU") and precision == "float16"
     else:
-        assert device == "CPU" and precision == ("bfloat16" if bb.cpu_has_bf16() else "float32")
+        assert device == "CPU" and precision == ("bfloat16" if device_precision.cpu_has_bf16() else "float32")
     with pytest.raises(UserError):
-        bb.resolve_precision("int8")
+        device_precision.resolve_precision("int8")
 
 
 # /proc/cpuinfo's flags line of each kind of CPU the project supports (abridged).
@@ -123,33 +126,33 @@ def test_auto_precision_on_each_kind_of_cpu(cpu, gpus, expected, tmp_path, monke
     import tensorflow as tf
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {CPU_FLAGS[cpu]}\n")
-    monkeypatch.setattr(bb, "CPUINFO", cpuinfo)
+    monkeypatch.setattr(device_precision, "CPUINFO", cpuinfo)
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: gpus if kind == "GPU" else [])
-    assert bb.resolve_precision("auto")[0] == expected
-    assert bb.resolve_precision("float32")[0] == "float32"      # an explicit choice is kept on every kind
-    monkeypatch.setattr(bb, "CPUINFO", tmp_path / "absent")       # unreadable: the safe choice
-    assert bb.resolve_precision("auto")[0] == ("float16" if gpus else "float32")
+    assert device_precision.resolve_precision("auto")[0] == expected
+    assert device_precision.resolve_precision("float32")[0] == "float32"      # an explicit choice is kept on every kind
+    monkeypatch.setattr(device_precision, "CPUINFO", tmp_path / "absent")       # unreadable: the safe choice
+    assert device_precision.resolve_precision("auto")[0] == ("float16" if gpus else "float32")
 
 
 @pytest.mark.slow
 def test_weights_file_gives_the_same_network(tmp_path, inception):
     path = tmp_path / "inception.weights.h5"
     inception.model.get_layer("inception_v3").save_weights(path)
-    loaded = bb.build_backbone("inception_v3", str(path), SIZE, seed=123)
-    assert loaded.weights == bb.Weights("file", sha256=bb.sha256_file(path))
+    loaded = build.build_backbone("inception_v3", str(path), SIZE, seed=123)
+    assert loaded.weights == Weights("file", sha256=sha256_file(path))
     images = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(loaded.model.predict(images, verbose=0), inception.model.predict(images, verbose=0))
 
 
 def test_saved_backbone_file_brings_its_own_size_and_width():
     require_pretrained()
-    backbone = bb.build_backbone(str(PRETRAINED))
+    backbone = build.build_backbone(str(PRETRAINED))
     assert (backbone.input_size, backbone.width) == (224, 1280)
     assert backbone.weights.attrs() == {"weights_source": "file", "weights_seed": -1, "weights_sha256":
                                         "cbe38d27d3d675a9b34bbfe0d790490068c14d1b4c5c8fc9e5c2996e78326728"}
     images = _real_images(4)
     ref = backbone.model.predict(images, verbose=0)
-    fast = bb.fast_extractor(backbone.model, "float32")(images)
+    fast = folding.fast_extractor(backbone.model, "float32")(images)
     assert np.abs(fast - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
@@ -162,18 +165,18 @@ def test_saved_backbone_file_brings_its_own_size_and_width():
 ])
 def test_bad_backbone_settings(kwargs, message):
     with pytest.raises(UserError, match=message):
-        bb.build_backbone(**kwargs)
+        build.build_backbone(**kwargs)
 
 
 def test_unreadable_files_are_user_errors(tmp_path):
     junk = tmp_path / "junk.weights.h5"
     junk.write_bytes(b"\x00" * 64)
     with pytest.raises(UserError, match="cannot load inception_v3 weights"):
-        bb.build_backbone("inception_v3", str(junk), SIZE)
+        build.build_backbone("inception_v3", str(junk), SIZE)
     fake_model = tmp_path / "model.keras"
     fake_model.write_bytes(b"not a zip")
     with pytest.raises(UserError, match="cannot load Keras model"):
-        bb.build_backbone(str(fake_model))
+        build.build_backbone(str(fake_model))
 
 
 def test_imagenet_download_failure_is_explained(monkeypatch):
@@ -182,7 +185,7 @@ def test_imagenet_download_failure_is_explained(monkeypatch):
         raise Exception("URL fetch failure")
     monkeypatch.setattr("keras.src.applications.inception_v3.file_utils.get_file", offline)
     with pytest.raises(UserError, match="could not download the inception_v3 ImageNet weights.*--weights.*notop.h5"):
-        bb.build_backbone("inception_v3", "imagenet", SIZE)
+        build.build_backbone("inception_v3", "imagenet", SIZE)
 
 
 # ---------------------------------------------------------------- every row of the table
@@ -195,16 +198,16 @@ def _application_preprocess(row):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(bb.BACKBONES))
+@pytest.mark.parametrize("name", list(table.BACKBONES))
 def test_every_backbone_fast_path_equals_the_keras_application(name):
     """Random weights (BatchNorm perturbed), smallest input size, random and real images: the
     folded float32 extractor equals the plain keras.applications network fed its own
     preprocess_input; bfloat16 stays within a cosine of 0.999."""
     import keras
     import tensorflow as tf
-    row = bb.BACKBONES[name]
+    row = table.BACKBONES[name]
     size = max(row.min_size, 32)
-    backbone = bb.build_backbone(name, "none", size, seed=0)
+    backbone = build.build_backbone(name, "none", size, seed=0)
     assert (backbone.row, backbone.width, backbone.input_size) == (row, row.width, size)
     network = backbone.model.layers[-1]
     _perturb_batchnorm(network, seed=1)
@@ -212,21 +215,21 @@ def test_every_backbone_fast_path_equals_the_keras_application(name):
                              _real_images(10)[:6]])
     pixels = tf.image.resize(tf.cast(images, tf.float32), (size, size))
     ref = network(_application_preprocess(row)(pixels), training=False).numpy()
-    f32 = bb.fast_extractor(backbone.model, "float32")(images)
+    f32 = folding.fast_extractor(backbone.model, "float32")(images)
     assert f32.shape == (len(images), row.width)
     assert np.abs(f32 - ref).max() <= 1e-4 * np.abs(ref).max()
-    folded = bb.fold_batchnorm(network)
+    folded = folding.fold_batchnorm(network)
     conv_fed = [l for l in network.layers if isinstance(l, keras.layers.BatchNormalization)
-                and isinstance(l.input._keras_history.operation, bb._convolutions())]
-    assert len(conv_fed) == len(bb._foldable_pairs(network))          # every conv->BN pair folded
+                and isinstance(l.input._keras_history.operation, folding._convolutions())]
+    assert len(conv_fed) == len(fast._foldable_pairs(network))          # every conv->BN pair folded
     assert not any(folded.get_layer(l.name).weights for l in conv_fed)
-    b16 = bb.fast_extractor(backbone.model, "bfloat16")(images)
+    b16 = folding.fast_extractor(backbone.model, "bfloat16")(images)
     assert _cosines(f32, b16).min() >= 0.999
     # Fine-tuning cuts the row at its default block: the block trains, and lower then upper is the network.
     from pipeline.finetune import surgery
     head = keras.Sequential([keras.Input((row.width,)), keras.layers.Dense(10, activation="softmax")])
     parts = surgery.split(backbone.model, head, row.unfreeze, row)
-    assert row.unfreeze in {l.name for l in parts.upper.layers} and row.unfreeze in bb.block_names(network, row)
+    assert row.unfreeze in {l.name for l in parts.upper.layers} and row.unfreeze in table.block_names(network, row)
     x = _application_preprocess(row)(pixels)
     np.testing.assert_allclose(parts.upper(parts.lower(x)).numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
@@ -236,14 +239,14 @@ def test_weights_file_builds_what_imagenet_builds(tmp_path, monkeypatch):
     """--weights PATH is Keras's ImageNet build with the download answered by the file: for
     EfficientNet that build differs from a random-init one (an extra input rescaling)."""
     import keras
-    random_init = bb.build_backbone("efficientnet_b0", "none", 32, seed=0)
+    random_init = build.build_backbone("efficientnet_b0", "none", 32, seed=0)
     path = tmp_path / "efficientnetb0_notop.weights.h5"
     random_init.model.get_layer("efficientnet_b0").save_weights(path)
-    from_file = bb.build_backbone("efficientnet_b0", str(path), 32)
+    from_file = build.build_backbone("efficientnet_b0", str(path), 32)
     monkeypatch.setattr("keras.src.applications.efficientnet.file_utils.get_file", lambda *a, **k: str(path))
-    as_imagenet = bb.build_backbone("efficientnet_b0", "imagenet", 32)
-    assert from_file.weights == bb.Weights("file", sha256=bb.sha256_file(path))
-    assert as_imagenet.weights == bb.Weights("imagenet")
+    as_imagenet = build.build_backbone("efficientnet_b0", "imagenet", 32)
+    assert from_file.weights == Weights("file", sha256=sha256_file(path))
+    assert as_imagenet.weights == Weights("imagenet")
     images = np.random.default_rng(2).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(from_file.model.predict(images, verbose=0), as_imagenet.model.predict(images, verbose=0))
     rescalings = [sum(isinstance(l, keras.layers.Rescaling) for l in b.model.get_layer("efficientnet_b0").layers)
@@ -256,6 +259,6 @@ def test_backbones_command_prints_the_table(capsys):
     from pipeline.cli import main
     assert main(["backbones"]) == 0
     out = capsys.readouterr().out
-    for row in bb.BACKBONES.values():
+    for row in table.BACKBONES.values():
         assert row.name in out and row.unfreeze in out
     assert "inception_v3 (default)" in out

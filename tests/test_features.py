@@ -54,7 +54,7 @@ def test_writes_the_documented_schema(capsys, batches_dir, tmp_path):
 @pytest.mark.slow
 def test_rerun_is_up_to_date_and_changed_settings_give_a_new_file(capsys, batches_dir, tmp_path, monkeypatch):
     from pipeline.extract import features as stage_one
-    from pipeline.backbones.backbone import resolve_precision
+    from pipeline.backbones.precision import resolve_precision
     cache = tmp_path / "cache"
     _, out, _ = features(capsys, batches_dir, cache)
     first = Path(out[-1])
@@ -73,7 +73,7 @@ def test_rerun_is_up_to_date_and_changed_settings_give_a_new_file(capsys, batche
 
 @pytest.mark.slow
 def test_stored_features_equal_the_plain_keras_model_on_real_images(tiny_inception_features):
-    from pipeline.backbones.backbone import build_backbone
+    from pipeline.backbones.build import build_backbone
     from pipeline.sources.dataset import load_dataset
     fs = store.read_features(tiny_inception_features)
     assert fs.attrs["precision"] == "float32" and (fs.attrs["weights_source"], fs.attrs["weights_seed"]) == ("none", 0)

@@ -128,7 +128,7 @@ def test_one_step_cached_equals_one_step_end_to_end(tiny_inception_features, hea
     cache, to 5% (the storage rounds each value by ~5e-4 relative)."""
     import keras
     from pipeline.finetune import activations
-    from pipeline.backbones.backbone import fast_extractor
+    from pipeline.backbones.folding import fast_extractor
     attrs, bb, parts = fresh_parts(tiny_inception_features, head)
     splits = load_splits(attrs, None)
     cs = activations.settings(attrs, parts.cut, False, "float32")

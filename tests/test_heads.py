@@ -124,7 +124,7 @@ def test_a_failed_run_leaves_nothing_under_a_final_name(separable, tmp_path, mon
 
 NO_INCEPTION = """
 import sys, keras
-from pipeline.backbones.backbone import BACKBONES
+from pipeline.backbones.table import BACKBONES
 def refuse(*a, **k):
     raise AssertionError("a backbone was constructed")
 for row in BACKBONES.values():

@@ -37,7 +37,7 @@ def read_file(path):
 
 
 def test_mixed_sizes_any_shard_layout_and_progress_lines(tmp_path, tiny_backbone, capsys, monkeypatch):
-    from pipeline.backbones.backbone import build_backbone
+    from pipeline.backbones.build import build_backbone
     root = mixed_tree(tmp_path / "mixed")
     monkeypatch.setenv(INTERVAL_ENV, "0")                 # a line after every batch
     base = ["features", "--data", str(root), "--backbone", str(tiny_backbone), "--precision", "float32"]

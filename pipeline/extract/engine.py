@@ -71,7 +71,8 @@ class ExtractorSpec:
 
     def build(self):
         """(extract: images -> float32 rows, Backbone). Any image size: resized in the graph."""
-        from pipeline.backbones.backbone import build_backbone, fast_extractor
+        from pipeline.backbones.build import build_backbone
+        from pipeline.backbones.folding import fast_extractor
         from pipeline.extract.views import image_views
         backbone = build_backbone(self.backbone, self.weights, self.size, (None, None, 3), self.seed)
         extract = fast_extractor(backbone.model, self.precision)

@@ -9,13 +9,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.backbones import backbone as backbones
+from pipeline.backbones import build, table
+from pipeline.backbones.weights import Weights
 from pipeline.sources import dataset, digest, partition
 from pipeline.extract import engine
 from pipeline.foundation import flags, records
 from pipeline.store import store
 from pipeline.extract import views
-from pipeline.backbones.backbone import build_backbone, resolve_precision
+from pipeline.backbones.build import build_backbone
+from pipeline.backbones.precision import resolve_precision
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import Lock
 from pipeline.foundation.progress import Progress
@@ -27,7 +29,7 @@ DEFAULT_WORKERS = 2
 @dataclass
 class FeatureSettings:
     data: str | None = None          # None: keras.datasets.cifar10 download
-    backbone: str = backbones.DEFAULT_BACKBONE   # a row of backbone.BACKBONES, or a saved .keras model
+    backbone: str = table.DEFAULT_BACKBONE   # a row of backbone.BACKBONES, or a saved .keras model
     weights: str | None = None       # imagenet | none | PATH (named backbones only); None = imagenet
     size: int | None = None          # None: the row's default size, the model's own for a file
     batch_size: int = 64
@@ -60,7 +62,7 @@ def identity(s: FeatureSettings, precision: str) -> dict:
     `rebuild_backbone` and `load_splits` below are its inverse."""
     found = {"dataset": dataset_name(s.data), "source_identity": dataset.source_identity(s.data),
              "limit": s.limit if s.limit is not None else -1, "val_fraction": s.val_fraction,
-             "split_seed": s.seed, **backbones.identity(s.backbone, s.weights, s.size, s.seed),
+             "split_seed": s.seed, **build.identity(s.backbone, s.weights, s.size, s.seed),
              "precision": precision}
     if s.views != 1:     # only then: a 1-view file keeps the name and hash it always had
         found["views"] = s.views
@@ -74,7 +76,8 @@ def rebuild_backbone(attrs: dict, backbone_file: str | None = None, weights_file
     recorded it (or where --weights/--backbone says, when it moved) and checked by its sha256.
     `image_shape`: its input (default: the file's first image's; (None, None, 3) takes any size,
     as stage one does)."""
-    from pipeline.backbones.backbone import BACKBONES, Weights
+    from pipeline.backbones.table import BACKBONES
+    from pipeline.backbones.weights import Weights
     if "weights_source" not in attrs:
         raise UserError("the features file predates structured weight attributes; rerun `make features`")
     recorded, shape = Weights.from_attrs(attrs), tuple(image_shape or attrs["image_shape"])
@@ -125,7 +128,7 @@ def _recorded_files(s: FeatureSettings) -> dict:
     """The absolute path of a backbone or weights file, beside its sha256 (in the settings), so that
     later commands rebuild the network without being told where it is again. Not a setting: the
     same file elsewhere gives the same numbers and the same file name."""
-    if s.backbone not in backbones.BACKBONES:
+    if s.backbone not in table.BACKBONES:
         return {"backbone_file": str(Path(s.backbone).resolve())}
     if s.weights not in (None, "imagenet", "none"):
         return {"weights_file": str(Path(s.weights).resolve())}
@@ -156,10 +159,10 @@ def _check(s: FeatureSettings):
 def add_arguments(p):
     p.add_argument("--data", metavar="PATH", help="cifar-10-batches-py folder, cifar-10-python.tar.gz, or "
                    "image folders train/<class>/* and test/<class>/*; default: download via Keras")
-    p.add_argument("--backbone", default=backbones.DEFAULT_BACKBONE, metavar="NAME|PATH",
+    p.add_argument("--backbone", default=table.DEFAULT_BACKBONE, metavar="NAME|PATH",
                    help="a backbone named in `python -m pipeline backbones` (inception_v3, resnet50, "
                         "convnext_tiny, ...), or a saved .keras model taking RGB 0-255 images and returning "
-                        f"a feature vector (default: {backbones.DEFAULT_BACKBONE})")
+                        f"a feature vector (default: {table.DEFAULT_BACKBONE})")
     p.add_argument("--weights", metavar="imagenet|none|PATH",
                    help="Keras's ImageNet download, random init (tests), or a local weights file, e.g. "
                         "Keras's *_notop.h5 for the backbone (default: imagenet)")
@@ -340,7 +343,7 @@ def run_features(s: FeatureSettings, log=print) -> Path:
             ray_engine.check_resources(session.ray, workers, s.gpus_per_worker)
         sizes = {k: len(v) for k, v in splits.items()}
         attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(settings),
-                 "settings": settings, **settings, "weights": str(backbones.Weights.from_attrs(settings)),
+                 "settings": settings, **settings, "weights": str(Weights.from_attrs(settings)),
                  "source": ds.source, "class_names": list(ds.class_names),
                  "image_shape": splits["train"].images.image_shape, "device": device, **_recorded_files(s),
                  "batch_size": s.batch_size, "shard_rows": s.shard_rows, "versions": versions(),

@@ -147,7 +147,7 @@ def training_model(parts, mode: str, precision: str):
     lower part runs BatchNorm-folded (the same function, fewer ops) in end-to-end mode, or not at
     all in cached mode, where the model's input is the cut activation."""
     import keras
-    from pipeline.backbones.backbone import fold_batchnorm
+    from pipeline.backbones.folding import fold_batchnorm
     from pipeline.finetune.surgery import with_precision
     upper = with_precision(parts.upper, precision)
     if mode == "cached":
@@ -200,7 +200,7 @@ def image_dataset(x, y, batch_size: int, shuffle: bool, augment: bool, seed: int
 
 def run_settings(s: FinetuneSettings, attrs: dict, head_path: Path, mode: str, cut: str, unfreeze: str,
                  precision: str) -> dict:
-    from pipeline.backbones.backbone import sha256_file
+    from pipeline.backbones.weights import sha256_file
     return {"features_hash": attrs["settings_hash"], "head_sha256": sha256_file(head_path), "mode": mode,
             "unfreeze_from": unfreeze, "cut": cut, "epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr,
             "optimizer": s.optimizer, "momentum": s.momentum if s.optimizer == "sgd" else None,
@@ -216,7 +216,7 @@ def save_model_atomically(model, path: Path):
 def run_finetune(s: FinetuneSettings, log=print) -> Path:
     """Fine-tune (or find up to date, or resume); return the exported model's path."""
     _check(s)
-    from pipeline.backbones.backbone import resolve_precision
+    from pipeline.backbones.precision import resolve_precision
     from pipeline.extract.features import default_features, load_features
     features_path = Path(s.features) if s.features else default_features(s.cache_dir)
     fs = load_features(features_path, splits=("val", "test"))   # the same checks as stage two
@@ -229,7 +229,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
 
     import keras
     from pipeline.finetune import surgery
-    from pipeline.backbones.backbone import default_unfreeze
+    from pipeline.backbones.table import default_unfreeze
     from pipeline.extract.features import rebuild_backbone
     bb = rebuild_backbone(attrs, s.backbone, s.weights)
     unfreeze = s.unfreeze_from or default_unfreeze(bb.model.layers[-1], bb.row)
@@ -291,7 +291,7 @@ def _training_data(s, attrs, features_path, parts, mode, precision, log) -> dict
         return {k: image_dataset(v.x, v.y, s.batch_size, shuffle=(k == "train"), augment=s.augment and k == "train",
                                  seed=s.seed) for k, v in splits.items()}
     from pipeline.finetune import activations
-    from pipeline.backbones.backbone import fast_extractor
+    from pipeline.backbones.folding import fast_extractor
     if s.augment:
         log("cached mode: --augment caches mirrored images (random translation needs --mode end-to-end)")
     cs = activations.settings(attrs, parts.cut, s.augment, precision)

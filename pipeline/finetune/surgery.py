@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.backbones.backbone import _POLICY
+from pipeline.backbones.precision import POLICY as _POLICY
 from pipeline.foundation.errors import UserError
 
 
@@ -53,7 +53,7 @@ def separators(base) -> list[int]:
 def find_cut(base, unfreeze_from: str, row=None) -> str:
     """The separator right before the block that `unfreeze_from` names (`row`: its backbone table
     row, which says how blocks are named)."""
-    from pipeline.backbones.backbone import block_names
+    from pipeline.backbones.table import block_names
     names = [op.name for op in base.operations]
     if unfreeze_from not in [layer.name for layer in base.layers[1:]]:
         raise UserError(f"--unfreeze-from {unfreeze_from!r} is not a layer of {base.name}; valid block "

@@ -1,7 +1,7 @@
 """Flag parsers shared by every stage, so each flag means and checks the same thing everywhere.
 
 Each parser raises argparse.ArgumentTypeError, which the CLI turns into one `error:` line and exit
-code 2. Precisions are listed here once; pipeline.backbones.backbone resolves "auto".
+code 2. Precisions are listed here once; pipeline.backbones.precision resolves "auto".
 """
 from __future__ import annotations
 

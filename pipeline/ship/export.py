@@ -200,7 +200,7 @@ def export_run(run_path: Path, fmt: str, cache_dir="cache", n_images: int = 256,
     """Export, check and keep (or find up to date) one run in one format; return the model's path."""
     if fmt not in FORMATS:
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    from pipeline.backbones.backbone import sha256_file
+    from pipeline.backbones.weights import sha256_file
     run_dir, info = read_run(Path(run_path))
     source = run_dir / records.MODEL
     identity = {"run": run_dir.name, "format": fmt, "model_sha256": sha256_file(source),

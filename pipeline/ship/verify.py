@@ -58,7 +58,7 @@ def verify(path, sample: int = DEFAULT_SAMPLE, seed: int = 0, backbone=None, wei
     """Compare re-embedded rows with the stored ones. Returns {"rows", "max_abs_diff",
     "max_relative_diff", "min_cosine", "tolerance", "first_bad"}; first_bad (split, row, source
     index, path, cosine, relative diff) is None when every row is within tolerance."""
-    from pipeline.backbones.backbone import fast_extractor
+    from pipeline.backbones.folding import fast_extractor
     from pipeline.extract.features import load_features, rebuild_backbone
     fs = load_features(path)
     attrs = fs.attrs
