@@ -40,12 +40,12 @@ def stage_one(engine: str, limit: int, backbone: str, cache: str) -> dict:
 def hdf5_write_rate(rows: int = 16384, width: int = 2048, shard_rows: int = 4096) -> float:
     """MB/s of the driver writing whole shards of float32 rows (with their block digests)."""
     from pipeline.sources import digest
-    from pipeline.store import store
+    from pipeline import store
     labels = {s: np.zeros(rows, np.uint8) for s in store.SPLITS}
     index = {s: np.arange(rows) for s in store.SPLITS}
     features = np.random.default_rng(0).standard_normal((shard_rows, width)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
-        writer = store.FeatureWriter(Path(tmp) / "x.h5", {"schema_version": store.SCHEMA_VERSION, "settings_hash": "b"},
+        writer = store.RowWriter(Path(tmp) / "x.h5", {"schema_version": store.SCHEMA_VERSION, "settings_hash": "b"},
                                      labels, index, (width,), log=lambda *a: None, block_rows=digest.BLOCK_ROWS)
         digests = {b: bytes(32) for b in range(shard_rows // digest.BLOCK_ROWS)}
         started = time.perf_counter()

@@ -33,7 +33,7 @@ TARGETS = {"load": 2, "dense": 60, "logreg": 120}
 
 def make_file(folder: Path) -> Path:
     import numpy as np
-    from pipeline.store import store
+    from pipeline import store
     rng = np.random.default_rng(0)
     # overlapping classes and 10% wrong labels, so that (as on real features) the head starts to
     # overfit and early stopping ends it; well-separated classes would train until --epochs
@@ -43,7 +43,7 @@ def make_file(folder: Path) -> Path:
              "settings": settings, "feature_width": WIDTH, "data_fingerprint": "synthetic",
              "class_names": [f"class{i}" for i in range(10)]}
     labels = {s: np.where(rng.random(n) < 0.1, rng.integers(0, 10, n), np.arange(n) % 10) for s, n in SIZES.items()}
-    writer = store.FeatureWriter(folder / "bench.h5", attrs, labels, {s: np.arange(n) for s, n in SIZES.items()},
+    writer = store.RowWriter(folder / "bench.h5", attrs, labels, {s: np.arange(n) for s, n in SIZES.items()},
                                  (WIDTH,), log=lambda *a: None)
     for split, y in labels.items():
         for lo in range(0, len(y), 5000):

@@ -116,9 +116,9 @@ def planted(tmp_path_factory):
     """(features path, data root, FeatureSet): real images with exact train copies planted in test
     (tests/looking_helpers.py), for the looking-at-results tests."""
     import looking_helpers
-    from pipeline.store.store import read_features
+    from pipeline.store import read_rows
     path, root = looking_helpers.build(tmp_path_factory.mktemp("planted"))
-    return path, root, read_features(path)
+    return path, root, read_rows(path)
 
 
 # ---------------------------------------------------------------- a tiny backbone (fast stage-one runs)
@@ -202,7 +202,7 @@ def synthetic_features(cache: Path, width=16, per_class=(40, 20, 20), shuffle=Fa
     """A stage-one file with the store's schema: 10 Gaussian classes, far apart (separable), or
     the same points with their labels shuffled. `attrs` override the file's attributes."""
     import numpy as np
-    from pipeline.store import store
+    from pipeline import store
     rng = np.random.default_rng(seed)
     means = rng.normal(0, 3, (len(CLASSES), width))
     settings = settings or {"dataset": "synthetic", "width": width, "seed": seed, "shuffle": shuffle}
@@ -218,7 +218,7 @@ def synthetic_features(cache: Path, width=16, per_class=(40, 20, 20), shuffle=Fa
         labels[split], index[split] = (rng.permutation(y) if shuffle else y), np.arange(len(y))
         rows[split] = x.reshape(len(y), *row_shape)
     final = cache / "features" / f"synthetic-{base['settings_hash']}.h5"
-    writer = store.FeatureWriter(final, base, labels, index, row_shape, log=lambda *a: None)
+    writer = store.RowWriter(final, base, labels, index, row_shape, log=lambda *a: None)
     for split in store.SPLITS:
         writer.write(split, 0, rows[split])
     if not finish:

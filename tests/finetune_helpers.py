@@ -8,8 +8,8 @@ import numpy as np
 
 def make_head(features: Path, run_dir: Path, hidden: int = 64, epochs: int = 30, seed: int = 0) -> Path:
     import keras
-    from pipeline.store.store import read_features
-    fs = read_features(features)
+    from pipeline.store import read_rows
+    fs = read_rows(features)
     train, val, test = (fs.splits[k] for k in ("train", "val", "test"))
     keras.utils.set_random_seed(seed)
     norm = keras.layers.Normalization(name="standardize")

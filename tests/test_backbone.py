@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import CIFAR_JPG, PRETRAINED, require_pretrained, require_real_images
-from pipeline.backbones import build, folding, table
-from pipeline.backbones import precision as device_precision
+from pipeline.backbones import build, folding, table, precision as device_precision
 from pipeline.backbones.weights import Weights, sha256_file
 from pipeline.foundation.errors import UserError
 

@@ -19,7 +19,7 @@ from conftest import (assert_one_error, fill_disk, run_cli, small_disk, spawn_cl
 from pipeline.foundation import errors
 from pipeline.heads import head as heads
 from pipeline.foundation import outputs
-from pipeline.store import store
+from pipeline import store
 
 FAST_FEATURES = ["--weights", "none", "--size", "75", "--precision", "float32"]
 

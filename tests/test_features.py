@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import CIFAR_JPG, ROOT, synthetic_cifar, write_batches
-from pipeline.store import store
+from pipeline.foundation import outputs
+from pipeline import store
 from pipeline.cli import main
 
 FAST = ["--weights", "none", "--size", "75"]
@@ -75,7 +76,7 @@ def test_rerun_is_up_to_date_and_changed_settings_give_a_new_file(capsys, batche
 def test_stored_features_equal_the_plain_keras_model_on_real_images(tiny_inception_features):
     from pipeline.backbones.build import build_backbone
     from pipeline.sources.dataset import load_dataset
-    fs = store.read_features(tiny_inception_features)
+    fs = store.read_rows(tiny_inception_features)
     assert fs.attrs["precision"] == "float32" and (fs.attrs["weights_source"], fs.attrs["weights_seed"]) == ("none", 0)
     images = load_dataset(CIFAR_JPG, limit=40).test_x
     np.testing.assert_array_equal(fs.splits["test"].index, np.repeat(np.arange(10) * 1000, 4) + np.tile(np.arange(4), 10))
@@ -138,7 +139,7 @@ def test_second_concurrent_run_is_refused(capsys, batches_dir, tmp_path):
     _, out, _ = features(capsys, batches_dir, cache)
     final = Path(out[-1])
     final.unlink()
-    with store.CacheLock(final):
+    with outputs.Lock(final):
         code, _, err = features(capsys, batches_dir, cache)
     assert code == 2 and "another run is writing" in err
     assert not final.exists()
@@ -146,7 +147,7 @@ def test_second_concurrent_run_is_refused(capsys, batches_dir, tmp_path):
 
 @pytest.mark.slow
 def test_disk_full_leaves_no_final_file_and_resumes(capsys, batches_dir, tmp_path, monkeypatch):
-    real_write = store.FeatureWriter.write
+    real_write = store.RowWriter.write
     calls = []
 
     def fill_up(self, split, start, rows, blocks=None):
@@ -154,12 +155,12 @@ def test_disk_full_leaves_no_final_file_and_resumes(capsys, batches_dir, tmp_pat
         if len(calls) == 2:
             raise OSError(errno.ENOSPC, "No space left on device", str(self.partial))
         return real_write(self, split, start, rows)
-    monkeypatch.setattr(store.FeatureWriter, "write", fill_up)
+    monkeypatch.setattr(store.RowWriter, "write", fill_up)
     code, out, err = features(capsys, batches_dir, tmp_path / "cache", "--batch-size", "16")
     assert code == 2 and err.strip().startswith("error: disk full") and len(err.strip().splitlines()) == 1
     folder = tmp_path / "cache" / "features"
     assert not list(folder.glob("*.h5")) and len(list(folder.glob("*.partial"))) == 1
-    monkeypatch.setattr(store.FeatureWriter, "write", real_write)
+    monkeypatch.setattr(store.RowWriter, "write", real_write)
     code, out, _ = features(capsys, batches_dir, tmp_path / "cache", "--batch-size", "16")
     assert code == 0 and any(line.startswith("resuming") for line in out)
 

@@ -11,7 +11,7 @@ from pipeline.finetune import surgery
 from pipeline.cli import main
 from pipeline.extract.features import load_splits, rebuild_backbone
 from pipeline.finetune.finetune import FinetuneSettings, run_finetune, training_model
-from pipeline.store.store import read_features
+from pipeline.store import read_rows
 
 # Random InceptionV3 features are badly scaled; a small step keeps the plumbing tests finite.
 LR = 1e-6
@@ -60,7 +60,7 @@ def quiet(*args):
 
 def fresh_parts(features, head_path):
     import keras
-    attrs = read_features(features, splits=()).attrs
+    attrs = read_rows(features, splits=()).attrs
     bb = rebuild_backbone(attrs)
     return attrs, bb, surgery.split(bb.model, keras.models.load_model(head_path), "mixed9")
 
@@ -91,7 +91,7 @@ def test_starting_model_predicts_what_the_head_does_on_the_stored_features(tiny_
                                                                            captured):
     import keras
     path = run_finetune(settings(tiny_inception_features, head, tmp_path, epochs=0), log=quiet)
-    fs = read_features(tiny_inception_features)
+    fs = read_rows(tiny_inception_features)
     expected = keras.models.load_model(head).predict(fs.splits["val"].features, verbose=0)
     images = load_splits(fs.attrs, None)["val"].x
     # Stored features came from the BatchNorm-folded extractor (float32, ~1e-6 apart); the head's
@@ -106,7 +106,7 @@ def test_starting_model_predicts_what_the_head_does_on_the_stored_features(tiny_
 def test_exported_model_reloads_and_predicts_the_same(tiny_inception_features, tuned):
     import keras
     path, seen = tuned
-    fs = read_features(tiny_inception_features)
+    fs = read_rows(tiny_inception_features)
     images = load_splits(fs.attrs, None)["test"].x
     reloaded = keras.models.load_model(path)   # plain Keras: built-in layers only
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), seen["in_memory"].predict(images, verbose=0),
@@ -243,7 +243,7 @@ def test_resnet50_fine_tunes_from_its_default_block(tmp_path):
     path = run_finetune(settings(features, head, tmp_path, epochs=1), log=quiet)
     run = json.loads((path.parent / "run.json").read_text())
     assert (run["settings"]["unfreeze_from"], run["settings"]["cut"]) == ("conv5_block2_1_conv", "conv5_block1_out")
-    attrs = read_features(features, splits=()).attrs
+    attrs = read_rows(features, splits=()).attrs
     before = rebuild_backbone(attrs).model.get_layer("resnet50")
     after = keras.models.load_model(path).get_layer("resnet50")
     moved = {a.name for a, b in zip(before.layers, after.layers)

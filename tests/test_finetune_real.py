@@ -7,7 +7,7 @@ from conftest import PRETRAINED
 from finetune_helpers import make_head
 from pipeline.extract.features import load_splits
 from pipeline.finetune.finetune import FinetuneSettings, run_finetune
-from pipeline.store.store import read_features
+from pipeline.store import read_rows
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +23,7 @@ def test_fine_tuning_keeps_or_improves_validation_accuracy(real_features, tmp_pa
     # The starting point: before any step, the cached-mode model (float16 cut activations) and the
     # exported image model (float32 all through) agree; the head saw features stored in bfloat16.
     start = run_finetune(FinetuneSettings(**common, epochs=0), log=lambda *a: None)
-    fs = read_features(real_features)
+    fs = read_rows(real_features)
     images = load_splits(fs.attrs, None)["val"].x
     from_images = keras.models.load_model(start).predict(images, verbose=0)
     assert np.abs(from_images - seen["y_prob"]["val"]).max() < 0.01

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import CLASSES, synthetic_features
 from pipeline.heads import head as heads
-from pipeline.store import store
+from pipeline import store
 from pipeline.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import looking_helpers as lh
 from conftest import CIFAR_JPG, PRETRAINED
 from pipeline.heads import head as heads
 from pipeline.look import looking
-from pipeline.store import store
+from pipeline import store
 from pipeline.cli import main
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from conftest import MIXED_CLASSES, assert_one_error, run_cli, synthetic_features
 from pipeline.foundation import flags
 from pipeline.heads import head as heads
-from pipeline.store import store
+from pipeline import store
 
 
 def folder_files(root: Path, part: str) -> list[Path]:
@@ -35,7 +35,7 @@ def written(cache: Path) -> list[Path]:
 
 def test_neighbors_of_a_file_finds_its_own_row_whatever_its_size(mixed_features, tiny_backbone, tmp_path, capsys):
     path, root = mixed_features
-    fs = store.read_features(path)
+    fs = store.read_rows(path)
     train = folder_files(root, "train")
     queries = [train[0], train[1]]                       # a 32x32 and a 48x40 image
     assert [Image.open(q).size for q in queries] == [(32, 32), (48, 40)]
@@ -174,7 +174,7 @@ def test_neighbors_of_a_renamed_copy_prints_its_own_name(mixed_features, tiny_ba
 
 @pytest.fixture(scope="module")
 def mixed_run(mixed_features, tmp_path_factory):
-    fs = store.read_features(mixed_features[0])
+    fs = store.read_rows(mixed_features[0])
     return Path(heads.run_head(fs, "logreg", heads.make_settings("logreg"), tmp_path_factory.mktemp("run"))["run_dir"])
 
 

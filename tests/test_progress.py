@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from pipeline.store import store
+from pipeline import store
 from pipeline.finetune import activations
 from pipeline.foundation.progress import INTERVAL_ENV, Progress
 

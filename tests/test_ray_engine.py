@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, assert_one_error, run_cli, spawn_cli, synthetic_cifar, write_batches
-from pipeline.store import store
+from pipeline import store
 from pipeline.cli import main
 from pipeline.extract.engine import CRASH_ENV
 from pipeline.foundation.progress import INTERVAL_ENV

@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import ROOT
 from pipeline.sources import dataset, digest, partition
-from pipeline.store import store
+from pipeline import store
 from pipeline.cli import main
 from pipeline.foundation.progress import INTERVAL_ENV
 

@@ -48,7 +48,7 @@ def test_features_head_predict_need_no_other_flags_and_say_what_they_picked(newc
     code, out, err = run_cli(capsys, "features", "--data", "photos", "--backbone", "models/tiny.keras")
     assert code == 0, err
     features = Path(out[-1])
-    from pipeline.store.store import read_rows
+    from pipeline.store import read_rows
     recorded = read_rows(features, splits=(), values=False).attrs["backbone_file"]
     assert recorded == str(newcomer / "models" / "tiny.keras")      # absolute, though given relative
 

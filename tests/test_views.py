@@ -9,7 +9,7 @@ import pytest
 from conftest import CIFAR_JPG, assert_close_at
 from pipeline.cli import main
 from pipeline.foundation.errors import UserError
-from pipeline.store.store import MIRRORED, read_features
+from pipeline.store import MIRRORED, read_rows
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def test_two_view_files_validate_and_hold_the_mirrored_images_embeddings(two_vie
                                                                          tiny_backbone):
     from pipeline.backbones.build import build_backbone
     from pipeline.extract.features import load_splits
-    one, two = read_features(tiny_backbone_features), read_features(two_views)
+    one, two = read_rows(tiny_backbone_features), read_rows(two_views)
     assert two.attrs["views"] == 2 and "views" not in one.attrs and "views" not in one.attrs["settings"]
     assert two.attrs["settings"] == {**one.attrs["settings"], "views": 2}
     assert two.attrs["settings_hash"] != one.attrs["settings_hash"]
@@ -45,7 +45,7 @@ def test_a_two_view_file_missing_a_view_is_refused(two_views, tmp_path, capsys):
     with h5py.File(broken, "r+") as f:
         del f["val"][MIRRORED]
     with pytest.raises(UserError, match="val lacks features_mirrored"):
-        read_features(broken)
+        read_rows(broken)
     assert main(["head", "--features", str(broken), "--cache-dir", str(tmp_path)]) == 2
     assert "lacks features_mirrored" in capsys.readouterr().err
 

@@ -14,7 +14,7 @@ from pipeline.backbones.weights import Weights
 from pipeline.sources import dataset, digest, partition
 from pipeline.extract import engine
 from pipeline.foundation import flags, records
-from pipeline.store import store
+from pipeline import store
 from pipeline.extract import views
 from pipeline.backbones.build import build_backbone
 from pipeline.backbones.precision import resolve_precision

@@ -1,7 +1,7 @@
 """Flip views: an image and its horizontal mirror, the one augmentation a feature cache can hold.
 
 A features file made with `--views 2` stores each image's embedding and its mirror's
-(pipeline.store.store, `features_mirrored`). Heads train on every view as its own row, with the image's
+(pipeline.store, `features_mirrored`). Heads train on every view as its own row, with the image's
 label, and are evaluated on the mean of the views' probabilities (test-time augmentation), so a
 1-view file behaves exactly as before. `predict --tta` does the same with images.
 """
@@ -25,7 +25,7 @@ def image_views(images, views: int) -> list:
 
 
 def training_rows(split) -> tuple[np.ndarray, np.ndarray]:
-    """(x, y) with one row per stored view of each image of a pipeline.store.store.FeatureSplit."""
+    """(x, y) with one row per stored view of each image of a pipeline.store.RowSplit."""
     views = split.views
     x = views[0] if len(views) == 1 else np.concatenate(views)
     return x, np.tile(split.labels, len(views))

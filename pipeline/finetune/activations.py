@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.foundation import records
-from pipeline.store import store
+from pipeline import store
 
 TRAIN_ORDER_SEED = 0
 WORDS = store.Words(what="activation cache", make="`python -m pipeline finetune --mode cached` builds it",

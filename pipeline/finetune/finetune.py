@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.foundation import flags, records
-from pipeline.store import store
+from pipeline import store
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import Lock, atomic_file, write_json_atomic
 

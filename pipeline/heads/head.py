@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline.foundation import flags, records
-from pipeline.store import store
+from pipeline import store
 from pipeline.extract import views
 from pipeline.foundation.errors import UserError
 from pipeline.extract.features import default_features, load_features  # noqa: F401  (the one features-file rule)
@@ -130,7 +130,7 @@ def run_name(head: str, features_hash: str, settings: dict) -> str:
 
 # ---------------------------------------------------------------- features
 
-def _identity(fs: store.FeatureSet) -> dict:
+def _identity(fs: store.RowSet) -> dict:
     return {"path": str(Path(fs.path).absolute()), "settings_hash": fs.attrs["settings_hash"],
             "feature_width": int(fs.attrs["feature_width"]), "class_names": fs.class_names,
             "views": len(fs.splits["train"].views)}
@@ -170,7 +170,7 @@ def build_dense(train_x, n_classes: int, s: dict):
     return keras.Model(inputs, outputs, name="dense_head")
 
 
-def train_dense(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, threads=None):
+def train_dense(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=None):
     """Fit on train, stop on val loss; the best epoch is saved as out_dir/model.keras as it trains.
     Returns (model with the best weights, history, metrics)."""
     _configure_tf(threads)
@@ -193,7 +193,7 @@ def train_dense(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, threads
     return model, history, {"epochs": len(val_loss), "best_epoch": val_loss.index(min(val_loss)) + 1}
 
 
-def train_logreg(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, threads=None):
+def train_logreg(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=None):
     """Returns (fitted Pipeline, None, whether lbfgs converged within max_iter and how many
     iterations it took); saved as out_dir/model.joblib."""
     import warnings
@@ -211,7 +211,7 @@ def train_logreg(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, thread
     return model, None, {"converged": converged, "iterations": int(model[-1].n_iter_.max())}
 
 
-def train_knn(fs: store.FeatureSet, s: dict, out_dir: Path, verbose=0, threads=None):
+def train_knn(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=None):
     """Cosine k-nearest neighbours on standardized features: no training beyond storing the
     standardized train rows (float32). Returns (fitted Pipeline, None, metrics); saved as
     out_dir/model.joblib."""
@@ -334,7 +334,7 @@ def _check_finite(y_prob: dict, head: str):
                         "lower --lr or check the features")
 
 
-def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose=0, threads=None,
+def run_head(fs: store.RowSet, head: str, settings: dict, cache_dir, verbose=0, threads=None,
              wait: bool = False) -> dict:
     """Train (unless up to date), save, report. Returns run.json's content plus run_dir, report and
     skipped. Under the run's lock (a second run on the same settings is refused, or with `wait`
@@ -423,7 +423,7 @@ def settings_from_args(args) -> dict:
     return make_settings(args.head, **{k: getattr(args, k, None) for k in HEADS[args.head].defaults})
 
 
-def features_from_args(args) -> store.FeatureSet:
+def features_from_args(args) -> store.RowSet:
     return load_features(args.features or default_features(args.cache_dir))
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from pipeline.foundation import flags
 from pipeline.heads import head as heads
 from pipeline.foundation import records
-from pipeline.store import store
+from pipeline import store
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import Lock, write_text_atomic
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline.foundation import flags, outputs, records
 from pipeline.sources import rows
-from pipeline.store import store
+from pipeline import store
 from pipeline.foundation.errors import UserError
 
 # (queries, searched): test against everything trained on or selected with; val against train.

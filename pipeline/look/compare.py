@@ -23,7 +23,7 @@ from pathlib import Path
 from pipeline.foundation import flags, records
 from pipeline.sources import rows
 from pipeline.foundation import stats
-from pipeline.store import store
+from pipeline import store
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.foundation.outputs import Lock, atomic_dir
 
@@ -49,7 +49,7 @@ class Scored:
         if not path:
             raise UserError(f"{self.name} records no features file")
         try:
-            return store.read_features(path, splits=(), values=False).attrs
+            return store.read_rows(path, splits=(), values=False).attrs
         except (UserError, OSError) as exc:
             raise UserError(f"cannot tell which images {self.name} was scored on: its features file {path} "
                             f"is unreadable ({first_line(exc)})") from None

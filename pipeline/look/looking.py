@@ -16,7 +16,7 @@ import numpy as np
 
 from pipeline.foundation import records
 from pipeline.sources import rows
-from pipeline.store import store
+from pipeline import store
 from pipeline.foundation.errors import UserError
 
 TOP = 3
@@ -67,7 +67,7 @@ def read_predictions(path: Path) -> list[dict]:
     return out
 
 
-def write_run_views(out_dir: Path, fs: store.FeatureSet, y_true: dict, y_prob: dict, class_names,
+def write_run_views(out_dir: Path, fs: store.RowSet, y_true: dict, y_prob: dict, class_names,
                     splits_metrics: dict) -> dict:
     """Write predictions.csv and mistakes.png into `out_dir` (a report folder being built); return
     what report.json gains: the most-confused pairs, and why the gallery is missing if it is."""

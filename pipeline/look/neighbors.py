@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.sources import images
 from pipeline.foundation import flags, outputs, records
 from pipeline.sources import rows
-from pipeline.store import store
+from pipeline import store
 from pipeline.foundation.errors import UserError
 
 BLOCK = 1024           # queries per matrix product: 1024 x 50,000 float32 similarities = 200 MB

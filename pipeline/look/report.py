@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from pipeline.foundation import outputs, records
-from pipeline.store import store
+from pipeline import store
 from pipeline.foundation.errors import UserError
 from pipeline.heads.sweep import TIE_RULE
 
@@ -59,7 +59,7 @@ def _page(title: str, body: str, script: str = "") -> str:
 def _features_attrs(path: str, seen: dict) -> dict:
     if path not in seen:
         try:
-            seen[path] = store.read_features(path, splits=(), values=False).attrs
+            seen[path] = store.read_rows(path, splits=(), values=False).attrs
         except (UserError, OSError):
             seen[path] = {}
     return seen[path]

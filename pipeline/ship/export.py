@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.foundation import flags, outputs, records
-from pipeline.store import store
+from pipeline import store
 from pipeline.foundation.errors import UserError, first_line
 
 # format -> (file or folder name in the export, largest allowed absolute probability difference)
@@ -86,7 +86,7 @@ def read_run(path: Path) -> tuple[Path, dict]:
 
 def features_attrs(info: dict) -> dict:
     path = Path(info["features"]["path"])
-    attrs = store.read_features(path, splits=()).attrs
+    attrs = store.read_rows(path, splits=()).attrs
     if attrs["settings_hash"] != info["features"]["settings_hash"]:
         raise UserError(f"{path} is no longer the features file the run was trained on "
                         f"({info['features']['settings_hash']}); rerun it")
@@ -236,8 +236,8 @@ def export_run(run_path: Path, fmt: str, cache_dir="cache", n_images: int = 256,
             raise UserError(f"the {fmt} export differs from the Keras model by up to {diff:.2e} in a "
                             f"probability (allowed {tolerance:.0e}) on {len(images)} test images; not kept")
         names = class_names(info)
-        store.write_text_atomic(tmp / records.LABELS, "".join(f"{c}\n" for c in names))
-        store.write_text_atomic(tmp / records.EXPORT_JSON, json.dumps({
+        outputs.write_text_atomic(tmp / records.LABELS, "".join(f"{c}\n" for c in names))
+        outputs.write_text_atomic(tmp / records.EXPORT_JSON, json.dumps({
             **identity, "file": name, "labels": records.LABELS, "run_dir": str(run_dir),
             "stage": info.get("stage", "head"), "class_names": names,
             "input": {"dtype": "uint8", "shape": [None, *shape[1:]], "pixels": "RGB 0-255"},

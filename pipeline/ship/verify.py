@@ -18,7 +18,7 @@ import numpy as np
 
 from pipeline.foundation import flags
 from pipeline.sources import rows
-from pipeline.store import store
+from pipeline import store
 from pipeline.extract import views
 from pipeline.foundation.errors import UserError
 
@@ -115,7 +115,7 @@ def run(args):
           f"smallest cosine {r['min_cosine']:.6f} (allowed {tol['min_cosine']:g})")
     bad = r["first_bad"]
     if bad:
-        attrs = store.read_features(args.file, splits=(), values=False).attrs
+        attrs = store.read_rows(args.file, splits=(), values=False).attrs
         where = f" ({bad['path']})" if bad["path"] else ""
         raise UserError(f"{args.file}: {bad['split']} row {bad['row']} (source index {bad['source_index']}{where}) "
                         f"differs from what its backbone gives today (cosine {bad['cosine']:.4f}, difference "

@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline.sources import dataset
 from pipeline.foundation import outputs, records
-from pipeline.store import store
+from pipeline import store
 from pipeline.foundation.errors import UserError
 
 
