@@ -66,7 +66,8 @@ def main():
     p.add_argument("--timing-images", type=int, default=256)
     p.add_argument("--cache-dir", default=str(ROOT / "cache"))
     args = p.parse_args()
-    from pipeline.extract.features import FeatureSettings, run_features, load_splits
+    from pipeline.extract.features import FeatureSettings, run_features
+    from pipeline.sources.rows import load_splits
     from pipeline.heads.head import load_features
     cache = Path(args.cache_dir)
     path = args.features or run_features(FeatureSettings(data=str(DATA), backbone=str(BACKBONE), limit=args.limit,

@@ -12,6 +12,7 @@ from pipeline.look import looking
 from pipeline.foundation import stats
 from pipeline.heads import sweep
 from pipeline.cli import main
+from pipeline.store.features import load_features
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +23,7 @@ def two_runs(tmp_path_factory):
     source = write_batches(tmp / "batches", *synthetic_cifar(n_train=300, n_test=30))
     path = synthetic_features(tmp, per_class=(20, 10, 3), shuffle=True, source=str(source),
                               image_shape=[32, 32, 3])
-    fs, cache = heads.load_features(path), tmp / "cache"
+    fs, cache = load_features(path), tmp / "cache"
     a = heads.run_head(fs, "logreg", heads.make_settings("logreg"), cache)
     b = heads.run_head(fs, "knn", heads.make_settings("knn", k=3), cache)
     return cache, a["run_dir"], b["run_dir"]
@@ -73,7 +74,7 @@ def test_runs_are_named_by_name_or_report_folder(two_runs, capsys):
 def test_runs_on_different_images_are_refused(two_runs, tmp_path, capsys, change, expect):
     cache, a, _ = two_runs
     path = synthetic_features(tmp_path, **{"per_class": (20, 10, 3), "shuffle": True, **change})
-    other = heads.run_head(heads.load_features(path), "logreg", heads.make_settings("logreg"), cache)
+    other = heads.run_head(load_features(path), "logreg", heads.make_settings("logreg"), cache)
     capsys.readouterr()
     assert main(["compare", a, other["run_dir"], "--cache-dir", str(cache)]) == 2
     err = capsys.readouterr().err
@@ -143,7 +144,7 @@ def test_compare_two_real_runs(real_features, tmp_path, capsys):
     """Dense against logreg on the shared EfficientNet-Lite0 features of real CIFAR-10 images: the
     paired difference, its interval, McNemar's p, and a gallery of real disagreements."""
     cache = tmp_path / "cache"
-    fs = heads.load_features(real_features)
+    fs = load_features(real_features)
     a = heads.run_head(fs, "dense", heads.make_settings("dense", hidden=256, epochs=20), cache)
     b = heads.run_head(fs, "logreg", heads.make_settings("logreg"), cache)
     capsys.readouterr()

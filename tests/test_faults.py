@@ -20,6 +20,7 @@ from pipeline.foundation import errors
 from pipeline.heads import head as heads
 from pipeline.foundation import outputs
 from pipeline import store
+from pipeline.store.features import load_features
 
 FAST_FEATURES = ["--weights", "none", "--size", "75", "--precision", "float32"]
 
@@ -229,7 +230,7 @@ def test_features_on_a_full_disk_exits_2_and_resumes_bit_equal(tmp_path):
 
 def test_a_second_identical_head_is_refused_and_a_waiting_one_reads_the_result(features_file, tmp_path,
                                                                                  monkeypatch, capsys):
-    fs = heads.load_features(features_file)
+    fs = load_features(features_file)
     settings = heads.make_settings("logreg")
     entered, release = threading.Event(), threading.Event()
     original = heads.HEADS["logreg"].train
@@ -260,7 +261,7 @@ def test_a_second_identical_head_is_refused_and_a_waiting_one_reads_the_result(f
 
 
 def test_a_killed_head_leaves_a_folder_that_the_next_run_removes(features_file, tmp_path, capsys):
-    name = heads.run_name("logreg", heads.load_features(features_file).attrs["settings_hash"],
+    name = heads.run_name("logreg", load_features(features_file).attrs["settings_hash"],
                           heads.make_settings("logreg"))
     leftover = tmp_path / "heads" / f".{name}.tmp-999999"
     (leftover / "sub").mkdir(parents=True)
@@ -331,7 +332,7 @@ def test_sigkill_of_a_sweep_takes_its_workers_along_and_the_rerun_finishes(tmp_p
 def test_a_second_identical_sweep_is_refused(features_file, tmp_path, capsys):
     from pipeline.heads.sweep import parse_grid
     base = heads.make_settings("logreg")
-    fs = heads.load_features(features_file)
+    fs = load_features(features_file)
     stem = tmp_path / "sweeps" / (f"logreg-{fs.attrs['settings_hash']}-"
                                   f"{store.settings_hash({'base': base, 'grid': parse_grid('logreg', ['C=1,2'])})}")
     with outputs.Lock(stem):

@@ -9,7 +9,8 @@ import pytest
 from finetune_helpers import make_head
 from pipeline.finetune import surgery
 from pipeline.cli import main
-from pipeline.extract.features import load_splits, rebuild_backbone
+from pipeline.sources.rows import load_splits
+from pipeline.backbones.rebuild import rebuild_backbone
 from pipeline.finetune.finetune import FinetuneSettings, run_finetune, training_model
 from pipeline.store import read_rows
 

@@ -5,7 +5,7 @@ import pytest
 
 from conftest import PRETRAINED
 from finetune_helpers import make_head
-from pipeline.extract.features import load_splits
+from pipeline.sources.rows import load_splits
 from pipeline.finetune.finetune import FinetuneSettings, run_finetune
 from pipeline.store import read_rows
 

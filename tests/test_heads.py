@@ -14,6 +14,7 @@ from conftest import CLASSES, synthetic_features
 from pipeline.heads import head as heads
 from pipeline import store
 from pipeline.cli import main
+from pipeline.store.features import load_features
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST_DENSE = {"hidden": 32, "epochs": 20, "patience": 3, "batch_size": 64, "lr": 1e-2}
@@ -32,7 +33,7 @@ def separable(tmp_path_factory):
 def trained(separable, tmp_path_factory):
     """One run of each head kind on the separable file, shared by several tests."""
     cache = tmp_path_factory.mktemp("runs")
-    fs = heads.load_features(separable)
+    fs = load_features(separable)
     return fs, cache, {"dense": heads.run_head(fs, "dense", dense(), cache),
                        "logreg": heads.run_head(fs, "logreg", heads.make_settings("logreg"), cache),
                        "knn": heads.run_head(fs, "knn", heads.make_settings("knn", k=5), cache)}
@@ -46,7 +47,7 @@ def test_every_head_separates_separable_classes(trained):
 
 
 def test_shuffled_labels_stay_near_chance(tmp_path):
-    fs = heads.load_features(synthetic_features(tmp_path, shuffle=True, per_class=(40, 30, 30)))
+    fs = load_features(synthetic_features(tmp_path, shuffle=True, per_class=(40, 30, 30)))
     for head, s in (("dense", dense()), ("logreg", heads.make_settings("logreg")), ("knn", heads.make_settings("knn"))):
         r = heads.run_head(fs, head, s, tmp_path)
         assert r["metrics"]["val_accuracy"] < 0.25, head    # chance is 0.10
@@ -116,7 +117,7 @@ def test_a_failed_run_leaves_nothing_under_a_final_name(separable, tmp_path, mon
     monkeypatch.setattr(pipeline.heads.evaluation, "_plot_confusion",
                         lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError):
-        heads.run_head(heads.load_features(separable), "logreg", heads.make_settings("logreg"), tmp_path)
+        heads.run_head(load_features(separable), "logreg", heads.make_settings("logreg"), tmp_path)
     assert list((tmp_path / "heads").iterdir()) == [] and list((tmp_path / "reports").iterdir()) == []
 
 
@@ -288,7 +289,7 @@ def test_bad_jobs(separable, tmp_path, capsys):
 @pytest.mark.slow
 def test_real_transfer_reaches_the_floors(real_features, tmp_path):
     from conftest import DENSE_FLOOR, LOGREG_FLOOR
-    fs = heads.load_features(real_features)
+    fs = load_features(real_features)
     logreg = heads.run_head(fs, "logreg", heads.make_settings("logreg", C=0.1), tmp_path)
     dense_run = heads.run_head(fs, "dense", heads.make_settings("dense", hidden=1024, dropout=0.5), tmp_path)
     print(f"real transfer: logreg test {logreg['metrics']['test_accuracy']:.4f}, "

@@ -24,7 +24,7 @@ def two_views(tiny_backbone, tiny_backbone_features, tmp_path_factory):
 def test_two_view_files_validate_and_hold_the_mirrored_images_embeddings(two_views, tiny_backbone_features,
                                                                          tiny_backbone):
     from pipeline.backbones.build import build_backbone
-    from pipeline.extract.features import load_splits
+    from pipeline.sources.rows import load_splits
     one, two = read_rows(tiny_backbone_features), read_rows(two_views)
     assert two.attrs["views"] == 2 and "views" not in one.attrs and "views" not in one.attrs["settings"]
     assert two.attrs["settings"] == {**one.attrs["settings"], "views": 2}

@@ -1,26 +1,26 @@
-"""Stage one: run the frozen backbone once over every image and cache the embeddings in HDF5."""
+"""Stage one: run the frozen backbone once over every image and cache the embeddings in HDF5.
+"""
 from __future__ import annotations
 
 import contextlib
 import datetime
-import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.backbones import build, table
-from pipeline.backbones.weights import Weights
-from pipeline.sources import dataset, digest, partition
-from pipeline.extract import engine
-from pipeline.foundation import flags, records
 from pipeline import store
-from pipeline.extract import views
-from pipeline.backbones.build import build_backbone
+from pipeline.backbones import build, table
 from pipeline.backbones.precision import resolve_precision
+from pipeline.backbones.weights import Weights
+from pipeline.extract import engine
+from pipeline.extract import views
+from pipeline.foundation import flags
 from pipeline.foundation.errors import UserError
+from pipeline.foundation.machine import versions
 from pipeline.foundation.outputs import Lock
 from pipeline.foundation.progress import Progress
+from pipeline.sources import dataset, digest, partition
+from pipeline.store.features import load_features
 
 
 DEFAULT_WORKERS = 2
@@ -67,61 +67,6 @@ def identity(s: FeatureSettings, precision: str) -> dict:
     if s.views != 1:     # only then: a 1-view file keeps the name and hash it always had
         found["views"] = s.views
     return found
-
-
-def rebuild_backbone(attrs: dict, backbone_file: str | None = None, weights_file: str | None = None,
-                     image_shape=None):
-    """The network a features file was made with, from its attributes: a named backbone with the
-    same weights origin and input size; a weights or .keras file is found where the features file
-    recorded it (or where --weights/--backbone says, when it moved) and checked by its sha256.
-    `image_shape`: its input (default: the file's first image's; (None, None, 3) takes any size,
-    as stage one does)."""
-    from pipeline.backbones.table import BACKBONES
-    from pipeline.backbones.weights import Weights
-    if "weights_source" not in attrs:
-        raise UserError("the features file predates structured weight attributes; rerun `make features`")
-    recorded, shape = Weights.from_attrs(attrs), tuple(image_shape or attrs["image_shape"])
-    if attrs["backbone"] in BACKBONES:
-        flag, given = "--weights", weights_file
-        path = {"imagenet": "imagenet", "none": "none"}.get(recorded.source) or \
-            _file_of(attrs, "weights_file", given, f"a local {attrs['backbone']} weights file", flag)
-        bb = build_backbone(attrs["backbone"], path, int(attrs["input_size"]), shape, max(recorded.seed, 0))
-    else:
-        flag, given = "--backbone", backbone_file
-        path = _file_of(attrs, "backbone_file", given, f"the backbone file {attrs['backbone']}", flag)
-        bb = build_backbone(path, None, None, shape)
-    if bb.weights != recorded:
-        raise UserError(f"{flag} {path} is not the one the features were made with ({recorded})" if given else
-                        f"{path} changed since the features were made with it ({recorded}); pass {flag} PATH "
-                        "to the original")
-    if (bb.width, bb.input_size) != (attrs["feature_width"], attrs["input_size"]):
-        raise UserError(f"rebuilt backbone gives width {bb.width} at {bb.input_size}px; the features file "
-                        f"says {attrs['feature_width']} at {attrs['input_size']}px")
-    return bb
-
-
-def _file_of(attrs: dict, key: str, given: str | None, what: str, flag: str) -> str:
-    """The flag's file when given, else the absolute path the features file recorded under `key`."""
-    if given is not None:
-        return given
-    recorded = attrs.get(key)
-    if not recorded:
-        raise UserError(f"the features file was made with {what}; pass {flag} PATH to it")
-    if not Path(recorded).is_file():
-        raise UserError(f"the features file was made with {recorded}, which is no longer there; "
-                        f"pass {flag} PATH to it")
-    return recorded
-
-
-def load_splits(attrs: dict, data_path: str | None):
-    """The features file's images and splits, checked against its fingerprint."""
-    source = dataset.source_of(attrs, data_path)
-    limit = attrs["limit"] if attrs["limit"] != -1 else None
-    splits = partition.make_splits(dataset.load_dataset(source, limit), attrs["val_fraction"], attrs["split_seed"])
-    if digest.fingerprint(splits) != attrs["data_fingerprint"]:
-        raise UserError(f"the images at {source} are not the ones the features file was made from; "
-                        "pass --data PATH to the original source")
-    return splits
 
 
 def _recorded_files(s: FeatureSettings) -> dict:
@@ -228,72 +173,6 @@ def _check_memory(size: int, batch_size: int):
         raise UserError(f"--size {size} with --batch-size {batch_size} needs about {need / 2**30:,.1f} GiB of "
                         f"memory per batch, and {have / 2**30:,.1f} GiB are available; lower --size or "
                         "--batch-size")
-
-
-# ---------------------------------------------------------------- reading a features file (every stage)
-
-def load_features(path, splits=store.SPLITS, expect: dict | None = None) -> store.RowSet:
-    """Read a features file with every check any stage relies on: the store's own (schema,
-    completeness, shapes, stale settings, labels within class_names, finite values) plus one
-    vector per image of the declared feature_width. `splits`: which to load into memory."""
-    fs = store.read_rows(path, expect=expect, splits=splits, words=store.FEATURES)
-    attrs, path = fs.attrs, fs.path
-    row_shape = list(attrs.get("row_shape", [attrs.get("feature_width")]))
-    if len(row_shape) != 1:
-        kind = f" ({attrs['kind']})" if "kind" in attrs else ""
-        raise UserError(f"{path} holds rows of shape {tuple(row_shape)}{kind}, not one feature vector per "
-                        f"image, (N, D); pass a stage-one features file")
-    if row_shape[0] != attrs.get("feature_width"):
-        raise UserError(f"{path}: its features are {row_shape[0]} wide but the file's feature_width says "
-                        f"{attrs.get('feature_width')}; {store.FEATURES.fix}")
-    return fs
-
-
-def default_features(cache_dir, log=None) -> Path:
-    """The one rule for `--features` left out (head, sweep, finetune, ...): the newest complete
-    features file in CACHE/features, whatever its settings, named on stderr (its values are checked
-    when it is loaded: a damaged newest file is reported, not silently passed over for an older one)."""
-    found = []
-    for path in records.folder(cache_dir, records.FEATURES).glob("*.h5"):
-        try:
-            attrs = store.read_rows(path, splits=(), values=False).attrs
-        except UserError:
-            continue       # incomplete, damaged or foreign: not a candidate
-        if len(attrs.get("row_shape", [0])) == 1:
-            found.append(path)
-    if not found:
-        raise UserError(f"no complete features file in {Path(cache_dir, 'features')}; run `make features` "
-                        "(or `python -m pipeline features --data DIR`) first, or pass --features FILE")
-    newest = max(found, key=lambda p: p.stat().st_mtime)
-    (log or _stderr)(f"features: {newest} (the newest in {Path(cache_dir, 'features')}; --features chooses another)")
-    return newest
-
-
-def _stderr(line: str):
-    print(line, file=sys.stderr)
-
-
-def versions() -> dict:
-    import h5py
-    import keras
-    import numpy
-    import tensorflow
-    return {"python": platform.python_version(), "numpy": numpy.__version__, "h5py": h5py.__version__,
-            "hdf5": h5py.version.hdf5_version, "tensorflow": tensorflow.__version__, "keras": keras.__version__,
-            # the machine too: bfloat16 rows depend on the CPU's arithmetic (`verify` names what changed)
-            "cpu": cpu_model(), "gpus": ", ".join(tensorflow.config.experimental.get_device_details(d).get("device_name", d.name)
-                                                  for d in tensorflow.config.list_physical_devices("GPU"))}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux /proc/cpuinfo; elsewhere what platform knows)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _up_to_date(final: Path, settings: dict, log) -> bool:

@@ -217,7 +217,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
     """Fine-tune (or find up to date, or resume); return the exported model's path."""
     _check(s)
     from pipeline.backbones.precision import resolve_precision
-    from pipeline.extract.features import default_features, load_features
+    from pipeline.store.features import default_features, load_features
     features_path = Path(s.features) if s.features else default_features(s.cache_dir)
     fs = load_features(features_path, splits=("val", "test"))   # the same checks as stage two
     attrs, class_names = fs.attrs, fs.class_names
@@ -230,7 +230,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
     import keras
     from pipeline.finetune import surgery
     from pipeline.backbones.table import default_unfreeze
-    from pipeline.extract.features import rebuild_backbone
+    from pipeline.backbones.rebuild import rebuild_backbone
     bb = rebuild_backbone(attrs, s.backbone, s.weights)
     unfreeze = s.unfreeze_from or default_unfreeze(bb.model.layers[-1], bb.row)
     parts = surgery.split(bb.model, head, unfreeze, bb.row)
@@ -285,7 +285,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
 
 def _training_data(s, attrs, features_path, parts, mode, precision, log) -> dict:
     """{"train", "val", "test"}: keras-ready inputs for the training model in `mode`."""
-    from pipeline.extract.features import load_splits
+    from pipeline.sources.rows import load_splits
     if mode == "end-to-end":
         splits = load_splits(attrs, s.data)
         return {k: image_dataset(v.x, v.y, s.batch_size, shuffle=(k == "train"), augment=s.augment and k == "train",

@@ -27,7 +27,7 @@ from pipeline.foundation import flags, records
 from pipeline import store
 from pipeline.extract import views
 from pipeline.foundation.errors import UserError
-from pipeline.extract.features import default_features, load_features  # noqa: F401  (the one features-file rule)
+from pipeline.store.features import features_from_args, load_features
 from pipeline.foundation.outputs import Lock, atomic_dir, write_json_atomic
 
 # ---------------------------------------------------------------- settings and their valid ranges
@@ -421,10 +421,6 @@ def settings_from_args(args) -> dict:
                 kinds = " or ".join(f"--head {k.name}" for k in HEADS.values() if key in k.defaults)
                 raise UserError(f"--{key.replace('_', '-')} applies to {kinds}, not --head {args.head}")
     return make_settings(args.head, **{k: getattr(args, k, None) for k in HEADS[args.head].defaults})
-
-
-def features_from_args(args) -> store.RowSet:
-    return load_features(args.features or default_features(args.cache_dir))
 
 
 def add_arguments(p):

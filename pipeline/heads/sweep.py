@@ -32,6 +32,7 @@ from pipeline.foundation import records
 from pipeline import store
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import Lock, write_text_atomic
+from pipeline.store.features import features_from_args, load_features
 
 
 def parse_grid(head: str, items) -> dict:
@@ -91,7 +92,7 @@ def _train(fs, head: str, settings: dict, cache_dir: str, threads: int) -> dict:
 def _train_one(features_path: str, head: str, settings: dict, cache_dir: str, threads: int) -> dict:
     """One configuration, in a worker process: it reads the features itself (cheaper than
     shipping the arrays)."""
-    return _train(heads.load_features(features_path), head, settings, cache_dir, threads)
+    return _train(load_features(features_path), head, settings, cache_dir, threads)
 
 
 def _train_shared(fs, head: str, settings: dict, cache_dir: str, threads: int) -> dict:
@@ -203,7 +204,7 @@ def run(args):
     from pipeline.heads.evaluation import format_table
     base = heads.settings_from_args(args)
     grid = parse_grid(args.head, args.grid)            # grid mistakes surface before any loading
-    fs = heads.features_from_args(args)
+    fs = features_from_args(args)
     configs = configurations(args.head, base, grid)
     features_hash = fs.attrs["settings_hash"]
     if args.engine == "local" and args.address is not None:

@@ -25,6 +25,7 @@ from pipeline.foundation import flags, outputs, records
 from pipeline.sources import rows
 from pipeline import store
 from pipeline.foundation.errors import UserError
+from pipeline.store.features import features_from_args
 
 # (queries, searched): test against everything trained on or selected with; val against train.
 DIRECTIONS = (("test", ("train", "val")), ("val", ("train",)))
@@ -152,7 +153,7 @@ def run(args):
     if not (0 < args.threshold <= 1) or not np.isfinite(args.threshold):
         raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
     from pipeline.heads import head as heads
-    fs = heads.features_from_args(args)
+    fs = features_from_args(args)
     # everything the user named is checked before the audit's work: the run, then the images
     predictions = run_predictions(Path(args.run_dir), fs) if args.run_dir else None
     exact = not args.no_exact

@@ -24,6 +24,7 @@ from pipeline.foundation import flags, outputs, records
 from pipeline.sources import rows
 from pipeline import store
 from pipeline.foundation.errors import UserError
+from pipeline.store.features import features_from_args
 
 PCA_DIMS = 50
 CONFIG = "projector_config.pbtxt"
@@ -132,7 +133,7 @@ def run(args):
     if projector is not None and projector.exists() and not projector.is_dir():
         raise UserError(f"--projector {projector} is a file; give a folder")
     from pipeline.heads import head as heads
-    fs = heads.features_from_args(args)
+    fs = features_from_args(args)
     split = fs.splits[args.split]
     picked = stratified(split.labels, args.per_class, args.seed)
     if len(picked) < 3:

@@ -25,6 +25,7 @@ from pipeline.foundation import flags, outputs, records
 from pipeline.sources import rows
 from pipeline import store
 from pipeline.foundation.errors import UserError
+from pipeline.store.features import features_from_args
 
 BLOCK = 1024           # queries per matrix product: 1024 x 50,000 float32 similarities = 200 MB
 
@@ -85,7 +86,7 @@ def embed_files(attrs: dict, files: list[Path], backbone=None, weights=None) -> 
     (checked by its weights identity) and precision, each image resized alone by the network's
     own resize layer, whatever its size (engine.ExtractorSpec)."""
     from pipeline.backbones.folding import fast_extractor
-    from pipeline.extract.features import rebuild_backbone
+    from pipeline.backbones.rebuild import rebuild_backbone
     bb = rebuild_backbone(attrs, backbone, weights, image_shape=(None, None, 3))
     return fast_extractor(bb.model, attrs["precision"])(read_files(files))
 
@@ -129,7 +130,7 @@ def _check_args(args):
 
 def load(args) -> store.FeatureSet:
     from pipeline.heads import head as heads
-    return heads.features_from_args(args)
+    return features_from_args(args)
 
 
 def run(args):

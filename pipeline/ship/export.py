@@ -100,7 +100,7 @@ def image_model(run_dir: Path, info: dict, attrs: dict, backbone=None, weights=N
     if info.get("stage") == "finetune":
         model = load_keras_file(run_dir / records.MODEL, "fine-tuned model", "finetune")
     else:
-        from pipeline.extract.features import rebuild_backbone
+        from pipeline.backbones.rebuild import rebuild_backbone
         from pipeline.finetune.surgery import image_model as stack
         bb = rebuild_backbone(attrs, backbone, weights)
         model = stack(bb.model, load_keras_file(run_dir / records.MODEL, "head", "head"))
@@ -120,7 +120,7 @@ def sample_test_images(attrs: dict, data_path, n: int) -> np.ndarray:
     the size the model takes: an image folder's images of other sizes are resized as predict
     resizes them."""
     from PIL import Image
-    from pipeline.extract.features import load_splits
+    from pipeline.sources.rows import load_splits
     from pipeline.ship.predict import to_size
     test = load_splits(attrs, data_path)["test"]
     images = test.select(np.unique(np.linspace(0, len(test) - 1, min(n, len(test))).astype(int))).read()

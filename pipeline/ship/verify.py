@@ -43,7 +43,7 @@ def sample_rows(sizes: dict, n: int, seed: int) -> dict:
 
 def machine() -> dict:
     """Library versions and the machine, as a features file records them (stage one)."""
-    from pipeline.extract.features import versions
+    from pipeline.foundation.machine import versions
     return versions()
 
 
@@ -59,7 +59,8 @@ def verify(path, sample: int = DEFAULT_SAMPLE, seed: int = 0, backbone=None, wei
     "max_relative_diff", "min_cosine", "tolerance", "first_bad"}; first_bad (split, row, source
     index, path, cosine, relative diff) is None when every row is within tolerance."""
     from pipeline.backbones.folding import fast_extractor
-    from pipeline.extract.features import load_features, rebuild_backbone
+    from pipeline.store.features import load_features
+    from pipeline.backbones.rebuild import rebuild_backbone
     fs = load_features(path)
     attrs = fs.attrs
     bb = rebuild_backbone(attrs, backbone, weights)       # other weights: refused here, by their identity

@@ -2,7 +2,7 @@
 the source's train or test set, so any number the later views show leads to the picture it came from.
 
 `checked_source` is the one way the looking-at-results commands find that source: the data fingerprint
-of the features file is checked against it (stage one's own check, `features.load_splits`), so another
+of the features file is checked against it (stage one's own check, `load_splits`), so another
 tree given as --data, or a source changed after stage one, is refused instead of shown."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.sources import dataset
-from pipeline.foundation import outputs, records
 from pipeline import store
-from pipeline.foundation.errors import UserError
+from pipeline.foundation import outputs, records
+from pipeline.foundation.errors import UserError, first_line
+from pipeline.sources import dataset, digest, partition
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,6 @@ def checked_source(attrs: dict, data_path, cache_dir) -> Source:
     key = store.settings_hash(seen)
     marker = records.folder(cache_dir, records.LOOKING) / records.CHECKED_SOURCES / f"{key}.json"
     if not marker.is_file():
-        from pipeline.extract.features import load_splits
         load_splits(attrs, path)
         marker.parent.mkdir(parents=True, exist_ok=True)
         outputs.write_json_atomic(marker, seen)
@@ -82,5 +81,15 @@ def paths(attrs: dict, split: str, index, data_path=None) -> list[str | None]:
 
 def unreadable(exc: Exception) -> str:
     """Why images could not be shown, for a note where a picture would have been."""
-    from pipeline.foundation.errors import first_line
     return f"images not drawn: {first_line(exc)}"
+
+
+def load_splits(attrs: dict, data_path: str | None):
+    """The features file's images and splits, checked against its fingerprint."""
+    source = dataset.source_of(attrs, data_path)
+    limit = attrs["limit"] if attrs["limit"] != -1 else None
+    splits = partition.make_splits(dataset.load_dataset(source, limit), attrs["val_fraction"], attrs["split_seed"])
+    if digest.fingerprint(splits) != attrs["data_fingerprint"]:
+        raise UserError(f"the images at {source} are not the ones the features file was made from; "
+                        "pass --data PATH to the original source")
+    return splits
