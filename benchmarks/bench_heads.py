@@ -55,15 +55,15 @@ def make_file(folder: Path) -> Path:
 
 def step(name: str, path: str, cache: str) -> dict:
     """One measured step, in this (fresh) process."""
-    from pipeline.heads import head as heads
+    from pipeline.heads import kinds, training
     from pipeline.store.features import load_features
     started = time.perf_counter()
     fs = load_features(path)
     load_s = time.perf_counter() - started
     out = {"wall_seconds": round(load_s, 2)}
     if name != "load":
-        settings = heads.make_settings(name)
-        run = heads.run_head(fs, name, settings, cache)
+        settings = kinds.make_settings(name)
+        run = training.run_head(fs, name, settings, cache)
         out = {"wall_seconds": run["metrics"]["wall_seconds"], "settings": settings,
                **{k: v for k, v in run["metrics"].items() if k != "wall_seconds"}}
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

@@ -31,7 +31,8 @@ BACKBONE = ROOT.parent / "shared" / "models" / "efficientnet_lite0_imagenet.kera
 
 
 def heads_on(fs, cache: Path) -> dict:
-    from pipeline.heads.head import make_settings, run_head
+    from pipeline.heads.kinds import make_settings
+    from pipeline.heads.training import run_head
     out = {}
     for head in ("dense", "logreg"):
         r = run_head(fs, head, make_settings(head), cache)
@@ -68,7 +69,7 @@ def main():
     args = p.parse_args()
     from pipeline.extract.features import FeatureSettings, run_features
     from pipeline.sources.rows import load_splits
-    from pipeline.heads.head import load_features
+    from pipeline.store.features import load_features
     cache = Path(args.cache_dir)
     path = args.features or run_features(FeatureSettings(data=str(DATA), backbone=str(BACKBONE), limit=args.limit,
                                                          views=2, precision="float32", cache_dir=str(cache)))

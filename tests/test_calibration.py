@@ -34,7 +34,9 @@ def test_fit_recovers_the_temperature_of_synthetic_overconfident_logits():
 def test_temperature_lowers_validation_nll_of_a_deliberately_overconfident_head(tiny_backbone_features, tmp_path):
     """A trained dense head with its output logits multiplied by 5: the fitted T is about 5 times the
     original's, the validation NLL drops, and apply_temperature makes the model compute softmax(z / T)."""
-    from pipeline.heads.head import load_features, make_settings, predict_proba, run_head
+    from pipeline.store.features import load_features
+    from pipeline.heads.kinds import make_settings, predict_proba
+    from pipeline.heads.training import run_head
     fs = load_features(tiny_backbone_features)
     result = run_head(fs, "dense", make_settings("dense", hidden=32, epochs=20, lr=3e-3), tmp_path)
     model = result["model"]
@@ -53,7 +55,9 @@ def test_temperature_lowers_validation_nll_of_a_deliberately_overconfident_head(
 
 @pytest.mark.slow
 def test_reports_carry_ece_and_the_dense_head_its_temperature(tiny_backbone_features, tmp_path):
-    from pipeline.heads.head import load_features, make_settings, predict_proba, run_head
+    from pipeline.store.features import load_features
+    from pipeline.heads.kinds import make_settings, predict_proba
+    from pipeline.heads.training import run_head
     fs = load_features(tiny_backbone_features)
     for head in ("dense", "logreg"):
         result = run_head(fs, head, make_settings(head, **({"epochs": 3} if head == "dense" else {})), tmp_path)

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import synthetic_cifar, synthetic_features, write_batches
 from pipeline.look import compare
-from pipeline.heads import head as heads
+from pipeline.heads import kinds, training
 from pipeline.look import looking
 from pipeline.foundation import stats
 from pipeline.heads import sweep
@@ -24,8 +24,8 @@ def two_runs(tmp_path_factory):
     path = synthetic_features(tmp, per_class=(20, 10, 3), shuffle=True, source=str(source),
                               image_shape=[32, 32, 3])
     fs, cache = load_features(path), tmp / "cache"
-    a = heads.run_head(fs, "logreg", heads.make_settings("logreg"), cache)
-    b = heads.run_head(fs, "knn", heads.make_settings("knn", k=3), cache)
+    a = training.run_head(fs, "logreg", kinds.make_settings("logreg"), cache)
+    b = training.run_head(fs, "knn", kinds.make_settings("knn", k=3), cache)
     return cache, a["run_dir"], b["run_dir"]
 
 
@@ -74,7 +74,7 @@ def test_runs_are_named_by_name_or_report_folder(two_runs, capsys):
 def test_runs_on_different_images_are_refused(two_runs, tmp_path, capsys, change, expect):
     cache, a, _ = two_runs
     path = synthetic_features(tmp_path, **{"per_class": (20, 10, 3), "shuffle": True, **change})
-    other = heads.run_head(load_features(path), "logreg", heads.make_settings("logreg"), cache)
+    other = training.run_head(load_features(path), "logreg", kinds.make_settings("logreg"), cache)
     capsys.readouterr()
     assert main(["compare", a, other["run_dir"], "--cache-dir", str(cache)]) == 2
     err = capsys.readouterr().err
@@ -89,7 +89,7 @@ def test_not_a_run_is_one_error_line(tmp_path, capsys):
 
 def test_sweep_marks_ties_with_the_best_and_recommends_one(two_runs):
     cache, a, b = two_runs
-    runs = [heads.read_run_json(f"{d}/run.json") | {"run_dir": d} for d in (a, b)]
+    runs = [kinds.read_run_json(f"{d}/run.json") | {"run_dir": d} for d in (a, b)]
     rows = sweep.leaderboard(runs, [], cache)
     best, other = rows
     assert best["val_p_vs_best"] == 1.0 and best["tied_with_best"]
@@ -107,7 +107,7 @@ def test_sweep_marks_ties_with_the_best_and_recommends_one(two_runs):
 def test_sweep_ties_without_per_image_predictions_are_left_unmarked(two_runs, tmp_path):
     _, a, b = two_runs
     # the same runs as if their reports were gone (a cache from before predictions.csv)
-    runs = [heads.read_run_json(f"{d}/run.json") | {"run_dir": str(tmp_path / "heads" / d.rsplit("/", 1)[-1])}
+    runs = [kinds.read_run_json(f"{d}/run.json") | {"run_dir": str(tmp_path / "heads" / d.rsplit("/", 1)[-1])}
             for d in (a, b)]
     rows = sweep.leaderboard(runs, [], tmp_path)
     assert [r["tied_with_best"] for r in rows] == [None, None] and rows[0]["recommended"]
@@ -119,7 +119,7 @@ def test_site_and_report_show_the_intervals(two_runs, tmp_path):
     from pipeline.heads import evaluation as report
     from pipeline.look import report as site
     cache, a, b = two_runs
-    runs = [heads.read_run_json(f"{d}/run.json") | {"run_dir": d} for d in (a, b)]
+    runs = [kinds.read_run_json(f"{d}/run.json") | {"run_dir": d} for d in (a, b)]
     rows = sweep.leaderboard(runs, [], cache)
     sweep.save_leaderboard(rows, cache / "sweeps" / "test-sweep")
     site.rebuild(cache)
@@ -145,8 +145,8 @@ def test_compare_two_real_runs(real_features, tmp_path, capsys):
     paired difference, its interval, McNemar's p, and a gallery of real disagreements."""
     cache = tmp_path / "cache"
     fs = load_features(real_features)
-    a = heads.run_head(fs, "dense", heads.make_settings("dense", hidden=256, epochs=20), cache)
-    b = heads.run_head(fs, "logreg", heads.make_settings("logreg"), cache)
+    a = training.run_head(fs, "dense", kinds.make_settings("dense", hidden=256, epochs=20), cache)
+    b = training.run_head(fs, "logreg", kinds.make_settings("logreg"), cache)
     capsys.readouterr()
     assert main(["compare", a["run_dir"], b["run_dir"], "--cache-dir", str(cache)]) == 0
     out = capsys.readouterr().out

@@ -28,7 +28,9 @@ def runs(tiny_backbone, tiny_backbone_features, tmp_path_factory):
     """(cache, head run folder, stage-three run folder, backbone file) on the tiny backbone's features of
     80 real images."""
     from pipeline.finetune.finetune import FinetuneSettings, run_finetune
-    from pipeline.heads.head import load_features, make_settings, run_head
+    from pipeline.store.features import load_features
+    from pipeline.heads.kinds import make_settings
+    from pipeline.heads.training import run_head
     cache, features = tmp_path_factory.mktemp("export"), tiny_backbone_features
     head = run_head(load_features(features), "dense", make_settings("dense", hidden=32, epochs=5), cache)
     tuned = run_finetune(FinetuneSettings(features=str(features), head=str(head["run_dir"] + "/model.keras"),

@@ -17,7 +17,7 @@ import pytest
 from conftest import (assert_one_error, fill_disk, run_cli, small_disk, spawn_cli, synthetic_cifar,
                       synthetic_features, write_batches)
 from pipeline.foundation import errors
-from pipeline.heads import head as heads
+from pipeline.heads import kinds, training
 from pipeline.foundation import outputs
 from pipeline import store
 from pipeline.store.features import load_features
@@ -167,7 +167,7 @@ def test_a_head_run_json_that_is_damaged_is_one_error(features_file, tmp_path, c
 
 
 def test_a_diverged_head_is_not_saved(features_file, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(heads, "predict_proba", lambda model, x: np.full((len(x), 10), np.nan))
+    monkeypatch.setattr(training, "predict_proba", lambda model, x: np.full((len(x), 10), np.nan))
     code, _, err = run_cli(capsys, "head", "--features", features_file, "--cache-dir", tmp_path, "--head", "logreg")
     assert_one_error(code, err, "diverged")
     assert not any((tmp_path / "heads").iterdir()) and not (tmp_path / "reports").exists()
@@ -231,16 +231,16 @@ def test_features_on_a_full_disk_exits_2_and_resumes_bit_equal(tmp_path):
 def test_a_second_identical_head_is_refused_and_a_waiting_one_reads_the_result(features_file, tmp_path,
                                                                                  monkeypatch, capsys):
     fs = load_features(features_file)
-    settings = heads.make_settings("logreg")
+    settings = kinds.make_settings("logreg")
     entered, release = threading.Event(), threading.Event()
-    original = heads.HEADS["logreg"].train
+    original = kinds.HEADS["logreg"].train
 
     def slow(*args):
         entered.set()
         release.wait(30)
         return original(*args)
-    monkeypatch.setitem(heads.HEADS, "logreg", dataclasses.replace(heads.HEADS["logreg"], train=slow))
-    first = threading.Thread(target=heads.run_head, args=(fs, "logreg", settings, tmp_path))
+    monkeypatch.setitem(kinds.HEADS, "logreg", dataclasses.replace(kinds.HEADS["logreg"], train=slow))
+    first = threading.Thread(target=training.run_head, args=(fs, "logreg", settings, tmp_path))
     first.start()
     try:
         assert entered.wait(30)
@@ -248,7 +248,7 @@ def test_a_second_identical_head_is_refused_and_a_waiting_one_reads_the_result(f
         assert_one_error(code, err, "another run is writing")
         waited = {}
         second = threading.Thread(target=lambda: waited.update(
-            heads.run_head(fs, "logreg", settings, tmp_path, wait=True)))
+            training.run_head(fs, "logreg", settings, tmp_path, wait=True)))
         second.start()
         time.sleep(0.3)
         assert second.is_alive()                  # waiting for the first, not training
@@ -261,8 +261,8 @@ def test_a_second_identical_head_is_refused_and_a_waiting_one_reads_the_result(f
 
 
 def test_a_killed_head_leaves_a_folder_that_the_next_run_removes(features_file, tmp_path, capsys):
-    name = heads.run_name("logreg", load_features(features_file).attrs["settings_hash"],
-                          heads.make_settings("logreg"))
+    name = training.run_name("logreg", load_features(features_file).attrs["settings_hash"],
+                          kinds.make_settings("logreg"))
     leftover = tmp_path / "heads" / f".{name}.tmp-999999"
     (leftover / "sub").mkdir(parents=True)
     code, out, err = run_cli(capsys, "head", "--features", features_file, "--cache-dir", tmp_path, "--head", "logreg")
@@ -331,7 +331,7 @@ def test_sigkill_of_a_sweep_takes_its_workers_along_and_the_rerun_finishes(tmp_p
 
 def test_a_second_identical_sweep_is_refused(features_file, tmp_path, capsys):
     from pipeline.heads.sweep import parse_grid
-    base = heads.make_settings("logreg")
+    base = kinds.make_settings("logreg")
     fs = load_features(features_file)
     stem = tmp_path / "sweeps" / (f"logreg-{fs.attrs['settings_hash']}-"
                                   f"{store.settings_hash({'base': base, 'grid': parse_grid('logreg', ['C=1,2'])})}")

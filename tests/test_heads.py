@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import CLASSES, synthetic_features
-from pipeline.heads import head as heads
+from pipeline.heads import kinds, training
 from pipeline import store
 from pipeline.cli import main
 from pipeline.store.features import load_features
@@ -21,7 +21,7 @@ FAST_DENSE = {"hidden": 32, "epochs": 20, "patience": 3, "batch_size": 64, "lr":
 
 
 def dense(**over):
-    return heads.make_settings("dense", **{**FAST_DENSE, **over})
+    return kinds.make_settings("dense", **{**FAST_DENSE, **over})
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +34,9 @@ def trained(separable, tmp_path_factory):
     """One run of each head kind on the separable file, shared by several tests."""
     cache = tmp_path_factory.mktemp("runs")
     fs = load_features(separable)
-    return fs, cache, {"dense": heads.run_head(fs, "dense", dense(), cache),
-                       "logreg": heads.run_head(fs, "logreg", heads.make_settings("logreg"), cache),
-                       "knn": heads.run_head(fs, "knn", heads.make_settings("knn", k=5), cache)}
+    return fs, cache, {"dense": training.run_head(fs, "dense", dense(), cache),
+                       "logreg": training.run_head(fs, "logreg", kinds.make_settings("logreg"), cache),
+                       "knn": training.run_head(fs, "knn", kinds.make_settings("knn", k=5), cache)}
 
 
 def test_every_head_separates_separable_classes(trained):
@@ -48,8 +48,8 @@ def test_every_head_separates_separable_classes(trained):
 
 def test_shuffled_labels_stay_near_chance(tmp_path):
     fs = load_features(synthetic_features(tmp_path, shuffle=True, per_class=(40, 30, 30)))
-    for head, s in (("dense", dense()), ("logreg", heads.make_settings("logreg")), ("knn", heads.make_settings("knn"))):
-        r = heads.run_head(fs, head, s, tmp_path)
+    for head, s in (("dense", dense()), ("logreg", kinds.make_settings("logreg")), ("knn", kinds.make_settings("knn"))):
+        r = training.run_head(fs, head, s, tmp_path)
         assert r["metrics"]["val_accuracy"] < 0.25, head    # chance is 0.10
         assert r["metrics"]["test_accuracy"] < 0.25, head
 
@@ -58,8 +58,8 @@ def test_saved_heads_reload_with_identical_predictions(trained):
     fs, _, runs = trained
     x = fs.splits["test"].features
     for r in runs.values():
-        before = heads.predict_proba(r["model"], x)
-        after = heads.predict_proba(heads.load_head(r["run_dir"]), x)
+        before = kinds.predict_proba(r["model"], x)
+        after = kinds.predict_proba(kinds.load_head(r["run_dir"]), x)
         np.testing.assert_array_equal(before, after)
 
 
@@ -77,12 +77,12 @@ def test_run_artifacts_follow_the_contract(trained):
     fs, cache, runs = trained
     for head, r in runs.items():
         run_dir = Path(r["run_dir"])
-        assert run_dir.name == heads.run_name(head, fs.attrs["settings_hash"], r["settings"])
+        assert run_dir.name == training.run_name(head, fs.attrs["settings_hash"], r["settings"])
         info = json.loads((run_dir / "run.json").read_text())
         assert info["head"] == head and info["settings"] == r["settings"]
         assert info["features"] == {"path": str(fs.path), "settings_hash": fs.attrs["settings_hash"],
                                     "feature_width": 16, "class_names": CLASSES, "views": 1}
-        assert (run_dir / heads.HEADS[head].artifact).is_file()
+        assert (run_dir / kinds.HEADS[head].artifact).is_file()
         report_dir = cache / "reports" / run_dir.name
         report = json.loads((report_dir / "report.json").read_text())
         assert report["val_accuracy"] == info["metrics"]["val_accuracy"]
@@ -93,7 +93,7 @@ def test_run_artifacts_follow_the_contract(trained):
         assert (report_dir / "confusion.png").stat().st_size > 1000
         assert (report_dir / "curves.png").is_file() == (run_dir / "history.json").is_file() == (head == "dense")
         assert (report_dir / "reliability.png").is_file() and info["calibration"] == report["calibration"]
-        assert ("temperature" in info["calibration"]) == heads.HEADS[head].calibrated
+        assert ("temperature" in info["calibration"]) == kinds.HEADS[head].calibrated
     history = json.loads((Path(runs["dense"]["run_dir"]) / "history.json").read_text())
     assert len(history["val_loss"]) == runs["dense"]["metrics"]["epochs"]
     assert not [p for p in (cache / "heads").iterdir() if p.name.startswith(".")]   # no temp folders left
@@ -103,13 +103,13 @@ def test_rerun_is_up_to_date_and_best_head_is_chosen_on_val(trained):
     fs, cache, runs = trained
     run_json = Path(runs["dense"]["run_dir"]) / "run.json"
     stamp = run_json.stat().st_mtime_ns
-    again = heads.run_head(fs, "dense", dense(), cache)
+    again = training.run_head(fs, "dense", dense(), cache)
     assert again["skipped"] and run_json.stat().st_mtime_ns == stamp
     # a worse run (no training to speak of) must not be picked; val accuracy decides
-    weak = heads.run_head(fs, "dense", dense(hidden=0, epochs=1, lr=1e-5), cache)
+    weak = training.run_head(fs, "dense", dense(hidden=0, epochs=1, lr=1e-5), cache)
     assert weak["metrics"]["val_accuracy"] < runs["dense"]["metrics"]["val_accuracy"]
-    assert heads.find_best_head(cache, fs.attrs["settings_hash"]) == Path(runs["dense"]["run_dir"]) / "model.keras"
-    assert heads.find_best_head(cache, "000000000000") is None
+    assert training.find_best_head(cache, fs.attrs["settings_hash"]) == Path(runs["dense"]["run_dir"]) / "model.keras"
+    assert training.find_best_head(cache, "000000000000") is None
 
 
 def test_a_failed_run_leaves_nothing_under_a_final_name(separable, tmp_path, monkeypatch):
@@ -117,7 +117,7 @@ def test_a_failed_run_leaves_nothing_under_a_final_name(separable, tmp_path, mon
     monkeypatch.setattr(pipeline.heads.evaluation, "_plot_confusion",
                         lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError):
-        heads.run_head(load_features(separable), "logreg", heads.make_settings("logreg"), tmp_path)
+        training.run_head(load_features(separable), "logreg", kinds.make_settings("logreg"), tmp_path)
     assert list((tmp_path / "heads").iterdir()) == [] and list((tmp_path / "reports").iterdir()) == []
 
 
@@ -274,8 +274,8 @@ def test_sweep_refuses_another_kinds_flag(separable, tmp_path, capsys):
 
 def test_settings_table_checks_every_default():
     """Every row's defaults pass its own ranges: the tables agree."""
-    for kind in heads.HEADS.values():
-        assert heads.make_settings(kind.name) == kind.canonical(dict(kind.defaults))
+    for kind in kinds.HEADS.values():
+        assert kinds.make_settings(kind.name) == kind.canonical(dict(kind.defaults))
         assert set(kind.sweep) <= set(kind.defaults)
 
 
@@ -290,8 +290,8 @@ def test_bad_jobs(separable, tmp_path, capsys):
 def test_real_transfer_reaches_the_floors(real_features, tmp_path):
     from conftest import DENSE_FLOOR, LOGREG_FLOOR
     fs = load_features(real_features)
-    logreg = heads.run_head(fs, "logreg", heads.make_settings("logreg", C=0.1), tmp_path)
-    dense_run = heads.run_head(fs, "dense", heads.make_settings("dense", hidden=1024, dropout=0.5), tmp_path)
+    logreg = training.run_head(fs, "logreg", kinds.make_settings("logreg", C=0.1), tmp_path)
+    dense_run = training.run_head(fs, "dense", kinds.make_settings("dense", hidden=1024, dropout=0.5), tmp_path)
     print(f"real transfer: logreg test {logreg['metrics']['test_accuracy']:.4f}, "
           f"dense test {dense_run['metrics']['test_accuracy']:.4f}")
     assert logreg["metrics"]["test_accuracy"] >= LOGREG_FLOOR

@@ -10,7 +10,7 @@ from PIL import Image
 
 import looking_helpers as lh
 from conftest import CIFAR_JPG, PRETRAINED
-from pipeline.heads import head as heads
+from pipeline.heads import kinds, training
 from pipeline.look import looking
 from pipeline import store
 from pipeline.cli import main
@@ -68,7 +68,7 @@ def test_exact_copies_are_found_whatever_the_threshold(planted, tmp_path, capsys
 
 def test_audit_accuracy_with_and_without_duplicates(planted, tmp_path, capsys):
     path, _, fs = planted
-    r = heads.run_head(fs, "logreg", heads.make_settings("logreg"), tmp_path)
+    r = training.run_head(fs, "logreg", kinds.make_settings("logreg"), tmp_path)
     table = looking.read_predictions(Path(r["report"]) / "predictions.csv")
     dup = {a for a, _ in lh.planted_pairs(fs)}
     test = [t for t in table if t["split"] == "test"]
@@ -149,7 +149,7 @@ def test_predictions_and_mistakes_are_the_rows_own_images(planted, tmp_path, mon
         drawn["images"], drawn["captions"] = [np.asarray(i) for i in images], captions
         return real(out, images, captions, **kw)
     monkeypatch.setattr(pipeline.look.gallery, "save_grid", spy)
-    r = heads.run_head(fs, "logreg", heads.make_settings("logreg", C=0.001), tmp_path)
+    r = training.run_head(fs, "logreg", kinds.make_settings("logreg", C=0.001), tmp_path)
     report_dir = Path(r["report"])
     report = json.loads((report_dir / "report.json").read_text())
     with open(report_dir / "predictions.csv", newline="") as f:

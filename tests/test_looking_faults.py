@@ -12,7 +12,7 @@ from PIL import Image
 
 from conftest import MIXED_CLASSES, assert_one_error, run_cli, synthetic_features
 from pipeline.foundation import flags
-from pipeline.heads import head as heads
+from pipeline.heads import kinds, training
 from pipeline import store
 
 
@@ -175,7 +175,7 @@ def test_neighbors_of_a_renamed_copy_prints_its_own_name(mixed_features, tiny_ba
 @pytest.fixture(scope="module")
 def mixed_run(mixed_features, tmp_path_factory):
     fs = store.read_rows(mixed_features[0])
-    return Path(heads.run_head(fs, "logreg", heads.make_settings("logreg"), tmp_path_factory.mktemp("run"))["run_dir"])
+    return Path(training.run_head(fs, "logreg", kinds.make_settings("logreg"), tmp_path_factory.mktemp("run"))["run_dir"])
 
 
 def test_audit_run_with_every_test_image_a_duplicate(mixed_features, mixed_run, tmp_path, capsys):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.heads import head as heads
+from pipeline.heads import kinds
 from pipeline.cli import main
 from pipeline.heads.sweep import configurations, parse_grid
 from conftest import synthetic_features
@@ -71,7 +71,7 @@ def test_logreg_sweep(tmp_path, capsys):
 def test_grid_parsing_and_duplicate_configurations():
     grid = parse_grid("dense", ["hidden=0,256", "dropout=0.2,0.5", "lr=1e-3,0.001"])
     assert grid == {"hidden": [0, 256], "dropout": [0.2, 0.5], "lr": [0.001]}
-    configs = configurations("dense", heads.make_settings("dense"), grid)
+    configs = configurations("dense", kinds.make_settings("dense"), grid)
     # without a hidden layer dropout means nothing: (0, 0.2) and (0, 0.5) are one run
     assert [(c["hidden"], c["dropout"]) for c in configs] == [(0, 0.0), (256, 0.2), (256, 0.5)]
     assert parse_grid("dense", ["batch-size=32"]) == {"batch_size": [32]}

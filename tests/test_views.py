@@ -51,7 +51,9 @@ def test_a_two_view_file_missing_a_view_is_refused(two_views, tmp_path, capsys):
 
 
 def test_knn_k_may_reach_the_rows_of_both_views(two_views, tmp_path):
-    from pipeline.heads.head import load_features, make_settings, run_head
+    from pipeline.store.features import load_features
+    from pipeline.heads.kinds import make_settings
+    from pipeline.heads.training import run_head
     fs = load_features(two_views)
     rows = 2 * len(fs.splits["train"].labels)
     assert run_head(fs, "knn", make_settings("knn", k=rows), tmp_path)["metrics"]["train_rows"] == rows
@@ -61,7 +63,9 @@ def test_knn_k_may_reach_the_rows_of_both_views(two_views, tmp_path):
 
 @pytest.mark.slow
 def test_heads_train_on_both_views_and_evaluate_on_their_mean(two_views, tmp_path):
-    from pipeline.heads.head import load_features, make_settings, predict_proba, run_head
+    from pipeline.store.features import load_features
+    from pipeline.heads.kinds import make_settings, predict_proba
+    from pipeline.heads.training import run_head
     fs = load_features(two_views)
     train = fs.splits["train"]
     dense = run_head(fs, "dense", make_settings("dense", hidden=16, epochs=2), tmp_path)

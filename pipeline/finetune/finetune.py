@@ -129,7 +129,7 @@ def _find_head(s: FinetuneSettings, features_hash: str) -> Path:
     if s.head is not None:
         return Path(s.head)
     try:
-        from pipeline.heads.head import find_best_head
+        from pipeline.heads.training import find_best_head
     except ImportError:
         raise UserError("no --head given and stage two is not installed; pass --head FILE") from None
     found = find_best_head(s.cache_dir, features_hash, head="dense")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.heads import head as heads
+from pipeline.heads import training
 from pipeline.foundation import records, stats
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import write_json_atomic
@@ -24,7 +24,7 @@ def check(head: str, n: int):
 def run_seeds(fs, head: str, settings: dict, cache_dir, n: int, verbose=0) -> tuple[dict, Path]:
     """Train (or find) the N seeded runs; return (the summary, where it was saved)."""
     check(head, n)
-    runs = [heads.run_head(fs, head, {**settings, "seed": settings["seed"] + i}, cache_dir, verbose=verbose)
+    runs = [training.run_head(fs, head, {**settings, "seed": settings["seed"] + i}, cache_dir, verbose=verbose)
             for i in range(n)]
     summary = {"head": head, "settings": {k: v for k, v in settings.items() if k != "seed"},
                "seeds": [r["settings"]["seed"] for r in runs], "runs": [Path(r["run_dir"]).name for r in runs],

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from pipeline.foundation import flags
-from pipeline.heads import head as heads
+from pipeline.heads import kinds, training
 from pipeline.foundation import records
 from pipeline import store
 from pipeline.foundation.errors import UserError
@@ -45,9 +45,9 @@ def parse_grid(head: str, items) -> dict:
             raise UserError(f"--grid entries look like KEY=V1,V2; got {item!r}")
         if key in grid:
             raise UserError(f"--grid names {key} twice")
-        parsed = [heads.parse_setting(head, key, v.strip()) for v in values.split(",")]
-        if key not in heads.HEADS[head].sweep:
-            raise UserError(f"a {head} sweep may vary {', '.join(heads.HEADS[head].sweep)}; not {key}")
+        parsed = [kinds.parse_setting(head, key, v.strip()) for v in values.split(",")]
+        if key not in kinds.HEADS[head].sweep:
+            raise UserError(f"a {head} sweep may vary {', '.join(kinds.HEADS[head].sweep)}; not {key}")
         grid[key] = list(dict.fromkeys(parsed))       # drop repeats, keep order
     return grid
 
@@ -56,7 +56,7 @@ def configurations(head: str, base: dict, grid: dict) -> list[dict]:
     """Every combination of the grid over `base`; combinations that are the same run appear once."""
     keys, out = list(grid), []
     for combo in itertools.product(*(grid[k] for k in keys)):
-        config = heads.canonical(head, {**base, **dict(zip(keys, combo))})
+        config = kinds.canonical(head, {**base, **dict(zip(keys, combo))})
         if config not in out:
             out.append(config)
     return out
@@ -82,9 +82,9 @@ def _train(fs, head: str, settings: dict, cache_dir: str, threads: int) -> dict:
     error (e.g. one learning rate of the grid diverged: the others still count). A configuration
     that another run (a `head`, another sweep) is training right now is waited for, then read."""
     try:
-        result = heads.run_head(fs, head, settings, cache_dir, verbose=0, threads=threads, wait=True)
+        result = training.run_head(fs, head, settings, cache_dir, verbose=0, threads=threads, wait=True)
     except UserError as exc:
-        return {"error": str(exc), "run_dir": heads.run_name(head, fs.attrs["settings_hash"], settings)}
+        return {"error": str(exc), "run_dir": training.run_name(head, fs.attrs["settings_hash"], settings)}
     result.pop("model", None)
     return result
 
@@ -116,14 +116,14 @@ TIE_LEVEL = 0.05
 TIE_RULE = (f"ties: val accuracy not distinguishable from the best's (McNemar's exact test on the same val "
             f"images, p >= {TIE_LEVEL}); recommended: the most regularized of the ties (" + "; ".join(
                 f"{k.name}: " + ", then ".join(f"{'smaller' if sign > 0 else 'larger'} {key}" for key, sign in k.simpler)
-                for k in heads.HEADS.values() if k.simpler) + "), then the fastest to train")
+                for k in kinds.HEADS.values() if k.simpler) + "), then the fastest to train")
 
 
 def leaderboard(runs: list[dict], keys, cache_dir=None) -> list[dict]:
     """Rows sorted by val accuracy, each with its accuracies' 95% intervals; with `cache_dir`
     (where the runs' per-image predictions are) the ties with the best are marked (TIE_RULE)."""
     simplest_first = {Path(r["run_dir"]).name: tuple(sign * r["settings"][key] for key, sign in
-                                                     heads.HEADS[r["head"]].simpler) for r in runs}
+                                                     kinds.HEADS[r["head"]].simpler) for r in runs}
     rows = [{"run": Path(r["run_dir"]).name, **{k: r["settings"][k] for k in keys},
              "val_accuracy": r["metrics"]["val_accuracy"], **_interval(r, "val"),
              "test_accuracy": r["metrics"]["test_accuracy"], **_interval(r, "test"),
@@ -186,11 +186,11 @@ def save_leaderboard(rows: list[dict], path_stem: Path) -> tuple[Path, Path]:
 
 
 def add_arguments(p):
-    heads.add_common_arguments(p)
+    kinds.add_common_arguments(p)
     p.add_argument("--grid", nargs="+", metavar="KEY=V1,V2", help="settings to vary, e.g. hidden=256,512 "
                    "dropout=0.2,0.5 (dense), C=0.01,0.1,1 (logreg) or k=5,10,20 (knn); default: just the base "
                    "settings. Which settings each head lets a sweep vary: " + "; ".join(
-                       f"{k.name}: {', '.join(k.sweep)}" for k in heads.HEADS.values()))
+                       f"{k.name}: {', '.join(k.sweep)}" for k in kinds.HEADS.values()))
     # no default here: it depends on the machine, and docs/reference.md must not
     p.add_argument("--jobs", type=flags.positive_int, metavar="N",
                    help="parallel worker processes (default: min(4, cores))")
@@ -202,7 +202,7 @@ def add_arguments(p):
 
 def run(args):
     from pipeline.heads.evaluation import format_table
-    base = heads.settings_from_args(args)
+    base = kinds.settings_from_args(args)
     grid = parse_grid(args.head, args.grid)            # grid mistakes surface before any loading
     fs = features_from_args(args)
     configs = configurations(args.head, base, grid)
@@ -216,10 +216,10 @@ def run(args):
     # is trained once, under that run's own lock.
     with Lock(stem, also=[stem.with_suffix(".json"), stem.with_suffix(".csv")]):
         trained, failed = _train_all(args, fs, configs)
-        runs = [r for r in (heads.finished_run(args.cache_dir, args.head, features_hash, c) for c in configs) if r]
+        runs = [r for r in (training.finished_run(args.cache_dir, args.head, features_hash, c) for c in configs) if r]
         if not runs:
             raise UserError(f"no configuration of the sweep finished: {failed[0]}")
-        keys = list(grid) or list(heads.HEADS[args.head].sweep)
+        keys = list(grid) or list(kinds.HEADS[args.head].sweep)
         rows = leaderboard(runs, keys, args.cache_dir)
         json_path, csv_path = save_leaderboard(rows, stem)
     from pipeline.foundation.stats import ACCURACY_METHOD, interval_text
@@ -240,7 +240,7 @@ def _train_all(args, fs, configs) -> tuple[int, list[str]]:
     many were trained, error lines of those that failed)."""
     from joblib import Parallel, delayed
     features_hash = fs.attrs["settings_hash"]
-    todo = [c for c in configs if not heads.finished_run(args.cache_dir, args.head, features_hash, c)]
+    todo = [c for c in configs if not training.finished_run(args.cache_dir, args.head, features_hash, c)]
     print(f"sweep: {len(configs)} configurations of the {args.head} head on {fs.path.name}; "
           f"{len(configs) - len(todo)} already done, {len(todo)} to train")
     jobs = min(args.jobs or min(4, os.cpu_count() or 1), max(1, len(todo)))

@@ -152,7 +152,7 @@ def add_arguments(p):
 def run(args):
     if not (0 < args.threshold <= 1) or not np.isfinite(args.threshold):
         raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
-    from pipeline.heads import head as heads
+    pass  # REMOVE
     fs = features_from_args(args)
     # everything the user named is checked before the audit's work: the run, then the images
     predictions = run_predictions(Path(args.run_dir), fs) if args.run_dir else None

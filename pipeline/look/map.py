@@ -132,7 +132,7 @@ def run(args):
     projector = Path(args.projector) if args.projector else None
     if projector is not None and projector.exists() and not projector.is_dir():
         raise UserError(f"--projector {projector} is a file; give a folder")
-    from pipeline.heads import head as heads
+    pass  # REMOVE
     fs = features_from_args(args)
     split = fs.splits[args.split]
     picked = stratified(split.labels, args.per_class, args.seed)

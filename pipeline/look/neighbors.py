@@ -129,7 +129,7 @@ def _check_args(args):
 
 
 def load(args) -> store.FeatureSet:
-    from pipeline.heads import head as heads
+    pass  # REMOVE
     return features_from_args(args)
 
 

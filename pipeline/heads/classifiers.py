@@ -1,0 +1,125 @@
+"""One train function per head kind, on cached features alone (no images, no backbone, no GPU needed):
+  dense    Keras: standardize -> Dense(hidden, relu) -> Dropout -> Dense(K, softmax)
+           (hidden 0: standardize -> softmax), EarlyStopping on val loss with the best weights
+           restored, ModelCheckpoint of the best epoch.
+  logreg   scikit-learn Pipeline(StandardScaler, LogisticRegression(lbfgs, multinomial)).
+  knn      scikit-learn Pipeline(StandardScaler, KNeighborsClassifier(cosine)): the training-free
+           k-nearest-neighbour probe of DINO- and CLIP-style evaluations.
+The model is chosen on the validation split; test accuracy is only reported."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pipeline import store
+from pipeline.extract import views
+from pipeline.foundation import records
+from pipeline.foundation.errors import UserError
+
+
+def _configure_tf(threads: int | None):
+    """Import TensorFlow lazily (never at module level: `--help` stays quick), optionally capped to
+    `threads` CPU threads so parallel sweep workers do not fight over the cores."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+    tf.get_logger().setLevel("ERROR")    # a sweep worker trains many models: retracing notes are noise
+    if threads:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(1)
+        except RuntimeError:
+            pass           # already initialised in this worker process, with the same numbers
+    return tf
+
+
+def build_dense(train_x, n_classes: int, s: dict):
+    """Raw features in, softmax out; standardization is the first layer, so the saved model needs
+    nothing else (stage three stacks it on the backbone as it is). Built-in layers only."""
+    import keras
+    from keras import layers
+    reg = keras.regularizers.L2(s["l2"]) if s["l2"] else None
+    inputs = keras.Input((train_x.shape[1],), dtype="float32", name="features")
+    norm = layers.Normalization(name="standardize")
+    norm.adapt(train_x)
+    x = norm(inputs)
+    if s["hidden"]:
+        x = layers.Dense(s["hidden"], activation="relu", kernel_regularizer=reg, name="hidden")(x)
+        x = layers.Dropout(s["dropout"], seed=s["seed"], name="dropout")(x)
+    outputs = layers.Dense(n_classes, activation="softmax", kernel_regularizer=reg, name="predictions")(x)
+    return keras.Model(inputs, outputs, name="dense_head")
+
+
+def train_dense(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=None):
+    """Fit on train, stop on val loss; the best epoch is saved as out_dir/model.keras as it trains.
+    Returns (model with the best weights, history, metrics)."""
+    _configure_tf(threads)
+    import keras
+    keras.utils.set_random_seed(s["seed"])
+    (x_tr, y_tr), validation = (views.training_rows(fs.splits[k]) for k in ("train", "val"))
+    model = build_dense(x_tr, len(fs.class_names), s)
+    model.compile(optimizer=keras.optimizers.Adam(s["lr"]), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=s["patience"],
+                                               restore_best_weights=True),
+                 # the best epoch on disk as it trains: this file becomes the run's model.keras
+                 keras.callbacks.ModelCheckpoint(out_dir / records.MODEL, monitor="val_loss",
+                                                 save_best_only=True)]
+    fit = model.fit(x_tr, y_tr.astype("int32"), validation_data=(validation[0], validation[1].astype("int32")),
+                    epochs=s["epochs"], batch_size=s["batch_size"], callbacks=callbacks,
+                    verbose=verbose, shuffle=True)
+    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    val_loss = history["val_loss"]      # EarlyStopping restored the first lowest one
+    return model, history, {"epochs": len(val_loss), "best_epoch": val_loss.index(min(val_loss)) + 1}
+
+
+def train_logreg(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=None):
+    """Returns (fitted Pipeline, None, whether lbfgs converged within max_iter and how many
+    iterations it took); saved as out_dir/model.joblib."""
+    import warnings
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    model = Pipeline([("scale", StandardScaler()),
+                      ("logreg", LogisticRegression(C=s["C"], max_iter=s["max_iter"], solver="lbfgs"))])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        model.fit(*views.training_rows(fs.splits["train"]))
+    _save_joblib(model, out_dir)
+    converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
+    return model, None, {"converged": converged, "iterations": int(model[-1].n_iter_.max())}
+
+
+def train_knn(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=None):
+    """Cosine k-nearest neighbours on standardized features: no training beyond storing the
+    standardized train rows (float32). Returns (fitted Pipeline, None, metrics); saved as
+    out_dir/model.joblib."""
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    tr = fs.splits["train"]
+    rows = len(tr.labels) * len(tr.views)     # the model holds every stored view of each train image
+    if s["k"] > rows:
+        raise UserError(f"k must be at most the number of training rows ({rows}), got {s['k']}")
+    model = Pipeline([("scale", StandardScaler()),
+                      ("knn", KNeighborsClassifier(n_neighbors=s["k"], weights=s["weighting"], metric="cosine",
+                                                   algorithm="brute", n_jobs=threads))])
+    model.fit(*views.training_rows(tr))     # every stored view of each train image
+    _save_joblib(model, out_dir)
+    return model, None, {"train_rows": rows}
+
+
+def _save_joblib(model, out_dir: Path):
+    import joblib
+    joblib.dump(model, out_dir / records.MODEL_JOBLIB)
+
+
+def load_keras(path: Path):
+    _configure_tf(None)
+    import keras
+    return keras.models.load_model(path)
+
+
+def load_joblib(path: Path):
+    import joblib
+    return joblib.load(path)

@@ -1,0 +1,106 @@
+"""One head run: train (unless up to date), save, report, under the run's lock. Each run goes to
+cache/heads/<head>-<features hash>-<settings hash>/ (the row's artifact, run.json, history.json for
+heads trained by epochs) and its report to cache/reports/<same name>/. A finished run (run.json
+written last, and its model) is up to date and is not trained again."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from pipeline import store
+from pipeline.extract import views
+from pipeline.foundation import records
+from pipeline.foundation.errors import UserError
+from pipeline.foundation.outputs import Lock, atomic_dir, write_json_atomic
+from pipeline.heads.kinds import HEADS, predict_proba, read_run_json
+
+
+def run_name(head: str, features_hash: str, settings: dict) -> str:
+    return f"{head}-{features_hash}-{store.settings_hash(settings)}"
+
+
+def _identity(fs: store.RowSet) -> dict:
+    return {"path": str(Path(fs.path).absolute()), "settings_hash": fs.attrs["settings_hash"],
+            "feature_width": int(fs.attrs["feature_width"]), "class_names": fs.class_names,
+            "views": len(fs.splits["train"].views)}
+
+
+def finished_run(cache_dir, head: str, features_hash: str, settings: dict) -> dict | None:
+    """run.json of the run with these settings (plus run_dir, report, skipped), if it finished:
+    a run.json (written last) and a model."""
+    name = run_name(head, features_hash, settings)
+    run_dir = records.folder(cache_dir, records.HEADS) / name
+    if not (run_dir / records.RUN_JSON).is_file() or not (run_dir / HEADS[head].artifact).is_file():
+        return None
+    return {**read_run_json(run_dir / records.RUN_JSON), "run_dir": str(run_dir),
+            "report": str(records.folder(cache_dir, records.REPORTS) / name), "skipped": True}
+
+
+def _check_finite(y_prob: dict, head: str):
+    """A diverged model (NaN or infinite probabilities) is not a result: nothing is saved. (A NaN
+    epoch followed by restoring an earlier best one is fine: the saved model is what counts.)"""
+    import numpy as np
+    if not all(np.isfinite(p).all() for p in y_prob.values()):
+        raise UserError(f"the {head} head diverged (its predictions are not finite); nothing was saved; "
+                        "lower --lr or check the features")
+
+
+def run_head(fs: store.RowSet, head: str, settings: dict, cache_dir, verbose=0, threads=None,
+             wait: bool = False) -> dict:
+    """Train (unless up to date), save, report. Returns run.json's content plus run_dir, report and
+    skipped. Under the run's lock (a second run on the same settings is refused, or with `wait`
+    waits and then finds it done); model and report folders are written under temporary names and
+    renamed when complete, run.json last."""
+    from pipeline.ship.calibration import calibrate, summary
+    from pipeline.heads.evaluation import write_report
+    done = finished_run(cache_dir, head, fs.attrs["settings_hash"], settings)
+    if done:
+        return done
+    name = run_name(head, fs.attrs["settings_hash"], settings)
+    final = records.folder(cache_dir, records.HEADS) / name
+    report_dir = records.folder(cache_dir, records.REPORTS) / name
+    with Lock(final, wait=wait, also=[report_dir]):
+        done = finished_run(cache_dir, head, fs.attrs["settings_hash"], settings)
+        if done:                                    # finished by the run we waited for
+            return done
+        with atomic_dir(final) as tmp:
+            started = time.perf_counter()
+            model, history, metrics = HEADS[head].train(fs, settings, tmp, verbose, threads)
+            if history is not None:
+                write_json_atomic(tmp / records.HISTORY_JSON, history)
+            wall = time.perf_counter() - started
+            y_true = {s: fs.splits[s].labels for s in ("val", "test")}
+            # every stored view of each image, and their mean: a 2-view file is evaluated with flip TTA
+            per_view = {s: views.per_view(lambda x: predict_proba(model, x), fs.splits[s].views) for s in ("val", "test")}
+            y_prob = {s: p.mean(axis=0) for s, p in per_view.items()}
+            _check_finite(y_prob, head)
+            temperature, after = None, None
+            if HEADS[head].calibrated:      # a softmax output layer: temperature scaling fitted on val
+                temperature, after = calibrate(y_true, per_view)
+            info = {"head": head, "settings": settings, "features": _identity(fs), "metrics": {}}
+            report = write_report(report_dir, y_true=y_true, y_prob=y_prob, class_names=fs.class_names,
+                                  wall_seconds=wall, history=history, features=fs,
+                                  calibrated=after and {"temperature": temperature, "y_prob": after},
+                                  extra={"run": name, "head": head, "settings": settings, "features": info["features"]})
+            info["calibration"] = summary(y_true, y_prob, after, temperature)
+            info["metrics"] = {"val_accuracy": report["val_accuracy"], "test_accuracy": report["test_accuracy"],
+                               "val_accuracy_interval": report["val_accuracy_interval"],
+                               "test_accuracy_interval": report["test_accuracy_interval"],
+                               "wall_seconds": report["wall_seconds"], **metrics}
+            write_json_atomic(tmp / records.RUN_JSON, info)   # last: a folder with run.json is a finished run
+    return {**info, "run_dir": str(final), "report": str(report_dir), "skipped": False, "model": model}
+
+
+def find_best_head(cache_dir, settings_hash: str, head: str = "dense") -> Path | None:
+    """The model file of the finished `head` run with the best validation accuracy on the features
+    file `settings_hash`; None when there is none."""
+    best, best_acc = None, -1.0
+    runs = records.folder(cache_dir, records.HEADS)
+    for run_json in sorted(runs.glob(f"{head}-{settings_hash}-*/{records.RUN_JSON}")):
+        model = run_json.parent / HEADS[head].artifact
+        if not model.is_file():
+            continue                       # not a finished run
+        acc = read_run_json(run_json)["metrics"]["val_accuracy"]
+        if acc > best_acc:
+            best, best_acc = model, acc
+    return best
