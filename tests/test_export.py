@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 
 from pipeline.cli import main
-from pipeline.ship.export import FORMATS, export_run, features_attrs, image_model, read_run, sample_test_images
+from pipeline.ship.formats import FORMATS
+from pipeline.ship.export import export_run
+from pipeline.ship.models import features_attrs, image_model, read_run, sample_test_images
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -347,7 +347,7 @@ def test_a_second_identical_sweep_is_refused(features_file, tmp_path, capsys):
 def test_sixteen_bit_images_are_scaled_and_float_images_refused(tmp_path):
     from PIL import Image
     from pipeline.foundation.errors import UserError
-    from pipeline.ship.predict import load_image
+    from pipeline.sources.files import load_image
     ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)
     Image.fromarray(ramp).save(tmp_path / "deep.png")
     pixels = load_image(tmp_path / "deep.png", (32, 32))

@@ -138,7 +138,7 @@ def test_a_missing_file_is_skipped_and_the_others_predicted(model, tmp_path, cap
 def test_globs_follow_no_linked_folder_and_name_each_real_file_once(tmp_path, monkeypatch):
     """Two links back to the folder (loops), a link out of it and a second name of one file: as a
     folder argument, a glob sees each real image inside the folder once, and returns at once."""
-    from pipeline.ship.predict import expand
+    from pipeline.sources.files import expand
     monkeypatch.chdir(tmp_path)
     _, (x,) = save_images(tmp_path / "L", 1)
     _, (y,) = save_images(tmp_path / "L" / "sub", 1, seed=1)
@@ -154,7 +154,7 @@ def test_globs_follow_no_linked_folder_and_name_each_real_file_once(tmp_path, mo
 
 
 def test_an_existing_name_with_glob_characters_is_a_file_not_a_pattern(tmp_path):
-    from pipeline.ship.predict import expand
+    from pipeline.sources.files import expand
     _, (plain,) = save_images(tmp_path, 1)
     odd = plain.rename(tmp_path / "br[1].png")
     assert expand([str(odd)]) == [odd]
@@ -193,7 +193,7 @@ def test_a_full_disk_while_writing_predictions_does_not_claim_work_is_kept(tmp_p
 
     def full(path, rows, k):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
-    monkeypatch.setattr(predict, "Predictor", Fixed)
+    monkeypatch.setattr(predict, "Predictor", Fixed)     # where the command looks it up
     monkeypatch.setattr(predict, "write_csv", full)
     _, (image,) = save_images(tmp_path, 1)
     code, out, err = run_cli(capsys, "predict", "--model", tmp_path, image, "--out", tmp_path / "p.csv")

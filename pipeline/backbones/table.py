@@ -10,6 +10,7 @@ Keras is imported inside the preprocessing functions only: this table is read by
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,7 +97,6 @@ def describe_preprocessing(key: str, size: int) -> str:
 def block_names(base, row: Row | None = None) -> list[str]:
     """Names worth suggesting for --unfreeze-from: the first layer of each block, blocks found by
     the row's pattern (for a .keras file: `<word><number>_` groups, as EfficientNet-Lite's blockNN_)."""
-    import re
     names = [layer.name for layer in base.layers[1:]]
     pattern = row.blocks if row else r"([A-Za-z]+\d+)_"
     firsts, seen = [], set()

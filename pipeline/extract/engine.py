@@ -14,9 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.backbones.build import build_backbone
+from pipeline.backbones.folding import fast_extractor
+from pipeline.extract.views import image_views
+from pipeline.foundation.errors import UserError
 from pipeline.sources import digest
 from pipeline.sources.images import Split
-from pipeline.foundation.errors import UserError
+
 
 DEFAULT_SHARD_ROWS = 4096
 # Test-only fault injection: "SPLIT:LO" makes the worker that starts that shard die (os._exit);
@@ -71,9 +75,6 @@ class ExtractorSpec:
 
     def build(self):
         """(extract: images -> float32 rows, Backbone). Any image size: resized in the graph."""
-        from pipeline.backbones.build import build_backbone
-        from pipeline.backbones.folding import fast_extractor
-        from pipeline.extract.views import image_views
         backbone = build_backbone(self.backbone, self.weights, self.size, (None, None, 3), self.seed)
         extract = fast_extractor(backbone.model, self.precision)
         if self.views == 1:

@@ -13,14 +13,16 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import socket
 import uuid
 
 import numpy as np
 
-from pipeline.sources import digest
-from pipeline.foundation import reaper
 from pipeline.extract.engine import CRASH_ENV, ExtractorSpec, Shard, maybe_crash, shard_batches
+from pipeline.foundation import reaper
 from pipeline.foundation.errors import UserError, first_line
+from pipeline.sources import digest
+
 
 RETRIES = 2                          # attempts per shard: 1 + RETRIES
 LOCAL_OBJECT_STORE = 512 * 2**20     # a local instance's object store: shards stream through it
@@ -42,7 +44,6 @@ def check_reachable(address: str):
     """Fail within CONNECT_SECONDS where nothing accepts connections at `address` (a host:port, or
     "auto": the running cluster's), since ray.init then retries "Failed to connect to GCS" for ever.
     A ray:// address (Ray Client) fails cleanly by itself."""
-    import socket
     _import_ray()                # Ray missing: the one error line that says how to install it
     from ray._private.services import canonicalize_bootstrap_address_or_die
     if address.startswith("ray://"):

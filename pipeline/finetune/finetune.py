@@ -104,7 +104,7 @@ def _check(s: FinetuneSettings):
 
 
 def _load_head(path: Path, width: int, n_classes: int):
-    from pipeline.ship.predict import load_keras_file
+    from pipeline.ship.models import load_keras_file
     head = load_keras_file(path, "head", "head")
     d, k = head.input_shape[-1], head.output_shape[-1]
     if d != width or k != n_classes:

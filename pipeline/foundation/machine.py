@@ -6,11 +6,12 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+import numpy
+
 
 def versions() -> dict:
     import h5py
     import keras
-    import numpy
     import tensorflow
     return {"python": platform.python_version(), "numpy": numpy.__version__, "h5py": h5py.__version__,
             "hdf5": h5py.version.hdf5_version, "tensorflow": tensorflow.__version__, "keras": keras.__version__,

@@ -9,6 +9,7 @@ The model is chosen on the validation split; test accuracy is only reported."""
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from pipeline import store
@@ -75,7 +76,6 @@ def train_dense(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=Non
 def train_logreg(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=None):
     """Returns (fitted Pipeline, None, whether lbfgs converged within max_iter and how many
     iterations it took); saved as out_dir/model.joblib."""
-    import warnings
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline

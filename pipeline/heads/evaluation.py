@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.foundation import records, stats
 from pipeline.foundation.outputs import atomic_dir
+from pipeline.ship import calibration
 
 
 def split_metrics(y_true, y_prob, class_names) -> dict:
@@ -113,7 +114,6 @@ def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_secon
     report dict. `features`: the FeatureSet whose val/test rows y_true and y_prob are, in order; with
     it the report also holds predictions.csv, mistakes.png and the most-confused pairs
     (pipeline.look.looking). `calibrated`: {"temperature": T, "y_prob": {split: probabilities after scaling}}."""
-    from pipeline.ship import calibration
     out_dir = Path(out_dir)
     after, temperature = (calibrated["y_prob"], calibrated["temperature"]) if calibrated else (None, None)
     class_names = list(class_names)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.heads import training
 from pipeline.foundation import records, stats
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import write_json_atomic
+from pipeline.heads import training
+from pipeline.heads.evaluation import format_table
+
 
 SEEDED = ("dense",)          # the other kinds are deterministic: a second seed gives the same run
 
@@ -38,7 +40,6 @@ def run_seeds(fs, head: str, settings: dict, cache_dir, n: int, verbose=0) -> tu
 
 
 def summary_text(summary: dict) -> str:
-    from pipeline.heads.evaluation import format_table
     rows = [[seed, run, *(summary[f"{s}_accuracy"]["per_seed"][i] for s in ("val", "test"))]
             for i, (seed, run) in enumerate(zip(summary["seeds"], summary["runs"]))]
     lines = [format_table(["seed", "run", "val acc", "test acc"], rows)]

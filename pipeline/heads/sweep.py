@@ -26,12 +26,19 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.foundation import flags
-from pipeline.heads import kinds, training
-from pipeline.foundation import records
+import numpy as np
+
 from pipeline import store
+from pipeline.foundation import flags
+from pipeline.foundation import records
+from pipeline.foundation import stats
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import Lock, write_text_atomic
+from pipeline.foundation.stats import ACCURACY_METHOD, interval_text
+from pipeline.heads import kinds, training
+from pipeline.heads.evaluation import recorded_interval
+from pipeline.heads.evaluation import format_table
+from pipeline.look import compare
 from pipeline.store.features import features_from_args, load_features
 
 
@@ -134,7 +141,6 @@ def leaderboard(runs: list[dict], keys, cache_dir=None) -> list[dict]:
 
 
 def _interval(run: dict, split: str) -> dict:
-    from pipeline.heads.evaluation import recorded_interval
     report = {}
     if not run["metrics"].get(f"{split}_accuracy_interval") and run.get("report"):   # a run from before intervals
         try:
@@ -150,9 +156,6 @@ def mark_ties(rows: list[dict], cache_dir, simplest_first: dict) -> list[dict]:
     images), tied_with_best and recommended (TIE_RULE; `simplest_first`: run name -> sort key,
     smallest = most regularized); None where a run's per-image predictions are missing (a report
     from before they were written)."""
-    import numpy as np
-    from pipeline.look import compare
-    from pipeline.foundation import stats
 
     def val_right(row):
         try:
@@ -201,7 +204,6 @@ def add_arguments(p):
 
 
 def run(args):
-    from pipeline.heads.evaluation import format_table
     base = kinds.settings_from_args(args)
     grid = parse_grid(args.head, args.grid)            # grid mistakes surface before any loading
     fs = features_from_args(args)
@@ -222,7 +224,6 @@ def run(args):
         keys = list(grid) or list(kinds.HEADS[args.head].sweep)
         rows = leaderboard(runs, keys, args.cache_dir)
         json_path, csv_path = save_leaderboard(rows, stem)
-    from pipeline.foundation.stats import ACCURACY_METHOD, interval_text
     shown = [[i, r["run"], *(r[k] for k in keys),
               interval_text(r["val_accuracy"], r["val_accuracy_low"], r["val_accuracy_high"]),
               interval_text(r["test_accuracy"], r["test_accuracy_low"], r["test_accuracy_high"]),

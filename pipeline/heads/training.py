@@ -7,12 +7,16 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from pipeline import store
 from pipeline.extract import views
 from pipeline.foundation import records
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import Lock, atomic_dir, write_json_atomic
+from pipeline.heads.evaluation import write_report
 from pipeline.heads.kinds import HEADS, predict_proba, read_run_json
+from pipeline.ship.calibration import calibrate, summary
 
 
 def run_name(head: str, features_hash: str, settings: dict) -> str:
@@ -39,7 +43,6 @@ def finished_run(cache_dir, head: str, features_hash: str, settings: dict) -> di
 def _check_finite(y_prob: dict, head: str):
     """A diverged model (NaN or infinite probabilities) is not a result: nothing is saved. (A NaN
     epoch followed by restoring an earlier best one is fine: the saved model is what counts.)"""
-    import numpy as np
     if not all(np.isfinite(p).all() for p in y_prob.values()):
         raise UserError(f"the {head} head diverged (its predictions are not finite); nothing was saved; "
                         "lower --lr or check the features")
@@ -51,8 +54,6 @@ def run_head(fs: store.RowSet, head: str, settings: dict, cache_dir, verbose=0, 
     skipped. Under the run's lock (a second run on the same settings is refused, or with `wait`
     waits and then finds it done); model and report folders are written under temporary names and
     renamed when complete, run.json last."""
-    from pipeline.ship.calibration import calibrate, summary
-    from pipeline.heads.evaluation import write_report
     done = finished_run(cache_dir, head, fs.attrs["settings_hash"], settings)
     if done:
         return done

@@ -21,11 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.foundation import flags, outputs, records
-from pipeline.sources import rows
 from pipeline import store
+from pipeline.foundation import flags, outputs, records
 from pipeline.foundation.errors import UserError
+from pipeline.heads.evaluation import format_table
+from pipeline.look.gallery import save_grid
+from pipeline.look.looking import read_predictions
+from pipeline.look.neighbors import pairs_above, unit_rows
+from pipeline.sources import rows
 from pipeline.store.features import features_from_args
+
 
 # (queries, searched): test against everything trained on or selected with; val against train.
 DIRECTIONS = (("test", ("train", "val")), ("val", ("train",)))
@@ -47,7 +52,6 @@ def pixel_digests(attrs: dict, split: str, index, data_path=None) -> list[str]:
 def find_pairs(fs: store.FeatureSet, threshold: float, digests: dict | None) -> list[dict]:
     """Every (query split row, searched split row) pair with cosine >= threshold or identical
     pixels (`digests`: split -> per-row pixel hashes; None skips the exact check)."""
-    from pipeline.look.neighbors import pairs_above, unit_rows
     out = []
     for query, searched in DIRECTIONS:
         q = fs.splits[query]
@@ -97,7 +101,6 @@ def summarize(fs: store.FeatureSet, pairs: list[dict], threshold: float) -> dict
 def run_predictions(run_dir: Path, fs: store.FeatureSet) -> tuple[Path, list[dict]]:
     """The test rows of a run's predictions.csv, checked to cover exactly this file's test images
     (rows matched by source index, so any run on the same images works)."""
-    from pipeline.look.looking import read_predictions
     csv_path = _predictions_of(run_dir)
     table = [r for r in read_predictions(csv_path) if r["split"] == "test"]
     ours = set(fs.splits["test"].index.tolist())
@@ -213,7 +216,6 @@ def draw_pairs(path: Path, fs: store.FeatureSet, shown: list[dict], data_path, w
     """Pairs, each as two cells side by side (query image, then its match)."""
     if not shown:
         return "no pairs"
-    from pipeline.look.gallery import save_grid
     items = [it for p in shown for it in ((p["split"], p["source_index"]), (p["other_split"], p["other_source_index"]))]
     try:
         images = rows.images_of(fs.attrs, items, data_path)
@@ -228,7 +230,6 @@ def draw_pairs(path: Path, fs: store.FeatureSet, shown: list[dict], data_path, w
 
 
 def print_summary(result: dict):
-    from pipeline.heads.evaluation import format_table
     rows_ = [[q, s["rows"], s["with_duplicate"], f"{100 * s['share']:.2f}%", s["exact_copies"], s["pairs"],
               s["label_disagrees"], "+".join(s["searched"])] for q, s in result["summary"].items()]
     print(f"near-duplicates at cosine >= {result['threshold']}"

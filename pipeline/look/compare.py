@@ -19,13 +19,16 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-
-from pipeline.foundation import flags, records
-from pipeline.sources import rows
-from pipeline.foundation import stats
 from pipeline import store
+from pipeline.foundation import flags, records
+from pipeline.foundation import stats
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.foundation.outputs import Lock, atomic_dir
+from pipeline.heads.evaluation import format_table
+from pipeline.look.gallery import save_grid
+from pipeline.look.looking import read_predictions
+from pipeline.sources import rows
+
 
 SHOWN = 16          # gallery cells per side (only A right, only B right)
 
@@ -68,7 +71,6 @@ def _report_dirs(arg: str, cache_dir) -> list[Path]:
 
 
 def load(arg: str, cache_dir) -> Scored:
-    from pipeline.look.looking import read_predictions
     found = next((d for d in _report_dirs(arg, cache_dir) if (d / records.PREDICTIONS).is_file()), None)
     if found is None:
         raise UserError(f"{arg} is not a run with per-image predictions (no predictions.csv in its report); "
@@ -114,7 +116,6 @@ def compare(a: Scored, b: Scored) -> dict:
 
 def paired_table(paired: dict, a: str = "A", b: str = "B") -> str:
     """What `compare` and a fine-tune print: per split, both accuracies, B - A, McNemar's p, counts."""
-    from pipeline.heads.evaluation import format_table
     table = [[split, p["a"]["n"], stats.interval_text(p["a"]["accuracy"], p["a"]["low"], p["a"]["high"]),
               stats.interval_text(p["b"]["accuracy"], p["b"]["low"], p["b"]["high"]),
               stats.signed_text(p["difference"], p["difference_low"], p["difference_high"]),
@@ -144,7 +145,6 @@ def _gallery(path: Path, a: Scored, b: Scored, split: str) -> dict:
         images, _ = rows.images(a.features_attrs(), split, [p[0]["source_index"] for _, p, _ in cells])
     except (UserError, OSError) as exc:
         return {**out, "note": rows.unreadable(exc)}
-    from pipeline.look.gallery import save_grid
     captions = [f"{p[0]['true']}\n{'B' if side == 'A' else 'A'} says {p[1 if side == 'A' else 0]['predicted']}"
                 for side, p, _ in cells]
     save_grid(path, images, captions, colors=[c for _, _, c in cells],

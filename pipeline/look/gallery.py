@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps
 
 from pipeline.foundation.outputs import atomic_file
 
@@ -55,7 +56,6 @@ def save_sprite(path: Path, images) -> tuple[int, int]:
     """The Embedding Projector's sprite: thumbnails row-major in a square grid, row i of the
     tensors file being cell i (the projector's own layout). Images of any mix of sizes: each is
     fitted into the cell (aspect ratio kept, white around it). Returns the cell's (height, width)."""
-    from PIL import Image, ImageOps
     h, w = sprite_cell(images)
     side = sprite_geometry(len(images))
     sheet = np.full((side * h, side * w, 3), 255, np.uint8)

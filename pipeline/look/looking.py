@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.foundation import records
-from pipeline.sources import rows
 from pipeline import store
+from pipeline.foundation import records
 from pipeline.foundation.errors import UserError
+from pipeline.foundation.errors import first_line
+from pipeline.sources import rows
+
 
 TOP = 3
 MISTAKES = 32          # cells in mistakes.png
@@ -51,7 +53,6 @@ def prediction_rows(split: str, index, y_true, y_prob, class_names, paths) -> li
 def read_predictions(path: Path) -> list[dict]:
     """predictions.csv back as dicts (source_index and correct as int, probabilities as float); a
     damaged file (truncated, edited) is a UserError naming it."""
-    from pipeline.foundation.errors import first_line
     try:
         with open(path, newline="") as f:
             out = list(csv.DictReader(f))

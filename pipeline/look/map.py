@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.foundation import flags, outputs, records
-from pipeline.sources import rows
 from pipeline import store
+from pipeline.foundation import flags, outputs, records
 from pipeline.foundation.errors import UserError
+from pipeline.look.gallery import save_sprite
+from pipeline.sources import rows
 from pipeline.store.features import features_from_args
+
 
 PCA_DIMS = 50
 CONFIG = "projector_config.pbtxt"
@@ -96,7 +98,6 @@ def projector_up_to_date(folder: Path, key: str) -> bool:
 
 def write_projector(folder: Path, key: str, name: str, features, meta: list[dict], images: list[np.ndarray]):
     """Each file written atomically; the config last, so a folder with it is complete."""
-    from pipeline.look.gallery import save_sprite
     folder.mkdir(parents=True, exist_ok=True)
     outputs.write_text_atomic(folder / "tensors.tsv",
                             "".join("\t".join(f"{v:.6g}" for v in row) + "\n" for row in features))

@@ -20,12 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.sources import images
-from pipeline.foundation import flags, outputs, records
-from pipeline.sources import rows
 from pipeline import store
+from pipeline.backbones.folding import fast_extractor
+from pipeline.backbones.rebuild import rebuild_backbone
+from pipeline.foundation import flags, outputs, records
 from pipeline.foundation.errors import UserError
+from pipeline.heads.evaluation import format_table
+from pipeline.look.gallery import save_grid
+from pipeline.sources import images
+from pipeline.sources import rows
 from pipeline.store.features import features_from_args
+
 
 BLOCK = 1024           # queries per matrix product: 1024 x 50,000 float32 similarities = 200 MB
 
@@ -85,8 +90,6 @@ def embed_files(attrs: dict, files: list[Path], backbone=None, weights=None) -> 
     """Features of image files computed as stage one computed the file's rows: the same network
     (checked by its weights identity) and precision, each image resized alone by the network's
     own resize layer, whatever its size (engine.ExtractorSpec)."""
-    from pipeline.backbones.folding import fast_extractor
-    from pipeline.backbones.rebuild import rebuild_backbone
     bb = rebuild_backbone(attrs, backbone, weights, image_shape=(None, None, 3))
     return fast_extractor(bb.model, attrs["precision"])(read_files(files))
 
@@ -204,7 +207,6 @@ def search_neighbors(fs: store.FeatureSet, args, search: list[str], source: rows
 
 
 def print_result(result: dict):
-    from pipeline.heads.evaluation import format_table
     for q in result["queries"]:
         what = q.get("image") or f"{q['split']} row {q['row']} ({q['class']}, source index {q['source_index']})"
         print(f"neighbours of {what}:")
@@ -216,7 +218,6 @@ def print_result(result: dict):
 def draw_strip(path: Path, fs: store.FeatureSet, result: dict, source: rows.Source) -> str | None:
     """One line per query: the query image, then its neighbours with rank, similarity and class,
     each at its own size. Returns a note instead when the source's images cannot be read."""
-    from pipeline.look.gallery import save_grid
     cells, captions, wanted = [], [], []
     for q in result["queries"]:
         if "image" in q:

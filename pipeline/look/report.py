@@ -13,10 +13,13 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.foundation import outputs, records
 from pipeline import store
+from pipeline.foundation import outputs, records
 from pipeline.foundation.errors import UserError
+from pipeline.foundation.stats import interval_text
+from pipeline.heads.evaluation import recorded_interval
 from pipeline.heads.sweep import TIE_RULE
+
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left}
@@ -69,7 +72,6 @@ def collect_runs(cache_dir, skipped: list | None = None) -> tuple[list[dict], li
     """(runs, sweeps). A run: name, kind, page, report folder, settings, accuracies, time. Any head
     kind is taken as its run.json names it. A run whose run.json or report.json is damaged is left
     out, its error appended to `skipped`: one bad run never hides the others or fails a command."""
-    from pipeline.heads.evaluation import recorded_interval
     cache = Path(cache_dir)
     seen, runs = {}, []
     heads_dir, finetune_dir = records.folder(cache, records.HEADS), records.folder(cache, records.FINETUNE)
@@ -137,7 +139,6 @@ def _cell(run: dict, key: str, numeric: bool) -> str:
 
 def _accuracy_text(run: dict, key: str) -> str:
     """"0.8123 [0.8012, 0.8230]": the accuracy with its 95% Wilson interval, when known."""
-    from pipeline.foundation.stats import interval_text
     return interval_text(run[key], *(run.get(f"{key}_interval") or (None, None)))
 
 

@@ -21,21 +21,22 @@ mirror (pipeline.extract.views).
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import os
 import sys
 from pathlib import Path
 
-import numpy as np
+from pipeline.foundation import flags, outputs
+from pipeline.foundation.progress import Progress
+from pipeline.ship import models
+from pipeline.ship.predictor import BATCH, Predictor
+from pipeline.sources.decode import IMAGE_SUFFIXES
+from pipeline.sources.files import expand
 
-from pipeline.ship import export
-from pipeline.foundation import flags, outputs, records
-from pipeline.sources.decode import IMAGE_SUFFIXES, rgb8
-from pipeline.foundation.errors import UserError, first_line
 
 TOP = 3
-BATCH = 64
+
+
 EXIT_SKIPPED = 3
 
 
@@ -58,14 +59,13 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from pipeline.foundation.progress import Progress
     picked = args.model is None
     if picked:
-        args.model = export.newest_run(args.cache_dir)
+        args.model = models.newest_run(args.cache_dir)
     # A bad model or pattern fails before any image is read.
     predictor = Predictor(Path(args.model), tta=args.tta, backbone=args.backbone, weights=args.weights)
     if picked:
-        print(export.picked_line(args.model, args.cache_dir, "--model"), file=sys.stderr)
+        print(models.picked_line(args.model, args.cache_dir, "--model"), file=sys.stderr)
     paths = expand(args.images)
     k = min(args.top_k, len(predictor.class_names))
     rows, skipped = [], []
@@ -100,67 +100,6 @@ def _print_raw(line: str):
     sys.stdout.buffer.flush()
 
 
-# ---------------------------------------------------------------- inputs
-
-def expand(patterns: list[str]) -> list[Path]:
-    """Files as given, folders searched recursively for image files, glob patterns expanded; in
-    order, each real file once (two names of one file, through a link, count once). A path that
-    exists is taken as it is, even with glob characters in its name; linked folders are not
-    followed, by folders or by `**`, so a link cannot loop or lead out of the folder. A named file
-    that does not exist stays in the list (it is skipped with its reason); a folder or pattern that
-    finds no image is a UserError."""
-    found: dict[Path, Path] = {}
-    for text in patterns:
-        path = Path(text)
-        if path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        elif path.exists() or not glob.has_magic(text):
-            matches = [path]
-        else:
-            matches = sorted(p for p in _glob(path) if p.is_file())
-        if not matches:
-            raise UserError(f"{text} matches no image files")
-        for p in matches:
-            found.setdefault(p.resolve(), p)
-    return list(found.values())
-
-
-def _glob(pattern: Path) -> list[Path]:
-    """The pattern's matches that pass through no linked folder below its first magic part, as a
-    folder argument's: pathlib's `**` does not follow links (the glob module's does, into loops),
-    and a `*` that matched a linked folder is dropped here."""
-    parts = pattern.parts
-    first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
-    base = Path(*parts[:first]) if first else Path(".")
-    found = []
-    for match in base.glob(str(Path(*parts[first:]))):
-        folders = match.relative_to(base).parts[:-1]
-        if not any(base.joinpath(*folders[:i + 1]).is_symlink() for i in range(len(folders))):
-            found.append(match)
-    return found
-
-
-def to_size(img, size: tuple[int, int]) -> np.ndarray:
-    """A PIL image as uint8 RGB (H, W, 3) at `size`, resized as predict resizes every image."""
-    from PIL import Image
-    img = rgb8(img)
-    if img.size != (size[1], size[0]):
-        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
-
-
-def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """uint8 (H, W, 3) at `size`; a UserError with the reason when the file cannot be read."""
-    from PIL import Image
-    if not path.is_file():
-        raise UserError(f"image {path} does not exist")
-    try:
-        with Image.open(path) as img:
-            return to_size(img, size)
-    except Exception as exc:
-        raise UserError(f"cannot read image {path}: {first_line(exc)}") from None
-
-
 def write_csv(path: Path, rows, k: int):
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -169,104 +108,3 @@ def write_csv(path: Path, rows, k: int):
         writer.writerow([str(image)] + [v for name, p in top for v in (name, f"{p:.6f}")])
     with outputs.atomic_file(path) as tmp:     # file names as their bytes, UTF-8 or not
         Path(tmp).write_bytes(buf.getvalue().encode("utf-8", "surrogateescape"))
-
-
-# ---------------------------------------------------------------- the model, in any of its forms
-
-def load_keras_file(path: Path, what: str, make: str):
-    """keras.models.load_model, with a missing or unreadable file as a UserError naming `what`
-    it should have been and the `make` target that produces it."""
-    import keras
-    if not path.exists():
-        raise UserError(f"{what} file {path} does not exist; run `make {make}` first")
-    if not path.is_file():
-        raise UserError(f"{what} {path} is a folder, not a .keras file")
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as exc:
-        raise UserError(f"cannot load {what} {path}: "
-                        f"{first_line(exc)}") from None
-
-
-def export_labels(folder: Path) -> list[str] | None:
-    """An export's class names (labels.txt beside its export.json), both read and checked."""
-    if not (folder / records.EXPORT_JSON).is_file():
-        return None
-    found = records.read(folder / records.EXPORT_JSON, records.EXPORT)
-    labels = folder / records.LABELS
-    return records.read_labels(labels) if labels.is_file() else list(found["class_names"])
-
-
-FORMAT_OF_SUFFIX = {".keras": "keras", ".tflite": "tflite"}
-
-
-def open_model(path: Path, backbone=None, weights=None):
-    """(uint8 images -> probabilities, (H, W) it takes, class names) for every form a model has: a
-    run folder (or the model.keras in it), an export (its folder, SavedModel, .tflite, .keras) or
-    an image model .keras file of one's own."""
-    if not path.exists():
-        raise UserError(f"--model {path} does not exist; give a run folder (cache/heads/dense-..., "
-                        "cache/finetune/...), a .keras file or an export")
-    folder = path if path.is_dir() else path.parent
-    if (folder / records.RUN_JSON).is_file() and (path.is_dir() or path.name == records.MODEL):
-        return _run_model(folder, backbone, weights)
-    if path.is_dir() and (path / records.EXPORT_JSON).is_file():
-        inside = [path / name for name, _ in export.FORMATS.values() if (path / name).exists()]
-        if not inside:
-            raise UserError(f"{path} holds an export.json but no exported model in it")
-        return open_model(inside[0])
-    names = export_labels(path.parent)      # the records first: a damaged one is one error line, not a load failure
-    fmt = "savedmodel" if (path / "saved_model.pb").is_file() else \
-        FORMAT_OF_SUFFIX.get(path.suffix) if path.is_file() else None
-    if fmt is None:
-        raise UserError(f"--model {path} is not a model predict reads: give a run folder (with run.json), a "
-                        ".keras or .tflite file, or an export's folder or SavedModel folder (with saved_model.pb)")
-    try:
-        forward, shape, n, dtype = export.OPEN[fmt](path)
-    except Exception as exc:
-        raise UserError(f"cannot load {fmt} model {path}: {first_line(exc)}") from None
-    if len(shape) != 4 or shape[-1] != 3 or dtype != "uint8":
-        raise UserError(f"{path} takes {dtype} {shape}, not uint8 images; give an image model (a stage-two "
-                        "head's model.keras takes features: give its run folder, with run.json)")
-    # An export carries its temperature; a file of one's own is taken as it is.
-    names = names if names and len(names) == int(n) else [f"class {i}" for i in range(int(n))]
-    return forward, tuple(shape[1:3]), names
-
-
-def _run_model(run_dir: Path, backbone, weights):
-    """A dense head run (its features file's backbone rebuilt, the head on top, as export composes
-    them) or a fine-tune run, with the run's temperature applied."""
-    run_dir, info = export.read_run(run_dir)
-    attrs = None if info.get("stage") == "finetune" else export.features_attrs(info)
-    model = export.image_model(run_dir, info, attrs, backbone, weights)
-    return (lambda x: model.predict(x, verbose=0)), tuple(model.input_shape[1:3]), export.class_names(info)
-
-
-class Predictor:
-    """A model in any of its forms with its class names: uint8 batches -> probabilities."""
-
-    def __init__(self, model_path: Path, tta: bool = False, backbone=None, weights=None):
-        self.forward, self.size, self.class_names = open_model(Path(model_path), backbone, weights)
-        self.tta = tta
-
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        from pipeline.extract.views import image_views
-        return np.mean([self.forward(v) for v in image_views(images, 2 if self.tta else 1)], axis=0)
-
-    def predict_paths(self, paths: list[Path], k: int, batch_size: int = BATCH):
-        """Yields ([(path, [(class, probability)] * k)], [(path, reason)]) per batch of paths."""
-        for lo in range(0, len(paths), batch_size):
-            images, good, skipped = [], [], []
-            for path in paths[lo:lo + batch_size]:
-                try:
-                    images.append(load_image(path, self.size))
-                    good.append(path)
-                except UserError as exc:
-                    skipped.append((path, str(exc)))
-            rows = []
-            if images:
-                for path, p in zip(good, self.probabilities(np.stack(images))):
-                    best = np.argsort(p)[::-1][:k]
-                    rows.append((path, [(self.class_names[i], float(p[i])) for i in best]))
-            yield rows, skipped
-

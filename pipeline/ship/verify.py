@@ -14,13 +14,20 @@ upgrade, or another CPU's bfloat16 arithmetic all show up here.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
-from pipeline.foundation import flags
-from pipeline.sources import rows
 from pipeline import store
+from pipeline.backbones.folding import fast_extractor
+from pipeline.backbones.rebuild import rebuild_backbone
 from pipeline.extract import views
+from pipeline.foundation import flags
 from pipeline.foundation.errors import UserError
+from pipeline.foundation.machine import versions
+from pipeline.sources import rows
+from pipeline.store.features import load_features
+
 
 # precision -> (smallest cosine, largest |difference| / largest |value| of the row) still "the same
 # row". Measured (shared EfficientNet-Lite0, real CIFAR-10, Xeon with AMX): re-embedding on the
@@ -43,7 +50,6 @@ def sample_rows(sizes: dict, n: int, seed: int) -> dict:
 
 def machine() -> dict:
     """Library versions and the machine, as a features file records them (stage one)."""
-    from pipeline.foundation.machine import versions
     return versions()
 
 
@@ -58,9 +64,6 @@ def verify(path, sample: int = DEFAULT_SAMPLE, seed: int = 0, backbone=None, wei
     """Compare re-embedded rows with the stored ones. Returns {"rows", "max_abs_diff",
     "max_relative_diff", "min_cosine", "tolerance", "first_bad"}; first_bad (split, row, source
     index, path, cosine, relative diff) is None when every row is within tolerance."""
-    from pipeline.backbones.folding import fast_extractor
-    from pipeline.store.features import load_features
-    from pipeline.backbones.rebuild import rebuild_backbone
     fs = load_features(path)
     attrs = fs.attrs
     bb = rebuild_backbone(attrs, backbone, weights)       # other weights: refused here, by their identity
@@ -106,7 +109,6 @@ def add_arguments(p):
 
 
 def run(args):
-    import time
     started = time.perf_counter()
     r = verify(args.file, args.sample, args.seed, args.backbone, args.weights, args.data)
     seconds = time.perf_counter() - started

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from pipeline.foundation.errors import UserError, first_line
 
@@ -20,7 +21,6 @@ def rgb8(img):
     would clip 16-bit pixels (all white) and truncate float ones (all black), so 16-bit images are
     scaled down, and images whose range is not fixed (32-bit integer or float) are refused rather
     than guessed."""
-    from PIL import Image
     if img.mode.startswith("I;16"):
         pixels = (np.asarray(img, dtype=np.uint32) * 255 + 32767) // 65535
         img = Image.fromarray(pixels.astype(np.uint8))
@@ -31,7 +31,6 @@ def rgb8(img):
 
 
 def read_image(path: Path) -> np.ndarray:
-    from PIL import Image
     path = str(path)     # not np.str_, which PIL's messages would print as np.str_('...')
     try:
         with Image.open(path) as img:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from pipeline.foundation.errors import UserError
 from pipeline.sources.decode import read_images
@@ -61,7 +62,6 @@ class FileImages:
     @property
     def image_shape(self):
         """The first image's size, from its header (other images may differ)."""
-        from PIL import Image
         with Image.open(self.paths[0]) as img:
             return [img.height, img.width, 3]
 

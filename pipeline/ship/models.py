@@ -1,0 +1,98 @@
+"""A trained run as a model: the newest run when none is named, its record read and checked, and its
+Keras image model (a dense head composed with its features file's backbone, or a fine-tune run's
+model) with the run's temperature applied; a model in any form `predict` takes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipeline import store
+from pipeline.foundation import records
+from pipeline.foundation.errors import UserError
+from pipeline.ship.calibration import apply_temperature
+from pipeline.sources.files import to_size
+from pipeline.sources.rows import load_splits
+
+
+def newest_run(cache_dir) -> Path:
+    """What `export` without RUN and `predict` without --model take: the newest finished run with an
+    image model (a dense head run, composed with its backbone, or a fine-tune run); run.json is
+    written last, so its time is the run's."""
+    found = [j.parent for kind in (records.HEADS, records.FINETUNE)
+             for j in records.folder(cache_dir, kind).glob(f"*/{records.RUN_JSON}") if (j.parent / records.MODEL).is_file()]
+    if not found:
+        raise UserError(f"no dense head or fine-tune run in {cache_dir}; run `head` first, or name a run")
+    return max(found, key=lambda d: (d / records.RUN_JSON).stat().st_mtime)
+
+
+def picked_line(run_dir, cache_dir, choose: str) -> str:
+    return f"model: {run_dir} (the newest run in {cache_dir}; {choose} chooses another)"
+
+
+def read_run(path: Path) -> tuple[Path, dict]:
+    """(run folder, its run.json) for a run folder, or its run.json or model.keras."""
+    run_dir = (path if path.is_dir() else path.parent).absolute()
+    run_json = run_dir / records.RUN_JSON
+    if not run_json.is_file():
+        raise UserError(f"{path} is not a run folder (no run.json); give cache/heads/<run> or cache/finetune/<run>")
+    info = records.read_run(run_dir)
+    if info.get("stage") != "finetune" and not (run_dir / records.MODEL).is_file():
+        raise UserError(f"{run_dir} is a {info.get('head', 'non-Keras')} head run; only dense head runs and "
+                        "stage-three runs export or predict (they are Keras models)")
+    return run_dir, info
+
+
+def features_attrs(info: dict) -> dict:
+    path = Path(info["features"]["path"])
+    attrs = store.read_rows(path, splits=()).attrs
+    if attrs["settings_hash"] != info["features"]["settings_hash"]:
+        raise UserError(f"{path} is no longer the features file the run was trained on "
+                        f"({info['features']['settings_hash']}); rerun it")
+    return attrs
+
+
+def image_model(run_dir: Path, info: dict, attrs: dict, backbone=None, weights=None):
+    """The Keras model to export: uint8 images -> probabilities, temperature applied."""
+    if info.get("stage") == "finetune":
+        model = load_keras_file(run_dir / records.MODEL, "fine-tuned model", "finetune")
+    else:
+        from pipeline.backbones.rebuild import rebuild_backbone
+        from pipeline.finetune.surgery import image_model as stack
+        bb = rebuild_backbone(attrs, backbone, weights)
+        model = stack(bb.model, load_keras_file(run_dir / records.MODEL, "head", "head"))
+    return apply_temperature(model, temperature(info))
+
+
+def temperature(info: dict) -> float:
+    return float(info.get("calibration", {}).get("temperature", 1.0))
+
+
+def class_names(info: dict) -> list[str]:
+    return list(info.get("class_names") or info["features"]["class_names"])
+
+
+def sample_test_images(attrs: dict, data_path, n: int) -> np.ndarray:
+    """n real test images of the features file, spread over the split (it is ordered by class), at
+    the size the model takes: an image folder's images of other sizes are resized as predict
+    resizes them."""
+    test = load_splits(attrs, data_path)["test"]
+    images = test.select(np.unique(np.linspace(0, len(test) - 1, min(n, len(test))).astype(int))).read()
+    size = tuple(attrs["image_shape"][:2])
+    return np.stack([x if x.shape[:2] == size else to_size(Image.fromarray(x), size) for x in images])
+
+
+def load_keras_file(path: Path, what: str, make: str):
+    """keras.models.load_model, with a missing or unreadable file as a UserError naming `what`
+    it should have been and the `make` target that produces it."""
+    import keras
+    if not path.exists():
+        raise UserError(f"{what} file {path} does not exist; run `make {make}` first")
+    if not path.is_file():
+        raise UserError(f"{what} {path} is a folder, not a .keras file")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:
+        raise UserError(f"cannot load {what} {path}: "
+                        f"{first_line(exc)}") from None

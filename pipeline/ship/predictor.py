@@ -1,0 +1,99 @@
+"""A model in any of the forms `predict` takes (a run folder or its model.keras, an export folder, a
+SavedModel, a .tflite or .keras file) opened as one callable: uint8 images -> probabilities, with
+its class names and the input size it takes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.extract.views import image_views
+from pipeline.foundation import records
+from pipeline.foundation.errors import UserError, first_line
+from pipeline.ship import formats, models
+from pipeline.sources.files import load_image
+
+
+BATCH = 64
+
+
+def export_labels(folder: Path) -> list[str] | None:
+    """An export's class names (labels.txt beside its export.json), both read and checked."""
+    if not (folder / records.EXPORT_JSON).is_file():
+        return None
+    found = records.read(folder / records.EXPORT_JSON, records.EXPORT)
+    labels = folder / records.LABELS
+    return records.read_labels(labels) if labels.is_file() else list(found["class_names"])
+
+
+FORMAT_OF_SUFFIX = {".keras": "keras", ".tflite": "tflite"}
+
+
+def open_model(path: Path, backbone=None, weights=None):
+    """(uint8 images -> probabilities, (H, W) it takes, class names) for every form a model has: a
+    run folder (or the model.keras in it), an export (its folder, SavedModel, .tflite, .keras) or
+    an image model .keras file of one's own."""
+    if not path.exists():
+        raise UserError(f"--model {path} does not exist; give a run folder (cache/heads/dense-..., "
+                        "cache/finetune/...), a .keras file or an export")
+    folder = path if path.is_dir() else path.parent
+    if (folder / records.RUN_JSON).is_file() and (path.is_dir() or path.name == records.MODEL):
+        return _run_model(folder, backbone, weights)
+    if path.is_dir() and (path / records.EXPORT_JSON).is_file():
+        inside = [path / name for name, _ in formats.FORMATS.values() if (path / name).exists()]
+        if not inside:
+            raise UserError(f"{path} holds an export.json but no exported model in it")
+        return open_model(inside[0])
+    names = export_labels(path.parent)      # the records first: a damaged one is one error line, not a load failure
+    fmt = "savedmodel" if (path / "saved_model.pb").is_file() else \
+        FORMAT_OF_SUFFIX.get(path.suffix) if path.is_file() else None
+    if fmt is None:
+        raise UserError(f"--model {path} is not a model predict reads: give a run folder (with run.json), a "
+                        ".keras or .tflite file, or an export's folder or SavedModel folder (with saved_model.pb)")
+    try:
+        forward, shape, n, dtype = formats.OPEN[fmt](path)
+    except Exception as exc:
+        raise UserError(f"cannot load {fmt} model {path}: {first_line(exc)}") from None
+    if len(shape) != 4 or shape[-1] != 3 or dtype != "uint8":
+        raise UserError(f"{path} takes {dtype} {shape}, not uint8 images; give an image model (a stage-two "
+                        "head's model.keras takes features: give its run folder, with run.json)")
+    # An export carries its temperature; a file of one's own is taken as it is.
+    names = names if names and len(names) == int(n) else [f"class {i}" for i in range(int(n))]
+    return forward, tuple(shape[1:3]), names
+
+
+def _run_model(run_dir: Path, backbone, weights):
+    """A dense head run (its features file's backbone rebuilt, the head on top, as export composes
+    them) or a fine-tune run, with the run's temperature applied."""
+    run_dir, info = models.read_run(run_dir)
+    attrs = None if info.get("stage") == "finetune" else models.features_attrs(info)
+    model = models.image_model(run_dir, info, attrs, backbone, weights)
+    return (lambda x: model.predict(x, verbose=0)), tuple(model.input_shape[1:3]), models.class_names(info)
+
+
+class Predictor:
+    """A model in any of its forms with its class names: uint8 batches -> probabilities."""
+
+    def __init__(self, model_path: Path, tta: bool = False, backbone=None, weights=None):
+        self.forward, self.size, self.class_names = open_model(Path(model_path), backbone, weights)
+        self.tta = tta
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        return np.mean([self.forward(v) for v in image_views(images, 2 if self.tta else 1)], axis=0)
+
+    def predict_paths(self, paths: list[Path], k: int, batch_size: int = BATCH):
+        """Yields ([(path, [(class, probability)] * k)], [(path, reason)]) per batch of paths."""
+        for lo in range(0, len(paths), batch_size):
+            images, good, skipped = [], [], []
+            for path in paths[lo:lo + batch_size]:
+                try:
+                    images.append(load_image(path, self.size))
+                    good.append(path)
+                except UserError as exc:
+                    skipped.append((path, str(exc)))
+            rows = []
+            if images:
+                for path, p in zip(good, self.probabilities(np.stack(images))):
+                    best = np.argsort(p)[::-1][:k]
+                    rows.append((path, [(self.class_names[i], float(p[i])) for i in best]))
+            yield rows, skipped
