@@ -28,7 +28,7 @@ def main():
     from pipeline.backbones.table import BACKBONES
     from pipeline.backbones.build import build_backbone
     from pipeline.backbones.precision import resolve_precision
-    from pipeline.heads.evaluation import format_table
+    from pipeline.foundation.tables import format_table
     x, source = images(args.images)
     precision, device = resolve_precision("auto")
     rows = []

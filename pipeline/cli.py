@@ -10,6 +10,7 @@ import sys
 import traceback
 
 from pipeline.foundation.errors import UserError, first_line, storage_message
+from pipeline.look import report as site
 
 # Stage modules import nothing heavy at the top, so `--help` stays quick.
 STAGE_MODULES = [
@@ -48,7 +49,6 @@ REBUILDS_SITE = ("head", "sweep", "finetune")
 
 
 def _rebuild_site(cache_dir):
-    from pipeline.look import report as site
     try:
         index, _ = site.rebuild(cache_dir)
     except Exception as exc:     # the run itself succeeded and is saved: say so, never fail it

@@ -1,12 +1,15 @@
 """Shared test fixtures and helpers: paths to the real data in ../shared, stage-one files built once
 per session, synthetic features files, the CLI in-process and in a subprocess, a small full disk."""
 import contextlib
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -28,7 +31,6 @@ PRECISION_TOLERANCE = {"float32": 1e-5, "float16": 2e-3, "bfloat16": 2e-2}
 
 def assert_close_at(precision: str, got, expected):
     """Features computed in `precision` match float32 ones within that precision's tolerance."""
-    import numpy as np
     expected = np.asarray(expected)
     np.testing.assert_allclose(got, expected, rtol=0,
                                atol=PRECISION_TOLERANCE[precision] * np.abs(expected).max(), err_msg=precision)
@@ -69,7 +71,6 @@ def tiny_inception_features(tmp_path_factory) -> Path:
 
 def synthetic_cifar(n_train=50, n_test=20, seed=0):
     """Random 32x32 RGB images with labels cycling 0..9 (every class present in every batch)."""
-    import numpy as np
     rng = np.random.default_rng(seed)
     train_x = rng.integers(0, 256, (n_train, 32, 32, 3), dtype=np.uint8)
     test_x = rng.integers(0, 256, (n_test, 32, 32, 3), dtype=np.uint8)
@@ -79,7 +80,6 @@ def synthetic_cifar(n_train=50, n_test=20, seed=0):
 def write_batches(folder: Path, train_x, train_y, test_x, test_y) -> Path:
     """The cifar-10-batches-py layout: pickled dicts, b"data" uint8 (N, 3072) channel-major."""
     import pickle
-    import numpy as np
     folder.mkdir(parents=True, exist_ok=True)
 
     def dump(name, x, y):
@@ -114,10 +114,9 @@ def batches_dir(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def planted(tmp_path_factory):
     """(features path, data root, FeatureSet): real images with exact train copies planted in test
-    (tests/looking_helpers.py), for the looking-at-results tests."""
-    import looking_helpers
+    (build_planted), for the looking-at-results tests."""
     from pipeline.store import read_rows
-    path, root = looking_helpers.build(tmp_path_factory.mktemp("planted"))
+    path, root = build_planted(tmp_path_factory.mktemp("planted"))
     return path, root, read_rows(path)
 
 
@@ -167,7 +166,6 @@ def write_mixed_tree(root: Path, train_per_class=4, test_per_class=2) -> Path:
     colour pattern (random noise would embed almost alike), plus test/cat/zz-copy.png: a byte copy
     of the 48x40 train/cat/0001.png (an exact duplicate across splits)."""
     import shutil
-    import numpy as np
     from PIL import Image
     rng = np.random.default_rng(0)
     for part, n in (("train", train_per_class), ("test", test_per_class)):
@@ -201,7 +199,6 @@ def synthetic_features(cache: Path, width=16, per_class=(40, 20, 20), shuffle=Fa
                        finish=True, settings=None, row_shape=None, **attrs) -> Path:
     """A stage-one file with the store's schema: 10 Gaussian classes, far apart (separable), or
     the same points with their labels shuffled. `attrs` override the file's attributes."""
-    import numpy as np
     from pipeline import store
     rng = np.random.default_rng(seed)
     means = rng.normal(0, 3, (len(CLASSES), width))
@@ -300,3 +297,79 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section(f"over {SLOW_SECONDS} s without @pytest.mark.slow (mark them, or the machine is busy)")
         for nodeid, seconds in sorted(_unmarked_slow, key=lambda item: -item[1]):
             terminalreporter.write_line(f"{seconds:6.1f} s  {nodeid}")
+
+
+# ---------------------------------------------------------------- the looking-at-results data set
+# Real CIFAR-10 JPEGs in an image-folder tree, with exact copies of some train images planted in
+# test, embedded by the pretrained EfficientNet-Lite0.
+
+PLANTED_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+PLANTED_TRAIN, PLANTED_TEST = 8, 4          # images per class
+PLANTED = {c: "0001.jpg" for c in PLANTED_CLASSES[:5]}     # train/<c>/0001.jpg copied into test/<c>/
+
+
+def make_planted_tree(root: Path) -> Path:
+    """train: 8 per class, test: 4 per class plus a byte copy of train/<c>/0001.jpg for five classes
+    (named zz-copy.jpg so it sorts last in its class folder)."""
+    for c in PLANTED_CLASSES:
+        for part, n in (("train", PLANTED_TRAIN), ("test", PLANTED_TEST)):
+            (root / part / c).mkdir(parents=True)
+            for i in range(n):
+                shutil.copy(CIFAR_JPG / part / c / f"{i:04d}.jpg", root / part / c / f"{i:04d}.jpg")
+    for c, name in PLANTED.items():
+        shutil.copy(root / "train" / c / name, root / "test" / c / "zz-copy.jpg")
+    return root
+
+
+def planted_pairs(fs):
+    """{(test source index, train-set source index)} of the planted copies, from the folder order
+    (class by class, sorted names), independent of the code under test."""
+    test_start, train_start, pairs = 0, 0, set()
+    for c in PLANTED_CLASSES:
+        n_test = PLANTED_TEST + (c in PLANTED)
+        if c in PLANTED:
+            pairs.add((test_start + n_test - 1, train_start + int(PLANTED[c][:4])))
+        test_start += n_test
+        train_start += PLANTED_TRAIN
+    return pairs
+
+
+def build_planted(tmp: Path):
+    """(features file path, data root). Stage one at the backbone's own 224 px, float32."""
+    require_pretrained()
+    from pipeline.extract.features import FeatureSettings, run_features
+    root = make_planted_tree(tmp / "planted")
+    path = run_features(FeatureSettings(data=str(root), backbone=str(PRETRAINED), precision="float32",
+                                        cache_dir=str(tmp / "cache")), log=lambda *a: None)
+    return path, root
+
+
+# ---------------------------------------------------------------- a stage-two head for stage three
+# Made to the stage-two contract (<cache>/heads/<run>/model.keras + run.json), so the stage-three
+# tests do not depend on how stage two trains one.
+
+def make_head(features: Path, run_dir: Path, hidden: int = 64, epochs: int = 30, seed: int = 0) -> Path:
+    import keras
+    from pipeline.store import read_rows
+    fs = read_rows(features)
+    train, val, test = (fs.splits[k] for k in ("train", "val", "test"))
+    keras.utils.set_random_seed(seed)
+    norm = keras.layers.Normalization(name="standardize")
+    norm.adapt(train.features)
+    head = keras.Sequential([keras.Input((train.features.shape[1],)), norm,
+                             keras.layers.Dense(hidden, activation="relu"), keras.layers.Dropout(0.5),
+                             keras.layers.Dense(len(fs.class_names), activation="softmax")], name="dense_head")
+    head.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    head.fit(train.features, train.labels, validation_data=(val.features, val.labels), epochs=epochs,
+             batch_size=32, verbose=0,
+             callbacks=[keras.callbacks.EarlyStopping(patience=5, restore_best_weights=True)])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    head.save(run_dir / "model.keras")
+    acc = {k: float(np.mean(head.predict(s.features, verbose=0).argmax(1) == s.labels))
+           for k, s in (("val", val), ("test", test))}
+    (run_dir / "run.json").write_text(json.dumps({
+        "head": "dense", "settings": {"hidden": hidden, "epochs": epochs},
+        "features": {"path": str(features), "settings_hash": fs.attrs["settings_hash"],
+                     "feature_width": int(train.features.shape[1]), "class_names": fs.class_names},
+        "metrics": {"val_accuracy": acc["val"], "test_accuracy": acc["test"]}}))
+    return run_dir / "model.keras"

@@ -128,7 +128,7 @@ def test_auto_precision_on_each_kind_of_cpu(cpu, gpus, expected, tmp_path, monke
     monkeypatch.setattr(device_precision, "CPUINFO", cpuinfo)
     monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: gpus if kind == "GPU" else [])
     assert device_precision.resolve_precision("auto")[0] == expected
-    assert device_precision.resolve_precision("float32")[0] == "float32"      # an explicit choice is kept on every kind
+    assert device_precision.resolve_precision("float32")[0] == "float32"    # an explicit choice is kept on every kind
     monkeypatch.setattr(device_precision, "CPUINFO", tmp_path / "absent")       # unreadable: the safe choice
     assert device_precision.resolve_precision("auto")[0] == ("float16" if gpus else "float32")
 

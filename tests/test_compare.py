@@ -95,7 +95,7 @@ def test_sweep_marks_ties_with_the_best_and_recommends_one(two_runs):
     assert best["val_p_vs_best"] == 1.0 and best["tied_with_best"]
     ra, rb = _right(best["run_dir"], "val"), _right(other["run_dir"], "val")
     assert other["val_p_vs_best"] == pytest.approx(stats.mcnemar_exact(int(np.sum(ra & ~rb)), int(np.sum(rb & ~ra))))
-    assert other["tied_with_best"] == (other["val_p_vs_best"] >= sweep.TIE_LEVEL)
+    assert other["tied_with_best"] == (other["val_p_vs_best"] >= kinds.TIE_LEVEL)
     assert sum(r["recommended"] for r in rows) == 1
     assert all(r["val_accuracy_low"] <= r["val_accuracy"] <= r["val_accuracy_high"] for r in rows)
     # runs recorded before intervals existed: the interval comes from their report's confusion matrix
@@ -116,7 +116,7 @@ def test_sweep_ties_without_per_image_predictions_are_left_unmarked(two_runs, tm
 def test_site_and_report_show_the_intervals(two_runs, tmp_path):
     """The report site's index and run pages carry each accuracy's interval, per-class recall
     intervals, and a sweep's recommended run (a leaderboard saved into the cache)."""
-    from pipeline.heads import evaluation as report
+    from pipeline.heads import evaluation
     from pipeline.look import report as site
     cache, a, b = two_runs
     runs = [kinds.read_run_json(f"{d}/run.json") | {"run_dir": d} for d in (a, b)]
@@ -126,7 +126,7 @@ def test_site_and_report_show_the_intervals(two_runs, tmp_path):
     name = a.rsplit("/", 1)[-1]
     saved = json.loads((cache / "reports" / name / "report.json").read_text())
     val = saved["splits"]["val"]
-    assert saved["val_accuracy_interval"] == val["accuracy_interval"] == report.accuracy_interval(val)
+    assert saved["val_accuracy_interval"] == val["accuracy_interval"] == evaluation.accuracy_interval(val)
     low, high = val["accuracy_interval"]
     assert low < val["accuracy"] < high and "Wilson" in saved["intervals"]
     text = stats.interval_text(val["accuracy"], low, high)
@@ -136,7 +136,7 @@ def test_site_and_report_show_the_intervals(two_runs, tmp_path):
     recommended = next(r["run"] for r in rows if r["recommended"])
     index = (cache / "reports" / "index.html").read_text()
     assert f'<a href="runs/{recommended}.html">{recommended}</a></td></tr>' in index and "McNemar" in index
-    assert text in report.summary_table(saved) and "recall 95% CI" in report.summary_table(saved)
+    assert text in evaluation.summary_table(saved) and "recall 95% CI" in evaluation.summary_table(saved)
 
 
 @pytest.mark.slow
@@ -171,4 +171,4 @@ def test_the_recommended_tie_is_the_most_regularized(monkeypatch):
     rows = sweep.leaderboard(runs, ["C"], "cache")
     assert all(r["tied_with_best"] for r in rows)
     assert [r["C"] for r in rows if r["recommended"]] == [0.01]
-    assert "logreg: smaller C" in sweep.TIE_RULE and "dense: smaller hidden" in sweep.TIE_RULE
+    assert "logreg: smaller C" in kinds.TIE_RULE and "dense: smaller hidden" in kinds.TIE_RULE

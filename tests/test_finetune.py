@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from finetune_helpers import make_head
+from conftest import make_head
 from pipeline.finetune import surgery
 from pipeline.cli import main
 from pipeline.sources.rows import load_splits

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import PRETRAINED
-from finetune_helpers import make_head
+from conftest import make_head
 from pipeline.sources.rows import load_splits
 from pipeline.finetune.finetune import FinetuneSettings, run_finetune
 from pipeline.store import read_rows

@@ -48,7 +48,7 @@ def test_every_head_separates_separable_classes(trained):
 
 def test_shuffled_labels_stay_near_chance(tmp_path):
     fs = load_features(synthetic_features(tmp_path, shuffle=True, per_class=(40, 30, 30)))
-    for head, s in (("dense", dense()), ("logreg", kinds.make_settings("logreg")), ("knn", kinds.make_settings("knn"))):
+    for head, s in (("dense", dense()), *((k, kinds.make_settings(k)) for k in ("logreg", "knn"))):
         r = training.run_head(fs, head, s, tmp_path)
         assert r["metrics"]["val_accuracy"] < 0.25, head    # chance is 0.10
         assert r["metrics"]["test_accuracy"] < 0.25, head

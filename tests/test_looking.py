@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import looking_helpers as lh
+from conftest import PLANTED_CLASSES, planted_pairs
 from conftest import CIFAR_JPG, PRETRAINED
 from pipeline.heads import kinds, training
 from pipeline.look import looking
@@ -18,7 +18,7 @@ from pipeline.cli import main
 
 def folder_file(root: Path, part: str, source_index: int) -> Path:
     """The file a source index names, from the folder listing alone (the test's own reading)."""
-    files = [f for c in lh.CLASSES for f in sorted((root / part / c).iterdir())]
+    files = [f for c in PLANTED_CLASSES for f in sorted((root / part / c).iterdir())]
     return files[source_index]
 
 
@@ -39,7 +39,7 @@ def audit_json(capsys, path, cache, *extra):
 
 def test_audit_finds_every_planted_copy_and_nothing_else(planted, tmp_path, capsys):
     path, root, fs = planted
-    want = lh.planted_pairs(fs)
+    want = planted_pairs(fs)
     result, out = audit_json(capsys, path, tmp_path, "--threshold", "0.85")
     test_pairs = {(p["source_index"], p["other_source_index"]) for p in result["pairs"] if p["split"] == "test"}
     assert test_pairs == want                                # every copy, and no other pair >= 0.85
@@ -63,14 +63,14 @@ def test_audit_finds_every_planted_copy_and_nothing_else(planted, tmp_path, caps
 def test_exact_copies_are_found_whatever_the_threshold(planted, tmp_path, capsys):
     path, _, fs = planted
     result, _ = audit_json(capsys, path, tmp_path, "--threshold", "1")
-    assert {(p["source_index"], p["other_source_index"]) for p in result["pairs"]} == lh.planted_pairs(fs)
+    assert {(p["source_index"], p["other_source_index"]) for p in result["pairs"]} == planted_pairs(fs)
 
 
 def test_audit_accuracy_with_and_without_duplicates(planted, tmp_path, capsys):
     path, _, fs = planted
     r = training.run_head(fs, "logreg", kinds.make_settings("logreg"), tmp_path)
     table = looking.read_predictions(Path(r["report"]) / "predictions.csv")
-    dup = {a for a, _ in lh.planted_pairs(fs)}
+    dup = {a for a, _ in planted_pairs(fs)}
     test = [t for t in table if t["split"] == "test"]
     want_all = np.mean([t["correct"] for t in test])
     want_clean = np.mean([t["correct"] for t in test if t["source_index"] not in dup])
@@ -219,8 +219,8 @@ def test_map_and_projector_files(planted, tmp_path, capsys):
     assert png.suffix == ".png" and Image.open(png).size[0] > 100
     with open(png.with_suffix(".csv"), newline="") as f:
         table = list(csv.DictReader(f))
-    counts = {c: sum(t["class"] == c for t in table) for c in lh.CLASSES}
-    assert counts == {c: 3 for c in lh.CLASSES}                      # stratified: 3 of every class
+    counts = {c: sum(t["class"] == c for t in table) for c in PLANTED_CLASSES}
+    assert counts == {c: 3 for c in PLANTED_CLASSES}                      # stratified: 3 of every class
     n = len(table)
     tensors = (proj / "tensors.tsv").read_text().splitlines()
     assert len(tensors) == n and all(len(line.split("\t")) == fs.attrs["feature_width"] for line in tensors)

@@ -175,7 +175,8 @@ def test_neighbors_of_a_renamed_copy_prints_its_own_name(mixed_features, tiny_ba
 @pytest.fixture(scope="module")
 def mixed_run(mixed_features, tmp_path_factory):
     fs = store.read_rows(mixed_features[0])
-    return Path(training.run_head(fs, "logreg", kinds.make_settings("logreg"), tmp_path_factory.mktemp("run"))["run_dir"])
+    run = training.run_head(fs, "logreg", kinds.make_settings("logreg"), tmp_path_factory.mktemp("run"))
+    return Path(run["run_dir"])
 
 
 def test_audit_run_with_every_test_image_a_duplicate(mixed_features, mixed_run, tmp_path, capsys):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from finetune_helpers import make_head
+from conftest import make_head
 from pipeline.cli import main
 from pipeline.finetune.finetune import FinetuneSettings, run_finetune
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pipeline.backbones.table import BACKBONES, DEFAULT_BACKBONE, PREPROCESSING
-from pipeline.heads.evaluation import format_table
+from pipeline.foundation.tables import format_table
 
 
 def add_arguments(p):

@@ -359,5 +359,5 @@ def compare(y_true: dict, head_prob: dict, tuned_prob: dict, head_path: Path, he
 
 
 def _comparison_table(c: dict) -> str:
-    from pipeline.look.compare import paired_table
+    from pipeline.foundation.tables import paired_table
     return paired_table(c["paired"], "head", "tuned")

@@ -21,6 +21,7 @@ import numpy as np
 
 from pipeline.foundation import records, stats
 from pipeline.foundation.outputs import atomic_dir
+from pipeline.foundation.tables import format_table
 from pipeline.ship import calibration
 
 
@@ -136,17 +137,6 @@ def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_secon
             report.update(write_run_views(tmp, features, y_true, y_prob, class_names, splits))
         (tmp / records.REPORT_JSON).write_text(json.dumps(report, indent=2))
     return report
-
-
-def format_table(headers, rows) -> str:
-    """Plain-text table: columns padded to their widest cell, numbers right-aligned."""
-    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    numeric = [all(isinstance(row[i], (int, float)) for row in rows) for i in range(len(headers))]
-
-    def line(values):
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
-    return "\n".join([line([str(h) for h in headers]), line(["-" * w for w in widths]), *map(line, cells)])
 
 
 def summary_table(report: dict, title: str = "") -> str:

@@ -140,6 +140,14 @@ HEADS = {kind.name: kind for kind in [
 ]}
 
 
+# How a sweep breaks ties toward the more regularized configuration (each row's `simpler`).
+TIE_LEVEL = 0.05
+TIE_RULE = (f"ties: val accuracy not distinguishable from the best's (McNemar's exact test on the same val "
+            f"images, p >= {TIE_LEVEL}); recommended: the most regularized of the ties (" + "; ".join(
+                f"{k.name}: " + ", then ".join(f"{'smaller' if sign > 0 else 'larger'} {key}" for key, sign in k.simpler)
+                for k in HEADS.values() if k.simpler) + "), then the fastest to train")
+
+
 def predict_proba(model, x):
     """(N, K) class probabilities from any kind of head."""
     if hasattr(model, "predict_proba"):

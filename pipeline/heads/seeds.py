@@ -11,8 +11,8 @@ from pathlib import Path
 from pipeline.foundation import records, stats
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import write_json_atomic
+from pipeline.foundation.tables import format_table
 from pipeline.heads import training
-from pipeline.heads.evaluation import format_table
 
 
 SEEDED = ("dense",)          # the other kinds are deterministic: a second seed gives the same run

@@ -35,9 +35,10 @@ from pipeline.foundation import stats
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import Lock, write_text_atomic
 from pipeline.foundation.stats import ACCURACY_METHOD, interval_text
+from pipeline.foundation.tables import format_table
 from pipeline.heads import kinds, training
 from pipeline.heads.evaluation import recorded_interval
-from pipeline.heads.evaluation import format_table
+from pipeline.heads.kinds import TIE_LEVEL, TIE_RULE
 from pipeline.look import compare
 from pipeline.store.features import features_from_args, load_features
 
@@ -117,13 +118,6 @@ def _ray_results(fs, head, todo, cache_dir, threads, address):
         while pending:
             finished, pending = ray.wait(pending, num_returns=1)
             yield ray.get(finished[0])
-
-
-TIE_LEVEL = 0.05
-TIE_RULE = (f"ties: val accuracy not distinguishable from the best's (McNemar's exact test on the same val "
-            f"images, p >= {TIE_LEVEL}); recommended: the most regularized of the ties (" + "; ".join(
-                f"{k.name}: " + ", then ".join(f"{'smaller' if sign > 0 else 'larger'} {key}" for key, sign in k.simpler)
-                for k in kinds.HEADS.values() if k.simpler) + "), then the fastest to train")
 
 
 def leaderboard(runs: list[dict], keys, cache_dir=None) -> list[dict]:

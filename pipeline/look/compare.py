@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import store
-from pipeline.foundation import flags, records
-from pipeline.foundation import stats
+from pipeline.foundation import flags, records, stats
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.foundation.outputs import Lock, atomic_dir
-from pipeline.heads.evaluation import format_table
+from pipeline.foundation.tables import paired_table
 from pipeline.look.gallery import save_grid
 from pipeline.look.looking import read_predictions
 from pipeline.sources import rows
@@ -112,18 +111,6 @@ def compare(a: Scored, b: Scored) -> dict:
     return {split: stats.paired([r["correct"] for r in a.predictions[split]],
                                 [r["correct"] for r in b.predictions[split]])
             for split in sorted(a.predictions, key=lambda s: ("val", "test").index(s) if s in ("val", "test") else 9)}
-
-
-def paired_table(paired: dict, a: str = "A", b: str = "B") -> str:
-    """What `compare` and a fine-tune print: per split, both accuracies, B - A, McNemar's p, counts."""
-    table = [[split, p["a"]["n"], stats.interval_text(p["a"]["accuracy"], p["a"]["low"], p["a"]["high"]),
-              stats.interval_text(p["b"]["accuracy"], p["b"]["low"], p["b"]["high"]),
-              stats.signed_text(p["difference"], p["difference_low"], p["difference_high"]),
-              f"{p['mcnemar_p']:.3g}", p["only_a"], p["only_b"]] for split, p in paired.items()]
-    method = next(iter(paired.values()))["method"] if paired else ""
-    return (format_table(["split", "images", f"{a} acc [95% CI]", f"{b} acc [95% CI]",
-                          f"{b} - {a} [95% CI]", "McNemar p", f"only {a} right", f"only {b} right"], table)
-            + f"\naccuracies: {stats.ACCURACY_METHOD}; {method}")
 
 
 def _gallery(path: Path, a: Scored, b: Scored, split: str) -> dict:

@@ -16,8 +16,8 @@ import numpy as np
 
 from pipeline import store
 from pipeline.foundation import records
-from pipeline.foundation.errors import UserError
-from pipeline.foundation.errors import first_line
+from pipeline.foundation.errors import UserError, first_line
+from pipeline.look.gallery import save_grid
 from pipeline.sources import rows
 
 
@@ -100,7 +100,6 @@ def write_run_views(out_dir: Path, fs: store.RowSet, y_true: dict, y_prob: dict,
         except (UserError, OSError) as exc:
             extra["mistakes"]["note"] = rows.unreadable(exc)
         else:
-            from pipeline.look.gallery import save_grid
             captions = [f"{r['true']}\n-> {r['predicted']} {float(r['probability']):.2f}" for r in wrong]
             save_grid(out_dir / "mistakes.png", images, captions,
                       title=f"most confident {gallery_split} mistakes (true -> predicted, probability)")

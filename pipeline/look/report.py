@@ -17,8 +17,9 @@ from pipeline import store
 from pipeline.foundation import outputs, records
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.stats import interval_text
+from pipeline.foundation.tables import paired_table
 from pipeline.heads.evaluation import recorded_interval
-from pipeline.heads.sweep import TIE_RULE
+from pipeline.heads.kinds import TIE_RULE
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -176,7 +177,6 @@ def run_html(run: dict, page_dir: Path) -> str:
              + "</table>"]
     comparison = report.get("comparison") or run["info"].get("comparison")
     if comparison and comparison.get("paired"):       # pipeline.look.compare's statement of it
-        from pipeline.look.compare import paired_table
         parts.append(f"<h2>Fine-tuned against its starting head</h2><pre>"
                      f"{_e(paired_table(comparison['paired'], 'head', 'tuned'))}</pre>")
     elif comparison:

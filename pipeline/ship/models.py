@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import store
+from pipeline.backbones.rebuild import rebuild_backbone
 from pipeline.foundation import records
 from pipeline.foundation.errors import UserError
 from pipeline.ship.calibration import apply_temperature
@@ -58,8 +59,7 @@ def image_model(run_dir: Path, info: dict, attrs: dict, backbone=None, weights=N
     if info.get("stage") == "finetune":
         model = load_keras_file(run_dir / records.MODEL, "fine-tuned model", "finetune")
     else:
-        from pipeline.backbones.rebuild import rebuild_backbone
-        from pipeline.finetune.surgery import image_model as stack
+        from pipeline.finetune.surgery import image_model as stack    # here: it loads Keras
         bb = rebuild_backbone(attrs, backbone, weights)
         model = stack(bb.model, load_keras_file(run_dir / records.MODEL, "head", "head"))
     return apply_temperature(model, temperature(info))
