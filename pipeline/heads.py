@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from pipeline import flags, records, store, views
-from pipeline.errors import UserError
+from pipeline.errors import UserError, warn
 from pipeline.features import default_features, load_features  # noqa: F401  (the one features-file rule)
 from pipeline.outputs import Lock, atomic_dir, write_json_atomic
 
@@ -380,14 +380,19 @@ def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose
 
 def find_best_head(cache_dir, settings_hash: str, head: str = "dense") -> Path | None:
     """The model file of the finished `head` run with the best validation accuracy on the features
-    file `settings_hash`; None when there is none."""
+    file `settings_hash`; None when there is none. A run with a damaged run.json is left out with a
+    warning: the user named none of them, and one bad run must not hide the others."""
     best, best_acc = None, -1.0
     runs = records.folder(cache_dir, records.HEADS)
     for run_json in sorted(runs.glob(f"{head}-{settings_hash}-*/{records.RUN_JSON}")):
         model = run_json.parent / HEADS[head].artifact
         if not model.is_file():
             continue                       # not a finished run
-        acc = read_run_json(run_json)["metrics"]["val_accuracy"]
+        try:
+            acc = read_run_json(run_json)["metrics"]["val_accuracy"]
+        except UserError as exc:
+            warn(f"left out of the search for the best {head} head: {exc}")
+            continue
         if acc > best_acc:
             best, best_acc = model, acc
     return best

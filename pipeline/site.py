@@ -10,10 +10,9 @@ from __future__ import annotations
 import datetime
 import html
 import os
-import sys
 from pathlib import Path
 
-from pipeline import outputs, records, store
+from pipeline import errors, outputs, records, store
 from pipeline.errors import UserError
 from pipeline.sweep import TIE_RULE
 
@@ -242,7 +241,7 @@ def rebuild(cache_dir, warn=None) -> tuple[Path, bool]:
         skipped = []
         runs, sweeps = collect_runs(cache_dir, skipped)
         for problem in skipped:
-            (warn or _warn)(f"warning: left out of {index}: {problem}")
+            (warn or errors.warn)(f"warning: left out of {index}: {problem}")
         changed = False
         for r in runs:
             changed |= _write_if_changed(page_dir / f"{r['name']}.html", run_html(r, page_dir))
@@ -253,10 +252,6 @@ def rebuild(cache_dir, warn=None) -> tuple[Path, bool]:
                 changed = True
         changed |= _write_if_changed(index, index_html(runs, sweeps))
     return index, changed
-
-
-def _warn(message: str):
-    print(message, file=sys.stderr)
 
 
 # ---------------------------------------------------------------- command line

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 from pipeline import flags, heads, records, store
-from pipeline.errors import UserError
+from pipeline.errors import UserError, warn
 from pipeline.outputs import Lock, write_text_atomic
 
 
@@ -202,6 +202,7 @@ def run(args):
     fs = heads.features_from_args(args)
     configs = configurations(args.head, base, grid)
     features_hash = fs.attrs["settings_hash"]
+    configs = _readable(args.cache_dir, args.head, features_hash, configs)
     if args.engine == "local" and args.address is not None:
         raise UserError("--address applies to --engine ray only")
     stem = (records.folder(args.cache_dir, records.SWEEPS)
@@ -228,6 +229,25 @@ def run(args):
     print(f"recommended: {next(r['run'] for r in rows if r['recommended'])}")
     note = f" ({len(failed)} failed, left out)" if failed else ""
     print(f"trained {trained} in {time.perf_counter() - started:.1f} s{note}; leaderboard: {json_path} and {csv_path}")
+
+
+def _readable(cache_dir, head: str, features_hash: str, configs: list[dict]) -> list[dict]:
+    """The configurations whose existing run (if any) can be read: one whose run.json is damaged
+    is left out with one warning naming it (as the site does), since it can be neither trained
+    again in its folder nor ranked; only when that leaves none is it an error."""
+    keep, problems = [], []
+    for c in configs:
+        try:
+            heads.finished_run(cache_dir, head, features_hash, c)
+        except UserError as exc:
+            problems.append(str(exc))
+        else:
+            keep.append(c)
+    if not keep:
+        raise UserError(f"every configuration of the sweep has a damaged run: {problems[0]}")
+    for problem in problems:
+        warn(f"left out of the sweep: {problem}")
+    return keep
 
 
 def _train_all(args, fs, configs) -> tuple[int, list[str]]:
