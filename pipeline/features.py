@@ -93,6 +93,15 @@ def rebuild_backbone(attrs: dict, backbone_file: str | None = None, weights_file
     return bb
 
 
+def row_extractor(attrs: dict, backbone_file: str | None = None, weights_file: str | None = None):
+    """images (a uint8 batch, or a list of any sizes) -> their rows exactly as stage one computed
+    them: the rebuilt network in the file's precision, each image resized alone by the network's
+    own resize layer (engine.ExtractorSpec), never to another image's size first."""
+    from pipeline.backbone import fast_extractor
+    bb = rebuild_backbone(attrs, backbone_file, weights_file, image_shape=(None, None, 3))
+    return fast_extractor(bb.model, attrs["precision"])
+
+
 def _file_of(attrs: dict, key: str, given: str | None, what: str, flag: str) -> str:
     """The flag's file when given, else the absolute path the features file recorded under `key`."""
     if given is not None:

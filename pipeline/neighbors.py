@@ -81,10 +81,8 @@ def embed_files(attrs: dict, files: list[Path], backbone=None, weights=None) -> 
     """Features of image files computed as stage one computed the file's rows: the same network
     (checked by its weights identity) and precision, each image resized alone by the network's
     own resize layer, whatever its size (engine.ExtractorSpec)."""
-    from pipeline.backbone import fast_extractor
-    from pipeline.features import rebuild_backbone
-    bb = rebuild_backbone(attrs, backbone, weights, image_shape=(None, None, 3))
-    return fast_extractor(bb.model, attrs["precision"])(read_files(files))
+    from pipeline.features import row_extractor
+    return row_extractor(attrs, backbone, weights)(read_files(files))
 
 
 # ---------------------------------------------------------------- command line

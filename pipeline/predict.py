@@ -7,7 +7,8 @@ the .tflite or .keras file) or an image-model .keras file of one's own. Left out
 dense head or fine-tune run in --cache-dir, named on stderr. Class names and the fitted temperature
 come from the run.json (an export carries its temperature, and its labels.txt). Any RGB image is
 accepted: it is resized to the model's input size (32x32 for CIFAR-10) first, so that it looks like
-what the model was trained on.
+what the model was trained on; a dense head run takes each image as stage one took it (alone, at its
+own size, straight to the backbone's input), so a source image gets exactly its stored row's answer.
 
 Images are read and classified in batches (--batch-size), with a progress bar on a terminal.
 Without --out each image's line is printed; with --out FILE.csv (checked before any work) the rows
@@ -139,17 +140,17 @@ def _glob(pattern: Path) -> list[Path]:
     return found
 
 
-def to_size(img, size: tuple[int, int]) -> np.ndarray:
-    """A PIL image as uint8 RGB (H, W, 3) at `size`, resized as predict resizes every image."""
+def to_size(img, size: tuple[int, int] | None) -> np.ndarray:
+    """A PIL image as uint8 RGB (H, W, 3) at `size` (None: its own), resized as predict resizes every image."""
     from PIL import Image
     img = rgb8(img)
-    if img.size != (size[1], size[0]):
+    if size is not None and img.size != (size[1], size[0]):
         img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
 
 
-def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """uint8 (H, W, 3) at `size`; a UserError with the reason when the file cannot be read."""
+def load_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    """uint8 (H, W, 3) at `size` (None: its own); a UserError with the reason when the file cannot be read."""
     from PIL import Image
     if not path.is_file():
         raise UserError(f"image {path} does not exist")
@@ -233,12 +234,19 @@ def open_model(path: Path, backbone=None, weights=None):
 
 
 def _run_model(run_dir: Path, backbone, weights):
-    """A dense head run (its features file's backbone rebuilt, the head on top, as export composes
-    them) or a fine-tune run, with the run's temperature applied."""
+    """A fine-tune run, or a dense head run: its head on the rows of its features file's backbone,
+    computed as stage one computed them (each image at its own size, in the file's precision), so
+    a source image gets exactly its stored row's answer. The run's temperature is applied.
+    Size None: the images are given as they are, a list."""
     run_dir, info = export.read_run(run_dir)
-    attrs = None if info.get("stage") == "finetune" else export.features_attrs(info)
-    model = export.image_model(run_dir, info, attrs, backbone, weights)
-    return (lambda x: model.predict(x, verbose=0)), tuple(model.input_shape[1:3]), export.class_names(info)
+    if info.get("stage") == "finetune":
+        model = export.image_model(run_dir, info, None)
+        return (lambda x: model.predict(x, verbose=0)), tuple(model.input_shape[1:3]), export.class_names(info)
+    from pipeline.calibration import apply_temperature
+    from pipeline.features import row_extractor
+    rows = row_extractor(export.features_attrs(info), backbone, weights)
+    head = apply_temperature(load_keras_file(run_dir / records.MODEL, "head", "head"), export.temperature(info))
+    return (lambda images: head.predict(rows(images), verbose=0)), None, export.class_names(info)
 
 
 class Predictor:
@@ -264,7 +272,8 @@ class Predictor:
                     skipped.append((path, str(exc)))
             rows = []
             if images:
-                for path, p in zip(good, self.probabilities(np.stack(images))):
+                batch = np.stack(images) if self.size else images      # a list: each at its own size
+                for path, p in zip(good, self.probabilities(batch)):
                     best = np.argsort(p)[::-1][:k]
                     rows.append((path, [(self.class_names[i], float(p[i])) for i in best]))
             yield rows, skipped
