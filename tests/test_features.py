@@ -229,3 +229,26 @@ def test_progress_after_a_resume_never_passes_the_total(batches_dir, tiny_backbo
     assert main([str(a) for a in args]) == 0
     counts = [tuple(map(int, m)) for m in re.findall(r"features: (\d+)/(\d+) rows", capsys.readouterr().err)]
     assert counts and all(done <= total for done, total in counts) and counts[-1] == (70, 70), counts
+
+
+def test_the_same_backbone_file_at_a_new_path_is_recorded_when_up_to_date(mixed_features, tiny_backbone, tmp_path,
+                                                                          capsys):
+    """Up to date (the settings hold the file's name and sha256), and the new path replaces the
+    recorded one, so later commands find the backbone without --backbone."""
+    import shutil
+    from pipeline.features import rebuild_backbone
+    made, root = mixed_features
+    (tmp_path / "cache" / "features").mkdir(parents=True)
+    path = shutil.copy(made, tmp_path / "cache" / "features" / made.name)     # the cache of the old path
+    (tmp_path / "moved").mkdir()
+    moved = Path(shutil.copy(tiny_backbone, tmp_path / "moved" / tiny_backbone.name))    # the name is a setting
+    argv = ["features", "--data", str(root), "--backbone", str(moved), "--precision", "float32",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines()[-1] == str(path) and f"up to date: {path}" in out + err
+    assert f"recorded backbone_file: {moved} (was {tiny_backbone}" in out + err
+    attrs = store.read_rows(path, splits=(), values=False).attrs
+    assert attrs["backbone_file"] == str(moved) and attrs["complete"] is True
+    assert rebuild_backbone(attrs).weights.sha256 == attrs["weights_sha256"]       # found there, no flag
+    assert main(argv) == 0 and "recorded" not in "".join(capsys.readouterr())     # once
