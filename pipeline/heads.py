@@ -366,7 +366,7 @@ def run_head(fs: store.FeatureSet, head: str, settings: dict, cache_dir, verbose
                 temperature, after = calibrate(y_true, per_view)
             info = {"head": head, "settings": settings, "features": _identity(fs), "metrics": {}}
             report = write_report(report_dir, y_true=y_true, y_prob=y_prob, class_names=fs.class_names,
-                                  wall_seconds=wall, history=history, features=fs,
+                                  wall_seconds=wall, history=history, features=fs, cache_dir=cache_dir,
                                   calibrated=after and {"temperature": temperature, "y_prob": after},
                                   extra={"run": name, "head": head, "settings": settings, "features": info["features"]})
             info["calibration"] = summary(y_true, y_prob, after, temperature)
