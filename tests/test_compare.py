@@ -16,8 +16,10 @@ def two_runs(tmp_path_factory):
     one of them gets right), whose source is a synthetic CIFAR batches folder (the gallery reads it)."""
     tmp = tmp_path_factory.mktemp("compare")
     source = write_batches(tmp / "batches", *synthetic_cifar(n_train=300, n_test=30))
+    # the split settings stage one records: the head reports check the source with them (against
+    # the fingerprint "synthetic": refused, so those reports carry notes; compare's gallery is its own)
     path = synthetic_features(tmp, per_class=(20, 10, 3), shuffle=True, source=str(source),
-                              image_shape=[32, 32, 3])
+                              image_shape=[32, 32, 3], limit=-1, val_fraction=0.25, split_seed=0)
     fs, cache = heads.load_features(path), tmp / "cache"
     a = heads.run_head(fs, "logreg", heads.make_settings("logreg"), cache)
     b = heads.run_head(fs, "knn", heads.make_settings("knn", k=3), cache)
