@@ -12,7 +12,7 @@ from pathlib import Path
 from pipeline import backbone as backbones
 from pipeline import data, engine, flags, records, store, views
 from pipeline.backbone import build_backbone, resolve_precision
-from pipeline.errors import UserError, first_line
+from pipeline.errors import UserError, first_line, warn
 from pipeline.outputs import Lock
 from pipeline.progress import Progress
 
@@ -154,8 +154,8 @@ def _record_moved_files(final: Path, s: FeatureSettings, log, locked: bool = Fal
                 for key, path in moved.items():
                     f.attrs[key] = path
     except OSError as exc:       # e.g. a read-only cache, or the file open in another process
-        log(f"warning: could not record the new path in {final.name} ({first_line(exc)}); later commands "
-            f"ask for it again ({', '.join(moved)} stays {', '.join(str(attrs.get(k)) for k in moved)})")
+        warn(f"could not record the new path in {final.name} ({first_line(exc)}); later commands ask for "
+             f"it again ({', '.join(moved)} stays {', '.join(str(attrs.get(k)) for k in moved)})")
         return
     for key, path in moved.items():
         log(f"recorded {key}: {path} (was {attrs.get(key)}; the same file, by its sha256)")

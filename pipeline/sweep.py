@@ -202,9 +202,9 @@ def run(args):
     fs = heads.features_from_args(args)
     configs = configurations(args.head, base, grid)
     features_hash = fs.attrs["settings_hash"]
-    configs = _readable(args.cache_dir, args.head, features_hash, configs)
     if args.engine == "local" and args.address is not None:
         raise UserError("--address applies to --engine ray only")
+    configs = _readable(args.cache_dir, args.head, features_hash, configs)
     stem = (records.folder(args.cache_dir, records.SWEEPS)
             / f"{args.head}-{features_hash}-{store.settings_hash({'base': base, 'grid': grid})}")
     started = time.perf_counter()

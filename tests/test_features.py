@@ -252,3 +252,28 @@ def test_the_same_backbone_file_at_a_new_path_is_recorded_when_up_to_date(mixed_
     assert attrs["backbone_file"] == str(moved) and attrs["complete"] is True
     assert rebuild_backbone(attrs).weights.sha256 == attrs["weights_sha256"]       # found there, no flag
     assert main(argv) == 0 and "recorded" not in "".join(capsys.readouterr())     # once
+
+
+def test_a_new_backbone_path_that_cannot_be_recorded_is_a_warning(mixed_features, tmp_path, capsys, monkeypatch):
+    """A read-only cache (faked: root may write anywhere): still up to date, and it says so."""
+    import shutil
+    made, root = mixed_features
+    (tmp_path / "cache" / "features").mkdir(parents=True)
+    path = shutil.copy(made, tmp_path / "cache" / "features" / made.name)
+    recorded = store.read_rows(path, splits=(), values=False).attrs["backbone_file"]
+    (tmp_path / "moved").mkdir()
+    moved = shutil.copy(recorded, tmp_path / "moved")
+    real = h5py.File
+
+    def read_only(name, mode="r", *a, **k):
+        if mode != "r":
+            raise OSError(30, "Read-only file system")
+        return real(name, mode, *a, **k)
+    monkeypatch.setattr(h5py, "File", read_only)
+    assert main(["features", "--data", str(root), "--backbone", str(moved), "--precision", "float32",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines()[-1] == str(path)
+    assert err.strip().splitlines() == [f"warning: could not record the new path in {made.name} ([Errno 30] "
+                                        f"Read-only file system); later commands ask for it again (backbone_file "
+                                        f"stays {recorded})"]
