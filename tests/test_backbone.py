@@ -220,7 +220,7 @@ def test_every_backbone_fast_path_equals_the_keras_application(name):
     folded = folding.fold_batchnorm(network)
     conv_fed = [l for l in network.layers if isinstance(l, keras.layers.BatchNormalization)
                 and isinstance(l.input._keras_history.operation, folding._convolutions())]
-    assert len(conv_fed) == len(fast._foldable_pairs(network))          # every conv->BN pair folded
+    assert len(conv_fed) == len(folding._foldable_pairs(network))          # every conv->BN pair folded
     assert not any(folded.get_layer(l.name).weights for l in conv_fed)
     b16 = folding.fast_extractor(backbone.model, "bfloat16")(images)
     assert _cosines(f32, b16).min() >= 0.999

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import synthetic_cifar, synthetic_features, write_batches
+from conftest import assert_one_error, run_cli, synthetic_cifar, synthetic_features, write_batches
 from pipeline.look import compare
 from pipeline.heads import kinds, training
 from pipeline.look import looking
@@ -21,8 +21,10 @@ def two_runs(tmp_path_factory):
     one of them gets right), whose source is a synthetic CIFAR batches folder (the gallery reads it)."""
     tmp = tmp_path_factory.mktemp("compare")
     source = write_batches(tmp / "batches", *synthetic_cifar(n_train=300, n_test=30))
+    # the split settings stage one records: the head reports check the source with them (against
+    # the fingerprint "synthetic": refused, so those reports carry notes; compare's gallery is its own)
     path = synthetic_features(tmp, per_class=(20, 10, 3), shuffle=True, source=str(source),
-                              image_shape=[32, 32, 3])
+                              image_shape=[32, 32, 3], limit=-1, val_fraction=0.25, split_seed=0)
     fs, cache = load_features(path), tmp / "cache"
     a = training.run_head(fs, "logreg", kinds.make_settings("logreg"), cache)
     b = training.run_head(fs, "knn", kinds.make_settings("knn", k=3), cache)
@@ -61,6 +63,25 @@ def test_compare_states_the_paired_difference_and_swaps_cleanly(two_runs, capsys
 
     assert main(["compare", a, b, "--cache-dir", str(cache)]) == 0     # by folder: up to date
     assert "up to date" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["truncated", "[1, 2]", "no splits", "NaN difference"])
+def test_a_damaged_cached_comparison_is_one_error_line(two_runs, tmp_path, capsys, damage):
+    """As the other cached answers (neighbours, audit): read through pipeline.records, not trusted."""
+    _, a, b = two_runs
+    cache = tmp_path / "cache"
+    assert main(["compare", a, b, "--cache-dir", str(cache)]) == 0
+    path = next((cache / "compare").glob("*/compare.json"))
+    saved = json.loads(path.read_text())
+    if damage == "no splits":
+        del saved["splits"]
+    elif damage == "NaN difference":
+        saved["splits"]["test"]["difference"] = float("nan")
+    text = {"truncated": path.read_text()[:40], "[1, 2]": "[1, 2]"}.get(damage, json.dumps(saved))
+    path.write_text(text)
+    code, _, err = run_cli(capsys, "compare", a, b, "--cache-dir", cache)
+    assert_one_error(code, err, f"{path} is damaged")
+    assert "delete the folder" in err[0]
 
 
 def test_runs_are_named_by_name_or_report_folder(two_runs, capsys):

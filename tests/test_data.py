@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from conftest import CIFAR_JPG, require_real_images, synthetic_cifar, write_batches, write_image_tree
-from pipeline.sources import cifar, dataset, decode, digest, partition
+from pipeline.sources import cifar, dataset, digest, partition
 from pipeline.sources.images import FileImages
 from pipeline.foundation.errors import UserError
 
@@ -239,3 +239,29 @@ def test_batches_load_whichever_python_and_numpy_pickled_them(batches_dir, proto
     np.testing.assert_array_equal(ds.test_x, test_x)
     np.testing.assert_array_equal(ds.test_y, test_y)
     assert ds.class_names == cifar.CIFAR10_CLASSES
+
+
+def test_source_identity_keeps_the_value_of_its_first_formula(tmp_path):
+    """The scandir walk gives the hash the rglob one gave (caches keyed by it stay valid): same
+    order where a name sorts between a folder and its files ("a-b" vs "a/x"), hidden and
+    symlinked files counted, symlinked folders not entered."""
+    import hashlib
+    import os
+
+    def rglob_formula(path):
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        h = hashlib.sha256()
+        for f in files:
+            st = f.stat()
+            h.update(f"{f.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+
+    root = tmp_path / "src"
+    for rel, text in [("a/x", "1"), ("a-b", "22"), ("a/b/.hidden", "333"), ("B/y.jpg", ""), ("z", "4")]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    os.symlink(root / "a", root / "linked-dir")
+    os.symlink(root / "z", root / "linked-file")
+    os.symlink(root / "gone", root / "broken")
+    assert dataset.source_identity(root) == rglob_formula(root)
+    assert dataset.source_identity(root / "z") != dataset.source_identity(root / "a-b")   # a single file: its own

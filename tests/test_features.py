@@ -231,3 +231,51 @@ def test_progress_after_a_resume_never_passes_the_total(batches_dir, tiny_backbo
     assert main([str(a) for a in args]) == 0
     counts = [tuple(map(int, m)) for m in re.findall(r"features: (\d+)/(\d+) rows", capsys.readouterr().err)]
     assert counts and all(done <= total for done, total in counts) and counts[-1] == (70, 70), counts
+
+
+def test_the_same_backbone_file_at_a_new_path_is_recorded_when_up_to_date(mixed_features, tiny_backbone, tmp_path,
+                                                                          capsys):
+    """Up to date (the settings hold the file's name and sha256), and the new path replaces the
+    recorded one, so later commands find the backbone without --backbone."""
+    import shutil
+    from pipeline.backbones.rebuild import rebuild_backbone
+    made, root = mixed_features
+    (tmp_path / "cache" / "features").mkdir(parents=True)
+    path = shutil.copy(made, tmp_path / "cache" / "features" / made.name)     # the cache of the old path
+    (tmp_path / "moved").mkdir()
+    moved = Path(shutil.copy(tiny_backbone, tmp_path / "moved" / tiny_backbone.name))    # the name is a setting
+    argv = ["features", "--data", str(root), "--backbone", str(moved), "--precision", "float32",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines()[-1] == str(path) and f"up to date: {path}" in out + err
+    assert f"recorded backbone_file: {moved} (was {tiny_backbone}" in out + err
+    attrs = store.read_rows(path, splits=(), values=False).attrs
+    assert attrs["backbone_file"] == str(moved) and attrs["complete"] is True
+    assert rebuild_backbone(attrs).weights.sha256 == attrs["weights_sha256"]       # found there, no flag
+    assert main(argv) == 0 and "recorded" not in "".join(capsys.readouterr())     # once
+
+
+def test_a_new_backbone_path_that_cannot_be_recorded_is_a_warning(mixed_features, tmp_path, capsys, monkeypatch):
+    """A read-only cache (faked: root may write anywhere): still up to date, and it says so."""
+    import shutil
+    made, root = mixed_features
+    (tmp_path / "cache" / "features").mkdir(parents=True)
+    path = shutil.copy(made, tmp_path / "cache" / "features" / made.name)
+    recorded = store.read_rows(path, splits=(), values=False).attrs["backbone_file"]
+    (tmp_path / "moved").mkdir()
+    moved = shutil.copy(recorded, tmp_path / "moved")
+    real = h5py.File
+
+    def read_only(name, mode="r", *a, **k):
+        if mode != "r":
+            raise OSError(30, "Read-only file system")
+        return real(name, mode, *a, **k)
+    monkeypatch.setattr(h5py, "File", read_only)
+    assert main(["features", "--data", str(root), "--backbone", str(moved), "--precision", "float32",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines()[-1] == str(path)
+    assert err.strip().splitlines() == [f"warning: could not record the new path in {made.name} ([Errno 30] "
+                                        f"Read-only file system); later commands ask for it again (backbone_file "
+                                        f"stays {recorded})"]

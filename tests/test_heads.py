@@ -12,7 +12,6 @@ import pytest
 
 from conftest import CLASSES, synthetic_features
 from pipeline.heads import kinds, training
-from pipeline import store
 from pipeline.cli import main
 from pipeline.store.features import load_features
 

@@ -2,6 +2,7 @@
 48x40 images, --data pointing at another tree or a source changed after stage one, damaged or
 degenerate `audit --run` input, out-of-range seeds, renamed query images. Tiny sizes throughout: the
 tiny backbone on a 13-image tree (conftest.write_mixed_tree), the logistic-regression head."""
+import json
 import shutil
 from pathlib import Path
 
@@ -232,3 +233,28 @@ def test_map_takes_the_largest_seed(small_features, tmp_path, capsys):
     code, out, err = run_cli(capsys, "map", "--features", small_features, "--per-class", "2",
                              "--seed", flags.SEED_MAX, "--cache-dir", tmp_path)
     assert code == 0 and Path(out[-1]).is_file(), err
+
+
+@pytest.mark.parametrize("change", ["changed", "gone"])
+def test_a_head_run_on_a_changed_or_gone_source_draws_no_other_images(mixed_features, tmp_path, change):
+    """The report's paths and mistakes.png come from the source checked against the fingerprint:
+    a test image replaced by another (same name) or a source gone gives a note, and the run succeeds."""
+    made, root = mixed_features
+    source, path = tmp_path / "source", tmp_path / "features.h5"
+    shutil.copytree(root, source)
+    shutil.copy(made, path)
+    with h5py.File(path, "r+") as f:
+        f.attrs["source"] = str(source)
+    if change == "changed":
+        shutil.copy(source / "test" / "dog" / "0000.png", source / "test" / "cat" / "0000.png")
+    else:
+        shutil.rmtree(source)
+    fs = store.read_rows(path)
+    r = training.run_head(fs, "logreg", kinds.make_settings("logreg", C=1e-4), tmp_path / "cache")
+    report_dir = Path(r["report"])
+    report = json.loads((report_dir / "report.json").read_text())
+    assert report["mistakes"]["shown"] > 0 and "file" not in report["mistakes"]
+    assert not (report_dir / "mistakes.png").exists()
+    why = "not the ones the features file was made from" if change == "changed" else "no longer at"
+    assert why in report["mistakes"]["note"] and all(why in n for n in report["paths_note"].values())
+    assert all(line.split(",")[3] == "" for line in (report_dir / "predictions.csv").read_text().splitlines()[1:])

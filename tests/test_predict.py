@@ -230,3 +230,28 @@ def test_progress_is_plain_lines_when_stderr_is_a_log(model, tmp_path, capsys, m
     code, out, err = run_cli(capsys, "predict", "--model", model, *paths, "--batch-size", 2)
     assert code == 0 and len(out) == 3
     assert [line.split(" rows")[0] for line in err] == ["predict: 2/3", "predict: 3/3", "predict: 3/3"]
+
+
+def test_a_head_run_gives_a_mixed_size_source_image_its_stored_rows_answer(mixed_features, tiny_backbone, tmp_path):
+    """A 48x40 image of a 32x32-first source: predict of the dense head run embeds it as stage one
+    did (alone, straight to the backbone's input; it resized it to the first image's size before),
+    so its probabilities are the head's on its stored row (float32 features: float32 tolerance)."""
+    import keras
+    from conftest import MIXED_CLASSES
+    from pipeline import store
+    from pipeline.heads import kinds, training
+    from pipeline.ship.calibration import as_logits, scaled_probs
+    from pipeline.ship.predictor import Predictor
+    path, root = mixed_features
+    fs = store.read_rows(path)
+    run = training.run_head(fs, "dense", kinds.make_settings("dense", hidden=16, epochs=30, lr=0.05, dropout=0.0),
+                            tmp_path)
+    image = root / "train" / "cat" / "0001.png"            # source index 1 of train (class by class, sorted)
+    assert Image.open(image).size == (48, 40)
+    split = next(s for s in ("train", "val") if 1 in fs.splits[s].index)
+    row = fs.splits[split].features[list(fs.splits[split].index).index(1)]
+    head = keras.models.load_model(f"{run['run_dir']}/model.keras")
+    expected = scaled_probs(as_logits(head.predict(row[None], verbose=0)), run["calibration"]["temperature"])[0]
+    [(_, top)], _ = next(Predictor(run["run_dir"], backbone=str(tiny_backbone)).predict_paths([image], k=2))
+    got = dict(top)
+    np.testing.assert_allclose([got[c] for c in MIXED_CLASSES], expected, rtol=1e-5, atol=1e-6)

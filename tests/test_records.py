@@ -155,6 +155,37 @@ def test_a_damaged_sibling_never_fails_a_head_run(kind, how, cache, capsys):
     assert "All runs (1)" in site.index_path(cache).read_text()
 
 
+def test_a_damaged_configuration_run_is_left_out_of_a_sweep_with_one_warning(cache, capsys):
+    """The grid's C=0.1 is the cached run, damaged: the sweep ranks the rest and names it once."""
+    cache, features, name = cache
+    path = record_path(cache, name, "run")
+    damage(path, "run", "truncated")
+    code, out, err = run_cli(capsys, "sweep", "--features", features, "--cache-dir", cache, "--head", "logreg",
+                             "--grid", "C=0.1,1", "--jobs", "1")
+    assert code == 0, err
+    named = [line for line in err if "left out of the sweep" in line]
+    assert len(named) == 1 and named[0].startswith(f"warning: left out of the sweep: {path} is damaged"), err
+    board = json.loads(next((cache / records.SWEEPS).glob("*.json")).read_text())
+    assert [row["C"] for row in board] == [1]
+
+
+def test_the_best_head_search_leaves_a_damaged_run_out_with_one_warning(tmp_path, capsys):
+    """finetune's default head: a damaged sibling run.json is skipped, not fatal; the best of the rest wins."""
+    from pipeline.heads.training import find_best_head
+    runs = tmp_path / records.HEADS
+    for tag, acc in [("a", 0.5), ("b", 0.9), ("c", 0.7)]:
+        (runs / f"dense-h-{tag}").mkdir(parents=True)
+        (runs / f"dense-h-{tag}" / records.MODEL).write_bytes(b"a stand-in model")
+        outputs.write_json_atomic(runs / f"dense-h-{tag}" / records.RUN_JSON, {
+            "head": "dense", "settings": {}, "features": {"path": "x.h5", "settings_hash": "h"},
+            "metrics": {"val_accuracy": acc}})
+    damaged = runs / "dense-h-b" / records.RUN_JSON
+    damaged.write_text("{")
+    assert find_best_head(tmp_path, "h") == runs / "dense-h-c" / records.MODEL
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: ") and f"{damaged} is damaged" in err[0], err
+
+
 def test_the_site_rebuild_never_fails_a_finished_run(cache, capsys, monkeypatch):
     """Even a bug in the rebuild is a warning after a run that trained and saved."""
     cache, features, _ = cache

@@ -2,7 +2,8 @@
 --backbone FILE`, then `head`, then `predict IMAGES --out preds.csv`, with no other flag. Each later
 command finds the newest features file or run and names it; the backbone is found where the features
 file recorded it, and only asked for when it moved. Then the head run's default export (a SavedModel,
-checked on images of both sizes) is one `predict` reads, and gives the run's probabilities."""
+checked on images of both sizes) is one `predict` reads, and gives the run's probabilities on images
+of the size it takes."""
 import csv
 import shutil
 from pathlib import Path
@@ -96,10 +97,16 @@ def test_the_default_export_of_a_mixed_size_run_is_one_predict_reads(newcomer, c
         code, out, err = run_cli(capsys, "predict", "photos/test", "--model", model, "--out", "p.csv")
         assert code == 0, err
         got[model] = {r[0]: dict(zip(r[1::2], map(float, r[2::2]))) for r in read_csv("p.csv")[1:]}
-    reference = got[run_dir]
+    # the run itself embeds each image as stage one did (alone, straight to the backbone's input);
+    # an export takes one size, the first image's, and resizes the others to it first
+    reference, exported = got[run_dir], got[saved]
     assert len(reference) == 12
     for model, probs in got.items():
-        assert probs.keys() == reference.keys(), model
+        expect = reference if model in (run_dir, run_dir / "model.keras") else exported
+        assert probs.keys() == expect.keys(), model
         for image, p in probs.items():
-            np.testing.assert_allclose([p[c] for c in CLASSES], [reference[image][c] for c in CLASSES],
+            np.testing.assert_allclose([p[c] for c in CLASSES], [expect[image][c] for c in CLASSES],
                                        atol=models[model])
+    for image, p in reference.items():
+        if Image.open(image).size == (32, 32):       # the export's own size: the same answer
+            np.testing.assert_allclose([p[c] for c in CLASSES], [exported[image][c] for c in CLASSES], atol=1e-4)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.backbones.build import build_backbone
+from pipeline.backbones.folding import fast_extractor
 from pipeline.backbones.table import BACKBONES
 from pipeline.backbones.weights import Weights
 from pipeline.foundation.errors import UserError
@@ -51,3 +52,11 @@ def _file_of(attrs: dict, key: str, given: str | None, what: str, flag: str) -> 
         raise UserError(f"the features file was made with {recorded}, which is no longer there; "
                         f"pass {flag} PATH to it")
     return recorded
+
+
+def row_extractor(attrs: dict, backbone_file: str | None = None, weights_file: str | None = None):
+    """images (a uint8 batch, or a list of any sizes) -> their rows exactly as stage one computed
+    them: the rebuilt network in the file's precision, each image resized alone by the network's
+    own resize layer (engine.ExtractorSpec), never to another image's size first."""
+    bb = rebuild_backbone(attrs, backbone_file, weights_file, image_shape=(None, None, 3))
+    return fast_extractor(bb.model, attrs["precision"])

@@ -15,7 +15,7 @@ from pipeline.backbones.weights import Weights
 from pipeline.extract import engine
 from pipeline.extract import views
 from pipeline.foundation import flags
-from pipeline.foundation.errors import UserError
+from pipeline.foundation.errors import UserError, first_line, warn
 from pipeline.foundation.machine import versions
 from pipeline.foundation.outputs import Lock
 from pipeline.foundation.progress import Progress
@@ -59,7 +59,7 @@ def dataset_name(path: str | None) -> str:
 def identity(s: FeatureSettings, precision: str) -> dict:
     """Exactly the settings that determine the cached numbers; their hash names the file.
     Computed without decoding an image or building a network, so an up-to-date check is quick.
-    `rebuild_backbone` and `load_splits` below are its inverse."""
+    `backbones.rebuild.rebuild_backbone` and `sources.rows.load_splits` are its inverse."""
     found = {"dataset": dataset_name(s.data), "source_identity": dataset.source_identity(s.data),
              "limit": s.limit if s.limit is not None else -1, "val_fraction": s.val_fraction,
              "split_seed": s.seed, **build.identity(s.backbone, s.weights, s.size, s.seed),
@@ -78,6 +78,30 @@ def _recorded_files(s: FeatureSettings) -> dict:
     if s.weights not in (None, "imagenet", "none"):
         return {"weights_file": str(Path(s.weights).resolve())}
     return {}
+
+
+def _record_moved_files(final: Path, s: FeatureSettings, log, locked: bool = False):
+    """An up-to-date file whose backbone or weights file was given at another path than it records:
+    the settings hold the file's sha256, so it is the same file, moved. Its new path is recorded
+    (the attribute written in place on the complete file, under the file's lock, as nothing else
+    writes a complete file), so that later commands find it without --backbone/--weights."""
+    given = _recorded_files(s)
+    attrs = store.read_rows(final, splits=(), values=False).attrs
+    moved = {key: path for key, path in given.items() if attrs.get(key) != path}
+    if not moved:
+        return
+    import h5py
+    try:
+        with contextlib.nullcontext() if locked else Lock(final, wait=True, log=log):
+            with h5py.File(final, "r+") as f:
+                for key, path in moved.items():
+                    f.attrs[key] = path
+    except OSError as exc:       # e.g. a read-only cache, or the file open in another process
+        warn(f"could not record the new path in {final.name} ({first_line(exc)}); later commands ask for "
+             f"it again ({', '.join(moved)} stays {', '.join(str(attrs.get(k)) for k in moved)})")
+        return
+    for key, path in moved.items():
+        log(f"recorded {key}: {path} (was {attrs.get(key)}; the same file, by its sha256)")
 
 
 def _check(s: FeatureSettings):
@@ -207,10 +231,12 @@ def run_features(s: FeatureSettings, log=print) -> Path:
     final = store.features_path(s.cache_dir, settings)
     _check_memory(settings["input_size"], s.batch_size)
     if _up_to_date(final, settings, log):
+        _record_moved_files(final, s, log)
         return final
 
     with Lock(final, log=log), contextlib.ExitStack() as stack:
         if _up_to_date(final, settings, log):   # another run finished it while we looked
+            _record_moved_files(final, s, log, locked=True)
             return final
         ds = dataset.load_dataset(s.data, s.limit)
         splits = partition.make_splits(ds, s.val_fraction, s.seed)

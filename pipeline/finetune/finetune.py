@@ -268,7 +268,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         from pipeline.heads.evaluation import write_report
         temperature, after = calibration.calibrate(y_true, {k: p[None] for k, p in y_prob.items()})
         write_report(run_dir / records.REPORT_DIR, y_true=y_true, y_prob=y_prob, class_names=class_names,
-                     wall_seconds=wall, history=history, features=fs,
+                     wall_seconds=wall, history=history, features=fs, cache_dir=s.cache_dir,
                      extra={"stage": "finetune", "settings": settings, "comparison": comparison},
                      calibrated={"temperature": temperature, "y_prob": after})
         write_json_atomic(run_dir / records.RUN_JSON, {

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import errno
 import re
+import sys
 
 
 class UserError(Exception):
     """A mistake in the user's input. The CLI prints it as one line and exits with code 2."""
+
+
+def warn(message: str):
+    """A `warning: ...` line on stderr: something left out that does not stop the command."""
+    print(message if message.startswith("warning: ") else f"warning: {message}", file=sys.stderr)
 
 
 def first_line(exc: BaseException) -> str:

@@ -204,6 +204,16 @@ AUDIT_ANSWER = Kind("cached audit", {
                        "label_disagrees": int, "searched": Each(str), "with_duplicate_at?": Values(int)}),
 }, "delete the folder {folder} and rerun the same command")
 
+_ACCURACY = {"accuracy": NUMBER, "low": NUMBER, "high": NUMBER, "n": int}
+_RUN_NAMED = {"name": str, "report": str}
+COMPARE_ANSWER = Kind("cached comparison", {
+    "a": _RUN_NAMED, "b": _RUN_NAMED,
+    "splits": Values({"a": _ACCURACY, "b": _ACCURACY, "difference": NUMBER, "difference_low": NUMBER,
+                      "difference_high": NUMBER, "mcnemar_p": NUMBER, "only_a": int, "only_b": int,
+                      "method": str}),
+    "gallery": {"split": str, "file?": str, "note?": str},
+}, "delete the folder {folder} and rerun the same command")
+
 LEADERBOARD = Kind("sweep leaderboard", Each(dict), "delete it and rerun the sweep")
 
 

@@ -110,11 +110,12 @@ def _plot_curves(path: Path, history: dict):
 
 
 def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_seconds, history=None,
-                 extra=None, features=None, calibrated: dict | None = None) -> dict:
+                 extra=None, features=None, cache_dir=None, calibrated: dict | None = None) -> dict:
     """Write report.json, confusion.png, reliability.png (and curves.png) to `out_dir`; return the
     report dict. `features`: the FeatureSet whose val/test rows y_true and y_prob are, in order; with
     it the report also holds predictions.csv, mistakes.png and the most-confused pairs
-    (pipeline.look.looking). `calibrated`: {"temperature": T, "y_prob": {split: probabilities after scaling}}."""
+    (pipeline.look.looking; `cache_dir`: the cache its source check is remembered in). `calibrated`:
+    {"temperature": T, "y_prob": {split: probabilities after scaling}}."""
     out_dir = Path(out_dir)
     after, temperature = (calibrated["y_prob"], calibrated["temperature"]) if calibrated else (None, None)
     class_names = list(class_names)
@@ -134,7 +135,7 @@ def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_secon
             from pipeline.look.looking import write_run_views
             # which images these are scored on: `compare` refuses two runs whose sources differ
             report["data_fingerprint"] = features.attrs.get("data_fingerprint")
-            report.update(write_run_views(tmp, features, y_true, y_prob, class_names, splits))
+            report.update(write_run_views(tmp, features, y_true, y_prob, class_names, splits, cache_dir))
         (tmp / records.REPORT_JSON).write_text(json.dumps(report, indent=2))
     return report
 

@@ -32,7 +32,7 @@ from pipeline import store
 from pipeline.foundation import flags
 from pipeline.foundation import records
 from pipeline.foundation import stats
-from pipeline.foundation.errors import UserError
+from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import Lock, write_text_atomic
 from pipeline.foundation.stats import ACCURACY_METHOD, interval_text
 from pipeline.foundation.tables import format_table
@@ -205,6 +205,7 @@ def run(args):
     features_hash = fs.attrs["settings_hash"]
     if args.engine == "local" and args.address is not None:
         raise UserError("--address applies to --engine ray only")
+    configs = _readable(args.cache_dir, args.head, features_hash, configs)
     stem = (records.folder(args.cache_dir, records.SWEEPS)
             / f"{args.head}-{features_hash}-{store.settings_hash({'base': base, 'grid': grid})}")
     started = time.perf_counter()
@@ -228,6 +229,25 @@ def run(args):
     print(f"recommended: {next(r['run'] for r in rows if r['recommended'])}")
     note = f" ({len(failed)} failed, left out)" if failed else ""
     print(f"trained {trained} in {time.perf_counter() - started:.1f} s{note}; leaderboard: {json_path} and {csv_path}")
+
+
+def _readable(cache_dir, head: str, features_hash: str, configs: list[dict]) -> list[dict]:
+    """The configurations whose existing run (if any) can be read: one whose run.json is damaged
+    is left out with one warning naming it (as the site does), since it can be neither trained
+    again in its folder nor ranked; only when that leaves none is it an error."""
+    keep, problems = [], []
+    for c in configs:
+        try:
+            training.finished_run(cache_dir, head, features_hash, c)
+        except UserError as exc:
+            problems.append(str(exc))
+        else:
+            keep.append(c)
+    if not keep:
+        raise UserError(f"every configuration of the sweep has a damaged run: {problems[0]}")
+    for problem in problems:
+        warn(f"left out of the sweep: {problem}")
+    return keep
 
 
 def _train_all(args, fs, configs) -> tuple[int, list[str]]:

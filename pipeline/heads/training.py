@@ -12,7 +12,7 @@ import numpy as np
 from pipeline import store
 from pipeline.extract import views
 from pipeline.foundation import records
-from pipeline.foundation.errors import UserError
+from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import Lock, atomic_dir, write_json_atomic
 from pipeline.heads.evaluation import write_report
 from pipeline.heads.kinds import HEADS, predict_proba, read_run_json
@@ -80,7 +80,7 @@ def run_head(fs: store.RowSet, head: str, settings: dict, cache_dir, verbose=0, 
                 temperature, after = calibrate(y_true, per_view)
             info = {"head": head, "settings": settings, "features": _identity(fs), "metrics": {}}
             report = write_report(report_dir, y_true=y_true, y_prob=y_prob, class_names=fs.class_names,
-                                  wall_seconds=wall, history=history, features=fs,
+                                  wall_seconds=wall, history=history, features=fs, cache_dir=cache_dir,
                                   calibrated=after and {"temperature": temperature, "y_prob": after},
                                   extra={"run": name, "head": head, "settings": settings, "features": info["features"]})
             info["calibration"] = summary(y_true, y_prob, after, temperature)
@@ -94,14 +94,19 @@ def run_head(fs: store.RowSet, head: str, settings: dict, cache_dir, verbose=0, 
 
 def find_best_head(cache_dir, settings_hash: str, head: str = "dense") -> Path | None:
     """The model file of the finished `head` run with the best validation accuracy on the features
-    file `settings_hash`; None when there is none."""
+    file `settings_hash`; None when there is none. A run with a damaged run.json is left out with a
+    warning: the user named none of them, and one bad run must not hide the others."""
     best, best_acc = None, -1.0
     runs = records.folder(cache_dir, records.HEADS)
     for run_json in sorted(runs.glob(f"{head}-{settings_hash}-*/{records.RUN_JSON}")):
         model = run_json.parent / HEADS[head].artifact
         if not model.is_file():
             continue                       # not a finished run
-        acc = read_run_json(run_json)["metrics"]["val_accuracy"]
+        try:
+            acc = read_run_json(run_json)["metrics"]["val_accuracy"]
+        except UserError as exc:
+            warn(f"left out of the search for the best {head} head: {exc}")
+            continue
         if acc > best_acc:
             best, best_acc = model, acc
     return best

@@ -49,7 +49,7 @@ def pixel_digests(attrs: dict, split: str, index, data_path=None) -> list[str]:
     return [hashlib.sha1(img.tobytes()).hexdigest() for img in x]
 
 
-def find_pairs(fs: store.FeatureSet, threshold: float, digests: dict | None) -> list[dict]:
+def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None) -> list[dict]:
     """Every (query split row, searched split row) pair with cosine >= threshold or identical
     pixels (`digests`: split -> per-row pixel hashes; None skips the exact check)."""
     out = []
@@ -80,7 +80,7 @@ def find_pairs(fs: store.FeatureSet, threshold: float, digests: dict | None) -> 
     return out
 
 
-def summarize(fs: store.FeatureSet, pairs: list[dict], threshold: float) -> dict:
+def summarize(fs: store.RowSet, pairs: list[dict], threshold: float) -> dict:
     out = {}
     for query, searched in DIRECTIONS:
         mine = [p for p in pairs if p["split"] == query]
@@ -98,7 +98,7 @@ def summarize(fs: store.FeatureSet, pairs: list[dict], threshold: float) -> dict
     return out
 
 
-def run_predictions(run_dir: Path, fs: store.FeatureSet) -> tuple[Path, list[dict]]:
+def run_predictions(run_dir: Path, fs: store.RowSet) -> tuple[Path, list[dict]]:
     """The test rows of a run's predictions.csv, checked to cover exactly this file's test images
     (rows matched by source index, so any run on the same images works)."""
     csv_path = _predictions_of(run_dir)
@@ -184,7 +184,7 @@ def run(args):
     print(out)
 
 
-def audit(fs: store.FeatureSet, threshold: float, exact: bool, source: rows.Source | None, note: str | None,
+def audit(fs: store.RowSet, threshold: float, exact: bool, source: rows.Source | None, note: str | None,
           out: Path) -> dict:
     """`source`: the checked image source (None: it is gone, and `note` says why nothing is drawn)."""
     digests = ({s: pixel_digests(fs.attrs, s, fs.splits[s].index, source.path) for s in store.SPLITS}
@@ -212,7 +212,7 @@ def audit(fs: store.FeatureSet, threshold: float, exact: bool, source: rows.Sour
     return result
 
 
-def draw_pairs(path: Path, fs: store.FeatureSet, shown: list[dict], data_path, what: str) -> str:
+def draw_pairs(path: Path, fs: store.RowSet, shown: list[dict], data_path, what: str) -> str:
     """Pairs, each as two cells side by side (query image, then its match)."""
     if not shown:
         return "no pairs"

@@ -154,7 +154,7 @@ def run_compare(arg_a: str, arg_b: str, cache_dir, split: str = "test") -> tuple
            "split": split, "method": stats.PAIRED_METHOD}
     out = records.folder(cache_dir, records.COMPARE) / store.settings_hash(key)
     if (out / "compare.json").is_file():
-        return json.loads((out / "compare.json").read_text()), out, True
+        return records.read(out / "compare.json", records.COMPARE_ANSWER), out, True
     result = {"a": {"name": a.name, "report": str(a.report_dir)}, "b": {"name": b.name, "report": str(b.report_dir)},
               "splits": paired}
     with Lock(out):

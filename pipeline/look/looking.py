@@ -4,7 +4,9 @@ its report folder by `report.write_report` from the true labels and predicted pr
     predictions.csv   one line per val and test row: source index, file path (image-folder sources),
                       true class, predicted class and its probability, the true class's probability, top 3
     mistakes.png      the most confident test mistakes, images read back from the source via `index`
-and, for report.json, the most-confused (true, predicted) class pairs of each split.
+and, for report.json, the most-confused (true, predicted) class pairs of each split. Paths and images
+come from the source checked against the features file's data fingerprint (rows.source_or_note), as
+in `neighbors` and `audit`: a source that is gone or changed gives a note instead, never other images.
 """
 from __future__ import annotations
 
@@ -69,18 +71,27 @@ def read_predictions(path: Path) -> list[dict]:
 
 
 def write_run_views(out_dir: Path, fs: store.RowSet, y_true: dict, y_prob: dict, class_names,
-                    splits_metrics: dict) -> dict:
+                    splits_metrics: dict, cache_dir) -> dict:
     """Write predictions.csv and mistakes.png into `out_dir` (a report folder being built); return
-    what report.json gains: the most-confused pairs, and why the gallery is missing if it is."""
+    what report.json gains: the most-confused pairs, and why the gallery is missing if it is.
+    `cache_dir`: where the source check is remembered (rows.checked_source)."""
     class_names = list(class_names)
     extra = {"most_confused": {s: most_confused(m["confusion"], class_names) for s, m in splits_metrics.items()}}
+    try:
+        source, note = rows.source_or_note(fs.attrs, None, cache_dir)
+    except (UserError, OSError) as exc:      # changed since stage one: the run is still a result
+        source, note = None, rows.unreadable(exc)
     table, notes = [], {}
     for split in y_true:
         index = fs.splits[split].index
-        try:
-            split_paths = rows.paths(fs.attrs, split, index)
-        except (UserError, OSError) as exc:
-            split_paths, notes[split] = [None] * len(index), rows.unreadable(exc)
+        split_paths = [None] * len(index)
+        if source is None:
+            notes[split] = note
+        else:
+            try:
+                split_paths = rows.paths(fs.attrs, split, index, source.path)
+            except (UserError, OSError) as exc:
+                notes[split] = rows.unreadable(exc)
         table += prediction_rows(split, index, y_true[split], y_prob[split], class_names, split_paths)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(table[0]), lineterminator="\n")
@@ -94,9 +105,11 @@ def write_run_views(out_dir: Path, fs: store.RowSet, y_true: dict, y_prob: dict,
     wrong = wrong[:MISTAKES]
     extra["mistakes"] = {"split": gallery_split, "shown": len(wrong),
                          "source_index": [r["source_index"] for r in wrong]}
-    if wrong:
+    if wrong and source is None:
+        extra["mistakes"]["note"] = note
+    elif wrong:
         try:
-            images, _ = rows.images(fs.attrs, gallery_split, [r["source_index"] for r in wrong])
+            images, _ = rows.images(fs.attrs, gallery_split, [r["source_index"] for r in wrong], source.path)
         except (UserError, OSError) as exc:
             extra["mistakes"]["note"] = rows.unreadable(exc)
         else:

@@ -21,8 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import store
-from pipeline.backbones.folding import fast_extractor
-from pipeline.backbones.rebuild import rebuild_backbone
+from pipeline.backbones.rebuild import row_extractor
 from pipeline.foundation import flags, outputs, records
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.tables import format_table
@@ -42,8 +41,7 @@ def embed_files(attrs: dict, files: list[Path], backbone=None, weights=None) -> 
     """Features of image files computed as stage one computed the file's rows: the same network
     (checked by its weights identity) and precision, each image resized alone by the network's
     own resize layer, whatever its size (engine.ExtractorSpec)."""
-    bb = rebuild_backbone(attrs, backbone, weights, image_shape=(None, None, 3))
-    return fast_extractor(bb.model, attrs["precision"])(read_files(files))
+    return row_extractor(attrs, backbone, weights)(read_files(files))
 
 
 def add_arguments(p):
@@ -81,7 +79,7 @@ def _check_args(args):
             raise UserError(f"image {f} does not exist")
 
 
-def load(args) -> store.FeatureSet:
+def load(args) -> store.RowSet:
     pass  # REMOVE
     return features_from_args(args)
 
@@ -119,7 +117,7 @@ def run(args):
     print(png_path if png_path.is_file() else json_path)
 
 
-def search_neighbors(fs: store.FeatureSet, args, search: list[str], source: rows.Source | None) -> dict:
+def search_neighbors(fs: store.RowSet, args, search: list[str], source: rows.Source | None) -> dict:
     """{"queries": [{..., "neighbors": [{rank, similarity, split, row, class, source_index, path}]}]}
     (paths from the checked `source`; none when it is gone)."""
     names = fs.class_names
@@ -165,7 +163,7 @@ def print_result(result: dict):
                              n.get("path") or ""] for n in q["neighbors"]]))
 
 
-def draw_strip(path: Path, fs: store.FeatureSet, result: dict, source: rows.Source) -> str | None:
+def draw_strip(path: Path, fs: store.RowSet, result: dict, source: rows.Source) -> str | None:
     """One line per query: the query image, then its neighbours with rank, similarity and class,
     each at its own size. Returns a note instead when the source's images cannot be read."""
     cells, captions, wanted = [], [], []

@@ -10,11 +10,10 @@ from __future__ import annotations
 import datetime
 import html
 import os
-import sys
 from pathlib import Path
 
 from pipeline import store
-from pipeline.foundation import outputs, records
+from pipeline.foundation import errors, outputs, records
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.stats import interval_text
 from pipeline.foundation.tables import paired_table
@@ -244,7 +243,7 @@ def rebuild(cache_dir, warn=None) -> tuple[Path, bool]:
         skipped = []
         runs, sweeps = collect_runs(cache_dir, skipped)
         for problem in skipped:
-            (warn or _warn)(f"warning: left out of {index}: {problem}")
+            (warn or errors.warn)(f"warning: left out of {index}: {problem}")
         changed = False
         for r in runs:
             changed |= _write_if_changed(page_dir / f"{r['name']}.html", run_html(r, page_dir))
@@ -255,10 +254,6 @@ def rebuild(cache_dir, warn=None) -> tuple[Path, bool]:
                 changed = True
         changed |= _write_if_changed(index, index_html(runs, sweeps))
     return index, changed
-
-
-def _warn(message: str):
-    print(message, file=sys.stderr)
 
 
 # ---------------------------------------------------------------- command line

@@ -11,7 +11,7 @@ from PIL import Image
 from pipeline import store
 from pipeline.backbones.rebuild import rebuild_backbone
 from pipeline.foundation import records
-from pipeline.foundation.errors import UserError
+from pipeline.foundation.errors import UserError, first_line
 from pipeline.ship.calibration import apply_temperature
 from pipeline.sources.files import to_size
 from pipeline.sources.rows import load_splits

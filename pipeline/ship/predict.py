@@ -7,7 +7,8 @@ the .tflite or .keras file) or an image-model .keras file of one's own. Left out
 dense head or fine-tune run in --cache-dir, named on stderr. Class names and the fitted temperature
 come from the run.json (an export carries its temperature, and its labels.txt). Any RGB image is
 accepted: it is resized to the model's input size (32x32 for CIFAR-10) first, so that it looks like
-what the model was trained on.
+what the model was trained on; a dense head run takes each image as stage one took it (alone, at its
+own size, straight to the backbone's input), so a source image gets exactly its stored row's answer.
 
 Images are read and classified in batches (--batch-size), with a progress bar on a terminal.
 Without --out each image's line is printed; with --out FILE.csv (checked before any work) the rows

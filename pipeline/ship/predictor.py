@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.backbones.rebuild import row_extractor
 from pipeline.extract.views import image_views
 from pipeline.foundation import records
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.ship import formats, models
+from pipeline.ship.calibration import apply_temperature
 from pipeline.sources.files import load_image
 
 
@@ -63,12 +65,17 @@ def open_model(path: Path, backbone=None, weights=None):
 
 
 def _run_model(run_dir: Path, backbone, weights):
-    """A dense head run (its features file's backbone rebuilt, the head on top, as export composes
-    them) or a fine-tune run, with the run's temperature applied."""
+    """A fine-tune run, or a dense head run: its head on the rows of its features file's backbone,
+    computed as stage one computed them (each image at its own size, in the file's precision), so
+    a source image gets exactly its stored row's answer. The run's temperature is applied.
+    Size None: the images are given as they are, a list."""
     run_dir, info = models.read_run(run_dir)
-    attrs = None if info.get("stage") == "finetune" else models.features_attrs(info)
-    model = models.image_model(run_dir, info, attrs, backbone, weights)
-    return (lambda x: model.predict(x, verbose=0)), tuple(model.input_shape[1:3]), models.class_names(info)
+    if info.get("stage") == "finetune":
+        model = models.image_model(run_dir, info, None)
+        return (lambda x: model.predict(x, verbose=0)), tuple(model.input_shape[1:3]), models.class_names(info)
+    rows = row_extractor(models.features_attrs(info), backbone, weights)
+    head = apply_temperature(models.load_keras_file(run_dir / records.MODEL, "head", "head"), models.temperature(info))
+    return (lambda images: head.predict(rows(images), verbose=0)), None, models.class_names(info)
 
 
 class Predictor:
@@ -93,7 +100,8 @@ class Predictor:
                     skipped.append((path, str(exc)))
             rows = []
             if images:
-                for path, p in zip(good, self.probabilities(np.stack(images))):
+                batch = np.stack(images) if self.size else images      # a list: each at its own size
+                for path, p in zip(good, self.probabilities(batch)):
                     best = np.argsort(p)[::-1][:k]
                     rows.append((path, [(self.class_names[i], float(p[i])) for i in best]))
             yield rows, skipped

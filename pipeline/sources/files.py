@@ -50,16 +50,16 @@ def _glob(pattern: Path) -> list[Path]:
     return found
 
 
-def to_size(img, size: tuple[int, int]) -> np.ndarray:
-    """A PIL image as uint8 RGB (H, W, 3) at `size`, resized as predict resizes every image."""
+def to_size(img, size: tuple[int, int] | None) -> np.ndarray:
+    """A PIL image as uint8 RGB (H, W, 3) at `size` (None: its own), resized as predict resizes every image."""
     img = rgb8(img)
-    if img.size != (size[1], size[0]):
+    if size is not None and img.size != (size[1], size[0]):
         img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
 
 
-def load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """uint8 (H, W, 3) at `size`; a UserError with the reason when the file cannot be read."""
+def load_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+    """uint8 (H, W, 3) at `size` (None: its own); a UserError with the reason when the file cannot be read."""
     if not path.is_file():
         raise UserError(f"image {path} does not exist")
     try:

@@ -33,3 +33,7 @@ from pipeline.store.reader import (RowSet, RowSplit, check_settings, check_struc
 from pipeline.store.schema import (CHECK_ROWS, CHUNK_ROWS, FEATURES, MIRRORED, SCHEMA_VERSION, SPLITS, Words,
                                    features_path, partial_path, settings_hash)
 from pipeline.store.writer import RowWriter
+
+__all__ = ["CHECK_ROWS", "CHUNK_ROWS", "FEATURES", "MIRRORED", "SCHEMA_VERSION", "SPLITS", "RowSet", "RowSplit",
+           "RowWriter", "Words", "check_settings", "check_structure", "check_values", "features_path",
+           "is_complete", "older_schema", "open_store", "partial_path", "read_rows", "settings_hash"]
