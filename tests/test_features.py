@@ -54,7 +54,7 @@ def test_writes_the_documented_schema(capsys, batches_dir, tmp_path):
 
 @pytest.mark.slow
 def test_rerun_is_up_to_date_and_changed_settings_give_a_new_file(capsys, batches_dir, tmp_path, monkeypatch):
-    from pipeline.backbones import build
+    from pipeline.extract import engine
     from pipeline.extract import features as stage_one
     from pipeline.backbones.precision import resolve_precision
     cache = tmp_path / "cache"
@@ -63,7 +63,7 @@ def test_rerun_is_up_to_date_and_changed_settings_give_a_new_file(capsys, batche
     stamp = first.stat().st_mtime_ns
     with monkeypatch.context() as m:        # the rerun must decode no image and build no backbone
         m.setattr(stage_one.dataset, "load_dataset", lambda *a, **k: pytest.fail("decoded images"))
-        m.setattr(build, "build_backbone", lambda *a, **k: pytest.fail("built the backbone"))
+        m.setattr(engine, "build_backbone", lambda *a, **k: pytest.fail("built the backbone"))
         _, out, _ = features(capsys, batches_dir, cache)
     assert out[0].startswith("up to date") and Path(out[-1]) == first and first.stat().st_mtime_ns == stamp
     # a precision other than the one `auto` resolves to on this machine (GPU, bf16 CPU or neither)

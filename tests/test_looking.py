@@ -142,13 +142,12 @@ def test_neighbors_bad_input(planted, tmp_path, capsys, argv, message):
 def test_predictions_and_mistakes_are_the_rows_own_images(planted, tmp_path, monkeypatch):
     path, root, fs = planted
     drawn = {}
-    import pipeline.look.gallery
-    real = pipeline.look.gallery.save_grid
+    real = looking.save_grid
 
     def spy(out, images, captions, **kw):
         drawn["images"], drawn["captions"] = [np.asarray(i) for i in images], captions
         return real(out, images, captions, **kw)
-    monkeypatch.setattr(pipeline.look.gallery, "save_grid", spy)
+    monkeypatch.setattr(looking, "save_grid", spy)      # where the run's views look it up
     r = training.run_head(fs, "logreg", kinds.make_settings("logreg", C=0.001), tmp_path)
     report_dir = Path(r["report"])
     report = json.loads((report_dir / "report.json").read_text())
