@@ -6,7 +6,8 @@ from pathlib import Path
 import numpy as np
 
 
-def make_head(features: Path, run_dir: Path, hidden: int = 64, epochs: int = 30, seed: int = 0) -> Path:
+def make_head(features: Path, run_dir: Path, hidden: int = 64, epochs: int = 30, seed: int = 0,
+              dropout: float = 0.5) -> Path:
     import keras
     from pipeline.store import read_features
     fs = read_features(features)
@@ -15,7 +16,7 @@ def make_head(features: Path, run_dir: Path, hidden: int = 64, epochs: int = 30,
     norm = keras.layers.Normalization(name="standardize")
     norm.adapt(train.features)
     head = keras.Sequential([keras.Input((train.features.shape[1],)), norm,
-                             keras.layers.Dense(hidden, activation="relu"), keras.layers.Dropout(0.5),
+                             keras.layers.Dense(hidden, activation="relu"), keras.layers.Dropout(dropout),
                              keras.layers.Dense(len(fs.class_names), activation="softmax")], name="dense_head")
     head.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     head.fit(train.features, train.labels, validation_data=(val.features, val.labels), epochs=epochs,

@@ -129,7 +129,7 @@ def test_one_step_cached_equals_one_step_end_to_end(tiny_inception_features, hea
     from pipeline.backbone import fast_extractor
     attrs, bb, parts = fresh_parts(tiny_inception_features, head)
     splits = load_splits(attrs, None)
-    cs = activations.settings(attrs, parts.cut, False, "float32")
+    cs = activations.settings(attrs, parts.cut, 1, "float32")
     cache = activations.build(tmp_path / "acts.h5", cs, splits, fast_extractor(parts.image_to_cut(), "float32"),
                                  16, log=quiet)
     first = activations.batches(cache, "train", 16, shuffle=False)
