@@ -100,9 +100,9 @@ def test_a_shifted_map_approximates_the_map_of_the_shifted_image(real_features):
     """EfficientNet-Lite0 (ImageNet weights) at its default cut (block10_add, 14x14, stride 16):
     moving the 224x224 network input by 16 px (one stride; about 2.3 px of the 32x32 image) moves
     the map by one cell. On the inner 8x8 cells (3 cells from every border, where padding does not
-    reach in the same way) the one-cell shift of the stored map is within 35% relative L2 of the
-    map of the moved image, and more than twice as close as the unmoved map. Measured on the
-    2-core AMX Xeon, float32: 0.29 vs 0.78."""
+    reach in the same way) the one-cell shift of the stored map is within 25% relative L2 of the
+    map of the moved image, and more than 4 times closer than the unmoved map. Measured on the
+    2-core AMX Xeon, float32: 0.147 vs 1.100."""
     from conftest import PRETRAINED
     from pipeline.backbone import default_unfreeze
     attrs = read_features(real_features, splits=()).attrs
@@ -120,17 +120,18 @@ def test_a_shifted_map_approximates_the_map_of_the_shifted_image(real_features):
 
     def gap(a):
         return np.linalg.norm(a[inner] - maps_of_moved[inner]) / np.linalg.norm(maps_of_moved[inner])
-    assert gap(shifted) < 0.35 and gap(shifted) < gap(maps) / 2, (gap(shifted), gap(maps))
+    assert gap(shifted) < 0.25 and gap(shifted) < gap(maps) / 4, (gap(shifted), gap(maps))
 
 
 @pytest.mark.slow
 def test_resume_with_cached_augmentation_gives_the_same_weights(tiny_inception_features, tmp_path, monkeypatch):
-    """3 views and the map shift, killed after epoch 1 of 3 and resumed: the same exported weights
+    """3 views and the map shift, killed after epoch 1 of 2 and resumed: the same exported weights
     as an uninterrupted run (a dropout-free head, so the data plan is the only randomness)."""
     import keras
     from pipeline import checkpoint
+    monkeypatch.setattr("pipeline.report.write_report", lambda out_dir, **kwargs: {})
     head = make_head(tiny_inception_features, tmp_path / "heads" / "d", epochs=2, dropout=0.0)
-    s = dict(features=str(tiny_inception_features), head=str(head), mode="cached", epochs=3, batch_size=8,
+    s = dict(features=str(tiny_inception_features), head=str(head), mode="cached", epochs=2, batch_size=8,
              lr=1e-4, views_per_image=K, map_shift=1, precision="float32", patience=5)
     whole = run_finetune(FinetuneSettings(**s, cache_dir=str(tmp_path / "a")), log=quiet)
     shutil.copytree(tmp_path / "a" / "activations", tmp_path / "b" / "activations")   # build the cache once
@@ -147,8 +148,8 @@ def test_resume_with_cached_augmentation_gives_the_same_weights(tiny_inception_f
     monkeypatch.setattr(checkpoint.Checkpoint, "on_epoch_end", original)
     lines = []
     resumed = run_finetune(FinetuneSettings(**s, cache_dir=str(tmp_path / "b"), resume=True), log=lines.append)
-    assert any("resuming from epoch 1 of 3" in line for line in lines)
-    assert json.loads((resumed.parent / "run.json").read_text())["epochs_run"] == 3
+    assert any("resuming from epoch 1 of 2" in line for line in lines)
+    assert json.loads((resumed.parent / "run.json").read_text())["epochs_run"] == 2
     a, b = (keras.models.load_model(p).get_weights() for p in (whole, resumed))
     assert len(a) == len(b)
     for wa, wb in zip(a, b):
