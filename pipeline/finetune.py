@@ -49,7 +49,7 @@ class FinetuneSettings:
     features: str | None = None        # stage-one file; None: the newest in <cache_dir>/features
     head: str | None = None            # stage-two model.keras; None: the best dense head for the features
     mode: str | None = None            # None: end-to-end on a GPU, cached on a CPU
-    unfreeze_from: str | None = None   # None: the backbone row's default, a file's second-to-last block
+    unfreeze_from: str | None = None   # None: the backbone row's default, for a file the blocks at its last resolution
     epochs: int = 6                    # all of CIFAR-10 on 2 cores: about an hour, estimated
     batch_size: int = 64
     lr: float = 1e-3                   # the head's peak rate; the backbone's is lr * backbone_lr_scale
@@ -82,8 +82,8 @@ def add_arguments(p):
                    "(default: the best dense head trained on the features file)")
     p.add_argument("--mode", choices=MODES, help="default: end-to-end on a GPU, cached on a CPU")
     p.add_argument("--unfreeze-from", metavar="NAME", help="train this block and everything after it "
-                   "(default: the top two blocks, as `python -m pipeline backbones` lists; a backbone file's "
-                   "second-to-last block)")
+                   "(default: the top two blocks, as `python -m pipeline backbones` lists; for a backbone file, the "
+                   "first block at its last spatial resolution, e.g. block11_expand_conv for EfficientNet-Lite0)")
     d = FinetuneSettings
     p.add_argument("--epochs", type=flags.non_negative_int, default=d.epochs, metavar="N",
                    help=f"at most N epochs, the length of the cosine decay (default: {d.epochs}; 0 exports "
