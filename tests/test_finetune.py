@@ -324,3 +324,11 @@ def test_a_corrupt_checkpoint_or_a_nan_activation_is_one_error(tiny_inception_fe
     assert code == 2 and len(err) == 1 and "train row 5 holds NaN" in err[0], err
     assert "the next `finetune` run rebuilds it" in err[0] and "make features" not in err[0], err
     assert not (run_dir / "model.keras").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--label-smoothing", "1"), ("--weight-decay", "-0.1"),
+                                         ("--warmup-epochs", "nan"), ("--backbone-lr-scale", "inf")])
+def test_recipe_settings_out_of_range_are_one_error_line(tiny_inception_features, tmp_path, capsys, flag, value):
+    code = main(["finetune", "--features", str(tiny_inception_features), "--cache-dir", str(tmp_path), flag, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and flag in err[0], err
