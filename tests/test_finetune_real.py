@@ -33,7 +33,7 @@ def test_fine_tuning_keeps_or_improves_validation_accuracy(real_features, tmp_pa
     lines = []
     path = run_finetune(FinetuneSettings(**common, epochs=3), log=lines.append)
     c = seen["extra"]["comparison"]
-    assert "activation cache up to date" in lines[0]
+    assert any("activation cache up to date" in line for line in lines)
     # Accuracy on the 60 validation images moves in steps of one image (0.017). On a 2-core AVX2 EPYC
     # (float32 features), with 112 images per class, 3 epochs left the fine-tuned model one validation
     # image behind the head (0.709 vs 0.718; val loss 0.931 -> 0.958, test 0.720 -> 0.717), so "keeps"
