@@ -348,7 +348,8 @@ def build_planted(tmp: Path):
 # Made to the stage-two contract (<cache>/heads/<run>/model.keras + run.json), so the stage-three
 # tests do not depend on how stage two trains one.
 
-def make_head(features: Path, run_dir: Path, hidden: int = 64, epochs: int = 30, seed: int = 0) -> Path:
+def make_head(features: Path, run_dir: Path, hidden: int = 64, epochs: int = 30, seed: int = 0,
+              dropout: float = 0.5) -> Path:
     import keras
     from pipeline.store import read_rows
     fs = read_rows(features)
@@ -357,7 +358,7 @@ def make_head(features: Path, run_dir: Path, hidden: int = 64, epochs: int = 30,
     norm = keras.layers.Normalization(name="standardize")
     norm.adapt(train.features)
     head = keras.Sequential([keras.Input((train.features.shape[1],)), norm,
-                             keras.layers.Dense(hidden, activation="relu"), keras.layers.Dropout(0.5),
+                             keras.layers.Dense(hidden, activation="relu"), keras.layers.Dropout(dropout),
                              keras.layers.Dense(len(fs.class_names), activation="softmax")], name="dense_head")
     head.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     head.fit(train.features, train.labels, validation_data=(val.features, val.labels), epochs=epochs,

@@ -132,7 +132,7 @@ def test_one_step_cached_equals_one_step_end_to_end(tiny_inception_features, hea
     from pipeline.backbones.folding import fast_extractor
     attrs, bb, parts = fresh_parts(tiny_inception_features, head)
     splits = load_splits(attrs, None)
-    cs = activations.settings(attrs, parts.cut, False, "float32")
+    cs = activations.settings(attrs, parts.cut, 1, "float32")
     cache = activations.build(tmp_path / "acts.h5", cs, splits, fast_extractor(parts.image_to_cut(), "float32"),
                                  16, log=quiet)
     first = activations.batches(cache, "train", 16, shuffle=False)
@@ -327,3 +327,11 @@ def test_a_corrupt_checkpoint_or_a_nan_activation_is_one_error(tiny_inception_fe
     assert code == 2 and len(err) == 1 and "train row 5 holds NaN" in err[0], err
     assert "the next `finetune` run rebuilds it" in err[0] and "make features" not in err[0], err
     assert not (run_dir / "model.keras").exists()
+
+
+@pytest.mark.parametrize("flag, value", [("--label-smoothing", "1"), ("--weight-decay", "-0.1"),
+                                         ("--warmup-epochs", "nan"), ("--backbone-lr-scale", "inf")])
+def test_recipe_settings_out_of_range_are_one_error_line(tiny_inception_features, tmp_path, capsys, flag, value):
+    code = main(["finetune", "--features", str(tiny_inception_features), "--cache-dir", str(tmp_path), flag, value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and flag in err[0], err

@@ -109,5 +109,17 @@ def block_names(base, row: Row | None = None) -> list[str]:
 
 
 def default_unfreeze(base, row: Row | None = None) -> str:
-    """The table's default block for a row; the second-to-last block of a .keras file."""
-    return row.unfreeze if row else block_names(base)[-2]
+    """The table's default block for a row. For a .keras file: the first block that computes at the
+    network's last spatial resolution, so the last stage or two train (EfficientNet-Lite0:
+    block11_expand_conv, cut at block10_add's 14x14x112 at 224x224): enough network to be worth
+    fine-tuning, small enough that a 2-core CPU trains it on all of CIFAR-10 within the hour."""
+    if row:
+        return row.unfreeze
+    maps = [layer for layer in base.layers[1:] if len(layer.output.shape) == 4]
+    if not maps:
+        return block_names(base)[-2]
+    last = tuple(maps[-1].output.shape[1:3])
+    first = next(layer.name for layer in maps if tuple(layer.output.shape[1:3]) == last)
+    m = re.search(r"([A-Za-z]+\d+)_", first)
+    # the block's first layer (its expansion conv may still run at the previous resolution)
+    return next((n for n in block_names(base) if m and n.startswith(m.group(1) + "_")), first)

@@ -4,9 +4,14 @@ renamed into place only when complete, named by a hash of what determines the nu
 
 Row order. Train rows are written in a seeded random order of the images, so that any contiguous
 run of rows is a random sample: training then reads whole contiguous windows (fast, chunk-aligned
-HDF5 reads) instead of scattered rows. With flips, image i of that order fills rows 2i (as is) and
-2i+1 (mirrored), and each epoch picks one of the two per image, as on-the-fly flipping would.
-Val and test rows keep the features file's order and are never flipped.
+HDF5 reads) instead of scattered rows. With K views per image (pipeline.extract.views.cached_view: as is,
+mirrored, then random flips and translations of the image), image i of that order fills rows
+K*i .. K*i+K-1, and each epoch picks one of the K per image, as on-the-fly augmentation would.
+Val and test rows keep the features file's order, one view (as is).
+
+Augmentation on the stored maps: training batches may also move each map by up to `shift` cells
+(the border cells repeated), which is what moving the image by that many strides of the cut does
+away from the borders (test_finetune_augment.py measures how close).
 
 Values are stored times the file's `scale` attribute (a power of two, see `float_scale`);
 divide by it to get the activations back.
@@ -28,10 +33,17 @@ WORDS = store.Words(what="activation cache", make="`python -m pipeline finetune 
                     fix="delete it; the next `finetune` run rebuilds it")
 
 
-def settings(features_attrs: dict, cut: str, flip: bool, precision: str) -> dict:
+def settings(features_attrs: dict, cut: str, views: int, precision: str) -> dict:
+    from pipeline.extract.views import MAX_SHIFT_PX, VIEW_SEED
     return {"kind": "cut activations", "features_hash": features_attrs["settings_hash"],
-            "data_fingerprint": features_attrs["data_fingerprint"], "cut": cut, "flip": bool(flip),
+            "data_fingerprint": features_attrs["data_fingerprint"], "cut": cut, "views_per_image": int(views),
+            "view_seed": VIEW_SEED, "view_max_shift_px": MAX_SHIFT_PX,
             "precision": precision, "storage": "float16", "train_order_seed": TRAIN_ORDER_SEED}
+
+
+def size_bytes(row_shape, n_rows: int) -> int:
+    """The cache's size on disk (float16 values), before HDF5's few bytes of structure."""
+    return int(np.prod(row_shape)) * 2 * n_rows
 
 
 def path_for(cache_dir, features_path: Path, s: dict) -> Path:
@@ -52,13 +64,13 @@ def float_scale(sample: np.ndarray) -> float:
 
 
 def build(final: Path, s: dict, splits: dict, lower_fn, batch_size: int, log=print) -> Path:
-    """Compute (or resume) the cache. `splits`: pipeline.data splits; `lower_fn`: uint8 batch ->
+    """Compute (or resume) the cache. `splits`: pipeline.sources splits; `lower_fn`: uint8 batch ->
     float32 cut activations. Returns the final path."""
     from pipeline.foundation.progress import Progress
-    flip = s["flip"]
+    from pipeline.extract.views import cached_view
     order = {"train": train_order(len(splits["train"].y))}
     order.update({k: np.arange(len(splits[k].y)) for k in ("val", "test")})
-    copies = {"train": 2 if flip else 1, "val": 1, "test": 1}
+    copies = {"train": s["views_per_image"], "val": 1, "test": 1}
     labels = {k: np.repeat(splits[k].y[order[k]], copies[k]) for k in store.SPLITS}
     index = {k: np.repeat(splits[k].index[order[k]], copies[k]) for k in store.SPLITS}
     probe = lower_fn(splits["val"].x[:batch_size])
@@ -71,15 +83,15 @@ def build(final: Path, s: dict, splits: dict, lower_fn, batch_size: int, log=pri
     started, computed = time.perf_counter(), 0
     try:
         for name in store.SPLITS:
-            x, k = splits[name].x[order[name]], copies[name]
+            x, ids, k = splits[name].x[order[name]], splits[name].index[order[name]], copies[name]
             start = writer.rows_done(name) // k
             # a bar on a terminal, plain lines in a log (a long pass is never silent)
             with Progress(len(x), start, desc=f"cache {name:>5}") as bar:
                 for lo in range(start, len(x), batch_size):
-                    batch = x[lo:lo + batch_size]
-                    rows = lower_fn(batch)
-                    if k == 2:   # interleave: row 2i as is, row 2i+1 mirrored
-                        rows = np.stack([rows, lower_fn(batch[:, :, ::-1])], axis=1).reshape(-1, *row_shape)
+                    batch, batch_ids = x[lo:lo + batch_size], ids[lo:lo + batch_size]
+                    # interleaved: row k*i + v is view v of image i
+                    rows = np.stack([lower_fn(cached_view(batch, batch_ids, v)) for v in range(k)],
+                                    axis=1).reshape(-1, *row_shape)
                     rows = (rows * scale).astype(np.float16)
                     if not np.isfinite(rows).all():
                         raise RuntimeError(f"cut activations overflow float16 even at scale {scale}")
@@ -94,10 +106,19 @@ def build(final: Path, s: dict, splits: dict, lower_fn, batch_size: int, log=pri
     return path
 
 
-def batches(path: Path, split: str, batch_size: int, shuffle: bool, seed: int = 0):
+def shift_maps(x: np.ndarray, shifts: np.ndarray, most: int) -> np.ndarray:
+    """(N, H, W, C) maps, map i moved by shifts[i] = (dy, dx) cells (|dy|, |dx| <= most), the
+    uncovered border filled by repeating the edge cells."""
+    h, w = x.shape[1:3]
+    padded = np.pad(x, ((0, 0), (most, most), (most, most), (0, 0)), mode="edge")
+    return np.stack([p[most - dy:most - dy + h, most - dx:most - dx + w] for p, (dy, dx) in zip(padded, shifts)])
+
+
+def batches(path: Path, split: str, batch_size: int, shuffle: bool, seed: int = 0, shift: int = 0):
     """A keras PyDataset of (activations float32, labels) from the cache. Shuffled, each epoch reads
-    the split as contiguous windows from a random offset in a random order (a seeded function of
-    the epoch, so a resumed run sees what an uninterrupted one would have)."""
+    the split as contiguous windows from a random offset in a random order, picks one stored view
+    per image and moves each map by up to `shift` cells: all a seeded function of (epoch, batch),
+    so a resumed run sees what an uninterrupted one would have, whatever order batches are read in."""
     import h5py
     import keras
 
@@ -124,7 +145,6 @@ def batches(path: Path, split: str, batch_size: int, shuffle: bool, seed: int = 
             count = len(self)
             self.offset = int(rng.integers(self.n)) if shuffle else 0
             self.window_order = rng.permutation(count) if shuffle else np.arange(count)
-            self.variant_rng = rng
 
         def __len__(self):
             return math.ceil(self.n / batch_size)
@@ -142,9 +162,12 @@ def batches(path: Path, split: str, batch_size: int, shuffle: bool, seed: int = 
             lo = w * batch_size
             hi = min(lo + batch_size, self.n)
             x, y = self._images(self.offset + lo, self.offset + hi)
-            if self.k == 2:   # one of (as is, mirrored) per image, chosen at random
-                pick = self.variant_rng.integers(2, size=len(y)) if shuffle else np.zeros(len(y), int)
-                x = x.reshape(len(y), 2, *x.shape[1:])[np.arange(len(y)), pick]
+            rng = np.random.default_rng([seed, self.epoch, i])
+            if self.k > 1:   # one of the K stored views per image, chosen at random
+                pick = rng.integers(self.k, size=len(y)) if shuffle else np.zeros(len(y), int)
+                x = x.reshape(len(y), self.k, *x.shape[1:])[np.arange(len(y)), pick]
+            if shuffle and shift:
+                x = shift_maps(x, rng.integers(-shift, shift + 1, size=(len(y), 2)), shift)
             return x.astype(np.float32) / self.scale, y
 
         def on_epoch_end(self):

@@ -63,7 +63,7 @@ def find_cut(base, unfreeze_from: str, row=None) -> str:
 
 
 def split(backbone_model, head, unfreeze_from: str, row=None) -> Parts:
-    """Cut `backbone_model` (from pipeline.backbone.build_backbone, `row` its table row) before
+    """Cut `backbone_model` (from pipeline.backbones.build.build_backbone, `row` its table row) before
     `unfreeze_from`."""
     import keras
     base = backbone_model.layers[-1]           # the pretrained network after the front layers

@@ -121,7 +121,8 @@ def collect_runs(cache_dir, skipped: list | None = None) -> tuple[list[dict], li
 
 
 def _settings_text(settings: dict, finetune: bool) -> str:
-    keep = ("mode", "unfreeze_from", "lr", "epochs", "batch_size", "augment", "optimizer") if finetune else settings
+    keep = ("mode", "unfreeze_from", "lr", "epochs", "batch_size", "augment", "optimizer", "views_per_image",
+            "map_shift") if finetune else settings
     return " ".join(f"{k}={settings[k]}" for k in keep if k in settings and not isinstance(settings[k], (dict, list)))
 
 
