@@ -297,7 +297,7 @@ def test_a_second_identical_finetune_is_refused(tiny_inception_features, head, t
         second["code"] = main(argv)
         second["err"] = capsys.readouterr().err.strip().splitlines()
         raise KeyboardInterrupt
-    monkeypatch.setattr(ft, "_training_data", start_a_second_run)
+    monkeypatch.setattr(ft, "training_data", start_a_second_run)
     assert main(argv) == 130
     assert second["code"] == 2 and len(second["err"]) == 1 and "another run is writing" in second["err"][0]
     assert "--resume" in capsys.readouterr().err          # Ctrl-C names the flag that continues

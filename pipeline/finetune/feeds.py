@@ -1,0 +1,57 @@
+"""The data feeds of a fine-tune: in end-to-end mode tf.data over the uint8 images (with on-the-fly
+augmentation), in cached mode batches of the activation cache at the cut (built first if missing).
+TensorFlow is imported inside image_dataset only, so `--help` does not load it."""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline import store
+from pipeline.backbones.folding import fast_extractor
+from pipeline.finetune import activations
+from pipeline.foundation.outputs import Lock
+from pipeline.sources.rows import load_splits
+
+
+def image_dataset(x, y, batch_size: int, shuffle: bool, augment: bool, seed: int):
+    """tf.data over uint8 images; augmentation: random horizontal flip and a shift of up to 2 px
+    (reflect-pad by 2, random crop back), applied per image on the fly."""
+    import tensorflow as tf
+    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if augment:
+        h, w, c = x.shape[1:]
+
+        def jitter(img, label):
+            img = tf.image.random_flip_left_right(img)
+            img = tf.pad(img, [[2, 2], [2, 2], [0, 0]], mode="REFLECT")
+            return tf.image.random_crop(img, (h, w, c)), label
+        ds = ds.map(jitter, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def training_data(s, attrs, features_path, parts, mode, precision, log) -> dict:
+    """{"train", "val", "test"}: keras-ready inputs for the training model in `mode`."""
+    if mode == "end-to-end":
+        splits = load_splits(attrs, s.data)
+        return {k: image_dataset(v.x, v.y, s.batch_size, shuffle=(k == "train"), augment=s.augment and k == "train",
+                                 seed=s.seed) for k, v in splits.items()}
+    if s.augment:
+        log("cached mode: --augment has no effect; cached mode augments with --views-per-image and --map-shift")
+    cs = activations.settings(attrs, parts.cut, s.views_per_image, precision)
+    path = activations.path_for(s.cache_dir, features_path, cs)
+    if not path.exists():
+        with Lock(path, log=log):
+            if not path.exists():
+                splits = load_splits(attrs, s.data)
+                fn = fast_extractor(parts.image_to_cut(), precision)
+                activations.build(path, cs, splits, fn, max(s.batch_size, 32), log=log)
+    else:
+        log(f"activation cache up to date: {path}")
+    # Every row checked (finite, labels in range) once before training: a damaged cache must not
+    # train a garbage model.
+    store.read_rows(path, expect={"settings_hash": store.settings_hash(cs)}, splits=(), words=activations.WORDS,
+                    n_classes=len(attrs["class_names"]))
+    return {k: activations.batches(path, k, s.batch_size, shuffle=(k == "train"), seed=s.seed, shift=s.map_shift)
+            for k in store.SPLITS}
+

@@ -1,0 +1,169 @@
+"""The training recipe: the training model (upper blocks in their training precision, then the head),
+AdamW with discriminative rates (the backbone's layers slower than the head's), linear warm-up then
+cosine decay, label-smoothed loss, the epoch-time estimate, and fit with early stopping and
+per-epoch checkpoints. TensorFlow and Keras are imported inside the functions that need them, so
+`python -m pipeline finetune --help` does not load them."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline.backbones.folding import fold_batchnorm
+from pipeline.finetune import activations
+from pipeline.finetune.surgery import with_precision
+
+if TYPE_CHECKING:
+    from pipeline.finetune.finetune import FinetuneSettings
+
+
+def train_precision(precision: str) -> str:
+    """What the trained part computes in: float32 where the frozen part runs in bfloat16 (a CPU):
+    backpropagation through EfficientNet-Lite0's top blocks took 2.80 s per batch of 64 in
+    bfloat16 and 1.41 s in float32 on the 2-core AMX Xeon (forward-only, bfloat16 is the faster)."""
+    return "float32" if precision == "bfloat16" else precision
+
+
+def training_model(parts, mode: str, precision: str):
+    """(model, upper copy) for `mode`: the upper part in train_precision(precision), then the head.
+    The frozen lower part runs BatchNorm-folded in `precision` (the same function, fewer ops) in
+    end-to-end mode, or not at all in cached mode, where the model's input is the cut activation."""
+    import keras
+    upper = with_precision(parts.upper, train_precision(precision))
+    if mode == "cached":
+        inputs = keras.Input(tuple(parts.lower.output.shape[1:]), name="cut_activation")
+        x = inputs
+    else:
+        lower = fold_batchnorm(parts.lower, precision)
+        lower.trainable = False
+        inputs = keras.Input(tuple(parts.front.input.shape[1:]), dtype="uint8", name="image")
+        x = lower(parts.front(inputs), training=False)
+    # training=False on the backbone part: BatchNorm uses (and keeps) its moving statistics.
+    outputs = parts.head(upper(x, training=False))
+    return keras.Model(inputs, outputs, name=f"finetune_{mode}"), upper
+
+
+def schedule(s: FinetuneSettings, steps_per_epoch: int):
+    """Linear warm-up from 0 to s.lr over s.warmup_epochs (at most half the run), then cosine decay
+    to 0 at the last step of s.epochs."""
+    import keras
+    total = max(1, s.epochs * steps_per_epoch)
+    warmup = min(round(s.warmup_epochs * steps_per_epoch), total // 2)
+    if not warmup:
+        return keras.optimizers.schedules.CosineDecay(s.lr, total)
+    return keras.optimizers.schedules.CosineDecay(0.0, total - warmup, warmup_target=s.lr, warmup_steps=warmup)
+
+
+def _discriminative(optimizer_class):
+    """`optimizer_class` whose steps (and decoupled weight decay) on the `scaled` variables use the
+    learning rate times `scale`: the backbone's pretrained layers move slower than the head. (Keras
+    has no per-variable rate; scaling gradients instead would be undone by Adam's normalization.)"""
+    from keras import ops
+
+    class Discriminative(optimizer_class):
+        def __init__(self, *args, scaled=(), scale=1.0, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._scale, self._scaled = scale, {self._var_key(v) for v in scaled}
+
+        def _factor(self, variable):
+            return self._scale if self._var_key(variable) in self._scaled else 1.0
+
+        def update_step(self, gradient, variable, learning_rate):
+            super().update_step(gradient, variable, learning_rate * self._factor(variable))
+
+        def _apply_weight_decay(self, variables):
+            if self.weight_decay is None:
+                return
+            for v in variables:
+                if self._use_weight_decay(v):
+                    rate = ops.cast(self.learning_rate * self.weight_decay * self._factor(v), v.dtype)
+                    v.assign(v - v * rate)
+    Discriminative.__name__ = f"Discriminative{optimizer_class.__name__}"
+    return Discriminative
+
+
+def make_optimizer(s: FinetuneSettings, precision: str, steps_per_epoch: int = 1, backbone_variables=()):
+    import keras
+    cls, extra = {"sgd": (keras.optimizers.SGD, {"momentum": s.momentum}),
+                  "adam": (keras.optimizers.Adam, {}),
+                  "adamw": (keras.optimizers.AdamW, {"weight_decay": s.weight_decay})}[s.optimizer]
+    opt = _discriminative(cls)(schedule(s, steps_per_epoch), scaled=backbone_variables,
+                               scale=s.backbone_lr_scale, **extra)
+    # float16 needs loss scaling against underflowing gradients; bfloat16 has float32's range.
+    return keras.optimizers.LossScaleOptimizer(opt) if precision == "float16" else opt
+
+
+def smoothed_loss(smoothing: float, n_classes: int):
+    """Sparse categorical cross-entropy against labels smoothed towards uniform (Keras's sparse
+    loss has no label_smoothing)."""
+    import keras
+    from keras import ops
+
+    def loss(y_true, y_prob):
+        onehot = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), n_classes)
+        return keras.losses.categorical_crossentropy(onehot, y_prob, label_smoothing=smoothing)
+    return loss
+
+
+def compile_model(model, s: FinetuneSettings, precision: str, steps_per_epoch: int = 1, backbone_variables=()):
+    n_classes = int(model.output_shape[-1])
+    model.compile(optimizer=make_optimizer(s, precision, steps_per_epoch, backbone_variables),
+                  loss=smoothed_loss(s.label_smoothing, n_classes), metrics=["accuracy"])
+
+
+def announce(s, parts, model, mode, sizes: dict, steps: int, log):
+    """Before any work: the activation cache's size (cached mode) and an estimated epoch time,
+    from timing a few forward+backward passes of the training model on random inputs."""
+    import tensorflow as tf
+    if mode == "cached":
+        shape = tuple(parts.lower.output.shape[1:])
+        rows = sizes["train"] * s.views_per_image + sizes["val"] + sizes["test"]
+        log(f"activation cache: {rows:,} rows of {'x'.join(map(str, shape))} float16, "
+            f"{activations.size_bytes(shape, rows) / 1e9:.2f} GB ({s.views_per_image} views per train image)")
+    x = tf.random.uniform((s.batch_size, *model.input.shape[1:]), 0, 255 if mode == "end-to-end" else 1)
+    x = tf.cast(x, model.input.dtype)
+    variables = model.trainable_variables
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(x, training=True))
+        return tape.gradient(loss, variables)
+    step()                                     # traces
+    started = time.perf_counter()
+    for _ in range(2):
+        step()
+    per_step = (time.perf_counter() - started) / 2
+    log(f"estimated training time: {per_step * steps:.0f} s per epoch ({steps:,} steps of {per_step:.2f} s), "
+        f"at most {s.epochs} epochs")
+
+
+def fit(model, s: FinetuneSettings, data: dict, ckpt: Path, log) -> dict:
+    """model.fit with early stopping and a checkpoint per epoch; with --resume, from the checkpoint."""
+    # Here, not at the top: the checkpoint module imports Keras.
+    from pipeline.finetune.checkpoint import Checkpoint, ResumableEarlyStopping, restore
+    stopper = ResumableEarlyStopping(monitor="val_accuracy", mode="max", patience=s.patience,
+                                     restore_best_weights=True)
+    state = {"epochs_done": 0, "history": {}, "stopped": False}
+    if s.resume and ckpt.is_file():
+        state = restore(ckpt, model, stopper)
+        log(f"resuming from epoch {state['epochs_done']} of {s.epochs} ({ckpt})")
+    elif s.resume:
+        log(f"nothing to resume in {ckpt.parent}; starting from the head")
+    elif ckpt.is_file():
+        log(f"starting over (pass --resume to continue from {ckpt})")
+    if hasattr(data["train"], "start_at"):   # cached mode: a seeded plan per epoch
+        data["train"].start_at(state["epochs_done"])
+    if s.epochs > state["epochs_done"] and not state["stopped"]:
+        # shuffle=False: the cached batches shuffle themselves, seeded by epoch; fit's own shuffle of
+        # a PyDataset's batch order draws from Python's global random state, which a resumed run
+        # (or a second run in one process) does not share, so their batch orders differed.
+        model.fit(data["train"], validation_data=data["val"], epochs=s.epochs, initial_epoch=state["epochs_done"],
+                  callbacks=[stopper, Checkpoint(ckpt, stopper, state)], verbose=2,
+                  shuffle=not hasattr(data["train"], "start_at"))
+    elif stopper.carried and stopper.carried[3] is not None:
+        # Training had ended (all epochs done, or stopped early) before the run was killed, e.g.
+        # while exporting: the result is the best epoch's weights, as fit's end would have restored.
+        model.set_weights(stopper.carried[3])
+    return state["history"]
+
