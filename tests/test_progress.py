@@ -31,7 +31,7 @@ def test_the_activation_pass_prints_plain_lines_in_a_log(tmp_path, capsys, monke
     rng = np.random.default_rng(0)
     splits = {name: SimpleNamespace(x=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), y=np.arange(n) % 2,
                                     index=np.arange(n)) for name, n in zip(store.SPLITS, (12, 4, 4))}
-    s = {"kind": "cut activations", "cut": "test", "flip": False, "precision": "float32"}
+    s = {"kind": "cut activations", "cut": "test", "views_per_image": 1, "precision": "float32"}
     activations.build(tmp_path / "a.h5", s, splits, lambda x: x.reshape(len(x), -1)[:, :6].astype(np.float32) / 255,
                       batch_size=4, log=lambda *a: None)
     err = capsys.readouterr().err
