@@ -15,7 +15,8 @@ import os
 import sys
 from pathlib import Path
 
-from bench_features import ROOT, cpu_name, images, plain_and_fast, rate, save_result
+from bench_features import ROOT, images, plain_and_fast, rate, save_result
+from pipeline.foundation.machine import cpu_model  # noqa: E402
 
 
 def main():
@@ -41,7 +42,7 @@ def main():
         rows.append({"backbone": name, "size": backbone.input_size, "plain_images_per_second": round(best_plain, 1),
                      "fast_images_per_second": round(best_fast, 1), "speedup": round(best_fast / best_plain, 2)})
         print(f"{name}: plain {best_plain:.1f}, fast {best_fast:.1f} images/s", flush=True)
-    result = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "device": device}, "precision": precision,
+    result = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "device": device}, "precision": precision,
               "images": len(x), "image_source": source, "rounds": args.rounds, "backbones": rows}
     print(format_table(["backbone", "size", "plain float32 images/s", f"fast {precision} images/s", "speed-up"],
                        [[r["backbone"], r["size"], r["plain_images_per_second"], r["fast_images_per_second"],

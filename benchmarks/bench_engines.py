@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bench_features import cpu_name, run_features_cli, save_result
+from bench_features import run_features_cli, save_result
+from pipeline.foundation.machine import cpu_model  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,7 +99,7 @@ def main():
              "decode (8 cores per worker)": IMAGENET_21K / (workers * 8 * decodes) / 3600,
              "driver write": IMAGENET_21K / driver_rows_s / 3600}
     result = {
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count()},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count()},
         "images": 2 * args.limit, "backbone": Path(args.backbone).name, "runs": runs,
         "ray_over_local_wall": round(runs["ray"]["wall_seconds"] / runs["local"]["wall_seconds"], 2),
         "local_over_ray_rate": round(runs["local"]["images_per_second_in_run"] / runs["ray"]["images_per_second_in_run"], 2),

@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 SHARED_JPG = ROOT.parent / "shared" / "data" / "cifar10-jpg"
 
+from pipeline.foundation.machine import cpu_model  # noqa: E402  (after the path above)
+
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")   # the ones precision "auto" and speed hinge on
 LIBRARIES = ("tensorflow", "keras", "numpy", "h5py", "scikit-learn", "ray")
@@ -69,7 +71,7 @@ def environment() -> dict:
             return None
         return proc.stdout.strip() if proc.returncode == 0 else None
     status = git("status", "--porcelain", "--untracked-files=no")
-    return {"cpu": cpu_name(), "cores": os.cpu_count(), "cpu_flags": [f for f in CPU_FLAGS if f in flags],
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_flags": [f for f in CPU_FLAGS if f in flags],
             "device": device, "precision_auto": precision, "load_average": [round(v, 1) for v in os.getloadavg()],
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "commit": git("rev-parse", "HEAD"), "local_changes": None if status is None else bool(status),
@@ -88,13 +90,6 @@ def rate(fn, x):
     started = time.perf_counter()
     fn(x)
     return len(x) / (time.perf_counter() - started)
-
-
-def cpu_name():
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def plain_and_fast(backbone, precision):
@@ -156,7 +151,7 @@ def main():
         print(f"round {r + 1}: plain {plain_rates[-1]:.1f} images/s, ours {our_rates[-1]:.1f} images/s", flush=True)
     best_plain, best_ours = max(plain_rates), max(our_rates)
     result = {
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "device": device},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "device": device},
         "input_size": 299, "images": len(x), "image_source": source, "rounds": args.rounds,
         "plain": {"what": "Keras model, Resizing + InceptionV3, float32, model.predict, batch 32",
                   "images_per_second": round(best_plain, 1), "all_rounds": [round(v, 1) for v in plain_rates]},

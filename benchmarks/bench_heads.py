@@ -25,7 +25,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_features import cpu_name, save_result  # noqa: E402
+from bench_features import save_result  # noqa: E402
+from pipeline.foundation.machine import cpu_model  # noqa: E402
 SIZES = {"train": 45_000, "val": 5_000, "test": 10_000}
 WIDTH = 2048
 TARGETS = {"load": 2, "dense": 60, "logreg": 120}
@@ -79,7 +80,7 @@ def main():
     if args.step:                                   # child process: one step, JSON on the last line
         print(json.dumps(step(args.step, args.file, args.cache)))
         return
-    results = {"machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "device": "CPU"},
+    results = {"machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "device": "CPU"},
                "rows": SIZES, "width": WIDTH, "targets_seconds": TARGETS}
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()

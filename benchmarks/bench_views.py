@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench_features import cpu_name, save_result
+from bench_features import save_result
+from pipeline.foundation.machine import cpu_model  # noqa: E402
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def main():
     one = dataclasses.replace(two, splits={k: dataclasses.replace(s, mirrored=None) for k, s in two.splits.items()})
     result = {"features": str(path), "rows": {k: len(s.labels) for k, s in two.splits.items()},
               "stage_one_seconds_two_views": two.attrs.get("elapsed_seconds"),
-              "cpu": f"{cpu_name()}, {os.cpu_count()} cores", "views": {}}
+              "cpu": f"{cpu_model()}, {os.cpu_count()} cores", "views": {}}
     for n, fs in ((1, one), (2, two)):
         result["views"][n] = heads_on(fs, cache / "bench" / f"views-{n}")
     test = load_splits(two.attrs, None)["test"].x[:args.timing_images]

@@ -220,7 +220,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         announce(s, parts, model, mode, sizes, steps, log)
         data = training_data(s, attrs, features_path, parts, mode, precision, log)
         compile_model(model, s, precision, steps, upper.trainable_variables)
-        history = fit(model, s, data, run_dir / "checkpoint.npz", log)
+        history = fit(model, s, data, run_dir / records.CHECKPOINT, log)
         y_prob = {k: model.predict(data[k], verbose=0) for k in ("val", "test")}
         if not all(np.isfinite(p).all() for p in y_prob.values()):   # the model to save, not every epoch
             raise UserError("fine-tuning diverged (its predictions are not finite); no model was saved; "

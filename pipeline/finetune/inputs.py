@@ -10,6 +10,7 @@ import h5py
 from pipeline import store
 from pipeline.foundation import records
 from pipeline.foundation.errors import UserError
+from pipeline.heads.training import find_best_head
 from pipeline.ship.models import load_keras_file
 
 if TYPE_CHECKING:
@@ -40,13 +41,9 @@ def head_run(path: Path, features_hash: str) -> dict:
 def find_head(s: FinetuneSettings, features_hash: str) -> Path:
     if s.head is not None:
         return Path(s.head)
-    try:   # here: an install without stage two still fine-tunes a head given with --head
-        from pipeline.heads.training import find_best_head
-    except ImportError:
-        raise UserError("no --head given and stage two is not installed; pass --head FILE") from None
     found = find_best_head(s.cache_dir, features_hash, head="dense")
     if found is None:
-        raise UserError(f"no dense head for features {features_hash} in {Path(s.cache_dir, 'heads')}; "
+        raise UserError(f"no dense head for features {features_hash} in {records.folder(s.cache_dir, records.HEADS)}; "
                         "run `make head` first (or pass --head FILE)")
     found = Path(found)
     return found / records.MODEL if found.is_dir() else found

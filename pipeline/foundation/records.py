@@ -46,6 +46,7 @@ AUDIT_JSON = "audit.json"
 HISTORY_JSON = "history.json"
 PREDICTIONS = "predictions.csv"
 REPORT_DIR = "report"          # a fine-tune run's report folder
+CHECKPOINT = "checkpoint.npz"  # a fine-tune run's last finished epoch, for --resume
 INDEX = "index.html"
 RUN_PAGES = "runs"             # the site's page per run
 
