@@ -138,9 +138,10 @@ def test_in_a_real_browser(cache):
             page.goto(index.as_uri())
 
             def column(name):
+                """The column's cells as sorted: a number cell's data-v (its text adds an interval)."""
                 col = page.eval_on_selector_all("#runs thead th", "hs => hs.map(h => h.textContent)").index(name)
                 return page.eval_on_selector_all(f"#runs tbody tr td:nth-child({col + 1})",
-                                                 "cs => cs.map(c => c.textContent)")
+                                                 "cs => cs.map(c => c.dataset.v ?? c.textContent)")
             page.click("#runs thead th:text-is('val acc')")
             shown = [float(v) for v in column("val acc")]
             assert shown == sorted(shown, reverse=True) and len(shown) == len(val)
