@@ -85,6 +85,7 @@ def features_file(tmp_path_factory):
     (["features", "--val-fraction", "nan"], "--val-fraction: expected a finite number"),
     (["features", "--size", "100000", "--weights", "none"], "GiB of memory per batch"),
     (["finetune", "--features", "{features}", "--epochs", "-1"], "--epochs: expected a whole number >= 0"),
+    (["finetune", "--features", "{features}", "--epochs", "many"], "expected a whole number, got 'many' (or auto)"),
 ])
 def test_flag_mistakes_are_one_error_line(argv, expect, features_file, tmp_path, capsys):
     (tmp_path / "a-file").write_text("x")

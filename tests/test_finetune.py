@@ -329,6 +329,28 @@ def test_a_corrupt_checkpoint_or_a_nan_activation_is_one_error(tiny_inception_fe
     assert not (run_dir / "model.keras").exists()
 
 
+def test_auto_epochs_are_about_2000_steps_within_3_to_10():
+    from pipeline.finetune.recipe import auto_epochs
+    assert auto_epochs(45_000, 64) == 3      # all of CIFAR-10's train split: 704 steps an epoch
+    assert auto_epochs(18_000, 64) == 7      # 282 steps: 7.1 epochs' worth
+    assert auto_epochs(4_050, 64) == 10      # 64 steps: capped
+    assert auto_epochs(1_000_000, 64) == 3   # a large set still gets 3 passes
+    assert auto_epochs(45_000, 16) == 3 and auto_epochs(45_000, 256) == 10
+
+
+def test_epochs_auto_is_recorded_as_its_number_and_is_the_same_run(tiny_inception_features, head, tuned,
+                                                                   monkeypatch):
+    """`tuned` ran --epochs 2; auto resolving to 2 is that run, found up to date."""
+    import pipeline.finetune.finetune as finetune
+    path, _ = tuned
+    assert json.loads((path.parent / "run.json").read_text())["settings"]["epochs"] == 2
+    monkeypatch.setattr(finetune, "auto_epochs", lambda rows, batch: 2)   # the rule itself is tested above
+    lines = []
+    cache = path.parent.parent.parent
+    assert run_finetune(settings(tiny_inception_features, head, cache, epochs=None), log=lines.append) == path
+    assert lines[0].startswith("--epochs auto: 2 epochs of ") and lines[1:] == [f"up to date: {path}"], lines
+
+
 @pytest.mark.parametrize("flag, value", [("--label-smoothing", "1"), ("--weight-decay", "-0.1"),
                                          ("--warmup-epochs", "nan"), ("--backbone-lr-scale", "inf")])
 def test_recipe_settings_out_of_range_are_one_error_line(tiny_inception_features, tmp_path, capsys, flag, value):

@@ -33,7 +33,7 @@ checkpoint.npz (for --resume). The last line printed is the model's path.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,8 @@ from pipeline.finetune import surgery
 from pipeline.finetune.comparison import compare, comparison_table
 from pipeline.finetune.feeds import training_data
 from pipeline.finetune.inputs import find_head, head_run, load_head, split_sizes
-from pipeline.finetune.recipe import announce, compile_model, fit, train_precision, training_model
+from pipeline.finetune.recipe import (AUTO_STEPS, EPOCH_RANGE, announce, auto_epochs, compile_model, fit,
+                                      train_precision, training_model)
 from pipeline.foundation import flags, records
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import Lock, atomic_file, write_json_atomic
@@ -65,7 +66,7 @@ class FinetuneSettings:
     head: str | None = None            # stage-two model.keras; None: the best dense head for the features
     mode: str | None = None            # None: end-to-end on a GPU, cached on a CPU
     unfreeze_from: str | None = None   # None: the backbone row's default, for a file the blocks at its last resolution
-    epochs: int = 6                    # all of CIFAR-10 on 2 cores: about an hour, estimated
+    epochs: int | None = None          # None ("auto"): recipe.auto_epochs, about 2,000 steps in 3..10 epochs
     batch_size: int = 64
     lr: float = 1e-3                   # the head's peak rate; the backbone's is lr * backbone_lr_scale
     optimizer: str = "adamw"
@@ -99,9 +100,10 @@ def add_arguments(p):
                    "(default: the top two blocks, as `python -m pipeline backbones` lists; for a backbone file, the "
                    "first block at its last spatial resolution, e.g. block11_expand_conv for EfficientNet-Lite0)")
     d = FinetuneSettings
-    p.add_argument("--epochs", type=flags.non_negative_int, default=d.epochs, metavar="N",
-                   help=f"at most N epochs, the length of the cosine decay (default: {d.epochs}; 0 exports "
-                   "backbone + head unchanged)")
+    p.add_argument("--epochs", type=flags.auto_or(flags.non_negative_int), default=d.epochs, metavar="N",
+                   help="at most N epochs, the length of the cosine decay; 0 exports backbone + head unchanged "
+                   f"(default: auto, the epochs nearest {AUTO_STEPS:,} optimizer steps, {EPOCH_RANGE[0]} to "
+                   f"{EPOCH_RANGE[1]}: 3 for all of CIFAR-10)")
     p.add_argument("--batch-size", type=flags.positive_int, default=d.batch_size, metavar="N",
                    help=f"default: {d.batch_size}")
     p.add_argument("--lr", type=flags.positive_float, default=d.lr, metavar="X",
@@ -141,7 +143,7 @@ def run(args):
 
 
 def _check(s: FinetuneSettings):
-    if s.epochs < 0:
+    if s.epochs is not None and s.epochs < 0:
         raise UserError(f"--epochs must be 0 or more, got {s.epochs}")
     if not 0 < s.lr < float("inf"):
         raise UserError(f"--lr must be positive and finite, got {s.lr}")
@@ -197,6 +199,10 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
     bb = rebuild_backbone(attrs, s.backbone, s.weights)
     unfreeze = s.unfreeze_from or default_unfreeze(bb.model.layers[-1], bb.row)
     parts = surgery.split(bb.model, head, unfreeze, bb.row)
+    sizes = split_sizes(features_path)
+    if s.epochs is None:   # auto: recorded as the number it resolved to, so `--epochs 3` is the same run
+        s = replace(s, epochs=auto_epochs(sizes["train"], s.batch_size))
+        log(f"--epochs auto: {s.epochs} epochs of {-(-sizes['train'] // s.batch_size)} steps")
     settings = run_settings(s, attrs, head_path, mode, parts.cut, unfreeze, precision)
     run_dir = (records.folder(s.cache_dir, records.FINETUNE)
                / f"{features_path.stem}-{mode}-{unfreeze}-{store.settings_hash(settings)}")
@@ -215,7 +221,6 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         baseline = {k: head.predict(fs.splits[k].features, verbose=0) for k in ("val", "test")}
         keras.utils.set_random_seed(s.seed)
         model, upper = training_model(parts, mode, precision)
-        sizes = split_sizes(features_path)
         steps = -(-sizes["train"] // s.batch_size)
         announce(s, parts, model, mode, sizes, steps, log)
         data = training_data(s, attrs, features_path, parts, mode, precision, log)

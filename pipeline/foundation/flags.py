@@ -66,6 +66,19 @@ def positive_float(text) -> float:
     return value
 
 
+def auto_or(parse):
+    """A parser taking "auto" (-> None, the command resolves it) or whatever `parse` takes."""
+    def parse_or_auto(text):
+        if text == "auto":
+            return None
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{exc} (or auto)") from None
+    parse_or_auto.__name__ = f"auto or {parse.__name__}"
+    return parse_or_auto
+
+
 def _nearest_folder(path: Path) -> Path:
     """The first of `path` and its parents that exists; a file there is refused (nothing can be
     made under it)."""
