@@ -78,14 +78,14 @@ def features_file(tmp_path_factory):
     (["features", "--seed", "-1"], "--seed: expected a whole number in [0, 4294967295]"),
     (["head", "--features", "{features}", "--seed", "-1"], "seed must be a whole number in [0, 4294967295]"),
     (["sweep", "--features", "{features}", "--grid", "seed=0,-1"], "seed must be a whole number in [0, 4294967295]"),
-    (["finetune", "--seed", "-1"], "--seed: expected a whole number in [0, 4294967295]"),
+    (["finetune", "--seed", "-1"], "--seed must be a whole number in [0, 4294967295], got '-1'"),
     (["head", "--features", "{features}", "--lr", "inf"], "lr must be positive (a finite number > 0)"),
     (["head", "--features", "{features}", "--head", "logreg", "--C", "nan"], "C must be positive (a finite number > 0)"),
-    (["finetune", "--lr", "inf"], "--lr: expected a finite number"),
+    (["finetune", "--lr", "inf"], "--lr must be positive (a finite number > 0), got 'inf'"),
     (["features", "--val-fraction", "nan"], "--val-fraction: expected a finite number"),
     (["features", "--size", "100000", "--weights", "none"], "GiB of memory per batch"),
-    (["finetune", "--features", "{features}", "--epochs", "-1"], "--epochs: expected a whole number >= 0"),
-    (["finetune", "--features", "{features}", "--epochs", "many"], "expected a whole number, got 'many' (or auto)"),
+    (["finetune", "--features", "{features}", "--epochs", "-1"], "--epochs must be a whole number >= 0, got '-1'"),
+    (["finetune", "--features", "{features}", "--epochs", "many"], "--epochs must be a whole number >= 0, got 'many'"),
 ])
 def test_flag_mistakes_are_one_error_line(argv, expect, features_file, tmp_path, capsys):
     (tmp_path / "a-file").write_text("x")

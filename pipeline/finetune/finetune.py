@@ -49,7 +49,8 @@ from pipeline.finetune.feeds import training_data
 from pipeline.finetune.inputs import find_head, head_run, load_head, split_sizes
 from pipeline.finetune.recipe import (AUTO_STEPS, EPOCH_RANGE, announce, auto_epochs, compile_model, fit,
                                       train_precision, training_model)
-from pipeline.foundation import flags, records
+from pipeline.foundation import flags, records, settings
+from pipeline.foundation.settings import Choice, Interval, setting
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import Lock, atomic_file, write_json_atomic
 from pipeline.heads import evaluation   # evaluation.write_report, looked up when called (tests patch it)
@@ -60,121 +61,78 @@ MODES = ("cached", "end-to-end")
 OPTIMIZERS = ("adamw", "adam", "sgd")
 
 
+POSITIVE = Interval(float, 0, closed="neither")
+
+
 @dataclass
 class FinetuneSettings:
-    features: str | None = None        # stage-one file; None: the newest in <cache_dir>/features
-    head: str | None = None            # stage-two model.keras; None: the best dense head for the features
-    mode: str | None = None            # None: end-to-end on a GPU, cached on a CPU
-    unfreeze_from: str | None = None   # None: the backbone row's default, for a file the blocks at its last resolution
-    epochs: int | None = None          # None ("auto"): recipe.auto_epochs, about 2,000 steps in 3..10 epochs
-    batch_size: int = 64
-    lr: float = 1e-3                   # the head's peak rate; the backbone's is lr * backbone_lr_scale
-    optimizer: str = "adamw"
-    momentum: float = 0.9              # sgd only
-    weight_decay: float = 0.05         # adamw only (decoupled: each step shrinks weights by lr * this)
-    label_smoothing: float = 0.1
-    warmup_epochs: float = 1.0
-    backbone_lr_scale: float = 0.3
-    patience: int = 3
-    views_per_image: int = 2           # cached mode: stored views per train image
-    map_shift: int = 1                 # cached mode: most cells a training map moves per step
-    augment: bool = False              # end-to-end mode: on-the-fly flips and translations
-    resume: bool = False
-    precision: str = "auto"
-    seed: int = 0
-    backbone: str | None = None        # path of the .keras backbone when the features file used one
-    weights: str | None = None         # the weights file, when the features file was made with one
-    data: str | None = None            # the image source, when it moved since stage one
-    cache_dir: str = "cache"
+    features: str | None = setting(None, None, "stage-one features file whose data, backbone, weights, input size "
+                                   "and splits to reuse (default: the newest complete file in <cache-dir>/features, "
+                                   "whatever its settings, as for `head`)", metavar="FILE", record=False)
+    head: str | None = setting(None, None, "stage-two dense head model.keras to start from (default: the best dense "
+                               "head trained on the features file)", metavar="FILE", record=False)
+    mode: str | None = setting(None, Choice(MODES), "default: end-to-end on a GPU, cached on a CPU")
+    unfreeze_from: str | None = setting(None, None, "train this block and everything after it (default: the top two "
+                                        "blocks, as `python -m pipeline backbones` lists; for a backbone file, the "
+                                        "first block at its last spatial resolution, e.g. block11_expand_conv for "
+                                        "EfficientNet-Lite0)", metavar="NAME")
+    epochs: int | None = setting(None, Interval(int, 0), "at most N epochs, the length of the cosine decay; 0 exports "
+                                 "backbone + head unchanged",
+                                 auto=f"the epochs nearest {AUTO_STEPS:,} optimizer steps, {EPOCH_RANGE[0]} to "
+                                 f"{EPOCH_RANGE[1]}: 3 for all of CIFAR-10")
+    batch_size: int = setting(64, Interval(int, 1), "training rows per step")
+    lr: float = setting(1e-3, POSITIVE, "the head's peak learning rate, after warm-up; the backbone's is lr times "
+                        "--backbone-lr-scale")
+    backbone_lr_scale: float = setting(0.3, POSITIVE, "the backbone layers' rate: the head's times this")
+    warmup_epochs: float = setting(1.0, Interval(float, 0), "linear warm-up from 0 (at most half the run), then "
+                                   "cosine decay to 0 at the last epoch")
+    optimizer: str = setting("adamw", Choice(OPTIMIZERS), "AdamW with decoupled weight decay, Adam, or SGD with "
+                             "--momentum")
+    momentum: float = setting(0.9, Interval(float, 0, 1), "sgd's momentum")
+    weight_decay: float = setting(0.05, Interval(float, 0, 1), "adamw's decoupled weight decay: each step shrinks "
+                                  "weights by lr times this")
+    label_smoothing: float = setting(0.1, Interval(float, 0, 1), "targets smoothed towards uniform by this much")
+    patience: int = setting(3, Interval(int, 1), "early stopping on validation accuracy after N epochs without "
+                            "improvement, the best epoch's weights restored")
+    views_per_image: int = setting(2, Interval(int, 1), "cached mode: views cached per train image: as is, "
+                                   "mirrored, then random flips and 2-px translations; K times the activation pass",
+                                   metavar="K")
+    map_shift: int = setting(1, Interval(int, 0), "cached mode: move each training map by up to N cells per step")
+    augment: bool = setting(False, None, "end-to-end mode: on-the-fly random flips and translations (cached mode "
+                            "augments through --views-per-image and --map-shift)")
+    resume: bool = setting(False, None, "continue an interrupted run from its last checkpoint", record=False)
+    precision: str = flags.precision_setting()
+    seed: int = flags.seed_setting("seed of shuffling, augmentation, dropout")
+    backbone: str | None = flags.moved_backbone_setting()
+    weights: str | None = flags.moved_weights_setting()
+    data: str | None = setting(None, None, "the image source, if it moved since the features file was made",
+                               metavar="PATH", record=False)
+    cache_dir: str = flags.cache_dir_setting()
 
 
 def add_arguments(p):
     p.set_defaults(rerun_hint="rerun the same command with --resume")
-    p.add_argument("--features", metavar="FILE", help="stage-one features file whose data, backbone, weights, "
-                   "input size and splits to reuse (default: the newest complete file in <cache-dir>/features, "
-                   "whatever its settings, as for `head`)")
-    p.add_argument("--head", metavar="FILE", help="stage-two dense head model.keras to start from "
-                   "(default: the best dense head trained on the features file)")
-    p.add_argument("--mode", choices=MODES, help="default: end-to-end on a GPU, cached on a CPU")
-    p.add_argument("--unfreeze-from", metavar="NAME", help="train this block and everything after it "
-                   "(default: the top two blocks, as `python -m pipeline backbones` lists; for a backbone file, the "
-                   "first block at its last spatial resolution, e.g. block11_expand_conv for EfficientNet-Lite0)")
-    d = FinetuneSettings
-    p.add_argument("--epochs", type=flags.auto_or(flags.non_negative_int), default=d.epochs, metavar="N",
-                   help="at most N epochs, the length of the cosine decay; 0 exports backbone + head unchanged "
-                   f"(default: auto, the epochs nearest {AUTO_STEPS:,} optimizer steps, {EPOCH_RANGE[0]} to "
-                   f"{EPOCH_RANGE[1]}: 3 for all of CIFAR-10)")
-    p.add_argument("--batch-size", type=flags.positive_int, default=d.batch_size, metavar="N",
-                   help=f"default: {d.batch_size}")
-    p.add_argument("--lr", type=flags.positive_float, default=d.lr, metavar="X",
-                   help=f"the head's peak learning rate, after warm-up (default: {d.lr:g})")
-    p.add_argument("--backbone-lr-scale", type=flags.positive_float, default=d.backbone_lr_scale, metavar="F",
-                   help=f"the backbone layers' rate is lr times F (default: {d.backbone_lr_scale:g})")
-    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, metavar="E",
-                   help="linear warm-up from 0 (at most half the run), then cosine decay to 0 at the last epoch "
-                   f"(default: {d.warmup_epochs:g})")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer,
-                   help="adamw (default), adam, or sgd with momentum 0.9")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, metavar="X",
-                   help=f"adamw's decoupled weight decay (default: {d.weight_decay:g})")
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, metavar="X",
-                   help=f"default: {d.label_smoothing:g}")
-    p.add_argument("--patience", type=flags.positive_int, default=d.patience, metavar="N",
-                   help=f"early stopping on validation accuracy after N epochs without improvement, the best "
-                   f"epoch's weights restored (default: {d.patience})")
-    p.add_argument("--views-per-image", type=flags.positive_int, default=d.views_per_image, metavar="K",
-                   help=f"cached mode: views cached per train image: as is, mirrored, then random flips and "
-                   f"2-px translations; K times the activation pass (default: {d.views_per_image})")
-    p.add_argument("--map-shift", type=flags.non_negative_int, default=d.map_shift, metavar="N",
-                   help=f"cached mode: move each training map by up to N cells per step (default: {d.map_shift})")
-    p.add_argument("--augment", action="store_true", help="end-to-end mode: on-the-fly random flips and "
-                   "translations (cached mode augments through --views-per-image and --map-shift)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
-    flags.add_precision(p)
-    flags.add_seed(p, "seed of shuffling, augmentation, dropout (default: 0)")
-    flags.add_moved_backbone(p)
-    p.add_argument("--data", metavar="PATH", help="the image source, if it moved since the features file was made")
-    flags.add_cache_dir(p)
+    settings.add_flags(p, FinetuneSettings)
 
 
 def run(args):
-    s = FinetuneSettings(**{k: getattr(args, k) for k in FinetuneSettings.__dataclass_fields__ if hasattr(args, k)})
-    print(run_finetune(s))
-
-
-def _check(s: FinetuneSettings):
-    if s.epochs is not None and s.epochs < 0:
-        raise UserError(f"--epochs must be 0 or more, got {s.epochs}")
-    if not 0 < s.lr < float("inf"):
-        raise UserError(f"--lr must be positive and finite, got {s.lr}")
-    if not 0 <= s.seed <= flags.SEED_MAX:
-        raise UserError(f"--seed must be {flags.SEED_RANGE}, got {s.seed}")
-    if s.mode is not None and s.mode not in MODES:
-        raise UserError(f"--mode must be one of {', '.join(MODES)}, got {s.mode!r}")
-    if s.optimizer not in OPTIMIZERS:
-        raise UserError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {s.optimizer!r}")
-    for flag, value, top in (("--label-smoothing", s.label_smoothing, 1.0), ("--weight-decay", s.weight_decay, 1.0),
-                             ("--warmup-epochs", s.warmup_epochs, float("inf"))):
-        if not 0 <= value < top:
-            raise UserError(f"{flag} must be at least 0 and below {top:g}, got {value}")
-    if not 0 < s.backbone_lr_scale < float("inf"):
-        raise UserError(f"--backbone-lr-scale must be positive and finite, got {s.backbone_lr_scale}")
+    print(run_finetune(settings.from_args(FinetuneSettings, args)))
 
 
 # ---------------------------------------------------------------- the run
 
 def run_settings(s: FinetuneSettings, attrs: dict, head_path: Path, mode: str, cut: str, unfreeze: str,
                  precision: str) -> dict:
+    """run.json's settings and the run's identity: the declared ones as resolved (a setting that
+    does not apply to the mode or optimizer is None, so it cannot split one run into two) and every
+    input's identity."""
     cached = mode == "cached"
-    return {"features_hash": attrs["settings_hash"], "head_sha256": sha256_file(head_path), "mode": mode,
-            "unfreeze_from": unfreeze, "cut": cut, "epochs": s.epochs, "batch_size": s.batch_size, "lr": s.lr,
-            "backbone_lr_scale": s.backbone_lr_scale, "warmup_epochs": s.warmup_epochs,
-            "optimizer": s.optimizer, "momentum": s.momentum if s.optimizer == "sgd" else None,
-            "weight_decay": s.weight_decay if s.optimizer == "adamw" else None,
-            "label_smoothing": s.label_smoothing, "patience": s.patience,
-            "views_per_image": s.views_per_image if cached else None, "map_shift": s.map_shift if cached else None,
-            "augment": s.augment and not cached, "precision": precision,
-            "train_precision": train_precision(precision), "seed": s.seed}
+    return settings.record(s, features_hash=attrs["settings_hash"], head_sha256=sha256_file(head_path), mode=mode,
+                           unfreeze_from=unfreeze, cut=cut, momentum=s.momentum if s.optimizer == "sgd" else None,
+                           weight_decay=s.weight_decay if s.optimizer == "adamw" else None,
+                           views_per_image=s.views_per_image if cached else None,
+                           map_shift=s.map_shift if cached else None, augment=s.augment and not cached,
+                           precision=precision, train_precision=train_precision(precision))
 
 
 def save_model_atomically(model, path: Path):
@@ -185,7 +143,7 @@ def save_model_atomically(model, path: Path):
 
 def run_finetune(s: FinetuneSettings, log=print) -> Path:
     """Fine-tune (or find up to date, or resume); return the exported model's path."""
-    _check(s)
+    s = settings.check(s)
     features_path = Path(s.features) if s.features else default_features(s.cache_dir)
     fs = load_features(features_path, splits=("val", "test"))   # the same checks as stage two
     attrs, class_names = fs.attrs, fs.class_names
@@ -203,9 +161,9 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
     if s.epochs is None:   # auto: recorded as the number it resolved to, so `--epochs 3` is the same run
         s = replace(s, epochs=auto_epochs(sizes["train"], s.batch_size))
         log(f"--epochs auto: {s.epochs} epochs of {-(-sizes['train'] // s.batch_size)} steps")
-    settings = run_settings(s, attrs, head_path, mode, parts.cut, unfreeze, precision)
+    recorded = run_settings(s, attrs, head_path, mode, parts.cut, unfreeze, precision)
     run_dir = (records.folder(s.cache_dir, records.FINETUNE)
-               / f"{features_path.stem}-{mode}-{unfreeze}-{store.settings_hash(settings)}")
+               / f"{features_path.stem}-{mode}-{unfreeze}-{store.settings_hash(recorded)}")
     model_path = run_dir / records.MODEL
     if model_path.is_file() and (run_dir / records.RUN_JSON).is_file():
         log(f"up to date: {model_path}")
@@ -238,10 +196,10 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         temperature, after = calibration.calibrate(y_true, {k: p[None] for k, p in y_prob.items()})
         evaluation.write_report(run_dir / records.REPORT_DIR, y_true=y_true, y_prob=y_prob, class_names=class_names,
                                 wall_seconds=wall, history=history, features=fs, cache_dir=s.cache_dir,
-                                extra={"stage": "finetune", "settings": settings, "comparison": comparison},
+                                extra={"stage": "finetune", "settings": recorded, "comparison": comparison},
                                 calibrated={"temperature": temperature, "y_prob": after})
         write_json_atomic(run_dir / records.RUN_JSON, {
-            "stage": "finetune", "settings": settings, "class_names": class_names, "model": records.MODEL,
+            "stage": "finetune", "settings": recorded, "class_names": class_names, "model": records.MODEL,
             "features": {"path": str(Path(features_path).absolute()), "settings_hash": attrs["settings_hash"]},
             "head": {"path": str(Path(head_path).absolute())}, "backbone": {"name": bb.name, **bb.weights.attrs(),
                                                             "input_size": bb.input_size},

@@ -10,6 +10,8 @@ import math
 import os
 from pathlib import Path
 
+from pipeline.foundation.settings import SEED, Checked, Choice, setting
+
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 PRECISION_HELP = "auto: float16 on a GPU, bfloat16 on a CPU with AMX/AVX512-BF16, else float32"
 
@@ -66,19 +68,6 @@ def positive_float(text) -> float:
     return value
 
 
-def auto_or(parse):
-    """A parser taking "auto" (-> None, the command resolves it) or whatever `parse` takes."""
-    def parse_or_auto(text):
-        if text == "auto":
-            return None
-        try:
-            return parse(text)
-        except argparse.ArgumentTypeError as exc:
-            raise argparse.ArgumentTypeError(f"{exc} (or auto)") from None
-    parse_or_auto.__name__ = f"auto or {parse.__name__}"
-    return parse_or_auto
-
-
 def _nearest_folder(path: Path) -> Path:
     """The first of `path` and its parents that exists; a file there is refused (nothing can be
     made under it)."""
@@ -106,6 +95,31 @@ def out_file(text) -> str:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write in {folder}: permission denied or a read-only file system")
     return str(text)
+
+
+# The settings several commands declare (pipeline.foundation.settings), declared here once.
+
+def cache_dir_setting(what="outputs"):
+    return setting("cache", Checked(cache_dir, "a folder that exists or can be made", "DIR"), f"where {what} go",
+                   record=False)
+
+
+def precision_setting():
+    return setting("auto", Choice(PRECISIONS), PRECISION_HELP)
+
+
+def seed_setting(help_text):
+    return setting(0, SEED, help_text)
+
+
+def moved_backbone_setting():
+    return setting(None, None, "the .keras backbone file the features were made with, if it moved since "
+                   "(default: where the features file recorded it)", metavar="PATH", record=False)
+
+
+def moved_weights_setting():
+    return setting(None, None, "the weights file the features were made with, if it moved since "
+                   "(default: where the features file recorded it)", metavar="PATH", record=False)
 
 
 def add_cache_dir(p, what="outputs"):
