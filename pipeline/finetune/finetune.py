@@ -52,7 +52,7 @@ from pipeline.finetune.recipe import (AUTO_STEPS, EPOCH_RANGE, announce, auto_ep
 from pipeline.foundation import flags, records, settings
 from pipeline.foundation.settings import Choice, Interval, setting
 from pipeline.foundation.errors import UserError
-from pipeline.foundation.outputs import Lock, atomic_file, write_json_atomic
+from pipeline.foundation.outputs import atomic_file, produce, write_json_atomic
 from pipeline.heads import evaluation   # evaluation.write_report, looked up when called (tests patch it)
 from pipeline.ship import calibration
 from pipeline.store.features import default_features, load_features
@@ -165,15 +165,12 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
     run_dir = (records.folder(s.cache_dir, records.FINETUNE)
                / f"{features_path.stem}-{mode}-{unfreeze}-{store.settings_hash(recorded)}")
     model_path = run_dir / records.MODEL
-    if model_path.is_file() and (run_dir / records.RUN_JSON).is_file():
-        log(f"up to date: {model_path}")
-        return model_path
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with Lock(run_dir, log=log):
-        if model_path.is_file() and (run_dir / records.RUN_JSON).is_file():   # finished just before we locked
-            log(f"up to date: {model_path}")
-            return model_path
+    def done():
+        return model_path.is_file() and (run_dir / records.RUN_JSON).is_file()
+
+    def train():
+        run_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         # The starting point, measured before any weight moves: the head on the stored features.
         baseline = {k: head.predict(fs.splits[k].features, verbose=0) for k in ("val", "test")}
@@ -206,5 +203,9 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
             "device": device, "metrics": comparison["finetuned"], "comparison": comparison,
             "calibration": calibration.summary(y_true, y_prob, after, temperature),
             "epochs_run": len(history.get("loss", [])), "wall_seconds": round(wall, 1)}, default=str)
-    log(comparison_table(comparison))
+        return comparison
+
+    up_to_date, comparison = produce(run_dir, done, train, log, shown=model_path)
+    if not up_to_date:
+        log(comparison_table(comparison))
     return model_path

@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Callable
 
 from pipeline.foundation.errors import UserError
 
@@ -161,3 +162,21 @@ class Lock:
             self.path.unlink()
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
+
+
+def produce(final, done: Callable[[], bool], make: Callable[[], object], log=_stderr, *, wait: bool = False,
+            also=(), shown=None) -> tuple[bool, object]:
+    """The one "up to date" rule of every output. `final` is named by the hash of its settings and
+    of every input's identity; it is up to date when `done()` says its last-written part exists
+    and reads back (a run's run.json, a file's complete flag). Otherwise `make()` writes it under
+    the output's lock, atomically, with the leftovers of killed runs removed first; a second
+    writer is refused (or, with `wait`, waits and then finds it done). Returns (was up to date,
+    what make returned); "up to date: <shown or final>" is logged when it was."""
+    if done():
+        log(f"up to date: {shown or final}")
+        return True, None
+    with Lock(final, wait=wait, also=also, log=log):
+        if done():                # finished by another run while we waited for the lock
+            log(f"up to date: {shown or final}")
+            return True, None
+        return False, make()
