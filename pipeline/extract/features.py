@@ -29,6 +29,9 @@ DEFAULT_WORKERS = 2
 
 @dataclass
 class FeatureSettings:
+    """Stage one's settings. The file's name and hash cover `identity` below (the dataset's and the
+    network's identity, not these fields as written), so files made before this declaration stay
+    valid; `record=False` marks the fields it does not depend on."""
     data: str | None = setting(None, None, "cifar-10-batches-py folder, cifar-10-python.tar.gz, or image folders "
                                "train/<class>/* and test/<class>/*; default: download via Keras", metavar="PATH")
     backbone: str = setting(table.DEFAULT_BACKBONE, None, "a backbone named in `python -m pipeline backbones` "
