@@ -122,6 +122,16 @@ def moved_weights_setting():
                    "(default: where the features file recorded it)", metavar="PATH", record=False)
 
 
+def features_setting():
+    return setting(None, None, "stage-one HDF5 file (default: the newest complete file in CACHE/features, whatever "
+                   "its settings)", metavar="FILE", record=False)
+
+
+def moved_data_setting():
+    return setting(None, None, "the image source, if it moved since the features file was made", metavar="PATH",
+                   record=False)
+
+
 def add_cache_dir(p, what="outputs"):
     p.add_argument("--cache-dir", type=cache_dir, default="cache", metavar="DIR",
                    help=f"where {what} go (default: cache)")
