@@ -28,7 +28,7 @@ from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import Interval, setting
 from pipeline.foundation.tables import format_table
 from pipeline.look.gallery import save_grid
-from pipeline.look.looking import read_predictions
+from pipeline.look.looking import find_report, read_predictions
 from pipeline.look.similarity import pairs_above, unit_rows
 from pipeline.sources import rows
 from pipeline.store.features import features_from_args
@@ -100,10 +100,10 @@ def summarize(fs: store.RowSet, pairs: list[dict], threshold: float) -> dict:
     return out
 
 
-def run_predictions(run_dir: Path, fs: store.RowSet) -> tuple[Path, list[dict]]:
+def run_predictions(run_dir: Path, fs: store.RowSet, cache_dir) -> tuple[Path, list[dict]]:
     """The test rows of a run's predictions.csv, checked to cover exactly this file's test images
     (rows matched by source index, so any run on the same images works)."""
-    csv_path = _predictions_of(run_dir)
+    csv_path = _predictions_of(run_dir, cache_dir)
     table = [r for r in read_predictions(csv_path) if r["split"] == "test"]
     ours = set(fs.splits["test"].index.tolist())
     theirs = {r["source_index"] for r in table}
@@ -123,15 +123,10 @@ def accuracy_without(run_dir: Path, csv_path: Path, table: list[dict], test_dupl
             if clean else None, "test_rows_without_duplicates": len(clean)}
 
 
-def _predictions_of(run_dir: Path) -> Path:
-    """A run is named by its folder: a head run (cache/heads/R), its report (cache/reports/R), or a
-    fine-tune run (cache/finetune/R, report in R/report)."""
-    run_dir = Path(run_dir)
-    candidates = [run_dir / records.PREDICTIONS, run_dir / records.REPORT_DIR / records.PREDICTIONS,
-                  run_dir.parent.parent / records.REPORTS / run_dir.name / records.PREDICTIONS]
-    for c in candidates:
-        if c.is_file():
-            return c
+def _predictions_of(run_dir: Path, cache_dir) -> Path:
+    found = find_report(run_dir, cache_dir)
+    if found is not None:
+        return found / records.PREDICTIONS
     if not run_dir.is_dir():
         raise UserError(f"--run {run_dir} does not exist")
     raise UserError(f"--run {run_dir} has no predictions.csv (runs made before it existed lack one; "
@@ -167,7 +162,7 @@ def run_audit(s: AuditSettings, log=print) -> Path:
     s = settings.check(s)
     fs = features_from_args(s)
     # everything the user named is checked before the audit's work: the run, then the images
-    predictions = run_predictions(Path(s.run_dir), fs) if s.run_dir else None
+    predictions = run_predictions(Path(s.run_dir), fs, s.cache_dir) if s.run_dir else None
     exact = not s.no_exact
     if exact:           # the exact check needs the images; the galleries alone can go without
         source, note = rows.checked_source(fs.attrs, s.data, s.cache_dir), None

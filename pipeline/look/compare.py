@@ -26,7 +26,7 @@ from pipeline.foundation.outputs import atomic_dir, produce
 from pipeline.foundation.settings import Choice, setting
 from pipeline.foundation.tables import paired_table
 from pipeline.look.gallery import save_grid
-from pipeline.look.looking import read_predictions
+from pipeline.look.looking import find_report, read_predictions
 from pipeline.sources import rows
 
 
@@ -61,15 +61,6 @@ class Scored:
         return self.report.get("data_fingerprint") or self.features_attrs()["data_fingerprint"]
 
 
-def _report_dirs(arg: str, cache_dir) -> list[Path]:
-    """Where the report of run `arg` can be: a head's report is cache/reports/NAME beside
-    cache/heads/NAME, a fine-tune's is its run folder's report/."""
-    p = Path(arg)
-    cache = Path(cache_dir)
-    return [p, p / records.REPORT_DIR, p.parent.parent / records.REPORTS / p.name,
-            records.folder(cache, records.REPORTS) / arg, records.folder(cache, records.FINETUNE) / arg / records.REPORT_DIR]
-
-
 def _run_of(report_dir: Path) -> records.Run | None:
     """The run whose report `report_dir` is (a fine-tune's is inside its run folder, a head's beside
     it in the cache), None when it is gone."""
@@ -83,7 +74,7 @@ def _run_of(report_dir: Path) -> records.Run | None:
 
 
 def load(arg: str, cache_dir) -> Scored:
-    found = next((d for d in _report_dirs(arg, cache_dir) if (d / records.PREDICTIONS).is_file()), None)
+    found = find_report(arg, cache_dir)
     if found is None:
         raise UserError(f"{arg} is not a run with per-image predictions (no predictions.csv in its report); "
                         f"pass a run folder such as {records.folder(cache_dir, records.HEADS) / 'NAME'} or a run name")
