@@ -139,3 +139,14 @@ def test_rerun_is_up_to_date_and_bad_runs_are_one_error_line(runs, tmp_path, cap
     code = main(["export", str(head_run), "--cache-dir", str(tmp_path / "fresh"), "--format", "keras"])
     assert code == 0      # no --backbone: the features file recorded where it is
     assert not list((cache / "exports").glob(".*tmp*"))
+
+
+def test_a_second_export_of_the_same_run_and_format_is_refused(runs, tmp_path):
+    """One lock per export (outputs.produce): refused before any model is built."""
+    from pipeline.foundation import outputs
+    from pipeline.foundation.errors import UserError
+    _, head_run, _, backbone = runs
+    with outputs.Lock(tmp_path / "exports" / f"{head_run.name}-tflite"):
+        with pytest.raises(UserError, match="another run is writing"):
+            export_run(head_run, ExportSettings(format="tflite", cache_dir=str(tmp_path), backbone=backbone))
+    assert not (tmp_path / "exports" / f"{head_run.name}-tflite").exists()
