@@ -105,6 +105,13 @@ def test_flag_mistakes_are_one_error_line(argv, expect, features_file, tmp_path,
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.*"))
 
 
+def test_a_left_out_flag_is_its_declared_default():
+    """What cli.main reads from the parsed flags (the cache the report site is rebuilt in, after
+    `finetune` too) is the declared default when the flag is left out, never None."""
+    from pipeline.cli import REBUILDS_SITE, build_parser
+    assert [build_parser().parse_args([stage]).cache_dir for stage in REBUILDS_SITE] == ["cache"] * len(REBUILDS_SITE)
+
+
 def test_library_callers_get_the_flags_checks(features_file, tmp_path):
     """run_x(settings) checks a caller's settings as the flags are checked, in the same words."""
     from pipeline.look import audit, compare, map as map_, neighbors
