@@ -1,6 +1,7 @@
 """`python -m pipeline compare A B`: two runs on the same images, image by image; runs on different
 images refused; the sweep's ties; the fine-tune's statement against its head."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -63,6 +64,21 @@ def test_compare_states_the_paired_difference_and_swaps_cleanly(two_runs, capsys
 
     assert main(["compare", a, b, "--cache-dir", str(cache)]) == 0     # by folder: up to date
     assert "up to date" in capsys.readouterr().out
+
+
+def test_a_second_identical_comparison_is_refused(two_runs, tmp_path, capsys):
+    """One lock per comparison (outputs.produce): the second writer is refused, nothing is written."""
+    from pipeline.foundation import outputs
+    _, a, b = two_runs
+    cache = tmp_path / "cache"
+    assert main(["compare", a, b, "--cache-dir", str(cache)]) == 0
+    capsys.readouterr()
+    out = next((cache / "compare").iterdir())
+    shutil.rmtree(out)
+    with outputs.Lock(out):
+        code, _, err = run_cli(capsys, "compare", a, b, "--cache-dir", cache)
+    assert_one_error(code, err, "another run is writing")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("damage", ["truncated", "[1, 2]", "no splits", "NaN difference"])

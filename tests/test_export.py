@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.ship.formats import FORMATS
-from pipeline.ship.export import export_run
+from pipeline.ship.export import ExportSettings, export_run
 from pipeline.ship.models import features_attrs, image_model, read_run, sample_test_images
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -73,10 +73,10 @@ def test_every_format_reloads_without_the_project_and_matches_the_keras_model(ru
     cache, head_run, tuned_run, backbone = runs
     exported, expected = {}, {}
     for kind, run_dir, formats in (("head", head_run, FORMATS), ("tuned", tuned_run, ("savedmodel",))):
-        run_dir, info = read_run(run_dir)
-        attrs = features_attrs(info)
+        run = read_run(run_dir)
+        attrs = features_attrs(run)
         images = sample_test_images(attrs, None, 64)     # all 40 test images, the same for both runs
-        expected[kind] = image_model(run_dir, info, attrs, backbone=backbone).predict(images, verbose=0)
+        expected[kind] = image_model(run, attrs, backbone=backbone).predict(images, verbose=0)
         for fmt in formats:
             code = main(["export", str(run_dir), "--format", fmt, "--backbone", backbone,
                          "--cache-dir", str(cache)])
@@ -85,7 +85,7 @@ def test_every_format_reloads_without_the_project_and_matches_the_keras_model(ru
             assert code == 0 and out[-1] == str(path)
             meta = json.loads((path.parent / "export.json").read_text())
             assert meta["check"]["passed"] and meta["check"]["max_abs_diff"] <= FORMATS[fmt][1]
-            assert meta["check"]["images"] == 40 and meta["temperature"] == info["calibration"]["temperature"]
+            assert meta["check"]["images"] == 40 and meta["temperature"] == run.record["calibration"]["temperature"]
             assert (path.parent / "labels.txt").read_text().splitlines() == CLASSES
             exported[f"{kind}-{fmt}"] = (fmt, str(path))
     np.save(tmp_path / "images.npy", images)
@@ -108,23 +108,24 @@ def test_the_exported_model_is_the_run_with_its_temperature(runs):
     from pipeline.backbones.rebuild import rebuild_backbone
     from pipeline.finetune.surgery import image_model as stack
     cache, head_run, _, backbone = runs
-    run_dir, info = read_run(head_run)
-    attrs = features_attrs(info)
+    run = read_run(head_run)
+    attrs = features_attrs(run)
     images = sample_test_images(attrs, None, 16)
-    t = info["calibration"]["temperature"]
+    t = run.record["calibration"]["temperature"]
     assert t != 1.0
     raw = stack(rebuild_backbone(attrs, backbone).model,
-                keras.models.load_model(run_dir / "model.keras")).predict(images, verbose=0)
-    calibrated = image_model(run_dir, info, attrs, backbone=backbone).predict(images, verbose=0)
+                keras.models.load_model(run.folder / "model.keras")).predict(images, verbose=0)
+    calibrated = image_model(run, attrs, backbone=backbone).predict(images, verbose=0)
     np.testing.assert_allclose(calibrated, scaled_probs(as_logits(raw), t), atol=1e-5)
 
 
 def test_rerun_is_up_to_date_and_bad_runs_are_one_error_line(runs, tmp_path, capsys):
     cache, head_run, _, backbone = runs
     lines = []
-    export_run(head_run, "keras", cache_dir=cache, backbone=backbone, log=lines.append)
+    keras_export = ExportSettings(format="keras", cache_dir=str(cache), backbone=backbone)
+    export_run(head_run, keras_export, log=lines.append)
     lines.clear()
-    export_run(head_run, "keras", cache_dir=cache, backbone=backbone, log=lines.append)
+    export_run(head_run, keras_export, log=lines.append)
     assert lines == [f"up to date: {cache / 'exports' / (head_run.name + '-keras') / 'model.keras'}"]
 
     logreg = tmp_path / "logreg-x"
@@ -138,3 +139,14 @@ def test_rerun_is_up_to_date_and_bad_runs_are_one_error_line(runs, tmp_path, cap
     code = main(["export", str(head_run), "--cache-dir", str(tmp_path / "fresh"), "--format", "keras"])
     assert code == 0      # no --backbone: the features file recorded where it is
     assert not list((cache / "exports").glob(".*tmp*"))
+
+
+def test_a_second_export_of_the_same_run_and_format_is_refused(runs, tmp_path):
+    """One lock per export (outputs.produce): refused before any model is built."""
+    from pipeline.foundation import outputs
+    from pipeline.foundation.errors import UserError
+    _, head_run, _, backbone = runs
+    with outputs.Lock(tmp_path / "exports" / f"{head_run.name}-tflite"):
+        with pytest.raises(UserError, match="another run is writing"):
+            export_run(head_run, ExportSettings(format="tflite", cache_dir=str(tmp_path), backbone=backbone))
+    assert not (tmp_path / "exports" / f"{head_run.name}-tflite").exists()

@@ -86,6 +86,15 @@ def features_file(tmp_path_factory):
     (["features", "--size", "100000", "--weights", "none"], "GiB of memory per batch"),
     (["finetune", "--features", "{features}", "--epochs", "-1"], "--epochs must be a whole number >= 0, got '-1'"),
     (["finetune", "--features", "{features}", "--epochs", "many"], "--epochs must be a whole number >= 0, got 'many'"),
+    (["neighbors", "--features", "{features}", "--split", "val", "--row", "-1"],
+     "--row must be a whole number >= 0, got '-1'"),
+    (["audit", "--features", "{features}", "--threshold", "inf"], "--threshold must be in (0, 1], got 'inf'"),
+    (["map", "--features", "{features}", "--perplexity", "nan"],
+     "--perplexity must be positive (a finite number > 0), got 'nan'"),
+    (["map", "--cache-dir", "{file}"], "is a file, not a folder"),
+    (["export", "--check-images", "0"], "--check-images must be a whole number >= 1, got '0'"),
+    (["predict", "x.png", "--top-k", "two"], "--top-k must be a whole number >= 1, got 'two'"),
+    (["compare", "a", "b", "--cache-dir", "{file}"], "is a file, not a folder"),
 ])
 def test_flag_mistakes_are_one_error_line(argv, expect, features_file, tmp_path, capsys):
     (tmp_path / "a-file").write_text("x")
@@ -94,6 +103,35 @@ def test_flag_mistakes_are_one_error_line(argv, expect, features_file, tmp_path,
         argv += ["--cache-dir", str(tmp_path / "cache")]
     assert_one_error(*run_cli(capsys, *argv)[::2], expect)
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.*"))
+
+
+def test_a_left_out_flag_is_its_declared_default():
+    """What cli.main reads from the parsed flags (the cache the report site is rebuilt in, after
+    `finetune` too) is the declared default when the flag is left out, never None."""
+    from pipeline.cli import REBUILDS_SITE, build_parser
+    assert [build_parser().parse_args([stage]).cache_dir for stage in REBUILDS_SITE] == ["cache"] * len(REBUILDS_SITE)
+
+
+def test_library_callers_get_the_flags_checks(features_file, tmp_path):
+    """run_x(settings) checks a caller's settings as the flags are checked, in the same words."""
+    from pipeline.look import audit, compare, map as map_, neighbors
+    from pipeline.ship import export, predict
+    calls = [
+        (lambda: neighbors.run_neighbors(neighbors.NeighborsSettings(features=str(features_file), split="val",
+                                                                     row=0, k=0)), "--k must be a whole number >= 1"),
+        (lambda: audit.run_audit(audit.AuditSettings(threshold=1.5)), "--threshold must be in (0, 1], got 1.5"),
+        (lambda: map_.run_map(map_.MapSettings(seed=-1)), "--seed must be a whole number in [0, 4294967295]"),
+        (lambda: compare.run_compare("a", "b", compare.CompareSettings(split="train")),
+         "--split must be one of val, test, got 'train'"),
+        (lambda: export.export_run(tmp_path, export.ExportSettings(format="onnx")),
+         "--format must be one of savedmodel, tflite, keras, got 'onnx'"),
+        (lambda: predict.run_predict(predict.PredictSettings(batch_size=0), ["x.png"]),
+         "--batch-size must be a whole number >= 1, got 0"),
+    ]
+    for call, message in calls:
+        with pytest.raises(errors.UserError) as caught:
+            call()
+        assert message in str(caught.value)
 
 
 @pytest.mark.parametrize("how, expect", [

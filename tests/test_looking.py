@@ -81,8 +81,8 @@ def test_audit_accuracy_with_and_without_duplicates(planted, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--threshold", "0"], "--threshold must be in (0, 1]"),
-    (["--threshold", "nan"], "--threshold must be in (0, 1]"),
+    (["--threshold", "0"], "--threshold must be in (0, 1], got '0'"),
+    (["--threshold", "nan"], "--threshold must be in (0, 1], got 'nan'"),
     (["--run", "/nonexistent/run"], "does not exist"),
 ])
 def test_audit_bad_input(planted, tmp_path, capsys, argv, message):
@@ -128,8 +128,8 @@ def test_neighbors_of_a_row(planted, tmp_path, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--split", "test", "--row", "999"], "--row must be between 0 and"),
     (["--split", "test"], "give IMAGE files, or --split and --row"),
-    (["--split", "test", "--row", "1", "--k", "0"], "--k must be at least 1"),
-    (["--split", "test", "--row", "1", "--search", "tran"], "--search takes splits"),
+    (["--split", "test", "--row", "1", "--k", "0"], "--k must be a whole number >= 1, got '0'"),
+    (["--split", "test", "--row", "1", "--search", "tran"], "--search: expected splits from train, val, test, comma-separated, got 'tran'"),
     (["missing.jpg"], "image missing.jpg does not exist"),
 ])
 def test_neighbors_bad_input(planted, tmp_path, capsys, argv, message):
@@ -248,8 +248,8 @@ def test_map_and_projector_files(planted, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--per-class", "0"], "--per-class must be at least 1"),
-    (["--perplexity", "-3"], "--perplexity must be a positive number"),
+    (["--per-class", "0"], "--per-class must be a whole number >= 1, got '0'"),
+    (["--perplexity", "-3"], "--perplexity must be positive (a finite number > 0), got '-3'"),
     (["--projector", str(CIFAR_JPG / "train" / "cat" / "0000.jpg")], "is a file"),
 ])
 def test_map_bad_input(planted, tmp_path, capsys, argv, message):

@@ -104,6 +104,11 @@ def moved_weights_setting():
                    "(default: where the features file recorded it)", metavar="PATH", record=False)
 
 
+def features_setting():
+    return setting(None, None, "stage-one HDF5 file (default: the newest complete file in CACHE/features, whatever "
+                   "its settings)", metavar="FILE", record=False)
+
+
 def moved_data_setting():
     return setting(None, None, "the image source, if it moved since the features file was made", metavar="PATH",
                    record=False)

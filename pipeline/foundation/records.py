@@ -43,6 +43,7 @@ REPORT_JSON = "report.json"
 EXPORT_JSON = "export.json"
 LABELS = "labels.txt"          # an export's class names, one a line
 AUDIT_JSON = "audit.json"
+COMPARE_JSON = "compare.json"
 HISTORY_JSON = "history.json"
 PREDICTIONS = "predictions.csv"
 REPORT_DIR = "report"          # a fine-tune run's report folder

@@ -17,16 +17,18 @@ import csv
 import hashlib
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import store
-from pipeline.foundation import flags, outputs, records
+from pipeline.foundation import flags, outputs, records, settings
 from pipeline.foundation.errors import UserError
+from pipeline.foundation.settings import Interval, setting
 from pipeline.foundation.tables import format_table
 from pipeline.look.gallery import save_grid
-from pipeline.look.looking import read_predictions
+from pipeline.look.looking import find_report, read_predictions
 from pipeline.look.similarity import pairs_above, unit_rows
 from pipeline.sources import rows
 from pipeline.store.features import features_from_args
@@ -98,10 +100,10 @@ def summarize(fs: store.RowSet, pairs: list[dict], threshold: float) -> dict:
     return out
 
 
-def run_predictions(run_dir: Path, fs: store.RowSet) -> tuple[Path, list[dict]]:
+def run_predictions(run_dir: Path, fs: store.RowSet, cache_dir) -> tuple[Path, list[dict]]:
     """The test rows of a run's predictions.csv, checked to cover exactly this file's test images
     (rows matched by source index, so any run on the same images works)."""
-    csv_path = _predictions_of(run_dir)
+    csv_path = _predictions_of(run_dir, cache_dir)
     table = [r for r in read_predictions(csv_path) if r["split"] == "test"]
     ours = set(fs.splits["test"].index.tolist())
     theirs = {r["source_index"] for r in table}
@@ -121,15 +123,10 @@ def accuracy_without(run_dir: Path, csv_path: Path, table: list[dict], test_dupl
             if clean else None, "test_rows_without_duplicates": len(clean)}
 
 
-def _predictions_of(run_dir: Path) -> Path:
-    """A run is named by its folder: a head run (cache/heads/R), its report (cache/reports/R), or a
-    fine-tune run (cache/finetune/R, report in R/report)."""
-    run_dir = Path(run_dir)
-    candidates = [run_dir / records.PREDICTIONS, run_dir / records.REPORT_DIR / records.PREDICTIONS,
-                  run_dir.parent.parent / records.REPORTS / run_dir.name / records.PREDICTIONS]
-    for c in candidates:
-        if c.is_file():
-            return c
+def _predictions_of(run_dir: Path, cache_dir) -> Path:
+    found = find_report(run_dir, cache_dir)
+    if found is not None:
+        return found / records.PREDICTIONS
     if not run_dir.is_dir():
         raise UserError(f"--run {run_dir} does not exist")
     raise UserError(f"--run {run_dir} has no predictions.csv (runs made before it existed lack one; "
@@ -138,50 +135,60 @@ def _predictions_of(run_dir: Path) -> Path:
 
 # ---------------------------------------------------------------- command line
 
+@dataclass
+class AuditSettings:
+    features: str | None = flags.features_setting()
+    threshold: float = setting(0.9, Interval(float, 0, 1, closed="right"), "cosine similarity at or above which two "
+                               "images count as near-duplicates; it depends on the backbone: look at borderline.png "
+                               "(0.9 was chosen so for EfficientNet-Lite0 on all of CIFAR-10)", metavar="T")
+    run_dir: str | None = setting(None, None, "a head or fine-tune run folder: also report its test accuracy with "
+                                  "and without the test images that have a duplicate in train", flag="--run",
+                                  metavar="DIR", record=False)
+    no_exact: bool = setting(False, None, "skip the exact-copy check (it decodes every image)")
+    data: str | None = flags.moved_data_setting()
+    cache_dir: str = flags.cache_dir_setting()
+
+
 def add_arguments(p):
-    p.add_argument("--features", metavar="FILE", help="stage-one HDF5 file (default: the newest complete file "
-                   "in CACHE/features, whatever its settings)")
-    p.add_argument("--threshold", type=float, default=0.9, metavar="T",
-                   help="cosine similarity at or above which two images count as near-duplicates; it depends "
-                        "on the backbone: look at borderline.png (default: 0.9, chosen so for EfficientNet-Lite0 "
-                        "on all of CIFAR-10)")
-    p.add_argument("--run", dest="run_dir", metavar="DIR", help="a head or fine-tune run folder: also report its test accuracy "
-                   "with and without the test images that have a duplicate in train")
-    p.add_argument("--no-exact", action="store_true", help="skip the exact-copy check (it decodes every image)")
-    p.add_argument("--data", metavar="PATH", help="the image source, when it moved since stage one")
-    flags.add_cache_dir(p)
+    settings.add_flags(p, AuditSettings)
 
 
 def run(args):
-    if not (0 < args.threshold <= 1) or not np.isfinite(args.threshold):
-        raise UserError(f"--threshold must be in (0, 1], got {args.threshold}")
-    pass  # REMOVE
-    fs = features_from_args(args)
+    run_audit(settings.from_args(AuditSettings, args))
+
+
+def run_audit(s: AuditSettings, log=print) -> Path:
+    """Audit (or find up to date) the features file, print the summary; return the audit's folder."""
+    s = settings.check(s)
+    fs = features_from_args(s)
     # everything the user named is checked before the audit's work: the run, then the images
-    predictions = run_predictions(Path(args.run_dir), fs) if args.run_dir else None
-    exact = not args.no_exact
+    predictions = run_predictions(Path(s.run_dir), fs, s.cache_dir) if s.run_dir else None
+    exact = not s.no_exact
     if exact:           # the exact check needs the images; the galleries alone can go without
-        source, note = rows.checked_source(fs.attrs, args.data, args.cache_dir), None
+        source, note = rows.checked_source(fs.attrs, s.data, s.cache_dir), None
     else:
-        source, note = rows.source_or_note(fs.attrs, args.data, args.cache_dir)
+        source, note = rows.source_or_note(fs.attrs, s.data, s.cache_dir)
     key = store.settings_hash({"features": fs.attrs["settings_hash"],
                                "data_fingerprint": fs.attrs.get("data_fingerprint"),
-                               "source": source and source.key, "threshold": args.threshold, "exact": exact})
-    out = records.folder(args.cache_dir, records.AUDIT) / f"{fs.path.stem}-{key}"
-    if (out / records.AUDIT_JSON).is_file():
-        result = records.read(out / records.AUDIT_JSON, records.AUDIT_ANSWER)
-        print(f"up to date: {out}")
-    else:
-        result = audit(fs, args.threshold, exact, source, note, out)
-    print_summary(result)
+                               "source": source and source.key, "threshold": s.threshold, "exact": exact})
+    out = records.folder(s.cache_dir, records.AUDIT) / f"{fs.path.stem}-{key}"
+
+    def done():       # a damaged answer is an error naming it, never "up to date"
+        return (out / records.AUDIT_JSON).is_file() and bool(records.read(out / records.AUDIT_JSON,
+                                                                          records.AUDIT_ANSWER))
+
+    _, result = outputs.produce(out, done, lambda: audit(fs, s.threshold, exact, source, note, out), log)
+    result = result or records.read(out / records.AUDIT_JSON, records.AUDIT_ANSWER)
+    print_summary(result, log)
     if predictions:
-        acc = accuracy_without(Path(args.run_dir), *predictions, set(result["test_duplicate_source_index"]))
+        acc = accuracy_without(Path(s.run_dir), *predictions, set(result["test_duplicate_source_index"]))
         clean = acc["test_accuracy_without_duplicates"]
-        print(f"run {Path(acc['run']).name}: test accuracy {acc['test_accuracy']:.4f} on all "
-              f"{len(fs.splits['test'].labels)} test images, "
-              + (f"{clean:.4f} on the {acc['test_rows_without_duplicates']} without a duplicate in train"
-                 if clean is not None else "none without a duplicate in train"))
-    print(out)
+        log(f"run {Path(acc['run']).name}: test accuracy {acc['test_accuracy']:.4f} on all "
+            f"{len(fs.splits['test'].labels)} test images, "
+            + (f"{clean:.4f} on the {acc['test_rows_without_duplicates']} without a duplicate in train"
+               if clean is not None else "none without a duplicate in train"))
+    log(out)
+    return out
 
 
 def audit(fs: store.RowSet, threshold: float, exact: bool, source: rows.Source | None, note: str | None,
@@ -194,7 +201,7 @@ def audit(fs: store.RowSet, threshold: float, exact: bool, source: rows.Source |
               "summary": summarize(fs, pairs, threshold),
               "test_duplicate_source_index": sorted({p["source_index"] for p in pairs if p["split"] == "test"}),
               "pairs": pairs}
-    with outputs.Lock(out), outputs.atomic_dir(out) as tmp:
+    with outputs.atomic_dir(out) as tmp:       # under the lock outputs.produce holds
         by_similarity = sorted(pairs, key=lambda p: -p["similarity"])
         if source is None:
             result["gallery"] = result["borderline"] = note
@@ -229,14 +236,14 @@ def draw_pairs(path: Path, fs: store.RowSet, shown: list[dict], data_path, what:
     return path.name
 
 
-def print_summary(result: dict):
+def print_summary(result: dict, log=print):
     rows_ = [[q, s["rows"], s["with_duplicate"], f"{100 * s['share']:.2f}%", s["exact_copies"], s["pairs"],
               s["label_disagrees"], "+".join(s["searched"])] for q, s in result["summary"].items()]
-    print(f"near-duplicates at cosine >= {result['threshold']}"
-          f"{'' if result['exact_check'] else ' (exact-copy check skipped)'}:")
-    print(format_table(["split", "rows", "with duplicate", "share", "exact copies", "pairs",
-                        "other label", "searched"], rows_))
+    log(f"near-duplicates at cosine >= {result['threshold']}"
+        f"{'' if result['exact_check'] else ' (exact-copy check skipped)'}:")
+    log(format_table(["split", "rows", "with duplicate", "share", "exact copies", "pairs",
+                      "other label", "searched"], rows_))
     for q, s in result["summary"].items():
         if s.get("with_duplicate_at"):
-            print(f"{q} images with a match at a stricter threshold: "
+            log(f"{q} images with a match at a stricter threshold: "
                   + ", ".join(f">= {t}: {n}" for t, n in s["with_duplicate_at"].items()))

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import store
-from pipeline.foundation import flags, records, stats
+from pipeline.foundation import flags, records, settings, stats
 from pipeline.foundation.errors import UserError, first_line
-from pipeline.foundation.outputs import Lock, atomic_dir
+from pipeline.foundation.outputs import atomic_dir, produce
+from pipeline.foundation.settings import Choice, setting
 from pipeline.foundation.tables import paired_table
 from pipeline.look.gallery import save_grid
-from pipeline.look.looking import read_predictions
+from pipeline.look.looking import find_report, read_predictions
 from pipeline.sources import rows
 
 
@@ -60,24 +61,25 @@ class Scored:
         return self.report.get("data_fingerprint") or self.features_attrs()["data_fingerprint"]
 
 
-def _report_dirs(arg: str, cache_dir) -> list[Path]:
-    """Where the report of run `arg` can be: a head's report is cache/reports/NAME beside
-    cache/heads/NAME, a fine-tune's is its run folder's report/."""
-    p = Path(arg)
-    cache = Path(cache_dir)
-    return [p, p / records.REPORT_DIR, p.parent.parent / records.REPORTS / p.name,
-            records.folder(cache, records.REPORTS) / arg, records.folder(cache, records.FINETUNE) / arg / records.REPORT_DIR]
+def _run_of(report_dir: Path) -> records.Run | None:
+    """The run whose report `report_dir` is (a fine-tune's is inside its run folder, a head's beside
+    it in the cache), None when it is gone."""
+    report_dir = report_dir.absolute()
+    for folder in (report_dir.parent, report_dir.parent.parent / records.HEADS / report_dir.name):
+        if (folder / records.RUN_JSON).is_file():
+            run = records.Run.read(folder)
+            if run.report == report_dir:
+                return run
+    return None
 
 
 def load(arg: str, cache_dir) -> Scored:
-    found = next((d for d in _report_dirs(arg, cache_dir) if (d / records.PREDICTIONS).is_file()), None)
+    found = find_report(arg, cache_dir)
     if found is None:
         raise UserError(f"{arg} is not a run with per-image predictions (no predictions.csv in its report); "
                         f"pass a run folder such as {records.folder(cache_dir, records.HEADS) / 'NAME'} or a run name")
-    fine_tune = found.name == records.REPORT_DIR
-    run_dir = found.parent if fine_tune else found.parent.parent / records.HEADS / found.name
+    run = _run_of(found)
     report = records.read(found / records.REPORT_JSON, records.REPORT)
-    info = records.read(run_dir / records.RUN_JSON, records.RUN) if (run_dir / records.RUN_JSON).is_file() else {}
     try:
         table = read_predictions(found / records.PREDICTIONS)
     except (OSError, ValueError, KeyError) as exc:
@@ -87,7 +89,7 @@ def load(arg: str, cache_dir) -> Scored:
         predictions.setdefault(r["split"], []).append(r)
     for split_rows in predictions.values():
         split_rows.sort(key=lambda r: r["source_index"])
-    return Scored(found.parent.name if fine_tune else found.name, found, info, report, predictions)
+    return Scored(run.folder.name if run else found.name, found, run.record if run else {}, report, predictions)
 
 
 def check_same_images(a: Scored, b: Scored):
@@ -143,40 +145,49 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def run_compare(arg_a: str, arg_b: str, cache_dir, split: str = "test") -> tuple[dict, Path, bool]:
-    """(compare.json's content, its folder, whether it was up to date)."""
-    a, b = load(arg_a, cache_dir), load(arg_b, cache_dir)
+@dataclass
+class CompareSettings:
+    split: str = setting("test", Choice(("val", "test")), "whose disagreements disagreements.png shows")
+    cache_dir: str = flags.cache_dir_setting("runs named by NAME are found and comparisons (compare/<hash>/)")
+
+
+def run_compare(arg_a: str, arg_b: str, s: CompareSettings, log=print) -> tuple[dict, Path]:
+    """(compare.json's content, its folder), made or found up to date."""
+    s = settings.check(s)
+    a, b = load(arg_a, s.cache_dir), load(arg_b, s.cache_dir)
     paired = compare(a, b)
-    if split not in paired:
-        raise UserError(f"--split {split}: the runs are scored on {', '.join(paired)}")
+    if s.split not in paired:
+        raise UserError(f"--split {s.split}: the runs are scored on {', '.join(paired)}")
     # the folder's name covers exactly what the result depends on: both runs' predictions and the split
-    key = {"a": _sha256(a.report_dir / "predictions.csv"), "b": _sha256(b.report_dir / "predictions.csv"),
-           "split": split, "method": stats.PAIRED_METHOD}
-    out = records.folder(cache_dir, records.COMPARE) / store.settings_hash(key)
-    if (out / "compare.json").is_file():
-        return records.read(out / "compare.json", records.COMPARE_ANSWER), out, True
-    result = {"a": {"name": a.name, "report": str(a.report_dir)}, "b": {"name": b.name, "report": str(b.report_dir)},
-              "splits": paired}
-    with Lock(out):
+    key = {"a": _sha256(a.report_dir / records.PREDICTIONS), "b": _sha256(b.report_dir / records.PREDICTIONS),
+           "split": s.split, "method": stats.PAIRED_METHOD}
+    out = records.folder(s.cache_dir, records.COMPARE) / store.settings_hash(key)
+    saved = out / records.COMPARE_JSON
+
+    def done():       # a damaged answer is an error naming it, never "up to date"
+        return saved.is_file() and bool(records.read(saved, records.COMPARE_ANSWER))
+
+    def make():
+        result = {"a": {"name": a.name, "report": str(a.report_dir)},
+                  "b": {"name": b.name, "report": str(b.report_dir)}, "splits": paired}
         with atomic_dir(out) as tmp:
-            result["gallery"] = _gallery(tmp / "disagreements.png", a, b, split)
-            (tmp / "compare.json").write_text(json.dumps(result, indent=2))
-    return result, out, False
+            result["gallery"] = _gallery(tmp / "disagreements.png", a, b, s.split)
+            (tmp / records.COMPARE_JSON).write_text(json.dumps(result, indent=2))
+        return result
+
+    _, result = produce(out, done, make, log)
+    return result or records.read(saved, records.COMPARE_ANSWER), out
 
 
 def add_arguments(p):
     p.add_argument("a", metavar="A", help="a run: its folder (cache/heads/NAME, cache/finetune/NAME), its report "
                    "folder, or NAME under --cache-dir")
     p.add_argument("b", metavar="B", help="the run to compare with A, scored on the same images")
-    p.add_argument("--split", default="test", choices=("val", "test"),
-                   help="whose disagreements disagreements.png shows (default: test)")
-    flags.add_cache_dir(p, "runs named by NAME are found and comparisons (compare/<hash>/)")
+    settings.add_flags(p, CompareSettings)
 
 
 def run(args):
-    result, out, up_to_date = run_compare(args.a, args.b, args.cache_dir, args.split)
-    if up_to_date:
-        print(f"up to date: {out}")
+    result, out = run_compare(args.a, args.b, settings.from_args(CompareSettings, args))
     print(f"A: {result['a']['name']}\nB: {result['b']['name']}")
     print(paired_table(result["splits"]))
     gallery = result["gallery"]
@@ -184,4 +195,4 @@ def run(args):
         print(f"gallery: {out / gallery['file']}")
     elif gallery.get("note"):
         print(f"gallery: {gallery['note']}")
-    print(f"comparison: {out / 'compare.json'}")
+    print(f"comparison: {out / records.COMPARE_JSON}")

@@ -52,6 +52,18 @@ def prediction_rows(split: str, index, y_true, y_prob, class_names, paths) -> li
     return out
 
 
+def find_report(arg, cache_dir) -> Path | None:
+    """The report folder (with predictions.csv) of the run `arg` names: the run's folder (a head
+    run's report is cache/reports/NAME beside cache/heads/NAME, a fine-tune's is inside its folder),
+    the report folder itself, or a run NAME under `cache_dir`; None when there is none."""
+    p = Path(arg)
+    candidates = [p, p / records.REPORT_DIR, p.parent.parent / records.REPORTS / p.name]
+    if len(p.parts) == 1:        # a bare NAME
+        candidates += [records.folder(cache_dir, records.REPORTS) / p.name,
+                       records.folder(cache_dir, records.FINETUNE) / p.name / records.REPORT_DIR]
+    return next((d for d in candidates if (d / records.PREDICTIONS).is_file()), None)
+
+
 def read_predictions(path: Path) -> list[dict]:
     """predictions.csv back as dicts (source_index and correct as int, probabilities as float); a
     damaged file (truncated, edited) is a UserError naming it."""

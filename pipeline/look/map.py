@@ -14,15 +14,18 @@ features file's data fingerprint (rows.checked_source), as does any --data given
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import store
-from pipeline.foundation import flags, outputs, records
+from pipeline.foundation import flags, outputs, records, settings
 from pipeline.foundation.errors import UserError
+from pipeline.foundation.settings import Checked, Choice, Interval, setting
 from pipeline.look.gallery import save_sprite
 from pipeline.sources import rows
 from pipeline.store.features import features_from_args
@@ -112,46 +115,53 @@ def write_projector(folder: Path, key: str, name: str, features, meta: list[dict
 
 # ---------------------------------------------------------------- command line
 
+def projector_folder(text) -> str:
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder")
+    return str(text)
+
+
+@dataclass
+class MapSettings:
+    features: str | None = flags.features_setting()
+    split: str = setting("test", Choice(store.SPLITS), "which split to map")
+    per_class: int = setting(100, Interval(int, 1), "images per class in the subsample")
+    perplexity: float = setting(30.0, Interval(float, 0, closed="neither"), "t-SNE perplexity", metavar="P")
+    seed: int = flags.seed_setting("subsample, PCA and t-SNE seed")
+    projector: str | None = setting(None, Checked(projector_folder, "a folder", "DIR"), "also write TensorBoard "
+                                    "Embedding Projector files into DIR", record=False)
+    data: str | None = flags.moved_data_setting()
+    cache_dir: str = flags.cache_dir_setting()
+
+
 def add_arguments(p):
-    p.add_argument("--features", metavar="FILE", help="stage-one HDF5 file (default: the newest complete file "
-                   "in CACHE/features, whatever its settings)")
-    p.add_argument("--split", default="test", choices=store.SPLITS, help="which split to map (default: test)")
-    p.add_argument("--per-class", type=int, default=100, metavar="N",
-                   help="images per class in the subsample (default: 100)")
-    p.add_argument("--perplexity", type=float, default=30.0, metavar="P", help="t-SNE perplexity (default: 30)")
-    flags.add_seed(p, "subsample, PCA and t-SNE seed (default: 0)")
-    p.add_argument("--projector", metavar="DIR", help="also write TensorBoard Embedding Projector files into DIR")
-    p.add_argument("--data", metavar="PATH", help="the image source, when it moved since stage one (for the sprite)")
-    flags.add_cache_dir(p)
+    settings.add_flags(p, MapSettings)
 
 
 def run(args):
-    if args.per_class < 1:
-        raise UserError(f"--per-class must be at least 1, got {args.per_class}")
-    if not (np.isfinite(args.perplexity) and args.perplexity > 0):
-        raise UserError(f"--perplexity must be a positive number, got {args.perplexity}")
-    projector = Path(args.projector) if args.projector else None
-    if projector is not None and projector.exists() and not projector.is_dir():
-        raise UserError(f"--projector {projector} is a file; give a folder")
-    pass  # REMOVE
-    fs = features_from_args(args)
-    split = fs.splits[args.split]
-    picked = stratified(split.labels, args.per_class, args.seed)
+    run_map(settings.from_args(MapSettings, args))
+
+
+def run_map(s: MapSettings, log=print) -> Path:
+    """Draw (or find up to date) the map, and the projector files with --projector; return the map."""
+    s = settings.check(s)
+    projector = Path(s.projector) if s.projector else None
+    fs = features_from_args(s)
+    split = fs.splits[s.split]
+    picked = stratified(split.labels, s.per_class, s.seed)
     if len(picked) < 3:
-        raise UserError(f"the {args.split} split gives only {len(picked)} rows; a map needs at least 3")
+        raise UserError(f"the {s.split} split gives only {len(picked)} rows; a map needs at least 3")
     # the images (sprite, paths) come from a source checked against the features file, before any work
-    source = rows.checked_source(fs.attrs, args.data, args.cache_dir) if projector or args.data else None
+    source = rows.checked_source(fs.attrs, s.data, s.cache_dir) if projector or s.data else None
     key = store.settings_hash({"features": fs.attrs["settings_hash"],
-                               "data_fingerprint": fs.attrs.get("data_fingerprint"), "split": args.split,
-                               "per_class": args.per_class, "perplexity": args.perplexity, "seed": args.seed})
-    out = records.folder(args.cache_dir, records.LOOKING) / f"map-{key}"
+                               "data_fingerprint": fs.attrs.get("data_fingerprint"), "split": s.split,
+                               "per_class": s.per_class, "perplexity": s.perplexity, "seed": s.seed})
+    out = records.folder(s.cache_dir, records.LOOKING) / f"map-{key}"
     png, table = out.with_suffix(".png"), out.with_suffix(".csv")
     names = fs.class_names
-    if png.is_file() and table.is_file():
-        print(f"up to date: {png}")
-    else:
-        xy = embed_2d(split.features[picked], args.perplexity, args.seed)
-        out.parent.mkdir(parents=True, exist_ok=True)
+
+    def draw():
+        xy = embed_2d(split.features[picked], s.perplexity, s.seed)
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["row", "source_index", "class", "x", "y"])
@@ -159,15 +169,20 @@ def run(args):
             writer.writerow([int(r), int(split.index[r]), names[int(split.labels[r])], f"{x:.4f}", f"{y:.4f}"])
         outputs.write_text_atomic(table, buf.getvalue())
         plot_map(png, xy, split.labels[picked], names,
-                 f"{args.split}: {len(picked)} images, PCA to {PCA_DIMS} then t-SNE\n{fs.path.name}")
-        print(png)
+                 f"{s.split}: {len(picked)} images, PCA to {PCA_DIMS} then t-SNE\n{fs.path.name}")
+        log(png)
+
+    # one lock for both files (their temporary names share the stem map-<hash>)
+    outputs.produce(png, lambda: png.is_file() and table.is_file(), draw, log)
     if projector is not None:
         key = store.settings_hash({"map": key, "source": source.key})
-        if projector_up_to_date(projector, key):
-            print(f"up to date: {projector}")
-            return
-        images, paths = rows.images(fs.attrs, args.split, split.index[picked], source.path)
-        meta = [{"class": names[int(split.labels[r])], "split": args.split, "source_index": int(split.index[r]),
-                 "path": p or ""} for r, p in zip(picked, paths)]
-        write_projector(projector, key, f"{fs.path.stem} {args.split}", split.features[picked], meta, images)
-        print(projector)
+
+        def write():
+            images, paths = rows.images(fs.attrs, s.split, split.index[picked], source.path)
+            meta = [{"class": names[int(split.labels[r])], "split": s.split, "source_index": int(split.index[r]),
+                     "path": p or ""} for r, p in zip(picked, paths)]
+            write_projector(projector, key, f"{fs.path.stem} {s.split}", split.features[picked], meta, images)
+            log(projector)
+
+        outputs.produce(projector, lambda: projector_up_to_date(projector, key), write, log)
+    return png

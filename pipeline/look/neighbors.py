@@ -14,16 +14,18 @@ key holds the file's hash, its data fingerprint, that source, and each query ima
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
-import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import store
 from pipeline.backbones.rebuild import row_extractor
-from pipeline.foundation import flags, outputs, records
+from pipeline.foundation import flags, outputs, records, settings
 from pipeline.foundation.errors import UserError
+from pipeline.foundation.settings import Checked, Choice, Interval, setting
 from pipeline.foundation.tables import format_table
 from pipeline.look.gallery import save_grid
 from pipeline.look.similarity import top_k
@@ -44,105 +46,118 @@ def embed_files(attrs: dict, files: list[Path], backbone=None, weights=None) -> 
     return row_extractor(attrs, backbone, weights)(read_files(files))
 
 
+def parse_splits(text: str) -> str:
+    """--search: splits, comma-separated, each once (kept as text, so a checked value checks again)."""
+    names = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not names or any(s not in store.SPLITS for s in names):
+        raise argparse.ArgumentTypeError(f"expected splits from {', '.join(store.SPLITS)}, comma-separated, "
+                                         f"got {text!r}")
+    return ",".join(dict.fromkeys(names))
+
+
+@dataclass
+class NeighborsSettings:
+    features: str | None = flags.features_setting()
+    split: str | None = setting(None, Choice(store.SPLITS), "split of the query row")
+    row: int | None = setting(None, Interval(int, 0), "row of the query in --split (0-based)")
+    k: int = setting(8, Interval(int, 1), "neighbours per query")
+    search: str = setting("train", Checked(parse_splits, "splits, comma-separated", "SPLIT[,SPLIT]"),
+                          "splits searched, comma-separated")
+    backbone: str | None = flags.moved_backbone_setting()
+    weights: str | None = flags.moved_weights_setting()
+    data: str | None = flags.moved_data_setting()
+    cache_dir: str = flags.cache_dir_setting()
+
+
 def add_arguments(p):
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files to find neighbours of "
                    "(instead of --split/--row)")
-    p.add_argument("--features", metavar="FILE", help="stage-one HDF5 file (default: the newest complete file "
-                   "in CACHE/features, whatever its settings)")
-    p.add_argument("--split", choices=store.SPLITS, help="split of the query row")
-    p.add_argument("--row", type=int, metavar="N", help="row of the query in --split (0-based)")
-    p.add_argument("--k", type=int, default=8, metavar="N", help="neighbours per query (default: 8)")
-    p.add_argument("--search", default="train", metavar="SPLIT[,SPLIT]",
-                   help="splits searched, comma-separated (default: train)")
-    flags.add_moved_backbone(p)
-    p.add_argument("--data", metavar="PATH", help="the image source, when it moved since stage one")
-    flags.add_cache_dir(p)
+    settings.add_flags(p, NeighborsSettings)
 
 
-def parse_splits(text: str) -> list[str]:
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in names if s not in store.SPLITS]
-    if not names or bad:
-        raise UserError(f"--search takes splits from {', '.join(store.SPLITS)}, comma-separated; got {text!r}")
-    return list(dict.fromkeys(names))
+def run(args):
+    run_neighbors(settings.from_args(NeighborsSettings, args), args.images)
 
 
-def _check_args(args):
-    if args.k < 1:
-        raise UserError(f"--k must be at least 1, got {args.k}")
-    if args.images and (args.split is not None or args.row is not None):
+def _check_question(s: NeighborsSettings, images: list):
+    if images and (s.split is not None or s.row is not None):
         raise UserError("give either IMAGE files or --split with --row, not both")
-    if not args.images and (args.split is None or args.row is None):
+    if not images and (s.split is None or s.row is None):
         raise UserError("give IMAGE files, or --split and --row naming a row of the features file")
-    for f in args.images:
+    for f in images:
         if not Path(f).is_file():
             raise UserError(f"image {f} does not exist")
 
 
-def load(args) -> store.RowSet:
-    pass  # REMOVE
-    return features_from_args(args)
-
-
-def run(args):
-    _check_args(args)
-    search = parse_splits(args.search)
-    fs = load(args)
-    if args.images:
+def run_neighbors(s: NeighborsSettings, images=(), log=print) -> dict:
+    """Answer (or find up to date) the question, print it and where it is; return the answer."""
+    s = settings.check(s)
+    images = [str(f) for f in images]
+    _check_question(s, images)
+    search = s.search.split(",")
+    fs = features_from_args(s)
+    if images:
         # an image is its bytes, shown under the name it was given: both are the question
-        question = {"images": [[hashlib.sha256(Path(f).read_bytes()).hexdigest(), str(f)] for f in args.images]}
+        question = {"images": [[hashlib.sha256(Path(f).read_bytes()).hexdigest(), f] for f in images]}
     else:
-        n = len(fs.splits[args.split].labels)
-        if not 0 <= args.row < n:
-            raise UserError(f"--row must be between 0 and {n - 1} (the {args.split} split has {n} rows), got {args.row}")
-        question = {"split": args.split, "row": args.row}
-    source, note = rows.source_or_note(fs.attrs, args.data, args.cache_dir)
+        n = len(fs.splits[s.split].labels)
+        if s.row >= n:
+            raise UserError(f"--row must be between 0 and {n - 1} (the {s.split} split has {n} rows), got {s.row}")
+        question = {"split": s.split, "row": s.row}
+    source, note = rows.source_or_note(fs.attrs, s.data, s.cache_dir)
     key = store.settings_hash({"features": fs.attrs["settings_hash"],
                                "data_fingerprint": fs.attrs.get("data_fingerprint"),
-                               "source": source and source.key, **question, "k": args.k, "search": search})
-    out = records.folder(args.cache_dir, records.LOOKING) / f"neighbors-{key}"
+                               "source": source and source.key, **question, "k": s.k, "search": search})
+    out = records.folder(s.cache_dir, records.LOOKING) / f"neighbors-{key}"
     json_path, png_path = out.with_suffix(".json"), out.with_suffix(".png")
-    if json_path.is_file():
-        result = records.read(json_path, records.NEIGHBORS)
-        print_result(result)
-        print(f"up to date: {png_path if png_path.is_file() else json_path}")
-        return
-    result = search_neighbors(fs, args, search, source)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    note = note or draw_strip(png_path, fs, result, source)
-    if note:
-        result["note"] = note
-    outputs.write_text_atomic(json_path, json.dumps(result, indent=2))
-    print_result(result)
-    print(png_path if png_path.is_file() else json_path)
+
+    def done():       # a damaged answer is an error naming it, never "up to date"
+        return json_path.is_file() and bool(records.read(json_path, records.NEIGHBORS))
+
+    def answer():
+        result = search_neighbors(fs, s, images, search, source)
+        found_note = note or draw_strip(png_path, fs, result, source)
+        if found_note:
+            result["note"] = found_note
+        outputs.write_json_atomic(json_path, result)
+        return result
+
+    up_to_date, result = outputs.produce(json_path, done, answer, log,
+                                         shown=png_path if png_path.is_file() else json_path)
+    result = result or records.read(json_path, records.NEIGHBORS)
+    print_result(result, log)
+    if not up_to_date:
+        log(png_path if png_path.is_file() else json_path)
+    return result
 
 
-def search_neighbors(fs: store.RowSet, args, search: list[str], source: rows.Source | None) -> dict:
+def search_neighbors(fs: store.RowSet, s: NeighborsSettings, images: list[str], search: list[str],
+                     source: rows.Source | None) -> dict:
     """{"queries": [{..., "neighbors": [{rank, similarity, split, row, class, source_index, path}]}]}
     (paths from the checked `source`; none when it is gone)."""
     names = fs.class_names
     base = np.concatenate([fs.splits[s].features for s in search])
     where = [(s, r) for s in search for r in range(len(fs.splits[s].labels))]
-    if args.images:
-        queries = embed_files(fs.attrs, [Path(f) for f in args.images], args.backbone, args.weights)
-        described = [{"image": str(f)} for f in args.images]
+    if images:
+        queries = embed_files(fs.attrs, [Path(f) for f in images], s.backbone, s.weights)
+        described = [{"image": f} for f in images]
         exclude = None
     else:
-        split = fs.splits[args.split]
-        queries = split.features[args.row:args.row + 1]
-        described = [{"split": args.split, "row": args.row, "class": names[int(split.labels[args.row])],
-                      "source_index": int(split.index[args.row])}]
-        own = where.index((args.split, args.row)) if args.split in search else -1
+        split = fs.splits[s.split]
+        queries = split.features[s.row:s.row + 1]
+        described = [{"split": s.split, "row": s.row, "class": names[int(split.labels[s.row])],
+                      "source_index": int(split.index[s.row])}]
+        own = where.index((s.split, s.row)) if s.split in search else -1
         exclude = np.array([own])
     if len(base) - (exclude is not None) < 1:
         raise UserError(f"nothing to search: the {', '.join(search)} split(s) hold no other rows")
-    idx, sim = top_k(queries, base, args.k, exclude)
+    idx, sim = top_k(queries, base, s.k, exclude)
     for q, found, sims in zip(described, idx, sim):
         q["neighbors"] = []
-        for rank, (i, s) in enumerate(zip(found, sims), 1):
+        for rank, (i, similarity) in enumerate(zip(found, sims), 1):
             split_name, r = where[int(i)]
             sp = fs.splits[split_name]
-            q["neighbors"].append({"rank": rank, "similarity": round(float(s), 6), "split": split_name, "row": r,
+            q["neighbors"].append({"rank": rank, "similarity": round(float(similarity), 6), "split": split_name, "row": r,
                                    "class": names[int(sp.labels[r])], "source_index": int(sp.index[r])})
         if source is None:
             continue          # paths are a convenience; the note says why they are missing
@@ -154,11 +169,11 @@ def search_neighbors(fs: store.RowSet, args, search: list[str], source: rows.Sou
     return {"features": str(Path(fs.path).absolute()), "search": search, "queries": described}
 
 
-def print_result(result: dict):
+def print_result(result: dict, log=print):
     for q in result["queries"]:
         what = q.get("image") or f"{q['split']} row {q['row']} ({q['class']}, source index {q['source_index']})"
-        print(f"neighbours of {what}:")
-        print(format_table(["rank", "similarity", "split", "row", "class", "source index", "path"],
+        log(f"neighbours of {what}:")
+        log(format_table(["rank", "similarity", "split", "row", "class", "source index", "path"],
                            [[n["rank"], n["similarity"], n["split"], n["row"], n["class"], n["source_index"],
                              n.get("path") or ""] for n in q["neighbors"]]))
 

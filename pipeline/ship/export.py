@@ -18,72 +18,85 @@ from __future__ import annotations
 import datetime
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.backbones.weights import sha256_file
-from pipeline.foundation import flags, outputs, records
+from pipeline.foundation import flags, outputs, records, settings
 from pipeline.foundation.errors import UserError, first_line
+from pipeline.foundation.settings import Choice, Interval, setting
 from pipeline.ship.formats import CHECK_BATCH, FORMATS, OPEN, WRITE, in_batches
 from pipeline.ship.models import (class_names, features_attrs, image_model, newest_run, picked_line, read_run,
                                   sample_test_images, temperature)
 
 
+@dataclass
+class ExportSettings:
+    format: str = setting("savedmodel", Choice(tuple(FORMATS)), "savedmodel (TensorFlow Serving, "
+                          "tf.saved_model.load), tflite (float32, tf.lite.Interpreter / LiteRT), keras "
+                          "(keras.models.load_model)")
+    check_images: int = setting(256, Interval(int, 1), "real test images the export is checked on against the "
+                                "Keras model")
+    backbone: str | None = flags.moved_backbone_setting()
+    weights: str | None = flags.moved_weights_setting()
+    data: str | None = flags.moved_data_setting()
+    cache_dir: str = flags.cache_dir_setting("exports")
+
+
 def add_arguments(p):
     p.add_argument("run_path", metavar="RUN", nargs="?", help="a run folder: cache/heads/dense-... (exports backbone "
                    "+ head) or cache/finetune/... (its model.keras); default: the newest of them in --cache-dir")
-    p.add_argument("--format", default="savedmodel", choices=tuple(FORMATS),
-                   help="savedmodel (TensorFlow Serving, tf.saved_model.load), tflite (float32, "
-                        "tf.lite.Interpreter / LiteRT), keras (keras.models.load_model); default: savedmodel")
-    p.add_argument("--check-images", type=flags.positive_int, default=256, metavar="N",
-                   help="real test images the export is checked on against the Keras model (default: 256)")
-    flags.add_moved_backbone(p)
-    p.add_argument("--data", metavar="PATH", help="the image source, if it moved since the features file was made")
-    p.add_argument("--cache-dir", default="cache", metavar="DIR", help="where exports go (default: cache)")
+    settings.add_flags(p, ExportSettings)
 
 
 def run(args):
-    run_path = args.run_path or newest_run(args.cache_dir)
-    path = export_run(Path(run_path), args.format, cache_dir=args.cache_dir, n_images=args.check_images,
-                      backbone=args.backbone, weights=args.weights, data=args.data)
+    s = settings.from_args(ExportSettings, args)
+    run_path = args.run_path or newest_run(s.cache_dir)
+    path = export_run(Path(run_path), s)
     if not args.run_path:      # said once it worked, so that a failure stays one line
-        print(picked_line(run_path, args.cache_dir, "RUN"), file=sys.stderr)
+        print(picked_line(run_path, s.cache_dir, "RUN"), file=sys.stderr)
     print(path)
 
 
-def export_run(run_path: Path, fmt: str, cache_dir="cache", n_images: int = 256, backbone=None, weights=None,
-               data=None, log=print) -> Path:
+def export_run(run_path: Path, s: ExportSettings, log=print) -> Path:
     """Export, check and keep (or find up to date) one run in one format; return the model's path."""
-    if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    run_dir, info = read_run(Path(run_path))
-    source = run_dir / records.MODEL
-    identity = {"run": run_dir.name, "format": fmt, "model_sha256": sha256_file(source),
-                "temperature": temperature(info)}
-    final = records.folder(cache_dir, records.EXPORTS) / f"{run_dir.name}-{fmt}"
-    name, tolerance = FORMATS[fmt]
-    if _up_to_date(final, identity):
-        log(f"up to date: {final / name}")
-        return final / name
+    s = settings.check(s)
+    run = read_run(Path(run_path))
+    source = run.folder / records.MODEL
+    identity = {"run": run.folder.name, "format": s.format, "model_sha256": sha256_file(source),
+                "temperature": temperature(run)}
+    final = records.folder(s.cache_dir, records.EXPORTS) / f"{run.folder.name}-{s.format}"
+    name, tolerance = FORMATS[s.format]
 
-    attrs = features_attrs(info)
-    model = image_model(run_dir, info, attrs, backbone, weights)
+    def done():       # an export of this very model and temperature; a damaged record is an error
+        meta = final / records.EXPORT_JSON
+        return meta.is_file() and all(records.read(meta, records.EXPORT).get(k) == v for k, v in identity.items())
+
+    outputs.produce(final, done, lambda: _export(run, s, identity, final, log), log, shown=final / name)
+    return final / name
+
+
+def _export(run: records.Run, s: ExportSettings, identity: dict, final: Path, log):
+    """Write the export into `final` (under the lock outputs.produce holds), checked against the
+    Keras model on real test images first."""
+    fmt, (name, tolerance) = s.format, FORMATS[s.format]
+    attrs = features_attrs(run)
+    model = image_model(run, attrs, s.backbone, s.weights)
     shape, dtype = tuple(model.input_shape), model.inputs[0].dtype
     if len(shape) != 4 or shape[-1] != 3 or dtype != "uint8":
-        raise UserError(f"{source} takes {dtype} {shape}, not uint8 images")
-    images = sample_test_images(attrs, data, n_images)
+        raise UserError(f"{run.folder / records.MODEL} takes {dtype} {shape}, not uint8 images")
+    images = sample_test_images(attrs, s.data, s.check_images)
     expected = model.predict(images, batch_size=CHECK_BATCH, verbose=0)
-
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with outputs.Lock(final), outputs.atomic_dir(final) as tmp:
+    with outputs.atomic_dir(final) as tmp:
         try:
             WRITE[fmt](model, tmp / name)
             got = in_batches(OPEN[fmt](tmp / name)[0], images)
         except UserError:
             raise
         except Exception as exc:     # a converter or exporter failure: say which, in one line
-            raise UserError(f"{fmt} export of {run_dir.name} failed: {first_line(exc)}") from None
+            raise UserError(f"{fmt} export of {run.folder.name} failed: {first_line(exc)}") from None
         diff = float(np.max(np.abs(got.astype(np.float64) - expected)))
         check = {"images": len(images), "split": "test", "source": attrs["source"],
                  "max_abs_diff": diff, "tolerance": tolerance, "passed": diff <= tolerance,
@@ -91,23 +104,14 @@ def export_run(run_path: Path, fmt: str, cache_dir="cache", n_images: int = 256,
         if not check["passed"]:
             raise UserError(f"the {fmt} export differs from the Keras model by up to {diff:.2e} in a "
                             f"probability (allowed {tolerance:.0e}) on {len(images)} test images; not kept")
-        names = class_names(info)
+        names = class_names(run)
         outputs.write_text_atomic(tmp / records.LABELS, "".join(f"{c}\n" for c in names))
         outputs.write_text_atomic(tmp / records.EXPORT_JSON, json.dumps({
-            **identity, "file": name, "labels": records.LABELS, "run_dir": str(run_dir),
-            "stage": info.get("stage", "head"), "class_names": names,
+            **identity, "file": name, "labels": records.LABELS, "run_dir": str(run.folder),
+            "kind": run.kind, "class_names": names,
             "input": {"dtype": "uint8", "shape": [None, *shape[1:]], "pixels": "RGB 0-255"},
             "output": f"class probabilities (None, {len(names)}), softmax of logits / temperature",
             "check": check, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }, indent=2))
     log(f"{fmt}: max |probability difference| {diff:.2e} against the Keras model on {len(images)} "
         f"test images (allowed {tolerance:.0e}); labels.txt beside it")
-    return final / name
-
-
-def _up_to_date(final: Path, identity: dict) -> bool:
-    meta = final / records.EXPORT_JSON
-    if not meta.is_file():
-        return False
-    found = records.read(meta, records.EXPORT)
-    return all(found.get(k) == v for k, v in identity.items())

@@ -21,8 +21,7 @@ def newest_run(cache_dir) -> Path:
     """What `export` without RUN and `predict` without --model take: the newest finished run with an
     image model (a dense head run, composed with its backbone, or a fine-tune run); run.json is
     written last, so its time is the run's."""
-    found = [j.parent for kind in (records.HEADS, records.FINETUNE)
-             for j in records.folder(cache_dir, kind).glob(f"*/{records.RUN_JSON}") if (j.parent / records.MODEL).is_file()]
+    found = [d for d in records.run_folders(cache_dir) if (d / records.MODEL).is_file()]
     if not found:
         raise UserError(f"no dense head or fine-tune run in {cache_dir}; run `head` first, or name a run")
     return max(found, key=lambda d: (d / records.RUN_JSON).stat().st_mtime)
@@ -32,45 +31,43 @@ def picked_line(run_dir, cache_dir, choose: str) -> str:
     return f"model: {run_dir} (the newest run in {cache_dir}; {choose} chooses another)"
 
 
-def read_run(path: Path) -> tuple[Path, dict]:
-    """(run folder, its run.json) for a run folder, or its run.json or model.keras."""
-    run_dir = (path if path.is_dir() else path.parent).absolute()
-    run_json = run_dir / records.RUN_JSON
-    if not run_json.is_file():
+def read_run(path: Path) -> records.Run:
+    """The run of a run folder, or of its run.json or model.keras; only runs with a Keras model."""
+    run_dir = path if path.is_dir() else path.parent
+    if not (run_dir / records.RUN_JSON).is_file():
         raise UserError(f"{path} is not a run folder (no run.json); give cache/heads/<run> or cache/finetune/<run>")
-    info = records.read_run(run_dir)
-    if info.get("stage") != "finetune" and not (run_dir / records.MODEL).is_file():
-        raise UserError(f"{run_dir} is a {info.get('head', 'non-Keras')} head run; only dense head runs and "
+    run = records.Run.read(run_dir)
+    if run.stage != records.FINETUNE and not run.keras:
+        raise UserError(f"{run.folder} is a {run.kind} head run; only dense head runs and "
                         "stage-three runs export or predict (they are Keras models)")
-    return run_dir, info
+    return run
 
 
-def features_attrs(info: dict) -> dict:
-    path = Path(info["features"]["path"])
-    attrs = store.read_rows(path, splits=()).attrs
-    if attrs["settings_hash"] != info["features"]["settings_hash"]:
-        raise UserError(f"{path} is no longer the features file the run was trained on "
-                        f"({info['features']['settings_hash']}); rerun it")
+def features_attrs(run: records.Run) -> dict:
+    attrs = store.read_rows(run.features, splits=()).attrs
+    if attrs["settings_hash"] != run.record["features"]["settings_hash"]:
+        raise UserError(f"{run.features} is no longer the features file the run was trained on "
+                        f"({run.record['features']['settings_hash']}); rerun it")
     return attrs
 
 
-def image_model(run_dir: Path, info: dict, attrs: dict, backbone=None, weights=None):
+def image_model(run: records.Run, attrs: dict, backbone=None, weights=None):
     """The Keras model to export: uint8 images -> probabilities, temperature applied."""
-    if info.get("stage") == "finetune":
-        model = load_keras_file(run_dir / records.MODEL, "fine-tuned model", "finetune")
+    if run.stage == records.FINETUNE:
+        model = load_keras_file(run.folder / records.MODEL, "fine-tuned model", "finetune")
     else:
         from pipeline.finetune.surgery import image_model as stack    # here: it loads Keras
         bb = rebuild_backbone(attrs, backbone, weights)
-        model = stack(bb.model, load_keras_file(run_dir / records.MODEL, "head", "head"))
-    return apply_temperature(model, temperature(info))
+        model = stack(bb.model, load_keras_file(run.folder / records.MODEL, "head", "head"))
+    return apply_temperature(model, temperature(run))
 
 
-def temperature(info: dict) -> float:
-    return float(info.get("calibration", {}).get("temperature", 1.0))
+def temperature(run: records.Run) -> float:
+    return float(run.record.get("calibration", {}).get("temperature", 1.0))
 
 
-def class_names(info: dict) -> list[str]:
-    return list(info.get("class_names") or info["features"]["class_names"])
+def class_names(run: records.Run) -> list[str]:
+    return list(run.record.get("class_names") or run.record["features"]["class_names"])
 
 
 def sample_test_images(attrs: dict, data_path, n: int) -> np.ndarray:

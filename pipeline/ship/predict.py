@@ -25,9 +25,11 @@ import csv
 import io
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.foundation import flags, outputs
+from pipeline.foundation import flags, outputs, settings
+from pipeline.foundation.settings import Checked, Interval, setting
 from pipeline.foundation.progress import Progress
 from pipeline.ship import models
 from pipeline.ship.predictor import BATCH, Predictor
@@ -41,49 +43,59 @@ TOP = 3
 EXIT_SKIPPED = 3
 
 
+@dataclass
+class PredictSettings:
+    model: str | None = setting(None, None, "a run folder (cache/heads/dense-..., cache/finetune/...), a .keras "
+                                "file, or an export (its folder, SavedModel, .tflite or .keras); default: the newest "
+                                "dense head or fine-tune run in --cache-dir", metavar="RUN|FILE", record=False)
+    top_k: int = setting(TOP, Interval(int, 1), "classes per image", metavar="K")
+    out: str | None = setting(None, Checked(flags.out_file, "a file that can be written", "FILE.csv"),
+                              "write path,class_1,prob_1,...,class_k,prob_k rows there instead of printing them",
+                              record=False)
+    batch_size: int = setting(BATCH, Interval(int, 1), "images read and classified at a time")
+    tta: bool = setting(False, None, "average each image's probabilities with its mirror's")
+    backbone: str | None = flags.moved_backbone_setting()
+    weights: str | None = flags.moved_weights_setting()
+    cache_dir: str = flags.cache_dir_setting("runs")
+
+
 def add_arguments(p):
-    p.add_argument("--model", metavar="RUN|FILE", help="a run folder (cache/heads/dense-..., cache/finetune/...), "
-                   "a .keras file, or an export (its folder, SavedModel, .tflite or .keras); default: the newest "
-                   "dense head or fine-tune run in --cache-dir")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (searched recursively for "
                    f"{', '.join(sorted(IMAGE_SUFFIXES))}) or glob patterns (quote them; ** recurses); "
                    "linked folders are not followed")
-    p.add_argument("--top-k", type=flags.positive_int, default=TOP, metavar="K",
-                   help=f"classes per image (default: {TOP})")
-    p.add_argument("--out", type=flags.out_file, metavar="FILE.csv", help="write path,class_1,prob_1,...,class_k,"
-                   "prob_k rows there instead of printing them")
-    p.add_argument("--batch-size", type=flags.positive_int, default=BATCH, metavar="N", help=f"default: {BATCH}")
-    p.add_argument("--tta", action="store_true", help="average each image's probabilities with its mirror's")
-    flags.add_moved_backbone(p)
-    flags.add_cache_dir(p, "runs")
+    settings.add_flags(p, PredictSettings)
     p.set_defaults(keeps_work=False)     # a failed write keeps nothing: the CSV is written at the end
 
 
 def run(args) -> int:
-    picked = args.model is None
-    if picked:
-        args.model = models.newest_run(args.cache_dir)
+    return run_predict(settings.from_args(PredictSettings, args), args.images)
+
+
+def run_predict(s: PredictSettings, images: list) -> int:
+    """Predict `images` (files, folders, globs); print or write the rows; the exit code."""
+    s = settings.check(s)
+    model = s.model or models.newest_run(s.cache_dir)
     # A bad model or pattern fails before any image is read.
-    predictor = Predictor(Path(args.model), tta=args.tta, backbone=args.backbone, weights=args.weights)
-    if picked:
-        print(models.picked_line(args.model, args.cache_dir, "--model"), file=sys.stderr)
-    paths = expand(args.images)
-    k = min(args.top_k, len(predictor.class_names))
+    predictor = Predictor(Path(model), tta=s.tta, backbone=s.backbone, weights=s.weights)
+    if not s.model:
+        print(models.picked_line(model, s.cache_dir, "--model"), file=sys.stderr)
+    paths = expand(images)
+    k = min(s.top_k, len(predictor.class_names))
     rows, skipped = [], []
     with Progress(len(paths), desc="predict") as bar:     # plain lines when stderr is a log
-        for batch_rows, batch_skipped in predictor.predict_paths(paths, k, args.batch_size):
+        for batch_rows, batch_skipped in predictor.predict_paths(paths, k, s.batch_size):
             rows += batch_rows
             skipped += batch_skipped
             bar.update(len(batch_rows) + len(batch_skipped))
-    if args.out:
-        write_csv(Path(args.out), rows, k)
+    if s.out:
+        write_csv(Path(s.out), rows, k)
     else:
         for path, top in rows:
             _print_raw(f"{path}: " + ", ".join(f"{name} {p:.3f}" for name, p in top))
     for path, reason in skipped:
         print(f"skipped: {shown(reason)}", file=sys.stderr)
-    if args.out:
-        print(f"{len(rows)} images -> {shown(args.out)}" + (f"; {len(skipped)} skipped" if skipped else ""),
+    if s.out:
+        print(f"{len(rows)} images -> {shown(s.out)}" + (f"; {len(skipped)} skipped" if skipped else ""),
               file=sys.stderr)
     return EXIT_SKIPPED if skipped else 0
 

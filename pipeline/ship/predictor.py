@@ -69,13 +69,14 @@ def _run_model(run_dir: Path, backbone, weights):
     computed as stage one computed them (each image at its own size, in the file's precision), so
     a source image gets exactly its stored row's answer. The run's temperature is applied.
     Size None: the images are given as they are, a list."""
-    run_dir, info = models.read_run(run_dir)
-    if info.get("stage") == "finetune":
-        model = models.image_model(run_dir, info, None)
-        return (lambda x: model.predict(x, verbose=0)), tuple(model.input_shape[1:3]), models.class_names(info)
-    rows = row_extractor(models.features_attrs(info), backbone, weights)
-    head = apply_temperature(models.load_keras_file(run_dir / records.MODEL, "head", "head"), models.temperature(info))
-    return (lambda images: head.predict(rows(images), verbose=0)), None, models.class_names(info)
+    run = models.read_run(run_dir)
+    if run.stage == records.FINETUNE:
+        model = models.image_model(run, None)
+        return (lambda x: model.predict(x, verbose=0)), tuple(model.input_shape[1:3]), models.class_names(run)
+    rows = row_extractor(models.features_attrs(run), backbone, weights)
+    head = apply_temperature(models.load_keras_file(run.folder / records.MODEL, "head", "head"),
+                             models.temperature(run))
+    return (lambda images: head.predict(rows(images), verbose=0)), None, models.class_names(run)
 
 
 class Predictor:
