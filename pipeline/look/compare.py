@@ -9,7 +9,7 @@ source (its data fingerprint) and the same val and test source indices; otherwis
 is refused. For val and test: both accuracies with their 95% Wilson intervals, the difference
 B - A with its 95% paired bootstrap interval, McNemar's exact p-value (pipeline.foundation.stats), and how
 many images only A and only B get right. The per-image results are the runs' predictions.csv
-(pipeline.look.looking). Written to cache/compare/<hash>/: compare.json and disagreements.png (the
+(pipeline.heads.mistakes). Written to cache/compare/<hash>/: compare.json and disagreements.png (the
 --split images only one of them gets right, read back from the source); up to date on rerun.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pipeline.foundation import flags, records, stats
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.foundation.outputs import Lock, atomic_dir
 from pipeline.foundation.tables import paired_table
-from pipeline.look.gallery import save_grid
-from pipeline.look.looking import read_predictions
+from pipeline.foundation.gallery import save_grid
+from pipeline.heads.mistakes import read_predictions
 from pipeline.sources import rows
 
 
