@@ -270,7 +270,8 @@ def test_a_killed_head_leaves_a_folder_that_the_next_run_removes(features_file, 
     (leftover / "sub").mkdir(parents=True)
     code, out, err = run_cli(capsys, "head", "--features", features_file, "--cache-dir", tmp_path, "--head", "logreg")
     assert code == 0 and not leftover.exists()
-    assert any(f"removed {leftover}" in line for line in err), err
+    # said on the command's log (stdout, with "up to date", as outputs.produce logs both)
+    assert any(f"removed {leftover}" in line for line in out + err), (out, err)
 
 
 # ---------------------------------------------------------------- kills
