@@ -133,7 +133,6 @@ def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_secon
         if history:
             _plot_curves(tmp / "curves.png", history)
         if features is not None:
-            from pipeline.heads.mistakes import write_run_views
             # which images these are scored on: `compare` refuses two runs whose sources differ
             report["data_fingerprint"] = features.attrs.get("data_fingerprint")
             report.update(write_run_views(tmp, features, y_true, y_prob, class_names, splits, cache_dir))
