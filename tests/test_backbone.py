@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import CIFAR_JPG, PRETRAINED, require_pretrained, require_real_images
-from pipeline.backbones import build, folding, table, precision as device_precision
+from pipeline.backbones import build, folding, keras_private, table, precision as device_precision
 from pipeline.backbones.weights import Weights, sha256_file
 from pipeline.foundation.errors import UserError
 
@@ -187,13 +187,14 @@ def test_imagenet_download_failure_is_explained(monkeypatch):
         build.build_backbone("inception_v3", "imagenet", SIZE)
 
 
-# ---------------------------------------------------------------- every row of the table
+# ---------------------------------------------------------------- every entry of the table
 
-def _application_preprocess(row):
-    """The row's keras.applications module's own preprocess_input (the reference)."""
+def _application_preprocess(entry):
+    """The entry's keras.applications module's own preprocess_input (the reference)."""
     import importlib
     import keras
-    return importlib.import_module(getattr(keras.applications, row.constructor).__module__).preprocess_input
+    constructor = getattr(keras.applications, entry.architecture.constructor)
+    return importlib.import_module(constructor.__module__).preprocess_input
 
 
 @pytest.mark.slow
@@ -204,39 +205,42 @@ def test_every_backbone_fast_path_equals_the_keras_application(name):
     preprocess_input; bfloat16 stays within a cosine of 0.999."""
     import keras
     import tensorflow as tf
-    row = table.BACKBONES[name]
-    size = max(row.min_size, 32)
+    entry = table.BACKBONES[name]
+    arch, policy = entry.architecture, entry.policy
+    size = max(arch.min_size, 32)
     backbone = build.build_backbone(name, "none", size, seed=0)
-    assert (backbone.row, backbone.width, backbone.input_size) == (row, row.width, size)
+    assert (backbone.policy, backbone.width, backbone.input_size) == (policy, arch.width, size)
     network = backbone.model.layers[-1]
     _perturb_batchnorm(network, seed=1)
     images = np.concatenate([np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
                              _real_images(10)[:6]])
     pixels = tf.image.resize(tf.cast(images, tf.float32), (size, size))
-    ref = network(_application_preprocess(row)(pixels), training=False).numpy()
+    ref = network(_application_preprocess(entry)(pixels), training=False).numpy()
     f32 = folding.fast_extractor(backbone.model, "float32")(images)
-    assert f32.shape == (len(images), row.width)
+    assert f32.shape == (len(images), arch.width)
     assert np.abs(f32 - ref).max() <= 1e-4 * np.abs(ref).max()
     folded = folding.fold_batchnorm(network)
     conv_fed = [l for l in network.layers if isinstance(l, keras.layers.BatchNormalization)
-                and isinstance(l.input._keras_history.operation, folding._convolutions())]
+                and isinstance(keras_private.producer(l.input), folding._convolutions())]
     assert len(conv_fed) == len(folding._foldable_pairs(network))          # every conv->BN pair folded
     assert not any(folded.get_layer(l.name).weights for l in conv_fed)
     b16 = folding.fast_extractor(backbone.model, "bfloat16")(images)
     assert _cosines(f32, b16).min() >= 0.999
-    # Fine-tuning cuts the row at its default block: the block trains, and lower then upper is the network.
+    # Fine-tuning cuts the network at its default block: the block trains, and lower then upper is the network.
     from pipeline.finetune import surgery
-    head = keras.Sequential([keras.Input((row.width,)), keras.layers.Dense(10, activation="softmax")])
-    parts = surgery.split(backbone.model, head, row.unfreeze, row)
-    assert row.unfreeze in {l.name for l in parts.upper.layers} and row.unfreeze in table.block_names(network, row)
-    x = _application_preprocess(row)(pixels)
+    head = keras.Sequential([keras.Input((arch.width,)), keras.layers.Dense(10, activation="softmax")])
+    parts = surgery.split(backbone.model, head, policy.unfreeze, policy)
+    assert policy.unfreeze in {l.name for l in parts.upper.layers}
+    assert policy.unfreeze in table.block_names(network, policy)
+    x = _application_preprocess(entry)(pixels)
     np.testing.assert_allclose(parts.upper(parts.lower(x)).numpy(), ref, rtol=0, atol=1e-5 * np.abs(ref).max())
 
 
 @pytest.mark.slow
 def test_weights_file_builds_what_imagenet_builds(tmp_path, monkeypatch):
-    """--weights PATH is Keras's ImageNet build with the download answered by the file: for
-    EfficientNet that build differs from a random-init one (an extra input rescaling)."""
+    """--weights PATH gives what Keras's ImageNet build gives with the download answered by the same
+    file (faked here, by patching Keras's download step): for EfficientNet that build differs from a
+    random-init one (an extra input rescaling), which build.py adds without patching Keras."""
     import keras
     random_init = build.build_backbone("efficientnet_b0", "none", 32, seed=0)
     path = tmp_path / "efficientnetb0_notop.weights.h5"
@@ -258,6 +262,6 @@ def test_backbones_command_prints_the_table(capsys):
     from pipeline.cli import main
     assert main(["backbones"]) == 0
     out = capsys.readouterr().out
-    for row in table.BACKBONES.values():
-        assert row.name in out and row.unfreeze in out
+    for entry in table.BACKBONES.values():
+        assert entry.name in out and entry.policy.unfreeze in out
     assert "inception_v3 (default)" in out

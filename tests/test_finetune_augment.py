@@ -110,7 +110,7 @@ def test_a_shifted_map_approximates_the_map_of_the_shifted_image(real_features):
     attrs = read_rows(real_features, splits=()).attrs
     bb = rebuild_backbone(attrs, str(PRETRAINED))
     base = bb.model.layers[-1]
-    parts = surgery.split(bb.model, _any_head(bb.width), default_unfreeze(base), bb.row)
+    parts = surgery.split(bb.model, _any_head(bb.width), default_unfreeze(base, bb.policy), bb.policy)
     assert parts.cut == "block10_add"
     images = load_splits(attrs, None)["test"].x[:4]
     x = np.asarray(parts.front(images), np.float32)                      # 224x224 network input

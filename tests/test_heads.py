@@ -129,8 +129,8 @@ import sys, keras
 from pipeline.backbones.table import BACKBONES
 def refuse(*a, **k):
     raise AssertionError("a backbone was constructed")
-for row in BACKBONES.values():
-    setattr(keras.applications, row.constructor, refuse)
+for entry in BACKBONES.values():
+    setattr(keras.applications, entry.architecture.constructor, refuse)
 from pipeline.cli import main
 for argv in sys.argv[1:]:
     rc = main(argv.split())

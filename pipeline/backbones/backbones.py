@@ -18,11 +18,12 @@ def backbone_table() -> str:
     random weights at its smallest size: the count does not depend on the size)."""
     import keras     # here, not at the top: `--help` stays quick
     rows = []
-    for row in BACKBONES.values():
-        params = getattr(keras.applications, row.constructor)(
-            include_top=False, weights=None, pooling="avg", input_shape=(row.min_size, row.min_size, 3)
+    for entry in BACKBONES.values():
+        arch = entry.architecture
+        params = getattr(keras.applications, arch.constructor)(
+            include_top=False, weights=None, pooling="avg", input_shape=(arch.min_size, arch.min_size, 3)
         ).count_params()
-        rows.append([row.name + (" (default)" if row.name == DEFAULT_BACKBONE else ""), row.default_size,
-                     row.min_size, row.width, f"{params / 1e6:.1f} M", PREPROCESSING[row.preprocessing][0],
-                     row.unfreeze])
+        rows.append([entry.name + (" (default)" if entry.name == DEFAULT_BACKBONE else ""), arch.default_size,
+                     arch.min_size, arch.width, f"{params / 1e6:.1f} M", PREPROCESSING[arch.preprocessing][0],
+                     entry.policy.unfreeze])
     return format_table(["backbone", "size", "min", "width", "parameters", "preprocessing", "unfreeze from"], rows)

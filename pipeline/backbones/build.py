@@ -1,41 +1,43 @@
 """Building the float32 reference model: uint8 images -> in-graph resize and preprocessing -> the
-pretrained network (a table row with its weights, or a .keras file) -> one feature vector per image.
+pretrained network (a table entry with its weights, or a .keras file) -> one feature vector per image.
 Fine-tuning trains this one; folding.py turns it into stage one's inference function.
 `identity` is the backbone's part of stage one's hashed settings."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.backbones import keras_private
-from pipeline.backbones.table import DEFAULT_BACKBONE, PREPROCESSING, Row, describe_preprocessing
+from pipeline.backbones.table import (DEFAULT_BACKBONE, FILE_POLICY, PREPROCESSING, Entry, FinetunePolicy,
+                                      PretrainedWeights, describe_preprocessing)
 from pipeline.backbones.weights import Weights, resolve_backbone, sha256_file, weights_identity
 from pipeline.foundation.errors import UserError, first_line
 
 
 def identity(backbone: str, weights: str | None, size: int | None, seed: int) -> dict:
     """The backbone's part of stage one's hashed settings, without building a network (a table
-    row is read; a .keras file is loaded, which is cheap)."""
+    entry is read; a .keras file is loaded, which is cheap)."""
     found = resolve_backbone(backbone)
     if isinstance(found, Path):
         bb = build_backbone(backbone, weights, size)
         return {"backbone": bb.name, **bb.weights.attrs(), "input_size": bb.input_size,
                 "feature_width": bb.width, "preprocessing": bb.preprocessing}
-    size = found.default_size if size is None else size
+    arch = found.architecture
+    size = arch.default_size if size is None else size
     _check_size(found, size)
     return {"backbone": found.name, **weights_identity(weights or "imagenet", seed).attrs(), "input_size": size,
-            "feature_width": found.width, "preprocessing": describe_preprocessing(found.preprocessing, size)}
+            "feature_width": arch.width, "preprocessing": describe_preprocessing(arch.preprocessing, size)}
 
 
 @dataclass(frozen=True)
 class Backbone:
     model: object          # keras.Model: uint8 (None, H, W, 3) -> float32 (None, width)
-    name: str              # the table row's name, or the .keras file's name
+    name: str              # the table entry's name, or the .keras file's name
     weights: Weights
     input_size: int        # side of the square image the network sees
     width: int             # feature width
     preprocessing: str     # description
-    row: Row | None = None  # None for a .keras file
+    policy: FinetunePolicy = FILE_POLICY   # the table entry's; a .keras file's is computed
 
 
 def build_backbone(backbone: str = DEFAULT_BACKBONE, weights: str | None = None, size: int | None = None,
@@ -46,13 +48,13 @@ def build_backbone(backbone: str = DEFAULT_BACKBONE, weights: str | None = None,
         if weights is not None:
             raise UserError("--weights applies to the named backbones; a --backbone file carries its own weights")
         return _saved_model(found, size, image_shape)
-    return _application(found, weights or "imagenet", found.default_size if size is None else size,
+    return _application(found, weights or "imagenet", found.architecture.default_size if size is None else size,
                         image_shape, seed)
 
 
-def _check_size(row: Row, size: int):
-    if size < row.min_size:
-        raise UserError(f"--size must be at least {row.min_size} for {row.name}, got {size}")
+def _check_size(entry: Entry, size: int):
+    if size < entry.architecture.min_size:
+        raise UserError(f"--size must be at least {entry.architecture.min_size} for {entry.name}, got {size}")
 
 
 def _front(image_shape, size):
@@ -65,11 +67,11 @@ def _front(image_shape, size):
     return inputs, x
 
 
-def _application(row: Row, weights: str, size: int, image_shape, seed: int) -> Backbone:
+def _application(entry: Entry, weights: str, size: int, image_shape, seed: int) -> Backbone:
     import keras
-    _check_size(row, size)
-    identity = weights_identity(weights, seed)
-    constructor = getattr(keras.applications, row.constructor)
+    _check_size(entry, size)
+    arch, identity = entry.architecture, weights_identity(weights, seed)
+    constructor = getattr(keras.applications, arch.constructor)
     kwargs = dict(include_top=False, pooling="avg", input_shape=(size, size, 3))
     if identity.source == "none":
         keras.utils.set_random_seed(seed)  # random init, but the same one every run
@@ -78,24 +80,37 @@ def _application(row: Row, weights: str, size: int, image_shape, seed: int) -> B
         try:
             base = constructor(weights="imagenet", **kwargs)
         except Exception as exc:
-            raise UserError(f"could not download the {row.name} ImageNet weights ({type(exc).__name__}); "
-                            f"offline? pass --weights PATH to a local weights file ({row.weights_file}) "
+            raise UserError(f"could not download the {entry.name} ImageNet weights ({type(exc).__name__}); "
+                            f"offline? pass --weights PATH to a local weights file ({entry.weights.file}) "
                             "or --weights none") from None
     else:
-        # Built exactly as for "imagenet" (EfficientNet adds a layer only then), with Keras's
-        # download step answered by the local file instead.
         try:
-            with keras_private.weights_from_file(weights):
-                base = constructor(weights="imagenet", **kwargs)
+            base = _as_imagenet_builds(constructor(weights=None, **kwargs), entry.weights)
+            base.load_weights(weights)
         except Exception as exc:
-            raise UserError(f"cannot load {row.name} weights from {weights}: {first_line(exc)}") from None
-    base.name = row.name
+            raise UserError(f"cannot load {entry.name} weights from {weights}: {first_line(exc)}") from None
+    base.name = entry.name
     inputs, x = _front(image_shape, size)
-    x = PREPROCESSING[row.preprocessing][1](x)
+    x = PREPROCESSING[arch.preprocessing][1](x)
     features = base(x, training=False)
-    model = keras.Model(inputs, features, name=f"{row.name}_features")
-    return Backbone(model, row.name, identity, size, int(base.output_shape[-1]),
-                    describe_preprocessing(row.preprocessing, size), row)
+    model = keras.Model(inputs, features, name=f"{entry.name}_features")
+    return Backbone(model, entry.name, identity, size, int(base.output_shape[-1]),
+                    describe_preprocessing(arch.preprocessing, size), entry.policy)
+
+
+def _as_imagenet_builds(base, pretrained: PretrainedWeights):
+    """`base` (built with weights=None) as keras.applications builds it for its ImageNet weights, so
+    that a weights file gives what the download gives: with the extra rescaling after the in-model
+    Normalization where the table says so, inserted through clone_model's public call_function."""
+    import keras
+    if not pretrained.renormalize:
+        return base
+    scale = [1.0 / math.sqrt(s) for s in pretrained.renormalize]   # as Keras computes it: the same float32s
+
+    def call(layer, *args, **kwargs):
+        out = layer(*args, **kwargs)
+        return keras.layers.Rescaling(scale)(out) if isinstance(layer, keras.layers.Normalization) else out
+    return keras.models.clone_model(base, clone_function=lambda layer: layer, call_function=call)
 
 
 def _saved_model(path: Path, size: int | None, image_shape) -> Backbone:

@@ -1,10 +1,11 @@
-"""The backbone table: one row per keras.applications network this project knows, as timm's registry
-does it; a new backbone is one new row (plus a PREPROCESSING entry if it preprocesses in a new way).
-No caller branches on a backbone's name: input size, preprocessing, width and the fine-tuning
-defaults live in the row. A row's columns, in three groups:
-- the architecture: constructor, default and smallest input size, feature width, preprocessing;
-- the pretrained weights: the Keras ImageNet file (weights.py gives every choice its identity);
+"""The backbone table: one entry per keras.applications network this project knows, as timm's registry
+does it, in three parts kept apart:
+- the architecture: what keras.applications builds (constructor, input sizes, feature width, preprocessing);
+- the pretrained weights: Keras's ImageNet file, which keras.applications downloads for "imagenet"
+  and --weights PATH loads offline (weights.py records which weights a run used, with their identity);
 - the fine-tuning policy: the default --unfreeze-from block and the pattern that names blocks.
+A new backbone is one new entry (plus a PREPROCESSING entry if it preprocesses in a new way). No
+caller branches on a backbone's name: whatever differs between backbones lives in its entry.
 
 Keras is imported inside the preprocessing functions only: this table is read by `--help`.
 """
@@ -17,44 +18,72 @@ import numpy as np
 
 
 @dataclass(frozen=True)
-class Row:
-    # the architecture
-    name: str            # the keras.applications function name in snake case; --backbone NAME
+class Architecture:
     constructor: str     # keras.applications.<constructor>(include_top=False, pooling="avg", ...)
     default_size: int    # the size its ImageNet weights were trained at
     min_size: int        # the smallest input keras.applications accepts
     width: int           # length of the pooled feature vector
     preprocessing: str   # key of PREPROCESSING: what <module>.preprocess_input does
-    # the pretrained weights
-    weights_file: str    # Keras's ImageNet file without the top, for --weights PATH offline
-    # the fine-tuning policy
-    unfreeze: str        # default --unfreeze-from: the first layer of the top two blocks
-    blocks: str          # regex; its first group names the block a layer belongs to
 
 
-BACKBONES = {row.name: row for row in [
-    Row("inception_v3", "InceptionV3", 299, 75, 2048, "tf",
-        "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", "mixed9", r"(mixed\d+)$"),
-    Row("resnet50", "ResNet50", 224, 32, 2048, "caffe",
-        "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", "conv5_block2_1_conv", r"(conv\d_block\d+)_"),
-    Row("resnet50_v2", "ResNet50V2", 224, 32, 2048, "tf",
-        "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5", "conv5_block2_preact_bn", r"(conv\d_block\d+)_"),
-    Row("xception", "Xception", 299, 71, 2048, "tf",
-        "xception_weights_tf_dim_ordering_tf_kernels_notop.h5", "block13_sepconv1_act", r"(block\d+)_"),
-    Row("densenet121", "DenseNet121", 224, 32, 1024, "torch",
-        "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", "conv5_block15_0_bn", r"(conv\d_block\d+)_"),
-    Row("efficientnet_b0", "EfficientNetB0", 224, 32, 1280, "in-model",
-        "efficientnetb0_notop.h5", "block6d_expand_conv", r"(block\d+[a-z])_"),
-    Row("efficientnet_v2_b0", "EfficientNetV2B0", 224, 32, 1280, "in-model",
-        "efficientnetv2-b0_notop.h5", "block6g_expand_conv", r"(block\d+[a-z])_"),
-    Row("convnext_tiny", "ConvNeXtTiny", 224, 32, 768, "in-model",
-        "convnext_tiny_notop.h5", "convnext_tiny_stage_3_block_1_depthwise_conv", r"(stage_\d+_block_\d+)_"),
-    Row("mobilenet_v3_large", "MobileNetV3Large", 224, 32, 960, "in-model",
-        "weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5", "expanded_conv_13_expand", r"(expanded_conv_\d+)_"),
+@dataclass(frozen=True)
+class PretrainedWeights:
+    file: str            # Keras's ImageNet file without the top, for --weights PATH offline
+    # EfficientNet: Keras's ImageNet build alone divides its in-model Normalization's output once
+    # more by the square root of these standard deviations (tensorflow/tensorflow#49930); a weights
+    # file is built the same way (build.py), so it gives what the download gives.
+    renormalize: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class FinetunePolicy:
+    unfreeze: str | None  # default --unfreeze-from: the first layer of the top two blocks (None: computed)
+    blocks: str           # regex; its first group names the block a layer belongs to
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str            # the keras.applications function name in snake case; --backbone NAME
+    architecture: Architecture
+    weights: PretrainedWeights
+    policy: FinetunePolicy
+
+
+BACKBONES = {entry.name: entry for entry in [
+    Entry("inception_v3", Architecture("InceptionV3", 299, 75, 2048, "tf"),
+          PretrainedWeights("inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+          FinetunePolicy("mixed9", r"(mixed\d+)$")),
+    Entry("resnet50", Architecture("ResNet50", 224, 32, 2048, "caffe"),
+          PretrainedWeights("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+          FinetunePolicy("conv5_block2_1_conv", r"(conv\d_block\d+)_")),
+    Entry("resnet50_v2", Architecture("ResNet50V2", 224, 32, 2048, "tf"),
+          PretrainedWeights("resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+          FinetunePolicy("conv5_block2_preact_bn", r"(conv\d_block\d+)_")),
+    Entry("xception", Architecture("Xception", 299, 71, 2048, "tf"),
+          PretrainedWeights("xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+          FinetunePolicy("block13_sepconv1_act", r"(block\d+)_")),
+    Entry("densenet121", Architecture("DenseNet121", 224, 32, 1024, "torch"),
+          PretrainedWeights("densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+          FinetunePolicy("conv5_block15_0_bn", r"(conv\d_block\d+)_")),
+    Entry("efficientnet_b0", Architecture("EfficientNetB0", 224, 32, 1280, "in-model"),
+          PretrainedWeights("efficientnetb0_notop.h5", renormalize=(0.229, 0.224, 0.225)),
+          FinetunePolicy("block6d_expand_conv", r"(block\d+[a-z])_")),
+    Entry("efficientnet_v2_b0", Architecture("EfficientNetV2B0", 224, 32, 1280, "in-model"),
+          PretrainedWeights("efficientnetv2-b0_notop.h5"),
+          FinetunePolicy("block6g_expand_conv", r"(block\d+[a-z])_")),
+    Entry("convnext_tiny", Architecture("ConvNeXtTiny", 224, 32, 768, "in-model"),
+          PretrainedWeights("convnext_tiny_notop.h5"),
+          FinetunePolicy("convnext_tiny_stage_3_block_1_depthwise_conv", r"(stage_\d+_block_\d+)_")),
+    Entry("mobilenet_v3_large", Architecture("MobileNetV3Large", 224, 32, 960, "in-model"),
+          PretrainedWeights("weights_mobilenet_v3_large_224_1.0_float_no_top_v2.h5"),
+          FinetunePolicy("expanded_conv_13_expand", r"(expanded_conv_\d+)_")),
 ]}
 
-
 DEFAULT_BACKBONE = "inception_v3"
+
+# A .keras backbone file's policy: blocks are `<word><number>_` groups (EfficientNet-Lite's
+# blockNN_), and the default block is computed from the network (default_unfreeze).
+FILE_POLICY = FinetunePolicy(None, r"([A-Za-z]+\d+)_")
 
 
 def _tf_style(x):
@@ -94,32 +123,31 @@ def describe_preprocessing(key: str, size: int) -> str:
     return f"bilinear resize to {size}x{size}, then {PREPROCESSING[key][0]}"
 
 
-def block_names(base, row: Row | None = None) -> list[str]:
+def block_names(base, policy: FinetunePolicy = FILE_POLICY) -> list[str]:
     """Names worth suggesting for --unfreeze-from: the first layer of each block, blocks found by
-    the row's pattern (for a .keras file: `<word><number>_` groups, as EfficientNet-Lite's blockNN_)."""
+    the policy's pattern."""
     names = [layer.name for layer in base.layers[1:]]
-    pattern = row.blocks if row else r"([A-Za-z]+\d+)_"
     firsts, seen = [], set()
     for n in names:
-        m = re.search(pattern, n)
+        m = re.search(policy.blocks, n)
         if m and m.group(1) not in seen:
             seen.add(m.group(1))
             firsts.append(n)
     return firsts or names
 
 
-def default_unfreeze(base, row: Row | None = None) -> str:
-    """The table's default block for a row. For a .keras file: the first block that computes at the
-    network's last spatial resolution, so the last stage or two train (EfficientNet-Lite0:
+def default_unfreeze(base, policy: FinetunePolicy = FILE_POLICY) -> str:
+    """The policy's default block. Computed when it has none (a .keras file): the first block that
+    computes at the network's last spatial resolution, so the last stage or two train (EfficientNet-Lite0:
     block11_expand_conv, cut at block10_add's 14x14x112 at 224x224): enough network to be worth
     fine-tuning, small enough that a 2-core CPU trains it on all of CIFAR-10 within the hour."""
-    if row:
-        return row.unfreeze
+    if policy.unfreeze:
+        return policy.unfreeze
     maps = [layer for layer in base.layers[1:] if len(layer.output.shape) == 4]
     if not maps:
-        return block_names(base)[-2]
+        return block_names(base, policy)[-2]
     last = tuple(maps[-1].output.shape[1:3])
     first = next(layer.name for layer in maps if tuple(layer.output.shape[1:3]) == last)
-    m = re.search(r"([A-Za-z]+\d+)_", first)
+    m = re.search(policy.blocks, first)
     # the block's first layer (its expansion conv may still run at the previous resolution)
-    return next((n for n in block_names(base) if m and n.startswith(m.group(1) + "_")), first)
+    return next((n for n in block_names(base, policy) if m and n.startswith(m.group(1) + "_")), first)

@@ -6,14 +6,15 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.backbones.table import BACKBONES, Row
+from pipeline.backbones.table import BACKBONES, Entry
 from pipeline.foundation.errors import UserError
 
 
 @dataclass(frozen=True)
 class Weights:
-    """Where a network's weights came from, as structured attributes (stored in every features
-    file, hashed into its name; the inverse, rebuilding the network, reads these fields)."""
+    """Which weights a network was built with, as structured attributes (stored in every features
+    file, hashed into its name; the inverse, rebuilding the network, reads these fields). What
+    "imagenet" is for each backbone, the table's PretrainedWeights says."""
     source: str          # "imagenet" (Keras's download), "none" (random init) or "file"
     seed: int = -1       # random init seed (source "none")
     sha256: str = ""     # of the weights file or .keras model (source "file")
@@ -49,8 +50,8 @@ def weights_identity(weights: str, seed: int) -> Weights:
     return Weights("file", sha256=sha256_file(Path(weights)))
 
 
-def resolve_backbone(backbone: str) -> Row | Path:
-    """A table row by name, or the path of a saved .keras model."""
+def resolve_backbone(backbone: str) -> Entry | Path:
+    """A table entry by name, or the path of a saved .keras model."""
     if backbone in BACKBONES:
         return BACKBONES[backbone]
     path = Path(backbone)

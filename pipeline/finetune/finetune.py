@@ -4,7 +4,7 @@ One Keras model: uint8 images -> resize and preprocessing -> the backbone of the
 (rebuilt exactly: same network, weights and input size) -> the stage-two dense head with its
 trained weights. Everything from --unfreeze-from on trains (default: the top two blocks, from the
 backbone table: mixed9 for InceptionV3, conv5_block2_1_conv for ResNet50, ...; for a backbone
-file, its last resolution's blocks, see backbone.default_unfreeze); BatchNorm stays in inference
+file, its last resolution's blocks, see table.default_unfreeze); BatchNorm stays in inference
 mode throughout, so moving statistics never change.
 
 The recipe (defaults, meant to work untuned): AdamW, one epoch of linear warm-up then cosine decay
@@ -155,8 +155,8 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
 
     import keras   # here, not at the top: `--help` must not load Keras
     bb = rebuild_backbone(attrs, s.backbone, s.weights)
-    unfreeze = s.unfreeze_from or default_unfreeze(bb.model.layers[-1], bb.row)
-    parts = surgery.split(bb.model, head, unfreeze, bb.row)
+    unfreeze = s.unfreeze_from or default_unfreeze(bb.model.layers[-1], bb.policy)
+    parts = surgery.split(bb.model, head, unfreeze, bb.policy)
     sizes = split_sizes(features_path)
     if s.epochs is None:   # auto: recorded as the number it resolved to, so `--epochs 3` is the same run
         s = replace(s, epochs=auto_epochs(sizes["train"], s.batch_size))

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.backbones import keras_private
 from pipeline.backbones.precision import POLICY as _POLICY
+from pipeline.backbones.table import FILE_POLICY, FinetunePolicy, block_names
 from pipeline.foundation.errors import UserError
 
 
@@ -32,8 +34,7 @@ class Parts:
 
 def _producers(layer, position) -> list[int]:
     """Positions of the layers whose outputs `layer` consumed when the network was built."""
-    node = layer._inbound_nodes[0]
-    return [position[t._keras_history.operation.name] for t in node.input_tensors]
+    return [position[keras_private.producer(t).name] for t in keras_private.first_call(layer).input_tensors]
 
 
 def separators(base) -> list[int]:
@@ -44,31 +45,30 @@ def separators(base) -> list[int]:
     earliest = [min(_producers(l, position), default=i) for i, l in enumerate(layers)]
     found, low = [], len(layers)
     for i in range(len(layers) - 1, -1, -1):   # low = earliest producer of any layer after i
-        if low >= i and len(layers[i]._inbound_nodes[0].output_tensors) == 1:
+        if low >= i and len(keras_private.first_call(layers[i]).output_tensors) == 1:
             found.append(i)
         low = min(low, earliest[i])
     return sorted(found)
 
 
-def find_cut(base, unfreeze_from: str, row=None) -> str:
-    """The separator right before the block that `unfreeze_from` names (`row`: its backbone table
-    row, which says how blocks are named)."""
-    from pipeline.backbones.table import block_names
+def find_cut(base, unfreeze_from: str, policy: FinetunePolicy = FILE_POLICY) -> str:
+    """The separator right before the block that `unfreeze_from` names (`policy`: the backbone's
+    fine-tuning policy, which says how blocks are named)."""
     names = [op.name for op in base.operations]
     if unfreeze_from not in [layer.name for layer in base.layers[1:]]:
         raise UserError(f"--unfreeze-from {unfreeze_from!r} is not a layer of {base.name}; valid block "
-                        f"names: {', '.join(block_names(base, row))} (or any other layer name of the network)")
+                        f"names: {', '.join(block_names(base, policy))} (or any other layer name of the network)")
     target = names.index(unfreeze_from)
     return names[max(i for i in separators(base) if i < target)]
 
 
-def split(backbone_model, head, unfreeze_from: str, row=None) -> Parts:
-    """Cut `backbone_model` (from pipeline.backbones.build.build_backbone, `row` its table row) before
-    `unfreeze_from`."""
+def split(backbone_model, head, unfreeze_from: str, policy: FinetunePolicy = FILE_POLICY) -> Parts:
+    """Cut `backbone_model` (from pipeline.backbones.build.build_backbone, `policy` its fine-tuning
+    policy) before `unfreeze_from`."""
     import keras
     base = backbone_model.layers[-1]           # the pretrained network after the front layers
     front = keras.Model(backbone_model.input, backbone_model.layers[-2].output, name="front")
-    cut = find_cut(base, unfreeze_from, row)
+    cut = find_cut(base, unfreeze_from, policy)
     cut_tensor = next(op for op in base.operations if op.name == cut).output
     lower = keras.Model(base.input, cut_tensor, name="lower")
     upper = keras.Model(cut_tensor, base.output, name="upper")
