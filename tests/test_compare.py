@@ -122,7 +122,8 @@ def test_sweep_marks_ties_with_the_best_and_recommends_one(two_runs):
     # runs recorded before intervals existed: the interval comes from their report's confusion matrix
     old = [{**r, "metrics": {k: v for k, v in r["metrics"].items() if not k.endswith("_interval")},
             "report": str(cache / "reports" / r["run_dir"].rsplit("/", 1)[-1])} for r in runs]
-    assert [r["test_accuracy_low"] for r in sweep.leaderboard(old, [], ties=True)] == [r["test_accuracy_low"] for r in rows]
+    assert [r["test_accuracy_low"] for r in sweep.leaderboard(old, [], ties=True)] == [
+        r["test_accuracy_low"] for r in rows]
 
 
 def test_sweep_ties_without_per_image_predictions_are_left_unmarked(two_runs, tmp_path):

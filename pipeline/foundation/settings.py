@@ -93,6 +93,7 @@ class Checked:
 
 
 SEED = Interval(int, 0, SEED_MAX, closed="both")
+POSITIVE = Interval(float, 0, closed="neither")      # a rate, a regularization strength
 
 
 def setting(default, valid=None, help: str = "", *, auto: str | None = None, flag: str | None = None,
