@@ -128,8 +128,7 @@ def predict_proba(model, x):
 def load_head(run_dir):
     """The saved model of a run folder, by the artifact its run.json's head kind names."""
     run_dir = Path(run_dir)
-    run_json = run_dir / records.RUN_JSON
-    kinds = [HEADS[kind_of(run_json)]] if run_json.is_file() else list(HEADS.values())
+    kinds = [HEADS[kind_of(run_dir)]] if (run_dir / records.RUN_JSON).is_file() else list(HEADS.values())
     for kind in kinds:
         if (run_dir / kind.artifact).is_file():
             return kind.load(run_dir / kind.artifact)
@@ -141,11 +140,11 @@ def read_run_json(path: Path) -> dict:
     return records.read_run(Path(path).parent)
 
 
-def kind_of(run_json: Path) -> str:
-    """The head kind a run.json names; one this version does not know is a damaged record."""
-    head = records.run_kind(read_run_json(run_json))
+def kind_of(run_dir: Path) -> str:
+    """The head kind a run folder's run.json names; one this version does not know is a damaged record."""
+    head = records.Run.read(run_dir).kind
     if head not in HEADS:
-        raise records.damaged(run_json, records.RUN, f"unknown head kind {head!r}")
+        raise records.damaged(run_dir / records.RUN_JSON, records.RUN, f"unknown head kind {head!r}")
     return head
 
 
