@@ -185,16 +185,26 @@ def test_foreign_file_under_the_cache_name_is_refused_and_kept(capsys, batches_d
     (["--data", "/no/such/folder"], "does not exist"),
     (["--size", "60"], "at least 75"),
     (["--weights", "/no/such/weights.h5"], "not a file"),
-    (["--val-fraction", "1.5"], "between 0 and 1"),
+    (["--val-fraction", "1.5"], "--val-fraction must be in (0, 1), got '1.5'"),
     # the local engine is one process: Ray's flags are refused, not ignored
     (["--workers", "3"], "--address, --workers and --gpus-per-worker apply to --engine ray only"),
     (["--gpus-per-worker", "1"], "apply to --engine ray only"),
+    (["--shard-rows", "100"], "--shard-rows must be a positive multiple of 128 (the fingerprint block), got '100'"),
 ])
 def test_bad_flags_give_one_error_line_and_exit_2(capsys, batches_dir, tmp_path, extra, message):
     code = main(["features", "--data", str(batches_dir), "--cache-dir", str(tmp_path), *FAST, *extra])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and message in err and len(err.splitlines()) == 1
     assert not list(tmp_path.rglob("*.h5"))
+
+
+def test_a_library_caller_gets_the_flags_message(tmp_path):
+    """run_features checks a FeatureSettings built in code as the CLI checks its flags."""
+    from pipeline.extract.features import FeatureSettings, run_features
+    from pipeline.foundation.errors import UserError
+    with pytest.raises(UserError, match=r"^--val-fraction must be in \(0, 1\), got 1\.5$"):
+        run_features(FeatureSettings(val_fraction=1.5, cache_dir=str(tmp_path)))
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.slow

@@ -84,6 +84,9 @@ def test_produce_makes_once_then_is_up_to_date(tmp_path):
     assert outputs.produce(final, final.is_file, make, lines.append) == (False, "made")
     assert outputs.produce(final, final.is_file, make, lines.append) == (True, None)
     assert made == [1] and lines == [f"up to date: {final}"]
+    # `what` names an output that is not the command's own: a fine-tune's activation cache
+    outputs.produce(final, final.is_file, make, lines.append, what="activation cache")
+    assert lines[-1] == f"activation cache up to date: {final}"
 
 
 def test_produce_checks_again_once_it_holds_the_lock(tmp_path):

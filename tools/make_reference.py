@@ -48,11 +48,21 @@ def _flag(action: argparse.Action) -> str:
 
 
 def _default(action: argparse.Action) -> str:
+    declared = getattr(action, "declared_default", None)   # pipeline.foundation.settings: parsed later
+    if declared is not None:
+        return f"`{declared}`"
     if action.nargs == 0:
         return "off" if not action.default else "on"
     if action.default is None or action.default is argparse.SUPPRESS:
         return "-"
     return f"`{action.default}`"
+
+
+def _help(action: argparse.Action) -> str:
+    """The help without the default a declared setting appends (the table has its own column)."""
+    text = action.help or ""
+    declared = getattr(action, "declared_default", None)
+    return text.removesuffix(f" (default: {declared})") if declared is not None else text
 
 
 def _choices(action: argparse.Action) -> str:
@@ -75,7 +85,7 @@ def render() -> str:
             out.append("No flags.")
             continue
         out.append("| flag | default | help |\n|---|---|---|")
-        out += [f"| {_cell(_flag(a))} | {_cell(_default(a))} | {_cell(a.help or '')}{_cell(_choices(a))} |"
+        out += [f"| {_cell(_flag(a))} | {_cell(_default(a))} | {_cell(_help(a))}{_cell(_choices(a))} |"
                 for a in actions]
     return "\n".join(out) + "\n"
 

@@ -17,7 +17,7 @@ import numpy as np
 from pipeline.backbones.build import build_backbone
 from pipeline.backbones.folding import fast_extractor
 from pipeline.extract.views import image_views
-from pipeline.foundation.errors import UserError
+from pipeline.foundation.settings import Checked, Interval
 from pipeline.sources import digest
 from pipeline.sources.images import Split
 
@@ -39,14 +39,20 @@ class Shard:
         return f"{self.split}[{self.lo}:{self.hi}]"
 
 
-def check_shard_rows(shard_rows: int):
-    if shard_rows < 1 or shard_rows % digest.BLOCK_ROWS:
-        raise UserError(f"--shard-rows must be a positive multiple of {digest.BLOCK_ROWS} (the fingerprint "
-                        f"block), got {shard_rows}")
+def parse_shard_rows(value) -> int:
+    """A --shard-rows value: a positive multiple of the fingerprint block, so that every shard hashes
+    whole blocks (a ValueError otherwise)."""
+    rows = Interval(int, 1).parse(value)
+    if rows % digest.BLOCK_ROWS:
+        raise ValueError(value)
+    return rows
+
+
+SHARD_ROWS = Checked(parse_shard_rows, f"a positive multiple of {digest.BLOCK_ROWS} (the fingerprint block)", "N")
 
 
 def plan(sizes: dict[str, int], shard_rows: int) -> list[Shard]:
-    check_shard_rows(shard_rows)
+    parse_shard_rows(shard_rows)     # checked by the command's settings already: a ValueError here is a bug
     return [Shard(name, lo, min(lo + shard_rows, n)) for name, n in sizes.items() for lo in range(0, n, shard_rows)]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from pipeline import store
@@ -14,10 +14,11 @@ from pipeline.backbones.precision import resolve_precision
 from pipeline.backbones.weights import Weights
 from pipeline.extract import engine
 from pipeline.extract import views
-from pipeline.foundation import flags
+from pipeline.foundation import flags, settings
 from pipeline.foundation.errors import UserError, first_line, warn
 from pipeline.foundation.machine import versions
-from pipeline.foundation.outputs import Lock
+from pipeline.foundation.outputs import Lock, produce
+from pipeline.foundation.settings import Choice, Interval, setting
 from pipeline.foundation.progress import Progress
 from pipeline.sources import dataset, digest, partition
 from pipeline.store.features import load_features
@@ -28,23 +29,41 @@ DEFAULT_WORKERS = 2
 
 @dataclass
 class FeatureSettings:
-    data: str | None = None          # None: keras.datasets.cifar10 download
-    backbone: str = table.DEFAULT_BACKBONE   # a row of backbone.BACKBONES, or a saved .keras model
-    weights: str | None = None       # imagenet | none | PATH (named backbones only); None = imagenet
-    size: int | None = None          # None: the row's default size, the model's own for a file
-    batch_size: int = 64
-    precision: str = "auto"
-    limit: int | None = None
-    val_fraction: float = 0.1
-    seed: int = 0
-    cache_dir: str = "cache"
+    """Stage one's settings. The file's name and hash cover `identity` below (the dataset's and the
+    network's identity, not these fields as written), so files made before this declaration stay
+    valid; `record=False` marks the fields it does not depend on."""
+    data: str | None = setting(None, None, "cifar-10-batches-py folder, cifar-10-python.tar.gz, or image folders "
+                               "train/<class>/* and test/<class>/*; default: download via Keras", metavar="PATH")
+    backbone: str = setting(table.DEFAULT_BACKBONE, None, "a backbone named in `python -m pipeline backbones` "
+                            "(inception_v3, resnet50, convnext_tiny, ...), or a saved .keras model taking RGB 0-255 "
+                            "images and returning a feature vector", metavar="NAME|PATH")
+    weights: str | None = setting(None, None, "Keras's ImageNet download, random init (tests), or a local weights "
+                                  "file, e.g. Keras's *_notop.h5 for the backbone (default: imagenet)",
+                                  metavar="imagenet|none|PATH")
+    size: int | None = setting(None, Interval(int, 1), "side of the resized input",
+                               auto="the backbone's own, e.g. 299 for inception_v3; at least its minimum, e.g. 75")
+    batch_size: int = setting(64, Interval(int, 1), "images per batch", record=False)
+    precision: str = flags.precision_setting()
+    limit: int | None = setting(None, Interval(int, 1), "at most N train and N test images, balanced across classes "
+                                "(val is carved from train)")
+    val_fraction: float = setting(0.1, Interval(float, 0, 1, closed="neither"), "stratified share of train held out "
+                                  "as val", metavar="F")
+    seed: int = flags.seed_setting("seed of the val split and of --weights none")
+    cache_dir: str = flags.cache_dir_setting()
     # How the work is done: provenance, not settings (the file and its name do not depend on them).
-    shard_rows: int = engine.DEFAULT_SHARD_ROWS
-    engine: str = "local"            # local: this process; ray: a Ray Data actor pool
-    address: str | None = None       # ray: None starts a local instance; "auto" or ray://host:port joins one
-    workers: int | None = None       # ray: actors in the pool (None: DEFAULT_WORKERS); local: refused
-    gpus_per_worker: float = 0       # ray: GPUs per actor (0: CPU)
-    views: int = 1                   # 2: also the mirrored image's embedding (pipeline.extract.views)
+    shard_rows: int = setting(engine.DEFAULT_SHARD_ROWS, engine.SHARD_ROWS, "rows per unit of work, a multiple of "
+                              "128: what a resumed run recomputes at most per shard in flight", record=False)
+    engine: str = setting("local", Choice(("local", "ray")), "local: this process; ray: a Ray Data actor pool on a "
+                          "local instance or a cluster, with the [ray] extra installed", record=False)
+    address: str | None = setting(None, None, "ray: the cluster to join (default: start a local instance for this "
+                                  "run)", metavar="auto|ray://HOST:PORT", record=False)
+    workers: int | None = setting(None, Interval(int, 1), f"ray: actors in the pool (default: {DEFAULT_WORKERS}); "
+                                  "refused with --engine local", record=False)
+    gpus_per_worker: float = setting(0, Interval(float, 0), "ray: GPUs per actor (0: CPU); more than the cluster "
+                                     "has fails at once", metavar="G", record=False)
+    views: int = setting(1, Interval(int, min(views.VIEWS), max(views.VIEWS), closed="both"), "2: also store each "
+                         "image's horizontally mirrored view; heads then train on both and average the two views' "
+                         "probabilities")
 
 
 def dataset_name(path: str | None) -> str:
@@ -80,7 +99,7 @@ def _recorded_files(s: FeatureSettings) -> dict:
     return {}
 
 
-def _record_moved_files(final: Path, s: FeatureSettings, log, locked: bool = False):
+def _record_moved_files(final: Path, s: FeatureSettings, log):
     """An up-to-date file whose backbone or weights file was given at another path than it records:
     the settings hold the file's sha256, so it is the same file, moved. Its new path is recorded
     (the attribute written in place on the complete file, under the file's lock, as nothing else
@@ -92,7 +111,7 @@ def _record_moved_files(final: Path, s: FeatureSettings, log, locked: bool = Fal
         return
     import h5py
     try:
-        with contextlib.nullcontext() if locked else Lock(final, wait=True, log=log):
+        with Lock(final, wait=True, log=log):
             with h5py.File(final, "r+") as f:
                 for key, path in moved.items():
                     f.attrs[key] = path
@@ -104,73 +123,12 @@ def _record_moved_files(final: Path, s: FeatureSettings, log, locked: bool = Fal
         log(f"recorded {key}: {path} (was {attrs.get(key)}; the same file, by its sha256)")
 
 
-def _check(s: FeatureSettings):
-    if s.engine not in ("local", "ray"):
-        raise UserError(f"--engine must be local or ray, got {s.engine!r}")
-    if s.engine == "local" and (s.address is not None or s.gpus_per_worker or s.workers is not None):
-        # refused, not ignored: the local engine is one process (its threads are TensorFlow's)
-        raise UserError("--address, --workers and --gpus-per-worker apply to --engine ray only")
-    if (s.workers is not None and s.workers < 1) or s.gpus_per_worker < 0:
-        raise UserError(f"--workers must be at least 1 and --gpus-per-worker at least 0, "
-                        f"got {s.workers} and {s.gpus_per_worker:g}")
-    if s.batch_size < 1:
-        raise UserError(f"--batch-size must be positive, got {s.batch_size}")
-    if s.limit is not None and s.limit < 1:
-        raise UserError(f"--limit must be a positive number of images, got {s.limit}")
-    if s.views not in views.VIEWS:
-        raise UserError(f"--views must be 1 or 2, got {s.views}")
-    if not 0 <= s.seed <= flags.SEED_MAX:
-        raise UserError(f"--seed must be {flags.SEED_RANGE}, got {s.seed}")
-    if not 0 < s.val_fraction < 1:
-        raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), got {s.val_fraction}")
-
-
 def add_arguments(p):
-    p.add_argument("--data", metavar="PATH", help="cifar-10-batches-py folder, cifar-10-python.tar.gz, or "
-                   "image folders train/<class>/* and test/<class>/*; default: download via Keras")
-    p.add_argument("--backbone", default=table.DEFAULT_BACKBONE, metavar="NAME|PATH",
-                   help="a backbone named in `python -m pipeline backbones` (inception_v3, resnet50, "
-                        "convnext_tiny, ...), or a saved .keras model taking RGB 0-255 images and returning "
-                        f"a feature vector (default: {table.DEFAULT_BACKBONE})")
-    p.add_argument("--weights", metavar="imagenet|none|PATH",
-                   help="Keras's ImageNet download, random init (tests), or a local weights file, e.g. "
-                        "Keras's *_notop.h5 for the backbone (default: imagenet)")
-    p.add_argument("--size", type=flags.positive_int, metavar="N",
-                   help="side of the resized input (default: the backbone's own, e.g. 299 for inception_v3; "
-                        "at least its minimum, e.g. 75)")
-    p.add_argument("--batch-size", type=flags.positive_int, default=64, metavar="N",
-                   help="images per batch (default: 64)")
-    flags.add_precision(p)
-    p.add_argument("--limit", type=flags.positive_int, metavar="N",
-                   help="at most N train and N test images, balanced across classes (val is carved from train)")
-    p.add_argument("--val-fraction", type=flags.finite_float, default=0.1, metavar="F",
-                   help="stratified share of train held out as val (default: 0.1)")
-    flags.add_seed(p, "seed of the val split and of --weights none (default: 0)")
-    flags.add_cache_dir(p)
-    p.add_argument("--views", type=int, default=1, choices=(1, 2),
-                   help="2: also store each image's horizontally mirrored view (heads then train on both "
-                        "and average the two views' probabilities); default: 1")
-    p.add_argument("--shard-rows", type=flags.positive_int, default=engine.DEFAULT_SHARD_ROWS, metavar="N",
-                   help="rows per unit of work, a multiple of 128: what a resumed run recomputes at most "
-                        f"per shard in flight (default: {engine.DEFAULT_SHARD_ROWS})")
-    p.add_argument("--engine", default="local", choices=("local", "ray"),
-                   help="local: this process (default); ray: a Ray Data actor pool, on a local instance "
-                        "or a cluster (needs the [ray] extra)")
-    p.add_argument("--address", metavar="auto|ray://HOST:PORT", help="ray: the cluster to join (default: "
-                   "start a local instance for this run)")
-    p.add_argument("--workers", type=flags.positive_int, metavar="N",
-                   help=f"ray: actors in the pool (default: {DEFAULT_WORKERS})")
-    p.add_argument("--gpus-per-worker", type=flags.finite_float, default=0, metavar="G",
-                   help="ray: GPUs per actor (default: 0, CPU); more than the cluster has fails at once")
+    settings.add_flags(p, FeatureSettings)
 
 
 def run(args):
-    settings = FeatureSettings(data=args.data, backbone=args.backbone, weights=args.weights, size=args.size,
-                               batch_size=args.batch_size, precision=args.precision, limit=args.limit,
-                               val_fraction=args.val_fraction, seed=args.seed, cache_dir=args.cache_dir,
-                               shard_rows=args.shard_rows, engine=args.engine, address=args.address,
-                               workers=args.workers, gpus_per_worker=args.gpus_per_worker, views=args.views)
-    print(run_features(settings))
+    print(run_features(settings.from_args(FeatureSettings, args)))
 
 
 # Peak working memory of one batch through a convolutional backbone, per input pixel, in bytes:
@@ -199,7 +157,14 @@ def _check_memory(size: int, batch_size: int):
                         "--batch-size")
 
 
-def _up_to_date(final: Path, settings: dict, log) -> bool:
+def _check(s: FeatureSettings):
+    """The rule across settings: the local engine is one process (its threads are TensorFlow's), so
+    Ray's flags are refused with it, not ignored."""
+    if s.engine == "local" and (s.address is not None or s.gpus_per_worker or s.workers is not None):
+        raise UserError("--address, --workers and --gpus-per-worker apply to --engine ray only")
+
+
+def _up_to_date(final: Path, recorded: dict, log) -> bool:
     if not final.exists():
         return False
     if store.older_schema(final):
@@ -207,37 +172,38 @@ def _up_to_date(final: Path, settings: dict, log) -> bool:
             f"{store.older_schema(final)}, now {store.SCHEMA_VERSION})")
         return False
     # Every check a later stage makes: a damaged file is never "up to date".
-    load_features(final, expect={"settings_hash": store.settings_hash(settings)}, splits=())
-    log(f"up to date: {final}")
+    load_features(final, expect={"settings_hash": store.settings_hash(recorded)}, splits=())
     return True
 
 
 def run_features(s: FeatureSettings, log=print) -> Path:
     """Compute (or find up to date, or resume) the features file for `s`; return its path."""
+    s = settings.check(s)
     _check(s)
-    engine.check_shard_rows(s.shard_rows)
     if s.engine == "ray" and s.address is not None:
         from pipeline.extract import ray_engine
         ray_engine.check_reachable(s.address)    # before TensorFlow loads: a wrong address fails in seconds
     precision, device = resolve_precision(s.precision)
-    workers = s.workers or DEFAULT_WORKERS
     if s.engine == "ray":
+        s = replace(s, workers=s.workers or DEFAULT_WORKERS)
         # The workers, not this driver, run the network: auto means float16 on their GPUs.
         if s.gpus_per_worker > 0 and s.precision == "auto":
             precision = "float16"
-        device = f"Ray: {workers} workers, {s.gpus_per_worker:g} GPUs each" if s.gpus_per_worker else \
-            f"Ray: {workers} CPU workers"
-    settings = identity(s, precision)
-    final = store.features_path(s.cache_dir, settings)
-    _check_memory(settings["input_size"], s.batch_size)
-    if _up_to_date(final, settings, log):
+        device = f"Ray: {s.workers} workers, {s.gpus_per_worker:g} GPUs each" if s.gpus_per_worker else \
+            f"Ray: {s.workers} CPU workers"
+    recorded = identity(s, precision)
+    final = store.features_path(s.cache_dir, recorded)
+    _check_memory(recorded["input_size"], s.batch_size)
+    up_to_date, _ = produce(final, lambda: _up_to_date(final, recorded, log),
+                            lambda: _extract(s, recorded, final, precision, device, log), log)
+    if up_to_date:
         _record_moved_files(final, s, log)
-        return final
+    return final
 
-    with Lock(final, log=log), contextlib.ExitStack() as stack:
-        if _up_to_date(final, settings, log):   # another run finished it while we looked
-            _record_moved_files(final, s, log, locked=True)
-            return final
+
+def _extract(s: FeatureSettings, recorded: dict, final: Path, precision: str, device: str, log):
+    """Write (or resume) the features file `final`, under its lock."""
+    with contextlib.ExitStack() as stack:
         ds = dataset.load_dataset(s.data, s.limit)
         splits = partition.make_splits(ds, s.val_fraction, s.seed)
         if s.engine == "ray":
@@ -245,16 +211,16 @@ def run_features(s: FeatureSettings, log=print) -> Path:
             # (GPUs the cluster lacks) leaves nothing behind.
             from pipeline.extract import ray_engine
             session = stack.enter_context(ray_engine.Session(s.address))
-            ray_engine.check_resources(session.ray, workers, s.gpus_per_worker)
+            ray_engine.check_resources(session.ray, s.workers, s.gpus_per_worker)
         sizes = {k: len(v) for k, v in splits.items()}
-        attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(settings),
-                 "settings": settings, **settings, "weights": str(Weights.from_attrs(settings)),
+        attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(recorded),
+                 "settings": recorded, **recorded, "weights": str(Weights.from_attrs(recorded)),
                  "source": ds.source, "class_names": list(ds.class_names),
                  "image_shape": splits["train"].images.image_shape, "device": device, **_recorded_files(s),
                  "batch_size": s.batch_size, "shard_rows": s.shard_rows, "versions": versions(),
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         writer = store.RowWriter(final, attrs, {k: v.y for k, v in splits.items()},
-                                 {k: v.index for k, v in splits.items()}, (settings["feature_width"],),
+                                 {k: v.index for k, v in splits.items()}, (recorded["feature_width"],),
                                  log=log, block_rows=digest.BLOCK_ROWS)
         try:
             shards = engine.plan(sizes, s.shard_rows)
@@ -269,20 +235,19 @@ def run_features(s: FeatureSettings, log=print) -> Path:
             with Progress(total, total - computed, desc="features") as progress:
                 if s.engine == "ray" and todo:
                     devices = ray_engine.run(todo, splits, writer, spec, s.batch_size, progress, session,
-                                             workers, s.gpus_per_worker)
-                    provenance.update(workers=workers, gpus_per_worker=s.gpus_per_worker,
+                                             s.workers, s.gpus_per_worker)
+                    provenance.update(workers=s.workers, gpus_per_worker=s.gpus_per_worker,
                                       worker_devices=sorted(devices))
                 elif todo:
                     engine.run_local(todo, splits, writer, spec, s.batch_size, progress)
             elapsed = time.perf_counter() - started
             rate = computed / elapsed if elapsed > 0 else 0.0
             fingerprint = digest.combine_digests({k: writer.block_digests(k) for k in store.SPLITS}, sizes)
-            path = writer.finish({"data_fingerprint": fingerprint, "shards": len(shards), **provenance,
-                                  "elapsed_seconds": round(elapsed, 2), "images_per_second": round(rate, 2)})
+            writer.finish({"data_fingerprint": fingerprint, "shards": len(shards), **provenance,
+                           "elapsed_seconds": round(elapsed, 2), "images_per_second": round(rate, 2)})
         finally:
             writer.close()
     counts = ", ".join(f"{k} {n:,}" for k, n in sizes.items())
     log(f"features: {total:,} images ({counts}); computed {computed:,} in {elapsed:.1f} s "
-        f"({rate:.1f} images/s), {settings['backbone']} {settings['input_size']}x{settings['input_size']}, "
-        f"{precision} on {device}, width {settings['feature_width']}, {s.views} view{'s' if s.views > 1 else ''}")
-    return path
+        f"({rate:.1f} images/s), {recorded['backbone']} {recorded['input_size']}x{recorded['input_size']}, "
+        f"{precision} on {device}, width {recorded['feature_width']}, {s.views} view{'s' if s.views > 1 else ''}")

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.extract.views import MAX_SHIFT_PX, VIEW_SEED, cached_view
 from pipeline.foundation import records
+from pipeline.foundation.progress import Progress
 from pipeline import store
 
 TRAIN_ORDER_SEED = 0
@@ -34,7 +36,6 @@ WORDS = store.Words(what="activation cache", make="`python -m pipeline finetune 
 
 
 def settings(features_attrs: dict, cut: str, views: int, precision: str) -> dict:
-    from pipeline.extract.views import MAX_SHIFT_PX, VIEW_SEED
     return {"kind": "cut activations", "features_hash": features_attrs["settings_hash"],
             "data_fingerprint": features_attrs["data_fingerprint"], "cut": cut, "views_per_image": int(views),
             "view_seed": VIEW_SEED, "view_max_shift_px": MAX_SHIFT_PX,
@@ -66,8 +67,6 @@ def float_scale(sample: np.ndarray) -> float:
 def build(final: Path, s: dict, splits: dict, lower_fn, batch_size: int, log=print) -> Path:
     """Compute (or resume) the cache. `splits`: pipeline.sources splits; `lower_fn`: uint8 batch ->
     float32 cut activations. Returns the final path."""
-    from pipeline.foundation.progress import Progress
-    from pipeline.extract.views import cached_view
     order = {"train": train_order(len(splits["train"].y))}
     order.update({k: np.arange(len(splits[k].y)) for k in ("val", "test")})
     copies = {"train": s["views_per_image"], "val": 1, "test": 1}

@@ -8,7 +8,7 @@ import numpy as np
 from pipeline import store
 from pipeline.backbones.folding import fast_extractor
 from pipeline.finetune import activations
-from pipeline.foundation.outputs import Lock
+from pipeline.foundation.outputs import produce
 from pipeline.sources.rows import load_splits
 
 
@@ -40,14 +40,11 @@ def training_data(s, attrs, features_path, parts, mode, precision, log) -> dict:
         log("cached mode: --augment has no effect; cached mode augments with --views-per-image and --map-shift")
     cs = activations.settings(attrs, parts.cut, s.views_per_image, precision)
     path = activations.path_for(s.cache_dir, features_path, cs)
-    if not path.exists():
-        with Lock(path, log=log):
-            if not path.exists():
-                splits = load_splits(attrs, s.data)
-                fn = fast_extractor(parts.image_to_cut(), precision)
-                activations.build(path, cs, splits, fn, max(s.batch_size, 32), log=log)
-    else:
-        log(f"activation cache up to date: {path}")
+
+    def build():
+        fn = fast_extractor(parts.image_to_cut(), precision)
+        activations.build(path, cs, load_splits(attrs, s.data), fn, max(s.batch_size, 32), log=log)
+    produce(path, path.exists, build, log, what="activation cache")
     # Every row checked (finite, labels in range) once before training: a damaged cache must not
     # train a garbage model.
     store.read_rows(path, expect={"settings_hash": store.settings_hash(cs)}, splits=(), words=activations.WORDS,

@@ -105,8 +105,7 @@ class FinetuneSettings:
     seed: int = flags.seed_setting("seed of shuffling, augmentation, dropout")
     backbone: str | None = flags.moved_backbone_setting()
     weights: str | None = flags.moved_weights_setting()
-    data: str | None = setting(None, None, "the image source, if it moved since the features file was made",
-                               metavar="PATH", record=False)
+    data: str | None = flags.moved_data_setting()
     cache_dir: str = flags.cache_dir_setting()
 
 

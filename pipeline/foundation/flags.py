@@ -6,7 +6,6 @@ code 2. Precisions are listed here once; pipeline.backbones.precision resolves "
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from pathlib import Path
 
@@ -48,23 +47,6 @@ def seed(text) -> int:
     value = _int(text)
     if not 0 <= value <= SEED_MAX:
         raise argparse.ArgumentTypeError(f"expected {SEED_RANGE}, got {value}")
-    return value
-
-
-def finite_float(text) -> float:
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def positive_float(text) -> float:
-    value = finite_float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
     return value
 
 
@@ -122,13 +104,14 @@ def moved_weights_setting():
                    "(default: where the features file recorded it)", metavar="PATH", record=False)
 
 
+def moved_data_setting():
+    return setting(None, None, "the image source, if it moved since the features file was made", metavar="PATH",
+                   record=False)
+
+
 def add_cache_dir(p, what="outputs"):
     p.add_argument("--cache-dir", type=cache_dir, default="cache", metavar="DIR",
                    help=f"where {what} go (default: cache)")
-
-
-def add_precision(p):
-    p.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
 
 
 def add_moved_backbone(p):

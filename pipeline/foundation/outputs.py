@@ -165,18 +165,20 @@ class Lock:
 
 
 def produce(final, done: Callable[[], bool], make: Callable[[], object], log=_stderr, *, wait: bool = False,
-            also=(), shown=None) -> tuple[bool, object]:
+            also=(), shown=None, what: str = "") -> tuple[bool, object]:
     """The one "up to date" rule of every output. `final` is named by the hash of its settings and
     of every input's identity; it is up to date when `done()` says its last-written part exists
     and reads back (a run's run.json, a file's complete flag). Otherwise `make()` writes it under
     the output's lock, atomically, with the leftovers of killed runs removed first; a second
     writer is refused (or, with `wait`, waits and then finds it done). Returns (was up to date,
-    what make returned); "up to date: <shown or final>" is logged when it was."""
+    what make returned); "<what> up to date: <shown or final>" is logged when it was (`what`
+    names an output that is not the command's own, e.g. "activation cache")."""
+    said = f"{what} up to date: {shown or final}".lstrip()
     if done():
-        log(f"up to date: {shown or final}")
+        log(said)
         return True, None
     with Lock(final, wait=wait, also=also, log=log):
         if done():                # finished by another run while we waited for the lock
-            log(f"up to date: {shown or final}")
+            log(said)
             return True, None
         return False, make()

@@ -133,10 +133,11 @@ def add_flags(parser, cls, skip=()):
             parser.add_argument(flag_name(f), dest=f.name, action="store_true", help=meta["help"])
             continue
         shown = f" (default: {_default_text(f)})" if f.default is not None or meta["auto"] else ""
-        parser.add_argument(flag_name(f), dest=f.name, default=None, nargs=meta["nargs"],
-                            choices=valid.options if isinstance(valid, Choice) else None,
-                            metavar=meta["metavar"] or (valid.metavar if valid is not None else "TEXT"),
-                            help=meta["help"] + shown)
+        action = parser.add_argument(flag_name(f), dest=f.name, default=None, nargs=meta["nargs"],
+                                     choices=valid.options if isinstance(valid, Choice) else None,
+                                     metavar=meta["metavar"] or (valid.metavar if valid is not None else "TEXT"),
+                                     help=meta["help"] + shown)
+        action.declared_default = _default_text(f) if shown else None   # for docs/reference.md
 
 
 def parse_value(field: dataclasses.Field, value, name: str | None = None):

@@ -15,6 +15,7 @@ upgrade, or another CPU's bfloat16 arithmetic all show up here.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,9 +23,10 @@ from pipeline import store
 from pipeline.backbones.folding import fast_extractor
 from pipeline.backbones.rebuild import rebuild_backbone
 from pipeline.extract import views
-from pipeline.foundation import flags
+from pipeline.foundation import flags, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.machine import versions
+from pipeline.foundation.settings import Interval, setting
 from pipeline.sources import rows
 from pipeline.store.features import load_features
 
@@ -59,22 +61,31 @@ def differences(recorded: dict, today: dict) -> str:
     return "; ".join(changed) if changed else "same library versions and machine as recorded"
 
 
-def verify(path, sample: int = DEFAULT_SAMPLE, seed: int = 0, backbone=None, weights=None, data_path=None,
-           batch_size: int = 64) -> dict:
+@dataclass
+class VerifySettings:
+    sample: int = setting(DEFAULT_SAMPLE, Interval(int, 1), "rows re-embedded, spread over the splits")
+    seed: int = flags.seed_setting("which rows are sampled")
+    backbone: str | None = flags.moved_backbone_setting()
+    weights: str | None = flags.moved_weights_setting()
+    data: str | None = flags.moved_data_setting()
+
+
+def verify(path, s: VerifySettings | None = None, batch_size: int = 64) -> dict:
     """Compare re-embedded rows with the stored ones. Returns {"rows", "max_abs_diff",
     "max_relative_diff", "min_cosine", "tolerance", "first_bad"}; first_bad (split, row, source
     index, path, cosine, relative diff) is None when every row is within tolerance."""
+    s = settings.check(s or VerifySettings())
     fs = load_features(path)
     attrs = fs.attrs
-    bb = rebuild_backbone(attrs, backbone, weights)       # other weights: refused here, by their identity
+    bb = rebuild_backbone(attrs, s.backbone, s.weights)       # other weights: refused here, by their identity
     extract = fast_extractor(bb.model, attrs["precision"])
     min_cos, max_rel = TOLERANCE[attrs["precision"]]
-    picked = sample_rows({s: len(fs.splits[s].labels) for s in store.SPLITS}, sample, seed)
+    picked = sample_rows({k: len(fs.splits[k].labels) for k in store.SPLITS}, s.sample, s.seed)
     result = {"rows": 0, "max_abs_diff": 0.0, "max_relative_diff": 0.0, "min_cosine": 1.0,
               "tolerance": {"min_cosine": min_cos, "max_relative_diff": max_rel}, "first_bad": None}
     for split, at in picked.items():
         index = fs.splits[split].index[at]
-        images, paths = rows.images(attrs, split, index, data_path)
+        images, paths = rows.images(attrs, split, index, s.data)
         for lo in range(0, len(at), batch_size):
             batch = images[lo:lo + batch_size]
             for stored, fresh in zip(fs.splits[split].views, views.image_views(batch, len(fs.splits[split].views))):
@@ -101,16 +112,12 @@ def verify(path, sample: int = DEFAULT_SAMPLE, seed: int = 0, backbone=None, wei
 
 def add_arguments(p):
     p.add_argument("file", metavar="FILE", help="the features file to check")
-    p.add_argument("--sample", type=flags.positive_int, default=DEFAULT_SAMPLE, metavar="N",
-                   help=f"rows re-embedded, spread over the splits (default: {DEFAULT_SAMPLE})")
-    flags.add_seed(p, "which rows are sampled (default: 0)")
-    flags.add_moved_backbone(p)
-    p.add_argument("--data", metavar="PATH", help="the image source, if it moved since the features file was made")
+    settings.add_flags(p, VerifySettings)
 
 
 def run(args):
     started = time.perf_counter()
-    r = verify(args.file, args.sample, args.seed, args.backbone, args.weights, args.data)
+    r = verify(args.file, settings.from_args(VerifySettings, args))
     seconds = time.perf_counter() - started
     tol = r["tolerance"]
     print(f"verify: {r['rows']} rows re-embedded in {seconds:.1f} s; largest difference {r['max_abs_diff']:.3g} "
