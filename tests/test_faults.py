@@ -76,11 +76,14 @@ def features_file(tmp_path_factory):
     (["sweep", "--cache-dir", "{file}"], "is a file, not a folder"),
     (["finetune", "--cache-dir", "{file}"], "is a file, not a folder"),
     (["features", "--seed", "-1"], "--seed must be a whole number in [0, 4294967295], got '-1'"),
-    (["head", "--features", "{features}", "--seed", "-1"], "seed must be a whole number in [0, 4294967295]"),
-    (["sweep", "--features", "{features}", "--grid", "seed=0,-1"], "seed must be a whole number in [0, 4294967295]"),
+    (["head", "--features", "{features}", "--seed", "-1"],
+     "--seed must be a whole number in [0, 4294967295], got '-1'"),
+    (["sweep", "--features", "{features}", "--grid", "seed=0,-1"],
+     "error: seed must be a whole number in [0, 4294967295], got '-1'"),
     (["finetune", "--seed", "-1"], "--seed must be a whole number in [0, 4294967295], got '-1'"),
-    (["head", "--features", "{features}", "--lr", "inf"], "lr must be positive (a finite number > 0)"),
-    (["head", "--features", "{features}", "--head", "logreg", "--C", "nan"], "C must be positive (a finite number > 0)"),
+    (["head", "--features", "{features}", "--lr", "inf"], "--lr must be positive (a finite number > 0), got 'inf'"),
+    (["head", "--features", "{features}", "--head", "logreg", "--C", "nan"],
+     "--C must be positive (a finite number > 0), got 'nan'"),
     (["finetune", "--lr", "inf"], "--lr must be positive (a finite number > 0), got 'inf'"),
     (["features", "--val-fraction", "nan"], "--val-fraction must be in (0, 1), got 'nan'"),
     (["features", "--size", "100000", "--weights", "none"], "GiB of memory per batch"),
@@ -306,7 +309,8 @@ def test_a_killed_head_leaves_a_folder_that_the_next_run_removes(features_file, 
     (leftover / "sub").mkdir(parents=True)
     code, out, err = run_cli(capsys, "head", "--features", features_file, "--cache-dir", tmp_path, "--head", "logreg")
     assert code == 0 and not leftover.exists()
-    assert any(f"removed {leftover}" in line for line in err), err
+    # said on the command's log (stdout, with "up to date", as outputs.produce logs both)
+    assert any(f"removed {leftover}" in line for line in out + err), (out, err)
 
 
 # ---------------------------------------------------------------- kills

@@ -1,5 +1,6 @@
 """Stage two: both heads on synthetic and real features, saving and reloading, the CLI without a GPU
 or InceptionV3, and every kind of bad input."""
+import ast
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from conftest import CLASSES, synthetic_features
 from pipeline.heads import kinds, training
 from pipeline.cli import main
+from pipeline.foundation.errors import UserError
 from pipeline.store.features import load_features
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -226,17 +228,18 @@ def test_without_features_the_newest_complete_file_is_used_whatever_its_settings
 
 
 @pytest.mark.parametrize("flags, expect", [
-    (["--dropout", "1.5"], "dropout must be in [0, 1)"),
-    (["--hidden", "abc"], "hidden must be a whole number"),
-    (["--hidden", "-1"], "hidden must be"),
-    (["--lr", "0"], "lr must be positive"),
-    (["--head", "logreg", "--C", "-1"], "C must be positive"),
-    (["--head", "logreg", "--max-iter", "2.5"], "max_iter must be"),
-    (["--lr", "inf"], "lr must be positive (a finite number > 0), got 'inf'"),
-    (["--l2", "nan"], "l2 must be a finite number >= 0, got 'nan'"),
-    (["--seed", "-1"], "seed must be a whole number in [0, 4294967295], got '-1'"),
-    (["--head", "knn", "--k", "0"], "k must be a whole number >= 1"),
-    (["--head", "knn", "--weighting", "gaussian"], "weighting must be one of uniform, distance"),
+    (["--dropout", "1.5"], "--dropout must be in [0, 1), got '1.5'"),
+    (["--hidden", "abc"], "--hidden must be a whole number >= 0, got 'abc'"),
+    (["--hidden", "-1"], "--hidden must be"),
+    (["--lr", "0"], "--lr must be positive"),
+    (["--head", "logreg", "--C", "-1"], "--C must be positive"),
+    (["--head", "logreg", "--max-iter", "2.5"], "--max-iter must be"),
+    (["--lr", "inf"], "--lr must be positive (a finite number > 0), got 'inf'"),
+    (["--l2", "nan"], "--l2 must be a finite number >= 0, got 'nan'"),
+    (["--seed", "-1"], "--seed must be a whole number in [0, 4294967295], got '-1'"),
+    (["--head", "knn", "--k", "0"], "--k must be a whole number >= 1"),
+    (["--head", "knn", "--weighting", "gaussian"], "--weighting: invalid choice: 'gaussian'"),  # argparse's choices
+    (["--head", "logreg", "--seeds", "0"], "--seeds must be a whole number >= 1, got '0'"),
     (["--head", "knn", "--k", "401"], "k must be at most the number of training rows (400)"),
     # another kind's flag is refused, not ignored
     (["--head", "knn", "--hidden", "5"], "--hidden applies to --head dense, not --head knn"),
@@ -278,9 +281,36 @@ def test_settings_table_checks_every_default():
         assert set(kind.sweep) <= set(kind.defaults)
 
 
+def test_a_library_callers_settings_are_checked_as_a_flags_are(separable, tmp_path):
+    """run_head checks the settings it is given with the same declarations and message, naming the
+    setting (a flag's message names the flag)."""
+    fs = load_features(separable)
+    with pytest.raises(UserError, match=r"^C must be positive \(a finite number > 0\), got -1$"):
+        training.run_head(fs, "logreg", {"C": -1, "max_iter": 10}, tmp_path)
+    with pytest.raises(UserError, match="unknown logreg setting 'hidden'"):
+        training.run_head(fs, "logreg", {"hidden": 5}, tmp_path)
+    assert not (tmp_path / "heads").exists()
+
+
+def test_a_finished_run_is_up_to_date_on_the_command_line(trained, separable, capsys):
+    _, cache, runs = trained
+    assert main(["head", "--features", str(separable), "--cache-dir", str(cache), "--head", "knn", "--k", "5"]) == 0
+    assert f"up to date: {runs['knn']['run_dir']}" in capsys.readouterr().out.splitlines()
+
+
+def test_stage_two_imports_nothing_from_the_commands_above_it():
+    """Library code sits below the commands that use it: heads/ never imports look/ (the looking
+    commands use stage two, not the other way round)."""
+    for path in (ROOT / "pipeline" / "heads").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.startswith("pipeline.look") for n in names), f"{path.name} imports {names}"
+
+
 def test_bad_jobs(separable, tmp_path, capsys):
     _fails_cleanly(["sweep", "--features", str(separable), "--cache-dir", str(tmp_path), "--jobs", "0"],
-                   capsys, tmp_path, "--jobs: expected a positive whole number")
+                   capsys, tmp_path, "--jobs must be a whole number >= 1, got '0'")
 
 
 # ---------------------------------------------------------------- real transfer

@@ -11,7 +11,7 @@ from PIL import Image
 from conftest import PLANTED_CLASSES, planted_pairs
 from conftest import CIFAR_JPG, PRETRAINED
 from pipeline.heads import kinds, training
-from pipeline.look import looking
+from pipeline.heads import mistakes
 from pipeline import store
 from pipeline.cli import main
 
@@ -69,7 +69,7 @@ def test_exact_copies_are_found_whatever_the_threshold(planted, tmp_path, capsys
 def test_audit_accuracy_with_and_without_duplicates(planted, tmp_path, capsys):
     path, _, fs = planted
     r = training.run_head(fs, "logreg", kinds.make_settings("logreg"), tmp_path)
-    table = looking.read_predictions(Path(r["report"]) / "predictions.csv")
+    table = mistakes.read_predictions(Path(r["report"]) / "predictions.csv")
     dup = {a for a, _ in planted_pairs(fs)}
     test = [t for t in table if t["split"] == "test"]
     want_all = np.mean([t["correct"] for t in test])
@@ -142,12 +142,12 @@ def test_neighbors_bad_input(planted, tmp_path, capsys, argv, message):
 def test_predictions_and_mistakes_are_the_rows_own_images(planted, tmp_path, monkeypatch):
     path, root, fs = planted
     drawn = {}
-    real = looking.save_grid
+    real = mistakes.save_grid
 
     def spy(out, images, captions, **kw):
         drawn["images"], drawn["captions"] = [np.asarray(i) for i in images], captions
         return real(out, images, captions, **kw)
-    monkeypatch.setattr(looking, "save_grid", spy)      # where the run's views look it up
+    monkeypatch.setattr(mistakes, "save_grid", spy)      # where the run's views look it up
     r = training.run_head(fs, "logreg", kinds.make_settings("logreg", C=0.001), tmp_path)
     report_dir = Path(r["report"])
     report = json.loads((report_dir / "report.json").read_text())
@@ -164,7 +164,7 @@ def test_predictions_and_mistakes_are_the_rows_own_images(planted, tmp_path, mon
         assert Path(t["path"]) == folder_file(root, part, int(t["source_index"]))
     # the gallery: the most confident test mistakes, each cell the source image of its row
     wrong = sorted((t for t in table if t["split"] == "test" and t["correct"] == "0"),
-                   key=lambda t: -float(t["probability"]))[:looking.MISTAKES]
+                   key=lambda t: -float(t["probability"]))[:mistakes.MISTAKES]
     assert report["mistakes"]["source_index"] == [int(t["source_index"]) for t in wrong]
     assert len(drawn["images"]) == len(wrong) > 0 and (report_dir / "mistakes.png").is_file()
     for img, t in zip(drawn["images"], wrong):

@@ -93,16 +93,18 @@ class Checked:
 
 
 SEED = Interval(int, 0, SEED_MAX, closed="both")
+POSITIVE = Interval(float, 0, closed="neither")      # a rate, a regularization strength
 
 
 def setting(default, valid=None, help: str = "", *, auto: str | None = None, flag: str | None = None,
-            metavar: str | None = None, record: bool = True):
+            metavar: str | None = None, record: bool = True, nargs: str | None = None):
     """A declared field: `valid` (Interval, Choice, Checked; None: any text, or a switch for a bool
     default), `help` (the flag's help, its default appended), `auto` (what None means, for a field
     whose flag takes the word auto), `flag` (instead of --field-name), `record` (False: not part of
-    the run's identity, e.g. where outputs go or how it is resumed)."""
+    the run's identity, e.g. where outputs go or how it is resumed), `nargs` ("+": a list of values)."""
     return dataclasses.field(default=default, metadata={
-        "valid": valid, "help": help, "auto": auto, "flag": flag, "metavar": metavar, "record": record})
+        "valid": valid, "help": help, "auto": auto, "flag": flag, "metavar": metavar, "record": record,
+        "nargs": nargs})
 
 
 def declared(cls) -> list[dataclasses.Field]:
@@ -133,7 +135,7 @@ def add_flags(parser, cls, skip=()):
             parser.add_argument(flag_name(f), dest=f.name, action="store_true", help=meta["help"])
             continue
         shown = f" (default: {_default_text(f)})" if f.default is not None or meta["auto"] else ""
-        action = parser.add_argument(flag_name(f), dest=f.name, default=f.default,
+        action = parser.add_argument(flag_name(f), dest=f.name, default=f.default, nargs=meta["nargs"],
                                      choices=valid.options if isinstance(valid, Choice) else None,
                                      metavar=meta["metavar"] or (valid.metavar if valid is not None else "TEXT"),
                                      help=meta["help"] + shown)

@@ -22,6 +22,7 @@ import numpy as np
 from pipeline.foundation import records, stats
 from pipeline.foundation.outputs import atomic_dir
 from pipeline.foundation.tables import format_table
+from pipeline.heads.mistakes import write_run_views
 from pipeline.ship import calibration
 
 
@@ -114,7 +115,7 @@ def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_secon
     """Write report.json, confusion.png, reliability.png (and curves.png) to `out_dir`; return the
     report dict. `features`: the FeatureSet whose val/test rows y_true and y_prob are, in order; with
     it the report also holds predictions.csv, mistakes.png and the most-confused pairs
-    (pipeline.look.looking; `cache_dir`: the cache its source check is remembered in). `calibrated`:
+    (pipeline.heads.mistakes; `cache_dir`: the cache its source check is remembered in). `calibrated`:
     {"temperature": T, "y_prob": {split: probabilities after scaling}}."""
     out_dir = Path(out_dir)
     after, temperature = (calibrated["y_prob"], calibrated["temperature"]) if calibrated else (None, None)
@@ -132,7 +133,6 @@ def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_secon
         if history:
             _plot_curves(tmp / "curves.png", history)
         if features is not None:
-            from pipeline.look.looking import write_run_views
             # which images these are scored on: `compare` refuses two runs whose sources differ
             report["data_fingerprint"] = features.attrs.get("data_fingerprint")
             report.update(write_run_views(tmp, features, y_true, y_prob, class_names, splits, cache_dir))

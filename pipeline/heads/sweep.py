@@ -24,23 +24,38 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import store
-from pipeline.foundation import flags
-from pipeline.foundation import records
-from pipeline.foundation import stats
+from pipeline.foundation import records, settings, stats
 from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import Lock, write_text_atomic
+from pipeline.foundation.settings import Choice, Interval, setting
 from pipeline.foundation.stats import ACCURACY_METHOD, interval_text
 from pipeline.foundation.tables import format_table
 from pipeline.heads import kinds, training
 from pipeline.heads.evaluation import recorded_interval
-from pipeline.heads.kinds import TIE_LEVEL, TIE_RULE
-from pipeline.look import compare
+from pipeline.heads.kinds import TIE_LEVEL, TIE_RULE, StageTwoSettings
+from pipeline.heads.mistakes import read_predictions
 from pipeline.store.features import features_from_args, load_features
+
+
+@dataclass
+class SweepSettings(StageTwoSettings):
+    grid: list | None = setting(None, None, "settings to vary, e.g. hidden=256,512 dropout=0.2,0.5 (dense), "
+                                "C=0.01,0.1,1 (logreg) or k=5,10,20 (knn); default: just the base settings. Which "
+                                "settings each head lets a sweep vary: " + "; ".join(
+                                    f"{k.name}: {', '.join(k.sweep)}" for k in kinds.HEADS.values()),
+                                metavar="KEY=V1,V2", nargs="+")
+    # no default here: it depends on the machine, and docs/reference.md must not
+    jobs: int | None = setting(None, Interval(int, 1), "parallel worker processes (default: min(4, cores))")
+    engine: str = setting("local", Choice(("local", "ray")), "local: joblib processes; ray: Ray tasks sharing one "
+                          "copy of the features")
+    address: str | None = setting(None, None, "ray: the cluster to join (default: start a local instance for this "
+                                  "sweep)", metavar="auto|ray://HOST:PORT")
 
 
 def parse_grid(head: str, items) -> dict:
@@ -120,9 +135,9 @@ def _ray_results(fs, head, todo, cache_dir, threads, address):
             yield ray.get(finished[0])
 
 
-def leaderboard(runs: list[dict], keys, cache_dir=None) -> list[dict]:
-    """Rows sorted by val accuracy, each with its accuracies' 95% intervals; with `cache_dir`
-    (where the runs' per-image predictions are) the ties with the best are marked (TIE_RULE)."""
+def leaderboard(runs: list[dict], keys, ties: bool = False) -> list[dict]:
+    """Rows sorted by val accuracy, each with its accuracies' 95% intervals; with `ties` the ties
+    with the best are marked (TIE_RULE, from the runs' per-image predictions)."""
     simplest_first = {Path(r["run_dir"]).name: tuple(sign * r["settings"][key] for key, sign in
                                                      kinds.HEADS[r["head"]].simpler) for r in runs}
     rows = [{"run": Path(r["run_dir"]).name, **{k: r["settings"][k] for k in keys},
@@ -131,7 +146,7 @@ def leaderboard(runs: list[dict], keys, cache_dir=None) -> list[dict]:
              "wall_seconds": r["metrics"].get("wall_seconds"), "run_dir": r["run_dir"]}
             for r in runs]
     rows.sort(key=lambda row: (-row["val_accuracy"], row["run"]))
-    return mark_ties(rows, cache_dir, simplest_first) if cache_dir is not None else rows
+    return mark_ties(rows, simplest_first) if ties else rows
 
 
 def _interval(run: dict, split: str) -> dict:
@@ -145,20 +160,24 @@ def _interval(run: dict, split: str) -> dict:
     return {f"{split}_accuracy_low": low, f"{split}_accuracy_high": high}
 
 
-def mark_ties(rows: list[dict], cache_dir, simplest_first: dict) -> list[dict]:
+def val_correct(run_dir) -> np.ndarray | None:
+    """Which val images a run gets right, in source order (its report's predictions.csv); None
+    when they are missing (a report from before they were written) or unreadable."""
+    try:
+        rows = read_predictions(records.Run.read(run_dir).report / records.PREDICTIONS)
+    except (UserError, OSError):
+        return None
+    return np.array([r["correct"] for r in sorted(rows, key=lambda r: r["source_index"]) if r["split"] == "val"],
+                    bool)
+
+
+def mark_ties(rows: list[dict], simplest_first: dict) -> list[dict]:
     """Adds val_p_vs_best (McNemar's exact p of each run against the best, on the same val
     images), tied_with_best and recommended (TIE_RULE; `simplest_first`: run name -> sort key,
-    smallest = most regularized); None where a run's per-image predictions are missing (a report
-    from before they were written)."""
-
-    def val_right(row):
-        try:
-            return np.array([p["correct"] for p in compare.load(row["run_dir"], cache_dir).predictions["val"]], bool)
-        except (UserError, KeyError):
-            return None
-    best = val_right(rows[0])
+    smallest = most regularized); None where a run's per-image predictions are missing."""
+    best = val_correct(rows[0]["run_dir"])
     for row in rows:
-        right = None if best is None else val_right(row)
+        right = None if best is None else val_correct(row["run_dir"])
         row["val_p_vs_best"] = (None if right is None or right.shape != best.shape else
                                 stats.mcnemar_exact(int(np.sum(best & ~right)), int(np.sum(right & ~best))))
         row["tied_with_best"] = None if row["val_p_vs_best"] is None else row["val_p_vs_best"] >= TIE_LEVEL
@@ -183,41 +202,36 @@ def save_leaderboard(rows: list[dict], path_stem: Path) -> tuple[Path, Path]:
 
 
 def add_arguments(p):
-    kinds.add_common_arguments(p)
-    p.add_argument("--grid", nargs="+", metavar="KEY=V1,V2", help="settings to vary, e.g. hidden=256,512 "
-                   "dropout=0.2,0.5 (dense), C=0.01,0.1,1 (logreg) or k=5,10,20 (knn); default: just the base "
-                   "settings. Which settings each head lets a sweep vary: " + "; ".join(
-                       f"{k.name}: {', '.join(k.sweep)}" for k in kinds.HEADS.values()))
-    # no default here: it depends on the machine, and docs/reference.md must not
-    p.add_argument("--jobs", type=flags.positive_int, metavar="N",
-                   help="parallel worker processes (default: min(4, cores))")
-    p.add_argument("--engine", default="local", choices=("local", "ray"),
-                   help="local: joblib processes (default); ray: Ray tasks sharing one copy of the features")
-    p.add_argument("--address", metavar="auto|ray://HOST:PORT",
-                   help="ray: the cluster to join (default: start a local instance for this sweep)")
+    kinds.add_arguments(p, SweepSettings)
 
 
 def run(args):
-    base = kinds.settings_from_args(args)
-    grid = parse_grid(args.head, args.grid)            # grid mistakes surface before any loading
-    fs = features_from_args(args)
-    configs = configurations(args.head, base, grid)
-    features_hash = fs.attrs["settings_hash"]
-    if args.engine == "local" and args.address is not None:
+    s = settings.from_args(SweepSettings, args)
+    run_sweep(s, kinds.settings_from_args(args, s.head))
+
+
+def run_sweep(s: SweepSettings, base: dict):
+    """Train the grid over `base` (the head kind's settings), rank it, save and print the leaderboard."""
+    s, base = settings.check(s), kinds.make_settings(s.head, **base)
+    grid = parse_grid(s.head, s.grid)                  # grid mistakes surface before any loading
+    if s.engine == "local" and s.address is not None:
         raise UserError("--address applies to --engine ray only")
-    configs = _readable(args.cache_dir, args.head, features_hash, configs)
-    stem = (records.folder(args.cache_dir, records.SWEEPS)
-            / f"{args.head}-{features_hash}-{store.settings_hash({'base': base, 'grid': grid})}")
+    fs = features_from_args(s)
+    configs = configurations(s.head, base, grid)
+    features_hash = fs.attrs["settings_hash"]
+    configs = _readable(s.cache_dir, s.head, features_hash, configs)
+    stem = (records.folder(s.cache_dir, records.SWEEPS)
+            / f"{s.head}-{features_hash}-{store.settings_hash({'base': base, 'grid': grid})}")
     started = time.perf_counter()
     # One sweep per grid at a time; a configuration shared with another sweep or a `head` run
     # is trained once, under that run's own lock.
     with Lock(stem, also=[stem.with_suffix(".json"), stem.with_suffix(".csv")]):
-        trained, failed = _train_all(args, fs, configs)
-        runs = [r for r in (training.finished_run(args.cache_dir, args.head, features_hash, c) for c in configs) if r]
+        trained, failed = _train_all(s, fs, configs)
+        runs = [r for r in (training.finished_run(s.cache_dir, s.head, features_hash, c) for c in configs) if r]
         if not runs:
             raise UserError(f"no configuration of the sweep finished: {failed[0]}")
-        keys = list(grid) or list(kinds.HEADS[args.head].sweep)
-        rows = leaderboard(runs, keys, args.cache_dir)
+        keys = list(grid) or list(kinds.HEADS[s.head].sweep)
+        rows = leaderboard(runs, keys, ties=True)
         json_path, csv_path = save_leaderboard(rows, stem)
     shown = [[i, r["run"], *(r[k] for k in keys),
               interval_text(r["val_accuracy"], r["val_accuracy_low"], r["val_accuracy_high"]),
@@ -250,20 +264,20 @@ def _readable(cache_dir, head: str, features_hash: str, configs: list[dict]) -> 
     return keep
 
 
-def _train_all(args, fs, configs) -> tuple[int, list[str]]:
+def _train_all(s: SweepSettings, fs, configs) -> tuple[int, list[str]]:
     """Train the configurations not finished yet (local processes or Ray tasks); returns (how
     many were trained, error lines of those that failed)."""
     from joblib import Parallel, delayed
     features_hash = fs.attrs["settings_hash"]
-    todo = [c for c in configs if not training.finished_run(args.cache_dir, args.head, features_hash, c)]
-    print(f"sweep: {len(configs)} configurations of the {args.head} head on {fs.path.name}; "
+    todo = [c for c in configs if not training.finished_run(s.cache_dir, s.head, features_hash, c)]
+    print(f"sweep: {len(configs)} configurations of the {s.head} head on {fs.path.name}; "
           f"{len(configs) - len(todo)} already done, {len(todo)} to train")
-    jobs = min(args.jobs or min(4, os.cpu_count() or 1), max(1, len(todo)))
+    jobs = min(s.jobs or min(4, os.cpu_count() or 1), max(1, len(todo)))
     threads = max(1, (os.cpu_count() or 1) // jobs)    # split the cores; do not oversubscribe them
-    if args.engine == "ray":
-        results = _ray_results(fs, args.head, todo, args.cache_dir, threads, args.address) if todo else []
+    if s.engine == "ray":
+        results = _ray_results(fs, s.head, todo, s.cache_dir, threads, s.address) if todo else []
     else:
-        tasks = (delayed(_train_one)(str(fs.path), args.head, c, args.cache_dir, threads) for c in todo)
+        tasks = (delayed(_train_one)(str(fs.path), s.head, c, s.cache_dir, threads) for c in todo)
         results = Parallel(n_jobs=jobs, backend="loky", return_as="generator_unordered",
                            initializer=_die_with_parent, initargs=(os.getpid(),))(tasks)
     failed = []

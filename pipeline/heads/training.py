@@ -4,7 +4,9 @@ heads trained by epochs) and its report to cache/reports/<same name>/. A finishe
 written last, and its model) is up to date and is not trained again."""
 from __future__ import annotations
 
+import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +15,14 @@ from pipeline import store
 from pipeline.extract import views
 from pipeline.foundation import records
 from pipeline.foundation.errors import UserError, warn
-from pipeline.foundation.outputs import Lock, atomic_dir, write_json_atomic
+from pipeline.foundation.outputs import atomic_dir, produce, write_json_atomic
 from pipeline.heads.evaluation import write_report
-from pipeline.heads.kinds import HEADS, predict_proba, read_run_json
+from pipeline.heads.kinds import HEADS, make_settings, predict_proba, read_run_json
 from pipeline.ship.calibration import calibrate, summary
+
+
+# where a run's "up to date: RUN" and leftover notices go unless the caller says (the commands: stdout)
+NOTICE = partial(print, file=sys.stderr)
 
 
 def run_name(head: str, features_hash: str, settings: dict) -> str:
@@ -49,21 +55,18 @@ def _check_finite(y_prob: dict, head: str):
 
 
 def run_head(fs: store.RowSet, head: str, settings: dict, cache_dir, verbose=0, threads=None,
-             wait: bool = False) -> dict:
-    """Train (unless up to date), save, report. Returns run.json's content plus run_dir, report and
-    skipped. Under the run's lock (a second run on the same settings is refused, or with `wait`
-    waits and then finds it done); model and report folders are written under temporary names and
-    renamed when complete, run.json last."""
-    done = finished_run(cache_dir, head, fs.attrs["settings_hash"], settings)
-    if done:
-        return done
-    name = run_name(head, fs.attrs["settings_hash"], settings)
+             wait: bool = False, log=NOTICE) -> dict:
+    """Train (unless up to date: outputs.produce, "up to date: RUN" through `log`), save, report.
+    Returns run.json's content plus run_dir, report and skipped. Under the run's lock (a second run
+    on the same settings is refused, or with `wait` waits and then finds it done); model and report
+    folders are written under temporary names and renamed when complete, run.json last."""
+    settings = make_settings(head, **settings)           # a library caller's settings checked as a flag's
+    features_hash = fs.attrs["settings_hash"]
+    name = run_name(head, features_hash, settings)
     final = records.folder(cache_dir, records.HEADS) / name
     report_dir = records.folder(cache_dir, records.REPORTS) / name
-    with Lock(final, wait=wait, also=[report_dir]):
-        done = finished_run(cache_dir, head, fs.attrs["settings_hash"], settings)
-        if done:                                    # finished by the run we waited for
-            return done
+
+    def train():
         with atomic_dir(final) as tmp:
             started = time.perf_counter()
             model, history, metrics = HEADS[head].train(fs, settings, tmp, verbose, threads)
@@ -89,7 +92,11 @@ def run_head(fs: store.RowSet, head: str, settings: dict, cache_dir, verbose=0, 
                                "test_accuracy_interval": report["test_accuracy_interval"],
                                "wall_seconds": report["wall_seconds"], **metrics}
             write_json_atomic(tmp / records.RUN_JSON, info)   # last: a folder with run.json is a finished run
-    return {**info, "run_dir": str(final), "report": str(report_dir), "skipped": False, "model": model}
+        return {**info, "run_dir": str(final), "report": str(report_dir), "skipped": False, "model": model}
+
+    up_to_date, made = produce(final, lambda: finished_run(cache_dir, head, features_hash, settings) is not None,
+                               train, log, wait=wait, also=[report_dir])
+    return finished_run(cache_dir, head, features_hash, settings) if up_to_date else made
 
 
 def find_best_head(cache_dir, settings_hash: str, head: str = "dense") -> Path | None:

@@ -27,8 +27,8 @@ from pipeline.foundation import flags, outputs, records, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import Interval, setting
 from pipeline.foundation.tables import format_table
-from pipeline.look.gallery import save_grid
-from pipeline.look.looking import find_report, read_predictions
+from pipeline.foundation.gallery import save_grid
+from pipeline.heads.mistakes import find_report, read_predictions
 from pipeline.look.similarity import pairs_above, unit_rows
 from pipeline.sources import rows
 from pipeline.store.features import features_from_args

@@ -9,7 +9,7 @@ source (its data fingerprint) and the same val and test source indices; otherwis
 is refused. For val and test: both accuracies with their 95% Wilson intervals, the difference
 B - A with its 95% paired bootstrap interval, McNemar's exact p-value (pipeline.foundation.stats), and how
 many images only A and only B get right. The per-image results are the runs' predictions.csv
-(pipeline.look.looking). Written to cache/compare/<hash>/: compare.json and disagreements.png (the
+(pipeline.heads.mistakes). Written to cache/compare/<hash>/: compare.json and disagreements.png (the
 --split images only one of them gets right, read back from the source); up to date on rerun.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pipeline.foundation.errors import UserError, first_line
 from pipeline.foundation.outputs import atomic_dir, produce
 from pipeline.foundation.settings import Choice, setting
 from pipeline.foundation.tables import paired_table
-from pipeline.look.gallery import save_grid
-from pipeline.look.looking import find_report, read_predictions
+from pipeline.foundation.gallery import save_grid
+from pipeline.heads.mistakes import find_report, read_predictions
 from pipeline.sources import rows
 
 

@@ -25,8 +25,8 @@ import numpy as np
 from pipeline import store
 from pipeline.foundation import flags, outputs, records, settings
 from pipeline.foundation.errors import UserError
+from pipeline.foundation.gallery import save_sprite
 from pipeline.foundation.settings import Checked, Choice, Interval, setting
-from pipeline.look.gallery import save_sprite
 from pipeline.sources import rows
 from pipeline.store.features import features_from_args
 

@@ -27,7 +27,7 @@ from pipeline.foundation import flags, outputs, records, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import Checked, Choice, Interval, setting
 from pipeline.foundation.tables import format_table
-from pipeline.look.gallery import save_grid
+from pipeline.foundation.gallery import save_grid
 from pipeline.look.similarity import top_k
 from pipeline.sources import images
 from pipeline.sources import rows

@@ -10,11 +10,13 @@ from __future__ import annotations
 import datetime
 import html
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import store
-from pipeline.foundation import errors, outputs, records
+from pipeline.foundation import errors, outputs, records, settings
 from pipeline.foundation.errors import UserError
+from pipeline.foundation.settings import setting
 from pipeline.foundation.stats import interval_text
 from pipeline.foundation.tables import paired_table
 from pipeline.heads.evaluation import recorded_interval
@@ -74,33 +76,28 @@ def collect_runs(cache_dir, skipped: list | None = None) -> tuple[list[dict], li
     out, its error appended to `skipped`: one bad run never hides the others or fails a command."""
     cache = Path(cache_dir)
     seen, runs = {}, []
-    heads_dir, finetune_dir = records.folder(cache, records.HEADS), records.folder(cache, records.FINETUNE)
-    sources = [(p.parent, records.folder(cache, records.REPORTS) / p.parent.name)
-               for p in sorted(heads_dir.glob(f"*/{records.RUN_JSON}"))]
-    sources += [(p.parent, p.parent / records.REPORT_DIR) for p in sorted(finetune_dir.glob(f"*/{records.RUN_JSON}"))]
-    for run_dir, report_dir in sources:
+    for folder in records.run_folders(cache):
         try:
-            info = records.read_run(run_dir)
-            report_json = report_dir / records.REPORT_JSON
+            run = records.Run.read(folder)
+            report_json = run.report / records.REPORT_JSON
             report = records.read(report_json, records.REPORT) if report_json.is_file() else {}
         except UserError as exc:
             if skipped is not None:
                 skipped.append(str(exc))
             continue
-        metrics, features, settings = info["metrics"], info["features"], info["settings"]
-        attrs = _features_attrs(features["path"], seen)
-        finetune = records.run_kind(info) == "finetune"
+        info = run.record
+        metrics = info["metrics"]
+        attrs = _features_attrs(str(run.features), seen)
         runs.append({
-            "name": run_dir.name, "kind": records.run_kind(info),
-            "sweep": "", "features": Path(features["path"]).name,
+            "name": folder.name, "kind": run.kind, "sweep": "", "features": run.features.name,
             "backbone": (info.get("backbone") or {}).get("name") or attrs.get("backbone", "?"),
-            "settings": _settings_text(settings, finetune),
+            "settings": _settings_text(info["settings"], run.stage == records.FINETUNE),
             "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
             **{f"{k}_accuracy_interval": recorded_interval(metrics, report, k) for k in ("val", "test")},
             "wall_seconds": info.get("wall_seconds", metrics.get("wall_seconds", report.get("wall_seconds"))),
-            "finished": datetime.datetime.fromtimestamp((run_dir / records.RUN_JSON).stat().st_mtime,
+            "finished": datetime.datetime.fromtimestamp((folder / records.RUN_JSON).stat().st_mtime,
                                                         datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-            "report_dir": report_dir, "report": report, "info": info})
+            "report_dir": run.report, "report": report, "info": info})
     by_name = {r["name"]: r for r in runs}
     sweeps = []
     for path in sorted(records.folder(cache, records.SWEEPS).glob("*.json")):
@@ -259,13 +256,23 @@ def rebuild(cache_dir, warn=None) -> tuple[Path, bool]:
 
 # ---------------------------------------------------------------- command line
 
+@dataclass
+class ReportSettings:
+    cache_dir: str = setting("cache", None, "the cache whose runs to list", metavar="DIR", record=False)
+
+
 def add_arguments(p):
-    p.add_argument("--cache-dir", default="cache", metavar="DIR", help="the cache whose runs to list (default: cache)")
+    settings.add_flags(p, ReportSettings)
 
 
 def run(args):
-    cache = Path(args.cache_dir)
+    index, changed = run_report(settings.from_args(ReportSettings, args))
+    print(index if changed else f"up to date: {index}")
+
+
+def run_report(s: ReportSettings) -> tuple[Path, bool]:
+    """(index.html, whether anything changed): the site of the cache `s.cache_dir`, which must exist."""
+    cache = Path(settings.check(s).cache_dir)
     if not cache.is_dir():
         raise UserError(f"--cache-dir {cache} is not a folder; run `make head` first")
-    index, changed = rebuild(cache)
-    print(index if changed else f"up to date: {index}")
+    return rebuild(cache)

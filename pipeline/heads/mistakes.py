@@ -1,5 +1,5 @@
 """What a run got wrong, for any classifier (head of any kind, or fine-tuned model): written into
-its report folder by `report.write_report` from the true labels and predicted probabilities alone.
+its report folder by `evaluation.write_report` from the true labels and predicted probabilities alone.
 
     predictions.csv   one line per val and test row: source index, file path (image-folder sources),
                       true class, predicted class and its probability, the true class's probability, top 3
@@ -19,7 +19,7 @@ import numpy as np
 from pipeline import store
 from pipeline.foundation import records
 from pipeline.foundation.errors import UserError, first_line
-from pipeline.look.gallery import save_grid
+from pipeline.foundation.gallery import save_grid
 from pipeline.sources import rows
 
 
