@@ -122,11 +122,12 @@ def _default_text(field) -> str:
         else str(field.default)
 
 
-def add_flags(parser, cls, skip=()):
+def add_flags(parser, cls, skip=(), given_only: bool = False):
     """One flag per declared field of `cls`, in declaration order. The values stay text here and
     are parsed and checked by `from_args`, so a flag and a library call share one message. The
     declared default is the flag's default (parsed by `from_args` like any value), so --help, the
-    reference and `args.cache_dir` of a flag left out all say it."""
+    reference and `args.cache_dir` of a flag left out all say it. With `given_only`, a flag left
+    out is None instead, for groups whose flags apply only to some choice (the head kinds)."""
     for f in declared(cls):
         if f.name in skip:
             continue
@@ -135,7 +136,8 @@ def add_flags(parser, cls, skip=()):
             parser.add_argument(flag_name(f), dest=f.name, action="store_true", help=meta["help"])
             continue
         shown = f" (default: {_default_text(f)})" if f.default is not None or meta["auto"] else ""
-        action = parser.add_argument(flag_name(f), dest=f.name, default=f.default, nargs=meta["nargs"],
+        action = parser.add_argument(flag_name(f), dest=f.name, default=None if given_only else f.default,
+                                     nargs=meta["nargs"],
                                      choices=valid.options if isinstance(valid, Choice) else None,
                                      metavar=meta["metavar"] or (valid.metavar if valid is not None else "TEXT"),
                                      help=meta["help"] + shown)

@@ -167,7 +167,7 @@ def add_arguments(p, declared: type):
     one flag per setting; head settings default to None = the kind's default."""
     settings.add_flags(p, declared)
     for kind in HEADS.values():
-        settings.add_flags(p.add_argument_group(f"--head {kind.name}", kind.summary), kind.declared)
+        settings.add_flags(p.add_argument_group(f"--head {kind.name}", kind.summary), kind.declared, given_only=True)
 
 
 def settings_from_args(args, head: str) -> dict:
