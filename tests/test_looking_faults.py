@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import MIXED_CLASSES, assert_one_error, run_cli, synthetic_features
-from pipeline.foundation import flags
+from pipeline.foundation.settings import SEED_MAX
 from pipeline.heads import kinds, training
 from pipeline import store
 
@@ -220,18 +220,18 @@ def small_features(tmp_path_factory):
     ["head", "--features", "{features}"],
     ["sweep", "--features", "{features}", "--grid", "seed=0,{seed}"],
 ])
-@pytest.mark.parametrize("seed", [-1, flags.SEED_MAX + 1])
+@pytest.mark.parametrize("seed", [-1, SEED_MAX + 1])
 def test_every_seed_has_one_range(small_features, tmp_path, capsys, argv, seed):
     argv = [a.format(features=small_features, seed=seed) for a in argv]
     if "--grid" not in argv:
         argv += ["--seed", str(seed)]
     code, _, err = run_cli(capsys, *argv, "--cache-dir", tmp_path)
-    assert_one_error(code, err, f"a whole number in [0, {flags.SEED_MAX}], got ")
+    assert_one_error(code, err, f"a whole number in [0, {SEED_MAX}], got ")
 
 
 def test_map_takes_the_largest_seed(small_features, tmp_path, capsys):
     code, out, err = run_cli(capsys, "map", "--features", small_features, "--per-class", "2",
-                             "--seed", flags.SEED_MAX, "--cache-dir", tmp_path)
+                             "--seed", SEED_MAX, "--cache-dir", tmp_path)
     assert code == 0 and Path(out[-1]).is_file(), err
 
 

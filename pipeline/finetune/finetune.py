@@ -50,7 +50,7 @@ from pipeline.finetune.inputs import find_head, head_run, load_head, split_sizes
 from pipeline.finetune.recipe import (AUTO_STEPS, EPOCH_RANGE, announce, auto_epochs, compile_model, fit,
                                       train_precision, training_model)
 from pipeline.foundation import flags, records, settings
-from pipeline.foundation.settings import Choice, Interval, setting
+from pipeline.foundation.settings import POSITIVE, Choice, Interval, setting
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import atomic_file, produce, write_json_atomic
 from pipeline.heads import evaluation   # evaluation.write_report, looked up when called (tests patch it)
@@ -59,9 +59,6 @@ from pipeline.store.features import default_features, load_features
 
 MODES = ("cached", "end-to-end")
 OPTIMIZERS = ("adamw", "adam", "sgd")
-
-
-POSITIVE = Interval(float, 0, closed="neither")
 
 
 @dataclass
