@@ -190,6 +190,40 @@ def mixed_features(tiny_backbone, tmp_path_factory) -> tuple[Path, Path]:
     return path, root
 
 
+# ---------------------------------------------------------------- a tree of random image sizes
+
+def random_size_tree(root: Path, n_per_class: int = 70, seed: int = 0) -> Path:
+    """train/ and test/ folders (classes ant, bee) of random RGB PNGs between 20 and 60 pixels on a side."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        for c in ("ant", "bee"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n_per_class):
+                h, w = rng.integers(20, 61, 2)
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / split / c / f"{i:03d}.png")
+    return root
+
+
+def read_features_file(path):
+    """({split: {features, labels, index}}, attributes) of a features file, read with h5py alone."""
+    import h5py
+    from pipeline import store
+    with h5py.File(path) as f:
+        return {s: {k: f[s][k][...] for k in ("features", "labels", "index")} for s in store.SPLITS}, dict(f.attrs)
+
+
+def done_rows(partial: Path) -> int:
+    """Rows a (possibly still running) stage one has recorded as written in its .partial file."""
+    import h5py
+    from pipeline import store
+    try:
+        with h5py.File(partial, "r", locking=False) as f:
+            return sum(int(f["progress"][s]["done"][...].sum()) for s in store.SPLITS)
+    except (OSError, KeyError):
+        return 0
+
+
 # ---------------------------------------------------------------- synthetic features files
 
 CLASSES = [f"class{i}" for i in range(10)]
@@ -247,6 +281,15 @@ def spawn_cli(*argv, cwd=ROOT, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "-1"}
     return subprocess.Popen([sys.executable, "-m", "pipeline", *map(str, argv)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie (read from /proc)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
 
 
 @contextlib.contextmanager

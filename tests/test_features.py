@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import CIFAR_JPG, ROOT, synthetic_cifar, write_batches
+from conftest import CIFAR_JPG, ROOT, done_rows, synthetic_cifar, write_batches
 from pipeline.foundation import outputs
 from pipeline import store
 from pipeline.cli import main
@@ -92,14 +92,6 @@ def _cli(*args, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def _progress(partial: Path) -> int:
-    try:
-        with h5py.File(partial, "r", locking=False) as f:
-            return sum(int(f["progress"][s]["done"][...].sum()) for s in store.SPLITS)
-    except (OSError, KeyError):
-        return 0
-
-
 @pytest.mark.slow
 def test_killed_run_resumes_to_an_identical_file(tmp_path):
     data = write_batches(tmp_path / "batches", *synthetic_cifar(1000, 200))
@@ -114,11 +106,11 @@ def test_killed_run_resumes_to_an_identical_file(tmp_path):
     partial = store.partial_path(final)
     victim = _cli(*args, "--cache-dir", str(cache))
     deadline = time.time() + 240
-    while _progress(partial) < 64 and time.time() < deadline and victim.poll() is None:
+    while done_rows(partial) < 64 and time.time() < deadline and victim.poll() is None:
         time.sleep(0.1)
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
-    written = _progress(partial)
+    written = done_rows(partial)
     assert 64 <= written < 1200, "the run must be killed mid-way"
     assert not final.exists()
 
