@@ -19,9 +19,10 @@ from pipeline.cli import main
 FAST = ["--weights", "none", "--size", "75"]
 
 
-def features(capsys, data, cache, *extra):
-    """Run `python -m pipeline features` in-process; return (exit code, stdout lines, stderr)."""
-    code = main(["features", "--data", str(data), "--cache-dir", str(cache), *FAST, *extra])
+def features(capsys, data, cache, *extra, backbone=FAST):
+    """Run `python -m pipeline features` in-process; return (exit code, stdout lines, stderr).
+    `backbone`: the flags naming it (a random InceptionV3 at 75x75 unless a test needs none in particular)."""
+    code = main(["features", "--data", str(data), "--cache-dir", str(cache), *backbone, *extra])
     out, err = capsys.readouterr()
     return code, out.strip().splitlines(), err
 
@@ -127,13 +128,13 @@ def test_killed_run_resumes_to_an_identical_file(tmp_path):
                {k: str(v) for k, v in b.attrs.items() if k not in volatile}
 
 
-def test_second_concurrent_run_is_refused(capsys, batches_dir, tmp_path):
-    cache = tmp_path / "cache"
-    _, out, _ = features(capsys, batches_dir, cache)
+def test_second_concurrent_run_is_refused(capsys, batches_dir, tiny_backbone, tmp_path):
+    cache, tiny = tmp_path / "cache", ["--backbone", str(tiny_backbone)]
+    _, out, _ = features(capsys, batches_dir, cache, backbone=tiny)
     final = Path(out[-1])
     final.unlink()
     with outputs.Lock(final):
-        code, _, err = features(capsys, batches_dir, cache)
+        code, _, err = features(capsys, batches_dir, cache, backbone=tiny)
     assert code == 2 and "another run is writing" in err
     assert not final.exists()
 
@@ -162,14 +163,15 @@ def test_disk_full_leaves_no_final_file_and_resumes(capsys, batches_dir, tmp_pat
     (lambda p: p.write_bytes(b"definitely not hdf5"), "is not a readable HDF5 file"),
     (lambda p: h5py.File(p, "w").close(), "is not a features file of this pipeline"),
 ])
-def test_foreign_file_under_the_cache_name_is_refused_and_kept(capsys, batches_dir, tmp_path, garbage, message):
-    cache = tmp_path / "cache"
-    _, out, _ = features(capsys, batches_dir, cache)
+def test_foreign_file_under_the_cache_name_is_refused_and_kept(capsys, batches_dir, tiny_backbone, tmp_path, garbage,
+                                                               message):
+    cache, tiny = tmp_path / "cache", ["--backbone", str(tiny_backbone)]
+    _, out, _ = features(capsys, batches_dir, cache, backbone=tiny)
     final = Path(out[-1])
     final.unlink()
     garbage(final)
     before = final.read_bytes()
-    code, _, err = features(capsys, batches_dir, cache)
+    code, _, err = features(capsys, batches_dir, cache, backbone=tiny)
     assert code == 2 and message in err and final.read_bytes() == before
 
 

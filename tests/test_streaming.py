@@ -43,8 +43,8 @@ def test_mixed_sizes_any_shard_layout_and_progress_lines(tmp_path, tiny_backbone
         np.testing.assert_allclose(a[name]["features"], b[name]["features"], rtol=1e-5, atol=1e-6)
         images = splits[name].read()
         assert len({img.shape for img in images}) > 10
-        expected = np.concatenate([alone.predict(img[None], verbose=0) for img in images[:20]])
-        np.testing.assert_allclose(a[name]["features"][:20], expected, rtol=1e-4, atol=1e-5)
+        expected = np.concatenate([alone.predict(img[None], verbose=0) for img in images[:5]])
+        np.testing.assert_allclose(a[name]["features"][:5], expected, rtol=1e-4, atol=1e-5)
 
 
 def smooth_photos(root: Path, n_distinct: int, copies: int, side: int = 300) -> Path:
