@@ -64,13 +64,32 @@ def real_features(tmp_path_factory) -> Path:
                                         cache_dir=str(cache)), log=lambda *a: None)
 
 
+def copy_cifar(root: Path, train_per_class: int, test_per_class: int, classes=None) -> Path:
+    """train/<class>/ and test/<class>/ holding the first JPEGs of each class of the real CIFAR-10 tree
+    (those `--limit` picks), copied under the same names."""
+    for c in classes or sorted(p.name for p in (CIFAR_JPG / "train").iterdir()):
+        for part, n in (("train", train_per_class), ("test", test_per_class)):
+            (root / part / c).mkdir(parents=True)
+            for i in range(n):
+                shutil.copy(CIFAR_JPG / part / c / f"{i:04d}.jpg", root / part / c / f"{i:04d}.jpg")
+    return root
+
+
 @pytest.fixture(scope="session")
-def tiny_inception_features(tmp_path_factory) -> Path:
-    """Stage one with a random-weight InceptionV3 at 75x75 on 60 real images (fast; for plumbing tests)."""
+def small_cifar(tmp_path_factory) -> Path:
+    """4 train and 4 test real CIFAR-10 JPEGs per class, copied: every command that lists or
+    fingerprints the source then reads 80 files, not the whole tree's 60,000 (1.1 s of CPU each time)."""
     require_real_images()
+    return copy_cifar(tmp_path_factory.mktemp("small-cifar") / "cifar10-jpg", 4, 4)
+
+
+@pytest.fixture(scope="session")
+def tiny_inception_features(small_cifar, tmp_path_factory) -> Path:
+    """Stage one with a random-weight InceptionV3 at 75x75 on small_cifar's 80 real images (train 30,
+    val 10, test 40; fast; for plumbing tests)."""
     from pipeline.extract.features import FeatureSettings, run_features
     cache = tmp_path_factory.mktemp("tiny-cache")
-    return run_features(FeatureSettings(data=str(CIFAR_JPG), weights="none", size=75, limit=40,
+    return run_features(FeatureSettings(data=str(small_cifar), weights="none", size=75,
                                         precision="float32", cache_dir=str(cache)), log=lambda *a: None)
 
 
@@ -153,11 +172,10 @@ def tiny_backbone(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_backbone_features(tiny_backbone, tmp_path_factory) -> Path:
-    """Stage one with the tiny backbone file on 80 real images (train 30, val 10, test 40)."""
-    require_real_images()
+def tiny_backbone_features(tiny_backbone, small_cifar, tmp_path_factory) -> Path:
+    """Stage one with the tiny backbone file on small_cifar's 80 real images (train 30, val 10, test 40)."""
     from pipeline.extract.features import FeatureSettings, run_features
-    return run_features(FeatureSettings(data=str(CIFAR_JPG), backbone=str(tiny_backbone), limit=40,
+    return run_features(FeatureSettings(data=str(small_cifar), backbone=str(tiny_backbone),
                                         cache_dir=str(tmp_path_factory.mktemp("tiny-backbone-cache"))),
                         log=lambda *a: None)
 
@@ -394,11 +412,7 @@ PLANTED = {c: "0001.jpg" for c in PLANTED_CLASSES[:5]}     # train/<c>/0001.jpg 
 def make_planted_tree(root: Path) -> Path:
     """train: 8 per class, test: 4 per class plus a byte copy of train/<c>/0001.jpg for five classes
     (named zz-copy.jpg so it sorts last in its class folder)."""
-    for c in PLANTED_CLASSES:
-        for part, n in (("train", PLANTED_TRAIN), ("test", PLANTED_TEST)):
-            (root / part / c).mkdir(parents=True)
-            for i in range(n):
-                shutil.copy(CIFAR_JPG / part / c / f"{i:04d}.jpg", root / part / c / f"{i:04d}.jpg")
+    copy_cifar(root, PLANTED_TRAIN, PLANTED_TEST, PLANTED_CLASSES)
     for c, name in PLANTED.items():
         shutil.copy(root / "train" / c / name, root / "test" / c / "zz-copy.jpg")
     return root

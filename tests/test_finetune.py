@@ -1,6 +1,6 @@
 """Stage three on a random-weight InceptionV3 at 75x75 and a few real images: what trains and what
-does not, the starting point, cached vs end-to-end, resume, bad input. Float32 throughout, so
-comparisons can be tight."""
+does not, the starting point, cached vs end-to-end, resume, bad input; the run's record and lock on
+the tiny backbone file. Float32 throughout, so comparisons can be tight."""
 import json
 
 import numpy as np
