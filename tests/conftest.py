@@ -1,5 +1,6 @@
 """Shared test fixtures and helpers: paths to the real data in ../shared, stage-one files built once
-per session, synthetic features files, the CLI in-process and in a subprocess, a small full disk."""
+per session, synthetic features files, the CLI in-process and in a subprocess, a small full disk, and
+the check of the `slow` marker's rule (declared in pyproject.toml)."""
 import contextlib
 import json
 import os
@@ -10,8 +11,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-# pytest-xdist's workers share the cores: one OpenMP thread each per core, set before numpy or scikit-learn
-# load. More spin while they wait for a core: `map`'s t-SNE took 10 s instead of 2 on a busy 2-core machine.
+# pytest-xdist's workers split the cores between them: OpenMP threads beyond a worker's share spin while they
+# wait for a core (`map`'s t-SNE: 10 s instead of 2 on a busy 2-core machine). Set before numpy or sklearn load.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
     os.environ.setdefault("OMP_NUM_THREADS",
                           str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
