@@ -138,6 +138,7 @@ def test_a_shard_that_always_crashes_ends_with_an_error_naming_it(ray_instance, 
     assert not list(tmp_path.rglob("*.h5")) and len(list(tmp_path.rglob("*.h5.partial"))) == 1
 
 
+@pytest.mark.slow      # the only fast user of a local Ray instance and of `mixed`: ~7 s of CPU, 15 s of wall
 def test_gpus_the_cluster_lacks_fail_at_once(ray_instance, mixed, tmp_path, capsys):
     args, _ = mixed
     assert main([*args, "--cache-dir", str(tmp_path), "--engine", "ray", "--gpus-per-worker", "3"]) == 2
