@@ -112,11 +112,13 @@ docs: $(STAMP)
 	$(PY) tools/make_numbers.py
 
 # Two processes (pytest-xdist): many tests wait on subprocesses, sleeps and I/O, so two share 2 cores well.
+# test-fast hands out whole modules (--dist loadscope), so a module's fixtures are built in one process, not
+# in both; tests/conftest.py gives each process one OpenMP thread per core it has.
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m "not slow"
+	$(PY) -m pytest -q -n 2 --dist loadscope -m "not slow"
 
 bench: $(STAMP)
 	@set -e; for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b; done

@@ -9,7 +9,7 @@ Tolerances (measured on this 2-core AMX Xeon, TF 2.21):
 import numpy as np
 import pytest
 
-from conftest import CIFAR_JPG, PRETRAINED, require_pretrained, require_real_images
+from conftest import PRETRAINED, require_pretrained
 from pipeline.backbones import build, folding, keras_private, table, precision as device_precision
 from pipeline.backbones.weights import Weights, sha256_file
 from pipeline.foundation.errors import UserError
@@ -35,39 +35,49 @@ def inception():
     return backbone
 
 
-def _reference(backbone, images):
-    """The plain computation the issue names, with a separately built InceptionV3 given the same weights."""
+@pytest.fixture(scope="module")
+def reference(inception):
+    """The plain computation the issue names, with a separately built InceptionV3 given the same
+    weights (built once: an InceptionV3 costs seconds): images -> features."""
     import keras
     import tensorflow as tf
     ref = keras.applications.InceptionV3(include_top=False, weights=None, pooling="avg",
                                          input_shape=(SIZE, SIZE, 3))
-    ref.set_weights(backbone.model.get_layer("inception_v3").get_weights())
-    x = keras.applications.inception_v3.preprocess_input(tf.image.resize(tf.cast(images, tf.float32), (SIZE, SIZE)))
-    return ref(x, training=False).numpy()
+    ref.set_weights(inception.model.get_layer("inception_v3").get_weights())
+
+    def features(images):
+        x = keras.applications.inception_v3.preprocess_input(tf.image.resize(tf.cast(images, tf.float32), (SIZE, SIZE)))
+        return ref(x, training=False).numpy()
+    return features
+
+
+@pytest.fixture(scope="module")
+def float32_extract(inception):
+    return folding.fast_extractor(inception.model, "float32")
 
 
 def _cosines(a, b):
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
-def _real_images(n=16):
-    require_real_images()
+@pytest.fixture(scope="module")
+def real_images(small_cifar):
+    """16 real test images (read from small_cifar: listing the whole tree costs about a second)."""
     from pipeline.sources.dataset import load_dataset
-    return load_dataset(CIFAR_JPG, limit=n).test_x
+    return load_dataset(small_cifar, limit=16).test_x
 
 
-def test_float32_fast_path_matches_reference_on_random_and_real_images(inception):
-    extract = folding.fast_extractor(inception.model, "float32")
+def test_float32_fast_path_matches_reference_on_random_and_real_images(reference, float32_extract, real_images):
     random_images = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
-    for images in (random_images, _real_images()):
-        ref, got = _reference(inception, images), extract(images)
+    for images in (random_images, real_images):
+        ref, got = reference(images), float32_extract(images)
         assert got.dtype == np.float32 and got.shape == (len(images), 2048)
         assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
 
 
-def test_bfloat16_stays_close_to_float32(inception):
-    images = _real_images()
-    f32 = folding.fast_extractor(inception.model, "float32")(images)
+def test_bfloat16_stays_close_to_float32(inception, float32_extract, real_images):
+    images = real_images
+    f32 = float32_extract(images)
     b16 = folding.fast_extractor(inception.model, "bfloat16")(images)
     assert b16.dtype == np.float32
     assert _cosines(f32, b16).min() >= 0.999
@@ -143,13 +153,13 @@ def test_weights_file_gives_the_same_network(tmp_path, inception):
     np.testing.assert_array_equal(loaded.model.predict(images, verbose=0), inception.model.predict(images, verbose=0))
 
 
-def test_saved_backbone_file_brings_its_own_size_and_width():
+def test_saved_backbone_file_brings_its_own_size_and_width(real_images):
     require_pretrained()
     backbone = build.build_backbone(str(PRETRAINED))
     assert (backbone.input_size, backbone.width) == (224, 1280)
     assert backbone.weights.attrs() == {"weights_source": "file", "weights_seed": -1, "weights_sha256":
                                         "cbe38d27d3d675a9b34bbfe0d790490068c14d1b4c5c8fc9e5c2996e78326728"}
-    images = _real_images(4)
+    images = real_images[:4]
     ref = backbone.model.predict(images, verbose=0)
     fast = folding.fast_extractor(backbone.model, "float32")(images)
     assert np.abs(fast - ref).max() <= 1e-4 * np.abs(ref).max()
@@ -199,7 +209,7 @@ def _application_preprocess(entry):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(table.BACKBONES))
-def test_every_backbone_fast_path_equals_the_keras_application(name):
+def test_every_backbone_fast_path_equals_the_keras_application(name, real_images):
     """Random weights (BatchNorm perturbed), smallest input size, random and real images: the
     folded float32 extractor equals the plain keras.applications network fed its own
     preprocess_input; bfloat16 stays within a cosine of 0.999."""
@@ -213,7 +223,7 @@ def test_every_backbone_fast_path_equals_the_keras_application(name):
     network = backbone.model.layers[-1]
     _perturb_batchnorm(network, seed=1)
     images = np.concatenate([np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
-                             _real_images(10)[:6]])
+                             real_images[:6]])
     pixels = tf.image.resize(tf.cast(images, tf.float32), (size, size))
     ref = network(_application_preprocess(entry)(pixels), training=False).numpy()
     f32 = folding.fast_extractor(backbone.model, "float32")(images)

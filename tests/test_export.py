@@ -26,19 +26,26 @@ def quiet(*args):
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_backbone, tiny_backbone_features, tmp_path_factory):
-    """(cache, head run folder, stage-three run folder, backbone file) on the tiny backbone's features of
-    80 real images."""
-    from pipeline.finetune.finetune import FinetuneSettings, run_finetune
+def head_run(tiny_backbone, tiny_backbone_features, tmp_path_factory):
+    """(cache, dense head run folder, backbone file) on the tiny backbone's features of 80 real images."""
     from pipeline.store.features import load_features
     from pipeline.heads.kinds import make_settings
     from pipeline.heads.training import run_head
-    cache, features = tmp_path_factory.mktemp("export"), tiny_backbone_features
-    head = run_head(load_features(features), "dense", make_settings("dense", hidden=32, epochs=5), cache)
-    tuned = run_finetune(FinetuneSettings(features=str(features), head=str(head["run_dir"] + "/model.keras"),
-                                          backbone=str(tiny_backbone), mode="cached", epochs=1, batch_size=8,
+    cache = tmp_path_factory.mktemp("export")
+    head = run_head(load_features(tiny_backbone_features), "dense", make_settings("dense", hidden=32, epochs=5), cache)
+    return cache, Path(head["run_dir"]), str(tiny_backbone)
+
+
+@pytest.fixture(scope="module")
+def runs(head_run, tiny_backbone_features):
+    """(cache, head run folder, stage-three run folder, backbone file): `head_run` and one epoch of
+    stage three from it (only the slow tests need that run)."""
+    from pipeline.finetune.finetune import FinetuneSettings, run_finetune
+    cache, head, backbone = head_run
+    tuned = run_finetune(FinetuneSettings(features=str(tiny_backbone_features), head=str(head / "model.keras"),
+                                          backbone=backbone, mode="cached", epochs=1, batch_size=8,
                                           precision="float32", cache_dir=str(cache)), log=quiet)
-    return cache, Path(head["run_dir"]), tuned.parent, str(tiny_backbone)
+    return cache, head, tuned.parent, backbone
 
 
 # The fresh process: TensorFlow (and, for the .keras file, Keras) only; the project is not on its path.
@@ -119,8 +126,8 @@ def test_the_exported_model_is_the_run_with_its_temperature(runs):
     np.testing.assert_allclose(calibrated, scaled_probs(as_logits(raw), t), atol=1e-5)
 
 
-def test_rerun_is_up_to_date_and_bad_runs_are_one_error_line(runs, tmp_path, capsys):
-    cache, head_run, _, backbone = runs
+def test_rerun_is_up_to_date_and_bad_runs_are_one_error_line(head_run, tmp_path, capsys):
+    cache, head_run, backbone = head_run
     lines = []
     keras_export = ExportSettings(format="keras", cache_dir=str(cache), backbone=backbone)
     export_run(head_run, keras_export, log=lines.append)

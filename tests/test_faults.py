@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import (assert_one_error, fill_disk, run_cli, small_disk, spawn_cli, synthetic_cifar,
+from conftest import (alive, assert_one_error, fill_disk, run_cli, small_disk, spawn_cli, synthetic_cifar,
                       synthetic_features, write_batches)
 from pipeline.foundation import errors
 from pipeline.heads import kinds, training
@@ -334,14 +334,6 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.slow
 def test_sigkill_of_a_sweep_takes_its_workers_along_and_the_rerun_finishes(tmp_path):
     path = synthetic_features(tmp_path / "f", width=64, per_class=(200, 20, 20))
@@ -356,13 +348,13 @@ def test_sigkill_of_a_sweep_takes_its_workers_along_and_the_rerun_finishes(tmp_p
     victim.send_signal(signal.SIGKILL)
     victim.wait()            # not communicate(): a surviving worker would hold the pipes open
     deadline = time.time() + 10
-    while time.time() < deadline and any(_alive(w) for w in workers):
+    while time.time() < deadline and any(alive(w) for w in workers):
         time.sleep(0.1)
     try:
-        assert not any(_alive(w) for w in workers), "workers outlived the killed sweep"
+        assert not any(alive(w) for w in workers), "workers outlived the killed sweep"
     finally:
         for w in workers:
-            if _alive(w):
+            if alive(w):
                 os.kill(w, signal.SIGKILL)
         victim.communicate(timeout=30)
     rerun = spawn_cli(*argv)

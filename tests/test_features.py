@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import CIFAR_JPG, ROOT, synthetic_cifar, write_batches
+from conftest import ROOT, done_rows, synthetic_cifar, write_batches
 from pipeline.foundation import outputs
 from pipeline import store
 from pipeline.cli import main
@@ -19,9 +19,10 @@ from pipeline.cli import main
 FAST = ["--weights", "none", "--size", "75"]
 
 
-def features(capsys, data, cache, *extra):
-    """Run `python -m pipeline features` in-process; return (exit code, stdout lines, stderr)."""
-    code = main(["features", "--data", str(data), "--cache-dir", str(cache), *FAST, *extra])
+def features(capsys, data, cache, *extra, backbone=FAST):
+    """Run `python -m pipeline features` in-process; return (exit code, stdout lines, stderr).
+    `backbone`: the flags naming it (a random InceptionV3 at 75x75 unless a test needs none in particular)."""
+    code = main(["features", "--data", str(data), "--cache-dir", str(cache), *backbone, *extra])
     out, err = capsys.readouterr()
     return code, out.strip().splitlines(), err
 
@@ -74,13 +75,13 @@ def test_rerun_is_up_to_date_and_changed_settings_give_a_new_file(capsys, batche
 
 
 @pytest.mark.slow
-def test_stored_features_equal_the_plain_keras_model_on_real_images(tiny_inception_features):
+def test_stored_features_equal_the_plain_keras_model_on_real_images(tiny_inception_features, small_cifar):
     from pipeline.backbones.build import build_backbone
     from pipeline.sources.dataset import load_dataset
     fs = store.read_rows(tiny_inception_features)
     assert fs.attrs["precision"] == "float32" and (fs.attrs["weights_source"], fs.attrs["weights_seed"]) == ("none", 0)
-    images = load_dataset(CIFAR_JPG, limit=40).test_x
-    np.testing.assert_array_equal(fs.splits["test"].index, np.repeat(np.arange(10) * 1000, 4) + np.tile(np.arange(4), 10))
+    images = load_dataset(small_cifar).test_x
+    np.testing.assert_array_equal(fs.splits["test"].index, np.arange(40))      # 4 per class, class by class
     reference = build_backbone("inception_v3", "none", 75, seed=0).model.predict(images, verbose=0)
     got = fs.splits["test"].features
     assert np.abs(got - reference).max() <= 1e-4 * np.abs(reference).max()
@@ -90,14 +91,6 @@ def _cli(*args, **kwargs):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
-
-
-def _progress(partial: Path) -> int:
-    try:
-        with h5py.File(partial, "r", locking=False) as f:
-            return sum(int(f["progress"][s]["done"][...].sum()) for s in store.SPLITS)
-    except (OSError, KeyError):
-        return 0
 
 
 @pytest.mark.slow
@@ -114,11 +107,11 @@ def test_killed_run_resumes_to_an_identical_file(tmp_path):
     partial = store.partial_path(final)
     victim = _cli(*args, "--cache-dir", str(cache))
     deadline = time.time() + 240
-    while _progress(partial) < 64 and time.time() < deadline and victim.poll() is None:
+    while done_rows(partial) < 64 and time.time() < deadline and victim.poll() is None:
         time.sleep(0.1)
     victim.send_signal(signal.SIGKILL)
     victim.communicate()
-    written = _progress(partial)
+    written = done_rows(partial)
     assert 64 <= written < 1200, "the run must be killed mid-way"
     assert not final.exists()
 
@@ -135,13 +128,13 @@ def test_killed_run_resumes_to_an_identical_file(tmp_path):
                {k: str(v) for k, v in b.attrs.items() if k not in volatile}
 
 
-def test_second_concurrent_run_is_refused(capsys, batches_dir, tmp_path):
-    cache = tmp_path / "cache"
-    _, out, _ = features(capsys, batches_dir, cache)
+def test_second_concurrent_run_is_refused(capsys, batches_dir, tiny_backbone, tmp_path):
+    cache, tiny = tmp_path / "cache", ["--backbone", str(tiny_backbone)]
+    _, out, _ = features(capsys, batches_dir, cache, backbone=tiny)
     final = Path(out[-1])
     final.unlink()
     with outputs.Lock(final):
-        code, _, err = features(capsys, batches_dir, cache)
+        code, _, err = features(capsys, batches_dir, cache, backbone=tiny)
     assert code == 2 and "another run is writing" in err
     assert not final.exists()
 
@@ -170,14 +163,15 @@ def test_disk_full_leaves_no_final_file_and_resumes(capsys, batches_dir, tmp_pat
     (lambda p: p.write_bytes(b"definitely not hdf5"), "is not a readable HDF5 file"),
     (lambda p: h5py.File(p, "w").close(), "is not a features file of this pipeline"),
 ])
-def test_foreign_file_under_the_cache_name_is_refused_and_kept(capsys, batches_dir, tmp_path, garbage, message):
-    cache = tmp_path / "cache"
-    _, out, _ = features(capsys, batches_dir, cache)
+def test_foreign_file_under_the_cache_name_is_refused_and_kept(capsys, batches_dir, tiny_backbone, tmp_path, garbage,
+                                                               message):
+    cache, tiny = tmp_path / "cache", ["--backbone", str(tiny_backbone)]
+    _, out, _ = features(capsys, batches_dir, cache, backbone=tiny)
     final = Path(out[-1])
     final.unlink()
     garbage(final)
     before = final.read_bytes()
-    code, _, err = features(capsys, batches_dir, cache)
+    code, _, err = features(capsys, batches_dir, cache, backbone=tiny)
     assert code == 2 and message in err and final.read_bytes() == before
 
 

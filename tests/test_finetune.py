@@ -1,6 +1,6 @@
 """Stage three on a random-weight InceptionV3 at 75x75 and a few real images: what trains and what
-does not, the starting point, cached vs end-to-end, resume, bad input. Float32 throughout, so
-comparisons can be tight."""
+does not, the starting point, cached vs end-to-end, resume, bad input; the run's record and lock on
+the tiny backbone file. Float32 throughout, so comparisons can be tight."""
 import json
 
 import numpy as np
@@ -47,6 +47,15 @@ def tuned(tiny_inception_features, head, tmp_path_factory):
         path = run_finetune(settings(tiny_inception_features, head, tmp_path_factory.mktemp("tuned"), epochs=2),
                             log=quiet)
     return path, seen
+
+
+@pytest.fixture(scope="module")
+def tiny_tuned(tiny_backbone_features, tmp_path_factory):
+    """(model path, head path): a two-epoch cached-mode run on the tiny backbone, for the tests of the
+    run's record and lock, which need no InceptionV3 (seconds instead of a minute on 2 cores)."""
+    cache = tmp_path_factory.mktemp("tiny-tuned")
+    head = make_head(tiny_backbone_features, cache / "heads" / "dense-1", hidden=8, epochs=2)
+    return run_finetune(settings(tiny_backbone_features, head, cache, epochs=2), log=quiet), head
 
 
 def settings(features, head, cache, **kw):
@@ -286,9 +295,9 @@ def test_a_run_killed_while_exporting_resumes_to_the_best_epoch(tiny_inception_f
         np.testing.assert_array_equal(w, arrays[f"b{i}"])
 
 
-def test_a_second_identical_finetune_is_refused(tiny_inception_features, head, tmp_path, monkeypatch, capsys):
+def test_a_second_identical_finetune_is_refused(tiny_backbone_features, tiny_tuned, tmp_path, monkeypatch, capsys):
     import pipeline.finetune.finetune as ft
-    argv = ["finetune", "--features", str(tiny_inception_features), "--head", str(head), "--mode", "cached",
+    argv = ["finetune", "--features", str(tiny_backbone_features), "--head", str(tiny_tuned[1]), "--mode", "cached",
             "--epochs", "1", "--batch-size", "8", "--lr", str(LR), "--precision", "float32", "--cache-dir", str(tmp_path)]
     second = {}
 
@@ -338,16 +347,15 @@ def test_auto_epochs_are_about_2000_steps_within_3_to_10():
     assert auto_epochs(45_000, 16) == 3 and auto_epochs(45_000, 256) == 10
 
 
-def test_epochs_auto_is_recorded_as_its_number_and_is_the_same_run(tiny_inception_features, head, tuned,
-                                                                   monkeypatch):
-    """`tuned` ran --epochs 2; auto resolving to 2 is that run, found up to date."""
+def test_epochs_auto_is_recorded_as_its_number_and_is_the_same_run(tiny_backbone_features, tiny_tuned, monkeypatch):
+    """`tiny_tuned` ran --epochs 2; auto resolving to 2 is that run, found up to date."""
     import pipeline.finetune.finetune as finetune
-    path, _ = tuned
+    path, head = tiny_tuned
     assert json.loads((path.parent / "run.json").read_text())["settings"]["epochs"] == 2
     monkeypatch.setattr(finetune, "auto_epochs", lambda rows, batch: 2)   # the rule itself is tested above
     lines = []
     cache = path.parent.parent.parent
-    assert run_finetune(settings(tiny_inception_features, head, cache, epochs=None), log=lines.append) == path
+    assert run_finetune(settings(tiny_backbone_features, head, cache, epochs=None), log=lines.append) == path
     assert lines[0].startswith("--epochs auto: 2 epochs of ") and lines[1:] == [f"up to date: {path}"], lines
 
 

@@ -277,7 +277,9 @@ def test_sweep_refuses_another_kinds_flag(separable, tmp_path, capsys):
 def test_settings_table_checks_every_default():
     """Every row's defaults pass its own ranges: the tables agree."""
     for kind in kinds.HEADS.values():
-        assert kinds.make_settings(kind.name) == kind.canonical(dict(kind.defaults))
+        for key, default in kind.defaults.items():
+            assert kinds.parse_setting(kind.name, key, default) == default, (kind.name, key)
+        assert kind.canonical(dict(kind.defaults)) == kind.defaults      # written the one way already
         assert set(kind.sweep) <= set(kind.defaults)
 
 

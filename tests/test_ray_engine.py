@@ -20,13 +20,12 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT, assert_one_error, run_cli, spawn_cli, synthetic_cifar, write_batches
+from conftest import (ROOT, assert_one_error, done_rows, random_size_tree, read_features_file, run_cli, spawn_cli,
+                      synthetic_cifar, synthetic_features, write_batches)
 from pipeline import store
 from pipeline.cli import main
 from pipeline.extract.engine import CRASH_ENV
 from pipeline.foundation.progress import INTERVAL_ENV
-from test_features import _progress as _done_rows
-from test_streaming import mixed_tree, read_file
 
 ray = pytest.importorskip("ray")
 
@@ -82,7 +81,7 @@ def ray_instance():
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory, tiny_backbone):
     """A mixed-size image folder (4 shards of 128 rows) and its features from the local engine."""
-    root = mixed_tree(tmp_path_factory.mktemp("ray-data") / "mixed")
+    root = random_size_tree(tmp_path_factory.mktemp("ray-data") / "mixed")
     args = ["features", "--data", str(root), "--backbone", str(tiny_backbone), "--precision", "float32",
             "--batch-size", "16", "--shard-rows", "128"]
     cache = tmp_path_factory.mktemp("ray-local")
@@ -91,8 +90,8 @@ def mixed(tmp_path_factory, tiny_backbone):
 
 
 def assert_same_file(a_path, b_path):
-    a, a_attrs = read_file(a_path)
-    b, b_attrs = read_file(b_path)
+    a, a_attrs = read_features_file(a_path)
+    b, b_attrs = read_features_file(b_path)
     for key in ("data_fingerprint", "settings_hash", "image_shape", "class_names"):
         assert str(a_attrs[key]) == str(b_attrs[key]), key
     for split in store.SPLITS:
@@ -139,6 +138,7 @@ def test_a_shard_that_always_crashes_ends_with_an_error_naming_it(ray_instance, 
     assert not list(tmp_path.rglob("*.h5")) and len(list(tmp_path.rglob("*.h5.partial"))) == 1
 
 
+@pytest.mark.slow      # the only fast user of a local Ray instance and of `mixed`: ~7 s of CPU, 15 s of wall
 def test_gpus_the_cluster_lacks_fail_at_once(ray_instance, mixed, tmp_path, capsys):
     args, _ = mixed
     assert main([*args, "--cache-dir", str(tmp_path), "--engine", "ray", "--gpus-per-worker", "3"]) == 2
@@ -171,11 +171,11 @@ def test_killed_or_interrupted_driver_resumes_and_leaves_no_ray_process(tmp_path
         for stop, after_rows in ((signal.SIGKILL, 256), (signal.SIGINT, 512)):
             driver = subprocess.Popen(ray_args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             deadline = time.time() + 300
-            while _done_rows(partial) < after_rows and driver.poll() is None and time.time() < deadline:
+            while done_rows(partial) < after_rows and driver.poll() is None and time.time() < deadline:
                 time.sleep(0.2)
             driver.send_signal(stop)
             out, err = driver.communicate(timeout=120)
-            assert not final.exists() and after_rows <= _done_rows(partial) < 1100, err
+            assert not final.exists() and after_rows <= done_rows(partial) < 1100, err
             if stop == signal.SIGINT:
                 assert driver.returncode == 130 and "interrupted" in err
             assert wait_gone(temp) == [], f"Ray processes outlived a driver stopped by {stop!r}"
@@ -193,7 +193,6 @@ def test_killed_or_interrupted_driver_resumes_and_leaves_no_ray_process(tmp_path
 
 @pytest.mark.slow
 def test_sweep_on_ray_shares_the_features_and_ranks_like_local(ray_instance, tmp_path, capsys):
-    from test_heads import synthetic_features
     features = synthetic_features(tmp_path, width=16, per_class=(30, 20, 20))
     boards = {}
     for engine in ("local", "ray"):
@@ -211,7 +210,7 @@ def test_sweep_on_ray_shares_the_features_and_ranks_like_local(ray_instance, tmp
 def test_an_unreadable_image_gives_the_local_engines_error(ray_instance, tiny_backbone, tmp_path, capsys,
                                                           monkeypatch):
     monkeypatch.setenv(INTERVAL_ENV, "600")               # no progress line: the error is the only one
-    root = mixed_tree(tmp_path / "data", n_per_class=4)
+    root = random_size_tree(tmp_path / "data", n_per_class=4)
     empty = root / "test" / "bee" / "002.png"
     empty.write_bytes(b"")                                # a 0-byte image file
     args = ["features", "--data", root, "--backbone", tiny_backbone, "--precision", "float32"]

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-from test_faults import _alive as _running
+from conftest import ROOT, alive
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="the watchdog reads /proc (Linux)")
 
@@ -40,10 +39,10 @@ def test_a_killed_drivers_new_processes_die_with_it_and_older_ones_do_not():
         driver.send_signal(signal.SIGKILL)
         driver.wait()
         deadline = time.time() + 10
-        while (_running(marked) or _running(unmarked)) and time.time() < deadline:
+        while (alive(marked) or alive(unmarked)) and time.time() < deadline:
             time.sleep(0.1)
-        assert not _running(marked) and not _running(unmarked)
-        assert _running(before)
+        assert not alive(marked) and not alive(unmarked)
+        assert alive(before)
     finally:
         for pid in (before, marked, unmarked):
             try:

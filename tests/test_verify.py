@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import CIFAR_JPG, PRETRAINED, require_pretrained
+from conftest import CIFAR_JPG, PRETRAINED, copy_cifar, require_pretrained
 from pipeline.ship import verify
 from pipeline.cli import main
 
@@ -37,11 +37,7 @@ def made(tmp_path_factory):
     require_pretrained()
     from pipeline.extract.features import FeatureSettings, run_features
     tmp = tmp_path_factory.mktemp("verify")
-    for part in ("train", "test"):
-        for c in CLASSES:
-            (tmp / "src" / part / c).mkdir(parents=True)
-            for i in range(2):
-                shutil.copy(CIFAR_JPG / part / c / f"{i:04d}.jpg", tmp / "src" / part / c / f"{i:04d}.jpg")
+    copy_cifar(tmp / "src", 2, 2, CLASSES)
     path = run_features(FeatureSettings(data=str(tmp / "src"), backbone=str(PRETRAINED), precision="float32",
                                         cache_dir=str(tmp / "cache")), log=lambda *a: None)
     return path, tmp / "src"

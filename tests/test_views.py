@@ -6,16 +6,16 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import CIFAR_JPG, assert_close_at
+from conftest import assert_close_at
 from pipeline.cli import main
 from pipeline.foundation.errors import UserError
 from pipeline.store import MIRRORED, read_rows
 
 
 @pytest.fixture(scope="module")
-def two_views(tiny_backbone, tiny_backbone_features, tmp_path_factory):
+def two_views(tiny_backbone, tiny_backbone_features, small_cifar):
     cache = tiny_backbone_features.parents[1]        # the 1-view file's cache: same images, same backbone
-    code = main(["features", "--data", str(CIFAR_JPG), "--backbone", str(tiny_backbone), "--limit", "40",
+    code = main(["features", "--data", str(small_cifar), "--backbone", str(tiny_backbone),
                  "--views", "2", "--cache-dir", str(cache)])
     assert code == 0
     return next((cache / "features").glob("*2views*.h5"))
