@@ -148,8 +148,10 @@ def parse_value(field: dataclasses.Field, value, name: str | None = None):
     """`value` (text from a flag, or a value from a caller) parsed and checked against the field's
     declaration; None keeps the default. The one message template for every setting."""
     valid, name = field.metadata["valid"], name or flag_name(field)
-    if value is None or valid is None or (value == "auto" and field.metadata["auto"]):
-        return None if value == "auto" else value
+    if value == "auto" and field.metadata["auto"]:
+        return None
+    if value is None or valid is None:
+        return value
     try:
         return valid.parse(value)
     except argparse.ArgumentTypeError as exc:
