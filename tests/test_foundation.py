@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from pipeline.foundation import outputs, records, settings
+from pipeline.foundation import outputs, records, runs, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import Checked, Choice, Interval, setting
 
@@ -122,8 +122,8 @@ def test_a_run_is_an_object_with_its_kind_and_folders(record, kind, stage, repor
     (folder / records.RUN_JSON).write_text(json.dumps({
         **record, "settings": {}, "metrics": {"val_accuracy": 0.5},
         "features": {"path": "cache/features/f.h5", "settings_hash": "abc"}}))
-    run = records.Run.read(folder)
+    run = runs.Run.read(folder)
     assert (run.kind, run.stage, run.cache) == (kind, stage, tmp_path / "cache")
     assert run.features == tmp_path / "cache" / "features" / "f.h5"          # an old relative path, resolved
     assert run.report == tmp_path / "cache" / report.format(name="r1")
-    assert records.run_folders(tmp_path / "cache") == [folder]
+    assert runs.run_folders(tmp_path / "cache") == [folder]

@@ -13,7 +13,7 @@ import h5py
 import pytest
 
 from conftest import assert_one_error, run_cli, spawn_cli, synthetic_features
-from pipeline.foundation import outputs, records
+from pipeline.foundation import outputs, records, runs
 from pipeline.look import report as site
 from pipeline.foundation.errors import UserError
 
@@ -243,7 +243,7 @@ def test_relative_paths_of_old_records_resolve_from_any_directory(cache, tmp_pat
     monkeypatch.chdir(cache.parent)
     code, out, _ = run_cli(capsys, "report", "--cache-dir", "cache")
     assert code == 0 and out[0].startswith("up to date:")
-    assert records.read_run(cache / records.HEADS / name)["features"]["path"] == str(
+    assert runs.read_run(cache / records.HEADS / name)["features"]["path"] == str(
         cache / records.FEATURES / Path(features).name)
 
 
@@ -328,6 +328,6 @@ def test_head_and_fine_tune_runs_are_both_run_records(record, kind, tmp_path):
     (run_dir / records.RUN_JSON).write_text(json.dumps({
         **record, "settings": {}, "metrics": {"val_accuracy": 0.5},
         "features": {"path": "cache/features/f.h5", "settings_hash": "0"}}))
-    info = records.read_run(run_dir)
-    assert records.run_kind(info) == kind
+    info = runs.read_run(run_dir)
+    assert runs.run_kind(info) == kind
     assert info["features"]["path"] == str(tmp_path / "cache" / records.FEATURES / "f.h5")

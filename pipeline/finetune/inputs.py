@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import h5py
 
 from pipeline import store
-from pipeline.foundation import records
+from pipeline.foundation import records, runs
 from pipeline.foundation.errors import UserError
 from pipeline.heads.training import find_best_head
 from pipeline.ship.models import load_keras_file
@@ -30,7 +30,7 @@ def head_run(path: Path, features_hash: str) -> dict:
     """The stage-two run.json beside the head, checked against the features file (empty if none)."""
     if not (path.parent / records.RUN_JSON).is_file():
         return {}
-    info = records.read_run(path.parent)
+    info = runs.read_run(path.parent)
     made_from = info["features"]["settings_hash"]
     if made_from not in (None, features_hash):
         raise UserError(f"head {path} was trained on features {made_from}, not on this features file "

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipeline.foundation import flags, records, settings
+from pipeline.foundation import flags, records, runs, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import POSITIVE, Choice, Interval, setting
 from pipeline.heads.classifiers import load_joblib, load_keras, train_dense, train_knn, train_logreg
@@ -137,12 +137,12 @@ def load_head(run_dir):
 
 def read_run_json(path: Path) -> dict:
     """A head run's run.json (pipeline.foundation.records: a damaged one is a UserError saying what to do)."""
-    return records.read_run(Path(path).parent)
+    return runs.read_run(Path(path).parent)
 
 
 def kind_of(run_dir: Path) -> str:
     """The head kind a run folder's run.json names; one this version does not know is a damaged record."""
-    head = records.Run.read(run_dir).kind
+    head = runs.Run.read(run_dir).kind
     if head not in HEADS:
         raise records.damaged(run_dir / records.RUN_JSON, records.RUN, f"unknown head kind {head!r}")
     return head

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import store
-from pipeline.foundation import records, settings, stats
+from pipeline.foundation import records, runs, settings, stats
 from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import Lock, write_text_atomic
 from pipeline.foundation.settings import Choice, Interval, setting
@@ -164,7 +164,7 @@ def val_correct(run_dir) -> np.ndarray | None:
     """Which val images a run gets right, in source order (its report's predictions.csv); None
     when they are missing (a report from before they were written) or unreadable."""
     try:
-        rows = read_predictions(records.Run.read(run_dir).report / records.PREDICTIONS)
+        rows = read_predictions(runs.Run.read(run_dir).report / records.PREDICTIONS)
     except (UserError, OSError):
         return None
     return np.array([r["correct"] for r in sorted(rows, key=lambda r: r["source_index"]) if r["split"] == "val"],

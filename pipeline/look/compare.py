@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import store
-from pipeline.foundation import flags, records, settings, stats
+from pipeline.foundation import flags, records, runs, settings, stats
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.foundation.outputs import atomic_dir, produce
 from pipeline.foundation.settings import Choice, setting
@@ -61,13 +61,13 @@ class Scored:
         return self.report.get("data_fingerprint") or self.features_attrs()["data_fingerprint"]
 
 
-def _run_of(report_dir: Path) -> records.Run | None:
+def _run_of(report_dir: Path) -> runs.Run | None:
     """The run whose report `report_dir` is (a fine-tune's is inside its run folder, a head's beside
     it in the cache), None when it is gone."""
     report_dir = report_dir.absolute()
     for folder in (report_dir.parent, report_dir.parent.parent / records.HEADS / report_dir.name):
         if (folder / records.RUN_JSON).is_file():
-            run = records.Run.read(folder)
+            run = runs.Run.read(folder)
             if run.report == report_dir:
                 return run
     return None

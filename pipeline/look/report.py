@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pipeline import store
 from pipeline.foundation import errors, outputs, records, settings
+from pipeline.foundation.runs import Run, run_folders
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import setting
 from pipeline.foundation.stats import interval_text
@@ -76,9 +77,9 @@ def collect_runs(cache_dir, skipped: list | None = None) -> tuple[list[dict], li
     out, its error appended to `skipped`: one bad run never hides the others or fails a command."""
     cache = Path(cache_dir)
     seen, runs = {}, []
-    for folder in records.run_folders(cache):
+    for folder in run_folders(cache):
         try:
-            run = records.Run.read(folder)
+            run = Run.read(folder)
             report_json = run.report / records.REPORT_JSON
             report = records.read(report_json, records.REPORT) if report_json.is_file() else {}
         except UserError as exc:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.backbones.weights import sha256_file
-from pipeline.foundation import flags, outputs, records, settings
+from pipeline.foundation import flags, outputs, records, runs, settings
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.foundation.settings import Choice, Interval, setting
 from pipeline.ship.formats import CHECK_BATCH, FORMATS, OPEN, WRITE, in_batches
@@ -78,7 +78,7 @@ def export_run(run_path: Path, s: ExportSettings, log=print) -> Path:
     return final / name
 
 
-def _export(run: records.Run, s: ExportSettings, identity: dict, final: Path, log):
+def _export(run: runs.Run, s: ExportSettings, identity: dict, final: Path, log):
     """Write the export into `final` (under the lock outputs.produce holds), checked against the
     Keras model on real test images first."""
     fmt, (name, tolerance) = s.format, FORMATS[s.format]

@@ -1,0 +1,74 @@
+"""Runs: a finished run (a folder with a run.json, from stage two or stage three) as an object with
+its kind, read once through the one validating reader (pipeline.foundation.records), so no caller
+compares folder names with strings or parses run.json by hand."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.foundation.records import (FINETUNE, HEADS, MODEL, REPORT_DIR, REPORTS, RUN, RUN_JSON, folder, read,
+                                         resolve)
+
+
+def read_run(run_dir) -> dict:
+    """A finished run's run.json (head or fine-tune), with its features path made absolute (see
+    `resolve`; a run folder sits two levels below the cache)."""
+    return Run.read(run_dir).record
+
+
+def run_kind(info: dict) -> str:
+    """"finetune" for a stage-three run, else the head kind ("dense", "logreg", ...)."""
+    return "finetune" if info.get("stage") == "finetune" else info["head"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished run (a folder with a run.json): a stage-two head run or a stage-three fine-tune,
+    its record read once through the validating reader. What each kind keeps where is here, so no
+    caller compares folder names with strings."""
+    folder: Path
+    record: dict
+
+    @classmethod
+    def read(cls, folder) -> "Run":
+        folder = Path(folder).absolute()
+        record = read(folder / RUN_JSON, RUN)
+        record["features"]["path"] = str(resolve(record["features"]["path"], folder.parent.parent))
+        return cls(folder, record)
+
+    @property
+    def cache(self) -> Path:
+        return self.folder.parent.parent
+
+    @property
+    def stage(self) -> str:
+        """FINETUNE or HEADS: the layout folder the run lives in."""
+        return FINETUNE if self.record.get("stage") == "finetune" else HEADS
+
+    @property
+    def kind(self) -> str:
+        """"finetune", or the head kind ("dense", "logreg", "knn")."""
+        return run_kind(self.record)
+
+    @property
+    def keras(self) -> bool:
+        """Whether the run's model is a Keras model (a dense head or a fine-tune), i.e. exportable."""
+        return (self.folder / MODEL).is_file()
+
+    @property
+    def features(self) -> Path:
+        return Path(self.record["features"]["path"])
+
+    @property
+    def report(self) -> Path:
+        """Its report folder: inside a fine-tune run, beside the site for a head run."""
+        if self.stage == FINETUNE:
+            return self.folder / REPORT_DIR
+        return folder(self.cache, REPORTS) / self.folder.name
+
+
+def run_folders(cache_dir, *stages: str) -> list[Path]:
+    """Every finished run folder of `stages` (default: heads and fine-tunes) in the cache, oldest
+    first, unread (a damaged one is for the caller to read and report)."""
+    return [p.parent for stage in (stages or (HEADS, FINETUNE))
+            for p in sorted(folder(cache_dir, stage).glob(f"*/{RUN_JSON}"))]
