@@ -135,11 +135,14 @@ def test_rerun_is_up_to_date_and_bad_runs_are_one_error_line(head_run, tmp_path,
     export_run(head_run, keras_export, log=lines.append)
     assert lines == [f"up to date: {cache / 'exports' / (head_run.name + '-keras') / 'model.keras'}"]
 
+    knn = tmp_path / "knn-x"       # a knn vote is no model to ship; a logreg run without its model did not finish
     logreg = tmp_path / "logreg-x"
-    logreg.mkdir()
-    (logreg / "run.json").write_text(json.dumps({"head": "logreg", "settings": {}, "metrics": {"val_accuracy": 0.5},
-                                                 "features": {"path": "f.h5", "settings_hash": "0"}}))
-    for bad, message in ((logreg, "only dense head runs and stage-three runs"), (tmp_path, "not a run folder")):
+    for folder, head in ((knn, "knn"), (logreg, "logreg")):
+        folder.mkdir()
+        (folder / "run.json").write_text(json.dumps({"head": head, "settings": {}, "metrics": {"val_accuracy": 0.5},
+                                                     "features": {"path": "f.h5", "settings_hash": "0"}}))
+    for bad, message in ((knn, "only dense and logreg head runs and stage-three runs"),
+                         (logreg, "holds no model.joblib"), (tmp_path, "not a run folder")):
         code = main(["export", str(bad), "--cache-dir", str(cache)])
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and message in err[0], err

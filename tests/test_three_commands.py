@@ -60,7 +60,8 @@ def test_features_head_predict_need_no_other_flags_and_say_what_they_picked(newc
 
     code, out, err = run_cli(capsys, "predict", "photos/test", "--out", "preds.csv")
     assert code == 0, err
-    assert f"model: {run_dir} (the newest run in cache; --model chooses another)" in err
+    assert any(line.startswith(f"model: {run_dir} (the newest dense, logreg or fine-tune run in cache: a dense run")
+               and line.endswith("; --model chooses another)") for line in err), err
     rows = read_csv("preds.csv")
     assert len(rows) == 1 + 12 and {r[1] for r in rows[1:]} <= set(CLASSES)
 
@@ -84,7 +85,8 @@ def test_the_default_export_of_a_mixed_size_run_is_one_predict_reads(newcomer, c
         assert code == 0, err
     run_dir = next(Path("cache", "heads").glob("dense-*"))
     code, out, err = run_cli(capsys, "export")        # the newest run as a SavedModel, checked on 32x32 and 48x40
-    assert code == 0 and f"model: {run_dir} (the newest run in cache; RUN chooses another)" in err, err
+    assert code == 0 and any(line.startswith(f"model: {run_dir} (the newest dense, logreg or fine-tune run")
+                            and line.endswith("; RUN chooses another)") for line in err), err
     saved = Path(out[-1])
     assert saved.name == "saved_model"
     models = {run_dir: 1e-4, run_dir / "model.keras": 1e-4, saved.parent: 1e-4, saved: 1e-4}

@@ -1,9 +1,10 @@
 """Export a trained image classifier for serving: a TensorFlow SavedModel, a float32 TFLite file or
 a Keras file, with labels.txt beside it.
 
-  RUN   a stage-two dense head run (cache/heads/dense-...): the backbone of its features file
-        (rebuilt exactly, as stage three does) with the head on top, or a stage-three run
-        (cache/finetune/...): its model.keras.
+  RUN   a stage-two dense or logreg head run (cache/heads/dense-..., logreg-...): the backbone of
+        its features file (rebuilt exactly, as stage three does) with the head on top (a logreg
+        head as one softmax layer, pipeline.heads.affine), or a stage-three run (cache/finetune/...):
+        its model.keras. Left out: the newest of them, whatever its kind (pipeline.ship.models).
 
 Either way the exported model takes raw uint8 RGB images (N, H, W, 3) at the training images' size
 (32x32 for CIFAR-10; `predict` resizes) and returns class probabilities (N, K) with the run's fitted
@@ -28,8 +29,8 @@ from pipeline.foundation import flags, outputs, records, runs, settings
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.foundation.settings import Choice, Interval, setting
 from pipeline.ship.formats import CHECK_BATCH, FORMATS, OPEN, WRITE, in_batches
-from pipeline.ship.models import (class_names, features_attrs, image_model, newest_run, picked_line, read_run,
-                                  sample_test_images, temperature)
+from pipeline.ship.models import (class_names, features_attrs, image_model, model_file, newest_run, picked_line,
+                                  read_run, sample_test_images, temperature)
 
 
 @dataclass
@@ -46,8 +47,9 @@ class ExportSettings:
 
 
 def add_arguments(p):
-    p.add_argument("run_path", metavar="RUN", nargs="?", help="a run folder: cache/heads/dense-... (exports backbone "
-                   "+ head) or cache/finetune/... (its model.keras); default: the newest of them in --cache-dir")
+    p.add_argument("run_path", metavar="RUN", nargs="?", help="a run folder: cache/heads/dense-... or logreg-... "
+                   "(exports backbone + head) or cache/finetune/... (its model.keras); default: the newest of them in "
+                   "--cache-dir, whatever its kind")
     settings.add_flags(p, ExportSettings)
 
 
@@ -64,7 +66,7 @@ def export_run(run_path: Path, s: ExportSettings, log=print) -> Path:
     """Export, check and keep (or find up to date) one run in one format; return the model's path."""
     s = settings.check(s)
     run = read_run(Path(run_path))
-    source = run.folder / records.MODEL
+    source = model_file(run)
     identity = {"run": run.folder.name, "format": s.format, "model_sha256": sha256_file(source),
                 "temperature": temperature(run)}
     final = records.folder(s.cache_dir, records.EXPORTS) / f"{run.folder.name}-{s.format}"
@@ -86,7 +88,7 @@ def _export(run: runs.Run, s: ExportSettings, identity: dict, final: Path, log):
     model = image_model(run, attrs, s.backbone, s.weights)
     shape, dtype = tuple(model.input_shape), model.inputs[0].dtype
     if len(shape) != 4 or shape[-1] != 3 or dtype != "uint8":
-        raise UserError(f"{run.folder / records.MODEL} takes {dtype} {shape}, not uint8 images")
+        raise UserError(f"{model_file(run)} takes {dtype} {shape}, not uint8 images")
     images = sample_test_images(attrs, s.data, s.check_images)
     expected = model.predict(images, batch_size=CHECK_BATCH, verbose=0)
     with outputs.atomic_dir(final) as tmp:

@@ -1,10 +1,11 @@
 """Top-k classes, with probabilities, of image files, folders (searched recursively) and globs.
 
---model takes every form a trained model has: a run folder (a dense head run: the features file's
-backbone, found where the features file recorded it, with the head on top, as `export` composes
-them; or a fine-tune run), the model.keras in one, an export (its folder, the SavedModel folder,
-the .tflite or .keras file) or an image-model .keras file of one's own. Left out, it is the newest
-dense head or fine-tune run in --cache-dir, named on stderr. Class names and the fitted temperature
+--model takes every form a trained model has: a run folder (a dense or logreg head run: the features
+file's backbone, found where the features file recorded it, with the head on top, as `export`
+composes them; or a fine-tune run), the model file in one, an export (its folder, the SavedModel
+folder, the .tflite or .keras file) or an image-model .keras file of one's own. Left out, it is the
+newest dense head, logreg head or fine-tune run in --cache-dir, whatever its kind, named on stderr
+with its kind and validation accuracy. Class names and the fitted temperature
 come from the run.json (an export carries its temperature, and its labels.txt). Any RGB image is
 accepted: it is resized to the model's input size (32x32 for CIFAR-10) first, so that it looks like
 what the model was trained on; a dense head run takes each image as stage one took it (alone, at its
@@ -45,9 +46,10 @@ EXIT_SKIPPED = 3
 
 @dataclass
 class PredictSettings:
-    model: str | None = setting(None, None, "a run folder (cache/heads/dense-..., cache/finetune/...), a .keras "
-                                "file, or an export (its folder, SavedModel, .tflite or .keras); default: the newest "
-                                "dense head or fine-tune run in --cache-dir", metavar="RUN|FILE", record=False)
+    model: str | None = setting(None, None, "a run folder (cache/heads/dense-... or logreg-..., cache/finetune/...), "
+                                "a .keras file, or an export (its folder, SavedModel, .tflite or .keras); default: the "
+                                "newest dense head, logreg head or fine-tune run in --cache-dir",
+                                metavar="RUN|FILE", record=False)
     top_k: int = setting(TOP, Interval(int, 1), "classes per image", metavar="K")
     out: str | None = setting(None, Checked(flags.out_file, "a file that can be written", "FILE.csv"),
                               "write path,class_1,prob_1,...,class_k,prob_k rows there instead of printing them",

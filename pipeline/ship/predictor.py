@@ -39,7 +39,7 @@ def open_model(path: Path, backbone=None, weights=None):
         raise UserError(f"--model {path} does not exist; give a run folder (cache/heads/dense-..., "
                         "cache/finetune/...), a .keras file or an export")
     folder = path if path.is_dir() else path.parent
-    if (folder / records.RUN_JSON).is_file() and (path.is_dir() or path.name == records.MODEL):
+    if (folder / records.RUN_JSON).is_file() and (path.is_dir() or path.name in (records.MODEL, records.MODEL_JOBLIB)):
         return _run_model(folder, backbone, weights)
     if path.is_dir() and (path / records.EXPORT_JSON).is_file():
         inside = [path / name for name, _ in formats.FORMATS.values() if (path / name).exists()]
@@ -65,7 +65,7 @@ def open_model(path: Path, backbone=None, weights=None):
 
 
 def _run_model(run_dir: Path, backbone, weights):
-    """A fine-tune run, or a dense head run: its head on the rows of its features file's backbone,
+    """A fine-tune run, or a dense or logreg head run: its head on the rows of its features file's backbone,
     computed as stage one computed them (each image at its own size, in the file's precision), so
     a source image gets exactly its stored row's answer. The run's temperature is applied.
     Size None: the images are given as they are, a list."""
@@ -74,8 +74,7 @@ def _run_model(run_dir: Path, backbone, weights):
         model = models.image_model(run, None)
         return (lambda x: model.predict(x, verbose=0)), tuple(model.input_shape[1:3]), models.class_names(run)
     rows = row_extractor(models.features_attrs(run), backbone, weights)
-    head = apply_temperature(models.load_keras_file(run.folder / records.MODEL, "head", "head"),
-                             models.temperature(run))
+    head = apply_temperature(models.head_model(run), models.temperature(run))
     return (lambda images: head.predict(rows(images), verbose=0)), None, models.class_names(run)
 
 
