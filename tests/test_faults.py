@@ -91,7 +91,7 @@ def features_file(tmp_path_factory):
     (["finetune", "--features", "{features}", "--epochs", "many"], "--epochs must be a whole number >= 0, got 'many'"),
     (["neighbors", "--features", "{features}", "--split", "val", "--row", "-1"],
      "--row must be a whole number >= 0, got '-1'"),
-    (["audit", "--features", "{features}", "--threshold", "inf"], "--threshold must be in (0, 1], got 'inf'"),
+    (["audit", "--features", "{features}", "--threshold", "inf"], "--threshold must be in (0, 1], or auto, got 'inf'"),
     (["map", "--features", "{features}", "--perplexity", "nan"],
      "--perplexity must be positive (a finite number > 0), got 'nan'"),
     (["map", "--cache-dir", "{file}"], "is a file, not a folder"),
@@ -122,7 +122,7 @@ def test_library_callers_get_the_flags_checks(features_file, tmp_path):
     calls = [
         (lambda: neighbors.run_neighbors(neighbors.NeighborsSettings(features=str(features_file), split="val",
                                                                      row=0, k=0)), "--k must be a whole number >= 1"),
-        (lambda: audit.run_audit(audit.AuditSettings(threshold=1.5)), "--threshold must be in (0, 1], got 1.5"),
+        (lambda: audit.run_audit(audit.AuditSettings(threshold=1.5)), "--threshold must be in (0, 1], or auto, got 1.5"),
         (lambda: map_.run_map(map_.MapSettings(seed=-1)), "--seed must be a whole number in [0, 4294967295]"),
         (lambda: compare.run_compare("a", "b", compare.CompareSettings(split="train")),
          "--split must be one of val, test, got 'train'"),

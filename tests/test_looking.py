@@ -72,17 +72,20 @@ def test_audit_accuracy_with_and_without_duplicates(planted, tmp_path, capsys):
     table = mistakes.read_predictions(Path(r["report"]) / "predictions.csv")
     dup = {a for a, _ in planted_pairs(fs)}
     test = [t for t in table if t["split"] == "test"]
-    want_all = np.mean([t["correct"] for t in test])
-    want_clean = np.mean([t["correct"] for t in test if t["source_index"] not in dup])
+    from pipeline.foundation.stats import interval_text, wilson
+    right = sum(t["correct"] for t in test)
+    right_clean = sum(t["correct"] for t in test if t["source_index"] not in dup)
+    want_all = interval_text(right / len(test), *wilson(right, len(test)))
+    want_clean = interval_text(right_clean / (len(test) - len(dup)), *wilson(right_clean, len(test) - len(dup)))
     assert main(["audit", "--features", str(path), "--cache-dir", str(tmp_path), "--run", r["run_dir"]]) == 0
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("run ")][0]
-    assert f"{want_all:.4f} on all {len(test)}" in line
-    assert f"{want_clean:.4f} on the {len(test) - len(dup)} without" in line
+    assert f"{want_all} on all {len(test)}" in line        # every accuracy with its 95% Wilson interval
+    assert f"{want_clean} on the {len(test) - len(dup)} without" in line
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--threshold", "0"], "--threshold must be in (0, 1], got '0'"),
-    (["--threshold", "nan"], "--threshold must be in (0, 1], got 'nan'"),
+    (["--threshold", "0"], "--threshold must be in (0, 1], or auto, got '0'"),
+    (["--threshold", "nan"], "--threshold must be in (0, 1], or auto, got 'nan'"),
     (["--run", "/nonexistent/run"], "does not exist"),
 ])
 def test_audit_bad_input(planted, tmp_path, capsys, argv, message):

@@ -1,7 +1,7 @@
 """One train function per head kind, on cached features alone (no images, no backbone, no GPU needed):
   dense    Keras: standardize -> Dense(hidden, relu) -> Dropout -> Dense(K, softmax)
-           (hidden 0: standardize -> softmax), EarlyStopping on val loss with the best weights
-           restored, ModelCheckpoint of the best epoch.
+           (hidden 0: standardize -> softmax), EarlyStopping on val loss after min_epochs with the
+           best weights restored; batch, patience and min_epochs fit the data size (autosize.py).
   logreg   scikit-learn Pipeline(StandardScaler, LogisticRegression(lbfgs, multinomial)).
   knn      scikit-learn Pipeline(StandardScaler, KNeighborsClassifier(cosine)): the training-free
            k-nearest-neighbour probe of DINO- and CLIP-style evaluations.
@@ -16,6 +16,7 @@ from pipeline import store
 from pipeline.extract import views
 from pipeline.foundation import records
 from pipeline.foundation.errors import UserError
+from pipeline.heads import autosize
 
 
 def _configure_tf(threads: int | None):
@@ -51,8 +52,8 @@ def build_dense(train_x, n_classes: int, s: dict):
 
 
 def train_dense(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=None):
-    """Fit on train, stop on val loss; the best epoch is saved as out_dir/model.keras as it trains.
-    Returns (model with the best weights, history, metrics)."""
+    """Fit on train; from epoch min_epochs + 1 on, stop on val loss and restore the best epoch's
+    weights, saved as out_dir/model.keras. Returns (model with the best weights, history, metrics)."""
     _configure_tf(threads)
     import keras
     keras.utils.set_random_seed(s["seed"])
@@ -60,17 +61,18 @@ def train_dense(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=Non
     model = build_dense(x_tr, len(fs.class_names), s)
     model.compile(optimizer=keras.optimizers.Adam(s["lr"]), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
-    callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=s["patience"],
-                                               restore_best_weights=True),
-                 # the best epoch on disk as it trains: this file becomes the run's model.keras
-                 keras.callbacks.ModelCheckpoint(out_dir / records.MODEL, monitor="val_loss",
-                                                 save_best_only=True)]
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=s["patience"], restore_best_weights=True,
+                                            start_from_epoch=s["min_epochs"])
     fit = model.fit(x_tr, y_tr.astype("int32"), validation_data=(validation[0], validation[1].astype("int32")),
-                    epochs=s["epochs"], batch_size=s["batch_size"], callbacks=callbacks,
+                    epochs=s["epochs"], batch_size=s["batch_size"], callbacks=[stopper],
                     verbose=verbose, shuffle=True)
+    model.save(out_dir / records.MODEL)      # the best epoch's weights, restored at the end of fit
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
-    val_loss = history["val_loss"]      # EarlyStopping restored the first lowest one
-    return model, history, {"epochs": len(val_loss), "best_epoch": val_loss.index(min(val_loss)) + 1}
+    val_loss = history["val_loss"]
+    watched = val_loss[s["min_epochs"]:] or val_loss[-1:]      # none watched: the last epoch is kept
+    best = len(val_loss) - len(watched) + watched.index(min(watched)) + 1   # restored: the first lowest
+    return model, history, {"epochs": len(val_loss), "best_epoch": best,
+                            "steps_per_epoch": autosize.steps_per_epoch(len(y_tr), s["batch_size"])}
 
 
 def train_logreg(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=None):

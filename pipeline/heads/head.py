@@ -1,8 +1,10 @@
 """Stage two: train a classifier on cached features alone (no images, no backbone, no GPU needed).
 
   --head dense    Keras: standardize -> Dense(hidden, relu) -> Dropout -> Dense(K, softmax)
-                  (--hidden 0: standardize -> softmax), EarlyStopping on val loss with the best
-                  weights restored, ModelCheckpoint of the best epoch.
+                  (--hidden 0: standardize -> softmax), EarlyStopping on val loss after
+                  --min-epochs with the best weights restored. --batch-size, --patience and
+                  --min-epochs default to auto: derived from the number of training rows
+                  (pipeline.heads.autosize) and recorded as numbers.
   --head logreg   scikit-learn Pipeline(StandardScaler, LogisticRegression(lbfgs, multinomial)).
   --head knn      scikit-learn Pipeline(StandardScaler, KNeighborsClassifier(cosine)): the
                   training-free k-nearest-neighbour probe of DINO- and CLIP-style evaluations.

@@ -13,20 +13,28 @@ from typing import Callable
 from pipeline.foundation import flags, records, runs, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import POSITIVE, Choice, Interval, setting
+from pipeline.heads import autosize
 from pipeline.heads.classifiers import load_joblib, load_keras, train_dense, train_knn, train_logreg
 
 
-# Each kind's settings. Dense batch 1024: on a 2-core CPU an epoch over 45,000 x 2048 takes ~3 s
-# against ~11 s at 256, with the same real-feature accuracy.
+# Each kind's settings. The dense ones that depend on the data size are auto (None), resolved from
+# the training rows by pipeline.heads.autosize and recorded as numbers: an explicit equal value is
+# the same run.
 @dataclass
 class DenseSettings:
     hidden: int = setting(1024, Interval(int, 0), "hidden units, 0 = linear softmax")
     dropout: float = setting(0.5, Interval(float, 0, 1), "dropout after the hidden layer")
     lr: float = setting(1e-3, POSITIVE, "Adam learning rate")
-    batch_size: int = setting(1024, Interval(int, 1), "rows per step")
+    batch_size: int | None = setting(None, Interval(int, 1), "rows per step",
+                                     auto="the power of two nearest train rows / 50 (about 50 steps an epoch), "
+                                     "32 to 1024: 1024 for all of CIFAR-10")
     epochs: int = setting(100, Interval(int, 1), "most epochs; early stopping usually ends sooner")
     l2: float = setting(0.0, Interval(float, 0), "L2 penalty on the Dense kernels")
-    patience: int = setting(5, Interval(int, 0), "epochs without a better val loss before stopping")
+    patience: int | None = setting(None, Interval(int, 0), "epochs without a better val loss before stopping",
+                                   auto="the epochs of about 200 steps, at least 5")
+    min_epochs: int | None = setting(None, Interval(int, 0), "epochs before early stopping watches the val loss "
+                                     "(the best epoch is chosen after them)",
+                                     auto="the epochs of about 300 steps, at most half of --epochs")
     seed: int = flags.seed_setting("weight init, dropout, shuffling")
 
 
@@ -58,6 +66,8 @@ class HeadKind:
     load: Callable         # artifact path -> model with predict_proba (sklearn) or predict (Keras)
     sweep: tuple           # the settings a sweep may vary (its leaderboard's columns without a grid)
     canonical: Callable = field(default=lambda settings: settings)
+    # (settings, training rows) -> the settings with every auto (None) one resolved from the data size
+    resolve: Callable = field(default=lambda settings, train_rows: settings)
     # a softmax output layer: a temperature fitted on val (pipeline.ship.calibration) calibrates it
     calibrated: bool = False
     # how a sweep breaks a tie between configurations toward the more regularized one, as the
@@ -78,8 +88,8 @@ class HeadKind:
 HEADS = {kind.name: kind for kind in [
     HeadKind("dense", "Keras: standardize -> Dense(hidden, relu) -> Dropout -> Dense(K, softmax)", DenseSettings,
              train_dense, records.MODEL, load_keras,
-             ("hidden", "dropout", "lr", "batch_size", "l2", "patience", "seed"), _no_dropout_without_hidden,
-             calibrated=True, simpler=(("hidden", 1), ("l2", -1), ("dropout", -1))),
+             ("hidden", "dropout", "lr", "batch_size", "l2", "patience", "min_epochs", "seed"),
+             _no_dropout_without_hidden, resolve=autosize.dense, calibrated=True, simpler=(("hidden", 1), ("l2", -1), ("dropout", -1))),
     HeadKind("logreg", "scikit-learn: StandardScaler -> LogisticRegression(lbfgs)", LogregSettings,
              train_logreg, records.MODEL_JOBLIB, load_joblib, ("C", "max_iter"), simpler=(("C", 1),)),
     HeadKind("knn", "scikit-learn: StandardScaler -> cosine k-nearest neighbours", KnnSettings,
@@ -102,6 +112,13 @@ def make_settings(head: str, **given) -> dict:
         raise UserError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
     checked = {key: parse_setting(head, key, value) for key, value in given.items() if value is not None}
     return canonical(head, {**HEADS[head].defaults, **checked})
+
+
+def resolve(head: str, settings: dict, fs) -> dict:
+    """The settings with every auto one resolved from the size of the features' train split (every
+    stored view of each image is a training row), as the run records them."""
+    train = fs.splits["train"]
+    return HEADS[head].resolve(settings, len(train.labels) * len(train.views))
 
 
 def canonical(head: str, settings: dict) -> dict:

@@ -217,7 +217,9 @@ def run_sweep(s: SweepSettings, base: dict):
     if s.engine == "local" and s.address is not None:
         raise UserError("--address applies to --engine ray only")
     fs = features_from_args(s)
-    configs = configurations(s.head, base, grid)
+    # auto settings resolved from the data size, as `head` records them; then one run is listed once
+    configs = [kinds.resolve(s.head, c, fs) for c in configurations(s.head, base, grid)]
+    configs = [c for i, c in enumerate(configs) if c not in configs[:i]]
     features_hash = fs.attrs["settings_hash"]
     configs = _readable(s.cache_dir, s.head, features_hash, configs)
     stem = (records.folder(s.cache_dir, records.SWEEPS)

@@ -17,7 +17,7 @@ from pipeline.foundation import records
 from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import atomic_dir, produce, write_json_atomic
 from pipeline.heads.evaluation import write_report
-from pipeline.heads.kinds import HEADS, make_settings, predict_proba, read_run_json
+from pipeline.heads.kinds import HEADS, make_settings, predict_proba, read_run_json, resolve
 from pipeline.ship.calibration import calibrate, summary
 
 
@@ -60,7 +60,8 @@ def run_head(fs: store.RowSet, head: str, settings: dict, cache_dir, verbose=0, 
     Returns run.json's content plus run_dir, report and skipped. Under the run's lock (a second run
     on the same settings is refused, or with `wait` waits and then finds it done); model and report
     folders are written under temporary names and renamed when complete, run.json last."""
-    settings = make_settings(head, **settings)           # a library caller's settings checked as a flag's
+    # a library caller's settings checked as a flag's; auto ones resolved from the data size
+    settings = resolve(head, make_settings(head, **settings), fs)
     features_hash = fs.attrs["settings_hash"]
     name = run_name(head, features_hash, settings)
     final = records.folder(cache_dir, records.HEADS) / name

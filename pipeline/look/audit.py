@@ -2,12 +2,18 @@
 val split), and val images with one in train, by cosine similarity of cached features, plus every
 exact copy (identical pixels, found by hashing the source images, whatever the threshold).
 
-  python -m pipeline audit --features F --threshold 0.9 [--run cache/heads/RUN]
+  python -m pipeline audit --features F --threshold 0.9|auto [--run cache/heads/RUN]
+
+What the threshold means on this data (pipeline.look.audit_threshold): each query image's
+nearest-neighbour cosine is recorded, the robust outlier cut of their distribution is printed
+(and used with --threshold auto), how many flagged pairs carry different labels is said, and a
+threshold that flags most of a split gets one `warning:` line.
 
 Writes cache/audit/<features file>-<hash>/ (audit.json: counts and every pair; pairs.csv; pairs.png:
 the most similar pairs side by side; borderline.png: the least similar pairs still counted, the ones
 to look at when choosing the threshold). With --run, also the run's test accuracy with and without
-the test images that have a duplicate in train, from its predictions.csv (any kind of run), which is
+the test images that have a duplicate in train, each with its 95% Wilson interval, from its
+predictions.csv (any kind of run), which is
 read and checked before the audit starts. The images come from the source checked against the
 features file's data fingerprint (rows.checked_source); without --no-exact it must be there.
 """
@@ -23,24 +29,19 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import store
-from pipeline.foundation import flags, outputs, records, settings
+from pipeline.foundation import flags, outputs, records, settings, stats
 from pipeline.foundation.errors import UserError
-from pipeline.foundation.settings import Interval, setting
-from pipeline.foundation.tables import format_table
+from pipeline.foundation.settings import Checked, Interval, setting
 from pipeline.foundation.gallery import save_grid
 from pipeline.heads.mistakes import find_report, read_predictions
-from pipeline.look.similarity import pairs_above, unit_rows
+from pipeline.look import audit_summary
+from pipeline.look.audit_summary import DIRECTIONS, accuracy_text, accuracy_without, print_summary, summarize
+from pipeline.look.similarity import pairs_above, top_k, unit_rows
 from pipeline.sources import rows
 from pipeline.store.features import features_from_args
 
 
-# (queries, searched): test against everything trained on or selected with; val against train.
-DIRECTIONS = (("test", ("train", "val")), ("val", ("train",)))
 SHOW = 24              # pairs drawn in pairs.png and borderline.png
-# Counts are also given at these thresholds (those above --threshold), so one run shows how the count
-# falls as the threshold rises; on CIFAR-10 through EfficientNet-Lite0 it falls from 9.2% of the test
-# images at 0.85 to 1.9% at 0.90 and 0.15% at 0.95 (see the README).
-LADDER = (0.8, 0.85, 0.88, 0.9, 0.92, 0.95, 0.98)
 MAX_PAIRS = 1_000_000  # more than this means the threshold is far too low to mean "duplicate"
 PAIR_FIELDS = ("split", "row", "source_index", "class", "other_split", "other_row", "other_source_index",
                "other_class", "similarity", "exact")
@@ -51,16 +52,28 @@ def pixel_digests(attrs: dict, split: str, index, data_path=None) -> list[str]:
     return [hashlib.sha1(img.tobytes()).hexdigest() for img in x]
 
 
-def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None) -> list[dict]:
-    """Every (query split row, searched split row) pair with cosine >= threshold or identical
-    pixels (`digests`: split -> per-row pixel hashes; None skips the exact check)."""
-    out = []
+def nearest_cosines(fs: store.RowSet) -> dict:
+    """{query split: each of its images' nearest-neighbour cosine in the splits it is searched in}."""
+    return {query: top_k(fs.splits[query].features, _searched_rows(fs, searched), 1)[1][:, 0]
+            for query, searched in DIRECTIONS}
+
+
+def _searched_rows(fs: store.RowSet, searched) -> np.ndarray:
+    return np.concatenate([fs.splits[s].features for s in searched])
+
+
+def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None) -> tuple[list[dict], dict]:
+    """(every (query split row, searched split row) pair with cosine >= threshold or identical
+    pixels (`digests`: split -> per-row pixel hashes; None skips the exact check), {query split:
+    each image's nearest-neighbour cosine})."""
+    out, nearest = [], {}
     for query, searched in DIRECTIONS:
         q = fs.splits[query]
         where = [(s, r) for s in searched for r in range(len(fs.splits[s].labels))]
-        base = np.concatenate([fs.splits[s].features for s in searched])
+        base = _searched_rows(fs, searched)
         found = {}
-        for qi, bi, sim in zip(*pairs_above(q.features, base, threshold, limit=MAX_PAIRS)):
+        *hits, nearest[query] = pairs_above(q.features, base, threshold, limit=MAX_PAIRS)
+        for qi, bi, sim in zip(*hits):
             found[(int(qi), int(bi))] = float(sim)
         if digests is not None:
             at = {}
@@ -79,25 +92,7 @@ def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None) -> list
                         "other_source_index": int(other.index[r]), "other_class": names[int(other.labels[r])],
                         "similarity": round(sim, 6),
                         "exact": bool(digests is not None and digests[query][qi] == digests[s][r])})
-    return out
-
-
-def summarize(fs: store.RowSet, pairs: list[dict], threshold: float) -> dict:
-    out = {}
-    for query, searched in DIRECTIONS:
-        mine = [p for p in pairs if p["split"] == query]
-        n = len(fs.splits[query].labels)
-        dup = {p["row"] for p in mine}
-        best = {}
-        for p in mine:
-            best[p["row"]] = max(best.get(p["row"], -1.0), p["similarity"])
-        out[query] = {"rows": n, "with_duplicate": len(dup), "share": round(len(dup) / n, 5),
-                      "exact_copies": len({p["row"] for p in mine if p["exact"]}),
-                      "pairs": len(mine), "label_disagrees": sum(p["class"] != p["other_class"] for p in mine),
-                      "searched": list(searched),
-                      "with_duplicate_at": {str(t): sum(b >= t for b in best.values())
-                                            for t in LADDER if t > threshold}}
-    return out
+    return out, nearest
 
 
 def run_predictions(run_dir: Path, fs: store.RowSet, cache_dir) -> tuple[Path, list[dict]]:
@@ -113,16 +108,6 @@ def run_predictions(run_dir: Path, fs: store.RowSet, cache_dir) -> tuple[Path, l
     return csv_path, table
 
 
-def accuracy_without(run_dir: Path, csv_path: Path, table: list[dict], test_duplicates: set[int]) -> dict:
-    """Test accuracy of a run on all test rows and on those without a duplicate in train (None
-    when every test image has one)."""
-    clean = [r for r in table if r["source_index"] not in test_duplicates]
-    return {"run": str(run_dir), "predictions": str(csv_path),
-            "test_accuracy": round(float(np.mean([r["correct"] for r in table])), 5),
-            "test_accuracy_without_duplicates": round(float(np.mean([r["correct"] for r in clean])), 5)
-            if clean else None, "test_rows_without_duplicates": len(clean)}
-
-
 def _predictions_of(run_dir: Path, cache_dir) -> Path:
     found = find_report(run_dir, cache_dir)
     if found is not None:
@@ -135,12 +120,19 @@ def _predictions_of(run_dir: Path, cache_dir) -> Path:
 
 # ---------------------------------------------------------------- command line
 
+def _threshold(value):
+    """A cosine in (0, 1], or "auto": the cut derived from the data (audit_summary.derived)."""
+    return "auto" if value == "auto" else Interval(float, 0, 1, closed="right").parse(value)
+
+
 @dataclass
 class AuditSettings:
     features: str | None = flags.features_setting()
-    threshold: float = setting(0.9, Interval(float, 0, 1, closed="right"), "cosine similarity at or above which two "
-                               "images count as near-duplicates; it depends on the backbone: look at borderline.png "
-                               "(0.9 was chosen so for EfficientNet-Lite0 on all of CIFAR-10)", metavar="T")
+    threshold: float | str = setting(0.9, Checked(_threshold, "in (0, 1], or auto", "T|auto"),
+                                     "cosine similarity at or above which two images count as near-duplicates; it "
+                                     "depends on the backbone and the data: look at borderline.png and at the cut "
+                                     "the audit derives from this data's nearest-neighbour cosines, which auto "
+                                     "takes (0.9 was chosen for EfficientNet-Lite0 on all of CIFAR-10)")
     run_dir: str | None = setting(None, None, "a head or fine-tune run folder: also report its test accuracy with "
                                   "and without the test images that have a duplicate in train", flag="--run",
                                   metavar="DIR", record=False)
@@ -170,7 +162,8 @@ def run_audit(s: AuditSettings, log=print) -> Path:
         source, note = rows.source_or_note(fs.attrs, s.data, s.cache_dir)
     key = store.settings_hash({"features": fs.attrs["settings_hash"],
                                "data_fingerprint": fs.attrs.get("data_fingerprint"),
-                               "source": source and source.key, "threshold": s.threshold, "exact": exact})
+                               "source": source and source.key, "threshold": s.threshold, "exact": exact,
+                               "answer": 2})      # 2: with the nearest-neighbour cosines' cut
     out = records.folder(s.cache_dir, records.AUDIT) / f"{fs.path.stem}-{key}"
 
     def done():       # a damaged answer is an error naming it, never "up to date"
@@ -183,22 +176,28 @@ def run_audit(s: AuditSettings, log=print) -> Path:
     if predictions:
         acc = accuracy_without(Path(s.run_dir), *predictions, set(result["test_duplicate_source_index"]))
         clean = acc["test_accuracy_without_duplicates"]
-        log(f"run {Path(acc['run']).name}: test accuracy {acc['test_accuracy']:.4f} on all "
+        log(f"run {Path(acc['run']).name}: test accuracy {accuracy_text(acc['test_accuracy'])} on all "
             f"{len(fs.splits['test'].labels)} test images, "
-            + (f"{clean:.4f} on the {acc['test_rows_without_duplicates']} without a duplicate in train"
-               if clean is not None else "none without a duplicate in train"))
+            + (f"{accuracy_text(clean)} on the {acc['test_rows_without_duplicates']} without a duplicate in train"
+               if clean is not None else "none without a duplicate in train")
+            + f" ({stats.ACCURACY_METHOD})")
     log(out)
     return out
 
 
-def audit(fs: store.RowSet, threshold: float, exact: bool, source: rows.Source | None, note: str | None,
+def audit(fs: store.RowSet, threshold: float | str, exact: bool, source: rows.Source | None, note: str | None,
           out: Path) -> dict:
     """`source`: the checked image source (None: it is gone, and `note` says why nothing is drawn)."""
     digests = ({s: pixel_digests(fs.attrs, s, fs.splits[s].index, source.path) for s in store.SPLITS}
                if exact else None)
-    pairs = find_pairs(fs, threshold, digests)
-    result = {"features": str(Path(fs.path).absolute()), "threshold": threshold, "exact_check": exact,
-              "summary": summarize(fs, pairs, threshold),
+    given = threshold
+    if threshold == "auto":      # one more pass over the similarities: the cut first, then the pairs above it
+        threshold = audit_summary.derived(nearest_cosines(fs))["threshold"]
+    pairs, nearest = find_pairs(fs, threshold, digests)
+    own = audit_summary.derived(nearest)
+    own["would_flag"] = audit_summary.flagged_at(nearest, own["threshold"])
+    result = {"features": str(Path(fs.path).absolute()), "threshold": threshold, "threshold_given": given,
+              "exact_check": exact, "summary": summarize(fs, pairs, threshold), "data_threshold": own,
               "test_duplicate_source_index": sorted({p["source_index"] for p in pairs if p["split"] == "test"}),
               "pairs": pairs}
     with outputs.atomic_dir(out) as tmp:       # under the lock outputs.produce holds
@@ -234,16 +233,3 @@ def draw_pairs(path: Path, fs: store.RowSet, shown: list[dict], data_path, what:
     save_grid(path, images, captions, columns=8, colors=colors,
               title=f"{what} (left: {shown[0]['split']} image, right: its match; red = other label)")
     return path.name
-
-
-def print_summary(result: dict, log=print):
-    rows_ = [[q, s["rows"], s["with_duplicate"], f"{100 * s['share']:.2f}%", s["exact_copies"], s["pairs"],
-              s["label_disagrees"], "+".join(s["searched"])] for q, s in result["summary"].items()]
-    log(f"near-duplicates at cosine >= {result['threshold']}"
-        f"{'' if result['exact_check'] else ' (exact-copy check skipped)'}:")
-    log(format_table(["split", "rows", "with duplicate", "share", "exact copies", "pairs",
-                      "other label", "searched"], rows_))
-    for q, s in result["summary"].items():
-        if s.get("with_duplicate_at"):
-            log(f"{q} images with a match at a stricter threshold: "
-                  + ", ".join(f">= {t}: {n}" for t, n in s["with_duplicate_at"].items()))

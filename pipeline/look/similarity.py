@@ -38,19 +38,21 @@ def top_k(queries, base, k: int, exclude=None, block: int = BLOCK) -> tuple[np.n
 
 
 def pairs_above(queries, base, threshold: float, block: int = BLOCK, limit: int | None = None):
-    """Every (query row, base row, similarity) with cosine >= threshold, by brute force in blocks.
-    More than `limit` pairs is refused (a threshold that low matches nearly everything)."""
+    """(query rows, base rows, similarities) of every pair with cosine >= threshold, and each
+    query's nearest-neighbour cosine (its largest), by brute force in blocks. More than `limit`
+    pairs is refused (a threshold that low matches nearly everything)."""
     q, b = unit_rows(queries), unit_rows(base)
-    qi, bi, sv = [], [], []
+    qi, bi, sv, nearest = [], [], [], []
     total = 0
     for lo in range(0, len(q), block):
         s = q[lo:lo + block] @ b.T
+        nearest.append(s.max(axis=1) if s.shape[1] else np.full(len(s), -1.0, np.float32))
         r, c = np.nonzero(s >= threshold)
         total += len(r)
         if limit is not None and total > limit:
             raise UserError(f"more than {limit:,} pairs reach cosine similarity {threshold}; "
-                            "raise the threshold (duplicates are rare: try 0.9 or more)")
+                            "raise the threshold (duplicates are rare: try --threshold auto, or 0.9 or more)")
         qi.append(r + lo)
         bi.append(c)
         sv.append(s[r, c])
-    return np.concatenate(qi), np.concatenate(bi), np.concatenate(sv)
+    return np.concatenate(qi), np.concatenate(bi), np.concatenate(sv), np.concatenate(nearest)
