@@ -18,7 +18,7 @@ from pipeline.foundation.errors import UserError
 from pipeline.store.features import load_features
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST_DENSE = {"hidden": 32, "epochs": 20, "patience": 3, "batch_size": 64, "lr": 1e-2}
+FAST_DENSE = {"hidden": 32, "epochs": 20, "patience": 3, "batch_size": 64, "min_epochs": 0, "lr": 1e-2}
 
 
 def dense(**over):

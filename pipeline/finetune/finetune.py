@@ -7,8 +7,9 @@ backbone table: mixed9 for InceptionV3, conv5_block2_1_conv for ResNet50, ...; f
 file, its last resolution's blocks, see table.default_unfreeze); BatchNorm stays in inference
 mode throughout, so moving statistics never change.
 
-The recipe (defaults, meant to work untuned): AdamW, one epoch of linear warm-up then cosine decay
-to zero, label smoothing 0.1, weight decay 0.05, the backbone's layers at 0.3x the head's rate,
+The recipe (defaults, meant to work untuned): AdamW, one epoch of linear warm-up (at least 300
+steps, at most half the run: Adam's step sizes need a few hundred gradients to settle) then cosine
+decay to zero, label smoothing 0.1, weight decay 0.05, the backbone's layers at 0.3x the head's rate,
 early stopping on validation accuracy with the best epoch's weights restored.
 
 Modes:
@@ -48,7 +49,7 @@ from pipeline.finetune.comparison import compare, comparison_table
 from pipeline.finetune.feeds import training_data
 from pipeline.finetune.inputs import find_head, head_run, load_head, split_sizes
 from pipeline.finetune.recipe import (AUTO_STEPS, EPOCH_RANGE, announce, auto_epochs, compile_model, fit,
-                                      train_precision, training_model)
+                                      train_precision, training_model, warmup_steps)
 from pipeline.foundation import flags, records, settings
 from pipeline.foundation.settings import POSITIVE, Choice, Interval, setting
 from pipeline.foundation.errors import UserError
@@ -81,8 +82,9 @@ class FinetuneSettings:
     lr: float = setting(1e-3, POSITIVE, "the head's peak learning rate, after warm-up; the backbone's is lr times "
                         "--backbone-lr-scale")
     backbone_lr_scale: float = setting(0.3, POSITIVE, "the backbone layers' rate: the head's times this")
-    warmup_epochs: float = setting(1.0, Interval(float, 0), "linear warm-up from 0 (at most half the run), then "
-                                   "cosine decay to 0 at the last epoch")
+    warmup_epochs: float = setting(1.0, Interval(float, 0), "linear warm-up from 0 over N epochs, but at least 300 "
+                                   "steps and at most half the run (recorded in steps), then cosine decay to 0 at the "
+                                   "last epoch")
     optimizer: str = setting("adamw", Choice(OPTIMIZERS), "AdamW with decoupled weight decay, Adam, or SGD with "
                              "--momentum")
     momentum: float = setting(0.9, Interval(float, 0, 1), "sgd's momentum")
@@ -157,7 +159,8 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
     if s.epochs is None:   # auto: recorded as the number it resolved to, so `--epochs 3` is the same run
         s = replace(s, epochs=auto_epochs(sizes["train"], s.batch_size))
         log(f"--epochs auto: {s.epochs} epochs of {-(-sizes['train'] // s.batch_size)} steps")
-    recorded = run_settings(s, attrs, head_path, mode, parts.cut, unfreeze, precision)
+    recorded = {**run_settings(s, attrs, head_path, mode, parts.cut, unfreeze, precision),
+                "warmup_steps": warmup_steps(s, -(-sizes["train"] // s.batch_size))}   # as the schedule resolves it
     run_dir = (records.folder(s.cache_dir, records.FINETUNE)
                / f"{features_path.stem}-{mode}-{unfreeze}-{store.settings_hash(recorded)}")
     model_path = run_dir / records.MODEL
