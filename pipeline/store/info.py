@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.sources.partition import SPLIT_RULES
 from pipeline.store.reader import check_structure, is_complete, open_store
 from pipeline.store.schema import FEATURES, SPLITS, Words
 
@@ -27,9 +28,12 @@ def describe(path, words: Words = FEATURES) -> str:
                  f"{'complete:':<19}{'yes' if is_complete(attrs) else 'no'}"]
         for key in ("schema_version", "settings_hash", "dataset", "source", "backbone", "backbone_file", "weights",
                     "weights_file", "input_size", "feature_width", "views", "preprocessing", "precision", "device",
-                    "limit", "val_fraction", "split_seed", "batch_size", "data_fingerprint", "created",
+                    "limit", "split", "val_fraction", "test_fraction", "split_seed", "orientation", "image_shape",
+                    "batch_size", "data_fingerprint", "created",
                     "elapsed_seconds", "images_per_second"):
-            if key in attrs:
+            if key == "split" and "split_seed" in attrs:     # files without one: the rule of their time
+                lines.append(f"{'split:':<19}{attrs.get('split', SPLIT_RULES['train+test'])}")
+            elif key in attrs:
                 lines.append(f"{key + ':':<19}{attrs[key]}")
         lines.append(f"{'class_names:':<19}{', '.join(map(str, attrs.get('class_names', [])))}")
         lines.append(f"{'versions:':<19}" + ", ".join(f"{k} {v}" for k, v in attrs.get("versions", {}).items()))
