@@ -29,7 +29,8 @@ def image_dataset(split, batch_size: int, shuffle: bool, augment: bool, seed: in
     def load(rows):
         x, y = tf.numpy_function(read, [rows], (tf.uint8, tf.int32))
         return tf.ensure_shape(x, (None, *shape)), tf.ensure_shape(y, (None,))
-    ds = order.batch(batch_size).map(load).unbatch()
+    # numpy_function hides the length from tf.data; Keras needs it to know where an epoch ends
+    ds = order.batch(batch_size).map(load).unbatch().apply(tf.data.experimental.assert_cardinality(len(split)))
     if augment:
         def jitter(img, label):
             img = tf.image.random_flip_left_right(img)
