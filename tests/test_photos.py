@@ -197,3 +197,12 @@ def test_a_failed_cifar_download_names_the_offline_ways(monkeypatch):
     with pytest.raises(UserError) as caught:
         dataset.load_dataset(None)
     assert "--backbone FILE.keras" in str(caught.value) and "--data FOLDER" in str(caught.value)
+
+
+def test_a_batch_of_an_older_files_mixed_sizes_names_the_odd_file(photo_folder):
+    """Files made before per-file resizing decode each image at its own size: stage three then names a
+    file whose size differs and says how to get one that takes any size."""
+    from pipeline.sources.images import Decoding
+    train = dataset.load_dataset(photo_folder, decoding=Decoding(exif=False)).train
+    with pytest.raises(UserError, match=r"image .*airplane/0001.jpg is 128x96, another 32x32.*rerun `features`"):
+        train.batch(np.arange(3))

@@ -112,7 +112,14 @@ class Split:
 
     def batch(self, rows) -> np.ndarray:
         """The images at `rows` as one (n, H, W, 3) array: for the steps that need one size (stage three)."""
-        return stack(self.select(rows).read(), "the images of one batch")
+        found = self.select(rows).read()
+        shapes = [img.shape for img in found]
+        if isinstance(found, list) and len(set(shapes)) > 1:   # only files decoded each at its own size
+            odd = next(i for i, shape in enumerate(shapes) if shape != shapes[0])
+            raise UserError(f"image {self.images.select(rows).paths[odd]} is {shapes[odd][1]}x{shapes[odd][0]}, "
+                            f"another {shapes[0][1]}x{shapes[0][0]}: the features file was made before every image "
+                            "was decoded at one size; rerun `features` to make one that takes any size")
+        return stack(found, "the images of one batch")
 
     @property
     def x(self) -> np.ndarray:
