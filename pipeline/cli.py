@@ -29,7 +29,7 @@ STAGE_MODULES = [
     ("map", "pipeline.look.map", "2-D map of the features (PCA, then t-SNE) and Embedding Projector files"),
     ("compare", "pipeline.look.compare", "two runs on the same images: both accuracies with intervals, the paired "
                                     "difference, McNemar's p and the images only one gets right"),
-    ("verify", "pipeline.ship.verify",
+    ("verify", "pipeline.extract.verify",
      "re-embed a sample of a features file's rows and check they match what is stored"),
     ("report", "pipeline.look.report", "rebuild cache/reports/index.html: every run in one sortable page"),
 ]

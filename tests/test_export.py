@@ -111,7 +111,7 @@ def test_every_format_reloads_without_the_project_and_matches_the_keras_model(ru
 def test_the_exported_model_is_the_run_with_its_temperature(runs):
     """Backbone + head, and softmax(log p / T) of that with the run's fitted T."""
     import keras
-    from pipeline.ship.calibration import as_logits, scaled_probs
+    from pipeline.heads.calibration import as_logits, scaled_probs
     from pipeline.backbones.rebuild import rebuild_backbone
     from pipeline.finetune.surgery import image_model as stack
     cache, head_run, _, backbone = runs

@@ -54,7 +54,7 @@ from pipeline.foundation.settings import POSITIVE, Choice, Interval, setting
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import atomic_file, produce, write_json_atomic
 from pipeline.heads import evaluation   # evaluation.write_report, looked up when called (tests patch it)
-from pipeline.ship import calibration
+from pipeline.heads import calibration
 from pipeline.store.features import default_features, load_features
 
 MODES = ("cached", "end-to-end")

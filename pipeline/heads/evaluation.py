@@ -9,7 +9,7 @@ writes, into one folder that appears atomically:
     curves.png      loss and accuracy per epoch, when a Keras history is given
     reliability.png accuracy against confidence per split (15 bins), before and after temperature
                     scaling when the caller fitted one; report.json's "calibration" holds the ECE
-                    and NLL of each (pipeline.ship.calibration)
+                    and NLL of each (pipeline.heads.calibration)
 Test numbers are for reading only; nothing here chooses anything by them.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pipeline.foundation import records, stats
 from pipeline.foundation.outputs import atomic_dir
 from pipeline.foundation.tables import format_table
 from pipeline.heads.mistakes import write_run_views
-from pipeline.ship import calibration
+from pipeline.heads import calibration
 
 
 def split_metrics(y_true, y_prob, class_names) -> dict:

@@ -58,7 +58,7 @@ class HeadKind:
     load: Callable         # artifact path -> model with predict_proba (sklearn) or predict (Keras)
     sweep: tuple           # the settings a sweep may vary (its leaderboard's columns without a grid)
     canonical: Callable = field(default=lambda settings: settings)
-    # a softmax output layer: a temperature fitted on val (pipeline.ship.calibration) calibrates it
+    # a softmax output layer: a temperature fitted on val (pipeline.heads.calibration) calibrates it
     calibrated: bool = False
     # how a sweep breaks a tie between configurations toward the more regularized one, as the
     # one-standard-error rule does (Breiman et al.): (setting, +1 smaller is simpler / -1 larger is)

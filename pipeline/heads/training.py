@@ -18,7 +18,7 @@ from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import atomic_dir, produce, write_json_atomic
 from pipeline.heads.evaluation import write_report
 from pipeline.heads.kinds import HEADS, make_settings, predict_proba, read_run_json
-from pipeline.ship.calibration import calibrate, summary
+from pipeline.heads.calibration import calibrate, summary
 
 
 # where a run's "up to date: RUN" and leftover notices go unless the caller says (the commands: stdout)

@@ -7,7 +7,7 @@ a Keras file, with labels.txt beside it.
 
 Either way the exported model takes raw uint8 RGB images (N, H, W, 3) at the training images' size
 (32x32 for CIFAR-10; `predict` resizes) and returns class probabilities (N, K) with the run's fitted
-temperature applied (pipeline.ship.calibration). Before it is kept, each export is run on real test
+temperature applied (pipeline.heads.calibration). Before it is kept, each export is run on real test
 images of the features file and compared with the Keras model: the largest absolute difference in
 any probability must stay within 1e-4 (SavedModel, Keras) or 1e-3 (TFLite, float32). The check's
 numbers go into export.json. Outputs go to <cache-dir>/exports/<run>-<format>/ (written beside and

@@ -12,7 +12,7 @@ from pipeline import store
 from pipeline.backbones.rebuild import rebuild_backbone
 from pipeline.foundation import records, runs
 from pipeline.foundation.errors import UserError, first_line
-from pipeline.ship.calibration import apply_temperature
+from pipeline.heads.calibration import apply_temperature
 from pipeline.sources.files import to_size
 from pipeline.sources.rows import load_splits
 

@@ -12,7 +12,7 @@ from pipeline.extract.views import image_views
 from pipeline.foundation import records
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.ship import formats, models
-from pipeline.ship.calibration import apply_temperature
+from pipeline.heads.calibration import apply_temperature
 from pipeline.sources.files import load_image
 
 
