@@ -113,7 +113,7 @@ def test_the_exported_model_is_the_run_with_its_temperature(runs):
     import keras
     from pipeline.heads.calibration import as_logits, scaled_probs
     from pipeline.backbones.rebuild import rebuild_backbone
-    from pipeline.finetune.surgery import image_model as stack
+    from pipeline.backbones.compose import image_model as stack
     cache, head_run, _, backbone = runs
     run = read_run(head_run)
     attrs = features_attrs(run)

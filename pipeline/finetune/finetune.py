@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import store
+from pipeline.backbones.compose import image_model
 from pipeline.backbones.precision import resolve_precision
 from pipeline.backbones.rebuild import rebuild_backbone
 from pipeline.backbones.table import default_unfreeze
@@ -182,7 +183,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
             raise UserError("fine-tuning diverged (its predictions are not finite); no model was saved; "
                             "lower --lr")
         surgery.copy_weights_back(upper, parts.base)
-        save_model_atomically(surgery.image_model(bb.model, head), model_path)
+        save_model_atomically(image_model(bb.model, head), model_path)
         y_true = {k: fs.splits[k].labels for k in ("val", "test")}
         wall = time.perf_counter() - started
         comparison = compare(y_true, baseline, y_prob, head_path, head_info)

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import h5py
 
 from pipeline import store
+from pipeline.backbones.compose import load_keras_file
 from pipeline.foundation import records, runs
 from pipeline.foundation.errors import UserError
 from pipeline.heads.training import find_best_head
-from pipeline.ship.models import load_keras_file
 
 if TYPE_CHECKING:
     from pipeline.finetune.finetune import FinetuneSettings
