@@ -33,7 +33,7 @@ checkpoint.npz (for --resume). The last line printed is the model's path.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -48,64 +48,14 @@ from pipeline.finetune import surgery
 from pipeline.finetune.comparison import compare, comparison_table
 from pipeline.finetune.feeds import training_data
 from pipeline.finetune.inputs import find_head, head_run, load_head, split_sizes
-from pipeline.finetune.recipe import (AUTO_STEPS, EPOCH_RANGE, announce, auto_epochs, compile_model, fit,
-                                      train_precision, training_model)
-from pipeline.foundation import flags, records, settings
-from pipeline.foundation.settings import POSITIVE, Choice, Interval, setting
+from pipeline.finetune.recipe import announce, auto_epochs, compile_model, fit, train_precision, training_model
+from pipeline.finetune.settings import FinetuneSettings
+from pipeline.foundation import records, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import atomic_file, produce, write_json_atomic
 from pipeline.heads import evaluation   # evaluation.write_report, looked up when called (tests patch it)
 from pipeline.heads import calibration
 from pipeline.store.features import default_features, load_features
-
-MODES = ("cached", "end-to-end")
-OPTIMIZERS = ("adamw", "adam", "sgd")
-
-
-@dataclass
-class FinetuneSettings:
-    features: str | None = setting(None, None, "stage-one features file whose data, backbone, weights, input size "
-                                   "and splits to reuse (default: the newest complete file in <cache-dir>/features, "
-                                   "whatever its settings, as for `head`)", metavar="FILE", record=False)
-    head: str | None = setting(None, None, "stage-two dense head model.keras to start from (default: the best dense "
-                               "head trained on the features file)", metavar="FILE", record=False)
-    mode: str | None = setting(None, Choice(MODES), "default: end-to-end on a GPU, cached on a CPU")
-    unfreeze_from: str | None = setting(None, None, "train this block and everything after it (default: the top two "
-                                        "blocks, as `python -m pipeline backbones` lists; for a backbone file, the "
-                                        "first block at its last spatial resolution, e.g. block11_expand_conv for "
-                                        "EfficientNet-Lite0)", metavar="NAME")
-    epochs: int | None = setting(None, Interval(int, 0), "at most N epochs, the length of the cosine decay; 0 exports "
-                                 "backbone + head unchanged",
-                                 auto=f"the epochs nearest {AUTO_STEPS:,} optimizer steps, {EPOCH_RANGE[0]} to "
-                                 f"{EPOCH_RANGE[1]}: 3 for all of CIFAR-10")
-    batch_size: int = setting(64, Interval(int, 1), "training rows per step")
-    lr: float = setting(1e-3, POSITIVE, "the head's peak learning rate, after warm-up; the backbone's is lr times "
-                        "--backbone-lr-scale")
-    backbone_lr_scale: float = setting(0.3, POSITIVE, "the backbone layers' rate: the head's times this")
-    warmup_epochs: float = setting(1.0, Interval(float, 0), "linear warm-up from 0 (at most half the run), then "
-                                   "cosine decay to 0 at the last epoch")
-    optimizer: str = setting("adamw", Choice(OPTIMIZERS), "AdamW with decoupled weight decay, Adam, or SGD with "
-                             "--momentum")
-    momentum: float = setting(0.9, Interval(float, 0, 1), "sgd's momentum")
-    weight_decay: float = setting(0.05, Interval(float, 0, 1), "adamw's decoupled weight decay: each step shrinks "
-                                  "weights by lr times this")
-    label_smoothing: float = setting(0.1, Interval(float, 0, 1), "targets smoothed towards uniform by this much")
-    patience: int = setting(3, Interval(int, 1), "early stopping on validation accuracy after N epochs without "
-                            "improvement, the best epoch's weights restored")
-    views_per_image: int = setting(2, Interval(int, 1), "cached mode: views cached per train image: as is, "
-                                   "mirrored, then random flips and 2-px translations; K times the activation pass",
-                                   metavar="K")
-    map_shift: int = setting(1, Interval(int, 0), "cached mode: move each training map by up to N cells per step")
-    augment: bool = setting(False, None, "end-to-end mode: on-the-fly random flips and translations (cached mode "
-                            "augments through --views-per-image and --map-shift)")
-    resume: bool = setting(False, None, "continue an interrupted run from its last checkpoint", record=False)
-    precision: str = flags.precision_setting()
-    seed: int = flags.seed_setting("seed of shuffling, augmentation, dropout")
-    backbone: str | None = flags.moved_backbone_setting()
-    weights: str | None = flags.moved_weights_setting()
-    data: str | None = flags.moved_data_setting()
-    cache_dir: str = flags.cache_dir_setting()
-
 
 def add_arguments(p):
     p.set_defaults(rerun_hint="rerun the same command with --resume")

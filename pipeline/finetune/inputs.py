@@ -3,18 +3,15 @@ features file), checked against the features file and its run record, and the sp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import h5py
 
 from pipeline import store
 from pipeline.backbones.compose import load_keras_file
+from pipeline.finetune.settings import FinetuneSettings
 from pipeline.foundation import records, runs
 from pipeline.foundation.errors import UserError
 from pipeline.heads.training import find_best_head
-
-if TYPE_CHECKING:
-    from pipeline.finetune.finetune import FinetuneSettings
 
 
 def load_head(path: Path, width: int, n_classes: int):

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pipeline.backbones.folding import fold_batchnorm
 from pipeline.finetune import activations
+from pipeline.finetune.settings import AUTO_STEPS, EPOCH_RANGE, FinetuneSettings
 from pipeline.finetune.surgery import with_precision
-
-if TYPE_CHECKING:
-    from pipeline.finetune.finetune import FinetuneSettings
 
 
 def train_precision(precision: str) -> str:
@@ -41,14 +38,6 @@ def training_model(parts, mode: str, precision: str):
     # training=False on the backbone part: BatchNorm uses (and keeps) its moving statistics.
     outputs = parts.head(upper(x, training=False))
     return keras.Model(inputs, outputs, name=f"finetune_{mode}"), upper
-
-
-# --epochs auto: about this many optimizer steps, within EPOCH_RANGE. Measured through EfficientNet-
-# Lite0 on CIFAR-10 (cached mode, defaults, 2-core AMX Xeon): all 45,000 train images, 704 steps an
-# epoch, 3 epochs -> 90.8% test (+8.9 points over the best head) in 56 min with the activation pass;
-# 4,500 images (63 steps an epoch): 6 epochs 85.2%, 10 epochs 85.3%, so short sets take the top.
-AUTO_STEPS = 2000
-EPOCH_RANGE = (3, 10)
 
 
 def auto_epochs(train_rows: int, batch_size: int) -> int:
