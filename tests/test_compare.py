@@ -11,7 +11,7 @@ from pipeline.look import compare
 from pipeline.heads import kinds, training
 from pipeline.heads import mistakes
 from pipeline.foundation import stats
-from pipeline.heads import sweep
+from pipeline.heads import leaderboard as sweep
 from pipeline.cli import main
 from pipeline.store.features import load_features
 

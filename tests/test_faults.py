@@ -365,7 +365,7 @@ def test_sigkill_of_a_sweep_takes_its_workers_along_and_the_rerun_finishes(tmp_p
 
 
 def test_a_second_identical_sweep_is_refused(features_file, tmp_path, capsys):
-    from pipeline.heads.sweep import parse_grid
+    from pipeline.heads.grid import parse_grid
     base = kinds.make_settings("logreg")
     fs = load_features(features_file)
     stem = tmp_path / "sweeps" / (f"logreg-{fs.attrs['settings_hash']}-"
