@@ -1,31 +1,6 @@
-"""Stage three: fine-tune the upper backbone blocks, starting from the trained stage-two head.
-
-One Keras model: uint8 images -> resize and preprocessing -> the backbone of the features file
-(rebuilt exactly: same network, weights and input size) -> the stage-two dense head with its
-trained weights. Everything from --unfreeze-from on trains (default: the top two blocks, from the
-backbone table: mixed9 for InceptionV3, conv5_block2_1_conv for ResNet50, ...; for a backbone
-file, its last resolution's blocks, see table.default_unfreeze); BatchNorm stays in inference
-mode throughout, so moving statistics never change.
-
-The recipe (defaults, meant to work untuned): AdamW, one epoch of linear warm-up then cosine decay
-to zero, label smoothing 0.1, weight decay 0.05, the backbone's layers at 0.3x the head's rate,
-early stopping on validation accuracy with the best epoch's weights restored.
-
-Modes:
-  cached      (default on a CPU) the frozen part below the cut is a fixed function of the image:
-              it runs once per stored view into an HDF5 cache under <cache-dir>/activations/,
-              and training runs only the upper part. Augmentation: --views-per-image K views per
-              train image (as is, mirrored, then random flips + translations of up to 2 px; K
-              times the activation pass) and --map-shift: each training map moved by up to that
-              many cells per step (pipeline.finetune.activations).
-  end-to-end  (default on a GPU) every step runs the whole network on the images; --augment adds
-              on-the-fly augmentation (random flip and a translation of up to 2 pixels).
-
-Outputs in <cache-dir>/finetune/<run>/: model.keras (uint8 32x32x3 images -> class probabilities,
-plain keras.models.load_model), run.json (settings, class names, metrics, the comparison with
-the starting head), report/ (report.json, confusion.png, curves.png, as stage two's) and
-checkpoint.npz (for --resume). The last line printed is the model's path.
-"""
+"""The `finetune` command: from the inputs (inputs.py: the starting head) through the cut (surgery.py),
+the data feeds (feeds.py), the recipe (recipe.py) and the comparison with the head (comparison.py)
+to the run's record. Its settings are settings.py; checkpoints for --resume are checkpoint.py."""
 # This module is the command: its settings, their checks, and the run from inputs to record (the
 # docstring above is its --help). The pieces: inputs.py (the starting head), recipe.py (training
 # model, optimizer, schedule, fit), feeds.py (the data in each mode), comparison.py (tuned against
@@ -56,6 +31,35 @@ from pipeline.foundation.outputs import atomic_file, produce, write_json_atomic
 from pipeline.heads import evaluation   # evaluation.write_report, looked up when called (tests patch it)
 from pipeline.heads import calibration
 from pipeline.store.features import default_features, load_features
+
+HELP = """Stage three: fine-tune the upper backbone blocks, starting from the trained stage-two head.
+
+One Keras model: uint8 images -> resize and preprocessing -> the backbone of the features file
+(rebuilt exactly: same network, weights and input size) -> the stage-two dense head with its
+trained weights. Everything from --unfreeze-from on trains (default: the top two blocks, as
+`python -m pipeline backbones` lists them; for a backbone file, its last resolution's blocks);
+BatchNorm stays in inference mode throughout, so moving statistics never change.
+
+The recipe (defaults, meant to work untuned): AdamW, one epoch of linear warm-up then cosine decay
+to zero, label smoothing, weight decay, the backbone's layers at a fraction of the head's rate,
+early stopping on validation accuracy with the best epoch's weights restored.
+
+Modes:
+  cached      (default on a CPU) the frozen part below the cut is a fixed function of the image:
+              it runs once per stored view into a cache under <cache-dir>/activations/, and
+              training runs only the upper part. Augmentation: --views-per-image views per train
+              image (as is, mirrored, then random flips and small translations; each view costs
+              one more pass of the frozen part) and --map-shift (each training map moved by up
+              to that many cells per step).
+  end-to-end  (default on a GPU) every step runs the whole network on the images; --augment adds
+              on-the-fly augmentation (random flips and small translations).
+
+Outputs in <cache-dir>/finetune/<run>/: model.keras (uint8 images -> class probabilities, loads
+with plain Keras), run.json (settings, class names, metrics, the comparison with the starting
+head), report/ (as stage two's) and checkpoint.npz (for --resume). The last line printed is the
+model's path.
+"""
+
 
 def add_arguments(p):
     p.set_defaults(rerun_hint="rerun the same command with --resume")
@@ -137,18 +141,18 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         y_true = {k: fs.splits[k].labels for k in ("val", "test")}
         wall = time.perf_counter() - started
         comparison = compare(y_true, baseline, y_prob, head_path, head_info)
-        temperature, after = calibration.calibrate(y_true, {k: p[None] for k, p in y_prob.items()})
+        calibrated = calibration.assess(y_true, y_prob, fit=True)
         evaluation.write_report(run_dir / records.REPORT_DIR, y_true=y_true, y_prob=y_prob, class_names=class_names,
                                 wall_seconds=wall, history=history, features=fs, cache_dir=s.cache_dir,
                                 extra={"stage": "finetune", "settings": recorded, "comparison": comparison},
-                                calibrated={"temperature": temperature, "y_prob": after})
+                                calibrated=calibrated)
         write_json_atomic(run_dir / records.RUN_JSON, {
             "stage": "finetune", "settings": recorded, "class_names": class_names, "model": records.MODEL,
             "features": {"path": str(Path(features_path).absolute()), "settings_hash": attrs["settings_hash"]},
             "head": {"path": str(Path(head_path).absolute())}, "backbone": {"name": bb.name, **bb.weights.attrs(),
                                                             "input_size": bb.input_size},
             "device": device, "metrics": comparison["finetuned"], "comparison": comparison,
-            "calibration": calibration.summary(y_true, y_prob, after, temperature),
+            "calibration": calibrated.summary,
             "epochs_run": len(history.get("loss", [])), "wall_seconds": round(wall, 1)}, default=str)
         return comparison
 

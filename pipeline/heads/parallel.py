@@ -37,6 +37,7 @@ def _train(fs, head: str, settings: dict, cache_dir: str, threads: int) -> dict:
     except UserError as exc:
         return {"error": str(exc), "run_dir": training.run_name(head, fs.attrs["settings_hash"], settings)}
     result.pop("model", None)
+    result.pop("report_content", None)
     return result
 
 

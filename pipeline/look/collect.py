@@ -38,10 +38,12 @@ def collect_runs(cache_dir, skipped: list | None = None) -> tuple[list[dict], li
             continue
         info = run.record
         metrics = info["metrics"]
-        attrs = _features_attrs(str(run.features), seen)
+        # the features file is opened only for a run that does not record its backbone (older head runs)
+        backbone = (info.get("backbone") or {}).get("name") or _features_attrs(str(run.features), seen).get(
+            "backbone", "?")
         runs.append({
             "name": folder.name, "kind": run.kind, "sweep": "", "features": run.features.name,
-            "backbone": (info.get("backbone") or {}).get("name") or attrs.get("backbone", "?"),
+            "backbone": backbone,
             "settings": _settings_text(info["settings"], run.stage == records.FINETUNE),
             "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
             **{f"{k}_accuracy_interval": recorded_interval(metrics, report, k) for k in ("val", "test")},
