@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != module_name:
                 raise
             continue   # stage not built yet
-        p = sub.add_parser(name, help=help_text, description=module.__doc__,
+        p = sub.add_parser(name, help=help_text, description=module.HELP,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(run=module.run, rerun_hint=RERUN)   # a stage may set its own rerun_hint
         module.add_arguments(p)

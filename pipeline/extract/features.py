@@ -1,5 +1,4 @@
-"""Stage one: run the frozen backbone once over every image and cache the embeddings in HDF5.
-"""
+"""The `features` command: stage one's settings, the file's identity, and the run from source to rows."""
 from __future__ import annotations
 
 import contextlib
@@ -88,6 +87,12 @@ def identity(s: FeatureSettings, precision: str) -> dict:
     if s.views != 1:     # only then: a 1-view file keeps the name and hash it always had
         found["views"] = s.views
     return found
+
+
+HELP = """Stage one: run the frozen backbone once over every image and cache one embedding per image in an
+HDF5 file under <cache-dir>/features/, named by a hash of every setting that changes the numbers.
+A killed run resumes where it stopped; the same command again prints "up to date".
+"""
 
 
 def add_arguments(p):

@@ -1,19 +1,5 @@
-"""Stage two: train a grid of head settings in parallel processes and rank them.
-
-  python -m pipeline sweep --grid hidden=256,512,1024 dropout=0.2,0.5 lr=1e-3,3e-4 --jobs 2
-
-Every combination of the grid values (other settings from the flags or their defaults) is one
-`head` run, saved exactly as `python -m pipeline head` saves it; a combination whose run already
-exists is skipped, so an interrupted or extended sweep only trains what is new. The leaderboard,
-sorted by validation accuracy (test accuracy is shown, never used to rank), with each accuracy's
-95% Wilson interval, is printed and saved as JSON and CSV in cache/sweeps/. Configurations whose
-val accuracy is not distinguishable from the best (McNemar's exact test on the same val images,
-p >= 0.05) are marked as ties, and the most regularized of them (HeadKind.simpler) is recommended.
-
-With `--engine ray` the configurations are Ray tasks and the features go into Ray's object store
-once, shared by every task (the local engine's processes each read their own copy). The tasks
-write their runs under --cache-dir, so on a multi-node cluster that folder must be shared.
-"""
+"""The `sweep` command: a grid (grid.py) of head runs trained in parallel (parallel.py) and ranked
+(leaderboard.py); a configuration's run is exactly `head`'s (training.run_head)."""
 from __future__ import annotations
 
 import time
@@ -47,6 +33,24 @@ class SweepSettings(StageTwoSettings):
                           "copy of the features")
     address: str | None = setting(None, None, "ray: the cluster to join (default: start a local instance for this "
                                   "sweep)", metavar="auto|ray://HOST:PORT")
+
+
+HELP = """Stage two: train a grid of head settings in parallel processes and rank them.
+
+  python -m pipeline sweep --grid hidden=256,512,1024 dropout=0.2,0.5 lr=1e-3,3e-4 --jobs 2
+
+Every combination of the grid values (other settings from the flags or their defaults) is one
+`head` run, saved exactly as `python -m pipeline head` saves it; a combination whose run already
+exists is skipped, so an interrupted or extended sweep only trains what is new. The leaderboard,
+sorted by validation accuracy (test accuracy is shown, never used to rank), with each accuracy's
+95% Wilson interval, is printed and saved as JSON and CSV in <cache-dir>/sweeps/. Configurations
+whose val accuracy is not distinguishable from the best (McNemar's exact test on the same val
+images, p >= 0.05) are marked as ties, and the most regularized of them is recommended.
+
+With `--engine ray` the configurations are Ray tasks and the features go into Ray's object store
+once, shared by every task. The tasks write their runs under --cache-dir, so on a multi-node
+cluster that folder must be shared.
+"""
 
 
 def add_arguments(p):

@@ -1,10 +1,5 @@
-"""One page for every run: cache/reports/index.html, a sortable table of all heads (any kind, sweeps
-included) and fine-tunes, each linking to its own page in cache/reports/runs/ (metrics, confusion
-matrices, learning curves, most-confused pairs, the mistakes gallery). Plain static files with
-relative links and a few lines of inline JavaScript: they open from disk, with no server and no
-internet. `head`, `sweep` and `finetune` rebuild it after every run; `python -m pipeline report`
-rebuilds it on demand. A page whose content did not change is not rewritten.
-"""
+"""The `report` command and the site's rebuild: every run collected (collect.py) and written as pages
+(pages.py), under the site's lock."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -59,6 +54,15 @@ def rebuild(cache_dir, warn=None) -> tuple[Path, bool]:
 @dataclass
 class ReportSettings:
     cache_dir: str = setting("cache", None, "the cache whose runs to list", metavar="DIR", record=False)
+
+
+HELP = """One page for every run: cache/reports/index.html, a sortable table of all heads (any kind, sweeps
+included) and fine-tunes, each linking to its own page in cache/reports/runs/ (metrics, confusion
+matrices, learning curves, most-confused pairs, the mistakes gallery). Plain static files with
+relative links and a few lines of inline JavaScript: they open from disk, with no server and no
+internet. `head`, `sweep` and `finetune` rebuild it after every run; `python -m pipeline report`
+rebuilds it on demand. A page whose content did not change is not rewritten.
+"""
 
 
 def add_arguments(p):
