@@ -77,7 +77,7 @@ sweep: $(STAMP)
 	$(RUN_PIPELINE) sweep $(FEATURES_FLAG) $(call opt,--head,$(HEAD)) $(call opt,--grid,$(GRID)) $(CACHE_FLAG) $(ARGS)
 
 finetune: $(STAMP)
-	$(RUN_PIPELINE) finetune $(FEATURES_FLAG) $(call opt,--head,$(MODEL)) $(BACKBONE_FILE) $(CACHE_FLAG) $(ARGS)
+	$(RUN_PIPELINE) finetune $(FEATURES_FLAG) $(call opt,--start-from,$(MODEL)) $(BACKBONE_FILE) $(CACHE_FLAG) $(ARGS)
 
 # ---------------------------------------------------------------- shipping
 predict: $(STAMP)

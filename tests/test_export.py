@@ -42,7 +42,7 @@ def runs(head_run, tiny_backbone_features):
     stage three from it (only the slow tests need that run)."""
     from pipeline.finetune.finetune import FinetuneSettings, run_finetune
     cache, head, backbone = head_run
-    tuned = run_finetune(FinetuneSettings(features=str(tiny_backbone_features), head=str(head / "model.keras"),
+    tuned = run_finetune(FinetuneSettings(features=str(tiny_backbone_features), start_from=str(head / "model.keras"),
                                           backbone=backbone, mode="cached", epochs=1, batch_size=8,
                                           precision="float32", cache_dir=str(cache)), log=quiet)
     return cache, head, tuned.parent, backbone

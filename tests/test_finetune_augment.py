@@ -133,7 +133,7 @@ def test_resume_with_cached_augmentation_gives_the_same_weights(tiny_inception_f
     from pipeline.finetune import checkpoint
     monkeypatch.setattr("pipeline.heads.evaluation.write_report", lambda out_dir, **kwargs: {})
     head = make_head(tiny_inception_features, tmp_path / "heads" / "d", epochs=2, dropout=0.0)
-    s = dict(features=str(tiny_inception_features), head=str(head), mode="cached", epochs=2, batch_size=8,
+    s = dict(features=str(tiny_inception_features), start_from=str(head), mode="cached", epochs=2, batch_size=8,
              lr=1e-4, views_per_image=K, map_shift=1, precision="float32", patience=5)
     whole = run_finetune(FinetuneSettings(**s, cache_dir=str(tmp_path / "a")), log=quiet)
     shutil.copytree(tmp_path / "a" / "activations", tmp_path / "b" / "activations")   # build the cache once

@@ -19,7 +19,7 @@ from pipeline.foundation import flags, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.machine import versions
 from pipeline.foundation.outputs import produce
-from pipeline.foundation.settings import Choice, Interval, setting
+from pipeline.foundation.settings import Interval, setting
 from pipeline.foundation.progress import Progress
 from pipeline.sources import dataset, digest, partition
 from pipeline.store.features import load_features
@@ -39,8 +39,8 @@ class FeatureSettings:
                             "(inception_v3, resnet50, convnext_tiny, ...), or a saved .keras model taking RGB 0-255 "
                             "images and returning a feature vector", metavar="NAME|PATH")
     weights: str | None = setting(None, None, "Keras's ImageNet download, random init (tests), or a local weights "
-                                  "file, e.g. Keras's *_notop.h5 for the backbone (default: imagenet)",
-                                  metavar="imagenet|none|PATH")
+                                  "file, e.g. Keras's *_notop.h5 for the backbone", metavar="imagenet|none|PATH",
+                                  auto="imagenet for a named backbone; a backbone file's own weights")
     size: int | None = setting(None, Interval(int, 1), "side of the resized input",
                                auto="the backbone's own, e.g. 299 for inception_v3; at least its minimum, e.g. 75")
     batch_size: int = setting(64, Interval(int, 1), "images per batch", record=False)
@@ -54,12 +54,11 @@ class FeatureSettings:
     # How the work is done: provenance, not settings (the file and its name do not depend on them).
     shard_rows: int = setting(engine.DEFAULT_SHARD_ROWS, engine.SHARD_ROWS, "rows per unit of work, a multiple of "
                               "128: what a resumed run recomputes at most per shard in flight", record=False)
-    engine: str = setting("local", Choice(("local", "ray")), "local: this process; ray: a Ray Data actor pool on a "
-                          "local instance or a cluster, with the [ray] extra installed", record=False)
-    address: str | None = setting(None, None, "ray: the cluster to join (default: start a local instance for this "
-                                  "run)", metavar="auto|ray://HOST:PORT", record=False)
-    workers: int | None = setting(None, Interval(int, 1), f"ray: actors in the pool (default: {DEFAULT_WORKERS}); "
-                                  "refused with --engine local", record=False)
+    engine: str = flags.engine_setting("this process", "a Ray Data actor pool on a local instance or a cluster, "
+                                       "with the [ray] extra installed")
+    address: str | None = flags.address_setting("run")
+    workers: int | None = setting(None, Interval(int, 1), "ray: actors in the pool; refused with --engine local",
+                                  auto=f"{DEFAULT_WORKERS} with --engine ray", record=False)
     gpus_per_worker: float = setting(0, Interval(float, 0), "ray: GPUs per actor (0: CPU); more than the cluster "
                                      "has fails at once", metavar="G", record=False)
     views: int = setting(1, Interval(int, min(views.VIEWS), max(views.VIEWS), closed="both"), "2: also store each "

@@ -7,6 +7,7 @@ to the run's record. Its settings are settings.py; checkpoints for --resume are 
 # head), surgery.py (the cut), activations.py (the cache), checkpoint.py (--resume).
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +27,7 @@ from pipeline.finetune.inputs import find_head, head_run, load_head, split_sizes
 from pipeline.finetune.recipe import announce, auto_epochs, compile_model, fit, train_precision, training_model
 from pipeline.finetune.settings import FinetuneSettings
 from pipeline.foundation import records, settings
-from pipeline.foundation.errors import UserError
+from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import atomic_file, produce, write_json_atomic
 from pipeline.heads import evaluation   # evaluation.write_report, looked up when called (tests patch it)
 from pipeline.heads import calibration
@@ -64,9 +65,15 @@ model's path.
 def add_arguments(p):
     p.set_defaults(rerun_hint="rerun the same command with --resume")
     settings.add_flags(p, FinetuneSettings)
+    p.add_argument("--head", dest="deprecated_head", metavar="FILE", help=argparse.SUPPRESS)
 
 
 def run(args):
+    if args.deprecated_head is not None:       # the old spelling of --start-from, kept working for now
+        if args.start_from is not None:
+            raise UserError("--head is the old name of --start-from; give only --start-from")
+        warn("finetune --head FILE is now --start-from FILE (--head names a head kind in `head` and `sweep`)")
+        args.start_from = args.deprecated_head
     print(run_finetune(settings.from_args(FinetuneSettings, args)))
 
 

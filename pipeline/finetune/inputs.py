@@ -36,12 +36,12 @@ def head_run(path: Path, features_hash: str) -> dict:
 
 
 def find_head(s: FinetuneSettings, features_hash: str) -> Path:
-    if s.head is not None:
-        return Path(s.head)
+    if s.start_from is not None:
+        return Path(s.start_from)
     found = find_best_head(s.cache_dir, features_hash, head="dense")
     if found is None:
         raise UserError(f"no dense head for features {features_hash} in {records.folder(s.cache_dir, records.HEADS)}; "
-                        "run `make head` first (or pass --head FILE)")
+                        "run `make head` first (or pass --start-from FILE)")
     found = Path(found)
     return found / records.MODEL if found.is_dir() else found
 

@@ -19,16 +19,17 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 
 @dataclass
 class FinetuneSettings:
-    features: str | None = setting(None, None, "stage-one features file whose data, backbone, weights, input size "
-                                   "and splits to reuse (default: the newest complete file in <cache-dir>/features, "
-                                   "whatever its settings, as for `head`)", metavar="FILE", record=False)
-    head: str | None = setting(None, None, "stage-two dense head model.keras to start from (default: the best dense "
-                               "head trained on the features file)", metavar="FILE", record=False)
+    features: str | None = flags.features_setting()
+    # `--start-from`, not `--head`: in `head` and `sweep` --head names a head kind (finetune still takes
+    # --head FILE, with a deprecation warning)
+    start_from: str | None = setting(None, None, "the stage-two dense head to start from: its model.keras (default: "
+                                     "the best dense head trained on the features file)", metavar="FILE",
+                                     record=False)
     mode: str | None = setting(None, Choice(MODES), "default: end-to-end on a GPU, cached on a CPU")
-    unfreeze_from: str | None = setting(None, None, "train this block and everything after it (default: the top two "
-                                        "blocks, as `python -m pipeline backbones` lists; for a backbone file, the "
-                                        "first block at its last spatial resolution, e.g. block11_expand_conv for "
-                                        "EfficientNet-Lite0)", metavar="NAME")
+    unfreeze_from: str | None = setting(None, None, "train this block and everything after it", metavar="NAME",
+                                        auto="the top two blocks, as the backbones command lists them; for a backbone "
+                                        "file, the first block at its last spatial resolution, e.g. "
+                                        "block11_expand_conv for EfficientNet-Lite0")
     epochs: int | None = setting(None, Interval(int, 0), "at most N epochs, the length of the cosine decay; 0 exports "
                                  "backbone + head unchanged",
                                  auto=f"the epochs nearest {AUTO_STEPS:,} optimizer steps, {EPOCH_RANGE[0]} to "

@@ -6,10 +6,10 @@ import time
 from dataclasses import dataclass
 
 from pipeline import store
-from pipeline.foundation import records, settings
+from pipeline.foundation import flags, records, settings
 from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import Lock
-from pipeline.foundation.settings import Choice, Interval, setting
+from pipeline.foundation.settings import Interval, setting
 from pipeline.foundation.stats import ACCURACY_METHOD, interval_text
 from pipeline.foundation.tables import format_table
 from pipeline.heads import kinds, training
@@ -27,12 +27,10 @@ class SweepSettings(StageTwoSettings):
                                 "settings each head lets a sweep vary: " + "; ".join(
                                     f"{k.name}: {', '.join(k.sweep)}" for k in kinds.HEADS.values()),
                                 metavar="KEY=V1,V2", nargs="+")
-    # no default here: it depends on the machine, and docs/reference.md must not
-    jobs: int | None = setting(None, Interval(int, 1), "parallel worker processes (default: min(4, cores))")
-    engine: str = setting("local", Choice(("local", "ray")), "local: joblib processes; ray: Ray tasks sharing one "
-                          "copy of the features")
-    address: str | None = setting(None, None, "ray: the cluster to join (default: start a local instance for this "
-                                  "sweep)", metavar="auto|ray://HOST:PORT")
+    # no number as the default: it depends on the machine, and docs/reference.md must not
+    jobs: int | None = setting(None, Interval(int, 1), "parallel worker processes", auto="min(4, cores)")
+    engine: str = flags.engine_setting("joblib processes", "Ray tasks sharing one copy of the features")
+    address: str | None = flags.address_setting("sweep")
 
 
 HELP = """Stage two: train a grid of head settings in parallel processes and rank them.
