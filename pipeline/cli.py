@@ -1,7 +1,8 @@
 """Command line: `python -m pipeline <stage> [flags]`. Each stage module registers its own flags
-(`add_arguments(parser)`) and runs them (`run(args)`); this module only dispatches, and turns a
-UserError or a storage failure (full disk, unwritable cache) into one `error:` line with exit code 2.
-A bug keeps its traceback and exit code 1."""
+(`add_arguments(parser)`), its --help text (`HELP`, written for users) and runs them (`run(args)`);
+this module dispatches, rebuilds the report page after the stages that add a run (REBUILDS_SITE),
+and turns a UserError or a storage failure (full disk, unwritable cache) into one `error:` line with
+exit code 2. A bug keeps its traceback and exit code 1."""
 from __future__ import annotations
 
 import argparse

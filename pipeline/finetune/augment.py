@@ -6,7 +6,7 @@ import numpy as np
 from pipeline.extract.views import mirror
 
 VIEW_SEED = 0
-MAX_SHIFT_PX = 2     # as end-to-end mode's on-the-fly translation (pipeline.finetune.image_dataset)
+MAX_SHIFT_PX = 2     # also end-to-end mode's on-the-fly translation (feeds.image_dataset): one value for both modes
 
 
 def translate(image: np.ndarray, dy: int, dx: int, pad: int = MAX_SHIFT_PX) -> np.ndarray:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pipeline.finetune.augment import MAX_SHIFT_PX
 from pipeline.foundation import flags
 from pipeline.foundation.settings import POSITIVE, Choice, Interval, setting
 
@@ -49,7 +50,8 @@ class FinetuneSettings:
     patience: int = setting(3, Interval(int, 1), "early stopping on validation accuracy after N epochs without "
                             "improvement, the best epoch's weights restored")
     views_per_image: int = setting(2, Interval(int, 1), "cached mode: views cached per train image: as is, "
-                                   "mirrored, then random flips and 2-px translations; K times the activation pass",
+                                   f"mirrored, then random flips and translations of up to {MAX_SHIFT_PX} pixels; K "
+                                   "times the activation pass",
                                    metavar="K")
     map_shift: int = setting(1, Interval(int, 0), "cached mode: move each training map by up to N cells per step")
     augment: bool = setting(False, None, "end-to-end mode: on-the-fly random flips and translations (cached mode "
