@@ -143,13 +143,11 @@ exact copy (identical pixels, found by hashing the source images, whatever the t
 
   python -m pipeline audit --features F --threshold 0.9 [--run cache/heads/RUN]
 
-Writes cache/audit/<features file>-<hash>/ (audit.json: counts and every pair; pairs.csv; pairs.png:
-the most similar pairs side by side; borderline.png: the least similar pairs still counted, the ones
-to look at when choosing the threshold). With --run, also the run's test accuracy with and without
-the test images that have a duplicate in train, from its predictions.csv (any kind of run), which is
-read and checked before the audit starts. The images come from the source checked against the
-features file's data fingerprint; without --no-exact it must be there.
-"""
+Writes cache/audit/<features file>-<hash>/: audit.json (counts, every pair), pairs.csv, pairs.png
+(the most similar pairs) and borderline.png (the least similar pairs still counted: look at them to
+choose the threshold). With --run, also that run's test accuracy with and without the test images
+that have a duplicate in train. The images come from the features file's own source, checked by its
+fingerprint; without --no-exact it must be there."""
 
 
 def add_arguments(p):
