@@ -11,8 +11,7 @@ from pathlib import Path
 from pipeline.backbones.table import (DEFAULT_BACKBONE, FILE_POLICY, PREPROCESSING, Entry, FinetunePolicy,
                                       PretrainedWeights, describe_preprocessing)
 from pipeline.backbones.weights import Weights, resolve_backbone, sha256_file, weights_identity
-from pipeline.foundation.errors import UserError, first_line
-from pipeline.sources.images import OFFLINE_WAYS
+from pipeline.foundation.errors import OFFLINE_WAYS, UserError, first_line
 
 
 def identity(backbone: str, weights: str | None, size: int | None, seed: int) -> dict:

@@ -8,6 +8,7 @@ import numpy as np
 from pipeline import store
 from pipeline.backbones.folding import fast_extractor
 from pipeline.finetune import activations
+from pipeline.finetune.augment import MAX_SHIFT_PX
 from pipeline.foundation.outputs import produce
 from pipeline.sources.rows import load_splits
 
@@ -15,8 +16,8 @@ from pipeline.sources.rows import load_splits
 def image_dataset(split, batch_size: int, shuffle: bool, augment: bool, seed: int):
     """tf.data over a split's uint8 images, decoded a batch at a time (an image folder is never held
     whole: each file is read, turned upright and resized as stage one reads it, when its batch is
-    due); augmentation: random horizontal flip and a shift of up to 2 px (reflect-pad by 2, random
-    crop back), applied per image on the fly."""
+    due); augmentation: random horizontal flip and a shift of up to MAX_SHIFT_PX pixels (reflect-pad,
+    random crop back), applied per image on the fly."""
     import tensorflow as tf
     shape = tuple(split.batch([0]).shape[1:])          # the first image: the size every image is read at
     order = tf.data.Dataset.range(len(split))
@@ -34,7 +35,7 @@ def image_dataset(split, batch_size: int, shuffle: bool, augment: bool, seed: in
     if augment:
         def jitter(img, label):
             img = tf.image.random_flip_left_right(img)
-            img = tf.pad(img, [[2, 2], [2, 2], [0, 0]], mode="REFLECT")
+            img = tf.pad(img, [[MAX_SHIFT_PX] * 2, [MAX_SHIFT_PX] * 2, [0, 0]], mode="REFLECT")
             return tf.image.random_crop(img, shape), label
         ds = ds.map(jitter, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

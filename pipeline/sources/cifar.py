@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.foundation.errors import UserError, first_line
-from pipeline.sources.images import ArrayImages, Dataset, FORMATS_HELP, OFFLINE_WAYS
+from pipeline.foundation.errors import OFFLINE_WAYS, UserError, first_line
+from pipeline.sources.images import ArrayImages, Dataset, FORMATS_HELP
 from pipeline.sources.partition import subset
 
 

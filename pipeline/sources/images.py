@@ -13,11 +13,6 @@ from pipeline.sources.decode import read_images, shown_size
 FORMATS_HELP = ("--data takes a folder of class folders <class>/*.jpg, an image-folder tree train/<class>/*.jpg "
                 "and test/<class>/*.jpg (val/ or validation/ beside them optional), a cifar-10-batches-py folder "
                 "or a cifar-10-python.tar.gz")
-# Every download error names these: the ways to run with no internet at all.
-OFFLINE_WAYS = ("offline, run from local files: --backbone FILE.keras (a saved backbone, e.g. "
-                "efficientnet_lite0_imagenet.keras), --data FOLDER (your images, or CIFAR-10's batches), "
-                "--weights PATH|none (a named backbone's weights file, or random weights)")
-
 
 @dataclass(frozen=True)
 class Decoding:

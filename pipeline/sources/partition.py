@@ -37,8 +37,6 @@ def balanced_subset(labels: np.ndarray, n_classes: int, limit: int | None) -> np
 def make_splits(ds: Dataset, val_fraction: float, seed: int,
                 test_fraction: float | None = None) -> dict[str, Split]:
     """train/val/test, each split's ``index`` pointing into the full source part (val's into train's)."""
-    if not 0 < val_fraction < 1:
-        raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if ds.layout == "class folders":
         splits = _hashed(ds, val_fraction, seed, test_fraction or DEFAULT_TEST_FRACTION)
     elif ds.layout == "train+val+test":
@@ -80,8 +78,6 @@ def _hashed(ds: Dataset, val_fraction: float, seed: int, test_fraction: float) -
     its range falls below `val_fraction` (val is that share of what is not test, as a carved val is
     of train), else train. No file's split depends on another file, so adding images never moves one;
     the class is in the path, so each class is split in these proportions (in expectation)."""
-    if not 0 < test_fraction < 1:
-        raise UserError(f"--test-fraction must be between 0 and 1 (exclusive), got {test_fraction}")
     root = Path(ds.source)
     u = np.asarray([hash_unit(seed, Path(p).relative_to(root).as_posix()) for p in ds.train.images.paths])
     test = u < test_fraction

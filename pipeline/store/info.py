@@ -1,13 +1,16 @@
-"""Print a features file's (or an activation cache's) settings, splits, shapes and completeness."""
+"""The `info` command: a row store file's attributes and splits, printed without loading its rows."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.sources.partition import SPLIT_RULES
 from pipeline.store.reader import check_structure, is_complete, open_store
 from pipeline.store.schema import FEATURES, SPLITS, Words
+
+
+HELP = """Print a features file's (or an activation cache's) settings, splits, shapes and completeness.
+"""
 
 
 def add_arguments(p):
@@ -31,9 +34,7 @@ def describe(path, words: Words = FEATURES) -> str:
                     "limit", "split", "val_fraction", "test_fraction", "split_seed", "orientation", "image_shape",
                     "batch_size", "data_fingerprint", "created",
                     "elapsed_seconds", "images_per_second"):
-            if key == "split" and "split_seed" in attrs:     # files without one: the rule of their time
-                lines.append(f"{'split:':<19}{attrs.get('split', SPLIT_RULES['train+test'])}")
-            elif key in attrs:
+            if key in attrs:
                 lines.append(f"{key + ':':<19}{attrs[key]}")
         lines.append(f"{'class_names:':<19}{', '.join(map(str, attrs.get('class_names', [])))}")
         lines.append(f"{'versions:':<19}" + ", ".join(f"{k} {v}" for k, v in attrs.get("versions", {}).items()))
