@@ -34,10 +34,8 @@ PAIR_FIELDS = ("split", "row", "source_index", "class", "other_split", "other_ro
                "other_class", "similarity", "exact")
 
 
-def pixel_digests(attrs: dict, split: str, index, data_path=None, batch: int = 256) -> list[str]:
-    """sha1 of each row's pixels, decoded `batch` images at a time (a split of photos is never held whole)."""
-    return [hashlib.sha1(img.tobytes()).hexdigest() for lo in range(0, len(index), batch)
-            for img in rows.images(attrs, split, index[lo:lo + batch], data_path)[0]]
+def pixel_digests(attrs: dict, split: str, index, data_path=None) -> list[str]:
+    return [hashlib.sha1(img.tobytes()).hexdigest() for img in rows.stream(attrs, split, index, data_path)]
 
 
 def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None) -> list[dict]:

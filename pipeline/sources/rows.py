@@ -15,6 +15,7 @@ from pipeline import store
 from pipeline.foundation import outputs, records
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.sources import dataset, digest, partition
+from pipeline.sources.decode import read_images
 from pipeline.sources.images import Decoding
 
 
@@ -61,6 +62,18 @@ def images(attrs: dict, split: str, index, data_path=None) -> tuple[list[np.ndar
     their file paths (None where the source has none). `data_path` overrides the stored source."""
     return dataset.load_rows(dataset.source_of(attrs, data_path), dataset.SOURCE_PART[split], index,
                              decoding_of(attrs))
+
+
+def stream(attrs: dict, split: str, index, data_path=None, batch: int = 256):
+    """The images of rows `index` of `split`, one by one in order, decoded `batch` files at a time from
+    one listing of the source (a split of photos is never held whole; arrays are in memory already)."""
+    files = paths(attrs, split, index, data_path)
+    if not files or files[0] is None:
+        yield from images(attrs, split, index, data_path)[0]
+        return
+    decoding = decoding_of(attrs)
+    for lo in range(0, len(files), batch):
+        yield from read_images(files[lo:lo + batch], decoding.size, decoding.exif)
 
 
 def images_of(attrs: dict, items, data_path=None) -> list[np.ndarray]:
