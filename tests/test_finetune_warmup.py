@@ -8,7 +8,7 @@ import pytest
 
 from conftest import PRETRAINED, copy_cifar, make_head, require_pretrained
 from pipeline.finetune import recipe
-from pipeline.finetune.finetune import FinetuneSettings
+from pipeline.finetune.settings import FinetuneSettings
 
 
 def test_warm_up_is_a_few_hundred_steps_on_small_sets_and_one_epoch_on_large_ones():

@@ -1,22 +1,4 @@
-"""Near-duplicates across splits: test images with a near-copy in the source's train set (train or
-val split), and val images with one in train, by cosine similarity of cached features, plus every
-exact copy (identical pixels, found by hashing the source images, whatever the threshold).
-
-  python -m pipeline audit --features F --threshold 0.9|auto [--run cache/heads/RUN]
-
-What the threshold means on this data (pipeline.look.audit_threshold): each query image's
-nearest-neighbour cosine is recorded, the robust outlier cut of their distribution is printed
-(and used with --threshold auto), how many flagged pairs carry different labels is said, and a
-threshold that flags most of a split gets one `warning:` line.
-
-Writes cache/audit/<features file>-<hash>/ (audit.json: counts and every pair; pairs.csv; pairs.png:
-the most similar pairs side by side; borderline.png: the least similar pairs still counted, the ones
-to look at when choosing the threshold). With --run, also the run's test accuracy with and without
-the test images that have a duplicate in train, each with its 95% Wilson interval, from its
-predictions.csv (any kind of run), which is
-read and checked before the audit starts. The images come from the source checked against the
-features file's data fingerprint (rows.checked_source); without --no-exact it must be there.
-"""
+"""The `audit` command: near-duplicate and exact-copy pairs across splits, and a run's accuracy without them."""
 from __future__ import annotations
 
 import csv
@@ -48,8 +30,7 @@ PAIR_FIELDS = ("split", "row", "source_index", "class", "other_split", "other_ro
 
 
 def pixel_digests(attrs: dict, split: str, index, data_path=None) -> list[str]:
-    x, _ = rows.images(attrs, split, index, data_path)
-    return [hashlib.sha1(img.tobytes()).hexdigest() for img in x]
+    return [hashlib.sha1(img.tobytes()).hexdigest() for img in rows.stream(attrs, split, index, data_path)]
 
 
 def nearest_cosines(fs: store.RowSet) -> dict:
@@ -139,6 +120,23 @@ class AuditSettings:
     no_exact: bool = setting(False, None, "skip the exact-copy check (it decodes every image)")
     data: str | None = flags.moved_data_setting()
     cache_dir: str = flags.cache_dir_setting()
+
+
+HELP = """Near-duplicates across splits: test images with a near-copy in the source's train set (train or
+val split), and val images with one in train, by cosine similarity of cached features, plus every
+exact copy (identical pixels, found by hashing the source images, whatever the threshold).
+
+  python -m pipeline audit --features F --threshold 0.9|auto [--run cache/heads/RUN]
+
+What the threshold means on this data: every query image's nearest-neighbour cosine is recorded,
+and the cut their distribution gives (median + 3 scaled MADs: the usual outlier rule) is printed
+with how many images it would flag; --threshold auto uses it. A threshold that flags most of a
+split gets one warning line, and how many flagged pairs carry different labels is said.
+Writes cache/audit/<features file>-<hash>/: audit.json (counts, every pair), pairs.csv, pairs.png
+(the most similar pairs) and borderline.png (the least similar pairs still counted: look at them to
+choose the threshold). With --run, also that run's test accuracy with and without the test images
+that have a duplicate in train, each with its 95% interval. The images come from the features file's own source, checked by its
+fingerprint; without --no-exact it must be there."""
 
 
 def add_arguments(p):

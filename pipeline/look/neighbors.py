@@ -1,17 +1,4 @@
-"""The k most similar images (cosine similarity of cached features) to a row or to image files.
-
-  python -m pipeline neighbors --features F --split test --row 17
-  python -m pipeline neighbors --features F --backbone B.keras cat.jpg ship.png
-
-Image files are embedded exactly as stage one embedded its images: the features file's own
-backbone (rebuilt and checked by its identity), its precision, each image resized alone by the
-network's resize layer whatever its size. The search is brute force over every row of the searched
-splits, a block of queries at a time. Prints rank, similarity, split, row, class, source index and
-path; writes a PNG strip (query, then its neighbours) and the list as JSON to
-cache/looking/neighbors-<hash>.* (the same question again is up to date). Paths and pictures come
-from the source checked against the file's data fingerprint (rows.checked_source); the answer's
-key holds the file's hash, its data fingerprint, that source, and each query image's bytes and name.
-"""
+"""The `neighbors` command: a cosine search over a features file (similarity.py), cached by its question."""
 from __future__ import annotations
 
 import argparse
@@ -34,16 +21,16 @@ from pipeline.sources import rows
 from pipeline.store.features import features_from_args
 
 
-def read_files(files: list[Path]) -> list[np.ndarray]:
-    """Image files decoded as stage one decodes an image folder, each at its own size."""
-    return images.FileImages(np.asarray([str(f) for f in files])).read()
+def read_files(attrs: dict, files: list[Path]) -> list[np.ndarray]:
+    """Image files decoded as stage one decoded the features file's images (rows.decoding_of)."""
+    return list(images.FileImages(np.asarray([str(f) for f in files]), rows.decoding_of(attrs)).read())
 
 
-def embed_files(attrs: dict, files: list[Path], backbone=None, weights=None) -> np.ndarray:
-    """Features of image files computed as stage one computed the file's rows: the same network
-    (checked by its weights identity) and precision, each image resized alone by the network's
-    own resize layer, whatever its size (engine.ExtractorSpec)."""
-    return row_extractor(attrs, backbone, weights)(read_files(files))
+def embed_files(attrs: dict, files: list[Path], backbone=None, weights=None, batch: int = 64) -> np.ndarray:
+    """Features of image files computed as stage one computed the file's rows: the same decoding,
+    network (checked by its weights identity) and precision, `batch` files at a time."""
+    extract = row_extractor(attrs, backbone, weights)
+    return np.concatenate([extract(read_files(attrs, files[lo:lo + batch])) for lo in range(0, len(files), batch)])
 
 
 def parse_splits(text: str) -> str:
@@ -67,6 +54,22 @@ class NeighborsSettings:
     weights: str | None = flags.moved_weights_setting()
     data: str | None = flags.moved_data_setting()
     cache_dir: str = flags.cache_dir_setting()
+
+
+HELP = """The k most similar images (cosine similarity of cached features) to a row or to image files.
+
+  python -m pipeline neighbors --features F --split test --row 17
+  python -m pipeline neighbors --features F --backbone B.keras cat.jpg ship.png
+
+Image files are embedded exactly as stage one embedded its images: the features file's own
+backbone (rebuilt and checked by its identity), its precision, each image resized alone by the
+network's resize layer whatever its size. The search is brute force over every row of the searched
+splits, a block of queries at a time. Prints rank, similarity, split, row, class, source index and
+path; writes a PNG strip (query, then its neighbours) and the list as JSON to
+cache/looking/neighbors-<hash>.* (the same question again is up to date). Paths and pictures come
+from the source checked against the file's data fingerprint; the answer's
+key holds the file's hash, its data fingerprint, that source, and each query image's bytes and name.
+"""
 
 
 def add_arguments(p):
@@ -184,7 +187,7 @@ def draw_strip(path: Path, fs: store.RowSet, result: dict, source: rows.Source) 
     cells, captions, wanted = [], [], []
     for q in result["queries"]:
         if "image" in q:
-            cells += read_files([Path(q["image"])])
+            cells += read_files(fs.attrs, [Path(q["image"])])
             captions.append(f"query\n{Path(q['image']).name}"[:40])
         else:
             cells.append(None)

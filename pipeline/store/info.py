@@ -1,4 +1,4 @@
-"""Print a features file's (or an activation cache's) settings, splits, shapes and completeness."""
+"""The `info` command: a row store file's attributes and splits, printed without loading its rows."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +7,10 @@ import numpy as np
 
 from pipeline.store.reader import check_structure, is_complete, open_store
 from pipeline.store.schema import FEATURES, SPLITS, Words
+
+
+HELP = """Print a features file's (or an activation cache's) settings, splits, shapes and completeness.
+"""
 
 
 def add_arguments(p):
@@ -27,7 +31,8 @@ def describe(path, words: Words = FEATURES) -> str:
                  f"{'complete:':<19}{'yes' if is_complete(attrs) else 'no'}"]
         for key in ("schema_version", "settings_hash", "dataset", "source", "backbone", "backbone_file", "weights",
                     "weights_file", "input_size", "feature_width", "views", "preprocessing", "precision", "device",
-                    "limit", "val_fraction", "split_seed", "batch_size", "data_fingerprint", "created",
+                    "limit", "split", "val_fraction", "test_fraction", "split_seed", "orientation", "image_shape",
+                    "batch_size", "data_fingerprint", "created",
                     "elapsed_seconds", "images_per_second"):
             if key in attrs:
                 lines.append(f"{key + ':':<19}{attrs[key]}")
