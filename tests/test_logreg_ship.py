@@ -52,18 +52,28 @@ def test_the_affine_layer_is_predict_proba_on_pretrained_features(real_features)
     assert max_gap(pipeline, fs.splits["test"].features) <= AFFINE_TOLERANCE
 
 
-def test_predict_and_export_take_the_newest_run_that_ships_a_logreg_one_included(
-        tiny_backbone, tiny_backbone_features, small_cifar, tmp_path, capsys):
-    """dense, then logreg: with no run named, predict and export take the logreg run and say so;
-    its predictions of the test images are predict_proba of their stored rows. A newer knn run is
-    named, not taken. Before this, the logreg run was skipped silently (and refused when named)."""
+@pytest.fixture(scope="module")
+def three_runs(tiny_backbone_features, tmp_path_factory):
+    """(cache, logreg run): a dense, then a logreg, then a knn head run on the tiny backbone's features."""
+    from pipeline.heads.kinds import make_settings
+    from pipeline.heads.training import run_head
+    from pipeline.store.features import load_features
+    cache = tmp_path_factory.mktemp("three-runs")
+    fs = load_features(tiny_backbone_features)
+    quiet = lambda *a: None     # noqa: E731
+    run_head(fs, "dense", make_settings("dense", hidden=8, epochs=2), cache, log=quiet)
+    logreg = run_head(fs, "logreg", make_settings("logreg"), cache, log=quiet)
+    run_head(fs, "knn", make_settings("knn", k=3), cache, log=quiet)
+    return cache, Path(logreg["run_dir"])
+
+
+def test_predict_takes_the_newest_run_that_ships_a_logreg_one_included(
+        three_runs, tiny_backbone, tiny_backbone_features, small_cifar, tmp_path, capsys):
+    """dense, then logreg, then knn: with no run named, predict takes the logreg run and says so
+    (its kind, and the newer knn run that does not ship); its probabilities of the test images are
+    predict_proba of their stored rows. Before, the logreg run was skipped silently."""
     import csv
-    cache = tmp_path / "cache"
-    for head, extra in (("dense", ["--hidden", "8", "--epochs", "2"]), ("logreg", []), ("knn", ["--k", "3"])):
-        code, out, err = run_cli(capsys, "head", "--head", head, "--features", tiny_backbone_features,
-                                 "--cache-dir", cache, *extra)
-        assert code == 0, err
-    logreg_run = next((cache / "heads").glob("logreg-*"))
+    cache, logreg_run = three_runs
     test_dir = small_cifar / "test"
     code, out, err = run_cli(capsys, "predict", test_dir, "--cache-dir", cache, "--out", tmp_path / "p.csv",
                              "--top-k", "10", "--backbone", tiny_backbone)
@@ -87,6 +97,10 @@ def test_predict_and_export_take_the_newest_run_that_ships_a_logreg_one_included
     # the rows recomputed from the images as stage one did; probabilities written with 6 decimals
     assert np.abs(np.array([got[f] for f in files]) - expected).max() <= AFFINE_TOLERANCE + 1e-6
 
+
+@pytest.mark.slow
+def test_export_takes_the_newest_run_that_ships_a_logreg_one_included(three_runs, tiny_backbone, capsys):
+    cache, logreg_run = three_runs
     code, out, err = run_cli(capsys, "export", "--cache-dir", cache, "--format", "keras", "--backbone", tiny_backbone)
     assert code == 0, err
     assert any(line.startswith(f"model: {logreg_run} (the newest") for line in err)

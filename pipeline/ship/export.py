@@ -36,7 +36,7 @@ a Keras file, with labels.txt beside it.
 
   RUN   a stage-two dense or logreg head run (cache/heads/dense-..., logreg-...): the backbone of
         its features file (rebuilt exactly, as stage three does) with the head on top (a logreg
-        head as one softmax layer, equal to its predict_proba within 1e-5), or a stage-three run
+        head as one softmax layer, equal to scikit-learn's probabilities within 1e-5), or a stage-three run
         (cache/finetune/...): its model.keras. Left out: the newest of them, whatever its kind.
 
 Either way the exported model takes raw uint8 RGB images (N, H, W, 3) at the training images' size
