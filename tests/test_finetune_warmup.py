@@ -52,7 +52,7 @@ def test_the_first_epoch_on_a_small_real_set_holds_its_loss(tmp_path, monkeypatc
     fit = keras.Model.fit
     monkeypatch.setattr(keras.Model, "fit", lambda self, *a, **k: fit(
         self, *a, **{**k, "callbacks": [*k.get("callbacks", []), FirstEpoch()]}))
-    run_finetune(FinetuneSettings(features=str(features), head=str(head), mode="cached", batch_size=8,
+    run_finetune(FinetuneSettings(features=str(features), start_from=str(head), mode="cached", batch_size=8,
                                   views_per_image=1, cache_dir=str(cache)), log=lambda *a: None)
     losses = batch_losses(running)
     assert len(losses) == 12

@@ -37,7 +37,7 @@ def newest_run(cache_dir) -> Path:
             warn(f"left out of the search for the newest run: {exc}")
             continue
         if run.kind in SHIPPED and model_file(run).is_file():
-            found.append(run.folder)
+            found.append(folder)      # as the cache was named: relative stays relative
     if not found:
         raise UserError(f"no dense head, logreg head or fine-tune run in {cache_dir}; run `head` first, "
                         "or name a run")
