@@ -29,6 +29,7 @@ from pipeline.foundation.settings import Interval, setting
 from pipeline.foundation.tables import format_table
 from pipeline.foundation.gallery import save_grid
 from pipeline.heads.mistakes import find_report, read_predictions
+from pipeline.look import labels
 from pipeline.look.similarity import pairs_above, unit_rows
 from pipeline.sources import rows
 from pipeline.store.features import features_from_args
@@ -151,36 +152,58 @@ class AuditSettings:
 
 def add_arguments(p):
     settings.add_flags(p, AuditSettings)
+    labels.add_arguments(p)
 
 
 def run(args):
-    run_audit(settings.from_args(AuditSettings, args))
+    run_audit(settings.from_args(AuditSettings, args), label_settings=labels.from_args(args))
 
 
-def run_audit(s: AuditSettings, log=print) -> Path:
-    """Audit (or find up to date) the features file, print the summary; return the audit's folder."""
+def run_audit(s: AuditSettings, log=print, label_settings: labels.LabelSettings | None = None) -> Path:
+    """Audit (or find up to date) the features file, print the summary; return the audit's folder.
+    With `label_settings.labels`, the label audit too (pipeline.look.labels), in the same folder."""
     s = settings.check(s)
     fs = features_from_args(s)
     # everything the user named is checked before the audit's work: the run, then the images
     predictions = run_predictions(Path(s.run_dir), fs, s.cache_dir) if s.run_dir else None
-    exact = not s.no_exact
+    job = labels.prepare(label_settings, fs, s.run_dir, predictions and predictions[0])
+    duplicates = job is None or job.duplicates
+    exact = duplicates and not s.no_exact
     if exact:           # the exact check needs the images; the galleries alone can go without
         source, note = rows.checked_source(fs.attrs, s.data, s.cache_dir), None
     else:
         source, note = rows.source_or_note(fs.attrs, s.data, s.cache_dir)
     key = store.settings_hash({"features": fs.attrs["settings_hash"],
-                               "data_fingerprint": fs.attrs.get("data_fingerprint"),
-                               "source": source and source.key, "threshold": s.threshold, "exact": exact})
+                               "data_fingerprint": fs.attrs.get("data_fingerprint"), "source": source and source.key,
+                               **({"threshold": s.threshold, "exact": exact} if duplicates else {}),
+                               **(job.key if job else {})})
     out = records.folder(s.cache_dir, records.AUDIT) / f"{fs.path.stem}-{key}"
 
     def done():       # a damaged answer is an error naming it, never "up to date"
-        return (out / records.AUDIT_JSON).is_file() and bool(records.read(out / records.AUDIT_JSON,
-                                                                          records.AUDIT_ANSWER))
+        return (not duplicates or ((out / records.AUDIT_JSON).is_file()
+                                   and bool(records.read(out / records.AUDIT_JSON, records.AUDIT_ANSWER)))) \
+            and (job is None or job.done(out))
 
-    _, result = outputs.produce(out, done, lambda: audit(fs, s.threshold, exact, source, note, out), log)
-    result = result or records.read(out / records.AUDIT_JSON, records.AUDIT_ANSWER)
-    print_summary(result, log)
-    if predictions:
+    def make():
+        found = {}
+
+        def label_audit(tmp):
+            found.update(labels.audit_labels(job, tmp, source, note, log))
+        if duplicates:
+            return audit(fs, s.threshold, exact, source, note, out, also=job and label_audit), found
+        with outputs.atomic_dir(out) as tmp:
+            label_audit(tmp)
+        return None, found
+
+    _, made = outputs.produce(out, done, make, log)
+    result, found = made or (None, None)
+    if duplicates:
+        result = result or records.read(out / records.AUDIT_JSON, records.AUDIT_ANSWER)
+        print_summary(result, log)
+    if job:
+        labels.print_summary(found or records.read(out / records.LABELS_JSON, labels.ANSWER), log)
+        labels.refresh_site(s.cache_dir)
+    if predictions and duplicates:
         acc = accuracy_without(Path(s.run_dir), *predictions, set(result["test_duplicate_source_index"]))
         clean = acc["test_accuracy_without_duplicates"]
         log(f"run {Path(acc['run']).name}: test accuracy {acc['test_accuracy']:.4f} on all "
@@ -192,8 +215,9 @@ def run_audit(s: AuditSettings, log=print) -> Path:
 
 
 def audit(fs: store.RowSet, threshold: float, exact: bool, source: rows.Source | None, note: str | None,
-          out: Path) -> dict:
-    """`source`: the checked image source (None: it is gone, and `note` says why nothing is drawn)."""
+          out: Path, also=None) -> dict:
+    """`source`: the checked image source (None: it is gone, and `note` says why nothing is drawn).
+    `also(tmp)`: writes more into the folder before it appears (the label audit)."""
     digests = ({s: pixel_digests(fs.attrs, s, fs.splits[s].index, source.path) for s in store.SPLITS}
                if exact else None)
     pairs = find_pairs(fs, threshold, digests)
@@ -216,6 +240,8 @@ def audit(fs: store.RowSet, threshold: float, exact: bool, source: rows.Source |
         writer.writerows(pairs)
         (tmp / "pairs.csv").write_text(buf.getvalue())
         (tmp / records.AUDIT_JSON).write_text(json.dumps(result, indent=2))
+        if also:
+            also(tmp)
     return result
 
 
