@@ -172,3 +172,27 @@ def test_exclude_bad_input(planted, tmp_path, capsys, text, message):
     assert_user_error(capsys, ["head", "--features", str(planted[0]), "--cache-dir", str(tmp_path), "--head", "knn",
                                "--exclude", str(bad)], message)
     assert not (tmp_path / "heads").exists() or not any((tmp_path / "heads").iterdir())
+
+
+def test_finetune_cache_batches_leave_out_the_excluded_images(tmp_path):
+    """Cached mode's training windows with --exclude: every kept image once per epoch, no excluded
+    one, each with its own label (each image's pixels hold its source index, so its map does too)."""
+    from pipeline.finetune import activations
+    from pipeline.sources.images import ArrayImages, Split
+    ids = np.arange(40)
+    x = np.broadcast_to(ids[:, None, None, None].astype(np.uint8), (40, 8, 8, 3)).copy()
+    splits = {k: Split((ids % 10).astype(np.uint8), ids, ArrayImages(x)) for k in store.SPLITS}
+    cs = activations.settings({"settings_hash": "f", "data_fingerprint": "d"}, "cut", 2, "float32")
+    path = activations.build(tmp_path / "acts.h5", cs, splits, lambda b: b[:, :2, :2, :1].astype(np.float32), 8,
+                             log=lambda *a: None)
+    drop = np.array([0, 1, 2, 17, 18, 39])
+    feed = activations.batches(path, "train", 8, shuffle=True, seed=1, drop=drop)
+    seen = []
+    for i in range(len(feed)):
+        xb, yb = feed[i]
+        got = np.rint(xb[:, 0, 0, 0]).astype(int)
+        np.testing.assert_array_equal(yb, got % 10)
+        seen += got.tolist()
+    assert sorted(seen) == sorted(set(ids) - set(drop)) and len(feed) == -(-34 // 8)
+    every = activations.batches(path, "train", 8, shuffle=True, seed=1)      # without: all 40, as before
+    assert sorted(int(v) for i in range(len(every)) for v in np.rint(every[i][0][:, 0, 0, 0])) == ids.tolist()
