@@ -196,3 +196,21 @@ def test_finetune_cache_batches_leave_out_the_excluded_images(tmp_path):
     assert sorted(seen) == sorted(set(ids) - set(drop)) and len(feed) == -(-34 // 8)
     every = activations.batches(path, "train", 8, shuffle=True, seed=1)      # without: all 40, as before
     assert sorted(int(v) for i in range(len(every)) for v in np.rint(every[i][0][:, 0, 0, 0])) == ids.tolist()
+
+
+@pytest.mark.slow
+def test_finetune_exclude_is_part_of_the_runs_identity(tiny_backbone_features, tmp_path):
+    from conftest import make_head
+    from pipeline.finetune.finetune import FinetuneSettings, run_finetune
+    head = make_head(tiny_backbone_features, tmp_path / "heads" / "dense-1", hidden=8, epochs=2)
+    listed = tmp_path / "issues.csv"
+    listed.write_text("split,row\ntrain,0\ntrain,2\ntest,1\n")
+    common = dict(features=str(tiny_backbone_features), head=str(head), mode="cached", epochs=1, batch_size=8,
+                  precision="float32", cache_dir=str(tmp_path))
+    said = []
+    plain = run_finetune(FinetuneSettings(**common), log=lambda *a: None)
+    left = run_finetune(FinetuneSettings(**common, exclude=str(listed)), log=lambda *a: said.append(str(a[0])))
+    info = json.loads((left.parent / "run.json").read_text())
+    assert info["settings"]["exclude"]["train_rows"] == 2 and left.parent != plain.parent
+    assert "exclude" not in json.loads((plain.parent / "run.json").read_text())["settings"]
+    assert any("training without 2 training rows; 1 val/test rows in it ignored" in line for line in said)
