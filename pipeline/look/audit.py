@@ -185,25 +185,19 @@ def run_audit(s: AuditSettings, log=print, label_settings: labels.LabelSettings 
             and (job is None or job.done(out))
 
     def make():
-        found = {}
-
-        def label_audit(tmp):
-            found.update(labels.audit_labels(job, tmp, source, note, log))
+        write_labels = job and (lambda tmp: job.write(tmp, source, note, log))
         if duplicates:
-            return audit(fs, s.threshold, exact, source, note, out, also=job and label_audit), found
+            return audit(fs, s.threshold, exact, source, note, out, also=write_labels)
         with outputs.atomic_dir(out) as tmp:
-            label_audit(tmp)
-        return None, found
+            write_labels(tmp)
 
-    _, made = outputs.produce(out, done, make, log)
-    result, found = made or (None, None)
+    _, result = outputs.produce(out, done, make, log)
     if duplicates:
-        result = result or records.read(out / records.AUDIT_JSON, records.AUDIT_ANSWER)
-        print_summary(result, log)
+        print_summary(result or records.read(out / records.AUDIT_JSON, records.AUDIT_ANSWER), log)
     if job:
-        labels.print_summary(found or records.read(out / records.LABELS_JSON, labels.ANSWER), log)
-        labels.refresh_site(s.cache_dir)
+        job.report(out, log)
     if predictions and duplicates:
+        result = result or records.read(out / records.AUDIT_JSON, records.AUDIT_ANSWER)
         acc = accuracy_without(Path(s.run_dir), *predictions, set(result["test_duplicate_source_index"]))
         clean = acc["test_accuracy_without_duplicates"]
         log(f"run {Path(acc['run']).name}: test accuracy {acc['test_accuracy']:.4f} on all "

@@ -92,6 +92,14 @@ class LabelJob:
     def done(self, out: Path) -> bool:
         return (out / records.LABELS_JSON).is_file() and bool(records.read(out / records.LABELS_JSON, ANSWER))
 
+    def write(self, tmp: Path, source: rows.Source | None, note: str | None, log=print) -> dict:
+        return audit_labels(self, tmp, source, note, log)
+
+    def report(self, out: Path, log=print):
+        """Print the answer in `out` and rebuild the site, which links its gallery."""
+        print_summary(records.read(out / records.LABELS_JSON, ANSWER), log)
+        refresh_site(Path(out).parent.parent)        # out: CACHE/audit/NAME
+
 
 def prepare(s: LabelSettings | None, fs: store.RowSet, run_dir, predictions: Path | None) -> LabelJob | None:
     """The label audit `s` asks for on `fs`, every input checked before any work (None: no --labels).
