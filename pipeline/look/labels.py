@@ -35,8 +35,8 @@ from pipeline.heads.kinds import HEADS
 from pipeline.look import label_evidence as ev
 from pipeline.sources import rows
 
-SHOWN_PER_SPLIT = 8        # suspects per split in the gallery, each with its nearest training images
-SHOWN_NEIGHBORS = 5
+SHOWN_PER_SPLIT = 6        # suspects per split in the gallery, each with its nearest training images
+SHOWN_NEIGHBORS = 4
 
 ANSWER = records.Kind("cached label audit", {
     "settings": dict, "probabilities": records.Values(str),
@@ -79,6 +79,7 @@ class LabelJob:
     fs: store.RowSet
     folds: int
     predictions: Path | None
+    run_name: str | None = None
 
     @property
     def duplicates(self) -> bool:
@@ -118,12 +119,23 @@ def prepare(s: LabelSettings | None, fs: store.RowSet, run_dir, predictions: Pat
     if s.label_neighbors > len(labels) - 1:
         raise UserError(f"--label-neighbors must be at most {len(labels) - 1} (the training rows but one), "
                         f"got {s.label_neighbors}")
+    run = None
     if run_dir is not None:
-        made_from = runs.Run.read(run_dir).record["features"]["settings_hash"]
+        run = _run_of(run_dir, predictions)
+        made_from = run.record["features"]["settings_hash"]
         if made_from != fs.attrs["settings_hash"]:
             raise UserError(f"--run {run_dir} was trained on another features file ({made_from}), not on "
                             f"{fs.path.name} ({fs.attrs['settings_hash']}); pass a run on this file")
-    return LabelJob(s, fs, folds, predictions)
+    return LabelJob(s, fs, folds, predictions, run and run.folder.name)
+
+
+def _run_of(run_dir, predictions: Path) -> runs.Run:
+    """The run whose predictions.csv `predictions` is (--run may name its folder, its report or its NAME)."""
+    report = predictions.parent
+    for folder in (Path(run_dir), report.parent, report.parent.parent / records.HEADS / report.name):
+        if (folder / records.RUN_JSON).is_file():
+            return runs.Run.read(folder)
+    raise UserError(f"--run {run_dir}: no run.json found beside {predictions}; name the run's folder")
 
 
 def audit_labels(job: LabelJob, tmp: Path, source: rows.Source | None, note: str | None, log=print) -> dict:
@@ -141,7 +153,7 @@ def audit_labels(job: LabelJob, tmp: Path, source: rows.Source | None, note: str
     for sp in ("val", "test"):
         if job.predictions:
             probs[sp] = ev.run_probabilities(job.predictions, fs, sp)
-        where[sp] = (f"the run {job.predictions.parent.name}" if job.predictions
+        where[sp] = (f"the run {job.run_name}" if job.predictions
                      else f"the mean of the {job.folds} out-of-fold {s.fold_head} heads")
     issues, summary, measured, neighbours = [], {}, {}, {}
     for sp in store.SPLITS:
