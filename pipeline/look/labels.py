@@ -170,12 +170,12 @@ def audit_labels(job: LabelJob, tmp: Path, source: rows.Source | None, note: str
             g = given[sp][r]
             issues.append({"split": sp, "row": int(r), "source_index": int(fs.splits[sp].index[r]),
                            "path": paths[r] or "", "given": names[g], "suggested": names[suggested[r]],
-                           "score": round(float(quality[r]), 6), "confident": round(float(probs[sp][r, g]), 6),
+                           "score": float(quality[r]), "confident": round(float(probs[sp][r, g]), 6),
                            "neighbors": round(float(votes[r, g]), 4)})
             if s.flip:
                 issues[-1]["planted"] = int(sp == "train" and planted[r])
     issues.sort(key=lambda i: (i["score"], store.SPLITS.index(i["split"]), i["row"]))
-    issues = [{"rank": n, **i} for n, i in enumerate(issues, 1)]
+    issues = [{"rank": n, **i, "score": round(i["score"], 6)} for n, i in enumerate(issues, 1)]   # ranked unrounded
     pairs = [{"split": sp, "given": g, "suggested": h, "count": c} for (sp, g, h), c in
              sorted(Counter((i["split"], i["given"], i["suggested"]) for i in issues).items(),
                     key=lambda kv: (store.SPLITS.index(kv[0][0]), -kv[1], kv[0]))]
