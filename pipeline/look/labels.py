@@ -45,6 +45,13 @@ ANSWER = records.Kind("cached label audit", {
 }, "delete the folder {folder} and rerun the same command")
 
 
+HELP = """With --labels, also the images whose label is probably wrong, in every split, most suspect
+first: label_issues.csv (split, row, path, given and suggested label, score), label_pairs.csv (counts
+per given and suggested label) and label_issues.png (the top suspects beside their nearest training
+images); --no-duplicates does only that. `head --exclude` and `finetune --exclude` with that file
+train without the flagged training rows; `compare` then says whether it helped."""
+
+
 @dataclass
 class LabelSettings:
     labels: bool = setting(False, None, "also audit the labels: rank the images whose label is probably wrong, in "
@@ -53,8 +60,9 @@ class LabelSettings:
     folds: int | None = setting(None, Interval(int, 2, 50, closed="both"), "out-of-fold heads scoring the train split, each fit on "
                                 "the other folds", auto="5 from 10,000 training rows, else 10, at most the smallest "
                                 "class's rows", metavar="K")
+    # dense by default: one fit on 30,000 rows of the Lite0 CIFAR-10 file took 20 s of CPU, logreg 88 s
     fold_head: str = setting("dense", Choice(tuple(HEADS)), "the head kind fit on each fold, with its default "
-                             "settings (dense: 20 s of CPU on 30,000 Lite0 rows, logreg 88 s)")
+                             "settings")
     label_neighbors: int = setting(10, Interval(int, 1), "nearest training images whose labels vote", metavar="K")
     label_score: str = setting("combined", Choice(ev.SCORES), "the evidence confident learning flags and ranks on: "
                                "the probabilities, the neighbours' votes, or their mean")
@@ -64,7 +72,8 @@ class LabelSettings:
 
 
 def add_arguments(p):
-    settings.add_flags(p.add_argument_group("--labels", "the label audit (pipeline.look.labels)"), LabelSettings)
+    settings.add_flags(p.add_argument_group("--labels", "the label audit: the images whose label is probably wrong"),
+                       LabelSettings)
 
 
 def from_args(args) -> LabelSettings:
