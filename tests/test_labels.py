@@ -242,7 +242,7 @@ def test_finetune_exclude_is_part_of_the_runs_identity(tiny_backbone_features, t
     head = make_head(tiny_backbone_features, tmp_path / "heads" / "dense-1", hidden=8, epochs=2)
     listed = tmp_path / "issues.csv"
     listed.write_text("split,row\ntrain,0\ntrain,2\ntest,1\n")
-    common = dict(features=str(tiny_backbone_features), head=str(head), mode="cached", epochs=1, batch_size=8,
+    common = dict(features=str(tiny_backbone_features), start_from=str(head), mode="cached", epochs=1, batch_size=8,
                   precision="float32", cache_dir=str(tmp_path))
     said = []
     plain = run_finetune(FinetuneSettings(**common), log=lambda *a: None)

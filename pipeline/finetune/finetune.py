@@ -145,7 +145,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         steps = -(-sizes["train"] // s.batch_size)
         announce(s, parts, model, mode, sizes, steps, log)
         data = training_data(s, attrs, features_path, parts, mode, precision, log,
-                             drop=index["train"][exclusion.rows] if exclusion else None)
+                             index["train"][exclusion.rows] if exclusion else None)
         compile_model(model, s, precision, steps, upper.trainable_variables)
         history = fit(model, s, data, run_dir / records.CHECKPOINT, log)
         y_prob = {k: model.predict(data[k], verbose=0) for k in ("val", "test")}
