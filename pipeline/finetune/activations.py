@@ -72,7 +72,7 @@ def build(final: Path, s: dict, splits: dict, lower_fn, batch_size: int, log=pri
     copies = {"train": s["views_per_image"], "val": 1, "test": 1}
     labels = {k: np.repeat(splits[k].y[order[k]], copies[k]) for k in store.SPLITS}
     index = {k: np.repeat(splits[k].index[order[k]], copies[k]) for k in store.SPLITS}
-    probe = lower_fn(splits["val"].x[:batch_size])
+    probe = lower_fn(splits["val"].batch(np.arange(min(batch_size, len(splits["val"])))))
     row_shape = tuple(probe.shape[1:])
     attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(s), "settings": s,
              **s, "rows_per_image": [copies[k] for k in store.SPLITS], "scale": float_scale(probe),
@@ -82,12 +82,14 @@ def build(final: Path, s: dict, splits: dict, lower_fn, batch_size: int, log=pri
     started, computed = time.perf_counter(), 0
     try:
         for name in store.SPLITS:
-            x, ids, k = splits[name].x[order[name]], splits[name].index[order[name]], copies[name]
+            split, rows_of, k = splits[name], order[name], copies[name]
             start = writer.rows_done(name) // k
             # a bar on a terminal, plain lines in a log (a long pass is never silent)
-            with Progress(len(x), start, desc=f"cache {name:>5}") as bar:
-                for lo in range(start, len(x), batch_size):
-                    batch, batch_ids = x[lo:lo + batch_size], ids[lo:lo + batch_size]
+            with Progress(len(rows_of), start, desc=f"cache {name:>5}") as bar:
+                for lo in range(start, len(rows_of), batch_size):
+                    # decoded a batch at a time: an image folder is never held whole
+                    at = rows_of[lo:lo + batch_size]
+                    batch, batch_ids = split.batch(at), split.index[at]
                     # interleaved: row k*i + v is view v of image i
                     rows = np.stack([lower_fn(cached_view(batch, batch_ids, v)) for v in range(k)],
                                     axis=1).reshape(-1, *row_shape)

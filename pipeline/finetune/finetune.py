@@ -136,7 +136,6 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         return model_path.is_file() and (run_dir / records.RUN_JSON).is_file()
 
     def train():
-        run_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         # The starting point, measured before any weight moves: the head on the stored features.
         baseline = {k: head.predict(fs.splits[k].features, verbose=0) for k in ("val", "test")}
@@ -146,6 +145,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         announce(s, parts, model, mode, sizes, steps, log)
         data = training_data(s, attrs, features_path, parts, mode, precision, log,
                              index["train"][exclusion.rows] if exclusion else None)
+        run_dir.mkdir(parents=True, exist_ok=True)     # after the images are read and checked: a bad file leaves none
         compile_model(model, s, precision, steps, upper.trainable_variables)
         history = fit(model, s, data, run_dir / records.CHECKPOINT, log)
         y_prob = {k: model.predict(data[k], verbose=0) for k in ("val", "test")}

@@ -36,8 +36,7 @@ PAIR_FIELDS = ("split", "row", "source_index", "class", "other_split", "other_ro
 
 
 def pixel_digests(attrs: dict, split: str, index, data_path=None) -> list[str]:
-    x, _ = rows.images(attrs, split, index, data_path)
-    return [hashlib.sha1(img.tobytes()).hexdigest() for img in x]
+    return [hashlib.sha1(img.tobytes()).hexdigest() for img in rows.stream(attrs, split, index, data_path)]
 
 
 def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None) -> list[dict]:
