@@ -41,10 +41,13 @@ def image_dataset(split, batch_size: int, shuffle: bool, augment: bool, seed: in
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def training_data(s, attrs, features_path, parts, mode, precision, log) -> dict:
-    """{"train", "val", "test"}: keras-ready inputs for the training model in `mode`."""
+def training_data(s, attrs, features_path, parts, mode, precision, log, drop=None) -> dict:
+    """{"train", "val", "test"}: keras-ready inputs for the training model in `mode`. `drop`: source
+    indices of training images left out (--exclude)."""
     if mode == "end-to-end":
         splits = load_splits(attrs, s.data)
+        if drop is not None:
+            splits["train"] = splits["train"].select(np.flatnonzero(~np.isin(splits["train"].index, drop)))
         return {k: image_dataset(v, s.batch_size, shuffle=(k == "train"), augment=s.augment and k == "train",
                                  seed=s.seed) for k, v in splits.items()}
     if s.augment:
@@ -60,6 +63,7 @@ def training_data(s, attrs, features_path, parts, mode, precision, log) -> dict:
     # train a garbage model.
     store.read_rows(path, expect={"settings_hash": store.settings_hash(cs)}, splits=(), words=activations.WORDS,
                     n_classes=len(attrs["class_names"]))
-    return {k: activations.batches(path, k, s.batch_size, shuffle=(k == "train"), seed=s.seed, shift=s.map_shift)
+    return {k: activations.batches(path, k, s.batch_size, shuffle=(k == "train"), seed=s.seed, shift=s.map_shift,
+                                   drop=drop if k == "train" else None)
             for k in store.SPLITS}
 
