@@ -17,8 +17,9 @@ from pipeline.foundation.settings import Checked, Interval, setting
 from pipeline.foundation.gallery import save_grid
 from pipeline.heads.mistakes import find_report, read_predictions
 from pipeline.look import audit_summary, labels
-from pipeline.look.audit_summary import DIRECTIONS, accuracy_text, accuracy_without, print_summary, summarize
-from pipeline.look.similarity import pairs_above, top_k, unit_rows
+from pipeline.look.audit_summary import (DIRECTIONS, accuracy_text, accuracy_without, nearest_cosines,
+                                         print_summary, searched_rows, summarize)
+from pipeline.look.similarity import pairs_above, unit_rows
 from pipeline.sources import rows
 from pipeline.store.features import features_from_args
 
@@ -33,16 +34,6 @@ def pixel_digests(attrs: dict, split: str, index, data_path=None) -> list[str]:
     return [hashlib.sha1(img.tobytes()).hexdigest() for img in rows.stream(attrs, split, index, data_path)]
 
 
-def nearest_cosines(fs: store.RowSet) -> dict:
-    """{query split: each of its images' nearest-neighbour cosine in the splits it is searched in}."""
-    return {query: top_k(fs.splits[query].features, _searched_rows(fs, searched), 1)[1][:, 0]
-            for query, searched in DIRECTIONS}
-
-
-def _searched_rows(fs: store.RowSet, searched) -> np.ndarray:
-    return np.concatenate([fs.splits[s].features for s in searched])
-
-
 def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None) -> tuple[list[dict], dict]:
     """(every (query split row, searched split row) pair with cosine >= threshold or identical
     pixels (`digests`: split -> per-row pixel hashes; None skips the exact check), {query split:
@@ -51,7 +42,7 @@ def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None) -> tupl
     for query, searched in DIRECTIONS:
         q = fs.splits[query]
         where = [(s, r) for s in searched for r in range(len(fs.splits[s].labels))]
-        base = _searched_rows(fs, searched)
+        base = searched_rows(fs, searched)
         found = {}
         *hits, nearest[query] = pairs_above(q.features, base, threshold, limit=MAX_PAIRS)
         for qi, bi, sim in zip(*hits):

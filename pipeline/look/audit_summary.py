@@ -20,6 +20,7 @@ from pipeline import store
 from pipeline.foundation import stats
 from pipeline.foundation.errors import warn
 from pipeline.foundation.tables import format_table
+from pipeline.look.similarity import top_k
 
 # (queries, searched): test against everything trained on or selected with; val against train.
 DIRECTIONS = (("test", ("train", "val")), ("val", ("train",)))
@@ -32,6 +33,16 @@ MAD_TO_SD = 1.4826
 CROWDED = 0.5          # a threshold that flags more than this share of a split's images means nothing
 METHOD = (f"median + {ROBUST_K:g} x 1.4826 x MAD of every query image's nearest-neighbour cosine "
           "(test against train + val, val against train), at most 1")
+
+
+def nearest_cosines(fs: store.RowSet) -> dict:
+    """{query split: each of its images' nearest-neighbour cosine in the splits it is searched in}."""
+    return {query: top_k(fs.splits[query].features, searched_rows(fs, searched), 1)[1][:, 0]
+            for query, searched in DIRECTIONS}
+
+
+def searched_rows(fs: store.RowSet, searched) -> np.ndarray:
+    return np.concatenate([fs.splits[s].features for s in searched])
 
 
 def derived(nearest: dict) -> dict:
