@@ -76,6 +76,8 @@ def resolve(stored, cache_dir) -> Path:
 
 NUMBER = "a finite number"
 POSITIVE = "a finite number > 0"
+COUNT = "an integer >= 0"
+INTERVAL = "a list [low, high] of two finite numbers, low <= high"
 
 
 @dataclass(frozen=True)
@@ -139,15 +141,24 @@ def _check(value, shape, where: str):
                 if i == len(shape.inner) - 1:
                     raise
     elif shape in (NUMBER, POSITIVE):
-        # bool is an int in Python, not a number in a record; NaN and infinity parse from JSON
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or (shape == POSITIVE and value <= 0):
+        if not _finite(value) or (shape == POSITIVE and value <= 0):
+            wrong(shape)
+    elif shape == COUNT:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            wrong(shape)
+    elif shape == INTERVAL:
+        if not (isinstance(value, list) and len(value) == 2 and all(map(_finite, value)) and value[0] <= value[1]):
             wrong(shape)
     elif isinstance(shape, str):            # an exact value
         if value != shape:
             wrong(json.dumps(shape))
     elif isinstance(value, bool) is not (shape is bool) or not isinstance(value, shape):
         wrong(_TYPE_NAMES.get(shape, shape.__name__))
+
+
+def _finite(value) -> bool:
+    # bool is an int in Python, not a number in a record; NaN and infinity parse from JSON
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -160,31 +171,46 @@ class Kind:
 
 
 _FEATURES_REF = {"path": str, "settings_hash": str, "class_names?": Each(str)}
-_METRICS = {"val_accuracy": NUMBER, "test_accuracy?": NUMBER, "wall_seconds?": NUMBER}
+_METRICS = {"val_accuracy": NUMBER, "test_accuracy?": NUMBER, "wall_seconds?": NUMBER,
+            "val_accuracy_interval?": Maybe(INTERVAL), "test_accuracy_interval?": Maybe(INTERVAL)}
+_ACCURACY = {"accuracy": NUMBER, "low": NUMBER, "high": NUMBER, "n": COUNT}
+# two runs on the same images, per split (pipeline.foundation.stats.paired): what `compare` stores and prints
+PAIRED = Values({"a": _ACCURACY, "b": _ACCURACY, "difference": NUMBER, "difference_low": NUMBER,
+                 "difference_high": NUMBER, "mcnemar_p": NUMBER, "only_a": COUNT, "only_b": COUNT, "method": str})
+_SIDE = Values(Maybe(NUMBER))       # {"val_accuracy": 0.8, ...}
+# a fine-tune against its starting head (pipeline.finetune.comparison)
+_COMPARISON = {"paired?": PAIRED, "head?": _SIDE, "finetuned?": _SIDE, "delta?": _SIDE}
 _CALIBRATION = {"temperature?": POSITIVE}
 
 # a head run names its kind ("head": "dense"); a fine-tune run is "stage": "finetune" and names its head's file
 RUN = Kind("run record", {"settings": dict, "features": _FEATURES_REF, "metrics": _METRICS,
                          "head?": Either((str, {"path": str})),
                          "stage?": "finetune", "class_names?": Each(str), "calibration?": _CALIBRATION,
-                         "wall_seconds?": NUMBER, "backbone?": {"name?": str}, "comparison?": dict},
+                         "wall_seconds?": NUMBER, "backbone?": {"name?": str}, "comparison?": _COMPARISON},
            "delete the run's folder {folder} and rerun the command that made it",
            lambda run: None if isinstance(run.get("head"), str) or "stage" in run else "it names no head kind")
 
 
 def _report_classes(report: dict) -> str | None:
+    """Every split names every class, and its confusion matrix is classes x classes."""
+    n = len(report["class_names"])
     for split, m in report["splits"].items():
         missing = [c for c in report["class_names"] if c not in m["per_class"]]
         if missing:
             return f"splits.{split}.per_class has no {missing[0]!r}"
+        if "confusion" in m and (len(m["confusion"]) != n or any(len(row) != n for row in m["confusion"])):
+            return f"splits.{split}.confusion is not {n} x {n}, one row and column per class"
     return None
 
 
 REPORT = Kind("report", {
     "class_names": Each(str), "wall_seconds": NUMBER,
-    "splits": Values({"accuracy": NUMBER, "per_class": Values({"precision": NUMBER, "recall": NUMBER, "f1": NUMBER})}),
-    "most_confused?": Values(Each({"true": str, "predicted": str, "count": int})),
-    "mistakes?": {"note?": str}, "comparison?": dict,
+    "splits": Values({"accuracy": NUMBER, "accuracy_interval?": INTERVAL, "confusion?": Each(Each(COUNT)),
+                      "per_class": Values({"precision": NUMBER, "recall": NUMBER, "f1": NUMBER,
+                                           "support?": COUNT, "recall_interval?": INTERVAL})}),
+    "most_confused?": Values(Each({"true": str, "predicted": str, "count": COUNT})),
+    "mistakes?": {"note?": str}, "comparison?": _COMPARISON, "data_fingerprint?": Maybe(str),
+    "features?": {"path?": str},
 }, "delete the run's folder and its report {folder}, and rerun the command that made it", _report_classes)
 
 EXPORT = Kind("export record", {"run": str, "format": str, "model_sha256": str, "temperature": POSITIVE,
@@ -206,17 +232,13 @@ AUDIT_ANSWER = Kind("cached audit", {
                        "label_disagrees": int, "searched": Each(str), "with_duplicate_at?": Values(int)}),
 }, "delete the folder {folder} and rerun the same command")
 
-_ACCURACY = {"accuracy": NUMBER, "low": NUMBER, "high": NUMBER, "n": int}
 _RUN_NAMED = {"name": str, "report": str}
 COMPARE_ANSWER = Kind("cached comparison", {
-    "a": _RUN_NAMED, "b": _RUN_NAMED,
-    "splits": Values({"a": _ACCURACY, "b": _ACCURACY, "difference": NUMBER, "difference_low": NUMBER,
-                      "difference_high": NUMBER, "mcnemar_p": NUMBER, "only_a": int, "only_b": int,
-                      "method": str}),
-    "gallery": {"split": str, "file?": str, "note?": str},
-}, "delete the folder {folder} and rerun the same command")
+    "a": _RUN_NAMED, "b": _RUN_NAMED, "splits": PAIRED, "gallery": {"split": str, "file?": str, "note?": str},
+}, "delete the folder {folder} and rerun the same command",
+    lambda c: None if c["gallery"]["split"] in c["splits"] else f"splits has no {c['gallery']['split']!r}")
 
-LEADERBOARD = Kind("sweep leaderboard", Each(dict), "delete it and rerun the sweep")
+LEADERBOARD = Kind("sweep leaderboard", Each({"run": str, "recommended?": bool}), "delete it and rerun the sweep")
 
 
 # ---------------------------------------------------------------- reading
