@@ -209,3 +209,15 @@ def test_the_recommended_tie_is_the_most_regularized(monkeypatch):
     assert all(r["tied_with_best"] for r in rows)
     assert [r["C"] for r in rows if r["recommended"]] == [0.01]
     assert "logreg: smaller C" in kinds.TIE_RULE and "dense: smaller hidden" in kinds.TIE_RULE
+
+
+def test_a_deleted_gallery_is_remade_never_up_to_date(two_runs, tmp_path, capsys):
+    """Issue 22.11: compare.json is sealed with its folder's files; one deleted is not "up to date"."""
+    cache, a, b = two_runs
+    assert main(["compare", a, b, "--cache-dir", str(tmp_path)]) == 0
+    gallery = next((tmp_path / "compare").glob("*/disagreements.png"))
+    gallery.unlink()
+    capsys.readouterr()
+    assert main(["compare", a, b, "--cache-dir", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "up to date" not in out + err and gallery.is_file() and "remaking" in out, (out, err)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from pipeline.backbones.table import (DEFAULT_BACKBONE, FILE_POLICY, PREPROCESSING, Entry, FinetunePolicy,
                                       PretrainedWeights, describe_preprocessing)
-from pipeline.backbones.weights import Weights, resolve_backbone, sha256_file, weights_identity
+from pipeline.backbones.weights import Weights, resolve_backbone, weights_identity
+from pipeline.foundation.readback import sha256_file
 from pipeline.foundation.errors import UserError, first_line
 
 

@@ -42,7 +42,7 @@ from pipeline import store
 from pipeline.backbones.precision import resolve_precision
 from pipeline.backbones.rebuild import rebuild_backbone
 from pipeline.backbones.table import default_unfreeze
-from pipeline.backbones.weights import sha256_file
+from pipeline.foundation.readback import sealed, sha256_file
 from pipeline.finetune import surgery
 from pipeline.finetune.comparison import compare, comparison_table
 from pipeline.finetune.feeds import training_data
@@ -191,17 +191,18 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
                                 wall_seconds=wall, history=history, features=fs, cache_dir=s.cache_dir,
                                 extra={"stage": "finetune", "settings": recorded, "comparison": comparison},
                                 calibrated={"temperature": temperature, "y_prob": after})
-        write_json_atomic(run_dir / records.RUN_JSON, {
+        write_json_atomic(run_dir / records.RUN_JSON, sealed({
             "stage": "finetune", "settings": recorded, "class_names": class_names, "model": records.MODEL,
             "features": {"path": str(Path(features_path).absolute()), "settings_hash": attrs["settings_hash"]},
             "head": {"path": str(Path(head_path).absolute())}, "backbone": {"name": bb.name, **bb.weights.attrs(),
                                                             "input_size": bb.input_size},
             "device": device, "metrics": comparison["finetuned"], "comparison": comparison,
             "calibration": calibration.summary(y_true, y_prob, after, temperature),
-            "epochs_run": len(history.get("loss", [])), "wall_seconds": round(wall, 1)}, default=str)
+            "epochs_run": len(history.get("loss", [])), "wall_seconds": round(wall, 1)},
+            run_dir, records.RUN_JSON, run_dir.name, leave_out=(records.CHECKPOINT,)), default=str)
         return comparison
 
-    up_to_date, comparison = produce(run_dir, done, train, log, shown=model_path)
+    up_to_date, comparison = produce(run_dir, done, train, log, shown=model_path, record=records.RUN_JSON)
     if not up_to_date:
         log(comparison_table(comparison))
     return model_path

@@ -48,6 +48,7 @@ HISTORY_JSON = "history.json"
 PREDICTIONS = "predictions.csv"
 REPORT_DIR = "report"          # a fine-tune run's report folder
 CHECKPOINT = "checkpoint.npz"  # a fine-tune run's last finished epoch, for --resume
+DISAGREEMENTS = "disagreements.png"   # a comparison's images only one of the two runs gets right
 INDEX = "index.html"
 RUN_PAGES = "runs"             # the site's page per run
 
@@ -170,6 +171,8 @@ class Kind:
     check: Callable[[object], str | None] = lambda data: None   # a rule across keys: None or what is wrong
 
 
+# pipeline.foundation.readback's seal: the folder's final name and each file's size and sha256
+_SEAL = {"name": str, "files": Values({"bytes": COUNT, "sha256": str})}
 _FEATURES_REF = {"path": str, "settings_hash": str, "class_names?": Each(str)}
 _METRICS = {"val_accuracy": NUMBER, "test_accuracy?": NUMBER, "wall_seconds?": NUMBER,
             "val_accuracy_interval?": Maybe(INTERVAL), "test_accuracy_interval?": Maybe(INTERVAL)}
@@ -186,7 +189,8 @@ _CALIBRATION = {"temperature?": POSITIVE}
 RUN = Kind("run record", {"settings": dict, "features": _FEATURES_REF, "metrics": _METRICS,
                          "head?": Either((str, {"path": str})),
                          "stage?": "finetune", "class_names?": Each(str), "calibration?": _CALIBRATION,
-                         "wall_seconds?": NUMBER, "backbone?": {"name?": str}, "comparison?": _COMPARISON},
+                         "wall_seconds?": NUMBER, "backbone?": {"name?": str}, "comparison?": _COMPARISON,
+                         "sealed?": _SEAL},
            "delete the run's folder {folder} and rerun the command that made it",
            lambda run: None if isinstance(run.get("head"), str) or "stage" in run else "it names no head kind")
 
@@ -214,7 +218,7 @@ REPORT = Kind("report", {
 }, "delete the run's folder and its report {folder}, and rerun the command that made it", _report_classes)
 
 EXPORT = Kind("export record", {"run": str, "format": str, "model_sha256": str, "temperature": POSITIVE,
-                                "file": str, "class_names": Each(str)},
+                                "file": str, "class_names": Each(str), "sealed?": _SEAL},
               "delete the folder {folder} and rerun `python -m pipeline export`")
 
 _NEIGHBOR = {"rank": int, "similarity": NUMBER, "split": str, "row": int, "class": str, "source_index": int,
@@ -235,6 +239,7 @@ AUDIT_ANSWER = Kind("cached audit", {
 _RUN_NAMED = {"name": str, "report": str}
 COMPARE_ANSWER = Kind("cached comparison", {
     "a": _RUN_NAMED, "b": _RUN_NAMED, "splits": PAIRED, "gallery": {"split": str, "file?": str, "note?": str},
+    "sealed?": _SEAL,
 }, "delete the folder {folder} and rerun the same command",
     lambda c: None if c["gallery"]["split"] in c["splits"] else f"splits has no {c['gallery']['split']!r}")
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.foundation.records import (FINETUNE, HEADS, MODEL, REPORT_DIR, REPORTS, RUN, RUN_JSON, folder, read,
-                                         resolve)
+from pipeline.foundation import readback
+from pipeline.foundation.records import (FINETUNE, HEADS, MODEL, REPORT_DIR, REPORTS, RUN, RUN_JSON, damaged, folder,
+                                         read, resolve)
 
 
 def read_run(run_dir) -> dict:
@@ -35,6 +36,14 @@ class Run:
         record = read(folder / RUN_JSON, RUN)
         record["features"]["path"] = str(resolve(record["features"]["path"], folder.parent.parent))
         return cls(folder, record)
+
+    def check_files(self) -> "Run":
+        """The run, when every file its record sealed is still the one written (a model truncated
+        or replaced is one UserError naming it, not "file not found" from Keras); returns self."""
+        why = readback.broken(self.folder, self.record)
+        if why:
+            raise damaged(self.folder / RUN_JSON, RUN, f"the run's files do not read back: {why}")
+        return self
 
     @property
     def cache(self) -> Path:

@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline import store
 from pipeline.extract import views
-from pipeline.foundation import records
+from pipeline.foundation import readback, records
 from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import atomic_dir, produce, write_json_atomic
 from pipeline.heads.evaluation import write_report
@@ -91,11 +91,12 @@ def run_head(fs: store.RowSet, head: str, settings: dict, cache_dir, verbose=0, 
                                "val_accuracy_interval": report["val_accuracy_interval"],
                                "test_accuracy_interval": report["test_accuracy_interval"],
                                "wall_seconds": report["wall_seconds"], **metrics}
+            info = readback.sealed(info, tmp, records.RUN_JSON, name)
             write_json_atomic(tmp / records.RUN_JSON, info)   # last: a folder with run.json is a finished run
         return {**info, "run_dir": str(final), "report": str(report_dir), "skipped": False, "model": model}
 
     up_to_date, made = produce(final, lambda: finished_run(cache_dir, head, features_hash, settings) is not None,
-                               train, log, wait=wait, also=[report_dir])
+                               train, log, wait=wait, also=[report_dir], record=records.RUN_JSON)
     return finished_run(cache_dir, head, features_hash, settings) if up_to_date else made
 
 

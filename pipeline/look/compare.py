@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import store
-from pipeline.foundation import flags, records, runs, settings, stats
+from pipeline.foundation import flags, readback, records, runs, settings, stats
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.foundation.outputs import atomic_dir, produce
 from pipeline.foundation.settings import Choice, setting
@@ -171,11 +171,12 @@ def run_compare(arg_a: str, arg_b: str, s: CompareSettings, log=print) -> tuple[
         result = {"a": {"name": a.name, "report": str(a.report_dir)},
                   "b": {"name": b.name, "report": str(b.report_dir)}, "splits": paired}
         with atomic_dir(out) as tmp:
-            result["gallery"] = _gallery(tmp / "disagreements.png", a, b, s.split)
+            result["gallery"] = _gallery(tmp / records.DISAGREEMENTS, a, b, s.split)
+            result = readback.sealed(result, tmp, records.COMPARE_JSON, out.name)
             (tmp / records.COMPARE_JSON).write_text(json.dumps(result, indent=2))
         return result
 
-    _, result = produce(out, done, make, log)
+    _, result = produce(out, done, make, log, record=records.COMPARE_JSON)
     return result or records.read(saved, records.COMPARE_ANSWER), out
 
 

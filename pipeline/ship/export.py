@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.backbones.weights import sha256_file
+from pipeline.foundation.readback import sealed, sha256_file
 from pipeline.foundation import flags, outputs, records, runs, settings
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.foundation.settings import Choice, Interval, setting
@@ -74,7 +74,8 @@ def export_run(run_path: Path, s: ExportSettings, log=print) -> Path:
         meta = final / records.EXPORT_JSON
         return meta.is_file() and all(records.read(meta, records.EXPORT).get(k) == v for k, v in identity.items())
 
-    outputs.produce(final, done, lambda: _export(run, s, identity, final, log), log, shown=final / name)
+    outputs.produce(final, done, lambda: _export(run, s, identity, final, log), log, shown=final / name,
+                    record=records.EXPORT_JSON)
     return final / name
 
 
@@ -106,12 +107,12 @@ def _export(run: runs.Run, s: ExportSettings, identity: dict, final: Path, log):
                             f"probability (allowed {tolerance:.0e}) on {len(images)} test images; not kept")
         names = class_names(run)
         outputs.write_text_atomic(tmp / records.LABELS, "".join(f"{c}\n" for c in names))
-        outputs.write_text_atomic(tmp / records.EXPORT_JSON, json.dumps({
+        outputs.write_text_atomic(tmp / records.EXPORT_JSON, json.dumps(sealed({
             **identity, "file": name, "labels": records.LABELS, "run_dir": str(run.folder),
             "kind": run.kind, "class_names": names,
             "input": {"dtype": "uint8", "shape": [None, *shape[1:]], "pixels": "RGB 0-255"},
             "output": f"class probabilities (None, {len(names)}), softmax of logits / temperature",
             "check": check, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }, indent=2))
+        }, tmp, records.EXPORT_JSON, final.name), indent=2))
     log(f"{fmt}: max |probability difference| {diff:.2e} against the Keras model on {len(images)} "
         f"test images (allowed {tolerance:.0e}); labels.txt beside it")

@@ -36,7 +36,7 @@ def read_run(path: Path) -> runs.Run:
     run_dir = path if path.is_dir() else path.parent
     if not (run_dir / records.RUN_JSON).is_file():
         raise UserError(f"{path} is not a run folder (no run.json); give cache/heads/<run> or cache/finetune/<run>")
-    run = runs.Run.read(run_dir)
+    run = runs.Run.read(run_dir).check_files()
     if run.stage != records.FINETUNE and not run.keras:
         raise UserError(f"{run.folder} is a {run.kind} head run; only dense head runs and "
                         "stage-three runs export or predict (they are Keras models)")

@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.backbones.rebuild import row_extractor
 from pipeline.extract.views import image_views
-from pipeline.foundation import records
+from pipeline.foundation import readback, records
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.ship import formats, models
 from pipeline.ship.calibration import apply_temperature
@@ -20,12 +20,19 @@ BATCH = 64
 
 
 def export_labels(folder: Path) -> list[str] | None:
-    """An export's class names (labels.txt beside its export.json), both read and checked."""
+    """An export's class names (export.json's), checked: its files read back as written, and its
+    labels.txt, when there, says the same names in the same order (one a line)."""
     if not (folder / records.EXPORT_JSON).is_file():
         return None
     found = records.read(folder / records.EXPORT_JSON, records.EXPORT)
+    why = readback.broken(folder, found)
+    if why:
+        raise records.damaged(folder / records.EXPORT_JSON, records.EXPORT, f"the export's files do not read back: {why}")
     labels = folder / records.LABELS
-    return records.read_labels(labels) if labels.is_file() else list(found["class_names"])
+    if labels.is_file() and records.read_labels(labels) != found["class_names"]:
+        raise records.damaged(labels, records.EXPORT, f"its {len(records.read_labels(labels))} lines are not "
+                              f"export.json's {len(found['class_names'])} class names, one a line")
+    return list(found["class_names"])
 
 
 FORMAT_OF_SUFFIX = {".keras": "keras", ".tflite": "tflite"}
@@ -59,8 +66,11 @@ def open_model(path: Path, backbone=None, weights=None):
     if len(shape) != 4 or shape[-1] != 3 or dtype != "uint8":
         raise UserError(f"{path} takes {dtype} {shape}, not uint8 images; give an image model (a stage-two "
                         "head's model.keras takes features: give its run folder, with run.json)")
-    # An export carries its temperature; a file of one's own is taken as it is.
-    names = names if names and len(names) == int(n) else [f"class {i}" for i in range(int(n))]
+    # An export carries its temperature and class names; a file of one's own is taken as it is.
+    if names is not None and len(names) != int(n):
+        raise records.damaged(path.parent / records.EXPORT_JSON, records.EXPORT,
+                              f"it names {len(names)} classes, the model in it gives {int(n)}")
+    names = names or [f"class {i}" for i in range(int(n))]
     return forward, tuple(shape[1:3]), names
 
 

@@ -1,0 +1,207 @@
+"""Issue 22's reproductions: every record validated whole (a field any code reads is declared and
+checked by the one reader), every output read back before "up to date", a checkpoint that carries its
+run's identity, and the remaining single cases. Tiny synthetic features and logistic-regression runs."""
+import json
+
+import pytest
+
+from conftest import assert_one_error, run_cli
+from pipeline.foundation import records
+from pipeline.look import report as site
+from test_finetune import tiny_tuned  # noqa: F401  (a fixture)
+from test_records import cache, made, record_path  # noqa: F401  (fixtures)
+
+
+def _edit(path, keys, value):
+    data = json.loads(path.read_text())
+    inner = data
+    for key in keys[:-1]:
+        inner = inner[key]
+    inner[keys[-1]] = value
+    path.write_text(json.dumps(data))
+
+
+# ---------------------------------------------------------------- 1: damaged fields never crash a command
+
+FIELD_DAMAGES = [  # (record, keys, value): each a field some code reads, damaged in a way the shape forbids
+    ("report", ("splits", "test", "per_class", "class3", "recall_interval"), "ab"),
+    ("report", ("splits", "test", "per_class", "class3", "recall_interval"), [0.1]),
+    ("report", ("splits", "test", "per_class", "class3", "recall_interval"), [None, 0.3]),
+    ("report", ("splits", "val", "confusion"), "zz"),
+    ("report", ("splits", "val", "confusion"), [[1, 2], [3, 4]]),
+    ("report", ("data_fingerprint",), 5),
+    ("run", ("comparison",), {"paired": "garbage"}),
+    ("run", ("metrics", "val_accuracy_interval"), "xy"),
+    ("run", ("metrics", "test_accuracy_interval"), [0.9, 0.1]),
+]
+
+
+@pytest.mark.parametrize("record, keys, value", FIELD_DAMAGES)
+def test_a_damaged_field_is_a_warning_in_report_and_head(record, keys, value, cache, capsys):
+    cache, features, name = cache
+    path = record_path(cache, name, record)
+    _edit(path, keys, value)
+    code, out, err = run_cli(capsys, "report", "--cache-dir", cache)
+    assert code == 0 and len(err) == 1 and err[0].startswith("warning: ") and f"{path} is damaged" in err[0], err
+    # a second head run beside it: trains, names the damaged sibling once, never a traceback
+    code, out, err = run_cli(capsys, "head", "--features", features, "--cache-dir", cache, "--head", "logreg",
+                             "--C", "2")
+    assert code == 0 and [e for e in err if e.startswith("warning: ")] == [e for e in err if str(path) in e], err
+    assert "All runs (1)" in site.index_path(cache).read_text()
+
+
+@pytest.mark.parametrize("record, keys, value", [d for d in FIELD_DAMAGES if d[0] == "report"])
+def test_a_damaged_field_is_one_error_in_compare(record, keys, value, cache, capsys):
+    cache, features, name = cache
+    assert run_cli(capsys, "head", "--features", features, "--cache-dir", cache, "--head", "logreg", "--C", "2")[0] == 0
+    path = record_path(cache, name, record)
+    _edit(path, keys, value)
+    other = next(p.name for p in (cache / records.HEADS).iterdir() if p.name != name)
+    code, _, err = run_cli(capsys, "compare", name, other, "--cache-dir", cache)
+    assert_one_error(code, err, f"{path} is damaged")
+
+
+@pytest.mark.parametrize("row", [{"run": ["x"], "recommended": True}, {"run": "x", "recommended": "yes"}, 5])
+def test_a_damaged_leaderboard_row_is_a_warning(row, cache, capsys):
+    cache, _, name = cache
+    board = cache / records.SWEEPS / "logreg-x.json"
+    board.parent.mkdir(parents=True, exist_ok=True)
+    board.write_text(json.dumps([{"run": name, "recommended": False}, row]))
+    code, _, err = run_cli(capsys, "report", "--cache-dir", cache)
+    assert code == 0 and len(err) == 1 and err[0].startswith("warning: ") and f"{board} is damaged" in err[0], err
+
+
+@pytest.mark.parametrize("splits", [{}, {"val": {}}])
+def test_a_damaged_comparison_is_one_error_never_up_to_date(splits, cache, capsys):
+    cache, features, name = cache
+    assert run_cli(capsys, "head", "--features", features, "--cache-dir", cache, "--head", "logreg", "--C", "2")[0] == 0
+    other = next(p.name for p in (cache / records.HEADS).iterdir() if p.name != name)
+    assert run_cli(capsys, "compare", name, other, "--cache-dir", cache)[0] == 0
+    saved = next((cache / records.COMPARE).glob(f"*/{records.COMPARE_JSON}"))
+    _edit(saved, ("splits",), splits)
+    code, _, err = run_cli(capsys, "compare", name, other, "--cache-dir", cache)
+    assert_one_error(code, err, f"{saved} is damaged")
+
+
+# ---------------------------------------------------------------- 4: up to date only when the output reads back
+
+def _head(capsys, cache, features, *extra):
+    return run_cli(capsys, "head", "--features", features, "--cache-dir", cache, "--head", "logreg", *extra)
+
+
+@pytest.mark.parametrize("damage", ["model truncated", "model removed", "run.json of another run"])
+def test_a_head_run_that_no_longer_reads_back_is_remade(damage, cache, capsys):
+    cache, features, name = cache
+    run_dir = cache / records.HEADS / name
+    model = run_dir / records.MODEL_JOBLIB
+    written = model.read_bytes()
+    if damage == "model truncated":
+        model.write_bytes(b"")
+    elif damage == "model removed":
+        model.unlink()
+    else:
+        assert _head(capsys, cache, features, "--C", "2")[0] == 0
+        other = next(p for p in (cache / records.HEADS).iterdir() if p.name != name)
+        (run_dir / records.RUN_JSON).write_bytes((other / records.RUN_JSON).read_bytes())
+    code, out, err = _head(capsys, cache, features)
+    assert code == 0 and not any("up to date" in line for line in out + err), (out, err)
+    assert model.read_bytes() == written          # the same settings, the same seeded model, whole again
+    assert _head(capsys, cache, features)[1][0].startswith("up to date")
+
+
+def test_a_damaged_model_is_named_by_the_commands_that_load_it(cache, capsys):
+    cache, features, name = cache
+    run_dir = cache / records.HEADS / name
+    assert _head(capsys, cache, features, "--C", "2")[0] == 0     # no model.keras: seal a stand-in one
+    from pipeline.foundation import outputs, readback
+    info = json.loads((run_dir / records.RUN_JSON).read_text())
+    outputs.write_json_atomic(run_dir / records.RUN_JSON, readback.sealed(info, run_dir, records.RUN_JSON, name))
+    (run_dir / records.MODEL).write_bytes(b"a stand-in")
+    code, _, err = run_cli(capsys, "predict", "--model", run_dir, cache / "none.png")
+    assert_one_error(code, err, f"{run_dir / records.RUN_JSON} is damaged (the run's files do not read back: "
+                                f"{records.MODEL} is 10 bytes, written as")
+
+
+def _sealed_export(cache, name):
+    from pipeline.foundation import outputs, readback
+    export = cache / records.EXPORTS / f"{name}-keras"
+    data = json.loads((export / records.EXPORT_JSON).read_text())
+    outputs.write_json_atomic(export / records.EXPORT_JSON, readback.sealed(data, export, records.EXPORT_JSON,
+                                                                            export.name))
+    return export
+
+
+def test_a_damaged_export_is_never_up_to_date_and_predict_names_it(cache, capsys, monkeypatch):
+    from pipeline.ship import export as exporting
+    cache, _, name = cache
+    export = _sealed_export(cache, name)
+    (export / records.MODEL).write_bytes(b"a stand")         # truncated
+    code, _, err = run_cli(capsys, "predict", "--model", export / records.MODEL, cache / "none.png")
+    assert_one_error(code, err, f"{export / records.EXPORT_JSON} is damaged (the export's files do not read back: "
+                                f"{records.MODEL} is 7 bytes")
+    remade = []
+    monkeypatch.setattr(exporting, "_export", lambda *a: remade.append(True))
+    monkeypatch.setattr(exporting, "sha256_file", lambda path: json.loads(
+        (export / records.EXPORT_JSON).read_text())["model_sha256"])      # the run's model: a stand-in too
+    code, out, err = run_cli(capsys, "export", cache / records.HEADS / name, "--format", "keras", "--cache-dir", cache)
+    assert remade and not any("up to date" in line for line in out + err), (out, err)
+
+
+# ---------------------------------------------------------------- 6: an export's labels.txt agrees with export.json
+
+@pytest.mark.parametrize("labels", ["blank line", "five lines", "renamed"])
+def test_labels_that_disagree_with_the_export_record_are_one_error(labels, cache, capsys):
+    cache, _, name = cache
+    export = cache / records.EXPORTS / f"{name}-keras"
+    path = export / records.LABELS
+    names = path.read_text().splitlines()
+    path.write_text({"blank line": "\n".join(names) + "\n\n", "five lines": "\n".join(names[:5]) + "\n",
+                     "renamed": "\n".join(["zebra", *names[1:]]) + "\n"}[labels])
+    code, _, err = run_cli(capsys, "predict", "--model", export / records.MODEL, cache / "none.png")
+    assert_one_error(code, err, f"{path} is damaged")
+
+
+# ---------------------------------------------------------------- 3 and 4: a fine-tune run's identity and files
+
+@pytest.fixture
+def tuned_copy(tiny_tuned, tiny_backbone_features, tmp_path):
+    """A copy of a finished two-epoch fine-tune's cache: (settings of that run, its run folder)."""
+    import shutil
+    from test_finetune import settings
+    model, head = tiny_tuned
+    shutil.copytree(model.parents[2], tmp_path / "cache")
+    return settings(tiny_backbone_features, head, tmp_path / "cache", epochs=2), \
+        tmp_path / "cache" / records.FINETUNE / model.parent.name
+
+
+@pytest.mark.parametrize("damage", ["model truncated", "run.json of another run"])
+def test_a_fine_tune_that_no_longer_reads_back_is_remade(damage, tuned_copy):
+    from pipeline.finetune.finetune import run_finetune
+    s, run_dir = tuned_copy
+    if damage == "model truncated":
+        (run_dir / records.MODEL).write_bytes(b"")
+    else:
+        _edit(run_dir / records.RUN_JSON, ("sealed", "name"), "another-run")
+    lines = []
+    run_finetune(s, log=lines.append)
+    assert not any(line.startswith("up to date") for line in lines) and any("remaking" in line for line in lines), lines
+    lines.clear()
+    run_finetune(s, log=lines.append)
+    assert any(line.startswith("up to date") for line in lines), lines
+
+
+def test_resume_refuses_another_runs_checkpoint(tuned_copy, capsys):
+    """The issue's reproduction: a 2-epoch run's checkpoint in a killed 1-epoch run's folder."""
+    import dataclasses
+    from pipeline.finetune.finetune import run_finetune
+    s, two_epochs = tuned_copy
+    one = dataclasses.replace(s, epochs=1)
+    one_epoch = run_finetune(one, log=lambda *a: None).parent
+    for name in (records.MODEL, records.RUN_JSON):
+        (one_epoch / name).unlink()
+    (one_epoch / records.CHECKPOINT).write_bytes((two_epochs / records.CHECKPOINT).read_bytes())
+    argv = ["finetune", "--features", s.features, "--head", s.head, "--mode", "cached", "--epochs", "1",
+            "--batch-size", "8", "--lr", str(s.lr), "--precision", "float32", "--cache-dir", s.cache_dir, "--resume"]
+    code, _, err = run_cli(capsys, *argv)
+    assert_one_error(code, err, f"it was written by run {two_epochs.name}, not this run {one_epoch.name}")
+    assert not (one_epoch / records.MODEL).exists()
