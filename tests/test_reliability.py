@@ -205,3 +205,21 @@ def test_resume_refuses_another_runs_checkpoint(tuned_copy, capsys):
     code, _, err = run_cli(capsys, *argv)
     assert_one_error(code, err, f"it was written by run {two_epochs.name}, not this run {one_epoch.name}")
     assert not (one_epoch / records.MODEL).exists()
+
+
+# ---------------------------------------------------------------- 2: class names that do not fit the labels
+
+@pytest.mark.parametrize("names, expect", [
+    ([b"a", b"b", b"c"], "names 3 classes, but the batches' labels run 0..9"),
+    ([b"cat"] * 10, "names the class 'cat' more than once"),
+    ([b"a", b""] + [f"c{i}".encode() for i in range(8)], "must be a list of non-empty class names"),
+])
+def test_stage_one_refuses_class_names_that_do_not_fit_the_labels(names, expect, tmp_path, capsys):
+    import pickle
+    from conftest import synthetic_cifar, write_batches
+    folder = write_batches(tmp_path / "batches", *synthetic_cifar())
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
+    code, _, err = run_cli(capsys, "features", "--data", folder, "--backbone", "resnet50", "--weights", "none",
+                           "--size", "32", "--cache-dir", tmp_path / "cache")
+    assert_one_error(code, err, expect)
+    assert not list((tmp_path / "cache").rglob("*.h5"))
