@@ -180,7 +180,9 @@ _ACCURACY = {"accuracy": NUMBER, "low": NUMBER, "high": NUMBER, "n": COUNT}
 # two runs on the same images, per split (pipeline.foundation.stats.paired): what `compare` stores and prints
 PAIRED = Values({"a": _ACCURACY, "b": _ACCURACY, "difference": NUMBER, "difference_low": NUMBER,
                  "difference_high": NUMBER, "mcnemar_p": NUMBER, "only_a": COUNT, "only_b": COUNT, "method": str})
-_SIDE = Values(Maybe(NUMBER))       # {"val_accuracy": 0.8, ...}
+# one side's accuracies ({"val_accuracy": 0.8, "val_accuracy_interval": [0.78, 0.82], ...}); the head's its path
+_SIDE = {**{f"{split}_accuracy{end}": shape for split in ("val", "test")
+            for end, shape in (("?", NUMBER), ("_interval?", INTERVAL))}, "path?": str, "reported?": dict}
 # a fine-tune against its starting head (pipeline.finetune.comparison)
 _COMPARISON = {"paired?": PAIRED, "head?": _SIDE, "finetuned?": _SIDE, "delta?": _SIDE}
 _CALIBRATION = {"temperature?": POSITIVE}
