@@ -244,3 +244,36 @@ def test_features_with_an_address_nothing_listens_on_gives_one_error_line(tmp_pa
     _, err = proc.communicate(timeout=120)         # it retried for ever before
     assert_one_error(proc.returncode, err.strip().splitlines(), "cannot join the Ray cluster at 127.0.0.1:1: ")
     assert time.monotonic() - started < 30          # checked first: 3 s here, TensorFlow not even loaded
+
+
+@pytest.mark.parametrize("address, message", [
+    ("ray://127.0.0.1:{free}", "Connection refused"),
+    ("ray://localhost:99999", "is not a host:port with a port 1-65535"),
+    ("ray://256.1.1.1:10001", "cannot join the Ray cluster"),
+    ("{silent}", "nothing answered as a Ray cluster within"),
+    ("ray://{silent}", "nothing answered as a Ray cluster within"),
+])
+def test_no_address_waits_longer_than_ten_seconds(address, message):
+    """Issue 22.7: Ray Client addresses and hosts that accept connections but are no Ray cluster (a
+    proxy, a silent port) took 27-43 s before their error. The bound is the probe's own timeout."""
+    import contextlib
+    import threading
+    from pipeline.foundation.errors import UserError
+    from pipeline.extract.ray_engine import CONNECT_SECONDS, check_reachable
+    assert CONNECT_SECONDS < 10
+    with socket.socket() as s, socket.socket() as silent:
+        s.bind(("127.0.0.1", 0))
+        free = s.getsockname()[1]
+        silent.bind(("0.0.0.0", 0))          # accepts every connection and never says a word
+        silent.listen(8)
+        accepted = []
+
+        def accept():
+            with contextlib.suppress(OSError):          # the socket closes at the end of the test
+                while True:
+                    accepted.append(silent.accept())
+        threading.Thread(target=accept, daemon=True).start()
+        with pytest.raises(UserError, match=message):
+            check_reachable(address.format(free=free, silent=f"127.0.0.1:{silent.getsockname()[1]}"))
+        for conn, _ in accepted:
+            conn.close()
