@@ -223,3 +223,24 @@ def test_stage_one_refuses_class_names_that_do_not_fit_the_labels(names, expect,
                            "--size", "32", "--cache-dir", tmp_path / "cache")
     assert_one_error(code, err, expect)
     assert not list((tmp_path / "cache").rglob("*.h5"))
+
+
+# ---------------------------------------------------------------- 8 and 9: seeds and -0
+
+def test_a_seed_range_past_the_largest_seed_is_refused_before_training(cache, capsys):
+    cache, features, _ = cache
+    before = sorted((cache / records.HEADS).iterdir())
+    code, _, err = run_cli(capsys, "head", "--features", features, "--cache-dir", cache, "--head", "dense",
+                           "--seed", "4294967295", "--seeds", "2")
+    assert_one_error(code, err, "--seed 4294967295 --seeds 2 would train seeds up to 4294967296")
+    assert sorted((cache / records.HEADS).iterdir()) == before          # nothing trained
+
+
+def test_minus_zero_is_zero_in_every_identity(cache, capsys):
+    from pipeline.foundation import identity
+    assert identity.digest({"l2": -0.0, "x": [(-0.0,)]}) == identity.digest({"l2": 0.0, "x": [[0.0]]})
+    cache, features, _ = cache
+    args = ["head", "--features", features, "--cache-dir", cache, "--head", "dense", "--epochs", "1", "--hidden", "4"]
+    assert run_cli(capsys, *args, "--l2", "0")[0] == 0
+    code, out, err = run_cli(capsys, *args, "--l2", "-0")
+    assert code == 0 and out[0].startswith("up to date"), (out, err)

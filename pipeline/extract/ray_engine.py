@@ -10,15 +10,18 @@ keeps failing. Ray is imported only here, so the local engine does not need it i
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
-import socket
+import signal
+import threading
 import uuid
 
 import numpy as np
 
-from pipeline.extract.engine import CRASH_ENV, ExtractorSpec, Shard, maybe_crash, shard_batches
+from pipeline.extract import ray_address
+from pipeline.extract.engine import CRASH_ENV, ExtractorSpec, Shard, maybe_crash, maybe_pause, shard_batches
 from pipeline.foundation import reaper
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.sources import digest
@@ -35,57 +38,6 @@ def _import_ray():
     except ImportError:
         raise UserError("--engine ray needs Ray Data: pip install '.[ray]' (ray[data])") from None
     return ray
-
-
-CONNECT_SECONDS = 4      # a cluster's head answers at once; ray.init would retry for 30 s to minutes
-
-
-CLIENT_PORT = 10001      # Ray Client's port when a ray:// address names none
-
-
-def check_reachable(address: str):
-    """Fail within CONNECT_SECONDS where nothing accepts connections at `address` (a host:port, a
-    ray://host[:port] of Ray Client, or "auto": the running cluster's), since ray.init then retries
-    "Failed to connect to GCS" for minutes (Ray Client for about 30 s)."""
-    _import_ray()                # Ray missing: the one error line that says how to install it
-    from ray._private.services import canonicalize_bootstrap_address_or_die
-    try:
-        if address.startswith("ray://"):
-            host, _, port = address[len("ray://"):].partition("/")[0].rpartition(":") if ":" in address[6:] \
-                else (address[len("ray://"):].partition("/")[0], "", str(CLIENT_PORT))
-        else:
-            host, _, port = canonicalize_bootstrap_address_or_die(address).rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{host or '(no host)'}:{port or '(no port)'} is not a host:port with a port 1-65535")
-        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_SECONDS).close()
-    except (OSError, ValueError, OverflowError) as exc:   # ConnectionError is an OSError: "auto" found no cluster
-        raise UserError(f"cannot join the Ray cluster at {address}: {first_line(exc) or type(exc).__name__}") from None
-    _check_grpc(f"{host}:{port}", address)
-
-
-# One cheap call a head answers: the GCS of a cluster address, the Ray Client server of a ray:// one
-_PROBE = {False: "/ray.rpc.NodeInfoGcsService/GetClusterId", True: "/ray.rpc.RayletDriver/ClusterInfo"}
-
-
-def _check_grpc(target: str, address: str):
-    """Something accepting connections (a proxy, a firewall, another server) is not yet a Ray
-    cluster: its head must answer one gRPC call within CONNECT_SECONDS. An empty request is enough;
-    any answer but "no such method" or no answer at all is a Ray head's."""
-    import grpc                   # Ray's own dependency
-    channel = grpc.insecure_channel(target)
-    call = channel.unary_unary(_PROBE[address.startswith("ray://")], request_serializer=lambda _: b"",
-                               response_deserializer=bytes)
-    try:
-        call(None, timeout=CONNECT_SECONDS)
-    except grpc.RpcError as exc:
-        code = exc.code()
-        if code in (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            why = (f"nothing answered as a Ray cluster within {CONNECT_SECONDS} s"
-                   if code == grpc.StatusCode.DEADLINE_EXCEEDED else
-                   f"what answers there is not a Ray cluster ({code.name.lower()}: {first_line(exc.details() or '')})")
-            raise UserError(f"cannot join the Ray cluster at {address}: {why}") from None
-    finally:
-        channel.close()
 
 
 class Session:
@@ -107,7 +59,7 @@ class Session:
                     os.environ[reaper.MARK_ENV] = mark     # inherited by every process of the instance
                     ray.init(object_store_memory=LOCAL_OBJECT_STORE, **kwargs)
                 else:
-                    check_reachable(self.address)
+                    ray_address.check_reachable(self.address)
                     ray.init(address=self.address, **kwargs)
             except ConnectionError as exc:
                 raise UserError(f"cannot join the Ray cluster at {self.address}: {first_line(exc)}") from None
@@ -206,6 +158,27 @@ def _cause(exc):
     return None
 
 
+@contextlib.contextmanager
+def _interruptible():
+    """Yields an Event set by Ctrl-C (SIGINT), which also raises KeyboardInterrupt as usual. Ray's
+    blocking waits can keep the KeyboardInterrupt from the loop until more shards have arrived (the
+    whole run, in issue 22's test); the Event stops the driver at the next shard whatever happened
+    to the exception. Outside the main thread (no signal handlers there) it is never set."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def handler(signum, frame):
+        interrupted.set()
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run(todo: list[Shard], splits: dict, writer, spec: ExtractorSpec, batch_size: int, progress,
         session: Session, workers: int, gpus_per_worker: float) -> set[str]:
     """Compute `todo` on the pool, writing rows as shards arrive (the caller has run check_resources).
@@ -223,16 +196,20 @@ def run(todo: list[Shard], splits: dict, writer, spec: ExtractorSpec, batch_size
         fn_constructor_kwargs={"spec": spec, "batch_size": batch_size, "ledger": ledger,
                                "crash": os.environ.get(CRASH_ENV)},
         max_restarts=-1, max_task_retries=RETRIES)
-    done = 0
+    done = written = 0
     try:
-        for row in shards.iter_rows():
-            first = int(row["lo"]) // digest.BLOCK_ROWS
-            blocks = {first + i: digest.tobytes() for i, digest in enumerate(row["blocks"])}
-            writer.write(str(row["split"]), int(row["lo"]), row["features"], blocks)
-            done += 1
-            retried = sum(n - 1 for n in ray.get(ledger.get.remote()).values())
-            progress.update(len(row["features"]), f"shards {done}/{len(todo)} done, {retried} retried, "
-                                                   f"{len(todo) - done} remaining")
+        with _interruptible() as interrupted:
+            for row in shards.iter_rows():
+                if interrupted.is_set():      # a Ctrl-C that Ray's waits held back: no shard written after it
+                    raise KeyboardInterrupt
+                first = int(row["lo"]) // digest.BLOCK_ROWS
+                blocks = {first + i: digest.tobytes() for i, digest in enumerate(row["blocks"])}
+                writer.write(str(row["split"]), int(row["lo"]), row["features"], blocks)
+                done, written = done + 1, written + len(row["features"])
+                retried = sum(n - 1 for n in ray.get(ledger.get.remote()).values())
+                progress.update(len(row["features"]), f"shards {done}/{len(todo)} done, {retried} retried, "
+                                                       f"{len(todo) - done} remaining")
+                maybe_pause(written)
     except Exception as exc:
         if _cause(exc) is not None:      # Ray Data appends retry advice to its message: the first line
             raise UserError(first_line(_cause(exc))) from None

@@ -38,7 +38,6 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import store
 from pipeline.backbones.precision import resolve_precision
 from pipeline.backbones.rebuild import rebuild_backbone
 from pipeline.backbones.table import default_unfreeze
@@ -49,7 +48,7 @@ from pipeline.finetune.feeds import training_data
 from pipeline.finetune.inputs import find_head, head_run, load_head, split_sizes
 from pipeline.finetune.recipe import (AUTO_STEPS, EPOCH_RANGE, announce, auto_epochs, compile_model, fit,
                                       train_precision, training_model)
-from pipeline.foundation import flags, records, settings
+from pipeline.foundation import flags, identity, records, settings
 from pipeline.foundation.settings import POSITIVE, Choice, Interval, setting
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import atomic_file, produce, write_json_atomic
@@ -159,7 +158,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         log(f"--epochs auto: {s.epochs} epochs of {-(-sizes['train'] // s.batch_size)} steps")
     recorded = run_settings(s, attrs, head_path, mode, parts.cut, unfreeze, precision)
     run_dir = (records.folder(s.cache_dir, records.FINETUNE)
-               / f"{features_path.stem}-{mode}-{unfreeze}-{store.settings_hash(recorded)}")
+               / identity.name(recorded, features_path.stem, mode, unfreeze))
     model_path = run_dir / records.MODEL
 
     def done():

@@ -36,7 +36,7 @@ class Interval:
     def parse(self, text):
         if isinstance(text, bool) or (self.kind is int and isinstance(text, float) and not text.is_integer()):
             raise ValueError(text)
-        value = self.kind(text)
+        value = self.kind(text) or self.kind(0)      # -0 is 0: one setting, one identity
         left, right = self.closed in ("left", "both"), self.closed in ("right", "both")
         if (not math.isfinite(value)
                 or (self.low is not None and not (value >= self.low if left else value > self.low))

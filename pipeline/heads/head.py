@@ -42,7 +42,7 @@ def add_arguments(p):
 def run(args):
     s = settings.from_args(HeadSettings, args)
     kind_settings = settings_from_args(args, s.head)        # flag mistakes surface before any loading
-    seeds.check(s.head, s.seeds)
+    seeds.check(s.head, s.seeds, kind_settings.get("seed"))
     fs = features_from_args(s)
     if s.seeds > 1:
         summary, path = seeds.run_seeds(fs, s.head, kind_settings, s.cache_dir, s.seeds, verbose=2, log=print)

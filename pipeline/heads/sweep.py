@@ -29,8 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import store
-from pipeline.foundation import records, runs, settings, stats
+from pipeline.foundation import identity, records, runs, settings, stats
 from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import Lock, write_text_atomic
 from pipeline.foundation.settings import Choice, Interval, setting
@@ -220,8 +219,8 @@ def run_sweep(s: SweepSettings, base: dict):
     configs = configurations(s.head, base, grid)
     features_hash = fs.attrs["settings_hash"]
     configs = _readable(s.cache_dir, s.head, features_hash, configs)
-    stem = (records.folder(s.cache_dir, records.SWEEPS)
-            / f"{s.head}-{features_hash}-{store.settings_hash({'base': base, 'grid': grid})}")
+    stem = records.folder(s.cache_dir, records.SWEEPS) / identity.name({"base": base, "grid": grid}, s.head,
+                                                                       features_hash)
     started = time.perf_counter()
     # One sweep per grid at a time; a configuration shared with another sweep or a `head` run
     # is trained once, under that run's own lock.

@@ -13,7 +13,7 @@ import numpy as np
 
 from pipeline import store
 from pipeline.extract import views
-from pipeline.foundation import readback, records
+from pipeline.foundation import identity, readback, records
 from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import atomic_dir, produce, write_json_atomic
 from pipeline.heads.evaluation import write_report
@@ -26,7 +26,7 @@ NOTICE = partial(print, file=sys.stderr)
 
 
 def run_name(head: str, features_hash: str, settings: dict) -> str:
-    return f"{head}-{features_hash}-{store.settings_hash(settings)}"
+    return identity.name(settings, head, features_hash)
 
 
 def _identity(fs: store.RowSet) -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import store
-from pipeline.foundation import flags, outputs, records, settings
+from pipeline.foundation import flags, identity, outputs, records, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import Interval, setting
 from pipeline.foundation.tables import format_table
@@ -168,10 +168,9 @@ def run_audit(s: AuditSettings, log=print) -> Path:
         source, note = rows.checked_source(fs.attrs, s.data, s.cache_dir), None
     else:
         source, note = rows.source_or_note(fs.attrs, s.data, s.cache_dir)
-    key = store.settings_hash({"features": fs.attrs["settings_hash"],
-                               "data_fingerprint": fs.attrs.get("data_fingerprint"),
-                               "source": source and source.key, "threshold": s.threshold, "exact": exact})
-    out = records.folder(s.cache_dir, records.AUDIT) / f"{fs.path.stem}-{key}"
+    out = records.folder(s.cache_dir, records.AUDIT) / identity.name(
+        {**identity.of_features(fs.attrs), "source": source and source.key, "threshold": s.threshold, "exact": exact},
+        fs.path.stem)
 
     def done():       # a damaged answer is an error naming it, never "up to date"
         return (out / records.AUDIT_JSON).is_file() and bool(records.read(out / records.AUDIT_JSON,

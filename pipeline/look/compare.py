@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import store
-from pipeline.foundation import flags, readback, records, runs, settings, stats
+from pipeline.foundation import flags, identity, readback, records, runs, settings, stats
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.foundation.outputs import atomic_dir, produce
 from pipeline.foundation.settings import Choice, setting
@@ -161,7 +161,7 @@ def run_compare(arg_a: str, arg_b: str, s: CompareSettings, log=print) -> tuple[
     # the folder's name covers exactly what the result depends on: both runs' predictions and the split
     key = {"a": _sha256(a.report_dir / records.PREDICTIONS), "b": _sha256(b.report_dir / records.PREDICTIONS),
            "split": s.split, "method": stats.PAIRED_METHOD}
-    out = records.folder(s.cache_dir, records.COMPARE) / store.settings_hash(key)
+    out = records.folder(s.cache_dir, records.COMPARE) / identity.name(key)
     saved = out / records.COMPARE_JSON
 
     def done():       # a damaged answer is an error naming it, never "up to date"

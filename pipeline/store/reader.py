@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.foundation.errors import UserError, first_line
-from pipeline.store.schema import CHECK_ROWS, FEATURES, MIRRORED, SCHEMA_VERSION, SPLITS, Words, settings_hash
+from pipeline.foundation import identity
+from pipeline.store.schema import CHECK_ROWS, FEATURES, MIRRORED, SCHEMA_VERSION, SPLITS, Words
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,7 @@ def older_schema(path: Path) -> int | None:
 
 def check_settings(attrs: dict, path: Path, words: Words = FEATURES):
     """The settings stored beside the hash must still hash to it."""
-    if "settings" in attrs and settings_hash(attrs["settings"]) != attrs["settings_hash"]:
+    if "settings" in attrs and identity.digest(attrs["settings"]) != attrs["settings_hash"]:
         raise UserError(f"{path} is stale: its settings no longer match its settings_hash "
                         f"{attrs['settings_hash']}; {words.fix}")
 

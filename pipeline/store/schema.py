@@ -2,13 +2,10 @@
 name rule, and the words errors use for each kind of file (`Words`)."""
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.foundation import records
+from pipeline.foundation import identity, records
 
 
 SCHEMA_VERSION = 2
@@ -37,20 +34,11 @@ class Words:
 FEATURES = Words()
 
 
-def settings_hash(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _slug(text) -> str:
-    return re.sub(r"[^A-Za-z0-9_.]+", "-", str(text)).strip("-.").lower() or "x"
-
-
 def features_path(cache_dir, settings: dict) -> Path:
     """cache/features/<dataset>-<backbone>-<size>-<precision>-<hash>.h5: readable, and unique."""
     stem = Path(settings["backbone"]).stem if settings["backbone"].endswith(".keras") else settings["backbone"]
-    name = "-".join([_slug(settings["dataset"]), _slug(stem), str(settings["input_size"]),
-                     settings["precision"], *(["2views"] if settings.get("views", 1) == 2 else []),
-                     settings_hash(settings)])
+    name = identity.name(settings, identity.slug(settings["dataset"]), identity.slug(stem), settings["input_size"],
+                         settings["precision"], *(["2views"] if settings.get("views", 1) == 2 else []))
     return Path(cache_dir) / records.FEATURES / f"{name}.h5"
 
 
