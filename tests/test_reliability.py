@@ -244,3 +244,86 @@ def test_minus_zero_is_zero_in_every_identity(cache, capsys):
     assert run_cli(capsys, *args, "--l2", "0")[0] == 0
     code, out, err = run_cli(capsys, *args, "--l2", "-0")
     assert code == 0 and out[0].startswith("up to date"), (out, err)
+
+
+# ---------------------------------------------------------------- 10 and 12: library callers' None, inputs never ignored
+
+def test_a_library_callers_none_is_the_declared_default():
+    from pipeline.foundation import settings
+    from pipeline.look.compare import CompareSettings
+    from pipeline.ship.verify import DEFAULT_SAMPLE, VerifySettings
+    assert settings.check(CompareSettings(cache_dir=None, split=None)) == CompareSettings()
+    assert settings.check(VerifySettings(sample=None)).sample == DEFAULT_SAMPLE
+
+
+@pytest.mark.parametrize("flag", ["--cache-dir", "--features"])
+def test_an_empty_flag_is_refused_not_taken_for_its_default(flag, cache, capsys):
+    cache, features, _ = cache
+    args = {"--cache-dir": ["--features", features], "--features": ["--cache-dir", cache]}[flag]
+    code, _, err = run_cli(capsys, "head", "--head", "logreg", *args, flag, "")
+    assert_one_error(code, err, f"{flag} is empty; leave the flag out for its default")
+
+
+def test_a_moved_file_flag_that_does_not_exist_is_refused(cache, capsys):
+    cache, features, name = cache
+    code, _, err = run_cli(capsys, "export", cache / records.HEADS / name, "--data", "/nonexistent",
+                           "--cache-dir", cache)
+    assert_one_error(code, err, "--data: /nonexistent does not exist")
+
+
+@pytest.mark.parametrize("flag", ["--backbone", "--weights"])
+def test_a_backbone_or_weights_file_for_a_named_backbone_is_refused(flag, tmp_path):
+    from pipeline.backbones.rebuild import rebuild_backbone
+    from pipeline.foundation.errors import UserError
+    attrs = {"backbone": "resnet50", "weights_source": "none", "weights_seed": 0, "weights_sha256": "",
+             "image_shape": [32, 32, 3], "input_size": 32, "feature_width": 2048}
+    (tmp_path / "x.keras").write_bytes(b"x")
+    given = {"--backbone": (str(tmp_path / "x.keras"), None), "--weights": (None, str(tmp_path / "x.keras"))}[flag]
+    with pytest.raises(UserError, match=f"{flag} .*x.keras: the features were made with .*leave {flag} out"):
+        rebuild_backbone(attrs, *given)
+
+
+# ---------------------------------------------------------------- 11: compare's messages
+
+@pytest.mark.parametrize("cut", ["a line boundary", "empty"])
+def test_compare_names_a_cut_predictions_file(cut, cache, capsys):
+    cache, features, name = cache
+    assert _head(capsys, cache, features, "--C", "2")[0] == 0
+    other = next(p.name for p in (cache / records.HEADS).iterdir() if p.name != name)
+    csv_path = cache / records.REPORTS / name / records.PREDICTIONS
+    lines = csv_path.read_text().splitlines(keepends=True)
+    csv_path.write_text("".join(lines[:-3]) if cut == "a line boundary" else "")
+    code, _, err = run_cli(capsys, "compare", name, other, "--cache-dir", cache)
+    assert_one_error(code, err, f"{csv_path} is damaged")
+
+
+def test_compare_finds_a_bare_name_in_the_cache_first_and_stores_absolute_paths(cache, capsys, tmp_path,
+                                                                                 monkeypatch):
+    cache, features, name = cache
+    assert _head(capsys, cache, features, "--C", "2")[0] == 0
+    other = next(p.name for p in (cache / records.HEADS).iterdir() if p.name != name)
+    decoy = tmp_path / "elsewhere"
+    (decoy / name).mkdir(parents=True)
+    (decoy / name / records.PREDICTIONS).write_text("split,row\n")       # not the run --cache-dir names
+    monkeypatch.chdir(decoy)
+    code, _, err = run_cli(capsys, "compare", name, other, "--cache-dir", cache)
+    assert code == 0, err
+    saved = json.loads(next((cache / records.COMPARE).glob(f"*/{records.COMPARE_JSON}")).read_text())
+    assert saved["a"]["report"] == str(cache / records.REPORTS / name)
+
+
+# ---------------------------------------------------------------- 13: verify and info on what is not a features file
+
+def test_verify_and_info_name_an_activation_cache_and_a_folder(tmp_path, capsys):
+    from conftest import synthetic_features
+    path = synthetic_features(tmp_path, per_class=(2, 1, 1), row_shape=(2, 2, 4), rows_per_image=[1, 1, 1])
+    assert_one_error(*run_cli(capsys, "verify", path)[::2], f"{path} is an activation cache, not a features file")
+    code, out, _ = run_cli(capsys, "info", path)
+    assert code == 0 and out[0].endswith("(activation cache)") and not any("outside" in line for line in out), out
+    assert_one_error(*run_cli(capsys, "verify", tmp_path)[::2], f"{tmp_path} is a folder, not a features file")
+
+
+def test_verify_samples_exactly_the_rows_asked_for():
+    from pipeline.ship.verify import sample_rows
+    for n in (1, 2, 3, 7, 200):
+        assert sum(map(len, sample_rows({"train": 90, "val": 10, "test": 100}, n, 0).values())) == n

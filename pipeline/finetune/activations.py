@@ -31,8 +31,7 @@ from pipeline.foundation.progress import Progress
 from pipeline import store
 
 TRAIN_ORDER_SEED = 0
-WORDS = store.Words(what="activation cache", make="`python -m pipeline finetune --mode cached` builds it",
-                    fix="delete it; the next `finetune` run rebuilds it")
+WORDS = store.ACTIVATION_CACHE
 
 
 def settings(features_attrs: dict, cut: str, views: int, precision: str) -> dict:

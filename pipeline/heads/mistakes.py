@@ -58,9 +58,9 @@ def find_report(arg, cache_dir) -> Path | None:
     the report folder itself, or a run NAME under `cache_dir`; None when there is none."""
     p = Path(arg)
     candidates = [p, p / records.REPORT_DIR, p.parent.parent / records.REPORTS / p.name]
-    if len(p.parts) == 1:        # a bare NAME
-        candidates += [records.folder(cache_dir, records.REPORTS) / p.name,
-                       records.folder(cache_dir, records.FINETUNE) / p.name / records.REPORT_DIR]
+    if len(p.parts) == 1:        # a bare NAME: the cache's run first, as --cache-dir says, then the working folder
+        candidates[:0] = [records.folder(cache_dir, records.REPORTS) / p.name,
+                          records.folder(cache_dir, records.FINETUNE) / p.name / records.REPORT_DIR]
     return next((d for d in candidates if (d / records.PREDICTIONS).is_file()), None)
 
 

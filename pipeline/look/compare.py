@@ -89,15 +89,40 @@ def load(arg: str, cache_dir) -> Scored:
         predictions.setdefault(r["split"], []).append(r)
     for split_rows in predictions.values():
         split_rows.sort(key=lambda r: r["source_index"])
+    _check_complete(found, report, predictions)
     return Scored(run.folder.name if run else found.name, found, run.record if run else {}, report, predictions)
+
+
+def _check_complete(found: Path, report: dict, predictions: dict):
+    """predictions.csv holds a row per image its report scored, split by split (a file cut at a
+    line boundary reads as valid CSV: only the count tells)."""
+    for split, m in report["splits"].items():
+        scored = sum(int(c.get("support", 0)) for c in m["per_class"].values()) or \
+            sum(map(sum, m.get("confusion") or [])) or None
+        got = len(predictions.get(split, []))
+        if scored is not None and got != scored:
+            raise UserError(f"{found / records.PREDICTIONS} is damaged (it has {got} {split} rows; its report scored "
+                            f"{scored}); rerun that run")
+
+
+# the stage-one settings that decide which images land in val and test
+_SPLIT_SETTINGS = ("source", "limit", "val_fraction", "split_seed")
 
 
 def check_same_images(a: Scored, b: Scored):
     """Refuse two runs scored on different images, saying why."""
     fa, fb = a.fingerprint(), b.fingerprint()
     if fa != fb:
-        raise UserError(f"{a.name} and {b.name} were scored on different images (source fingerprints "
-                        f"{fa[:12]} and {fb[:12]}); compare runs made from the same source")
+        try:
+            attrs = a.features_attrs(), b.features_attrs()
+            differ = [f"{k} {attrs[0].get(k)} and {attrs[1].get(k)}" for k in _SPLIT_SETTINGS
+                      if attrs[0].get(k) != attrs[1].get(k)]
+        except UserError:
+            differ = []
+        why = f"their features files differ in {'; '.join(differ)}" if differ else "the source's images differ"
+        raise UserError(f"{a.name} and {b.name} were scored on different images ({why}; data fingerprints "
+                        f"{str(fa)[:12]} and {str(fb)[:12]}); compare runs whose features files were made from "
+                        "the same source with the same split settings")
     if set(a.predictions) != set(b.predictions):
         raise UserError(f"{a.name} is scored on {', '.join(sorted(a.predictions))} and {b.name} on "
                         f"{', '.join(sorted(b.predictions))}; compare runs scored on the same splits")
@@ -168,8 +193,8 @@ def run_compare(arg_a: str, arg_b: str, s: CompareSettings, log=print) -> tuple[
         return saved.is_file() and bool(records.read(saved, records.COMPARE_ANSWER))
 
     def make():
-        result = {"a": {"name": a.name, "report": str(a.report_dir)},
-                  "b": {"name": b.name, "report": str(b.report_dir)}, "splits": paired}
+        result = {"a": {"name": a.name, "report": str(a.report_dir.absolute())},
+                  "b": {"name": b.name, "report": str(b.report_dir.absolute())}, "splits": paired}
         with atomic_dir(out) as tmp:
             result["gallery"] = _gallery(tmp / records.DISAGREEMENTS, a, b, s.split)
             result = readback.sealed(result, tmp, records.COMPARE_JSON, out.name)
@@ -185,6 +210,7 @@ def add_arguments(p):
                    "folder, or NAME under --cache-dir")
     p.add_argument("b", metavar="B", help="the run to compare with A, scored on the same images")
     settings.add_flags(p, CompareSettings)
+    p.set_defaults(keeps_work=False)     # a failed write keeps nothing: the answer is written whole at the end
 
 
 def run(args):

@@ -14,7 +14,7 @@ def load_features(path, splits=store.SPLITS, expect: dict | None = None) -> stor
     """Read a features file with every check any stage relies on: the store's own (schema,
     completeness, shapes, stale settings, labels within class_names, finite values) plus one
     vector per image of the declared feature_width. `splits`: which to load into memory."""
-    fs = store.read_rows(path, expect=expect, splits=splits, words=store.FEATURES)
+    fs = store.read_rows(path, expect=expect, splits=splits, words=store.FEATURES_FILE)
     attrs, path = fs.attrs, fs.path
     row_shape = list(attrs.get("row_shape", [attrs.get("feature_width")]))
     if len(row_shape) != 1:
@@ -23,7 +23,7 @@ def load_features(path, splits=store.SPLITS, expect: dict | None = None) -> stor
                         f"image, (N, D); pass a stage-one features file")
     if row_shape[0] != attrs.get("feature_width"):
         raise UserError(f"{path}: its features are {row_shape[0]} wide but the file's feature_width says "
-                        f"{attrs.get('feature_width')}; {store.FEATURES.fix}")
+                        f"{attrs.get('feature_width')}; {store.FEATURES_FILE.fix}")
     return fs
 
 

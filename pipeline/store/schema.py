@@ -31,7 +31,15 @@ class Words:
     fix: str = "delete it and rerun `python -m pipeline features` with the flags that made it"
 
 
-FEATURES = Words()
+FEATURES_FILE = Words()
+# stage three's cached cut activations (pipeline.finetune.activations), kept in the same row store
+ACTIVATION_CACHE = Words(what="activation cache", make="`python -m pipeline finetune --mode cached` builds it",
+                         fix="delete it; the next `finetune` run rebuilds it")
+
+
+def words_for(attrs: dict) -> Words:
+    """How to name a file of this store from its attributes: only activation caches record rows_per_image."""
+    return ACTIVATION_CACHE if "rows_per_image" in attrs else FEATURES_FILE
 
 
 def features_path(cache_dir, settings: dict) -> Path:
