@@ -10,7 +10,7 @@ from conftest import assert_one_error, run_cli, synthetic_cifar, synthetic_featu
 from pipeline.look import compare
 from pipeline.heads import kinds, training
 from pipeline.heads import mistakes
-from pipeline.foundation import stats
+from pipeline.foundation import runs, stats
 from pipeline.heads import sweep
 from pipeline.cli import main
 from pipeline.store.features import load_features
@@ -126,7 +126,7 @@ def test_not_a_run_is_one_error_line(tmp_path, capsys):
 
 def test_sweep_marks_ties_with_the_best_and_recommends_one(two_runs):
     cache, a, b = two_runs
-    runs = [kinds.read_run_json(f"{d}/run.json") | {"run_dir": d} for d in (a, b)]
+    runs = [runs.Run.read(d).record | {"run_dir": d} for d in (a, b)]
     rows = sweep.leaderboard(runs, [], ties=True)
     best, other = rows
     assert best["val_p_vs_best"] == 1.0 and best["tied_with_best"]
@@ -145,7 +145,7 @@ def test_sweep_marks_ties_with_the_best_and_recommends_one(two_runs):
 def test_sweep_ties_without_per_image_predictions_are_left_unmarked(two_runs, tmp_path):
     _, a, b = two_runs
     # the same runs as if their reports were gone (a cache from before predictions.csv)
-    runs = [kinds.read_run_json(f"{d}/run.json") | {"run_dir": str(tmp_path / "heads" / d.rsplit("/", 1)[-1])}
+    runs = [runs.Run.read(d).record | {"run_dir": str(tmp_path / "heads" / d.rsplit("/", 1)[-1])}
             for d in (a, b)]
     rows = sweep.leaderboard(runs, [], ties=True)
     assert [r["tied_with_best"] for r in rows] == [None, None] and rows[0]["recommended"]
@@ -157,7 +157,7 @@ def test_site_and_report_show_the_intervals(two_runs, tmp_path):
     from pipeline.heads import evaluation
     from pipeline.look import report as site
     cache, a, b = two_runs
-    runs = [kinds.read_run_json(f"{d}/run.json") | {"run_dir": d} for d in (a, b)]
+    runs = [runs.Run.read(d).record | {"run_dir": d} for d in (a, b)]
     rows = sweep.leaderboard(runs, [], ties=True)
     sweep.save_leaderboard(rows, cache / "sweeps" / "test-sweep")
     site.rebuild(cache)

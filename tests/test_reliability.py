@@ -6,10 +6,10 @@ import json
 import pytest
 
 from conftest import assert_one_error, run_cli
-from pipeline.foundation import records
+from pipeline.foundation import layout
 from pipeline.look import report as site
 from test_finetune import tiny_tuned  # noqa: F401  (a fixture)
-from test_records import cache, made, record_path  # noqa: F401  (fixtures)
+from test_records import cache, made, record_path  # noqa: F401  (fixtures: cache uses made)
 
 
 def _edit(path, keys, value):
@@ -56,7 +56,7 @@ def test_a_damaged_field_is_one_error_in_compare(record, keys, value, cache, cap
     assert run_cli(capsys, "head", "--features", features, "--cache-dir", cache, "--head", "logreg", "--C", "2")[0] == 0
     path = record_path(cache, name, record)
     _edit(path, keys, value)
-    other = next(p.name for p in (cache / records.HEADS).iterdir() if p.name != name)
+    other = next(p.name for p in (cache / layout.HEADS_DIR).iterdir() if p.name != name)
     code, _, err = run_cli(capsys, "compare", name, other, "--cache-dir", cache)
     assert_one_error(code, err, f"{path} is damaged")
 
@@ -64,7 +64,7 @@ def test_a_damaged_field_is_one_error_in_compare(record, keys, value, cache, cap
 @pytest.mark.parametrize("row", [{"run": ["x"], "recommended": True}, {"run": "x", "recommended": "yes"}, 5])
 def test_a_damaged_leaderboard_row_is_a_warning(row, cache, capsys):
     cache, _, name = cache
-    board = cache / records.SWEEPS / "logreg-x.json"
+    board = cache / layout.SWEEPS_DIR / "logreg-x.json"
     board.parent.mkdir(parents=True, exist_ok=True)
     board.write_text(json.dumps([{"run": name, "recommended": False}, row]))
     code, _, err = run_cli(capsys, "report", "--cache-dir", cache)
@@ -75,9 +75,9 @@ def test_a_damaged_leaderboard_row_is_a_warning(row, cache, capsys):
 def test_a_damaged_comparison_is_one_error_never_up_to_date(splits, cache, capsys):
     cache, features, name = cache
     assert run_cli(capsys, "head", "--features", features, "--cache-dir", cache, "--head", "logreg", "--C", "2")[0] == 0
-    other = next(p.name for p in (cache / records.HEADS).iterdir() if p.name != name)
+    other = next(p.name for p in (cache / layout.HEADS_DIR).iterdir() if p.name != name)
     assert run_cli(capsys, "compare", name, other, "--cache-dir", cache)[0] == 0
-    saved = next((cache / records.COMPARE).glob(f"*/{records.COMPARE_JSON}"))
+    saved = next((cache / layout.COMPARE_DIR).glob(f"*/{layout.COMPARE_JSON}"))
     _edit(saved, ("splits",), splits)
     code, _, err = run_cli(capsys, "compare", name, other, "--cache-dir", cache)
     assert_one_error(code, err, f"{saved} is damaged")
@@ -92,8 +92,8 @@ def _head(capsys, cache, features, *extra):
 @pytest.mark.parametrize("damage", ["model truncated", "model removed", "run.json of another run"])
 def test_a_head_run_that_no_longer_reads_back_is_remade(damage, cache, capsys):
     cache, features, name = cache
-    run_dir = cache / records.HEADS / name
-    model = run_dir / records.MODEL_JOBLIB
+    run_dir = cache / layout.HEADS_DIR / name
+    model = run_dir / layout.MODEL_JOBLIB
     written = model.read_bytes()
     if damage == "model truncated":
         model.write_bytes(b"")
@@ -101,8 +101,8 @@ def test_a_head_run_that_no_longer_reads_back_is_remade(damage, cache, capsys):
         model.unlink()
     else:
         assert _head(capsys, cache, features, "--C", "2")[0] == 0
-        other = next(p for p in (cache / records.HEADS).iterdir() if p.name != name)
-        (run_dir / records.RUN_JSON).write_bytes((other / records.RUN_JSON).read_bytes())
+        other = next(p for p in (cache / layout.HEADS_DIR).iterdir() if p.name != name)
+        (run_dir / layout.RUN_JSON).write_bytes((other / layout.RUN_JSON).read_bytes())
     code, out, err = _head(capsys, cache, features)
     assert code == 0 and not any("up to date" in line for line in out + err), (out, err)
     assert model.read_bytes() == written          # the same settings, the same seeded model, whole again
@@ -111,22 +111,22 @@ def test_a_head_run_that_no_longer_reads_back_is_remade(damage, cache, capsys):
 
 def test_a_damaged_model_is_named_by_the_commands_that_load_it(cache, capsys):
     cache, features, name = cache
-    run_dir = cache / records.HEADS / name
+    run_dir = cache / layout.HEADS_DIR / name
     assert _head(capsys, cache, features, "--C", "2")[0] == 0     # no model.keras: seal a stand-in one
     from pipeline.foundation import outputs, readback
-    info = json.loads((run_dir / records.RUN_JSON).read_text())
-    outputs.write_json_atomic(run_dir / records.RUN_JSON, readback.sealed(info, run_dir, records.RUN_JSON, name))
-    (run_dir / records.MODEL).write_bytes(b"a stand-in")
+    info = json.loads((run_dir / layout.RUN_JSON).read_text())
+    outputs.write_json_atomic(run_dir / layout.RUN_JSON, readback.sealed(info, run_dir, layout.RUN_JSON, name))
+    (run_dir / layout.MODEL).write_bytes(b"a stand-in")
     code, _, err = run_cli(capsys, "predict", "--model", run_dir, cache / "none.png")
-    assert_one_error(code, err, f"{run_dir / records.RUN_JSON} is damaged (the run's files do not read back: "
-                                f"{records.MODEL} is 10 bytes, written as")
+    assert_one_error(code, err, f"{run_dir / layout.RUN_JSON} is damaged (the run's files do not read back: "
+                                f"{layout.MODEL} is 10 bytes, written as")
 
 
 def _sealed_export(cache, name):
     from pipeline.foundation import outputs, readback
-    export = cache / records.EXPORTS / f"{name}-keras"
-    data = json.loads((export / records.EXPORT_JSON).read_text())
-    outputs.write_json_atomic(export / records.EXPORT_JSON, readback.sealed(data, export, records.EXPORT_JSON,
+    export = cache / layout.EXPORTS_DIR / f"{name}-keras"
+    data = json.loads((export / layout.EXPORT_JSON).read_text())
+    outputs.write_json_atomic(export / layout.EXPORT_JSON, readback.sealed(data, export, layout.EXPORT_JSON,
                                                                             export.name))
     return export
 
@@ -135,15 +135,15 @@ def test_a_damaged_export_is_never_up_to_date_and_predict_names_it(cache, capsys
     from pipeline.ship import export as exporting
     cache, _, name = cache
     export = _sealed_export(cache, name)
-    (export / records.MODEL).write_bytes(b"a stand")         # truncated
-    code, _, err = run_cli(capsys, "predict", "--model", export / records.MODEL, cache / "none.png")
-    assert_one_error(code, err, f"{export / records.EXPORT_JSON} is damaged (the export's files do not read back: "
-                                f"{records.MODEL} is 7 bytes")
+    (export / layout.MODEL).write_bytes(b"a stand")         # truncated
+    code, _, err = run_cli(capsys, "predict", "--model", export / layout.MODEL, cache / "none.png")
+    assert_one_error(code, err, f"{export / layout.EXPORT_JSON} is damaged (the export's files do not read back: "
+                                f"{layout.MODEL} is 7 bytes")
     remade = []
     monkeypatch.setattr(exporting, "_export", lambda *a: remade.append(True))
     monkeypatch.setattr(exporting, "sha256_file", lambda path: json.loads(
-        (export / records.EXPORT_JSON).read_text())["model_sha256"])      # the run's model: a stand-in too
-    code, out, err = run_cli(capsys, "export", cache / records.HEADS / name, "--format", "keras", "--cache-dir", cache)
+        (export / layout.EXPORT_JSON).read_text())["model_sha256"])      # the run's model: a stand-in too
+    code, out, err = run_cli(capsys, "export", cache / layout.HEADS_DIR / name, "--format", "keras", "--cache-dir", cache)
     assert remade and not any("up to date" in line for line in out + err), (out, err)
 
 
@@ -152,12 +152,12 @@ def test_a_damaged_export_is_never_up_to_date_and_predict_names_it(cache, capsys
 @pytest.mark.parametrize("labels", ["blank line", "five lines", "renamed"])
 def test_labels_that_disagree_with_the_export_record_are_one_error(labels, cache, capsys):
     cache, _, name = cache
-    export = cache / records.EXPORTS / f"{name}-keras"
-    path = export / records.LABELS
+    export = cache / layout.EXPORTS_DIR / f"{name}-keras"
+    path = export / layout.LABELS
     names = path.read_text().splitlines()
     path.write_text({"blank line": "\n".join(names) + "\n\n", "five lines": "\n".join(names[:5]) + "\n",
                      "renamed": "\n".join(["zebra", *names[1:]]) + "\n"}[labels])
-    code, _, err = run_cli(capsys, "predict", "--model", export / records.MODEL, cache / "none.png")
+    code, _, err = run_cli(capsys, "predict", "--model", export / layout.MODEL, cache / "none.png")
     assert_one_error(code, err, f"{path} is damaged")
 
 
@@ -171,7 +171,7 @@ def tuned_copy(tiny_tuned, tiny_backbone_features, tmp_path):
     model, head = tiny_tuned
     shutil.copytree(model.parents[2], tmp_path / "cache")
     return settings(tiny_backbone_features, head, tmp_path / "cache", epochs=2), \
-        tmp_path / "cache" / records.FINETUNE / model.parent.name
+        tmp_path / "cache" / layout.FINETUNE_DIR / model.parent.name
 
 
 @pytest.mark.parametrize("damage", ["model truncated", "run.json of another run"])
@@ -179,9 +179,9 @@ def test_a_fine_tune_that_no_longer_reads_back_is_remade(damage, tuned_copy):
     from pipeline.finetune.finetune import run_finetune
     s, run_dir = tuned_copy
     if damage == "model truncated":
-        (run_dir / records.MODEL).write_bytes(b"")
+        (run_dir / layout.MODEL).write_bytes(b"")
     else:
-        _edit(run_dir / records.RUN_JSON, ("sealed", "name"), "another-run")
+        _edit(run_dir / layout.RUN_JSON, ("sealed", "name"), "another-run")
     lines = []
     run_finetune(s, log=lines.append)
     assert not any(line.startswith("up to date") for line in lines) and any("remaking" in line for line in lines), lines
@@ -197,14 +197,14 @@ def test_resume_refuses_another_runs_checkpoint(tuned_copy, capsys):
     s, two_epochs = tuned_copy
     one = dataclasses.replace(s, epochs=1)
     one_epoch = run_finetune(one, log=lambda *a: None).parent
-    for name in (records.MODEL, records.RUN_JSON):
+    for name in (layout.MODEL, layout.RUN_JSON):
         (one_epoch / name).unlink()
-    (one_epoch / records.CHECKPOINT).write_bytes((two_epochs / records.CHECKPOINT).read_bytes())
+    (one_epoch / layout.CHECKPOINT).write_bytes((two_epochs / layout.CHECKPOINT).read_bytes())
     argv = ["finetune", "--features", s.features, "--head", s.head, "--mode", "cached", "--epochs", "1",
             "--batch-size", "8", "--lr", str(s.lr), "--precision", "float32", "--cache-dir", s.cache_dir, "--resume"]
     code, _, err = run_cli(capsys, *argv)
     assert_one_error(code, err, f"it was written by run {two_epochs.name}, not this run {one_epoch.name}")
-    assert not (one_epoch / records.MODEL).exists()
+    assert not (one_epoch / layout.MODEL).exists()
 
 
 # ---------------------------------------------------------------- 2: class names that do not fit the labels
@@ -229,11 +229,11 @@ def test_stage_one_refuses_class_names_that_do_not_fit_the_labels(names, expect,
 
 def test_a_seed_range_past_the_largest_seed_is_refused_before_training(cache, capsys):
     cache, features, _ = cache
-    before = sorted((cache / records.HEADS).iterdir())
+    before = sorted((cache / layout.HEADS_DIR).iterdir())
     code, _, err = run_cli(capsys, "head", "--features", features, "--cache-dir", cache, "--head", "dense",
                            "--seed", "4294967295", "--seeds", "2")
     assert_one_error(code, err, "--seed 4294967295 --seeds 2 would train seeds up to 4294967296")
-    assert sorted((cache / records.HEADS).iterdir()) == before          # nothing trained
+    assert sorted((cache / layout.HEADS_DIR).iterdir()) == before          # nothing trained
 
 
 def test_minus_zero_is_zero_in_every_identity(cache, capsys):
@@ -266,7 +266,7 @@ def test_an_empty_flag_is_refused_not_taken_for_its_default(flag, cache, capsys)
 
 def test_a_moved_file_flag_that_does_not_exist_is_refused(cache, capsys):
     cache, features, name = cache
-    code, _, err = run_cli(capsys, "export", cache / records.HEADS / name, "--data", "/nonexistent",
+    code, _, err = run_cli(capsys, "export", cache / layout.HEADS_DIR / name, "--data", "/nonexistent",
                            "--cache-dir", cache)
     assert_one_error(code, err, "--data: /nonexistent does not exist")
 
@@ -289,8 +289,8 @@ def test_a_backbone_or_weights_file_for_a_named_backbone_is_refused(flag, tmp_pa
 def test_compare_names_a_cut_predictions_file(cut, cache, capsys):
     cache, features, name = cache
     assert _head(capsys, cache, features, "--C", "2")[0] == 0
-    other = next(p.name for p in (cache / records.HEADS).iterdir() if p.name != name)
-    csv_path = cache / records.REPORTS / name / records.PREDICTIONS
+    other = next(p.name for p in (cache / layout.HEADS_DIR).iterdir() if p.name != name)
+    csv_path = cache / layout.REPORTS_DIR / name / layout.PREDICTIONS
     lines = csv_path.read_text().splitlines(keepends=True)
     csv_path.write_text("".join(lines[:-3]) if cut == "a line boundary" else "")
     code, _, err = run_cli(capsys, "compare", name, other, "--cache-dir", cache)
@@ -301,15 +301,15 @@ def test_compare_finds_a_bare_name_in_the_cache_first_and_stores_absolute_paths(
                                                                                  monkeypatch):
     cache, features, name = cache
     assert _head(capsys, cache, features, "--C", "2")[0] == 0
-    other = next(p.name for p in (cache / records.HEADS).iterdir() if p.name != name)
+    other = next(p.name for p in (cache / layout.HEADS_DIR).iterdir() if p.name != name)
     decoy = tmp_path / "elsewhere"
     (decoy / name).mkdir(parents=True)
-    (decoy / name / records.PREDICTIONS).write_text("split,row\n")       # not the run --cache-dir names
+    (decoy / name / layout.PREDICTIONS).write_text("split,row\n")       # not the run --cache-dir names
     monkeypatch.chdir(decoy)
     code, _, err = run_cli(capsys, "compare", name, other, "--cache-dir", cache)
     assert code == 0, err
-    saved = json.loads(next((cache / records.COMPARE).glob(f"*/{records.COMPARE_JSON}")).read_text())
-    assert saved["a"]["report"] == str(cache / records.REPORTS / name)
+    saved = json.loads(next((cache / layout.COMPARE_DIR).glob(f"*/{layout.COMPARE_JSON}")).read_text())
+    assert saved["a"]["report"] == str(cache / layout.REPORTS_DIR / name)
 
 
 # ---------------------------------------------------------------- 13: verify and info on what is not a features file

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.extract.views import MAX_SHIFT_PX, VIEW_SEED, cached_view
-from pipeline.foundation import identity, records
+from pipeline.foundation import identity, layout
 from pipeline.foundation.progress import Progress
 from pipeline import store
 
@@ -47,7 +47,7 @@ def size_bytes(row_shape, n_rows: int) -> int:
 
 
 def path_for(cache_dir, features_path: Path, s: dict) -> Path:
-    return records.folder(cache_dir, records.ACTIVATIONS) / f"{identity.name(s, features_path.stem, s['cut'])}.h5"
+    return layout.folder(cache_dir, layout.ACTIVATIONS_DIR) / f"{identity.name(s, features_path.stem, s['cut'])}.h5"
 
 
 def train_order(n: int) -> np.ndarray:

@@ -48,7 +48,7 @@ from pipeline.finetune.feeds import training_data
 from pipeline.finetune.inputs import find_head, head_run, load_head, split_sizes
 from pipeline.finetune.recipe import (AUTO_STEPS, EPOCH_RANGE, announce, auto_epochs, compile_model, fit,
                                       train_precision, training_model)
-from pipeline.foundation import flags, identity, records, settings
+from pipeline.foundation import flags, identity, layout, settings
 from pipeline.foundation.settings import POSITIVE, Choice, Interval, setting
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import atomic_file, produce, write_json_atomic
@@ -157,12 +157,12 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         s = replace(s, epochs=auto_epochs(sizes["train"], s.batch_size))
         log(f"--epochs auto: {s.epochs} epochs of {-(-sizes['train'] // s.batch_size)} steps")
     recorded = run_settings(s, attrs, head_path, mode, parts.cut, unfreeze, precision)
-    run_dir = (records.folder(s.cache_dir, records.FINETUNE)
+    run_dir = (layout.folder(s.cache_dir, layout.FINETUNE_DIR)
                / identity.name(recorded, features_path.stem, mode, unfreeze))
-    model_path = run_dir / records.MODEL
+    model_path = run_dir / layout.MODEL
 
     def done():
-        return model_path.is_file() and (run_dir / records.RUN_JSON).is_file()
+        return model_path.is_file() and (run_dir / layout.RUN_JSON).is_file()
 
     def train():
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +175,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         announce(s, parts, model, mode, sizes, steps, log)
         data = training_data(s, attrs, features_path, parts, mode, precision, log)
         compile_model(model, s, precision, steps, upper.trainable_variables)
-        history = fit(model, s, data, run_dir / records.CHECKPOINT, log)
+        history = fit(model, s, data, run_dir / layout.CHECKPOINT, log)
         y_prob = {k: model.predict(data[k], verbose=0) for k in ("val", "test")}
         if not all(np.isfinite(p).all() for p in y_prob.values()):   # the model to save, not every epoch
             raise UserError("fine-tuning diverged (its predictions are not finite); no model was saved; "
@@ -186,22 +186,22 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         wall = time.perf_counter() - started
         comparison = compare(y_true, baseline, y_prob, head_path, head_info)
         temperature, after = calibration.calibrate(y_true, {k: p[None] for k, p in y_prob.items()})
-        evaluation.write_report(run_dir / records.REPORT_DIR, y_true=y_true, y_prob=y_prob, class_names=class_names,
+        evaluation.write_report(run_dir / layout.RUN_REPORT_DIR, y_true=y_true, y_prob=y_prob, class_names=class_names,
                                 wall_seconds=wall, history=history, features=fs, cache_dir=s.cache_dir,
                                 extra={"stage": "finetune", "settings": recorded, "comparison": comparison},
                                 calibrated={"temperature": temperature, "y_prob": after})
-        write_json_atomic(run_dir / records.RUN_JSON, sealed({
-            "stage": "finetune", "settings": recorded, "class_names": class_names, "model": records.MODEL,
+        write_json_atomic(run_dir / layout.RUN_JSON, sealed({
+            "stage": "finetune", "settings": recorded, "class_names": class_names, "model": layout.MODEL,
             "features": {"path": str(Path(features_path).absolute()), "settings_hash": attrs["settings_hash"]},
             "head": {"path": str(Path(head_path).absolute())}, "backbone": {"name": bb.name, **bb.weights.attrs(),
                                                             "input_size": bb.input_size},
             "device": device, "metrics": comparison["finetuned"], "comparison": comparison,
             "calibration": calibration.summary(y_true, y_prob, after, temperature),
             "epochs_run": len(history.get("loss", [])), "wall_seconds": round(wall, 1)},
-            run_dir, records.RUN_JSON, run_dir.name, leave_out=(records.CHECKPOINT,)), default=str)
+            run_dir, layout.RUN_JSON, run_dir.name, leave_out=(layout.CHECKPOINT,)), default=str)
         return comparison
 
-    up_to_date, comparison = produce(run_dir, done, train, log, shown=model_path, record=records.RUN_JSON)
+    up_to_date, comparison = produce(run_dir, done, train, log, shown=model_path, record=layout.RUN_JSON)
     if not up_to_date:
         log(comparison_table(comparison))
     return model_path

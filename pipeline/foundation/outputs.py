@@ -17,12 +17,11 @@ import fcntl
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable
 
 from pipeline.foundation import readback
-from pipeline.foundation.errors import UserError
+from pipeline.foundation.errors import UserError, notice
 
 TMP_TAG = ".tmp-"
 
@@ -113,12 +112,8 @@ def remove_leftovers(path: Path, log=None) -> list[Path]:
         found += [p for p in path.glob(f".*{TMP_TAG}*")]
     for leftover in found:
         _remove(leftover)
-        (log or _stderr)(f"removed {leftover}, left behind by an interrupted run")
+        (log or notice)(f"removed {leftover}, left behind by an interrupted run")
     return found
-
-
-def _stderr(message: str):
-    print(message, file=sys.stderr)
 
 
 class Lock:
@@ -165,7 +160,7 @@ class Lock:
         os.close(self._fd)
 
 
-def produce(final, done: Callable[[], bool], make: Callable[[], object], log=_stderr, *, wait: bool = False,
+def produce(final, done: Callable[[], bool], make: Callable[[], object], log=notice, *, wait: bool = False,
             also=(), shown=None, what: str = "", record: str | None = None) -> tuple[bool, object]:
     """The one "up to date" rule of every output. `final` is named by the hash of its settings and
     of every input's identity (pipeline.foundation.identity); it is up to date when `done()` says its

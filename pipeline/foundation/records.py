@@ -1,12 +1,11 @@
-"""The cache layout and the records in it: every folder and file name a command writes, and the one
-validating reader of every JSON record (a run's run.json, report.json, export.json, cached answers).
+"""The records in the cache (pipeline.foundation.layout names them): the one validating reader of every
+JSON record (a run's run.json, report.json, export.json, cached answers).
 
 Every record kind declares the shape a command relies on (required keys, their types, finite
 numbers, a positive temperature). A record damaged in any way (missing, truncated, not UTF-8, not
 JSON, the wrong type anywhere, a missing key, NaN or infinity) is one UserError naming the file and
-what to do, so no command ever crashes or prints nonsense on one. Records store absolute paths;
-`resolve` finds the paths of older records (relative to the directory they were made in) in the
-cache they sit in, from any working directory. A finished run as an object: pipeline.foundation.runs.
+what to do, so no command ever crashes or prints nonsense on one. Records store absolute paths
+(layout.resolve finds older relative ones). A finished run as an object: pipeline.foundation.runs.
 """
 from __future__ import annotations
 
@@ -18,65 +17,10 @@ from typing import Callable
 
 from pipeline.foundation.errors import UserError, first_line
 
-# ---------------------------------------------------------------- the cache layout
-
-# folders under --cache-dir, one per kind of output
-FEATURES = "features"          # stage one's HDF5 files
-ACTIVATIONS = "activations"    # stage three's cached cut activations
-HEADS = "heads"                # one folder per head run
-SWEEPS = "sweeps"              # one leaderboard (.json, .csv) per sweep
-FINETUNE = "finetune"          # one folder per fine-tune run (its report inside, in REPORT_DIR)
-EXPORTS = "exports"            # one folder per exported run and format
-LOOKING = "looking"            # cached answers of `neighbors` and `map`
-AUDIT = "audit"                # one folder per audit
-REPORTS = "reports"            # the site (INDEX, RUN_PAGES) and one report folder per head run
-COMPARE = "compare"            # one folder per `compare` of two runs
-SEEDS = "seeds"                # one summary per `head --seeds N`
-FOLDERS = (FEATURES, ACTIVATIONS, HEADS, SWEEPS, FINETUNE, EXPORTS, LOOKING, AUDIT, REPORTS, COMPARE, SEEDS)
-CHECKED_SOURCES = "sources"    # under LOOKING: image sources already checked against a fingerprint
-
-# file and folder names inside those
-MODEL = "model.keras"          # a Keras model (a dense head, or a stage-three image model)
-MODEL_JOBLIB = "model.joblib"  # a scikit-learn head
-RUN_JSON = "run.json"          # written last: a folder with one is a finished run
-REPORT_JSON = "report.json"
-EXPORT_JSON = "export.json"
-LABELS = "labels.txt"          # an export's class names, one a line
-AUDIT_JSON = "audit.json"
-COMPARE_JSON = "compare.json"
-HISTORY_JSON = "history.json"
-PREDICTIONS = "predictions.csv"
-REPORT_DIR = "report"          # a fine-tune run's report folder
-CHECKPOINT = "checkpoint.npz"  # a fine-tune run's last finished epoch, for --resume
-DISAGREEMENTS = "disagreements.png"   # a comparison's images only one of the two runs gets right
-INDEX = "index.html"
-RUN_PAGES = "runs"             # the site's page per run
-
-
-def folder(cache_dir, name: str) -> Path:
-    """The cache's folder for one kind of output (one of FOLDERS)."""
-    return Path(cache_dir) / name
-
-
-def resolve(stored, cache_dir) -> Path:
-    """A path read from a record, absolute. Records made before paths were stored absolute hold
-    them relative to the directory the command ran in ("cache/features/x.h5"): such a path is
-    taken relative to the working directory when it exists there, else found in `cache_dir` from
-    its layout folder on ("features/x.h5"), so any working directory gives the same answer."""
-    path = Path(stored)
-    if path.is_absolute() or path.exists():
-        return path.absolute()
-    parts = path.parts
-    for i in range(len(parts) - 2, -1, -1):
-        if parts[i] in FOLDERS:
-            return Path(cache_dir, *parts[i:]).absolute()
-    return path.absolute()
-
-
 # ---------------------------------------------------------------- declared shapes
 
 NUMBER = "a finite number"
-POSITIVE = "a finite number > 0"
+POSITIVE_NUMBER = "a finite number > 0"
 COUNT = "an integer >= 0"
 INTERVAL = "a list [low, high] of two finite numbers, low <= high"
 
@@ -141,8 +85,8 @@ def _check(value, shape, where: str):
             except ValueError:
                 if i == len(shape.inner) - 1:
                     raise
-    elif shape in (NUMBER, POSITIVE):
-        if not _finite(value) or (shape == POSITIVE and value <= 0):
+    elif shape in (NUMBER, POSITIVE_NUMBER):
+        if not _finite(value) or (shape == POSITIVE_NUMBER and value <= 0):
             wrong(shape)
     elif shape == COUNT:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -185,7 +129,7 @@ _SIDE = {**{f"{split}_accuracy{end}": shape for split in ("val", "test")
             for end, shape in (("?", NUMBER), ("_interval?", INTERVAL))}, "path?": str, "reported?": dict}
 # a fine-tune against its starting head (pipeline.finetune.comparison)
 _COMPARISON = {"paired?": PAIRED, "head?": _SIDE, "finetuned?": _SIDE, "delta?": _SIDE}
-_CALIBRATION = {"temperature?": POSITIVE}
+_CALIBRATION = {"temperature?": POSITIVE_NUMBER}
 
 # a head run names its kind ("head": "dense"); a fine-tune run is "stage": "finetune" and names its head's file
 RUN = Kind("run record", {"settings": dict, "features": _FEATURES_REF, "metrics": _METRICS,
@@ -219,7 +163,7 @@ REPORT = Kind("report", {
     "features?": {"path?": str},
 }, "delete the run's folder and its report {folder}, and rerun the command that made it", _report_classes)
 
-EXPORT = Kind("export record", {"run": str, "format": str, "model_sha256": str, "temperature": POSITIVE,
+EXPORT = Kind("export record", {"run": str, "format": str, "model_sha256": str, "temperature": POSITIVE_NUMBER,
                                 "file": str, "class_names": Each(str), "sealed?": _SEAL},
               "delete the folder {folder} and rerun `python -m pipeline export`")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline import store
 from pipeline.extract import views
-from pipeline.foundation import records
+from pipeline.foundation import layout
 from pipeline.foundation.errors import UserError
 
 
@@ -63,7 +63,7 @@ def train_dense(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=Non
     callbacks = [keras.callbacks.EarlyStopping(monitor="val_loss", patience=s["patience"],
                                                restore_best_weights=True),
                  # the best epoch on disk as it trains: this file becomes the run's model.keras
-                 keras.callbacks.ModelCheckpoint(out_dir / records.MODEL, monitor="val_loss",
+                 keras.callbacks.ModelCheckpoint(out_dir / layout.MODEL, monitor="val_loss",
                                                  save_best_only=True)]
     fit = model.fit(x_tr, y_tr.astype("int32"), validation_data=(validation[0], validation[1].astype("int32")),
                     epochs=s["epochs"], batch_size=s["batch_size"], callbacks=callbacks,
@@ -111,7 +111,7 @@ def train_knn(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=None)
 
 def _save_joblib(model, out_dir: Path):
     import joblib
-    joblib.dump(model, out_dir / records.MODEL_JOBLIB)
+    joblib.dump(model, out_dir / layout.MODEL_JOBLIB)
 
 
 def load_keras(path: Path):

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.foundation import records, settings
+from pipeline.foundation import layout, records, settings
 from pipeline.foundation.settings import Interval, setting
 from pipeline.heads import seeds
 from pipeline.heads.evaluation import print_summary
@@ -50,7 +50,7 @@ def run(args):
         print(f"summary: {path}")
         return
     result = run_head(fs, s.head, kind_settings, s.cache_dir, verbose=2, log=print)
-    report_json = Path(result["report"], records.REPORT_JSON)
+    report_json = Path(result["report"], layout.REPORT_JSON)
     if report_json.is_file():
         print_summary(records.read(report_json, records.REPORT), title=f"{s.head} head on {fs.path.name}")
     print(f"report: {result['report']}")

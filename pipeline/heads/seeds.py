@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.foundation import records, stats
+from pipeline.foundation import layout, stats
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import write_json_atomic
 from pipeline.foundation.tables import format_table
@@ -39,7 +39,7 @@ def run_seeds(fs, head: str, settings: dict, cache_dir, n: int, verbose=0, log=t
     for split in ("val", "test"):
         values = [r["metrics"][f"{split}_accuracy"] for r in runs]
         summary[f"{split}_accuracy"] = {"per_seed": values, **stats.over_seeds(values)}
-    path = records.folder(cache_dir, records.SEEDS) / f"{summary['runs'][0]}-x{n}.json"
+    path = layout.folder(cache_dir, layout.SEEDS_DIR) / f"{summary['runs'][0]}-x{n}.json"
     write_json_atomic(path, summary)
     return summary, path
 

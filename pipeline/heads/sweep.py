@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.foundation import identity, records, runs, settings, stats
+from pipeline.foundation import identity, layout, records, runs, settings, stats
 from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import Lock, write_text_atomic
 from pipeline.foundation.settings import Choice, Interval, setting
@@ -152,7 +152,7 @@ def _interval(run: dict, split: str) -> dict:
     report = {}
     if not run["metrics"].get(f"{split}_accuracy_interval") and run.get("report"):   # a run from before intervals
         try:
-            report = records.read(Path(run["report"], records.REPORT_JSON), records.REPORT)
+            report = records.read(Path(run["report"], layout.REPORT_JSON), records.REPORT)
         except UserError:
             pass            # no interval for a run whose report is gone or damaged
     low, high = recorded_interval(run["metrics"], report, split) or (None, None)
@@ -163,7 +163,7 @@ def val_correct(run_dir) -> np.ndarray | None:
     """Which val images a run gets right, in source order (its report's predictions.csv); None
     when they are missing (a report from before they were written) or unreadable."""
     try:
-        rows = read_predictions(runs.Run.read(run_dir).report / records.PREDICTIONS)
+        rows = read_predictions(runs.Run.read(run_dir).report / layout.PREDICTIONS)
     except (UserError, OSError):
         return None
     return np.array([r["correct"] for r in sorted(rows, key=lambda r: r["source_index"]) if r["split"] == "val"],
@@ -219,7 +219,7 @@ def run_sweep(s: SweepSettings, base: dict):
     configs = configurations(s.head, base, grid)
     features_hash = fs.attrs["settings_hash"]
     configs = _readable(s.cache_dir, s.head, features_hash, configs)
-    stem = records.folder(s.cache_dir, records.SWEEPS) / identity.name({"base": base, "grid": grid}, s.head,
+    stem = layout.folder(s.cache_dir, layout.SWEEPS_DIR) / identity.name({"base": base, "grid": grid}, s.head,
                                                                        features_hash)
     started = time.perf_counter()
     # One sweep per grid at a time; a configuration shared with another sweep or a `head` run

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import store
-from pipeline.foundation import flags, identity, outputs, records, settings
+from pipeline.foundation import flags, identity, layout, outputs, records, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import Interval, setting
 from pipeline.foundation.tables import format_table
@@ -126,7 +126,7 @@ def accuracy_without(run_dir: Path, csv_path: Path, table: list[dict], test_dupl
 def _predictions_of(run_dir: Path, cache_dir) -> Path:
     found = find_report(run_dir, cache_dir)
     if found is not None:
-        return found / records.PREDICTIONS
+        return found / layout.PREDICTIONS
     if not run_dir.is_dir():
         raise UserError(f"--run {run_dir} does not exist")
     raise UserError(f"--run {run_dir} has no predictions.csv (runs made before it existed lack one; "
@@ -168,16 +168,16 @@ def run_audit(s: AuditSettings, log=print) -> Path:
         source, note = rows.checked_source(fs.attrs, s.data, s.cache_dir), None
     else:
         source, note = rows.source_or_note(fs.attrs, s.data, s.cache_dir)
-    out = records.folder(s.cache_dir, records.AUDIT) / identity.name(
+    out = layout.folder(s.cache_dir, layout.AUDIT_DIR) / identity.name(
         {**identity.of_features(fs.attrs), "source": source and source.key, "threshold": s.threshold, "exact": exact},
         fs.path.stem)
 
     def done():       # a damaged answer is an error naming it, never "up to date"
-        return (out / records.AUDIT_JSON).is_file() and bool(records.read(out / records.AUDIT_JSON,
+        return (out / layout.AUDIT_JSON).is_file() and bool(records.read(out / layout.AUDIT_JSON,
                                                                           records.AUDIT_ANSWER))
 
     _, result = outputs.produce(out, done, lambda: audit(fs, s.threshold, exact, source, note, out), log)
-    result = result or records.read(out / records.AUDIT_JSON, records.AUDIT_ANSWER)
+    result = result or records.read(out / layout.AUDIT_JSON, records.AUDIT_ANSWER)
     print_summary(result, log)
     if predictions:
         acc = accuracy_without(Path(s.run_dir), *predictions, set(result["test_duplicate_source_index"]))
@@ -205,16 +205,16 @@ def audit(fs: store.RowSet, threshold: float, exact: bool, source: rows.Source |
         if source is None:
             result["gallery"] = result["borderline"] = note
         else:
-            result["gallery"] = draw_pairs(tmp / "pairs.png", fs, by_similarity[:SHOW], source.path,
+            result["gallery"] = draw_pairs(tmp / layout.PAIRS_PNG, fs, by_similarity[:SHOW], source.path,
                                            "most similar pairs")
-            result["borderline"] = draw_pairs(tmp / "borderline.png", fs, by_similarity[-SHOW:], source.path,
+            result["borderline"] = draw_pairs(tmp / layout.BORDERLINE_PNG, fs, by_similarity[-SHOW:], source.path,
                                               f"least similar pairs still >= {threshold}")
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(PAIR_FIELDS), lineterminator="\n")
         writer.writeheader()
         writer.writerows(pairs)
-        (tmp / "pairs.csv").write_text(buf.getvalue())
-        (tmp / records.AUDIT_JSON).write_text(json.dumps(result, indent=2))
+        (tmp / layout.PAIRS_CSV).write_text(buf.getvalue())
+        (tmp / layout.AUDIT_JSON).write_text(json.dumps(result, indent=2))
     return result
 
 

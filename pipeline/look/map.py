@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import store
-from pipeline.foundation import flags, identity, outputs, records, settings
+from pipeline.foundation import flags, identity, layout, outputs, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.gallery import save_sprite
 from pipeline.foundation.settings import Checked, Choice, Interval, setting
@@ -155,7 +155,7 @@ def run_map(s: MapSettings, log=print) -> Path:
     source = rows.checked_source(fs.attrs, s.data, s.cache_dir) if projector or s.data else None
     key = identity.digest({**identity.of_features(fs.attrs), "split": s.split, "per_class": s.per_class,
                            "perplexity": s.perplexity, "seed": s.seed})
-    out = records.folder(s.cache_dir, records.LOOKING) / f"map-{key}"
+    out = layout.folder(s.cache_dir, layout.LOOKING_DIR) / f"map-{key}"
     png, table = out.with_suffix(".png"), out.with_suffix(".csv")
     names = fs.class_names
 

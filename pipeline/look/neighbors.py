@@ -23,7 +23,7 @@ import numpy as np
 
 from pipeline import store
 from pipeline.backbones.rebuild import row_extractor
-from pipeline.foundation import flags, identity, outputs, records, settings
+from pipeline.foundation import flags, identity, layout, outputs, records, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import Checked, Choice, Interval, setting
 from pipeline.foundation.tables import format_table
@@ -105,7 +105,7 @@ def run_neighbors(s: NeighborsSettings, images=(), log=print) -> dict:
             raise UserError(f"--row must be between 0 and {n - 1} (the {s.split} split has {n} rows), got {s.row}")
         question = {"split": s.split, "row": s.row}
     source, note = rows.source_or_note(fs.attrs, s.data, s.cache_dir)
-    out = records.folder(s.cache_dir, records.LOOKING) / identity.name(
+    out = layout.folder(s.cache_dir, layout.LOOKING_DIR) / identity.name(
         {**identity.of_features(fs.attrs), "source": source and source.key, **question, "k": s.k, "search": search},
         "neighbors")
     json_path, png_path = out.with_suffix(".json"), out.with_suffix(".png")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import store
-from pipeline.foundation import errors, outputs, records, settings
+from pipeline.foundation import errors, layout, outputs, records, settings
 from pipeline.foundation.runs import Run, run_folders
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import setting
@@ -80,7 +80,7 @@ def collect_runs(cache_dir, skipped: list | None = None) -> tuple[list[dict], li
     for folder in run_folders(cache):
         try:
             run = Run.read(folder)
-            report_json = run.report / records.REPORT_JSON
+            report_json = run.report / layout.REPORT_JSON
             report = records.read(report_json, records.REPORT) if report_json.is_file() else {}
         except UserError as exc:
             if skipped is not None:
@@ -92,16 +92,16 @@ def collect_runs(cache_dir, skipped: list | None = None) -> tuple[list[dict], li
         runs.append({
             "name": folder.name, "kind": run.kind, "sweep": "", "features": run.features.name,
             "backbone": (info.get("backbone") or {}).get("name") or attrs.get("backbone", "?"),
-            "settings": _settings_text(info["settings"], run.stage == records.FINETUNE),
+            "settings": _settings_text(info["settings"], run.stage == layout.FINETUNE_DIR),
             "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
             **{f"{k}_accuracy_interval": recorded_interval(metrics, report, k) for k in ("val", "test")},
             "wall_seconds": info.get("wall_seconds", metrics.get("wall_seconds", report.get("wall_seconds"))),
-            "finished": datetime.datetime.fromtimestamp((folder / records.RUN_JSON).stat().st_mtime,
+            "finished": datetime.datetime.fromtimestamp((folder / layout.RUN_JSON).stat().st_mtime,
                                                         datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
             "report_dir": run.report, "report": report, "info": info})
     by_name = {r["name"]: r for r in runs}
     sweeps = []
-    for path in sorted(records.folder(cache, records.SWEEPS).glob("*.json")):
+    for path in sorted(layout.folder(cache, layout.SWEEPS_DIR).glob("*.json")):
         try:
             board = records.read(path, records.LEADERBOARD)
         except UserError as exc:
@@ -129,7 +129,7 @@ def _settings_text(settings: dict, finetune: bool) -> str:
 def _cell(run: dict, key: str, numeric: bool) -> str:
     value = run.get(key)
     if key == "name":
-        return f'<td><a href="{records.RUN_PAGES}/{_e(run["name"])}.html">{_e(value)}</a></td>'
+        return f'<td><a href="{layout.RUN_PAGES}/{_e(run["name"])}.html">{_e(value)}</a></td>'
     if numeric:
         text = "" if value is None else (_accuracy_text(run, key) if key.endswith("accuracy") else f"{value:.1f}")
         return f'<td class="num" data-v="{"" if value is None else _e(value)}">{text}</td>'
@@ -152,8 +152,8 @@ def index_html(runs: list[dict], sweeps: list[dict]) -> str:
              f'<table id="runs"><thead><tr>{head}</tr></thead><tbody>\n{body_rows}\n</tbody></table>']
     if sweeps:
         rows = "\n".join(f'<tr><td>{_e(s["name"])}</td><td class="num">{len(s["runs"])}</td>'
-                         f'<td><a href="{records.RUN_PAGES}/{_e(s["best"])}.html">{_e(s["best"])}</a></td><td>'
-                         + (f'<a href="{records.RUN_PAGES}/{_e(s["recommended"])}.html">{_e(s["recommended"])}</a>'
+                         f'<td><a href="{layout.RUN_PAGES}/{_e(s["best"])}.html">{_e(s["best"])}</a></td><td>'
+                         + (f'<a href="{layout.RUN_PAGES}/{_e(s["recommended"])}.html">{_e(s["recommended"])}</a>'
                             if s["recommended"] else "") + "</td></tr>" for s in sweeps)
         parts.append("<h2>Sweeps</h2><table><thead><tr><th>sweep</th><th>runs</th><th>best on val</th>"
                      f"<th>recommended</th></tr></thead><tbody>\n{rows}\n</tbody></table>"
@@ -170,7 +170,7 @@ def run_html(run: dict, page_dir: Path) -> str:
         return _e(os.path.relpath(report_dir / name, page_dir))
     facts = [(h, _accuracy_text(run, k) if k.endswith("accuracy") and run.get(k) is not None else run.get(k))
              for h, k, _ in COLUMNS if k != "name"]
-    parts = [f"<p><a href=\"../{records.INDEX}\">all runs</a></p><h1>{_e(run['name'])}</h1>",
+    parts = [f"<p><a href=\"../{layout.INDEX}\">all runs</a></p><h1>{_e(run['name'])}</h1>",
              "<table>" + "".join(f"<tr><th>{_e(h)}</th><td>{_e('' if v is None else v)}</td></tr>" for h, v in facts)
              + "</table>"]
     comparison = report.get("comparison") or run["info"].get("comparison")
@@ -199,14 +199,14 @@ def run_html(run: dict, page_dir: Path) -> str:
                                                       f"({p['count']})" for p in pairs) + "</li>"
                         for s, pairs in confused.items())
         parts.append(f"<h2>Most-confused pairs (true &rarr; predicted, count)</h2><ul>{items}</ul>")
-    for title, name in (("Confusion matrices", "confusion.png"), ("Learning curves", "curves.png"),
-                        ("Most confident mistakes", "mistakes.png")):
+    for title, name in (("Confusion matrices", layout.CONFUSION_PNG), ("Learning curves", layout.CURVES_PNG),
+                        ("Most confident mistakes", layout.MISTAKES_PNG)):
         if (report_dir / name).is_file():
             parts.append(f'<h2>{title}</h2><img src="{rel(name)}" alt="{_e(title)}">')
     note = (report.get("mistakes") or {}).get("note")
     if note:
         parts.append(f'<p class="note">{_e(note)}</p>')
-    links = [f'<a href="{rel(n)}">{n}</a>' for n in (records.PREDICTIONS, records.REPORT_JSON)
+    links = [f'<a href="{rel(n)}">{n}</a>' for n in (layout.PREDICTIONS, layout.REPORT_JSON)
              if (report_dir / n).is_file()]
     if links:
         parts.append("<p>" + " &middot; ".join(links) + "</p>")
@@ -226,7 +226,7 @@ def _write_if_changed(path: Path, text: str) -> bool:
 
 
 def index_path(cache_dir) -> Path:
-    return records.folder(cache_dir, records.REPORTS) / records.INDEX
+    return layout.folder(cache_dir, layout.REPORTS_DIR) / layout.INDEX
 
 
 def rebuild(cache_dir, warn=None) -> tuple[Path, bool]:
@@ -236,7 +236,7 @@ def rebuild(cache_dir, warn=None) -> tuple[Path, bool]:
     waiting: two rebuilds at once (a `report` and a finishing `head`) take turns instead of one
     removing a page the other is writing."""
     index = index_path(cache_dir)
-    page_dir = index.parent / records.RUN_PAGES
+    page_dir = index.parent / layout.RUN_PAGES
     with outputs.Lock(page_dir, wait=True, also=[index]):
         page_dir.mkdir(parents=True, exist_ok=True)
         skipped = []

@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipeline import store
 from pipeline.backbones.rebuild import rebuild_backbone
-from pipeline.foundation import records, runs
+from pipeline.foundation import layout, runs
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.ship.calibration import apply_temperature
 from pipeline.sources.files import to_size
@@ -21,23 +21,23 @@ def newest_run(cache_dir) -> Path:
     """What `export` without RUN and `predict` without --model take: the newest finished run with an
     image model (a dense head run, composed with its backbone, or a fine-tune run); run.json is
     written last, so its time is the run's."""
-    found = [d for d in runs.run_folders(cache_dir) if (d / records.MODEL).is_file()]
+    found = [d for d in runs.run_folders(cache_dir) if (d / layout.MODEL).is_file()]
     if not found:
         raise UserError(f"no dense head or fine-tune run in {cache_dir}; run `head` first, or name a run")
-    return max(found, key=lambda d: (d / records.RUN_JSON).stat().st_mtime)
+    return max(found, key=lambda d: (d / layout.RUN_JSON).stat().st_mtime)
 
 
 def picked_line(run_dir, cache_dir, choose: str) -> str:
     return f"model: {run_dir} (the newest run in {cache_dir}; {choose} chooses another)"
 
 
-def read_run(path: Path) -> runs.Run:
+def keras_run(path: Path) -> runs.Run:
     """The run of a run folder, or of its run.json or model.keras; only runs with a Keras model."""
     run_dir = path if path.is_dir() else path.parent
-    if not (run_dir / records.RUN_JSON).is_file():
+    if not (run_dir / layout.RUN_JSON).is_file():
         raise UserError(f"{path} is not a run folder (no run.json); give cache/heads/<run> or cache/finetune/<run>")
     run = runs.Run.read(run_dir).check_files()
-    if run.stage != records.FINETUNE and not run.keras:
+    if run.stage != layout.FINETUNE_DIR and not run.keras:
         raise UserError(f"{run.folder} is a {run.kind} head run; only dense head runs and "
                         "stage-three runs export or predict (they are Keras models)")
     return run
@@ -53,12 +53,12 @@ def features_attrs(run: runs.Run) -> dict:
 
 def image_model(run: runs.Run, attrs: dict, backbone=None, weights=None):
     """The Keras model to export: uint8 images -> probabilities, temperature applied."""
-    if run.stage == records.FINETUNE:
-        model = load_keras_file(run.folder / records.MODEL, "fine-tuned model", "finetune")
+    if run.stage == layout.FINETUNE_DIR:
+        model = load_keras_file(run.folder / layout.MODEL, "fine-tuned model", "finetune")
     else:
         from pipeline.finetune.surgery import image_model as stack    # here: it loads Keras
         bb = rebuild_backbone(attrs, backbone, weights)
-        model = stack(bb.model, load_keras_file(run.folder / records.MODEL, "head", "head"))
+        model = stack(bb.model, load_keras_file(run.folder / layout.MODEL, "head", "head"))
     return apply_temperature(model, temperature(run))
 
 

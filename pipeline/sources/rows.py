@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.foundation import identity, outputs, records
+from pipeline.foundation import identity, layout, outputs
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.sources import dataset, digest, partition
 
@@ -35,7 +35,7 @@ def checked_source(attrs: dict, data_path, cache_dir) -> Source:
     seen = {"data_fingerprint": attrs["data_fingerprint"], "source": where,
             "source_identity": dataset.source_identity(path)}
     key = identity.digest(seen)
-    marker = records.folder(cache_dir, records.LOOKING) / records.CHECKED_SOURCES / f"{key}.json"
+    marker = layout.folder(cache_dir, layout.LOOKING_DIR) / layout.CHECKED_SOURCES / f"{key}.json"
     if not marker.is_file():
         load_splits(attrs, path)
         marker.parent.mkdir(parents=True, exist_ok=True)

@@ -2,12 +2,11 @@
 image of the declared width, and the one rule for a left-out `--features` (the newest complete file)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from pipeline import store
-from pipeline.foundation import records
-from pipeline.foundation.errors import UserError
+from pipeline.foundation import layout
+from pipeline.foundation.errors import UserError, notice
 
 
 def load_features(path, splits=store.SPLITS, expect: dict | None = None) -> store.RowSet:
@@ -32,7 +31,7 @@ def default_features(cache_dir, log=None) -> Path:
     features file in CACHE/features, whatever its settings, named on stderr (its values are checked
     when it is loaded: a damaged newest file is reported, not silently passed over for an older one)."""
     found = []
-    for path in records.folder(cache_dir, records.FEATURES).glob("*.h5"):
+    for path in layout.folder(cache_dir, layout.FEATURES_DIR).glob("*.h5"):
         try:
             attrs = store.read_rows(path, splits=(), values=False).attrs
         except UserError:
@@ -43,12 +42,8 @@ def default_features(cache_dir, log=None) -> Path:
         raise UserError(f"no complete features file in {Path(cache_dir, 'features')}; run `make features` "
                         "(or `python -m pipeline features --data DIR`) first, or pass --features FILE")
     newest = max(found, key=lambda p: p.stat().st_mtime)
-    (log or _stderr)(f"features: {newest} (the newest in {Path(cache_dir, 'features')}; --features chooses another)")
+    (log or notice)(f"features: {newest} (the newest in {Path(cache_dir, 'features')}; --features chooses another)")
     return newest
-
-
-def _stderr(line: str):
-    print(line, file=sys.stderr)
 
 
 def features_from_args(args) -> store.RowSet:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.foundation import identity, records
+from pipeline.foundation import identity, layout
 
 
 SCHEMA_VERSION = 2
@@ -47,7 +47,7 @@ def features_path(cache_dir, settings: dict) -> Path:
     stem = Path(settings["backbone"]).stem if settings["backbone"].endswith(".keras") else settings["backbone"]
     name = identity.name(settings, identity.slug(settings["dataset"]), identity.slug(stem), settings["input_size"],
                          settings["precision"], *(["2views"] if settings.get("views", 1) == 2 else []))
-    return Path(cache_dir) / records.FEATURES / f"{name}.h5"
+    return Path(cache_dir) / layout.FEATURES_DIR / f"{name}.h5"
 
 
 def partial_path(path: Path) -> Path:
