@@ -8,7 +8,7 @@
 #   BACKBONE=NAME|FILE features: a backbone of `make backbones` or a .keras file; a .keras file is passed on to
 #                      finetune, export and neighbors too
 #   WEIGHTS= SIZE= LIMIT= BATCH= PRECISION=    features: --weights --size --limit --batch-size --precision
-#   FEATURES=FILE.h5   head, sweep, finetune, neighbors, audit, map (default: the newest matching features file)
+#   FEATURES=FILE.h5   head, sweep, finetune, neighbors, audit, map (default: the newest complete features file)
 #   HEAD=dense|logreg|knn   head, sweep: the head kind          GRID="hidden=256,512 dropout=0.2,0.5"   sweep
 #   MODEL=FILE         finetune: the head to start from; predict: the model to predict with
 #   RUN=DIR            export: the run to export; audit: also that run's accuracy without the duplicates
@@ -77,7 +77,7 @@ sweep: $(STAMP)
 	$(RUN_PIPELINE) sweep $(FEATURES_FLAG) $(call opt,--head,$(HEAD)) $(call opt,--grid,$(GRID)) $(CACHE_FLAG) $(ARGS)
 
 finetune: $(STAMP)
-	$(RUN_PIPELINE) finetune $(FEATURES_FLAG) $(call opt,--head,$(MODEL)) $(BACKBONE_FILE) $(CACHE_FLAG) $(ARGS)
+	$(RUN_PIPELINE) finetune $(FEATURES_FLAG) $(call opt,--start-from,$(MODEL)) $(BACKBONE_FILE) $(CACHE_FLAG) $(ARGS)
 
 # ---------------------------------------------------------------- shipping
 predict: $(STAMP)

@@ -1,7 +1,8 @@
 """Command line: `python -m pipeline <stage> [flags]`. Each stage module registers its own flags
-(`add_arguments(parser)`) and runs them (`run(args)`); this module only dispatches, and turns a
-UserError or a storage failure (full disk, unwritable cache) into one `error:` line with exit code 2.
-A bug keeps its traceback and exit code 1."""
+(`add_arguments(parser)`), its --help text (`HELP`, written for users) and runs them (`run(args)`);
+this module dispatches, rebuilds the report page after the stages that add a run (REBUILDS_SITE),
+and turns a UserError or a storage failure (full disk, unwritable cache) into one `error:` line with
+exit code 2. A bug keeps its traceback and exit code 1."""
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ STAGE_MODULES = [
     ("map", "pipeline.look.map", "2-D map of the features (PCA, then t-SNE) and Embedding Projector files"),
     ("compare", "pipeline.look.compare", "two runs on the same images: both accuracies with intervals, the paired "
                                     "difference, McNemar's p and the images only one gets right"),
-    ("verify", "pipeline.ship.verify",
+    ("verify", "pipeline.extract.verify",
      "re-embed a sample of a features file's rows and check they match what is stored"),
     ("report", "pipeline.look.report", "rebuild cache/reports/index.html: every run in one sortable page"),
 ]
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != module_name:
                 raise
             continue   # stage not built yet
-        p = sub.add_parser(name, help=help_text, description=module.__doc__,
+        p = sub.add_parser(name, help=help_text, description=module.HELP,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.set_defaults(run=module.run, rerun_hint=RERUN)   # a stage may set its own rerun_hint
         module.add_arguments(p)

@@ -120,8 +120,11 @@ def test_auto_precision_follows_the_device():
         assert device.startswith("GPU") and precision == "float16"
     else:
         assert device == "CPU" and precision == ("bfloat16" if device_precision.cpu_has_bf16() else "float32")
-    with pytest.raises(UserError):
-        device_precision.resolve_precision("int8")
+    # an unknown precision is the settings layer's to refuse, before anything resolves it
+    from pipeline.extract.features import FeatureSettings
+    from pipeline.foundation import settings
+    with pytest.raises(UserError, match="--precision must be one of auto, float32, bfloat16, float16, got 'int8'"):
+        settings.check(FeatureSettings(precision="int8"))
 
 
 # /proc/cpuinfo's flags line of each kind of CPU the project supports (abridged).

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.ship import calibration
+from pipeline.heads import calibration
 
 
 def test_ece_by_hand():

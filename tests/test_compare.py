@@ -10,8 +10,9 @@ from conftest import assert_one_error, run_cli, synthetic_cifar, synthetic_featu
 from pipeline.look import compare
 from pipeline.heads import kinds, training
 from pipeline.heads import mistakes
-from pipeline.foundation import runs, stats
-from pipeline.heads import sweep
+from pipeline.foundation import stats
+from pipeline.foundation.runs import Run
+from pipeline.heads import leaderboard
 from pipeline.cli import main
 from pipeline.store.features import load_features
 
@@ -126,8 +127,8 @@ def test_not_a_run_is_one_error_line(tmp_path, capsys):
 
 def test_sweep_marks_ties_with_the_best_and_recommends_one(two_runs):
     cache, a, b = two_runs
-    runs = [runs.Run.read(d).record | {"run_dir": d} for d in (a, b)]
-    rows = sweep.leaderboard(runs, [], ties=True)
+    runs = [Run.read(d).record | {"run_dir": d} for d in (a, b)]
+    rows = leaderboard.leaderboard(runs, [], ties=True)
     best, other = rows
     assert best["val_p_vs_best"] == 1.0 and best["tied_with_best"]
     ra, rb = _right(best["run_dir"], "val"), _right(other["run_dir"], "val")
@@ -138,16 +139,16 @@ def test_sweep_marks_ties_with_the_best_and_recommends_one(two_runs):
     # runs recorded before intervals existed: the interval comes from their report's confusion matrix
     old = [{**r, "metrics": {k: v for k, v in r["metrics"].items() if not k.endswith("_interval")},
             "report": str(cache / "reports" / r["run_dir"].rsplit("/", 1)[-1])} for r in runs]
-    assert [r["test_accuracy_low"] for r in sweep.leaderboard(old, [], ties=True)] == [
+    assert [r["test_accuracy_low"] for r in leaderboard.leaderboard(old, [], ties=True)] == [
         r["test_accuracy_low"] for r in rows]
 
 
 def test_sweep_ties_without_per_image_predictions_are_left_unmarked(two_runs, tmp_path):
     _, a, b = two_runs
     # the same runs as if their reports were gone (a cache from before predictions.csv)
-    runs = [runs.Run.read(d).record | {"run_dir": str(tmp_path / "heads" / d.rsplit("/", 1)[-1])}
+    runs = [Run.read(d).record | {"run_dir": str(tmp_path / "heads" / d.rsplit("/", 1)[-1])}
             for d in (a, b)]
-    rows = sweep.leaderboard(runs, [], ties=True)
+    rows = leaderboard.leaderboard(runs, [], ties=True)
     assert [r["tied_with_best"] for r in rows] == [None, None] and rows[0]["recommended"]
 
 
@@ -157,9 +158,9 @@ def test_site_and_report_show_the_intervals(two_runs, tmp_path):
     from pipeline.heads import evaluation
     from pipeline.look import report as site
     cache, a, b = two_runs
-    runs = [runs.Run.read(d).record | {"run_dir": d} for d in (a, b)]
-    rows = sweep.leaderboard(runs, [], ties=True)
-    sweep.save_leaderboard(rows, cache / "sweeps" / "test-sweep")
+    runs = [Run.read(d).record | {"run_dir": d} for d in (a, b)]
+    rows = leaderboard.leaderboard(runs, [], ties=True)
+    leaderboard.save_leaderboard(rows, cache / "sweeps" / "test-sweep")
     site.rebuild(cache)
     name = a.rsplit("/", 1)[-1]
     saved = json.loads((cache / "reports" / name / "report.json").read_text())
@@ -201,11 +202,11 @@ def test_compare_two_real_runs(real_features, tmp_path, capsys):
 def test_the_recommended_tie_is_the_most_regularized(monkeypatch):
     """Three logreg configurations right on the same val images (all tied): the smallest C is
     recommended however long each took; without ties, the best alone."""
-    monkeypatch.setattr(sweep, "val_correct", lambda run_dir: np.array([True, False] * 10))
+    monkeypatch.setattr(leaderboard, "val_correct", lambda run_dir: np.array([True, False] * 10))
     runs = [{"run_dir": f"cache/heads/logreg-{c}", "head": "logreg", "settings": {"C": c, "max_iter": 100},
              "metrics": {"val_accuracy": 0.5, "test_accuracy": 0.5, "wall_seconds": w}}
             for c, w in ((1.0, 1.0), (0.01, 9.0), (0.1, 2.0))]
-    rows = sweep.leaderboard(runs, ["C"], ties=True)
+    rows = leaderboard.leaderboard(runs, ["C"], ties=True)
     assert all(r["tied_with_best"] for r in rows)
     assert [r["C"] for r in rows if r["recommended"]] == [0.01]
     assert "logreg: smaller C" in kinds.TIE_RULE and "dense: smaller hidden" in kinds.TIE_RULE

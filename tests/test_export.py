@@ -42,7 +42,7 @@ def runs(head_run, tiny_backbone_features):
     stage three from it (only the slow tests need that run)."""
     from pipeline.finetune.finetune import FinetuneSettings, run_finetune
     cache, head, backbone = head_run
-    tuned = run_finetune(FinetuneSettings(features=str(tiny_backbone_features), head=str(head / "model.keras"),
+    tuned = run_finetune(FinetuneSettings(features=str(tiny_backbone_features), start_from=str(head / "model.keras"),
                                           backbone=backbone, mode="cached", epochs=1, batch_size=8,
                                           precision="float32", cache_dir=str(cache)), log=quiet)
     return cache, head, tuned.parent, backbone
@@ -111,9 +111,9 @@ def test_every_format_reloads_without_the_project_and_matches_the_keras_model(ru
 def test_the_exported_model_is_the_run_with_its_temperature(runs):
     """Backbone + head, and softmax(log p / T) of that with the run's fitted T."""
     import keras
-    from pipeline.ship.calibration import as_logits, scaled_probs
+    from pipeline.heads.calibration import as_logits, scaled_probs
     from pipeline.backbones.rebuild import rebuild_backbone
-    from pipeline.finetune.surgery import image_model as stack
+    from pipeline.backbones.compose import image_model as stack
     cache, head_run, _, backbone = runs
     run = keras_run(head_run)
     attrs = features_attrs(run)

@@ -148,7 +148,7 @@ def test_library_callers_get_the_flags_checks(features_file, tmp_path):
 def test_every_stage_applies_the_same_features_checks(stage, how, expect, tmp_path, capsys):
     path = synthetic_features(tmp_path / "f", per_class=(8, 4, 4))
     _corrupt(path, how)
-    extra = ["--head", "logreg"] if stage != "finetune" else ["--head", str(tmp_path / "none.keras")]
+    extra = ["--head", "logreg"] if stage != "finetune" else ["--start-from", str(tmp_path / "none.keras")]
     code, _, err = run_cli(capsys, stage, "--features", path, "--cache-dir", tmp_path / "c", *extra)
     assert_one_error(code, err, expect)
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").rglob("*.*"))
@@ -365,7 +365,7 @@ def test_sigkill_of_a_sweep_takes_its_workers_along_and_the_rerun_finishes(tmp_p
 
 
 def test_a_second_identical_sweep_is_refused(features_file, tmp_path, capsys):
-    from pipeline.heads.sweep import parse_grid
+    from pipeline.heads.grid import parse_grid
     base = kinds.make_settings("logreg")
     fs = load_features(features_file)
     stem = tmp_path / "sweeps" / (f"logreg-{fs.attrs['settings_hash']}-"

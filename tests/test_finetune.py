@@ -59,7 +59,7 @@ def tiny_tuned(tiny_backbone_features, tmp_path_factory):
 
 
 def settings(features, head, cache, **kw):
-    base = dict(features=str(features), head=str(head), mode="cached", epochs=1, batch_size=8, lr=LR,
+    base = dict(features=str(features), start_from=str(head), mode="cached", epochs=1, batch_size=8, lr=LR,
                 precision="float32", cache_dir=str(cache))
     return FinetuneSettings(**{**base, **kw})
 
@@ -203,7 +203,7 @@ def test_resume_continues_from_the_last_checkpoint(tiny_inception_features, head
 
 
 def test_unknown_unfreeze_layer_lists_the_blocks(tiny_inception_features, head, tmp_path, capsys):
-    code = main(["finetune", "--features", str(tiny_inception_features), "--head", str(head),
+    code = main(["finetune", "--features", str(tiny_inception_features), "--start-from", str(head),
                  "--unfreeze-from", "mixed99", "--cache-dir", str(tmp_path), "--precision", "float32"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ")
@@ -233,7 +233,7 @@ def test_bad_input_gives_one_error_line_and_exit_2(tiny_inception_features, head
     features = str(tmp_path / "missing.h5") if case == "no features" else str(tiny_inception_features)
     argv = ["finetune", "--features", features, "--cache-dir", str(tmp_path), "--precision", "float32"]
     if case != "no head found":
-        argv += ["--head", head_arg]
+        argv += ["--start-from", head_arg]
     code = main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
@@ -297,7 +297,7 @@ def test_a_run_killed_while_exporting_resumes_to_the_best_epoch(tiny_inception_f
 
 def test_a_second_identical_finetune_is_refused(tiny_backbone_features, tiny_tuned, tmp_path, monkeypatch, capsys):
     import pipeline.finetune.finetune as ft
-    argv = ["finetune", "--features", str(tiny_backbone_features), "--head", str(tiny_tuned[1]), "--mode", "cached",
+    argv = ["finetune", "--features", str(tiny_backbone_features), "--start-from", str(tiny_tuned[1]), "--mode", "cached",
             "--epochs", "1", "--batch-size", "8", "--lr", str(LR), "--precision", "float32", "--cache-dir", str(tmp_path)]
     second = {}
 
@@ -322,7 +322,7 @@ def test_a_corrupt_checkpoint_or_a_nan_activation_is_one_error(tiny_inception_fe
     run_dir = tmp_path / "finetune" / tuned[0].parent.name
     run_dir.mkdir(parents=True)
     (run_dir / "checkpoint.npz").write_bytes(b"PK\x03\x04 truncated by a full disk")
-    argv = ["finetune", "--features", str(tiny_inception_features), "--head", str(head), "--mode", "cached",
+    argv = ["finetune", "--features", str(tiny_inception_features), "--start-from", str(head), "--mode", "cached",
             "--epochs", "2", "--batch-size", "8", "--lr", str(LR), "--precision", "float32", "--cache-dir", str(tmp_path)]
     code = main([*argv, "--resume"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -365,3 +365,19 @@ def test_recipe_settings_out_of_range_are_one_error_line(tiny_inception_features
     code = main(["finetune", "--features", str(tiny_inception_features), "--cache-dir", str(tmp_path), flag, value])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and flag in err[0], err
+
+
+def test_head_is_the_old_name_of_start_from(capsys, monkeypatch):
+    """finetune's --head (a model file) is now --start-from, since --head names a head kind in `head`
+    and `sweep`: the old spelling still works, with one warning line; both at once are refused."""
+    from conftest import assert_one_error, run_cli
+    from pipeline.cli import build_parser
+    from pipeline.finetune import finetune
+    code, _, err = run_cli(capsys, "finetune", "--head", "missing.keras", "--start-from", "other.keras")
+    assert_one_error(code, err, "--head is the old name of --start-from")
+    seen = []
+    monkeypatch.setattr(finetune, "run_finetune", lambda s: seen.append(s.start_from))
+    finetune.run(build_parser().parse_args(["finetune", "--head", "h.keras"]))
+    assert seen == ["h.keras"]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "warning: finetune --head FILE is now --start-from FILE (--head names a head kind in `head` and `sweep`)"]

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import make_head
 from pipeline.backbones.rebuild import rebuild_backbone
-from pipeline.extract import views
+from pipeline.finetune import augment
 from pipeline.finetune import activations, surgery
 from pipeline.finetune.finetune import FinetuneSettings, run_finetune
 from pipeline.sources.rows import load_splits
@@ -45,18 +45,18 @@ def test_translated_view_is_a_flip_and_shift_of_the_image():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     ids = np.array([7, 8, 9, 10])
-    np.testing.assert_array_equal(views.cached_view(images, ids, 0), images)
-    np.testing.assert_array_equal(views.cached_view(images, ids, 1), images[:, :, ::-1])
-    moved = views.cached_view(images, ids, 2)
-    np.testing.assert_array_equal(moved, views.cached_view(images, ids, 2))      # a function of (id, view)
-    np.testing.assert_array_equal(moved[1:], views.cached_view(images[1:], ids[1:], 2))   # not of the batch
-    m = views.MAX_SHIFT_PX
+    np.testing.assert_array_equal(augment.cached_view(images, ids, 0), images)
+    np.testing.assert_array_equal(augment.cached_view(images, ids, 1), images[:, :, ::-1])
+    moved = augment.cached_view(images, ids, 2)
+    np.testing.assert_array_equal(moved, augment.cached_view(images, ids, 2))      # a function of (id, view)
+    np.testing.assert_array_equal(moved[1:], augment.cached_view(images[1:], ids[1:], 2))   # not of the batch
+    m = augment.MAX_SHIFT_PX
     for img, out in zip(images, moved):
-        candidates = [views.translate(src, dy, dx) for src in (img, img[:, ::-1])
+        candidates = [augment.translate(src, dy, dx) for src in (img, img[:, ::-1])
                       for dy in range(-m, m + 1) for dx in range(-m, m + 1)]
         assert any(np.array_equal(out, c) for c in candidates)
     # interior pixels of a translation are the image's, moved
-    np.testing.assert_array_equal(views.translate(images[0], 1, -2)[1:, :30], images[0][:31, 2:])
+    np.testing.assert_array_equal(augment.translate(images[0], 1, -2)[1:, :30], images[0][:31, 2:])
 
 
 @pytest.mark.slow
@@ -73,7 +73,7 @@ def test_each_stored_view_is_the_map_of_that_view_of_the_image(cache):
         assert len(f["val/features"]) == len(splits["val"].y)
     stored = rows.reshape(5, K, *rows.shape[1:])
     for v in range(K):
-        expected = fn(views.cached_view(images, ids, v))
+        expected = fn(augment.cached_view(images, ids, v))
         np.testing.assert_allclose(stored[:, v], expected, atol=2e-3 * np.abs(expected).max())
     assert not np.allclose(stored[:, 0], stored[:, 2])   # the third view is a different image
 
@@ -133,7 +133,7 @@ def test_resume_with_cached_augmentation_gives_the_same_weights(tiny_inception_f
     from pipeline.finetune import checkpoint
     monkeypatch.setattr("pipeline.heads.evaluation.write_report", lambda out_dir, **kwargs: {})
     head = make_head(tiny_inception_features, tmp_path / "heads" / "d", epochs=2, dropout=0.0)
-    s = dict(features=str(tiny_inception_features), head=str(head), mode="cached", epochs=2, batch_size=8,
+    s = dict(features=str(tiny_inception_features), start_from=str(head), mode="cached", epochs=2, batch_size=8,
              lr=1e-4, views_per_image=K, map_shift=1, precision="float32", patience=5)
     whole = run_finetune(FinetuneSettings(**s, cache_dir=str(tmp_path / "a")), log=quiet)
     shutil.copytree(tmp_path / "a" / "activations", tmp_path / "b" / "activations")   # build the cache once

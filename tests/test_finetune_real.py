@@ -20,7 +20,7 @@ def test_fine_tuning_keeps_or_improves_validation_accuracy(real_features, tmp_pa
     # The default recipe (deeper cut, lr 1e-3) is sized for thousands of images: here, on 54 per
     # class, it lost 4.7 test points in 3 epochs (val 0.600 -> 0.633, test 0.715 -> 0.668). The
     # plumbing is tested at the last block and a 10x smaller rate, which keep the head's accuracy.
-    common = dict(features=str(real_features), head=str(head), backbone=str(PRETRAINED), mode="cached",
+    common = dict(features=str(real_features), start_from=str(head), backbone=str(PRETRAINED), mode="cached",
                   precision="float32", cache_dir=str(tmp_path), unfreeze_from="block14_expand_conv", lr=1e-4)
 
     # The starting point: before any step, the cached-mode model (float16 cut activations) and the

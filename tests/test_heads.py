@@ -300,16 +300,6 @@ def test_a_finished_run_is_up_to_date_on_the_command_line(trained, separable, ca
     assert f"up to date: {runs['knn']['run_dir']}" in capsys.readouterr().out.splitlines()
 
 
-def test_stage_two_imports_nothing_from_the_commands_above_it():
-    """Library code sits below the commands that use it: heads/ never imports look/ (the looking
-    commands use stage two, not the other way round)."""
-    for path in (ROOT / "pipeline" / "heads").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            assert not any(n.startswith("pipeline.look") for n in names), f"{path.name} imports {names}"
-
-
 def test_bad_jobs(separable, tmp_path, capsys):
     _fails_cleanly(["sweep", "--features", str(separable), "--cache-dir", str(tmp_path), "--jobs", "0"],
                    capsys, tmp_path, "--jobs must be a whole number >= 1, got '0'")

@@ -19,7 +19,7 @@ def model(tiny_backbone_features, tiny_backbone, tmp_path_factory):
     """Backbone + head exported without training (--epochs 0): the quickest real image model."""
     cache = tmp_path_factory.mktemp("predict")
     head = make_head(tiny_backbone_features, cache / "heads" / "dense-1", epochs=3)
-    return run_finetune(FinetuneSettings(features=str(tiny_backbone_features), head=str(head), epochs=0,
+    return run_finetune(FinetuneSettings(features=str(tiny_backbone_features), start_from=str(head), epochs=0,
                                          backbone=str(tiny_backbone), mode="cached", precision="float32",
                                          cache_dir=str(cache)),
                         log=lambda *a: None)
@@ -34,7 +34,7 @@ def run_cli(capsys, *argv):
 def expected_probs(model, images, tta=False):
     """The saved model's probabilities with the run's fitted temperature (and the mirror's, averaged)."""
     import keras
-    from pipeline.ship.calibration import as_logits, scaled_probs
+    from pipeline.heads.calibration import as_logits, scaled_probs
     t = json.loads((model.parent / "run.json").read_text())["calibration"]["temperature"]
     net = keras.models.load_model(model)
     views = [images, images[:, :, ::-1]] if tta else [images]
@@ -240,7 +240,7 @@ def test_a_head_run_gives_a_mixed_size_source_image_its_stored_rows_answer(mixed
     from conftest import MIXED_CLASSES
     from pipeline import store
     from pipeline.heads import kinds, training
-    from pipeline.ship.calibration import as_logits, scaled_probs
+    from pipeline.heads.calibration import as_logits, scaled_probs
     from pipeline.ship.predictor import Predictor
     path, root = mixed_features
     fs = store.read_rows(path)

@@ -107,7 +107,7 @@ def command(kind_reader: str, cache: Path, features: Path, name: str) -> list:
         "predict": ["predict", "--model", run_dir / layout.MODEL, cache / "none.png"],
         "predict export": ["predict", "--model", cache / layout.EXPORTS_DIR / f"{name}-keras" / layout.MODEL,
                            cache / "none.png"],
-        "finetune": ["finetune", *common, "--head", run_dir / layout.MODEL],
+        "finetune": ["finetune", *common, "--start-from", run_dir / layout.MODEL],
         "neighbors": ["neighbors", *common, "--split", "val", "--row", "0"],
         "audit": ["audit", *common, "--no-exact"],
     }[kind_reader]

@@ -200,7 +200,7 @@ def test_resume_refuses_another_runs_checkpoint(tuned_copy, capsys):
     for name in (layout.MODEL, layout.RUN_JSON):
         (one_epoch / name).unlink()
     (one_epoch / layout.CHECKPOINT).write_bytes((two_epochs / layout.CHECKPOINT).read_bytes())
-    argv = ["finetune", "--features", s.features, "--head", s.head, "--mode", "cached", "--epochs", "1",
+    argv = ["finetune", "--features", s.features, "--start-from", s.start_from, "--mode", "cached", "--epochs", "1",
             "--batch-size", "8", "--lr", str(s.lr), "--precision", "float32", "--cache-dir", s.cache_dir, "--resume"]
     code, _, err = run_cli(capsys, *argv)
     assert_one_error(code, err, f"it was written by run {two_epochs.name}, not this run {one_epoch.name}")
@@ -251,7 +251,7 @@ def test_minus_zero_is_zero_in_every_identity(cache, capsys):
 def test_a_library_callers_none_is_the_declared_default():
     from pipeline.foundation import settings
     from pipeline.look.compare import CompareSettings
-    from pipeline.ship.verify import DEFAULT_SAMPLE, VerifySettings
+    from pipeline.extract.verify import DEFAULT_SAMPLE, VerifySettings
     assert settings.check(CompareSettings(cache_dir=None, split=None)) == CompareSettings()
     assert settings.check(VerifySettings(sample=None)).sample == DEFAULT_SAMPLE
 
@@ -324,6 +324,6 @@ def test_verify_and_info_name_an_activation_cache_and_a_folder(tmp_path, capsys)
 
 
 def test_verify_samples_exactly_the_rows_asked_for():
-    from pipeline.ship.verify import sample_rows
+    from pipeline.extract.verify import sample_rows
     for n in (1, 2, 3, 7, 200):
         assert sum(map(len, sample_rows({"train": 90, "val": 10, "test": 100}, n, 0).values())) == n

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.heads import kinds
 from pipeline.cli import main
-from pipeline.heads.sweep import configurations, parse_grid
+from pipeline.heads.grid import configurations, parse_grid
 from conftest import synthetic_features
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import CIFAR_JPG, PRETRAINED, copy_cifar, require_pretrained
-from pipeline.ship import verify
+from pipeline.extract import verify
 from pipeline.cli import main
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -80,7 +80,7 @@ def render() -> str:
     out += [f"| [`{name}`](#{name}) | {_cell(summaries[name])} |" for name in commands]
     for name, sub in commands.items():
         out.append(f"\n## {name}\n\n{summaries[name]}.\n\n```\n{sub.format_usage().strip()}\n```\n")
-        actions = [a for a in sub._actions if not isinstance(a, argparse._HelpAction)]
+        actions = [a for a in sub._actions if not isinstance(a, argparse._HelpAction) and a.help != argparse.SUPPRESS]
         if not actions:
             out.append("No flags.")
             continue

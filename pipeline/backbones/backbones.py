@@ -1,8 +1,13 @@
-"""`python -m pipeline backbones`: the backbones --backbone can name, one row each."""
+"""The `backbones` command: the backbone table printed, one row each."""
 from __future__ import annotations
 
 from pipeline.backbones.table import BACKBONES, DEFAULT_BACKBONE, PREPROCESSING
 from pipeline.foundation.tables import format_table
+
+
+HELP = """The backbones --backbone can name, one row each: input size, feature width, parameters,
+preprocessing and the default --unfreeze-from block of `finetune`.
+"""
 
 
 def add_arguments(p):

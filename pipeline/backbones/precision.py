@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.foundation.errors import UserError
-from pipeline.foundation.flags import PRECISIONS
-
-
 POLICY = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
 
 
@@ -24,11 +20,9 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_precision(precision: str) -> tuple[str, str]:
-    """'auto' -> float16 on a GPU, bfloat16 on a CPU with bf16 units, else float32.
-    Returns (precision, device description)."""
+    """'auto' -> float16 on a GPU, bfloat16 on a CPU with bf16 units, else float32; any other of the
+    declared precisions (checked by the settings layer) as it is. Returns (precision, device description)."""
     import tensorflow as tf
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     gpus = tf.config.list_physical_devices("GPU")
     device = f"GPU ({len(gpus)} visible)" if gpus else "CPU"
     if precision == "auto":

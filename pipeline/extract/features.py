@@ -1,5 +1,4 @@
-"""Stage one: run the frozen backbone once over every image and cache the embeddings in HDF5.
-"""
+"""The `features` command: stage one's settings, the file's identity, and the run from source to rows."""
 from __future__ import annotations
 
 import contextlib
@@ -14,11 +13,13 @@ from pipeline.backbones.precision import resolve_precision
 from pipeline.backbones.weights import Weights
 from pipeline.extract import engine
 from pipeline.extract import views
+from pipeline.extract.memory import check_memory
+from pipeline.extract.moved import record_moved_files, recorded_files
 from pipeline.foundation import flags, identity, settings
-from pipeline.foundation.errors import UserError, first_line, warn
+from pipeline.foundation.errors import UserError
 from pipeline.foundation.machine import versions
-from pipeline.foundation.outputs import Lock, produce
-from pipeline.foundation.settings import Choice, Interval, setting
+from pipeline.foundation.outputs import produce
+from pipeline.foundation.settings import Interval, setting
 from pipeline.foundation.progress import Progress
 from pipeline.sources import dataset, digest, partition
 from pipeline.store.features import load_features
@@ -38,8 +39,8 @@ class FeatureSettings:
                             "(inception_v3, resnet50, convnext_tiny, ...), or a saved .keras model taking RGB 0-255 "
                             "images and returning a feature vector", metavar="NAME|PATH")
     weights: str | None = setting(None, None, "Keras's ImageNet download, random init (tests), or a local weights "
-                                  "file, e.g. Keras's *_notop.h5 for the backbone (default: imagenet)",
-                                  metavar="imagenet|none|PATH")
+                                  "file, e.g. Keras's *_notop.h5 for the backbone", metavar="imagenet|none|PATH",
+                                  auto="imagenet for a named backbone; a backbone file's own weights")
     size: int | None = setting(None, Interval(int, 1), "side of the resized input",
                                auto="the backbone's own, e.g. 299 for inception_v3; at least its minimum, e.g. 75")
     batch_size: int = setting(64, Interval(int, 1), "images per batch", record=False)
@@ -53,12 +54,11 @@ class FeatureSettings:
     # How the work is done: provenance, not settings (the file and its name do not depend on them).
     shard_rows: int = setting(engine.DEFAULT_SHARD_ROWS, engine.SHARD_ROWS, "rows per unit of work, a multiple of "
                               "128: what a resumed run recomputes at most per shard in flight", record=False)
-    engine: str = setting("local", Choice(("local", "ray")), "local: this process; ray: a Ray Data actor pool on a "
-                          "local instance or a cluster, with the [ray] extra installed", record=False)
-    address: str | None = setting(None, None, "ray: the cluster to join (default: start a local instance for this "
-                                  "run)", metavar="auto|ray://HOST:PORT", record=False)
-    workers: int | None = setting(None, Interval(int, 1), f"ray: actors in the pool (default: {DEFAULT_WORKERS}); "
-                                  "refused with --engine local", record=False)
+    engine: str = flags.engine_setting("this process", "a Ray Data actor pool on a local instance or a cluster, "
+                                       "with the [ray] extra installed")
+    address: str | None = flags.address_setting("run")
+    workers: int | None = setting(None, Interval(int, 1), "ray: actors in the pool; refused with --engine local",
+                                  auto=f"{DEFAULT_WORKERS} with --engine ray", record=False)
     gpus_per_worker: float = setting(0, Interval(float, 0), "ray: GPUs per actor (0: CPU); more than the cluster "
                                      "has fails at once", metavar="G", record=False)
     views: int = setting(1, Interval(int, min(views.VIEWS), max(views.VIEWS), closed="both"), "2: also store each "
@@ -88,39 +88,10 @@ def file_identity(s: FeatureSettings, precision: str) -> dict:
     return found
 
 
-def _recorded_files(s: FeatureSettings) -> dict:
-    """The absolute path of a backbone or weights file, beside its sha256 (in the settings), so that
-    later commands rebuild the network without being told where it is again. Not a setting: the
-    same file elsewhere gives the same numbers and the same file name."""
-    if s.backbone not in table.BACKBONES:
-        return {"backbone_file": str(Path(s.backbone).resolve())}
-    if s.weights not in (None, "imagenet", "none"):
-        return {"weights_file": str(Path(s.weights).resolve())}
-    return {}
-
-
-def _record_moved_files(final: Path, s: FeatureSettings, log):
-    """An up-to-date file whose backbone or weights file was given at another path than it records:
-    the settings hold the file's sha256, so it is the same file, moved. Its new path is recorded
-    (the attribute written in place on the complete file, under the file's lock, as nothing else
-    writes a complete file), so that later commands find it without --backbone/--weights."""
-    given = _recorded_files(s)
-    attrs = store.read_rows(final, splits=(), values=False).attrs
-    moved = {key: path for key, path in given.items() if attrs.get(key) != path}
-    if not moved:
-        return
-    import h5py
-    try:
-        with Lock(final, wait=True, log=log):
-            with h5py.File(final, "r+") as f:
-                for key, path in moved.items():
-                    f.attrs[key] = path
-    except OSError as exc:       # e.g. a read-only cache, or the file open in another process
-        warn(f"could not record the new path in {final.name} ({first_line(exc)}); later commands ask for "
-             f"it again ({', '.join(moved)} stays {', '.join(str(attrs.get(k)) for k in moved)})")
-        return
-    for key, path in moved.items():
-        log(f"recorded {key}: {path} (was {attrs.get(key)}; the same file, by its sha256)")
+HELP = """Stage one: run the frozen backbone once over every image and cache one embedding per image in an
+HDF5 file under <cache-dir>/features/, named by a hash of every setting that changes the numbers.
+A killed run resumes where it stopped; the same command again prints "up to date".
+"""
 
 
 def add_arguments(p):
@@ -129,32 +100,6 @@ def add_arguments(p):
 
 def run(args):
     print(run_features(settings.from_args(FeatureSettings, args)))
-
-
-# Peak working memory of one batch through a convolutional backbone, per input pixel, in bytes:
-# the float32 image plus the widest early activations (InceptionV3: 64 channels at half the side,
-# alive together with their inputs) come to about 100; measured 0.6 GB for 64 images at 299x299.
-BYTES_PER_PIXEL = 100
-
-
-def _available_memory() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _check_memory(size: int, batch_size: int):
-    """Refuse an input size the machine cannot hold, with the estimate, before anything is built."""
-    need = BYTES_PER_PIXEL * size * size * batch_size
-    have = _available_memory()
-    if have is not None and need > have:
-        raise UserError(f"--size {size} with --batch-size {batch_size} needs about {need / 2**30:,.1f} GiB of "
-                        f"memory per batch, and {have / 2**30:,.1f} GiB are available; lower --size or "
-                        "--batch-size")
 
 
 def _check(s: FeatureSettings):
@@ -193,11 +138,11 @@ def run_features(s: FeatureSettings, log=print) -> Path:
             f"Ray: {s.workers} CPU workers"
     recorded = file_identity(s, precision)
     final = store.features_path(s.cache_dir, recorded)
-    _check_memory(recorded["input_size"], s.batch_size)
+    check_memory(recorded["input_size"], s.batch_size)
     up_to_date, _ = produce(final, lambda: _up_to_date(final, recorded, log),
                             lambda: _extract(s, recorded, final, precision, device, log), log)
     if up_to_date:
-        _record_moved_files(final, s, log)
+        record_moved_files(final, s, log)
     return final
 
 
@@ -216,7 +161,7 @@ def _extract(s: FeatureSettings, recorded: dict, final: Path, precision: str, de
         attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": identity.digest(recorded),
                  "settings": recorded, **recorded, "weights": str(Weights.from_attrs(recorded)),
                  "source": ds.source, "class_names": list(ds.class_names),
-                 "image_shape": splits["train"].images.image_shape, "device": device, **_recorded_files(s),
+                 "image_shape": splits["train"].images.image_shape, "device": device, **recorded_files(s),
                  "batch_size": s.batch_size, "shard_rows": s.shard_rows, "versions": versions(),
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         writer = store.RowWriter(final, attrs, {k: v.y for k, v in splits.items()},

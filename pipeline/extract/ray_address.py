@@ -8,6 +8,16 @@ import socket
 from pipeline.foundation.errors import UserError, first_line
 
 
+def import_ray():
+    """Ray with Ray Data, or the one error line that says how to install it."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise UserError("--engine ray needs Ray Data: pip install '.[ray]' (ray[data])") from None
+    return ray
+
+
 CONNECT_SECONDS = 4      # a cluster's head answers at once; ray.init would retry for 30 s to minutes
 
 
@@ -18,8 +28,7 @@ def check_reachable(address: str):
     """Fail within CONNECT_SECONDS where nothing accepts connections at `address` (a host:port, a
     ray://host[:port] of Ray Client, or "auto": the running cluster's), since ray.init then retries
     "Failed to connect to GCS" for minutes (Ray Client for about 30 s)."""
-    from pipeline.extract.ray_engine import _import_ray
-    _import_ray()                # Ray missing: the one error line that says how to install it
+    import_ray()                # Ray missing: the one error line that says how to install it
     from ray._private.services import canonicalize_bootstrap_address_or_die
     try:
         if address.startswith("ray://"):

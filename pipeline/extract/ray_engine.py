@@ -31,22 +31,13 @@ RETRIES = 2                          # attempts per shard: 1 + RETRIES
 LOCAL_OBJECT_STORE = 512 * 2**20     # a local instance's object store: shards stream through it
 
 
-def _import_ray():
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise UserError("--engine ray needs Ray Data: pip install '.[ray]' (ray[data])") from None
-    return ray
-
-
 class Session:
     """Joins a cluster (`address`), or starts a local instance that it alone shuts down again, on
     any exit including Ctrl-C, and that a watchdog (pipeline.foundation.reaper) removes even after a SIGKILL.
     An instance already running in this process (tests) is used as is."""
 
     def __init__(self, address: str | None):
-        self.ray, self.address, self.started, self.watchdog = _import_ray(), address, False, None
+        self.ray, self.address, self.started, self.watchdog = ray_address.import_ray(), address, False, None
 
     def __enter__(self):
         ray = self.ray

@@ -1,1 +1,2 @@
-"""Stage three: the `finetune` command, the cut (surgery), the activation cache and resumable checkpoints."""
+"""Stage three: the `finetune` command and its settings, the cut (surgery), cached augmentation, the
+activation cache, the recipe and resumable checkpoints."""

@@ -4,7 +4,7 @@ renamed into place only when complete, named by a hash of what determines the nu
 
 Row order. Train rows are written in a seeded random order of the images, so that any contiguous
 run of rows is a random sample: training then reads whole contiguous windows (fast, chunk-aligned
-HDF5 reads) instead of scattered rows. With K views per image (pipeline.extract.views.cached_view: as is,
+HDF5 reads) instead of scattered rows. With K views per image (pipeline.finetune.augment.cached_view: as is,
 mirrored, then random flips and translations of the image), image i of that order fills rows
 K*i .. K*i+K-1, and each epoch picks one of the K per image, as on-the-fly augmentation would.
 Val and test rows keep the features file's order, one view (as is).
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.extract.views import MAX_SHIFT_PX, VIEW_SEED, cached_view
+from pipeline.finetune.augment import MAX_SHIFT_PX, VIEW_SEED, cached_view
 from pipeline.foundation import identity, layout
 from pipeline.foundation.progress import Progress
 from pipeline import store

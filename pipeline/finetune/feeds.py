@@ -9,13 +9,14 @@ from pipeline.foundation import identity
 from pipeline import store
 from pipeline.backbones.folding import fast_extractor
 from pipeline.finetune import activations
+from pipeline.finetune.augment import MAX_SHIFT_PX
 from pipeline.foundation.outputs import produce
 from pipeline.sources.rows import load_splits
 
 
 def image_dataset(x, y, batch_size: int, shuffle: bool, augment: bool, seed: int):
-    """tf.data over uint8 images; augmentation: random horizontal flip and a shift of up to 2 px
-    (reflect-pad by 2, random crop back), applied per image on the fly."""
+    """tf.data over uint8 images; augmentation: random horizontal flip and a shift of up to
+    MAX_SHIFT_PX pixels (reflect-pad, random crop back), applied per image on the fly."""
     import tensorflow as tf
     ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
     if shuffle:
@@ -25,7 +26,7 @@ def image_dataset(x, y, batch_size: int, shuffle: bool, augment: bool, seed: int
 
         def jitter(img, label):
             img = tf.image.random_flip_left_right(img)
-            img = tf.pad(img, [[2, 2], [2, 2], [0, 0]], mode="REFLECT")
+            img = tf.pad(img, [[MAX_SHIFT_PX] * 2, [MAX_SHIFT_PX] * 2, [0, 0]], mode="REFLECT")
             return tf.image.random_crop(img, (h, w, c)), label
         ds = ds.map(jitter, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

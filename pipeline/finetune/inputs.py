@@ -3,18 +3,15 @@ features file), checked against the features file and its run record, and the sp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import h5py
 
 from pipeline import store
+from pipeline.backbones.compose import load_keras_file
+from pipeline.finetune.settings import FinetuneSettings
 from pipeline.foundation import layout, runs
 from pipeline.foundation.errors import UserError
 from pipeline.heads.training import find_best_head
-from pipeline.ship.models import load_keras_file
-
-if TYPE_CHECKING:
-    from pipeline.finetune.finetune import FinetuneSettings
 
 
 def load_head(path: Path, width: int, n_classes: int):
@@ -39,12 +36,12 @@ def head_run(path: Path, features_hash: str) -> dict:
 
 
 def find_head(s: FinetuneSettings, features_hash: str) -> Path:
-    if s.head is not None:
-        return Path(s.head)
+    if s.start_from is not None:
+        return Path(s.start_from)
     found = find_best_head(s.cache_dir, features_hash, head="dense")
     if found is None:
         raise UserError(f"no dense head for features {features_hash} in {layout.folder(s.cache_dir, layout.HEADS_DIR)}; "
-                        "run `make head` first (or pass --head FILE)")
+                        "run `make head` first (or pass --start-from FILE)")
     found = Path(found)
     return found / layout.MODEL if found.is_dir() else found
 

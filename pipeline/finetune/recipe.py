@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pipeline.backbones.folding import fold_batchnorm
+from pipeline.backbones.keras_private import discriminative
 from pipeline.finetune import activations
+from pipeline.finetune.settings import AUTO_STEPS, EPOCH_RANGE, FinetuneSettings
 from pipeline.finetune.surgery import with_precision
-
-if TYPE_CHECKING:
-    from pipeline.finetune.finetune import FinetuneSettings
 
 
 def train_precision(precision: str) -> str:
-    """What the trained part computes in: float32 where the frozen part runs in bfloat16 (a CPU):
-    backpropagation through EfficientNet-Lite0's top blocks took 2.80 s per batch of 64 in
-    bfloat16 and 1.41 s in float32 on the 2-core AMX Xeon (forward-only, bfloat16 is the faster)."""
+    """What the trained part computes in: float32 where the frozen part runs in bfloat16 (a CPU), as
+    backpropagation measured faster in float32 there while the forward-only pass is faster in
+    bfloat16 (docs/numbers.md, "Fine-tuning")."""
     return "float32" if precision == "bfloat16" else precision
 
 
@@ -43,17 +41,9 @@ def training_model(parts, mode: str, precision: str):
     return keras.Model(inputs, outputs, name=f"finetune_{mode}"), upper
 
 
-# --epochs auto: about this many optimizer steps, within EPOCH_RANGE. Measured through EfficientNet-
-# Lite0 on CIFAR-10 (cached mode, defaults, 2-core AMX Xeon): all 45,000 train images, 704 steps an
-# epoch, 3 epochs -> 90.8% test (+8.9 points over the best head) in 56 min with the activation pass;
-# 4,500 images (63 steps an epoch): 6 epochs 85.2%, 10 epochs 85.3%, so short sets take the top.
-AUTO_STEPS = 2000
-EPOCH_RANGE = (3, 10)
-
-
 def auto_epochs(train_rows: int, batch_size: int) -> int:
     """The epochs nearest AUTO_STEPS optimizer steps, clamped to EPOCH_RANGE: a bounded cost on a
-    large set (about 25 minutes of training on 2 cores through Lite0), enough passes on a small one."""
+    large set, enough passes on a small one (the measured costs: docs/numbers.md, "Fine-tuning")."""
     steps = -(-train_rows // batch_size)
     return min(max(round(AUTO_STEPS / max(steps, 1)), EPOCH_RANGE[0]), EPOCH_RANGE[1])
 
@@ -69,40 +59,12 @@ def schedule(s: FinetuneSettings, steps_per_epoch: int):
     return keras.optimizers.schedules.CosineDecay(0.0, total - warmup, warmup_target=s.lr, warmup_steps=warmup)
 
 
-def _discriminative(optimizer_class):
-    """`optimizer_class` whose steps (and decoupled weight decay) on the `scaled` variables use the
-    learning rate times `scale`: the backbone's pretrained layers move slower than the head. (Keras
-    has no per-variable rate; scaling gradients instead would be undone by Adam's normalization.)"""
-    from keras import ops
-
-    class Discriminative(optimizer_class):
-        def __init__(self, *args, scaled=(), scale=1.0, **kwargs):
-            super().__init__(*args, **kwargs)
-            self._scale, self._scaled = scale, {self._var_key(v) for v in scaled}
-
-        def _factor(self, variable):
-            return self._scale if self._var_key(variable) in self._scaled else 1.0
-
-        def update_step(self, gradient, variable, learning_rate):
-            super().update_step(gradient, variable, learning_rate * self._factor(variable))
-
-        def _apply_weight_decay(self, variables):
-            if self.weight_decay is None:
-                return
-            for v in variables:
-                if self._use_weight_decay(v):
-                    rate = ops.cast(self.learning_rate * self.weight_decay * self._factor(v), v.dtype)
-                    v.assign(v - v * rate)
-    Discriminative.__name__ = f"Discriminative{optimizer_class.__name__}"
-    return Discriminative
-
-
 def make_optimizer(s: FinetuneSettings, precision: str, steps_per_epoch: int = 1, backbone_variables=()):
     import keras
     cls, extra = {"sgd": (keras.optimizers.SGD, {"momentum": s.momentum}),
                   "adam": (keras.optimizers.Adam, {}),
                   "adamw": (keras.optimizers.AdamW, {"weight_decay": s.weight_decay})}[s.optimizer]
-    opt = _discriminative(cls)(schedule(s, steps_per_epoch), scaled=backbone_variables,
+    opt = discriminative(cls)(schedule(s, steps_per_epoch), scaled=backbone_variables,
                                scale=s.backbone_lr_scale, **extra)
     # float16 needs loss scaling against underflowing gradients; bfloat16 has float32's range.
     return keras.optimizers.LossScaleOptimizer(opt) if precision == "float16" else opt

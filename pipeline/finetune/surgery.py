@@ -109,10 +109,3 @@ def copy_weights_back(trained, reference):
     for layer in trained.layers:
         if layer.weights:
             reference.get_layer(layer.name).set_weights(layer.get_weights())
-
-
-def image_model(backbone_model, head, name="image_classifier"):
-    """The deliverable: uint8 images -> front -> pretrained network -> head -> probabilities."""
-    import keras
-    probabilities = head(backbone_model.output)
-    return keras.Model(backbone_model.input, probabilities, name=name)

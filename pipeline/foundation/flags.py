@@ -71,6 +71,9 @@ def seed_setting(help_text):
     return setting(0, SEED, help_text)
 
 
+# --backbone outside `features` keeps its name: it still names the backbone, only where its file is
+# now; the file must be the one the features were made with (its sha256 is checked), so it never
+# chooses another network (docs/features.md says so).
 def moved_backbone_setting():
     return setting(None, EXISTING, "the .keras backbone file the features were made with, if it moved since "
                    "(default: where the features file recorded it)", metavar="PATH", record=False)
@@ -84,6 +87,16 @@ def moved_weights_setting():
 def features_setting():
     return setting(None, None, "stage-one HDF5 file (default: the newest complete file in CACHE/features, whatever "
                    "its settings)", metavar="FILE", record=False)
+
+
+def engine_setting(local: str, ray: str):
+    """Where the work runs: provenance, never part of an output's identity."""
+    return setting("local", Choice(("local", "ray")), f"local: {local}; ray: {ray}", record=False)
+
+
+def address_setting(what: str):
+    return setting(None, None, f"ray: the cluster to join (default: start a local instance for this {what})",
+                   metavar="auto|ray://HOST:PORT", record=False)
 
 
 def moved_data_setting():

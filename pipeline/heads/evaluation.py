@@ -9,7 +9,7 @@ writes, into one folder that appears atomically:
     curves.png      loss and accuracy per epoch, when a Keras history is given
     reliability.png accuracy against confidence per split (15 bins), before and after temperature
                     scaling when the caller fitted one; report.json's "calibration" holds the ECE
-                    and NLL of each (pipeline.ship.calibration)
+                    and NLL of each (pipeline.heads.calibration)
 Test numbers are for reading only; nothing here chooses anything by them.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pipeline.foundation import layout, stats
 from pipeline.foundation.outputs import atomic_dir
 from pipeline.foundation.tables import format_table
 from pipeline.heads.mistakes import write_run_views
-from pipeline.ship import calibration
+from pipeline.heads import calibration
 
 
 def split_metrics(y_true, y_prob, class_names) -> dict:
@@ -110,26 +110,25 @@ def _plot_curves(path: Path, history: dict):
     plt.close(fig)
 
 
-def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_seconds, history=None,
-                 extra=None, features=None, cache_dir=None, calibrated: dict | None = None) -> dict:
+def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_seconds, calibrated, history=None,
+                 extra=None, features=None, cache_dir=None) -> dict:
     """Write report.json, confusion.png, reliability.png (and curves.png) to `out_dir`; return the
     report dict. `features`: the FeatureSet whose val/test rows y_true and y_prob are, in order; with
     it the report also holds predictions.csv, mistakes.png and the most-confused pairs
     (pipeline.heads.mistakes; `cache_dir`: the cache its source check is remembered in). `calibrated`:
-    {"temperature": T, "y_prob": {split: probabilities after scaling}}."""
+    the run's calibration.Calibration, computed once by the caller."""
     out_dir = Path(out_dir)
-    after, temperature = (calibrated["y_prob"], calibrated["temperature"]) if calibrated else (None, None)
     class_names = list(class_names)
     splits = {name: split_metrics(y_true[name], y_prob[name], class_names) for name in y_true}
     report = {**{f"{name}_accuracy": m["accuracy"] for name, m in splits.items()},
               **{f"{name}_accuracy_interval": m["accuracy_interval"] for name, m in splits.items()},
               "intervals": stats.ACCURACY_METHOD + " (accuracy, and each class's recall)",
               "wall_seconds": round(float(wall_seconds), 2), "class_names": class_names,
-              "splits": splits, "calibration": calibration.summary(y_true, y_prob, after, temperature),
+              "splits": splits, "calibration": calibrated.summary,
               **(extra or {})}
     with atomic_dir(out_dir) as tmp:
         _plot_confusion(tmp / layout.CONFUSION_PNG, splits, class_names)
-        calibration.plot_reliability(tmp / layout.RELIABILITY_PNG, y_true, y_prob, after, temperature)
+        calibration.plot_reliability(tmp / layout.RELIABILITY_PNG, calibrated)
         if history:
             _plot_curves(tmp / layout.CURVES_PNG, history)
         if features is not None:

@@ -1,20 +1,5 @@
-"""Stage two: train a classifier on cached features alone (no images, no backbone, no GPU needed).
-
-  --head dense    Keras: standardize -> Dense(hidden, relu) -> Dropout -> Dense(K, softmax)
-                  (--hidden 0: standardize -> softmax), EarlyStopping on val loss with the best
-                  weights restored, ModelCheckpoint of the best epoch.
-  --head logreg   scikit-learn Pipeline(StandardScaler, LogisticRegression(lbfgs, multinomial)).
-  --head knn      scikit-learn Pipeline(StandardScaler, KNeighborsClassifier(cosine)): the
-                  training-free k-nearest-neighbour probe of DINO- and CLIP-style evaluations.
-
-HEADS is the one table of head kinds (settings, train function, saved artifact, what a sweep may
-vary); a new head is one settings class, one HeadKind row and its train function. Each run goes to
-cache/heads/<head>-<features hash>-<settings hash>/ (the row's artifact: model.keras or
-model.joblib; run.json; history.json for heads trained by epochs) and its report to
-cache/reports/<same name>/ (report.json, confusion.png, curves.png). A run whose folder exists is
-up to date and is not trained again.
-The model is chosen on the validation split; test accuracy is only reported.
-"""
+"""The `head` command: one head run on a features file (or several seeds), its summary printed.
+The head table is kinds.py; one run is training.run_head."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,6 +20,24 @@ class HeadSettings(StageTwoSettings):
                          "standard deviation and 95%% interval of the mean of the accuracies")
 
 
+HELP = """Stage two: train a classifier on cached features alone (no images, no backbone, no GPU needed).
+
+  --head dense    Keras: standardize -> Dense(hidden, relu) -> Dropout -> Dense(K, softmax)
+                  (--hidden 0: standardize -> softmax), early stopping on val loss with the best
+                  weights restored.
+  --head logreg   scikit-learn: StandardScaler, then LogisticRegression (lbfgs, multinomial).
+  --head knn      scikit-learn: StandardScaler, then cosine k-nearest neighbours: the training-free
+                  probe of DINO- and CLIP-style evaluations.
+
+Each kind's own flags are listed below under its name; a flag of another kind is refused. Each run
+goes to <cache-dir>/heads/<head>-<features hash>-<settings hash>/ (the model, run.json, and the
+training history for heads trained by epochs) and its report to <cache-dir>/reports/<same name>/
+(report.json, predictions.csv, confusion.png, curves.png, reliability.png, mistakes.png). A
+finished run is up to date and is not trained again. The model is chosen on the validation split;
+test accuracy is only reported.
+"""
+
+
 def add_arguments(p):
     add_head_arguments(p, HeadSettings)
 
@@ -50,8 +53,11 @@ def run(args):
         print(f"summary: {path}")
         return
     result = run_head(fs, s.head, kind_settings, s.cache_dir, verbose=2, log=print)
+    # a run trained now hands its report back; an up-to-date one's is read from its folder
     report_json = Path(result["report"], layout.REPORT_JSON)
-    if report_json.is_file():
-        print_summary(records.read(report_json, records.REPORT), title=f"{s.head} head on {fs.path.name}")
+    report = result.get("report_content") or (records.read(report_json, records.REPORT) if report_json.is_file()
+                                               else None)
+    if report:
+        print_summary(report, title=f"{s.head} head on {fs.path.name}")
     print(f"report: {result['report']}")
     print(f"model:  {result['run_dir']}")

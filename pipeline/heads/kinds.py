@@ -58,7 +58,7 @@ class HeadKind:
     load: Callable         # artifact path -> model with predict_proba (sklearn) or predict (Keras)
     sweep: tuple           # the settings a sweep may vary (its leaderboard's columns without a grid)
     canonical: Callable = field(default=lambda settings: settings)
-    # a softmax output layer: a temperature fitted on val (pipeline.ship.calibration) calibrates it
+    # a softmax output layer: a temperature fitted on val (pipeline.heads.calibration) calibrates it
     calibrated: bool = False
     # how a sweep breaks a tie between configurations toward the more regularized one, as the
     # one-standard-error rule does (Breiman et al.): (setting, +1 smaller is simpler / -1 larger is)
@@ -98,8 +98,8 @@ def parse_setting(head: str, key: str, value):
 
 def make_settings(head: str, **given) -> dict:
     """The full settings of a head: defaults overridden by `given` (None = default), each checked."""
-    if head not in HEADS:
-        raise UserError(f"--head must be one of {', '.join(HEADS)}, got {head!r}")
+    # the --head flag's own check and message, for a library caller too
+    settings.parse_value(next(f for f in settings.declared(StageTwoSettings) if f.name == "head"), head)
     checked = {key: parse_setting(head, key, value) for key, value in given.items() if value is not None}
     return canonical(head, {**HEADS[head].defaults, **checked})
 
@@ -151,8 +151,7 @@ def kind_of(run_dir: Path) -> str:
 class StageTwoSettings:
     """The settings `head` and `sweep` share (each command adds its own; each kind's come from its
     class above)."""
-    features: str | None = setting(None, None, "stage-one HDF5 file (default: the newest complete file in "
-                                   "CACHE/features, whatever its settings)", metavar="FILE", record=False)
+    features: str | None = flags.features_setting()
     head: str = setting("dense", Choice(tuple(HEADS)), "which classifier")
     cache_dir: str = flags.cache_dir_setting("models and reports")
 

@@ -18,7 +18,7 @@ from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import atomic_dir, produce, write_json_atomic
 from pipeline.heads.evaluation import write_report
 from pipeline.heads.kinds import HEADS, make_settings, predict_proba
-from pipeline.ship.calibration import calibrate, summary
+from pipeline.heads.calibration import assess
 
 
 # where a run's "up to date: RUN" and leftover notices go unless the caller says (the commands: stdout)
@@ -78,22 +78,24 @@ def run_head(fs: store.RowSet, head: str, settings: dict, cache_dir, verbose=0, 
             per_view = {s: views.per_view(lambda x: predict_proba(model, x), fs.splits[s].views) for s in ("val", "test")}
             y_prob = {s: p.mean(axis=0) for s, p in per_view.items()}
             _check_finite(y_prob, head)
-            temperature, after = None, None
-            if HEADS[head].calibrated:      # a softmax output layer: temperature scaling fitted on val
-                temperature, after = calibrate(y_true, per_view)
-            info = {"head": head, "settings": settings, "features": _identity(fs), "metrics": {}}
+            # a temperature is fitted on val only for a kind whose output is a softmax layer
+            calibrated = assess(y_true, per_view, fit=HEADS[head].calibrated)
+            # the backbone's name recorded here too, so the report page need not open the features file again
+            info = {"head": head, "settings": settings, "features": _identity(fs), "metrics": {},
+                    "backbone": {"name": str(fs.attrs.get("backbone", "?"))}}
             report = write_report(report_dir, y_true=y_true, y_prob=y_prob, class_names=fs.class_names,
                                   wall_seconds=wall, history=history, features=fs, cache_dir=cache_dir,
-                                  calibrated=after and {"temperature": temperature, "y_prob": after},
+                                  calibrated=calibrated,
                                   extra={"run": name, "head": head, "settings": settings, "features": info["features"]})
-            info["calibration"] = summary(y_true, y_prob, after, temperature)
+            info["calibration"] = calibrated.summary
             info["metrics"] = {"val_accuracy": report["val_accuracy"], "test_accuracy": report["test_accuracy"],
                                "val_accuracy_interval": report["val_accuracy_interval"],
                                "test_accuracy_interval": report["test_accuracy_interval"],
                                "wall_seconds": report["wall_seconds"], **metrics}
             info = readback.sealed(info, tmp, layout.RUN_JSON, name)
             write_json_atomic(tmp / layout.RUN_JSON, info)   # last: a folder with run.json is a finished run
-        return {**info, "run_dir": str(final), "report": str(report_dir), "skipped": False, "model": model}
+        return {**info, "run_dir": str(final), "report": str(report_dir), "skipped": False, "model": model,
+                "report_content": report}
 
     up_to_date, made = produce(final, lambda: finished_run(cache_dir, head, features_hash, settings) is not None,
                                train, log, wait=wait, also=[report_dir], record=layout.RUN_JSON)

@@ -1,2 +1,2 @@
-"""Looking at results: the `neighbors`, `audit`, `map`, `compare` and `report` (the site) commands, and
-the mistakes/predictions views and image grids they share."""
+"""Looking at results: the `neighbors`, `audit`, `map`, `compare` and `report` (the site: its runs
+collected, its pages written) commands."""

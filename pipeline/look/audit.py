@@ -1,16 +1,4 @@
-"""Near-duplicates across splits: test images with a near-copy in the source's train set (train or
-val split), and val images with one in train, by cosine similarity of cached features, plus every
-exact copy (identical pixels, found by hashing the source images, whatever the threshold).
-
-  python -m pipeline audit --features F --threshold 0.9 [--run cache/heads/RUN]
-
-Writes cache/audit/<features file>-<hash>/ (audit.json: counts and every pair; pairs.csv; pairs.png:
-the most similar pairs side by side; borderline.png: the least similar pairs still counted, the ones
-to look at when choosing the threshold). With --run, also the run's test accuracy with and without
-the test images that have a duplicate in train, from its predictions.csv (any kind of run), which is
-read and checked before the audit starts. The images come from the source checked against the
-features file's data fingerprint (rows.checked_source); without --no-exact it must be there.
-"""
+"""The `audit` command: near-duplicate and exact-copy pairs across splits, and a run's accuracy without them."""
 from __future__ import annotations
 
 import csv
@@ -147,6 +135,19 @@ class AuditSettings:
     no_exact: bool = setting(False, None, "skip the exact-copy check (it decodes every image)")
     data: str | None = flags.moved_data_setting()
     cache_dir: str = flags.cache_dir_setting()
+
+
+HELP = """Near-duplicates across splits: test images with a near-copy in the source's train set (train or
+val split), and val images with one in train, by cosine similarity of cached features, plus every
+exact copy (identical pixels, found by hashing the source images, whatever the threshold).
+
+  python -m pipeline audit --features F --threshold 0.9 [--run cache/heads/RUN]
+
+Writes cache/audit/<features file>-<hash>/: audit.json (counts, every pair), pairs.csv, pairs.png
+(the most similar pairs) and borderline.png (the least similar pairs still counted: look at them to
+choose the threshold). With --run, also that run's test accuracy with and without the test images
+that have a duplicate in train. The images come from the features file's own source, checked by its
+fingerprint; without --no-exact it must be there."""
 
 
 def add_arguments(p):

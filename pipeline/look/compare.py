@@ -1,17 +1,4 @@
-"""Two runs scored on the same images, compared image by image.
-
-  python -m pipeline compare cache/heads/dense-... cache/heads/logreg-...
-
-A and B: any two runs with a report (heads of any kind, fine-tunes, runs on different backbones of
-the same source), named by their folder (cache/heads/NAME, cache/finetune/NAME, or the report
-folder) or by NAME under --cache-dir. They must have been scored on the same images: the same
-source (its data fingerprint) and the same val and test source indices; otherwise the comparison
-is refused. For val and test: both accuracies with their 95% Wilson intervals, the difference
-B - A with its 95% paired bootstrap interval, McNemar's exact p-value (pipeline.foundation.stats), and how
-many images only A and only B get right. The per-image results are the runs' predictions.csv
-(pipeline.heads.mistakes). Written to cache/compare/<hash>/: compare.json and disagreements.png (the
---split images only one of them gets right, read back from the source); up to date on rerun.
-"""
+"""The `compare` command: two runs' predictions.csv, paired image by image."""
 from __future__ import annotations
 
 import hashlib
@@ -203,6 +190,22 @@ def run_compare(arg_a: str, arg_b: str, s: CompareSettings, log=print) -> tuple[
 
     _, result = produce(out, done, make, log, record=layout.COMPARE_JSON)
     return result or records.read(saved, records.COMPARE_ANSWER), out
+
+
+HELP = """Two runs scored on the same images, compared image by image.
+
+  python -m pipeline compare cache/heads/dense-... cache/heads/logreg-...
+
+A and B: any two runs with a report (heads of any kind, fine-tunes, runs on different backbones of
+the same source), named by their folder (cache/heads/NAME, cache/finetune/NAME, or the report
+folder) or by NAME under --cache-dir. They must have been scored on the same images: the same
+source (its data fingerprint) and the same val and test source indices; otherwise the comparison
+is refused. For val and test: both accuracies with their 95% Wilson intervals, the difference
+B - A with its 95% paired bootstrap interval, McNemar's exact p-value, and how many images only A
+and only B get right, from the runs' predictions.csv. Written to cache/compare/<hash>/:
+compare.json and disagreements.png (the --split images only one of them gets right, read back
+from the source); up to date on rerun.
+"""
 
 
 def add_arguments(p):

@@ -1,17 +1,4 @@
-"""Do the classes separate? A 2-D map of a stratified subsample of one split: PCA to 50 dimensions
-(removes noise and makes t-SNE fast), then t-SNE (scikit-learn), coloured by class.
-
-  python -m pipeline map --features F --split test --per-class 100 [--projector DIR]
-
-Writes cache/looking/map-<hash>.png and map-<hash>.csv (source index, class, x, y); the same
-settings again are up to date. --projector DIR also writes TensorBoard Embedding Projector files
-into DIR (`tensorboard --logdir DIR`, then the Projector tab): tensors.tsv (the raw features of the
-subsample), metadata.tsv (class, split, source index, path), sprite.png (the images, row-major,
-row i = cell i, images of any mix of sizes fitted into one cell size) and projector_config.pbtxt,
-written last (it names the settings hash, which includes the image source; a rerun with the same
-settings finds it and is up to date). The images come from the source checked against the
-features file's data fingerprint (rows.checked_source), as does any --data given.
-"""
+"""The `map` command: PCA then t-SNE of a stratified subsample, and Embedding Projector files."""
 from __future__ import annotations
 
 import argparse
@@ -132,6 +119,22 @@ class MapSettings:
                                     "Embedding Projector files into DIR", record=False)
     data: str | None = flags.moved_data_setting()
     cache_dir: str = flags.cache_dir_setting()
+
+
+HELP = """Do the classes separate? A 2-D map of a stratified subsample of one split: PCA to 50 dimensions
+(removes noise and makes t-SNE fast), then t-SNE (scikit-learn), coloured by class.
+
+  python -m pipeline map --features F --split test --per-class 100 [--projector DIR]
+
+Writes cache/looking/map-<hash>.png and map-<hash>.csv (source index, class, x, y); the same
+settings again are up to date. --projector DIR also writes TensorBoard Embedding Projector files
+into DIR (`tensorboard --logdir DIR`, then the Projector tab): tensors.tsv (the raw features of the
+subsample), metadata.tsv (class, split, source index, path), sprite.png (the images, row-major,
+row i = cell i, images of any mix of sizes fitted into one cell size) and projector_config.pbtxt,
+written last (it names the settings hash, which includes the image source; a rerun with the same
+settings finds it and is up to date). The images come from the source checked against the
+features file's data fingerprint, as does any --data given.
+"""
 
 
 def add_arguments(p):

@@ -1,17 +1,4 @@
-"""The k most similar images (cosine similarity of cached features) to a row or to image files.
-
-  python -m pipeline neighbors --features F --split test --row 17
-  python -m pipeline neighbors --features F --backbone B.keras cat.jpg ship.png
-
-Image files are embedded exactly as stage one embedded its images: the features file's own
-backbone (rebuilt and checked by its identity), its precision, each image resized alone by the
-network's resize layer whatever its size. The search is brute force over every row of the searched
-splits, a block of queries at a time. Prints rank, similarity, split, row, class, source index and
-path; writes a PNG strip (query, then its neighbours) and the list as JSON to
-cache/looking/neighbors-<hash>.* (the same question again is up to date). Paths and pictures come
-from the source checked against the file's data fingerprint (rows.checked_source); the answer's
-key holds the file's hash, its data fingerprint, that source, and each query image's bytes and name.
-"""
+"""The `neighbors` command: a cosine search over a features file (similarity.py), cached by its question."""
 from __future__ import annotations
 
 import argparse
@@ -67,6 +54,22 @@ class NeighborsSettings:
     weights: str | None = flags.moved_weights_setting()
     data: str | None = flags.moved_data_setting()
     cache_dir: str = flags.cache_dir_setting()
+
+
+HELP = """The k most similar images (cosine similarity of cached features) to a row or to image files.
+
+  python -m pipeline neighbors --features F --split test --row 17
+  python -m pipeline neighbors --features F --backbone B.keras cat.jpg ship.png
+
+Image files are embedded exactly as stage one embedded its images: the features file's own
+backbone (rebuilt and checked by its identity), its precision, each image resized alone by the
+network's resize layer whatever its size. The search is brute force over every row of the searched
+splits, a block of queries at a time. Prints rank, similarity, split, row, class, source index and
+path; writes a PNG strip (query, then its neighbours) and the list as JSON to
+cache/looking/neighbors-<hash>.* (the same question again is up to date). Paths and pictures come
+from the source checked against the file's data fingerprint; the answer's
+key holds the file's hash, its data fingerprint, that source, and each query image's bytes and name.
+"""
 
 
 def add_arguments(p):

@@ -1,1 +1,1 @@
-"""Shipping a model: the `export`, `predict` and `verify` commands and temperature calibration."""
+"""Shipping a model: the `export` and `predict` commands, a run as a model, each export format."""

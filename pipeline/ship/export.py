@@ -1,18 +1,4 @@
-"""Export a trained image classifier for serving: a TensorFlow SavedModel, a float32 TFLite file or
-a Keras file, with labels.txt beside it.
-
-  RUN   a stage-two dense head run (cache/heads/dense-...): the backbone of its features file
-        (rebuilt exactly, as stage three does) with the head on top, or a stage-three run
-        (cache/finetune/...): its model.keras.
-
-Either way the exported model takes raw uint8 RGB images (N, H, W, 3) at the training images' size
-(32x32 for CIFAR-10; `predict` resizes) and returns class probabilities (N, K) with the run's fitted
-temperature applied (pipeline.ship.calibration). Before it is kept, each export is run on real test
-images of the features file and compared with the Keras model: the largest absolute difference in
-any probability must stay within 1e-4 (SavedModel, Keras) or 1e-3 (TFLite, float32). The check's
-numbers go into export.json. Outputs go to <cache-dir>/exports/<run>-<format>/ (written beside and
-renamed when complete; a rerun prints "up to date"). The last line printed is the model's path.
-"""
+"""The `export` command: a run's image model in each format (formats.py), checked against Keras."""
 from __future__ import annotations
 
 import datetime
@@ -34,15 +20,32 @@ from pipeline.ship.models import (class_names, features_attrs, image_model, newe
 
 @dataclass
 class ExportSettings:
-    format: str = setting("savedmodel", Choice(tuple(FORMATS)), "savedmodel (TensorFlow Serving, "
-                          "tf.saved_model.load), tflite (float32, tf.lite.Interpreter / LiteRT), keras "
-                          "(keras.models.load_model)")
+    format: str = setting("savedmodel", Choice(tuple(FORMATS)), "savedmodel (for TensorFlow Serving, or "
+                          "TensorFlow's saved_model loader), tflite (float32, for the TFLite / LiteRT "
+                          "interpreter), keras (a .keras file, for Keras's load_model)")
     check_images: int = setting(256, Interval(int, 1), "real test images the export is checked on against the "
                                 "Keras model")
     backbone: str | None = flags.moved_backbone_setting()
     weights: str | None = flags.moved_weights_setting()
     data: str | None = flags.moved_data_setting()
     cache_dir: str = flags.cache_dir_setting("exports")
+
+
+HELP = """Export a trained image classifier for serving: a TensorFlow SavedModel, a float32 TFLite file or
+a Keras file, with labels.txt beside it.
+
+  RUN   a stage-two dense head run (cache/heads/dense-...): the backbone of its features file
+        (rebuilt exactly, as stage three does) with the head on top, or a stage-three run
+        (cache/finetune/...): its model.keras.
+
+Either way the exported model takes raw uint8 RGB images (N, H, W, 3) at the training images' size
+(32x32 for CIFAR-10; `predict` resizes) and returns class probabilities (N, K) with the run's fitted
+temperature applied. Before it is kept, each export is run on real test
+images of the features file and compared with the Keras model: the largest absolute difference in
+any probability must stay within 1e-4 (SavedModel, Keras) or 1e-3 (TFLite, float32). The check's
+numbers go into export.json. Outputs go to <cache-dir>/exports/<run>-<format>/ (written beside and
+renamed when complete; a rerun prints "up to date"). The last line printed is the model's path.
+"""
 
 
 def add_arguments(p):

@@ -9,10 +9,11 @@ import numpy as np
 from PIL import Image
 
 from pipeline import store
+from pipeline.backbones.compose import image_model as stack, load_keras_file
 from pipeline.backbones.rebuild import rebuild_backbone
 from pipeline.foundation import layout, runs
-from pipeline.foundation.errors import UserError, first_line
-from pipeline.ship.calibration import apply_temperature
+from pipeline.foundation.errors import UserError
+from pipeline.heads.calibration import apply_temperature
 from pipeline.sources.files import to_size
 from pipeline.sources.rows import load_splits
 
@@ -56,7 +57,6 @@ def image_model(run: runs.Run, attrs: dict, backbone=None, weights=None):
     if run.stage == layout.FINETUNE_DIR:
         model = load_keras_file(run.folder / layout.MODEL, "fine-tuned model", "finetune")
     else:
-        from pipeline.finetune.surgery import image_model as stack    # here: it loads Keras
         bb = rebuild_backbone(attrs, backbone, weights)
         model = stack(bb.model, load_keras_file(run.folder / layout.MODEL, "head", "head"))
     return apply_temperature(model, temperature(run))
@@ -78,18 +78,3 @@ def sample_test_images(attrs: dict, data_path, n: int) -> np.ndarray:
     images = test.select(np.unique(np.linspace(0, len(test) - 1, min(n, len(test))).astype(int))).read()
     size = tuple(attrs["image_shape"][:2])
     return np.stack([x if x.shape[:2] == size else to_size(Image.fromarray(x), size) for x in images])
-
-
-def load_keras_file(path: Path, what: str, make: str):
-    """keras.models.load_model, with a missing or unreadable file as a UserError naming `what`
-    it should have been and the `make` target that produces it."""
-    import keras
-    if not path.exists():
-        raise UserError(f"{what} file {path} does not exist; run `make {make}` first")
-    if not path.is_file():
-        raise UserError(f"{what} {path} is a folder, not a .keras file")
-    try:
-        return keras.models.load_model(path, compile=False)
-    except Exception as exc:
-        raise UserError(f"cannot load {what} {path}: "
-                        f"{first_line(exc)}") from None

@@ -1,24 +1,4 @@
-"""Top-k classes, with probabilities, of image files, folders (searched recursively) and globs.
-
---model takes every form a trained model has: a run folder (a dense head run: the features file's
-backbone, found where the features file recorded it, with the head on top, as `export` composes
-them; or a fine-tune run), the model.keras in one, an export (its folder, the SavedModel folder,
-the .tflite or .keras file) or an image-model .keras file of one's own. Left out, it is the newest
-dense head or fine-tune run in --cache-dir, named on stderr. Class names and the fitted temperature
-come from the run.json (an export carries its temperature, and its labels.txt). Any RGB image is
-accepted: it is resized to the model's input size (32x32 for CIFAR-10) first, so that it looks like
-what the model was trained on; a dense head run takes each image as stage one took it (alone, at its
-own size, straight to the backbone's input), so a source image gets exactly its stored row's answer.
-
-Images are read and classified in batches (--batch-size), with a progress bar on a terminal.
-Without --out each image's line is printed; with --out FILE.csv (checked before any work) the rows
-(path, then class and probability for each of the top k) are written there, atomically; file names
-that are not UTF-8 are written as their bytes. An image that cannot be read is skipped and named on
-stderr with the reason; the others are still predicted, and the exit code is then 3. A path that
-exists is a file even with glob characters in its name; globs, like folders, follow no linked
-folder and each real file is predicted once. --tta averages the probabilities of each image and its
-mirror (pipeline.extract.views).
-"""
+"""The `predict` command: images in, top-k classes out, with any form of model (predictor.py)."""
 from __future__ import annotations
 
 import csv
@@ -57,6 +37,29 @@ class PredictSettings:
     backbone: str | None = flags.moved_backbone_setting()
     weights: str | None = flags.moved_weights_setting()
     cache_dir: str = flags.cache_dir_setting("runs")
+
+
+HELP = """Top-k classes, with probabilities, of image files, folders (searched recursively) and globs.
+
+--model takes every form a trained model has: a run folder (a dense head run: the features file's
+backbone, found where the features file recorded it, with the head on top, as `export` composes
+them; or a fine-tune run), the model.keras in one, an export (its folder, the SavedModel folder,
+the .tflite or .keras file) or an image-model .keras file of one's own. Left out, it is the newest
+dense head or fine-tune run in --cache-dir, named on stderr. Class names and the fitted temperature
+come from the run.json (an export carries its temperature, and its labels.txt). Any RGB image is
+accepted: it is resized to the model's input size (32x32 for CIFAR-10) first, so that it looks like
+what the model was trained on; a dense head run takes each image as stage one took it (alone, at its
+own size, straight to the backbone's input), so a source image gets exactly its stored row's answer.
+
+Images are read and classified in batches (--batch-size), with a progress bar on a terminal.
+Without --out each image's line is printed; with --out FILE.csv (checked before any work) the rows
+(path, then class and probability for each of the top k) are written there, atomically; file names
+that are not UTF-8 are written as their bytes. An image that cannot be read is skipped and named on
+stderr with the reason; the others are still predicted, and the exit code is then 3. A path that
+exists is a file even with glob characters in its name; globs, like folders, follow no linked
+folder and each real file is predicted once. --tta averages the probabilities of each image and its
+mirror.
+"""
 
 
 def add_arguments(p):

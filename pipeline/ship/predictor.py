@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.backbones.compose import load_keras_file
 from pipeline.backbones.rebuild import row_extractor
 from pipeline.extract.views import image_views
 from pipeline.foundation import layout, readback, records
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.ship import formats, models
-from pipeline.ship.calibration import apply_temperature
+from pipeline.heads.calibration import apply_temperature
 from pipeline.sources.files import load_image
 
 
@@ -84,7 +85,7 @@ def _run_model(run_dir: Path, backbone, weights):
         model = models.image_model(run, None)
         return (lambda x: model.predict(x, verbose=0)), tuple(model.input_shape[1:3]), models.class_names(run)
     rows = row_extractor(models.features_attrs(run), backbone, weights)
-    head = apply_temperature(models.load_keras_file(run.folder / layout.MODEL, "head", "head"),
+    head = apply_temperature(load_keras_file(run.folder / layout.MODEL, "head", "head"),
                              models.temperature(run))
     return (lambda images: head.predict(rows(images), verbose=0)), None, models.class_names(run)
 

@@ -29,8 +29,6 @@ from pipeline.sources.images import Dataset, FORMATS_HELP
 def load_dataset(path: str | os.PathLike | None, limit: int | None = None) -> Dataset:
     """Load a source; with `limit`, keep at most that many train and test images each
     (``balanced_subset``), decoding only those from an image folder."""
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit must be a positive number of images, got {limit}")
     if path is None:
         return load_keras(limit)
     path = Path(path)

@@ -26,8 +26,6 @@ def balanced_subset(labels: np.ndarray, n_classes: int, limit: int | None) -> np
 def make_splits(ds: Dataset, val_fraction: float, seed: int) -> dict[str, Split]:
     """train/val/test: a seeded, stratified `val_fraction` of the train set becomes val.
     Test is never touched. Each split's ``index`` points into the full source set."""
-    if not 0 < val_fraction < 1:
-        raise UserError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     k = len(ds.class_names)
     rng = np.random.default_rng(seed)
     val = []

@@ -1,4 +1,4 @@
-"""Print a features file's (or an activation cache's) settings, splits, shapes and completeness."""
+"""The `info` command: a row store file's attributes and splits, printed without loading its rows."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,6 +7,10 @@ import numpy as np
 
 from pipeline.store.reader import check_structure, is_complete, open_store
 from pipeline.store.schema import SPLITS, words_for
+
+
+HELP = """Print a features file's (or an activation cache's) settings, splits, shapes and completeness.
+"""
 
 
 def add_arguments(p):

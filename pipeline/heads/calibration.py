@@ -13,6 +13,8 @@ softmax, which is what is fitted and what is evaluated.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from pipeline.foundation.errors import UserError
@@ -76,40 +78,61 @@ def reliability(probs: np.ndarray, y: np.ndarray, bins: int = BINS) -> dict:
 def ece(probs: np.ndarray, y: np.ndarray, bins: int = BINS) -> float:
     """Expected calibration error: sum over bins of |accuracy - confidence| weighted by the bin's
     share of predictions (empty bins weigh nothing)."""
-    r = reliability(probs, y, bins)
-    filled = r["count"] > 0
-    gaps = np.abs(r["accuracy"][filled] - r["confidence"][filled])
-    return float(np.sum(gaps * r["count"][filled]) / max(1, len(y)))
+    return _ece(reliability(probs, y, bins), len(y))
 
 
-def summary(y_true: dict, before: dict, after: dict | None = None, temperature: float | None = None) -> dict:
-    """{"bins", "temperature", split: {"ece_before", "nll_before", ["ece_after", "nll_after"]}}."""
-    out = {"bins": BINS}
-    if temperature is not None:
-        out["temperature"] = round(float(temperature), 6)
+def _ece(curve: dict, n: int) -> float:
+    filled = curve["count"] > 0
+    gaps = np.abs(curve["accuracy"][filled] - curve["confidence"][filled])
+    return float(np.sum(gaps * curve["count"][filled]) / max(1, n))
+
+
+@dataclass
+class Calibration:
+    """A run's calibration, computed once and then written wherever it is shown: run.json and
+    report.json (`summary`), reliability.png (`curves`)."""
+    temperature: float | None   # None: not fitted (a head without a softmax output layer)
+    after: dict | None          # split -> (N, K) probabilities after scaling
+    summary: dict               # {"bins", "temperature", split: {"ece_before", "nll_before", ...}}
+    curves: dict                # split -> {"before": reliability(...), "after": ...}
+
+
+def assess(y_true: dict, per_view: dict, fit: bool) -> Calibration:
+    """The calibration of a run's predictions, `per_view`: split -> (V, N, K) probabilities of each
+    view (or (N, K) for one view). With `fit`, T is fitted on val and every split also scored after
+    scaling."""
+    logits = {k: as_logits(_with_views(v)) for k, v in per_view.items()}
+    before = {k: _with_views(v).mean(axis=0) for k, v in per_view.items()}
+    temperature = fit_temperature(logits["val"], y_true["val"]) if fit else None
+    after = {k: scaled_probs(z, temperature) for k, z in logits.items()} if fit else None
+    summary, curves = {"bins": BINS}, {}
+    if fit:
+        summary["temperature"] = round(float(temperature), 6)
     for split, y in y_true.items():
-        row = {"ece_before": ece(before[split], y), "nll_before": nll(before[split], y)}
-        if after is not None:
-            row.update(ece_after=ece(after[split], y), nll_after=nll(after[split], y))
-        out[split] = {k: round(v, 6) for k, v in row.items()}
-    return out
+        stages = {"before": before[split], **({"after": after[split]} if fit else {})}
+        curves[split] = {stage: reliability(p, y) for stage, p in stages.items()}
+        row = {}
+        for stage, p in stages.items():
+            row.update({f"ece_{stage}": _ece(curves[split][stage], len(y)), f"nll_{stage}": nll(p, y)})
+        summary[split] = {k: round(v, 6) for k, v in row.items()}
+    return Calibration(temperature, after, summary, curves)
 
 
-def plot_reliability(path, y_true: dict, before: dict, after: dict | None = None, temperature=None):
-    """One panel per split: accuracy against confidence per bin, before and (if given) after
+def plot_reliability(path, calibration: Calibration):
+    """One panel per split: accuracy against confidence per bin, before and (if fitted) after
     temperature scaling, with the diagonal of perfect calibration."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(y_true), figsize=(4.8 * len(y_true), 4.4), squeeze=False)
-    for ax, (split, y) in zip(axes[0], y_true.items()):
+    curves = calibration.curves
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.8 * len(curves), 4.4), squeeze=False)
+    for ax, (split, stages) in zip(axes[0], curves.items()):
         ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
-        curves = [("before", before)] + ([(f"after (T={temperature:.3f})", after)] if after is not None else [])
-        for label, probs in curves:
-            r = reliability(probs[split], y)
+        for stage, r in stages.items():
+            label = stage if stage == "before" else f"after (T={calibration.temperature:.3f})"
             filled = r["count"] > 0
             ax.plot(r["confidence"][filled], r["accuracy"][filled], marker="o",
-                    label=f"{label}: ECE {ece(probs[split], y):.3f}")
+                    label=f"{label}: ECE {calibration.summary[split][f'ece_{stage}']:.3f}")
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1)
         ax.set_xlabel("confidence (top probability)")
@@ -119,14 +142,6 @@ def plot_reliability(path, y_true: dict, before: dict, after: dict | None = None
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def calibrate(y_true: dict, per_view: dict) -> tuple[float, dict]:
-    """Fit T on per_view["val"] ((V, N, K) probabilities of each split). Returns (T, each split's
-    probabilities after scaling: the mean over views of softmax(log p / T))."""
-    logits = {k: as_logits(v) for k, v in per_view.items()}
-    temperature = fit_temperature(logits["val"], y_true["val"])
-    return temperature, {k: scaled_probs(z, temperature) for k, z in logits.items()}
 
 
 # ---------------------------------------------------------------- the model

@@ -1,17 +1,4 @@
-"""Does a features file still hold what its backbone gives today?
-
-  python -m pipeline verify cache/features/F.h5 [--sample 256]
-
-Re-embeds a seeded random sample of rows (spread over train, val and test in proportion to their
-sizes, every stored view) from the file's own source images, with the file's own backbone
-(rebuilt and checked by its weights identity, as `finetune` and `neighbors` rebuild it), precision
-and image size, and compares them with the stored rows: the largest absolute difference (as a
-share of the row's largest value) and the smallest cosine similarity. Exit 0 when every sampled
-row is within the precision's tolerance (TOLERANCE); otherwise exit 2 with one `error:` line
-naming the first differing row and what differs between the library versions and machine the
-file records and today's. A replaced source image, other weights, a TensorFlow, Keras or oneDNN
-upgrade, or another CPU's bfloat16 arithmetic all show up here.
-"""
+"""The `verify` command: stage one's check, a seeded sample of rows embedded again and compared."""
 from __future__ import annotations
 
 import time
@@ -134,6 +121,22 @@ def _check_labels(path, split: str, at, stored, source, class_names):
 
 
 # ---------------------------------------------------------------- command line
+
+HELP = """Does a features file still hold what its backbone gives today?
+
+  python -m pipeline verify cache/features/F.h5 [--sample 256]
+
+Re-embeds a seeded random sample of rows (spread over train, val and test in proportion to their
+sizes, every stored view) from the file's own source images, with the file's own backbone
+(rebuilt and checked by its weights identity, as `finetune` and `neighbors` rebuild it), precision
+and image size, and compares them with the stored rows: the largest absolute difference (as a
+share of the row's largest value) and the smallest cosine similarity. Exit 0 when every sampled
+row is within the precision's tolerance; otherwise exit 2 with one `error:` line
+naming the first differing row and what differs between the library versions and machine the
+file records and today's. A replaced source image, other weights, a TensorFlow, Keras or oneDNN
+upgrade, or another CPU's bfloat16 arithmetic all show up here.
+"""
+
 
 def add_arguments(p):
     p.add_argument("file", metavar="FILE", help="the features file to check")
