@@ -40,7 +40,8 @@ def find_head(s: FinetuneSettings, features_hash: str) -> Path:
         return Path(s.start_from)
     found = find_best_head(s.cache_dir, features_hash, head="dense")
     if found is None:
-        raise UserError(f"no dense head for features {features_hash} in {layout.folder(s.cache_dir, layout.HEADS_DIR)}; "
+        heads = layout.folder(s.cache_dir, layout.HEADS_DIR)
+        raise UserError(f"no dense head for features {features_hash} in {heads}; "
                         "run `make head` first (or pass --start-from FILE)")
     found = Path(found)
     return found / layout.MODEL if found.is_dir() else found

@@ -64,7 +64,8 @@ def load(arg: str, cache_dir) -> Scored:
     found = find_report(arg, cache_dir)
     if found is None:
         raise UserError(f"{arg} is not a run with per-image predictions (no predictions.csv in its report); "
-                        f"pass a run folder such as {layout.folder(cache_dir, layout.HEADS_DIR) / 'NAME'} or a run name")
+                        f"pass a run folder such as {layout.folder(cache_dir, layout.HEADS_DIR) / 'NAME'} "
+                        "or a run name")
     run = _run_of(found)
     report = records.read(found / layout.REPORT_JSON, records.REPORT)
     try:

@@ -28,7 +28,8 @@ def export_labels(folder: Path) -> list[str] | None:
     found = records.read(folder / layout.EXPORT_JSON, records.EXPORT)
     why = readback.broken(folder, found)
     if why:
-        raise records.damaged(folder / layout.EXPORT_JSON, records.EXPORT, f"the export's files do not read back: {why}")
+        raise records.damaged(folder / layout.EXPORT_JSON, records.EXPORT,
+                              f"the export's files do not read back: {why}")
     labels = folder / layout.LABELS
     if labels.is_file() and records.read_labels(labels) != found["class_names"]:
         raise records.damaged(labels, records.EXPORT, f"its {len(records.read_labels(labels))} lines are not "

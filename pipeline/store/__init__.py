@@ -34,6 +34,7 @@ from pipeline.store.schema import (ACTIVATION_CACHE, CHECK_ROWS, CHUNK_ROWS, FEA
                                    SPLITS, Words, features_path, partial_path, words_for)
 from pipeline.store.writer import RowWriter
 
-__all__ = ["ACTIVATION_CACHE", "CHECK_ROWS", "CHUNK_ROWS", "FEATURES_FILE", "MIRRORED", "SCHEMA_VERSION", "SPLITS", "RowSet", "RowSplit",
+__all__ = ["ACTIVATION_CACHE", "CHECK_ROWS", "CHUNK_ROWS", "FEATURES_FILE", "MIRRORED", "SCHEMA_VERSION", "SPLITS",
+           "RowSet", "RowSplit",
            "RowWriter", "Words", "check_settings", "check_structure", "check_values", "features_path",
            "is_complete", "older_schema", "open_store", "partial_path", "read_rows", "words_for"]
