@@ -107,8 +107,8 @@ def find_best_head(cache_dir, settings_hash: str, head: str = "dense") -> Path |
     file `settings_hash`; None when there is none. A run with a damaged run.json is left out with a
     warning: the user named none of them, and one bad run must not hide the others."""
     best, best_acc = None, -1.0
-    runs = layout.folder(cache_dir, layout.HEADS_DIR)
-    for run_json in sorted(runs.glob(f"{head}-{settings_hash}-*/{layout.RUN_JSON}")):
+    heads_dir = layout.folder(cache_dir, layout.HEADS_DIR)
+    for run_json in sorted(heads_dir.glob(f"{head}-{settings_hash}-*/{layout.RUN_JSON}")):
         model = run_json.parent / HEADS[head].artifact
         if not model.is_file():
             continue                       # not a finished run
