@@ -92,7 +92,6 @@ class Calibration:
     """A run's calibration, computed once and then written wherever it is shown: run.json and
     report.json (`summary`), reliability.png (`curves`)."""
     temperature: float | None   # None: not fitted (a head without a softmax output layer)
-    after: dict | None          # split -> (N, K) probabilities after scaling
     summary: dict               # {"bins", "temperature", split: {"ece_before", "nll_before", ...}}
     curves: dict                # split -> {"before": reliability(...), "after": ...}
 
@@ -115,7 +114,7 @@ def assess(y_true: dict, per_view: dict, fit: bool) -> Calibration:
         for stage, p in stages.items():
             row.update({f"ece_{stage}": _ece(curves[split][stage], len(y)), f"nll_{stage}": nll(p, y)})
         summary[split] = {k: round(v, 6) for k, v in row.items()}
-    return Calibration(temperature, after, summary, curves)
+    return Calibration(temperature, summary, curves)
 
 
 def plot_reliability(path, calibration: Calibration):

@@ -13,7 +13,7 @@ from pipeline.foundation.stats import ACCURACY_METHOD, interval_text
 from pipeline.foundation.tables import format_table
 from pipeline.heads import kinds, training
 from pipeline.heads.grid import configurations, parse_grid
-from pipeline.heads.kinds import TIE_RULE, StageTwoSettings
+from pipeline.heads.kinds import TIE_LEVEL, TIE_RULE, StageTwoSettings
 from pipeline.heads.leaderboard import leaderboard, save_leaderboard
 from pipeline.heads.parallel import train_all
 from pipeline.store.features import features_from_args
@@ -32,7 +32,7 @@ class SweepSettings(StageTwoSettings):
     address: str | None = flags.address_setting("sweep")
 
 
-HELP = """Stage two: train a grid of head settings in parallel processes and rank them.
+HELP = f"""Stage two: train a grid of head settings in parallel processes and rank them.
 
   python -m pipeline sweep --grid hidden=256,512,1024 dropout=0.2,0.5 lr=1e-3,3e-4 --jobs 2
 
@@ -42,7 +42,7 @@ exists is skipped, so an interrupted or extended sweep only trains what is new. 
 sorted by validation accuracy (test accuracy is shown, never used to rank), with each accuracy's
 95% Wilson interval, is printed and saved as JSON and CSV in <cache-dir>/sweeps/. Configurations
 whose val accuracy is not distinguishable from the best (McNemar's exact test on the same val
-images, p >= 0.05) are marked as ties, and the most regularized of them is recommended.
+images, p >= {TIE_LEVEL}) are marked as ties, and the most regularized of them is recommended.
 
 With `--engine ray` the configurations are Ray tasks and the features go into Ray's object store
 once, shared by every task. The tasks write their runs under --cache-dir, so on a multi-node

@@ -16,9 +16,9 @@ from pipeline.extract import views
 from pipeline.foundation import identity, layout, readback, runs
 from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import atomic_dir, produce, write_json_atomic
+from pipeline.heads import calibration
 from pipeline.heads.evaluation import write_report
 from pipeline.heads.kinds import HEADS, make_settings, predict_proba
-from pipeline.heads.calibration import assess
 
 
 # where a run's "up to date: RUN" and leftover notices go unless the caller says (the commands: stdout)
@@ -79,7 +79,7 @@ def run_head(fs: store.RowSet, head: str, settings: dict, cache_dir, verbose=0, 
             y_prob = {s: p.mean(axis=0) for s, p in per_view.items()}
             _check_finite(y_prob, head)
             # a temperature is fitted on val only for a kind whose output is a softmax layer
-            calibrated = assess(y_true, per_view, fit=HEADS[head].calibrated)
+            calibrated = calibration.assess(y_true, per_view, fit=HEADS[head].calibrated)
             # the backbone's name recorded here too, so the report page need not open the features file again
             info = {"head": head, "settings": settings, "features": _identity(fs), "metrics": {},
                     "backbone": {"name": str(fs.attrs.get("backbone", "?"))}}

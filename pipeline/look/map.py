@@ -121,7 +121,7 @@ class MapSettings:
     cache_dir: str = flags.cache_dir_setting()
 
 
-HELP = """Do the classes separate? A 2-D map of a stratified subsample of one split: PCA to 50 dimensions
+HELP = f"""Do the classes separate? A 2-D map of a stratified subsample of one split: PCA to {PCA_DIMS} dimensions
 (removes noise and makes t-SNE fast), then t-SNE (scikit-learn), coloured by class.
 
   python -m pipeline map --features F --split test --per-class 100 [--projector DIR]

@@ -31,7 +31,7 @@ class ExportSettings:
     cache_dir: str = flags.cache_dir_setting("exports")
 
 
-HELP = """Export a trained image classifier for serving: a TensorFlow SavedModel, a float32 TFLite file or
+HELP = f"""Export a trained image classifier for serving: a TensorFlow SavedModel, a float32 TFLite file or
 a Keras file, with labels.txt beside it.
 
   RUN   a stage-two dense head run (cache/heads/dense-...): the backbone of its features file
@@ -40,11 +40,12 @@ a Keras file, with labels.txt beside it.
 
 Either way the exported model takes raw uint8 RGB images (N, H, W, 3) at the training images' size
 (32x32 for CIFAR-10; `predict` resizes) and returns class probabilities (N, K) with the run's fitted
-temperature applied. Before it is kept, each export is run on real test
-images of the features file and compared with the Keras model: the largest absolute difference in
-any probability must stay within 1e-4 (SavedModel, Keras) or 1e-3 (TFLite, float32). The check's
-numbers go into export.json. Outputs go to <cache-dir>/exports/<run>-<format>/ (written beside and
-renamed when complete; a rerun prints "up to date"). The last line printed is the model's path.
+temperature applied. Before it is kept, each export is run on real test images of the features
+file and compared with the Keras model: the largest absolute difference in any probability must
+stay within {FORMATS["savedmodel"][1]} (SavedModel, Keras) or {FORMATS["tflite"][1]} (TFLite, float32).
+The check's numbers go into export.json. Outputs go to <cache-dir>/exports/<run>-<format>/ (written
+beside and renamed when complete; a rerun prints "up to date"). The last line printed is the model's
+path.
 """
 
 
