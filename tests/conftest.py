@@ -473,3 +473,55 @@ def make_head(features: Path, run_dir: Path, hidden: int = 64, epochs: int = 30,
                      "feature_width": int(train.features.shape[1]), "class_names": fs.class_names},
         "metrics": {"val_accuracy": acc["val"], "test_accuracy": acc["test"]}}))
     return run_dir / "model.keras"
+
+
+# ---------------------------------------------------------------- a user's photos: class folders, no split
+
+PHOTO_CLASSES = ("airplane", "cat", "ship")
+# (height, width) as shown, cycling: CIFAR's own 32x32, small and large upscales, portrait and landscape
+PHOTO_SIZES = ((32, 32), (96, 128), (1100, 1500), (160, 90), (64, 64))
+# EXIF orientation -> the PIL transpose that stores an upright image so that the tag turns it back
+STORED_AS = {1: None, 2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE",
+             6: "ROTATE_90", 7: "TRANSVERSE", 8: "ROTATE_270"}
+
+
+def save_oriented(upright, path: Path, orientation: int, **save_kwargs):
+    """Save a PIL image so that it shows as `upright` once its EXIF orientation tag is applied: the
+    stored pixels turned the other way, as a phone stores a photo taken sideways."""
+    from PIL import Image
+    stored = upright if STORED_AS[orientation] is None else \
+        upright.transpose(getattr(Image.Transpose, STORED_AS[orientation]))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    stored.save(path, exif=exif, **save_kwargs)
+    return path
+
+
+def write_photo_folder(root: Path, per_class: int = 10) -> Path:
+    """<class>/NNNN.jpg with no split, as a user's photos come: real CIFAR-10 images upscaled to
+    mixed sizes (one 1500x1100 per class every 5 images) and every third one stored sideways with
+    an EXIF orientation tag (6 or 8, as phones write); plus a notes.txt the tool does not use."""
+    require_real_images()
+    from PIL import Image
+    for c in PHOTO_CLASSES:
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            h, w = PHOTO_SIZES[i % len(PHOTO_SIZES)]
+            with Image.open(CIFAR_JPG / "train" / c / f"{i:04d}.jpg") as img:
+                upright = img.convert("RGB").resize((w, h), Image.Resampling.BILINEAR)
+            save_oriented(upright, root / c / f"{i:04d}.jpg", (6, 8)[i % 2] if i % 3 == 2 else 1, quality=90)
+    (root / "notes.txt").write_text("where these photos came from\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory) -> Path:
+    return write_photo_folder(tmp_path_factory.mktemp("photos") / "photos")
+
+
+@pytest.fixture(scope="session")
+def photo_features(photo_folder, tiny_backbone, tmp_path_factory) -> Path:
+    """Stage one with the tiny backbone on photo_folder, with no flag but --data and --backbone."""
+    from pipeline.extract.features import FeatureSettings, run_features
+    return run_features(FeatureSettings(data=str(photo_folder), backbone=str(tiny_backbone),
+                                        cache_dir=str(tmp_path_factory.mktemp("photo-cache"))), log=lambda *a: None)

@@ -15,6 +15,7 @@ from conftest import MIXED_CLASSES, assert_one_error, run_cli, synthetic_feature
 from pipeline.foundation.settings import SEED_MAX
 from pipeline.heads import kinds, training
 from pipeline import store
+from pipeline.sources.decode import read_image
 
 
 def folder_files(root: Path, part: str) -> list[Path]:
@@ -71,19 +72,17 @@ def test_projector_sprite_on_mixed_sizes(mixed_features, tmp_path, capsys):
                            "--cache-dir", tmp_path)
     assert code == 0, err
     config = (proj / "projector_config.pbtxt").read_text()
-    assert "single_image_dim: 48\n    single_image_dim: 40" in config        # width, height: the largest image
+    assert "single_image_dim: 32\n    single_image_dim: 32" in config        # the file's image_shape
     meta = [line.split("\t") for line in (proj / "metadata.tsv").read_text().splitlines()[1:]]
     side = int(np.ceil(np.sqrt(len(meta))))
     sprite = np.asarray(Image.open(proj / "sprite.png").convert("RGB"))
-    assert sprite.shape == (side * 40, side * 48, 3)
-    for i, row in enumerate(meta):                    # each cell holds its own image (48x40 ones unchanged)
-        image = np.asarray(Image.open(row[3]).convert("RGB"))
+    assert sprite.shape == (side * 32, side * 32, 3)
+    sizes = set()
+    for i, row in enumerate(meta):                    # each cell holds its own image, decoded as stage one did
+        sizes.add(Image.open(row[3]).size)
         r, c = divmod(i, side)
-        cell = sprite[r * 40:(r + 1) * 40, c * 48:(c + 1) * 48]
-        if image.shape == (40, 48, 3):
-            assert np.array_equal(cell, image)
-        else:                                         # fitted: 32x32 -> 40x40, white on both sides
-            assert (cell[:, :4] == 255).all() and (cell[:, -4:] == 255).all() and not (cell[:, 4:44] == 255).all()
+        np.testing.assert_array_equal(sprite[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32], read_image(row[3], (32, 32)))
+    assert sizes == {(32, 32), (48, 40)}
 
 
 # ---------------------------------------------------------------- defect 6: --data is the source, or refused

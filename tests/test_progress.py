@@ -1,13 +1,13 @@
 """pipeline.foundation.progress wherever a long pass runs: plain lines in a log (stderr not a terminal) for stage
 one, the fine-tune activation pass and predict; never past 100%; a short run stays quiet."""
 import re
-from types import SimpleNamespace
 
 import numpy as np
 
 from pipeline import store
 from pipeline.finetune import activations
 from pipeline.foundation.progress import INTERVAL_ENV, Progress
+from pipeline.sources.images import ArrayImages, Split
 
 
 def counts(text: str, desc: str) -> list[tuple[int, int]]:
@@ -29,8 +29,8 @@ def test_a_short_run_prints_nothing_and_a_reported_one_ends_with_its_final_state
 def test_the_activation_pass_prints_plain_lines_in_a_log(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv(INTERVAL_ENV, "0")
     rng = np.random.default_rng(0)
-    splits = {name: SimpleNamespace(x=rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), y=np.arange(n) % 2,
-                                    index=np.arange(n)) for name, n in zip(store.SPLITS, (12, 4, 4))}
+    splits = {name: Split(np.arange(n) % 2, np.arange(n), ArrayImages(rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)))
+              for name, n in zip(store.SPLITS, (12, 4, 4))}
     s = {"kind": "cut activations", "cut": "test", "views_per_image": 1, "precision": "float32"}
     activations.build(tmp_path / "a.h5", s, splits, lambda x: x.reshape(len(x), -1)[:, :6].astype(np.float32) / 255,
                       batch_size=4, log=lambda *a: None)

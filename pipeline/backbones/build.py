@@ -11,8 +11,8 @@ from pathlib import Path
 from pipeline.backbones.table import (DEFAULT_BACKBONE, FILE_POLICY, PREPROCESSING, Entry, FinetunePolicy,
                                       PretrainedWeights, describe_preprocessing)
 from pipeline.backbones.weights import Weights, resolve_backbone, weights_identity
+from pipeline.foundation.errors import OFFLINE_WAYS, UserError, first_line
 from pipeline.foundation.readback import sha256_file
-from pipeline.foundation.errors import UserError, first_line
 
 
 def identity(backbone: str, weights: str | None, size: int | None, seed: int) -> dict:
@@ -82,8 +82,7 @@ def _application(entry: Entry, weights: str, size: int, image_shape, seed: int) 
             base = constructor(weights="imagenet", **kwargs)
         except Exception as exc:
             raise UserError(f"could not download the {entry.name} ImageNet weights ({type(exc).__name__}); "
-                            f"offline? pass --weights PATH to a local weights file ({entry.weights.file}) "
-                            "or --weights none") from None
+                            f"{OFFLINE_WAYS} ({entry.weights.file} for {entry.name})") from None
     else:
         try:
             base = _as_imagenet_builds(constructor(weights=None, **kwargs), entry.weights)

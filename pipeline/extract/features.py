@@ -22,6 +22,7 @@ from pipeline.foundation.outputs import produce
 from pipeline.foundation.settings import Interval, setting
 from pipeline.foundation.progress import Progress
 from pipeline.sources import dataset, digest, partition
+from pipeline.sources.images import Decoding
 from pipeline.store.features import load_features
 
 
@@ -33,8 +34,10 @@ class FeatureSettings:
     """Stage one's settings. The file's name and hash cover `file_identity` below (the dataset's and the
     network's identity, not these fields as written), so files made before this declaration stay
     valid; `record=False` marks the fields it does not depend on."""
-    data: str | None = setting(None, None, "cifar-10-batches-py folder, cifar-10-python.tar.gz, or image folders "
-                               "train/<class>/* and test/<class>/*; default: download via Keras", metavar="PATH")
+    data: str | None = setting(None, None, "a folder of class folders <class>/* (split by --test-fraction and "
+                               "--val-fraction), image folders train/<class>/* and test/<class>/* (a val/ or "
+                               "validation/ beside them is the val split), a cifar-10-batches-py folder or "
+                               "cifar-10-python.tar.gz; default: download via Keras", metavar="PATH")
     backbone: str = setting(table.DEFAULT_BACKBONE, None, "a backbone named in `python -m pipeline backbones` "
                             "(inception_v3, resnet50, convnext_tiny, ...), or a saved .keras model taking RGB 0-255 "
                             "images and returning a feature vector", metavar="NAME|PATH")
@@ -46,10 +49,15 @@ class FeatureSettings:
     batch_size: int = setting(64, Interval(int, 1), "images per batch", record=False)
     precision: str = flags.precision_setting()
     limit: int | None = setting(None, Interval(int, 1), "at most N train and N test images, balanced across classes "
-                                "(val is carved from train)")
+                                "(val is carved from train; a folder of class folders: N images before the split)")
     val_fraction: float = setting(0.1, Interval(float, 0, 1, closed="neither"), "stratified share of train held out "
-                                  "as val", metavar="F")
-    seed: int = flags.seed_setting("seed of the val split and of --weights none")
+                                  "as val (of what is not test, for a folder of class folders)", metavar="F")
+    test_fraction: float | None = setting(None, Interval(float, 0, 1, closed="neither"), "a folder of class folders: "
+                                          "share of each class held out as test, by a hash of each file's path",
+                                          auto=f"{partition.DEFAULT_TEST_FRACTION} for a folder of class folders; "
+                                          "refused where the data has its own test set", metavar="F")
+    seed: int = flags.seed_setting("seed of the val split (and of a folder of class folders' split) and of "
+                                   "--weights none")
     cache_dir: str = flags.cache_dir_setting()
     # How the work is done: provenance, not settings (the file and its name do not depend on them).
     shard_rows: int = setting(engine.DEFAULT_SHARD_ROWS, engine.SHARD_ROWS, "rows per unit of work, a multiple of "
@@ -82,7 +90,7 @@ def file_identity(s: FeatureSettings, precision: str) -> dict:
     found = {"dataset": dataset_name(s.data), "source_identity": dataset.source_identity(s.data),
              "limit": s.limit if s.limit is not None else -1, "val_fraction": s.val_fraction,
              "split_seed": s.seed, **build.identity(s.backbone, s.weights, s.size, s.seed),
-             "precision": precision}
+             "precision": precision, **dataset.split_identity(s.data, s.test_fraction)}
     if s.views != 1:     # only then: a 1-view file keeps the name and hash it always had
         found["views"] = s.views
     return found
@@ -150,7 +158,12 @@ def _extract(s: FeatureSettings, recorded: dict, final: Path, precision: str, de
     """Write (or resume) the features file `final`, under its lock."""
     with contextlib.ExitStack() as stack:
         ds = dataset.load_dataset(s.data, s.limit)
-        splits = partition.make_splits(ds, s.val_fraction, s.seed)
+        for note in ds.notes:
+            log(note)
+        # every image decoded at one size (sources/images.py: shape_for), read from the headers
+        image_shape = ds.shape_for(recorded["input_size"])
+        splits = partition.make_splits(ds.decoded(Decoding(size=tuple(image_shape[:2]))), s.val_fraction, s.seed,
+                                       recorded.get("test_fraction"))
         if s.engine == "ray":
             # Joined, and its resources checked, before the partial file exists: a refused run
             # (GPUs the cluster lacks) leaves nothing behind.
@@ -161,7 +174,8 @@ def _extract(s: FeatureSettings, recorded: dict, final: Path, precision: str, de
         attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": identity.digest(recorded),
                  "settings": recorded, **recorded, "weights": str(Weights.from_attrs(recorded)),
                  "source": ds.source, "class_names": list(ds.class_names),
-                 "image_shape": splits["train"].images.image_shape, "device": device, **recorded_files(s),
+                 "image_shape": image_shape, "device": device, **recorded_files(s),
+                 "split": partition.SPLIT_RULES[ds.layout],
                  "batch_size": s.batch_size, "shard_rows": s.shard_rows, "versions": versions(),
                  "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         writer = store.RowWriter(final, attrs, {k: v.y for k, v in splits.items()},

@@ -70,7 +70,7 @@ def build(final: Path, s: dict, splits: dict, lower_fn, batch_size: int, log=pri
     copies = {"train": s["views_per_image"], "val": 1, "test": 1}
     labels = {k: np.repeat(splits[k].y[order[k]], copies[k]) for k in store.SPLITS}
     index = {k: np.repeat(splits[k].index[order[k]], copies[k]) for k in store.SPLITS}
-    probe = lower_fn(splits["val"].x[:batch_size])
+    probe = lower_fn(splits["val"].batch(np.arange(min(batch_size, len(splits["val"])))))
     row_shape = tuple(probe.shape[1:])
     attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": identity.digest(s), "settings": s,
              **s, "rows_per_image": [copies[k] for k in store.SPLITS], "scale": float_scale(probe),
@@ -80,12 +80,14 @@ def build(final: Path, s: dict, splits: dict, lower_fn, batch_size: int, log=pri
     started, computed = time.perf_counter(), 0
     try:
         for name in store.SPLITS:
-            x, ids, k = splits[name].x[order[name]], splits[name].index[order[name]], copies[name]
+            split, rows_of, k = splits[name], order[name], copies[name]
             start = writer.rows_done(name) // k
             # a bar on a terminal, plain lines in a log (a long pass is never silent)
-            with Progress(len(x), start, desc=f"cache {name:>5}") as bar:
-                for lo in range(start, len(x), batch_size):
-                    batch, batch_ids = x[lo:lo + batch_size], ids[lo:lo + batch_size]
+            with Progress(len(rows_of), start, desc=f"cache {name:>5}") as bar:
+                for lo in range(start, len(rows_of), batch_size):
+                    # decoded a batch at a time: an image folder is never held whole
+                    at = rows_of[lo:lo + batch_size]
+                    batch, batch_ids = split.batch(at), split.index[at]
                     # interleaved: row k*i + v is view v of image i
                     rows = np.stack([lower_fn(cached_view(batch, batch_ids, v)) for v in range(k)],
                                     axis=1).reshape(-1, *row_shape)
@@ -111,11 +113,13 @@ def shift_maps(x: np.ndarray, shifts: np.ndarray, most: int) -> np.ndarray:
     return np.stack([p[most - dy:most - dy + h, most - dx:most - dx + w] for p, (dy, dx) in zip(padded, shifts)])
 
 
-def batches(path: Path, split: str, batch_size: int, shuffle: bool, seed: int = 0, shift: int = 0):
+def batches(path: Path, split: str, batch_size: int, shuffle: bool, seed: int = 0, shift: int = 0, drop=None):
     """A keras PyDataset of (activations float32, labels) from the cache. Shuffled, each epoch reads
     the split as contiguous windows from a random offset in a random order, picks one stored view
     per image and moves each map by up to `shift` cells: all a seeded function of (epoch, batch),
-    so a resumed run sees what an uninterrupted one would have, whatever order batches are read in."""
+    so a resumed run sees what an uninterrupted one would have, whatever order batches are read in.
+    `drop`: source indices of images left out (--exclude); a window then spans the rows of the
+    next batch_size images kept, still one contiguous read."""
     import h5py
     import keras
 
@@ -128,7 +132,9 @@ def batches(path: Path, split: str, batch_size: int, shuffle: bool, seed: int = 
             self.k = int(attrs["rows_per_image"][store.SPLITS.index(split)])
             self.scale = float(attrs["scale"])
             self.labels = self.file[split]["labels"][...][::self.k]
-            self.n = len(self.labels)
+            index = self.file[split]["index"][...][::self.k]
+            self.kept = np.flatnonzero(~np.isin(index, drop)) if drop is not None else np.arange(len(index))
+            self.n = len(self.kept)
             self.start_at(0)
 
         def start_at(self, epoch: int):
@@ -150,9 +156,15 @@ def batches(path: Path, split: str, batch_size: int, shuffle: bool, seed: int = 
             """Rows of images lo..hi-1 (indices mod n, so a window may wrap around the end)."""
             lo, hi = lo % self.n, lo % self.n + (hi - lo)
             parts = [(lo, min(hi, self.n))] + ([(0, hi - self.n)] if hi > self.n else [])
-            x = np.concatenate([self.rows[a * self.k:b * self.k] for a, b in parts])
-            y = np.concatenate([self.labels[a:b] for a, b in parts])
-            return x, y
+            xs = []
+            for a, b in parts:
+                at = self.kept[a:b]          # stored positions of the kept images, ascending
+                block = self.rows[at[0] * self.k:(at[-1] + 1) * self.k]
+                if at[-1] - at[0] + 1 != len(at):     # images left out inside the window
+                    block = block[((at - at[0])[:, None] * self.k + np.arange(self.k)).reshape(-1)]
+                xs.append(block)
+            y = np.concatenate([self.labels[self.kept[a:b]] for a, b in parts])
+            return np.concatenate(xs), y
 
         def __getitem__(self, i):
             w = int(self.window_order[i])

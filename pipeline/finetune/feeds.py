@@ -14,29 +14,42 @@ from pipeline.foundation.outputs import produce
 from pipeline.sources.rows import load_splits
 
 
-def image_dataset(x, y, batch_size: int, shuffle: bool, augment: bool, seed: int):
-    """tf.data over uint8 images; augmentation: random horizontal flip and a shift of up to
-    MAX_SHIFT_PX pixels (reflect-pad, random crop back), applied per image on the fly."""
+def image_dataset(split, batch_size: int, shuffle: bool, augment: bool, seed: int):
+    """tf.data over a split's uint8 images, decoded a batch at a time (an image folder is never held
+    whole: each file is read, turned upright and resized as stage one reads it, when its batch is
+    due); augmentation: random horizontal flip and a shift of up to MAX_SHIFT_PX pixels (reflect-pad,
+    random crop back), applied per image on the fly."""
     import tensorflow as tf
-    ds = tf.data.Dataset.from_tensor_slices((x, y.astype(np.int32)))
+    shape = tuple(split.batch([0]).shape[1:])          # the first image: the size every image is read at
+    order = tf.data.Dataset.range(len(split))
     if shuffle:
-        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
-    if augment:
-        h, w, c = x.shape[1:]
+        order = order.shuffle(len(split), seed=seed, reshuffle_each_iteration=True)
 
+    def read(rows):
+        return split.batch(rows), split.y[rows].astype(np.int32)
+
+    def load(rows):
+        x, y = tf.numpy_function(read, [rows], (tf.uint8, tf.int32))
+        return tf.ensure_shape(x, (None, *shape)), tf.ensure_shape(y, (None,))
+    # numpy_function hides the length from tf.data; Keras needs it to know where an epoch ends
+    ds = order.batch(batch_size).map(load).unbatch().apply(tf.data.experimental.assert_cardinality(len(split)))
+    if augment:
         def jitter(img, label):
             img = tf.image.random_flip_left_right(img)
             img = tf.pad(img, [[MAX_SHIFT_PX] * 2, [MAX_SHIFT_PX] * 2, [0, 0]], mode="REFLECT")
-            return tf.image.random_crop(img, (h, w, c)), label
+            return tf.image.random_crop(img, shape), label
         ds = ds.map(jitter, num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def training_data(s, attrs, features_path, parts, mode, precision, log) -> dict:
-    """{"train", "val", "test"}: keras-ready inputs for the training model in `mode`."""
+def training_data(s, attrs, features_path, parts, mode, precision, log, drop=None) -> dict:
+    """{"train", "val", "test"}: keras-ready inputs for the training model in `mode`. `drop`: source
+    indices of training images left out (--exclude)."""
     if mode == "end-to-end":
         splits = load_splits(attrs, s.data)
-        return {k: image_dataset(v.x, v.y, s.batch_size, shuffle=(k == "train"), augment=s.augment and k == "train",
+        if drop is not None:
+            splits["train"] = splits["train"].select(np.flatnonzero(~np.isin(splits["train"].index, drop)))
+        return {k: image_dataset(v, s.batch_size, shuffle=(k == "train"), augment=s.augment and k == "train",
                                  seed=s.seed) for k, v in splits.items()}
     if s.augment:
         log("cached mode: --augment has no effect; cached mode augments with --views-per-image and --map-shift")
@@ -51,6 +64,7 @@ def training_data(s, attrs, features_path, parts, mode, precision, log) -> dict:
     # train a garbage model.
     store.read_rows(path, expect={"settings_hash": identity.digest(cs)}, splits=(), words=activations.WORDS,
                     n_classes=len(attrs["class_names"]))
-    return {k: activations.batches(path, k, s.batch_size, shuffle=(k == "train"), seed=s.seed, shift=s.map_shift)
+    return {k: activations.batches(path, k, s.batch_size, shuffle=(k == "train"), seed=s.seed, shift=s.map_shift,
+                                   drop=drop if k == "train" else None)
             for k in store.SPLITS}
 

@@ -30,6 +30,7 @@ from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import atomic_file, produce, write_json_atomic
 from pipeline.heads import evaluation   # evaluation.write_report, looked up when called (tests patch it)
 from pipeline.heads import calibration
+from pipeline.heads.exclude import read_exclusion, split_index
 from pipeline.store.features import default_features, load_features
 
 HELP = """Stage three: fine-tune the upper backbone blocks, starting from the trained stage-two head.
@@ -79,12 +80,14 @@ def run(args):
 # ---------------------------------------------------------------- the run
 
 def run_settings(s: FinetuneSettings, attrs: dict, head_path: Path, mode: str, cut: str, unfreeze: str,
-                 precision: str) -> dict:
+                 precision: str, exclusion=None) -> dict:
     """run.json's settings and the run's identity: the declared ones as resolved (a setting that
     does not apply to the mode or optimizer is None, so it cannot split one run into two) and every
-    input's identity."""
+    input's identity (with --exclude, the training rows left out)."""
     cached = mode == "cached"
-    return settings.record(s, features_hash=attrs["settings_hash"], head_sha256=sha256_file(head_path), mode=mode,
+    left_out = {"exclude": exclusion.identity} if exclusion else {}
+    return settings.record(s, **left_out, features_hash=attrs["settings_hash"], head_sha256=sha256_file(head_path),
+                           mode=mode,
                            unfreeze_from=unfreeze, cut=cut, momentum=s.momentum if s.optimizer == "sgd" else None,
                            weight_decay=s.weight_decay if s.optimizer == "adamw" else None,
                            views_per_image=s.views_per_image if cached else None,
@@ -109,16 +112,21 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
     head_path = find_head(s, attrs["settings_hash"])
     head_info = head_run(head_path, attrs["settings_hash"])   # its record checked before loading it
     head = load_head(head_path, attrs["feature_width"], len(class_names))
+    index = split_index(features_path)
+    exclusion = s.exclude and read_exclusion(s.exclude, attrs, index, s.data)
+    if exclusion:
+        log(exclusion.describe())
 
     import keras   # here, not at the top: `--help` must not load Keras
     bb = rebuild_backbone(attrs, s.backbone, s.weights)
     unfreeze = s.unfreeze_from or default_unfreeze(bb.model.layers[-1], bb.policy)
     parts = surgery.split(bb.model, head, unfreeze, bb.policy)
     sizes = split_sizes(features_path)
+    sizes["train"] -= len(exclusion.rows) if exclusion else 0
     if s.epochs is None:   # auto: recorded as the number it resolved to, so `--epochs 3` is the same run
         s = replace(s, epochs=auto_epochs(sizes["train"], s.batch_size))
         log(f"--epochs auto: {s.epochs} epochs of {-(-sizes['train'] // s.batch_size)} steps")
-    recorded = run_settings(s, attrs, head_path, mode, parts.cut, unfreeze, precision)
+    recorded = run_settings(s, attrs, head_path, mode, parts.cut, unfreeze, precision, exclusion)
     run_dir = (layout.folder(s.cache_dir, layout.FINETUNE_DIR)
                / identity.name(recorded, features_path.stem, mode, unfreeze))
     model_path = run_dir / layout.MODEL
@@ -127,7 +135,6 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         return model_path.is_file() and (run_dir / layout.RUN_JSON).is_file()
 
     def train():
-        run_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         # The starting point, measured before any weight moves: the head on the stored features.
         baseline = {k: head.predict(fs.splits[k].features, verbose=0) for k in ("val", "test")}
@@ -135,7 +142,9 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         model, upper = training_model(parts, mode, precision)
         steps = -(-sizes["train"] // s.batch_size)
         announce(s, parts, model, mode, sizes, steps, log)
-        data = training_data(s, attrs, features_path, parts, mode, precision, log)
+        data = training_data(s, attrs, features_path, parts, mode, precision, log,
+                             index["train"][exclusion.rows] if exclusion else None)
+        run_dir.mkdir(parents=True, exist_ok=True)     # after the images are read and checked: a bad file leaves none
         compile_model(model, s, precision, steps, upper.trainable_variables)
         history = fit(model, s, data, run_dir / layout.CHECKPOINT, log)
         y_prob = {k: model.predict(data[k], verbose=0) for k in ("val", "test")}

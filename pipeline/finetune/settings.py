@@ -56,6 +56,9 @@ class FinetuneSettings:
     map_shift: int = setting(1, Interval(int, 0), "cached mode: move each training map by up to N cells per step")
     augment: bool = setting(False, None, "end-to-end mode: on-the-fly random flips and translations (cached mode "
                             "augments through --views-per-image and --map-shift)")
+    exclude: str | None = setting(None, None, "train without the training rows this CSV names (a `row` or `path` "
+                                  "column, e.g. audit --labels' label_issues.csv); val and test stay whole",
+                                  metavar="FILE", record=False)
     resume: bool = setting(False, None, "continue an interrupted run from its last checkpoint", record=False)
     precision: str = flags.precision_setting()
     seed: int = flags.seed_setting("seed of shuffling, augmentation, dropout")

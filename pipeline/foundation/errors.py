@@ -74,3 +74,9 @@ def storage_message(exc: BaseException, rerun_hint: str = "rerun the same comman
         return f"{_STORAGE[code]} while writing {name}; free space and {rerun_hint}" + \
             (" (finished work is kept)" if kept else "")
     return f"cannot write {name}: {_STORAGE[code]}"
+
+
+# Every download error (Keras's ImageNet weights, CIFAR-10) names these: the ways to run with no internet.
+OFFLINE_WAYS = ("offline, run from local files: --backbone FILE.keras (a saved backbone, e.g. "
+                "efficientnet_lite0_imagenet.keras), --data FOLDER (your images, or CIFAR-10's batches), "
+                "--weights PATH|none (a named backbone's weights file, or random weights)")

@@ -8,6 +8,7 @@ from pathlib import Path
 from pipeline.foundation import layout, records, settings
 from pipeline.foundation.settings import Interval, setting
 from pipeline.heads import seeds
+from pipeline.heads.exclude import read_exclusion
 from pipeline.heads.evaluation import print_summary
 from pipeline.heads.kinds import StageTwoSettings, add_arguments as add_head_arguments, settings_from_args
 from pipeline.heads.training import run_head
@@ -18,6 +19,9 @@ from pipeline.store.features import features_from_args
 class HeadSettings(StageTwoSettings):
     seeds: int = setting(1, Interval(int, 1), "dense: train N seeds (--seed, --seed + 1, ...) and report the mean, "
                          "standard deviation and 95%% interval of the mean of the accuracies")
+    exclude: str | None = setting(None, None, "train without the training rows this CSV names (a `row` or `path` "
+                                  "column, e.g. audit --labels' label_issues.csv); val and test stay whole",
+                                  metavar="FILE", record=False)
 
 
 HELP = """Stage two: train a classifier on cached features alone (no images, no backbone, no GPU needed).
@@ -47,12 +51,16 @@ def run(args):
     kind_settings = settings_from_args(args, s.head)        # flag mistakes surface before any loading
     seeds.check(s.head, s.seeds, kind_settings.get("seed"))
     fs = features_from_args(s)
+    exclusion = s.exclude and read_exclusion(s.exclude, fs.attrs, {k: v.index for k, v in fs.splits.items()})
+    if exclusion:
+        print(exclusion.describe())
     if s.seeds > 1:
-        summary, path = seeds.run_seeds(fs, s.head, kind_settings, s.cache_dir, s.seeds, verbose=2, log=print)
+        summary, path = seeds.run_seeds(fs, s.head, kind_settings, s.cache_dir, s.seeds, verbose=2, log=print,
+                                        exclude=exclusion)
         print(seeds.summary_text(summary))
         print(f"summary: {path}")
         return
-    result = run_head(fs, s.head, kind_settings, s.cache_dir, verbose=2, log=print)
+    result = run_head(fs, s.head, kind_settings, s.cache_dir, verbose=2, log=print, exclude=exclusion)
     # a run trained now hands its report back; an up-to-date one's is read from its folder
     report_json = Path(result["report"], layout.REPORT_JSON)
     report = result.get("report_content") or (records.read(report_json, records.REPORT) if report_json.is_file()

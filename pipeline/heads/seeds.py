@@ -28,10 +28,13 @@ def check(head: str, n: int, first_seed: int | None = None):
                         f"largest seed {SEED_MAX}; give --seed at most {SEED_MAX - n + 1}")
 
 
-def run_seeds(fs, head: str, settings: dict, cache_dir, n: int, verbose=0, log=training.NOTICE) -> tuple[dict, Path]:
-    """Train (or find) the N seeded runs; return (the summary, where it was saved). `log`: as run_head's."""
+def run_seeds(fs, head: str, settings: dict, cache_dir, n: int, verbose=0, log=training.NOTICE,
+              exclude=None) -> tuple[dict, Path]:
+    """Train (or find) the N seeded runs; return (the summary, where it was saved). `log`, `exclude`:
+    as run_head's."""
     check(head, n, settings["seed"])
-    runs = [training.run_head(fs, head, {**settings, "seed": settings["seed"] + i}, cache_dir, verbose=verbose, log=log)
+    runs = [training.run_head(fs, head, {**settings, "seed": settings["seed"] + i}, cache_dir, verbose=verbose, log=log,
+                              exclude=exclude)
             for i in range(n)]
     summary = {"head": head, "settings": {k: v for k, v in settings.items() if k != "seed"},
                "seeds": [r["settings"]["seed"] for r in runs], "runs": [Path(r["run_dir"]).name for r in runs],

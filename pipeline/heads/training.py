@@ -55,12 +55,15 @@ def _check_finite(y_prob: dict, head: str):
 
 
 def run_head(fs: store.RowSet, head: str, settings: dict, cache_dir, verbose=0, threads=None,
-             wait: bool = False, log=NOTICE) -> dict:
+             wait: bool = False, log=NOTICE, exclude=None) -> dict:
     """Train (unless up to date: outputs.produce, "up to date: RUN" through `log`), save, report.
     Returns run.json's content plus run_dir, report and skipped. Under the run's lock (a second run
     on the same settings is refused, or with `wait` waits and then finds it done); model and report
-    folders are written under temporary names and renamed when complete, run.json last."""
+    folders are written under temporary names and renamed when complete, run.json last.
+    `exclude` (pipeline.heads.exclude.Exclusion): training rows left out, part of the run's settings."""
     settings = make_settings(head, **settings)           # a library caller's settings checked as a flag's
+    if exclude is not None:
+        settings = {**settings, "exclude": exclude.identity}
     features_hash = fs.attrs["settings_hash"]
     name = run_name(head, features_hash, settings)
     final = layout.folder(cache_dir, layout.HEADS_DIR) / name
@@ -69,7 +72,8 @@ def run_head(fs: store.RowSet, head: str, settings: dict, cache_dir, verbose=0, 
     def train():
         with atomic_dir(final) as tmp:
             started = time.perf_counter()
-            model, history, metrics = HEADS[head].train(fs, settings, tmp, verbose, threads)
+            model, history, metrics = HEADS[head].train(exclude.apply(fs) if exclude else fs, settings, tmp,
+                                                        verbose, threads)
             if history is not None:
                 write_json_atomic(tmp / layout.HISTORY_JSON, history)
             wall = time.perf_counter() - started

@@ -17,6 +17,7 @@ from pipeline.foundation.settings import Interval, setting
 from pipeline.foundation.tables import format_table
 from pipeline.foundation.gallery import save_grid
 from pipeline.heads.mistakes import find_report, read_predictions
+from pipeline.look import labels
 from pipeline.look.similarity import pairs_above, unit_rows
 from pipeline.sources import rows
 from pipeline.store.features import features_from_args
@@ -35,8 +36,7 @@ PAIR_FIELDS = ("split", "row", "source_index", "class", "other_split", "other_ro
 
 
 def pixel_digests(attrs: dict, split: str, index, data_path=None) -> list[str]:
-    x, _ = rows.images(attrs, split, index, data_path)
-    return [hashlib.sha1(img.tobytes()).hexdigest() for img in x]
+    return [hashlib.sha1(img.tobytes()).hexdigest() for img in rows.stream(attrs, split, index, data_path)]
 
 
 def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None) -> list[dict]:
@@ -130,7 +130,8 @@ class AuditSettings:
                                "images count as near-duplicates; it depends on the backbone: look at borderline.png "
                                "(0.9 was chosen so for EfficientNet-Lite0 on all of CIFAR-10)", metavar="T")
     run_dir: str | None = setting(None, None, "a head or fine-tune run folder: also report its test accuracy with "
-                                  "and without the test images that have a duplicate in train", flag="--run",
+                                  "and without the test images that have a duplicate in train (with --labels: "
+                                  "its probabilities score val and test)", flag="--run",
                                   metavar="DIR", record=False)
     no_exact: bool = setting(False, None, "skip the exact-copy check (it decodes every image)")
     data: str | None = flags.moved_data_setting()
@@ -147,40 +148,58 @@ Writes cache/audit/<features file>-<hash>/: audit.json (counts, every pair), pai
 (the most similar pairs) and borderline.png (the least similar pairs still counted: look at them to
 choose the threshold). With --run, also that run's test accuracy with and without the test images
 that have a duplicate in train. The images come from the features file's own source, checked by its
-fingerprint; without --no-exact it must be there."""
+fingerprint; without --no-exact it must be there.
+
+""" + labels.HELP
 
 
 def add_arguments(p):
     settings.add_flags(p, AuditSettings)
+    labels.add_arguments(p)
 
 
 def run(args):
-    run_audit(settings.from_args(AuditSettings, args))
+    run_audit(settings.from_args(AuditSettings, args), label_settings=labels.from_args(args))
 
 
-def run_audit(s: AuditSettings, log=print) -> Path:
-    """Audit (or find up to date) the features file, print the summary; return the audit's folder."""
+def run_audit(s: AuditSettings, log=print, label_settings: labels.LabelSettings | None = None) -> Path:
+    """Audit (or find up to date) the features file, print the summary; return the audit's folder.
+    With `label_settings.labels`, the label audit too (pipeline.look.labels), in the same folder."""
     s = settings.check(s)
     fs = features_from_args(s)
     # everything the user named is checked before the audit's work: the run, then the images
     predictions = run_predictions(Path(s.run_dir), fs, s.cache_dir) if s.run_dir else None
-    exact = not s.no_exact
+    job = labels.prepare(label_settings, fs, s.run_dir, predictions and predictions[0])
+    duplicates = job is None or job.duplicates
+    exact = duplicates and not s.no_exact
     if exact:           # the exact check needs the images; the galleries alone can go without
         source, note = rows.checked_source(fs.attrs, s.data, s.cache_dir), None
     else:
         source, note = rows.source_or_note(fs.attrs, s.data, s.cache_dir)
     out = layout.folder(s.cache_dir, layout.AUDIT_DIR) / identity.name(
-        {**identity.of_features(fs.attrs), "source": source and source.key, "threshold": s.threshold, "exact": exact},
+        {**identity.of_features(fs.attrs), "source": source and source.key,
+         **({"threshold": s.threshold, "exact": exact} if duplicates else {}), **(job.key if job else {})},
         fs.path.stem)
 
     def done():       # a damaged answer is an error naming it, never "up to date"
-        return (out / layout.AUDIT_JSON).is_file() and bool(records.read(out / layout.AUDIT_JSON,
-                                                                          records.AUDIT_ANSWER))
+        return (not duplicates or ((out / layout.AUDIT_JSON).is_file()
+                                   and bool(records.read(out / layout.AUDIT_JSON, records.AUDIT_ANSWER)))) \
+            and (job is None or job.done(out))
 
-    _, result = outputs.produce(out, done, lambda: audit(fs, s.threshold, exact, source, note, out), log)
-    result = result or records.read(out / layout.AUDIT_JSON, records.AUDIT_ANSWER)
-    print_summary(result, log)
-    if predictions:
+    def make():
+        write_labels = job and (lambda tmp: job.write(tmp, source, note, log))
+        if duplicates:
+            return audit(fs, s.threshold, exact, source, note, out, also=write_labels)
+        with outputs.atomic_dir(out) as tmp:
+            write_labels(tmp)
+
+    _, result = outputs.produce(out, done, make, log)
+    if duplicates:
+        print_summary(result or records.read(out / layout.AUDIT_JSON, records.AUDIT_ANSWER), log)
+    if job:
+        job.report(out, log)
+    if predictions and duplicates:
+        result = result or records.read(out / layout.AUDIT_JSON, records.AUDIT_ANSWER)
         acc = accuracy_without(Path(s.run_dir), *predictions, set(result["test_duplicate_source_index"]))
         clean = acc["test_accuracy_without_duplicates"]
         log(f"run {Path(acc['run']).name}: test accuracy {acc['test_accuracy']:.4f} on all "
@@ -192,8 +211,9 @@ def run_audit(s: AuditSettings, log=print) -> Path:
 
 
 def audit(fs: store.RowSet, threshold: float, exact: bool, source: rows.Source | None, note: str | None,
-          out: Path) -> dict:
-    """`source`: the checked image source (None: it is gone, and `note` says why nothing is drawn)."""
+          out: Path, also=None) -> dict:
+    """`source`: the checked image source (None: it is gone, and `note` says why nothing is drawn).
+    `also(tmp)`: writes more into the folder before it appears (the label audit)."""
     digests = ({s: pixel_digests(fs.attrs, s, fs.splits[s].index, source.path) for s in store.SPLITS}
                if exact else None)
     pairs = find_pairs(fs, threshold, digests)
@@ -216,6 +236,8 @@ def audit(fs: store.RowSet, threshold: float, exact: bool, source: rows.Source |
         writer.writerows(pairs)
         (tmp / layout.PAIRS_CSV).write_text(buf.getvalue())
         (tmp / layout.AUDIT_JSON).write_text(json.dumps(result, indent=2))
+        if also:
+            also(tmp)
     return result
 
 

@@ -21,16 +21,16 @@ from pipeline.sources import rows
 from pipeline.store.features import features_from_args
 
 
-def read_files(files: list[Path]) -> list[np.ndarray]:
-    """Image files decoded as stage one decodes an image folder, each at its own size."""
-    return images.FileImages(np.asarray([str(f) for f in files])).read()
+def read_files(attrs: dict, files: list[Path]) -> list[np.ndarray]:
+    """Image files decoded as stage one decoded the features file's images (rows.decoding_of)."""
+    return list(images.FileImages(np.asarray([str(f) for f in files]), rows.decoding_of(attrs)).read())
 
 
-def embed_files(attrs: dict, files: list[Path], backbone=None, weights=None) -> np.ndarray:
-    """Features of image files computed as stage one computed the file's rows: the same network
-    (checked by its weights identity) and precision, each image resized alone by the network's
-    own resize layer, whatever its size (engine.ExtractorSpec)."""
-    return row_extractor(attrs, backbone, weights)(read_files(files))
+def embed_files(attrs: dict, files: list[Path], backbone=None, weights=None, batch: int = 64) -> np.ndarray:
+    """Features of image files computed as stage one computed the file's rows: the same decoding,
+    network (checked by its weights identity) and precision, `batch` files at a time."""
+    extract = row_extractor(attrs, backbone, weights)
+    return np.concatenate([extract(read_files(attrs, files[lo:lo + batch])) for lo in range(0, len(files), batch)])
 
 
 def parse_splits(text: str) -> str:
@@ -186,7 +186,7 @@ def draw_strip(path: Path, fs: store.RowSet, result: dict, source: rows.Source) 
     cells, captions, wanted = [], [], []
     for q in result["queries"]:
         if "image" in q:
-            cells += read_files([Path(q["image"])])
+            cells += read_files(fs.attrs, [Path(q["image"])])
             captions.append(f"query\n{Path(q['image']).name}"[:40])
         else:
             cells.append(None)

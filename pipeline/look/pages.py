@@ -62,7 +62,8 @@ def _accuracy_text(run: dict, key: str) -> str:
     return interval_text(run[key], *(run.get(f"{key}_interval") or (None, None)))
 
 
-def index_html(runs: list[dict], sweeps: list[dict]) -> str:
+def index_html(runs: list[dict], sweeps: list[dict], label_audits=()) -> str:
+    """`label_audits`: the label galleries of `audit --labels` (paths relative to the page)."""
     runs = sorted(runs, key=lambda r: r["finished"], reverse=True)
     head = "".join(f'<th data-sort="{"num" if num else "text"}">{_e(h)}</th>' for h, _, num in COLUMNS)
     body_rows = "\n".join("<tr>" + "".join(_cell(r, k, num) for _, k, num in COLUMNS) + "</tr>"
@@ -81,6 +82,9 @@ def index_html(runs: list[dict], sweeps: list[dict]) -> str:
                      f'<p class="note">Recommended: {_e(TIE_RULE)}.</p>')
     if not runs:
         parts.append('<p class="note">No runs yet: <code>make head</code> makes one.</p>')
+    if label_audits:
+        parts.append("<h2>Label audits</h2><ul>" + "".join(f'<li><a href="{_e(p)}">{_e(p)}</a></li>'
+                                                           for p in label_audits) + "</ul>")
     return _page("All runs", "\n".join(parts), SORT_JS)
 
 

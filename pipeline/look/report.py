@@ -2,6 +2,7 @@
 (pages.py), under the site's lock."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,9 @@ def rebuild(cache_dir, warn=None) -> tuple[Path, bool]:
             if old.name not in keep:
                 old.unlink()
                 changed = True
-        changed |= _write_if_changed(index, index_html(runs, sweeps))
+        audits = [os.path.relpath(p, index.parent) for p in      # audit --labels' galleries
+                  sorted(layout.folder(cache_dir, layout.AUDIT_DIR).glob(f"*/{layout.LABEL_GALLERY}"))]
+        changed |= _write_if_changed(index, index_html(runs, sweeps, audits))
     return index, changed
 
 

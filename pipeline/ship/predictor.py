@@ -15,6 +15,7 @@ from pipeline.foundation.errors import UserError, first_line
 from pipeline.ship import formats, models
 from pipeline.heads.calibration import apply_temperature
 from pipeline.sources.files import load_image
+from pipeline.sources.rows import decoding_of
 
 
 BATCH = 64
@@ -78,17 +79,18 @@ def open_model(path: Path, backbone=None, weights=None):
 
 def _run_model(run_dir: Path, backbone, weights):
     """A fine-tune run, or a dense head run: its head on the rows of its features file's backbone,
-    computed as stage one computed them (each image at its own size, in the file's precision), so
+    computed as stage one computed them (decoded as it decoded them, in the file's precision), so
     a source image gets exactly its stored row's answer. The run's temperature is applied.
-    Size None: the images are given as they are, a list."""
+    Size None (files made before images were resized per file): each image as it is, a list."""
     run = models.keras_run(run_dir)
     if run.stage == layout.FINETUNE_DIR:
         model = models.image_model(run, None)
         return (lambda x: model.predict(x, verbose=0)), tuple(model.input_shape[1:3]), models.class_names(run)
-    rows = row_extractor(models.features_attrs(run), backbone, weights)
+    attrs = models.features_attrs(run)
+    rows = row_extractor(attrs, backbone, weights)
     head = apply_temperature(load_keras_file(run.folder / layout.MODEL, "head", "head"),
                              models.temperature(run))
-    return (lambda images: head.predict(rows(images), verbose=0)), None, models.class_names(run)
+    return (lambda images: head.predict(rows(images), verbose=0)), decoding_of(attrs).size, models.class_names(run)
 
 
 class Predictor:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.foundation.errors import UserError, first_line
+from pipeline.foundation.errors import OFFLINE_WAYS, UserError, first_line
 from pipeline.sources.images import ArrayImages, Dataset, FORMATS_HELP
 from pipeline.sources.partition import subset
 
@@ -27,8 +27,7 @@ def load_keras(limit) -> Dataset:
         (train_x, train_y), (test_x, test_y) = keras.datasets.cifar10.load_data()
     except Exception as exc:  # URLError, HTTPError, socket errors: all mean "could not download"
         raise UserError(f"could not download CIFAR-10 through Keras ({type(exc).__name__}: "
-                        f"{first_line(exc)}); offline? "
-                        f"{FORMATS_HELP}") from None
+                        f"{first_line(exc)}); {OFFLINE_WAYS}. {FORMATS_HELP}") from None
     k = len(CIFAR10_CLASSES)
     return Dataset("cifar10", "keras.datasets.cifar10", CIFAR10_CLASSES,
                    subset(ArrayImages(train_x), train_y.reshape(-1).astype(np.uint8), k, limit),

@@ -5,8 +5,9 @@ Accepted sources (``load_dataset``):
 - ``None``: ``keras.datasets.cifar10.load_data()`` (downloads once, then Keras's cache);
 - a ``cifar-10-batches-py`` folder (data_batch_1..5, test_batch, batches.meta);
 - a ``cifar-10-python.tar.gz`` tarball holding that folder (both: sources/cifar.py);
-- an image-folder tree ``train/<class>/*`` and ``test/<class>/*`` (JPEG, PNG, BMP, GIF, WebP, TIFF; any
-  size; grayscale, palette, RGBA and 16-bit files are read as 8-bit RGB; sources/folders.py).
+- a folder of class folders ``<class>/*``, or an image-folder tree ``train/<class>/*`` and ``test/<class>/*``
+  with an optional ``val/`` or ``validation/`` beside them (JPEG, PNG, BMP, GIF, WebP, TIFF; any size and
+  EXIF orientation; grayscale, palette, RGBA and 16-bit files are read as 8-bit RGB; sources/folders.py).
 
 Nothing here decodes a whole image folder at once: a split holds labels, source indices and an
 ``Images`` reader (sources/images.py), and callers decode bounded batches with ``Split.read(lo, hi)``.
@@ -20,15 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.foundation.errors import UserError
-from pipeline.sources.cifar import load_batches_dir, load_keras, load_tarball
+from pipeline.sources import folders
 from pipeline.sources.decode import read_images
-from pipeline.sources.folders import class_folders, folder_files, load_image_folders
-from pipeline.sources.images import Dataset, FORMATS_HELP
+from pipeline.sources.cifar import load_batches_dir, load_keras, load_tarball
+from pipeline.sources.images import Dataset, Decoding, FORMATS_HELP
+from pipeline.sources.partition import DEFAULT_TEST_FRACTION, SPLIT_RULES
 
 
-def load_dataset(path: str | os.PathLike | None, limit: int | None = None) -> Dataset:
+def load_dataset(path: str | os.PathLike | None, limit: int | None = None, decoding: Decoding = Decoding()) -> Dataset:
     """Load a source; with `limit`, keep at most that many train and test images each
-    (``balanced_subset``), decoding only those from an image folder."""
+    (``balanced_subset``), decoding only those from an image folder, as `decoding` says."""
     if path is None:
         return load_keras(limit)
     path = Path(path)
@@ -39,11 +41,40 @@ def load_dataset(path: str | os.PathLike | None, limit: int | None = None) -> Da
         if path.name.endswith((".tar.gz", ".tgz", ".tar")):
             return load_tarball(path, limit)
         raise UserError(f"unknown data format {path.name}; {FORMATS_HELP}")
-    if (path / "data_batch_1").exists() or (path / "test_batch").exists():
+    if _is_batches(path):
         return load_batches_dir(path, limit)
-    if (path / "train").is_dir() and (path / "test").is_dir():
-        return load_image_folders(path, limit)
+    if folders.layout(path) is not None:
+        return folders.load_image_folders(path, limit).decoded(decoding)
     raise UserError(f"{path} is not a recognised dataset folder; {FORMATS_HELP}")
+
+
+def _is_batches(path: Path) -> bool:
+    return (path / "data_batch_1").exists() or (path / "test_batch").exists()
+
+
+def image_layout(path) -> str | None:
+    """The layout of an image-folder source (folders.py), None for the other sources; nothing listed."""
+    if path is None or not Path(path).is_dir() or _is_batches(Path(path)):
+        return None
+    return folders.layout(Path(path))
+
+
+def split_identity(path, test_fraction: float | None) -> dict:
+    """What a features file made from `path` adds to its identity: for image folders, that files
+    are decoded upright (EXIF orientation applied) and, but for the train+test layout (whose files
+    keep their old keys), the split rule. Other sources add nothing: their names stay as they were."""
+    kind = image_layout(path)
+    if test_fraction is not None and kind != folders.CLASS_FOLDERS:
+        raise UserError(f"--test-fraction applies to a folder of class folders; {path or 'CIFAR-10'} has its "
+                        "own test set")
+    if kind is None:
+        return {}
+    found = {"orientation": "exif"}
+    if kind != folders.TRAIN_TEST:
+        found["split"] = SPLIT_RULES[kind]
+    if kind == folders.CLASS_FOLDERS:
+        found["test_fraction"] = test_fraction or DEFAULT_TEST_FRACTION
+    return found
 
 
 def source_identity(path: str | os.PathLike | None) -> str:
@@ -96,15 +127,15 @@ def source_of(attrs: dict, data_path=None):
     return attrs["source"]
 
 
-def load_rows(path, part: str, index) -> tuple[list[np.ndarray], list[str | None]]:
+def load_rows(path, part: str, index, decoding: Decoding = Decoding()) -> tuple[list[np.ndarray], list[str | None]]:
     """The images at `index` of the source's `part` ("train" or "test": val rows live in train),
-    each at its own size (an image folder may mix sizes), and their file paths (None where the
-    source has no files). Only an image folder is read row by row; the other formats are loaded
-    whole (CIFAR-10 size: seconds)."""
+    decoded as `decoding` says (each at its own size when it gives none), and their file paths (None
+    where the source has no files). Only an image folder is read row by row; the other formats are
+    loaded whole (CIFAR-10 size: seconds)."""
     index = np.asarray(index, dtype=np.int64).reshape(-1)
     files = row_files(path, part, index)
     if files is not None:
-        return read_images(files), [str(f) for f in files]
+        return list(read_images(files, decoding.size, decoding.exif)), [str(f) for f in files]
     ds = load_dataset(path)
     x = ds.train_x if part == "train" else ds.test_x
     _check_rows(index, len(x), path, part)
@@ -114,11 +145,10 @@ def load_rows(path, part: str, index) -> tuple[list[np.ndarray], list[str | None
 def row_files(path, part: str, index) -> list[Path] | None:
     """The files of an image-folder source at `index` of its `part`, without decoding them; None
     for the other formats, which have no file per image."""
-    if path is None or not ((Path(path) / "train").is_dir() and (Path(path) / "test").is_dir()):
+    if image_layout(path) is None:
         return None
     index = np.asarray(index, dtype=np.int64).reshape(-1)
-    root = Path(path)
-    files, _ = folder_files(root / part, class_folders(root / "train"))
+    files, _, _ = folders.part_files(Path(path), part)
     _check_rows(index, len(files), path, part)
     return [files[i] for i in index]
 

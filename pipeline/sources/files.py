@@ -1,5 +1,5 @@
 """Image files named on a command line: folders searched, globs expanded (links never followed), each
-file decoded as 8-bit RGB and resized to the size a model takes, as predict resizes every image."""
+file decoded upright as 8-bit RGB and resized to the size a model takes (sources/decode.py)."""
 from __future__ import annotations
 
 import glob
@@ -7,10 +7,9 @@ import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from pipeline.foundation.errors import UserError, first_line
-from pipeline.sources.decode import IMAGE_SUFFIXES, rgb8
+from pipeline.foundation.errors import UserError
+from pipeline.sources.decode import IMAGE_SUFFIXES, read_image, upright
 
 
 def expand(patterns: list[str]) -> list[Path]:
@@ -80,18 +79,12 @@ def _not_a_file(path: Path) -> str:
 
 def to_size(img, size: tuple[int, int] | None) -> np.ndarray:
     """A PIL image as uint8 RGB (H, W, 3) at `size` (None: its own), resized as predict resizes every image."""
-    img = rgb8(img)
-    if size is not None and img.size != (size[1], size[0]):
-        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
+    return np.asarray(upright(img, exif=False, size=size), dtype=np.uint8)
 
 
 def load_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
-    """uint8 (H, W, 3) at `size` (None: its own); a UserError with the reason when the file cannot be read."""
+    """uint8 (H, W, 3), upright as its EXIF orientation says, at `size` (None: its own); a UserError
+    with the reason when the file cannot be read."""
     if not path.is_file():
         raise UserError(f"image {path} {_not_a_file(path)}")
-    try:
-        with Image.open(path) as img:
-            return to_size(img, size)
-    except Exception as exc:
-        raise UserError(f"cannot read image {path}: {first_line(exc)}") from None
+    return read_image(path, size)

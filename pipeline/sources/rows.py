@@ -14,6 +14,8 @@ import numpy as np
 from pipeline.foundation import identity, layout, outputs
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.sources import dataset, digest, partition
+from pipeline.sources.decode import read_images
+from pipeline.sources.images import Decoding
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,20 @@ def source_or_note(attrs: dict, data_path, cache_dir) -> tuple[Source | None, st
 def images(attrs: dict, split: str, index, data_path=None) -> tuple[list[np.ndarray], list[str | None]]:
     """The source images of rows `index` (source indices) of `split` (each at its own size), and
     their file paths (None where the source has none). `data_path` overrides the stored source."""
-    return dataset.load_rows(dataset.source_of(attrs, data_path), dataset.SOURCE_PART[split], index)
+    return dataset.load_rows(dataset.source_of(attrs, data_path), dataset.SOURCE_PART[split], index,
+                             decoding_of(attrs))
+
+
+def stream(attrs: dict, split: str, index, data_path=None, batch: int = 256):
+    """The images of rows `index` of `split`, one by one in order, decoded `batch` files at a time from
+    one listing of the source (a split of photos is never held whole; arrays are in memory already)."""
+    files = paths(attrs, split, index, data_path)
+    if not files or files[0] is None:
+        yield from images(attrs, split, index, data_path)[0]
+        return
+    decoding = decoding_of(attrs)
+    for lo in range(0, len(files), batch):
+        yield from read_images(files[lo:lo + batch], decoding.size, decoding.exif)
 
 
 def images_of(attrs: dict, items, data_path=None) -> list[np.ndarray]:
@@ -83,11 +98,21 @@ def unreadable(exc: Exception) -> str:
     return f"images not drawn: {first_line(exc)}"
 
 
+def decoding_of(attrs: dict) -> Decoding:
+    """How a features file's image files are decoded. Files that record `orientation: exif` (image
+    folders since EXIF orientation is applied) turn each image upright and resize it to the file's
+    image_shape; older files decode as they were made: as stored, each at its own size."""
+    if attrs.get("orientation") == "exif":
+        return Decoding(exif=True, size=tuple(int(v) for v in attrs["image_shape"][:2]))
+    return Decoding(exif=False)
+
+
 def load_splits(attrs: dict, data_path: str | None):
     """The features file's images and splits, checked against its fingerprint."""
     source = dataset.source_of(attrs, data_path)
     limit = attrs["limit"] if attrs["limit"] != -1 else None
-    splits = partition.make_splits(dataset.load_dataset(source, limit), attrs["val_fraction"], attrs["split_seed"])
+    ds = dataset.load_dataset(source, limit, decoding_of(attrs))
+    splits = partition.make_splits(ds, attrs["val_fraction"], attrs["split_seed"], attrs.get("test_fraction"))
     if digest.fingerprint(splits) != attrs["data_fingerprint"]:
         raise UserError(f"the images at {source} are not the ones the features file was made from; "
                         "pass --data PATH to the original source")

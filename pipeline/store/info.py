@@ -33,7 +33,8 @@ def describe(path) -> str:
                  f"{'complete:':<19}{'yes' if is_complete(attrs) else 'no'}"]
         for key in ("schema_version", "settings_hash", "dataset", "source", "backbone", "backbone_file", "weights",
                     "weights_file", "input_size", "feature_width", "views", "preprocessing", "precision", "device",
-                    "limit", "val_fraction", "split_seed", "batch_size", "data_fingerprint", "created",
+                    "limit", "split", "val_fraction", "test_fraction", "split_seed", "orientation", "image_shape",
+                    "batch_size", "data_fingerprint", "created",
                     "elapsed_seconds", "images_per_second"):
             if key in attrs:
                 lines.append(f"{key + ':':<19}{attrs[key]}")
