@@ -174,6 +174,7 @@ def tuned_copy(tiny_tuned, tiny_backbone_features, tmp_path):
         tmp_path / "cache" / layout.FINETUNE_DIR / model.parent.name
 
 
+@pytest.mark.slow           # a fine-tune retrained: ~9 s of CPU (pyproject.toml's rule)
 @pytest.mark.parametrize("damage", ["model truncated", "run.json of another run"])
 def test_a_fine_tune_that_no_longer_reads_back_is_remade(damage, tuned_copy):
     from pipeline.finetune.finetune import run_finetune
@@ -190,6 +191,7 @@ def test_a_fine_tune_that_no_longer_reads_back_is_remade(damage, tuned_copy):
     assert any(line.startswith("up to date") for line in lines), lines
 
 
+@pytest.mark.slow           # a one-epoch fine-tune first: ~8 s of CPU
 def test_resume_refuses_another_runs_checkpoint(tuned_copy, capsys):
     """The issue's reproduction: a 2-epoch run's checkpoint in a killed 1-epoch run's folder."""
     import dataclasses
