@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench_features import save_result  # noqa: E402
+from pipeline.foundation import identity
 from pipeline.foundation.machine import cpu_model  # noqa: E402
 SIZES = {"train": 45_000, "val": 5_000, "test": 10_000}
 WIDTH = 2048
@@ -40,7 +41,7 @@ def make_file(folder: Path) -> Path:
     # overfit and early stopping ends it; well-separated classes would train until --epochs
     means = rng.gamma(1.0, 0.08, (10, WIDTH)).astype(np.float32)
     settings = {"dataset": "bench-synthetic", "width": WIDTH, "rows": sum(SIZES.values())}
-    attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(settings),
+    attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": identity.digest(settings),
              "settings": settings, "feature_width": WIDTH, "data_fingerprint": "synthetic",
              "class_names": [f"class{i}" for i in range(10)]}
     labels = {s: np.where(rng.random(n) < 0.1, rng.integers(0, 10, n), np.arange(n) % 10) for s, n in SIZES.items()}

@@ -1,6 +1,7 @@
 """Shared test fixtures and helpers: paths to the real data in ../shared, stage-one files built once
 per session, synthetic features files, the CLI in-process and in a subprocess, a small full disk, and
 the check of the `slow` marker's rule (declared in pyproject.toml)."""
+from pipeline.foundation import identity
 import contextlib
 import json
 import os
@@ -263,7 +264,7 @@ def synthetic_features(cache: Path, width=16, per_class=(40, 20, 20), shuffle=Fa
     rng = np.random.default_rng(seed)
     means = rng.normal(0, 3, (len(CLASSES), width))
     settings = settings or {"dataset": "synthetic", "width": width, "seed": seed, "shuffle": shuffle}
-    base = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(settings),
+    base = {"schema_version": store.SCHEMA_VERSION, "settings_hash": identity.digest(settings),
             "settings": settings, "feature_width": width, "class_names": CLASSES, "data_fingerprint": "synthetic",
             "backbone": "synthetic", "weights": "none", "input_size": 32}
     base.update(attrs)

@@ -11,7 +11,8 @@ import pytest
 
 from conftest import PRETRAINED, require_pretrained
 from pipeline.backbones import build, folding, keras_private, table, precision as device_precision
-from pipeline.backbones.weights import Weights, sha256_file
+from pipeline.backbones.weights import Weights
+from pipeline.foundation.readback import sha256_file
 from pipeline.foundation.errors import UserError
 
 SIZE = 75

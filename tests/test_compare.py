@@ -11,6 +11,7 @@ from pipeline.look import compare
 from pipeline.heads import kinds, training
 from pipeline.heads import mistakes
 from pipeline.foundation import stats
+from pipeline.foundation.runs import Run
 from pipeline.heads import leaderboard
 from pipeline.cli import main
 from pipeline.store.features import load_features
@@ -126,7 +127,7 @@ def test_not_a_run_is_one_error_line(tmp_path, capsys):
 
 def test_sweep_marks_ties_with_the_best_and_recommends_one(two_runs):
     cache, a, b = two_runs
-    runs = [kinds.read_run_json(f"{d}/run.json") | {"run_dir": d} for d in (a, b)]
+    runs = [Run.read(d).record | {"run_dir": d} for d in (a, b)]
     rows = leaderboard.leaderboard(runs, [], ties=True)
     best, other = rows
     assert best["val_p_vs_best"] == 1.0 and best["tied_with_best"]
@@ -145,7 +146,7 @@ def test_sweep_marks_ties_with_the_best_and_recommends_one(two_runs):
 def test_sweep_ties_without_per_image_predictions_are_left_unmarked(two_runs, tmp_path):
     _, a, b = two_runs
     # the same runs as if their reports were gone (a cache from before predictions.csv)
-    runs = [kinds.read_run_json(f"{d}/run.json") | {"run_dir": str(tmp_path / "heads" / d.rsplit("/", 1)[-1])}
+    runs = [Run.read(d).record | {"run_dir": str(tmp_path / "heads" / d.rsplit("/", 1)[-1])}
             for d in (a, b)]
     rows = leaderboard.leaderboard(runs, [], ties=True)
     assert [r["tied_with_best"] for r in rows] == [None, None] and rows[0]["recommended"]
@@ -157,7 +158,7 @@ def test_site_and_report_show_the_intervals(two_runs, tmp_path):
     from pipeline.heads import evaluation
     from pipeline.look import report as site
     cache, a, b = two_runs
-    runs = [kinds.read_run_json(f"{d}/run.json") | {"run_dir": d} for d in (a, b)]
+    runs = [Run.read(d).record | {"run_dir": d} for d in (a, b)]
     rows = leaderboard.leaderboard(runs, [], ties=True)
     leaderboard.save_leaderboard(rows, cache / "sweeps" / "test-sweep")
     site.rebuild(cache)
@@ -209,3 +210,15 @@ def test_the_recommended_tie_is_the_most_regularized(monkeypatch):
     assert all(r["tied_with_best"] for r in rows)
     assert [r["C"] for r in rows if r["recommended"]] == [0.01]
     assert "logreg: smaller C" in kinds.TIE_RULE and "dense: smaller hidden" in kinds.TIE_RULE
+
+
+def test_a_deleted_gallery_is_remade_never_up_to_date(two_runs, tmp_path, capsys):
+    """Issue 22.11: compare.json is sealed with its folder's files; one deleted is not "up to date"."""
+    cache, a, b = two_runs
+    assert main(["compare", a, b, "--cache-dir", str(tmp_path)]) == 0
+    gallery = next((tmp_path / "compare").glob("*/disagreements.png"))
+    gallery.unlink()
+    capsys.readouterr()
+    assert main(["compare", a, b, "--cache-dir", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert "up to date" not in out + err and gallery.is_file() and "remaking" in out, (out, err)

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import (alive, assert_one_error, fill_disk, run_cli, small_disk, spawn_cli, synthetic_cifar,
                       synthetic_features, write_batches)
-from pipeline.foundation import errors
+from pipeline.foundation import errors, identity
 from pipeline.heads import kinds, training
 from pipeline.foundation import outputs
 from pipeline import store
@@ -369,7 +369,7 @@ def test_a_second_identical_sweep_is_refused(features_file, tmp_path, capsys):
     base = kinds.make_settings("logreg")
     fs = load_features(features_file)
     stem = tmp_path / "sweeps" / (f"logreg-{fs.attrs['settings_hash']}-"
-                                  f"{store.settings_hash({'base': base, 'grid': parse_grid('logreg', ['C=1,2'])})}")
+                                  f"{identity.digest({'base': base, 'grid': parse_grid('logreg', ['C=1,2'])})}")
     with outputs.Lock(stem):
         code, _, err = run_cli(capsys, "sweep", "--features", features_file, "--cache-dir", tmp_path,
                                "--head", "logreg", "--grid", "C=1,2")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from pipeline.foundation import outputs, records, runs, settings
+from pipeline.foundation import layout, outputs, runs, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import Checked, Choice, Interval, setting
 
@@ -113,13 +113,13 @@ def test_produce_checks_again_once_it_holds_the_lock(tmp_path):
 
 
 @pytest.mark.parametrize("record, kind, stage, report", [
-    ({"head": "logreg"}, "logreg", records.HEADS, "reports/{name}"),
-    ({"stage": "finetune"}, "finetune", records.FINETUNE, "finetune/{name}/report"),
+    ({"head": "logreg"}, "logreg", layout.HEADS_DIR, "reports/{name}"),
+    ({"stage": "finetune"}, "finetune", layout.FINETUNE_DIR, "finetune/{name}/report"),
 ])
 def test_a_run_is_an_object_with_its_kind_and_folders(record, kind, stage, report, tmp_path):
     folder = tmp_path / "cache" / stage / "r1"
     folder.mkdir(parents=True)
-    (folder / records.RUN_JSON).write_text(json.dumps({
+    (folder / layout.RUN_JSON).write_text(json.dumps({
         **record, "settings": {}, "metrics": {"val_accuracy": 0.5},
         "features": {"path": "cache/features/f.h5", "settings_hash": "abc"}}))
     run = runs.Run.read(folder)

@@ -255,3 +255,28 @@ def test_a_head_run_gives_a_mixed_size_source_image_its_stored_rows_answer(mixed
     [(_, top)], _ = next(Predictor(run["run_dir"], backbone=str(tiny_backbone)).predict_paths([image], k=2))
     got = dict(top)
     np.testing.assert_allclose([got[c] for c in MIXED_CLASSES], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("a link to itself", "is a link that loops or leads nowhere"),
+    ("a pipe", "is not a regular file (a pipe, socket or device)"),
+])
+def test_a_looping_link_or_a_pipe_is_skipped_with_its_reason(model, tmp_path, capsys, case, reason):
+    """Issue 22.5: a link to itself was a traceback (exit 1), a FIFO was called missing."""
+    import os
+    _, (good,) = save_images(tmp_path, 1)
+    odd = tmp_path / "odd.jpg"
+    if case == "a pipe":
+        os.mkfifo(odd)
+    else:
+        odd.symlink_to(odd.name)
+    code, out, err = run_cli(capsys, "predict", "--model", model, odd, good)
+    assert code == 3 and len(out) == 1 and out[0].startswith(f"{good}: "), (out, err)
+    assert err == [f"skipped: image {odd} {reason}"], err
+
+
+def test_a_glob_ending_in_two_stars_searches_the_folders_it_matches(model, tmp_path, capsys):
+    """Issue 22.5: `dir/**` matched nothing (pathlib's ** matches folders only); the help says it recurses."""
+    _, paths = save_images(tmp_path / "dir" / "deeper", 2)
+    code, out, err = run_cli(capsys, "predict", "--model", model, str(tmp_path / "dir" / "**"))
+    assert code == 0 and sorted(line.split(": ")[0] for line in out) == sorted(map(str, paths)), (out, err)

@@ -13,7 +13,7 @@ import h5py
 import pytest
 
 from conftest import assert_one_error, run_cli, spawn_cli, synthetic_features
-from pipeline.foundation import outputs, records, runs
+from pipeline.foundation import layout, outputs, runs
 from pipeline.look import report as site
 from pipeline.foundation.errors import UserError
 
@@ -30,15 +30,15 @@ def made(tmp_path_factory):
     assert main(["head", *common, "--head", "logreg"]) == 0
     assert main(["neighbors", *common, "--split", "val", "--row", "0"]) == 0
     assert main(["audit", *common, "--no-exact"]) == 0
-    run_dir = next((cache / records.HEADS).iterdir())
-    (run_dir / records.MODEL).write_bytes(b"a stand-in model")
-    export = cache / records.EXPORTS / f"{run_dir.name}-keras"
+    run_dir = next((cache / layout.HEADS_DIR).iterdir())
+    (run_dir / layout.MODEL).write_bytes(b"a stand-in model")
+    export = cache / layout.EXPORTS_DIR / f"{run_dir.name}-keras"
     export.mkdir(parents=True)
-    (export / records.MODEL).write_bytes(b"a stand-in model")
-    names = json.loads((run_dir / records.RUN_JSON).read_text())["features"]["class_names"]
-    (export / records.LABELS).write_text("".join(f"{c}\n" for c in names))
-    outputs.write_json_atomic(export / records.EXPORT_JSON, {
-        "run": run_dir.name, "format": "keras", "file": records.MODEL, "temperature": 1.0,
+    (export / layout.MODEL).write_bytes(b"a stand-in model")
+    names = json.loads((run_dir / layout.RUN_JSON).read_text())["features"]["class_names"]
+    (export / layout.LABELS).write_text("".join(f"{c}\n" for c in names))
+    outputs.write_json_atomic(export / layout.EXPORT_JSON, {
+        "run": run_dir.name, "format": "keras", "file": layout.MODEL, "temperature": 1.0,
         "model_sha256": hashlib.sha256(b"a stand-in model").hexdigest(), "class_names": names})
     return cache, features, run_dir.name
 
@@ -53,11 +53,11 @@ def cache(made, tmp_path):
 
 
 def record_path(cache: Path, name: str, kind: str) -> Path:
-    return {"run": cache / records.HEADS / name / records.RUN_JSON,
-            "report": cache / records.REPORTS / name / records.REPORT_JSON,
-            "export": cache / records.EXPORTS / f"{name}-keras" / records.EXPORT_JSON,
-            "neighbors": next((cache / records.LOOKING).glob("neighbors-*.json")),
-            "audit": next((cache / records.AUDIT).glob(f"*/{records.AUDIT_JSON}"))}[kind]
+    return {"run": cache / layout.HEADS_DIR / name / layout.RUN_JSON,
+            "report": cache / layout.REPORTS_DIR / name / layout.REPORT_JSON,
+            "export": cache / layout.EXPORTS_DIR / f"{name}-keras" / layout.EXPORT_JSON,
+            "neighbors": next((cache / layout.LOOKING_DIR).glob("neighbors-*.json")),
+            "audit": next((cache / layout.AUDIT_DIR).glob(f"*/{layout.AUDIT_JSON}"))}[kind]
 
 
 # per record kind: (a required key, a key given a value of the wrong type, a number)
@@ -100,14 +100,14 @@ DAMAGES = ["truncated", "not UTF-8", "wrong JSON type", "missing key", "wrong va
 
 
 def command(kind_reader: str, cache: Path, features: Path, name: str) -> list:
-    run_dir, common = cache / records.HEADS / name, ["--features", features, "--cache-dir", cache]
+    run_dir, common = cache / layout.HEADS_DIR / name, ["--features", features, "--cache-dir", cache]
     return {
         "head": ["head", *common, "--head", "logreg"],          # the same run: up to date, reads its records
         "export": ["export", run_dir, "--format", "keras", "--cache-dir", cache],
-        "predict": ["predict", "--model", run_dir / records.MODEL, cache / "none.png"],
-        "predict export": ["predict", "--model", cache / records.EXPORTS / f"{name}-keras" / records.MODEL,
+        "predict": ["predict", "--model", run_dir / layout.MODEL, cache / "none.png"],
+        "predict export": ["predict", "--model", cache / layout.EXPORTS_DIR / f"{name}-keras" / layout.MODEL,
                            cache / "none.png"],
-        "finetune": ["finetune", *common, "--start-from", run_dir / records.MODEL],
+        "finetune": ["finetune", *common, "--start-from", run_dir / layout.MODEL],
         "neighbors": ["neighbors", *common, "--split", "val", "--row", "0"],
         "audit": ["audit", *common, "--no-exact"],
     }[kind_reader]
@@ -137,7 +137,7 @@ def test_the_site_leaves_a_damaged_run_out_names_it_once_and_succeeds(kind, how,
     path = record_path(cache, name, kind)
     damage(path, kind, how)
     code, out, err = run_cli(capsys, "report", "--cache-dir", cache)
-    assert code == 0 and out == [str(cache / records.REPORTS / records.INDEX)], (out, err)
+    assert code == 0 and out == [str(cache / layout.REPORTS_DIR / layout.INDEX)], (out, err)
     assert len(err) == 1 and err[0].startswith("warning: ") and f"{path} is damaged" in err[0], err
     assert "All runs (0)" in site.index_path(cache).read_text()
 
@@ -165,23 +165,23 @@ def test_a_damaged_configuration_run_is_left_out_of_a_sweep_with_one_warning(cac
     assert code == 0, err
     named = [line for line in err if "left out of the sweep" in line]
     assert len(named) == 1 and named[0].startswith(f"warning: left out of the sweep: {path} is damaged"), err
-    board = json.loads(next((cache / records.SWEEPS).glob("*.json")).read_text())
+    board = json.loads(next((cache / layout.SWEEPS_DIR).glob("*.json")).read_text())
     assert [row["C"] for row in board] == [1]
 
 
 def test_the_best_head_search_leaves_a_damaged_run_out_with_one_warning(tmp_path, capsys):
     """finetune's default head: a damaged sibling run.json is skipped, not fatal; the best of the rest wins."""
     from pipeline.heads.training import find_best_head
-    runs = tmp_path / records.HEADS
+    runs = tmp_path / layout.HEADS_DIR
     for tag, acc in [("a", 0.5), ("b", 0.9), ("c", 0.7)]:
         (runs / f"dense-h-{tag}").mkdir(parents=True)
-        (runs / f"dense-h-{tag}" / records.MODEL).write_bytes(b"a stand-in model")
-        outputs.write_json_atomic(runs / f"dense-h-{tag}" / records.RUN_JSON, {
+        (runs / f"dense-h-{tag}" / layout.MODEL).write_bytes(b"a stand-in model")
+        outputs.write_json_atomic(runs / f"dense-h-{tag}" / layout.RUN_JSON, {
             "head": "dense", "settings": {}, "features": {"path": "x.h5", "settings_hash": "h"},
             "metrics": {"val_accuracy": acc}})
-    damaged = runs / "dense-h-b" / records.RUN_JSON
+    damaged = runs / "dense-h-b" / layout.RUN_JSON
     damaged.write_text("{")
-    assert find_best_head(tmp_path, "h") == runs / "dense-h-c" / records.MODEL
+    assert find_best_head(tmp_path, "h") == runs / "dense-h-c" / layout.MODEL
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("warning: ") and f"{damaged} is damaged" in err[0], err
 
@@ -217,7 +217,7 @@ def test_values_a_reader_relies_on_are_checked(record, text, expect, cache, caps
 
 def test_labels_that_are_not_utf8_are_one_error(cache, capsys):
     cache, _, name = cache
-    labels = cache / records.EXPORTS / f"{name}-keras" / records.LABELS
+    labels = cache / layout.EXPORTS_DIR / f"{name}-keras" / layout.LABELS
     labels.write_bytes(b"cat\n\xff\xfedog\n")
     assert_one_error(*run_cli(capsys, *command("predict export", cache, None, name))[::2],
                      f"{labels} is damaged (not UTF-8 text)")
@@ -233,7 +233,7 @@ def test_relative_paths_of_old_records_resolve_from_any_directory(cache, tmp_pat
     info = json.loads(run_json.read_text())
     info["features"]["path"] = f"cache/features/{Path(features).name}"
     run_json.write_text(json.dumps(info))
-    shutil.copy(features, cache / records.FEATURES / Path(features).name)
+    shutil.copy(features, cache / layout.FEATURES_DIR / Path(features).name)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -243,13 +243,13 @@ def test_relative_paths_of_old_records_resolve_from_any_directory(cache, tmp_pat
     monkeypatch.chdir(cache.parent)
     code, out, _ = run_cli(capsys, "report", "--cache-dir", "cache")
     assert code == 0 and out[0].startswith("up to date:")
-    assert runs.read_run(cache / records.HEADS / name)["features"]["path"] == str(
-        cache / records.FEATURES / Path(features).name)
+    assert runs.Run.read(cache / layout.HEADS_DIR / name).record["features"]["path"] == str(
+        cache / layout.FEATURES_DIR / Path(features).name)
 
 
 def test_new_records_store_absolute_paths(made):
     cache, _, name = made
-    run_json = cache / records.HEADS / name / records.RUN_JSON
+    run_json = cache / layout.HEADS_DIR / name / layout.RUN_JSON
     assert Path(json.loads(run_json.read_text())["features"]["path"]).is_absolute()
     assert Path(json.loads(record_path(cache, name, "neighbors").read_text())["features"]).is_absolute()
 
@@ -265,7 +265,7 @@ def test_the_site_is_rebuilt_under_its_lock(cache, monkeypatch):
 
     def checking(*a, **k):
         with pytest.raises(UserError, match="another run is writing"):
-            with outputs.Lock(site.index_path(cache).parent / records.RUN_PAGES):
+            with outputs.Lock(site.index_path(cache).parent / layout.RUN_PAGES):
                 pass
         seen.append(True)
         return collect(*a, **k)
@@ -280,12 +280,12 @@ def test_two_reports_at_once_both_succeed(cache):
     cache, _, _ = cache
     for _ in range(3):
         for i in range(20):
-            (site.index_path(cache).parent / records.RUN_PAGES / f"stale{i}.html").write_text("x")
+            (site.index_path(cache).parent / layout.RUN_PAGES / f"stale{i}.html").write_text("x")
         procs = [spawn_cli("report", "--cache-dir", cache) for _ in range(2)]
         results = [(p.wait(timeout=60), p.stderr.read()) for p in procs]
         assert all(code == 0 and not err for code, err in results), results
-    assert sorted(p.name for p in (site.index_path(cache).parent / records.RUN_PAGES).iterdir()) == [
-        f"{next((cache / records.HEADS).iterdir()).name}.html"]
+    assert sorted(p.name for p in (site.index_path(cache).parent / layout.RUN_PAGES).iterdir()) == [
+        f"{next((cache / layout.HEADS_DIR).iterdir()).name}.html"]
 
 
 # ---------------------------------------------------------------- info on files that are not features files
@@ -313,7 +313,7 @@ def test_info_says_what_is_wrong_with_the_attributes(key, value, expect, tmp_pat
 
 def test_info_on_a_file_that_is_not_a_features_file_says_so(cache, capsys):
     cache, _, name = cache
-    joblib = cache / records.HEADS / name / "model.joblib"
+    joblib = cache / layout.HEADS_DIR / name / "model.joblib"
     code, _, err = run_cli(capsys, "info", joblib)
     assert_one_error(code, err, f"{joblib} is not a readable HDF5 file, so not a features file")
 
@@ -323,11 +323,11 @@ def test_info_on_a_file_that_is_not_a_features_file_says_so(cache, capsys):
     ({"stage": "finetune", "head": {"path": "/c/heads/dense-1/model.keras"}}, "finetune"),
 ])
 def test_head_and_fine_tune_runs_are_both_run_records(record, kind, tmp_path):
-    run_dir = tmp_path / "cache" / records.HEADS / "r"
+    run_dir = tmp_path / "cache" / layout.HEADS_DIR / "r"
     run_dir.mkdir(parents=True)
-    (run_dir / records.RUN_JSON).write_text(json.dumps({
+    (run_dir / layout.RUN_JSON).write_text(json.dumps({
         **record, "settings": {}, "metrics": {"val_accuracy": 0.5},
         "features": {"path": "cache/features/f.h5", "settings_hash": "0"}}))
-    info = runs.read_run(run_dir)
+    info = runs.Run.read(run_dir).record
     assert runs.run_kind(info) == kind
-    assert info["features"]["path"] == str(tmp_path / "cache" / records.FEATURES / "f.h5")
+    assert info["features"]["path"] == str(tmp_path / "cache" / layout.FEATURES_DIR / "f.h5")

@@ -84,3 +84,17 @@ def test_a_different_backbone_file_is_refused(made, tmp_path, capsys):
     assert main(["verify", str(made[0]), "--backbone", str(other)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "is not the one the features were made with" in err
+
+
+def test_swapped_labels_are_named(tiny_backbone_features, tmp_path, capsys):
+    """Issue 22.13: two test rows' labels swapped passed verify (it compared rows, not labels)."""
+    copy = shutil.copy(tiny_backbone_features, tmp_path / "swapped.h5")
+    with h5py.File(copy, "r+") as f:
+        labels = f["test/labels"][...]
+        other = int(np.flatnonzero(labels != labels[0])[0])
+        labels[[0, other]] = labels[[other, 0]]
+        f["test/labels"][...] = labels
+    capsys.readouterr()
+    code = main(["verify", str(copy), "--sample", "1000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "test row 0 " in err[0] and "labels changed" in err[0], err

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from pipeline.backbones.table import (DEFAULT_BACKBONE, FILE_POLICY, PREPROCESSING, Entry, FinetunePolicy,
                                       PretrainedWeights, describe_preprocessing)
-from pipeline.backbones.weights import Weights, resolve_backbone, sha256_file, weights_identity
+from pipeline.backbones.weights import Weights, resolve_backbone, weights_identity
 from pipeline.foundation.errors import OFFLINE_WAYS, UserError, first_line
+from pipeline.foundation.readback import sha256_file
 
 
 def identity(backbone: str, weights: str | None, size: int | None, seed: int) -> dict:

@@ -22,7 +22,15 @@ def rebuild_backbone(attrs: dict, backbone_file: str | None = None, weights_file
     if "weights_source" not in attrs:
         raise UserError("the features file predates structured weight attributes; rerun `make features`")
     recorded, shape = Weights.from_attrs(attrs), tuple(image_shape or attrs["image_shape"])
-    if attrs["backbone"] in BACKBONES:
+    named = attrs["backbone"] in BACKBONES
+    if named and backbone_file is not None:       # a flag that cannot apply is refused, never ignored
+        raise UserError(f"--backbone {backbone_file}: the features were made with the named backbone "
+                        f"{attrs['backbone']}, not a backbone file; leave --backbone out")
+    if weights_file is not None and (not named or recorded.source != "file"):
+        raise UserError(f"--weights {weights_file}: the features were made with "
+                        + (f"{recorded} weights" if named else f"the backbone file {attrs['backbone']}, whose "
+                           "weights are inside it") + ", not a weights file; leave --weights out")
+    if named:
         flag, given = "--weights", weights_file
         path = {"imagenet": "imagenet", "none": "none"}.get(recorded.source) or \
             _file_of(attrs, "weights_file", given, f"a local {attrs['backbone']} weights file", flag)

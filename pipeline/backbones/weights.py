@@ -2,12 +2,12 @@
 (seeded) or a local weights file, each recorded with what makes it reproducible (a file's sha256)."""
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.backbones.table import BACKBONES, Entry
 from pipeline.foundation.errors import UserError
+from pipeline.foundation.readback import sha256_file
 
 
 @dataclass(frozen=True)
@@ -29,14 +29,6 @@ class Weights:
     def __str__(self):
         return {"imagenet": "imagenet", "none": f"none (random init, seed {self.seed})",
                 "file": f"file sha256:{self.sha256}"}[self.source]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def weights_identity(weights: str, seed: int) -> Weights:

@@ -9,6 +9,8 @@ shards on a Ray actor pool. Both hand rows to the driver, which alone writes the
 from __future__ import annotations
 
 import os
+import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -27,6 +29,10 @@ DEFAULT_SHARD_ROWS = 4096
 # with ":once=PATH" only if PATH does not exist yet (it is created first), so a retry succeeds.
 # Several, comma-separated.
 CRASH_ENV = "PIPELINE_TEST_CRASH_SHARD"
+# Test-only: "N" makes the driver, once it has written N rows or more, say "paused after M rows" on
+# stderr and wait for a signal, so a test interrupts or kills it at a known row whatever the
+# machine's speed (the engines keep computing meanwhile, as they would while a user's Ctrl-C travels).
+PAUSE_ENV = "PIPELINE_TEST_PAUSE_AFTER_ROWS"
 
 
 @dataclass(frozen=True)
@@ -101,6 +107,16 @@ def maybe_crash(shard: Shard, spec: str | None):
         os._exit(17)
 
 
+def maybe_pause(written: int):
+    """The test-only hook of PAUSE_ENV, called by the driver after each write."""
+    after = os.environ.get(PAUSE_ENV)
+    if after and written >= int(after):
+        os.environ.pop(PAUSE_ENV)          # once
+        print(f"paused after {written} rows", file=sys.stderr, flush=True)
+        while True:
+            signal.pause()
+
+
 def shard_batches(extract, part: Split, first_row: int, batch_size: int):
     """Yield (row, features, {block: digest}) batch by batch over `part` (a shard's rows, the first
     being row `first_row` of its split). The next batch decodes in a thread while this one runs."""
@@ -121,8 +137,11 @@ def shard_batches(extract, part: Split, first_row: int, batch_size: int):
 def run_local(todo: list[Shard], splits: dict, writer, spec: ExtractorSpec, batch_size: int, progress) -> None:
     """The in-process engine: one extractor, the shards in plan order, rows written as they come."""
     extract, _ = spec.build()
+    written = 0
     for i, shard in enumerate(todo):
         part = splits[shard.split].select(np.arange(shard.lo, shard.hi))
         for row, features, blocks in shard_batches(extract, part, shard.lo, batch_size):
             writer.write(shard.split, row, features, blocks)
+            written += len(features)
             progress.update(len(features), f"shard {i + 1}/{len(todo)}")
+            maybe_pause(written)

@@ -15,7 +15,7 @@ from pipeline.extract import engine
 from pipeline.extract import views
 from pipeline.extract.memory import check_memory
 from pipeline.extract.moved import record_moved_files, recorded_files
-from pipeline.foundation import flags, settings
+from pipeline.foundation import flags, identity, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.machine import versions
 from pipeline.foundation.outputs import produce
@@ -31,7 +31,7 @@ DEFAULT_WORKERS = 2
 
 @dataclass
 class FeatureSettings:
-    """Stage one's settings. The file's name and hash cover `identity` below (the dataset's and the
+    """Stage one's settings. The file's name and hash cover `file_identity` below (the dataset's and the
     network's identity, not these fields as written), so files made before this declaration stay
     valid; `record=False` marks the fields it does not depend on."""
     data: str | None = setting(None, None, "a folder of class folders <class>/* (split by --test-fraction and "
@@ -83,7 +83,7 @@ def dataset_name(path: str | None) -> str:
     return name
 
 
-def identity(s: FeatureSettings, precision: str) -> dict:
+def file_identity(s: FeatureSettings, precision: str) -> dict:
     """Exactly the settings that determine the cached numbers; their hash names the file.
     Computed without decoding an image or building a network, so an up-to-date check is quick.
     `backbones.rebuild.rebuild_backbone` and `sources.rows.load_splits` are its inverse."""
@@ -125,7 +125,7 @@ def _up_to_date(final: Path, recorded: dict, log) -> bool:
             f"{store.older_schema(final)}, now {store.SCHEMA_VERSION})")
         return False
     # Every check a later stage makes: a damaged file is never "up to date".
-    load_features(final, expect={"settings_hash": store.settings_hash(recorded)}, splits=())
+    load_features(final, expect={"settings_hash": identity.digest(recorded)}, splits=())
     return True
 
 
@@ -134,8 +134,8 @@ def run_features(s: FeatureSettings, log=print) -> Path:
     s = settings.check(s)
     _check(s)
     if s.engine == "ray" and s.address is not None:
-        from pipeline.extract import ray_engine
-        ray_engine.check_reachable(s.address)    # before TensorFlow loads: a wrong address fails in seconds
+        from pipeline.extract import ray_address
+        ray_address.check_reachable(s.address)    # before TensorFlow loads: a wrong address fails in seconds
     precision, device = resolve_precision(s.precision)
     if s.engine == "ray":
         s = replace(s, workers=s.workers or DEFAULT_WORKERS)
@@ -144,7 +144,7 @@ def run_features(s: FeatureSettings, log=print) -> Path:
             precision = "float16"
         device = f"Ray: {s.workers} workers, {s.gpus_per_worker:g} GPUs each" if s.gpus_per_worker else \
             f"Ray: {s.workers} CPU workers"
-    recorded = identity(s, precision)
+    recorded = file_identity(s, precision)
     final = store.features_path(s.cache_dir, recorded)
     check_memory(recorded["input_size"], s.batch_size)
     up_to_date, _ = produce(final, lambda: _up_to_date(final, recorded, log),
@@ -171,7 +171,7 @@ def _extract(s: FeatureSettings, recorded: dict, final: Path, precision: str, de
             session = stack.enter_context(ray_engine.Session(s.address))
             ray_engine.check_resources(session.ray, s.workers, s.gpus_per_worker)
         sizes = {k: len(v) for k, v in splits.items()}
-        attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(recorded),
+        attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": identity.digest(recorded),
                  "settings": recorded, **recorded, "weights": str(Weights.from_attrs(recorded)),
                  "source": ds.source, "class_names": list(ds.class_names),
                  "image_shape": image_shape, "device": device, **recorded_files(s),

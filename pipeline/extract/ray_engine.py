@@ -10,15 +10,18 @@ keeps failing. Ray is imported only here, so the local engine does not need it i
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pickle
-import socket
+import signal
+import threading
 import uuid
 
 import numpy as np
 
-from pipeline.extract.engine import CRASH_ENV, ExtractorSpec, Shard, maybe_crash, shard_batches
+from pipeline.extract import ray_address
+from pipeline.extract.engine import CRASH_ENV, ExtractorSpec, Shard, maybe_crash, maybe_pause, shard_batches
 from pipeline.foundation import reaper
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.sources import digest
@@ -28,41 +31,13 @@ RETRIES = 2                          # attempts per shard: 1 + RETRIES
 LOCAL_OBJECT_STORE = 512 * 2**20     # a local instance's object store: shards stream through it
 
 
-def _import_ray():
-    try:
-        import ray
-        import ray.data  # noqa: F401
-    except ImportError:
-        raise UserError("--engine ray needs Ray Data: pip install '.[ray]' (ray[data])") from None
-    return ray
-
-
-CONNECT_SECONDS = 5      # a cluster's head answers a TCP connect at once; ray.init would retry for minutes
-
-
-def check_reachable(address: str):
-    """Fail within CONNECT_SECONDS where nothing accepts connections at `address` (a host:port, or
-    "auto": the running cluster's), since ray.init then retries "Failed to connect to GCS" for ever.
-    A ray:// address (Ray Client) fails cleanly by itself."""
-    _import_ray()                # Ray missing: the one error line that says how to install it
-    from ray._private.services import canonicalize_bootstrap_address_or_die
-    if address.startswith("ray://"):
-        return
-    try:
-        resolved = canonicalize_bootstrap_address_or_die(address)
-        host, _, port = resolved.rpartition(":")
-        socket.create_connection((host, int(port)), timeout=CONNECT_SECONDS).close()
-    except (OSError, ValueError) as exc:      # ConnectionError is an OSError: "auto" found no cluster
-        raise UserError(f"cannot join the Ray cluster at {address}: {first_line(exc)}") from None
-
-
 class Session:
     """Joins a cluster (`address`), or starts a local instance that it alone shuts down again, on
     any exit including Ctrl-C, and that a watchdog (pipeline.foundation.reaper) removes even after a SIGKILL.
     An instance already running in this process (tests) is used as is."""
 
     def __init__(self, address: str | None):
-        self.ray, self.address, self.started, self.watchdog = _import_ray(), address, False, None
+        self.ray, self.address, self.started, self.watchdog = ray_address.import_ray(), address, False, None
 
     def __enter__(self):
         ray = self.ray
@@ -75,7 +50,7 @@ class Session:
                     os.environ[reaper.MARK_ENV] = mark     # inherited by every process of the instance
                     ray.init(object_store_memory=LOCAL_OBJECT_STORE, **kwargs)
                 else:
-                    check_reachable(self.address)
+                    ray_address.check_reachable(self.address)
                     ray.init(address=self.address, **kwargs)
             except ConnectionError as exc:
                 raise UserError(f"cannot join the Ray cluster at {self.address}: {first_line(exc)}") from None
@@ -174,6 +149,27 @@ def _cause(exc):
     return None
 
 
+@contextlib.contextmanager
+def _interruptible():
+    """Yields an Event set by Ctrl-C (SIGINT), which also raises KeyboardInterrupt as usual. Ray's
+    blocking waits can keep the KeyboardInterrupt from the loop until more shards have arrived (the
+    whole run, in issue 22's test); the Event stops the driver at the next shard whatever happened
+    to the exception. Outside the main thread (no signal handlers there) it is never set."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def handler(signum, frame):
+        interrupted.set()
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run(todo: list[Shard], splits: dict, writer, spec: ExtractorSpec, batch_size: int, progress,
         session: Session, workers: int, gpus_per_worker: float) -> set[str]:
     """Compute `todo` on the pool, writing rows as shards arrive (the caller has run check_resources).
@@ -191,16 +187,20 @@ def run(todo: list[Shard], splits: dict, writer, spec: ExtractorSpec, batch_size
         fn_constructor_kwargs={"spec": spec, "batch_size": batch_size, "ledger": ledger,
                                "crash": os.environ.get(CRASH_ENV)},
         max_restarts=-1, max_task_retries=RETRIES)
-    done = 0
+    done = written = 0
     try:
-        for row in shards.iter_rows():
-            first = int(row["lo"]) // digest.BLOCK_ROWS
-            blocks = {first + i: digest.tobytes() for i, digest in enumerate(row["blocks"])}
-            writer.write(str(row["split"]), int(row["lo"]), row["features"], blocks)
-            done += 1
-            retried = sum(n - 1 for n in ray.get(ledger.get.remote()).values())
-            progress.update(len(row["features"]), f"shards {done}/{len(todo)} done, {retried} retried, "
-                                                   f"{len(todo) - done} remaining")
+        with _interruptible() as interrupted:
+            for row in shards.iter_rows():
+                if interrupted.is_set():      # a Ctrl-C that Ray's waits held back: no shard written after it
+                    raise KeyboardInterrupt
+                first = int(row["lo"]) // digest.BLOCK_ROWS
+                blocks = {first + i: digest.tobytes() for i, digest in enumerate(row["blocks"])}
+                writer.write(str(row["split"]), int(row["lo"]), row["features"], blocks)
+                done, written = done + 1, written + len(row["features"])
+                retried = sum(n - 1 for n in ray.get(ledger.get.remote()).values())
+                progress.update(len(row["features"]), f"shards {done}/{len(todo)} done, {retried} retried, "
+                                                       f"{len(todo) - done} remaining")
+                maybe_pause(written)
     except Exception as exc:
         if _cause(exc) is not None:      # Ray Data appends retry advice to its message: the first line
             raise UserError(first_line(_cause(exc))) from None

@@ -14,7 +14,7 @@ from pipeline.foundation import flags, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.machine import versions
 from pipeline.foundation.settings import Interval, setting
-from pipeline.sources import rows
+from pipeline.sources import dataset, partition, rows
 from pipeline.store.features import load_features
 
 
@@ -28,12 +28,14 @@ DEFAULT_SAMPLE = 256
 
 
 def sample_rows(sizes: dict, n: int, seed: int) -> dict:
-    """{split: sorted row numbers}: n rows drawn without replacement, spread over the splits in
-    proportion to their sizes (each non-empty split at least one)."""
+    """{split: sorted row numbers}: exactly n rows drawn without replacement, spread over the
+    splits in proportion to their sizes (each non-empty split at least one, when n allows)."""
     total = sum(sizes.values())
     n = min(n, total)
     rng = np.random.default_rng(seed)
     want = {s: min(size, max(1 if size else 0, round(n * size / total))) for s, size in sizes.items()}
+    while sum(want.values()) > n:              # rounding up (or one per split) asked for more than n
+        want[max(want, key=lambda s: (want[s], s))] -= 1
     return {s: np.sort(rng.choice(sizes[s], k, replace=False)) for s, k in want.items() if k}
 
 
@@ -70,8 +72,10 @@ def verify(path, s: VerifySettings | None = None, batch_size: int = 64) -> dict:
     picked = sample_rows({k: len(fs.splits[k].labels) for k in store.SPLITS}, s.sample, s.seed)
     result = {"rows": 0, "max_abs_diff": 0.0, "max_relative_diff": 0.0, "min_cosine": 1.0,
               "tolerance": {"min_cosine": min_cos, "max_relative_diff": max_rel}, "first_bad": None}
+    source = _source_splits(attrs, s.data)
     for split, at in picked.items():
         index = fs.splits[split].index[at]
+        _check_labels(path, split, at, fs.splits[split], source[split], attrs["class_names"])
         images, paths = rows.images(attrs, split, index, s.data)
         for lo in range(0, len(at), batch_size):
             batch = images[lo:lo + batch_size]
@@ -93,6 +97,27 @@ def verify(path, s: VerifySettings | None = None, batch_size: int = 64) -> dict:
                                            "relative_diff": float(rel[i])}
         result["rows"] += len(at)
     return result
+
+
+def _source_splits(attrs: dict, data_path) -> dict:
+    """The source's splits as stage one made them (labels and source indices; no image decoded)."""
+    limit = attrs["limit"] if attrs["limit"] != -1 else None
+    return partition.make_splits(dataset.load_dataset(dataset.source_of(attrs, data_path), limit),
+                                 attrs["val_fraction"], attrs["split_seed"])
+
+
+def _check_labels(path, split: str, at, stored, source, class_names):
+    """The sampled rows' labels and source indices are the source's: a file whose labels were
+    swapped or shifted is refused, as one whose rows changed."""
+    if len(source.y) != len(stored.labels):
+        raise UserError(f"{path}: its {split} split has {len(stored.labels)} rows, its source's {len(source.y)}; "
+                        "the source changed or the file is not its own")
+    for row in at:
+        if int(stored.index[row]) != int(source.index[row]) or int(stored.labels[row]) != int(source.y[row]):
+            raise UserError(f"{path}: {split} row {int(row)} (source index {int(stored.index[row])}) is labelled "
+                            f"{class_names[int(stored.labels[row])]!r} but its source image is "
+                            f"{class_names[int(source.y[row])]!r} (source index {int(source.index[row])}); "
+                            "the file's labels changed since stage one wrote them")
 
 
 # ---------------------------------------------------------------- command line

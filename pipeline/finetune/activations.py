@@ -26,13 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.finetune.augment import MAX_SHIFT_PX, VIEW_SEED, cached_view
-from pipeline.foundation import records
+from pipeline.foundation import identity, layout
 from pipeline.foundation.progress import Progress
 from pipeline import store
 
 TRAIN_ORDER_SEED = 0
-WORDS = store.Words(what="activation cache", make="`python -m pipeline finetune --mode cached` builds it",
-                    fix="delete it; the next `finetune` run rebuilds it")
+WORDS = store.ACTIVATION_CACHE
 
 
 def settings(features_attrs: dict, cut: str, views: int, precision: str) -> dict:
@@ -48,8 +47,7 @@ def size_bytes(row_shape, n_rows: int) -> int:
 
 
 def path_for(cache_dir, features_path: Path, s: dict) -> Path:
-    name = f"{features_path.stem}-{s['cut']}-{store.settings_hash(s)}.h5"
-    return records.folder(cache_dir, records.ACTIVATIONS) / name
+    return layout.folder(cache_dir, layout.ACTIVATIONS_DIR) / f"{identity.name(s, features_path.stem, s['cut'])}.h5"
 
 
 def train_order(n: int) -> np.ndarray:
@@ -74,7 +72,7 @@ def build(final: Path, s: dict, splits: dict, lower_fn, batch_size: int, log=pri
     index = {k: np.repeat(splits[k].index[order[k]], copies[k]) for k in store.SPLITS}
     probe = lower_fn(splits["val"].batch(np.arange(min(batch_size, len(splits["val"])))))
     row_shape = tuple(probe.shape[1:])
-    attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": store.settings_hash(s), "settings": s,
+    attrs = {"schema_version": store.SCHEMA_VERSION, "settings_hash": identity.digest(s), "settings": s,
              **s, "rows_per_image": [copies[k] for k in store.SPLITS], "scale": float_scale(probe),
              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     writer = store.RowWriter(final, attrs, labels, index, row_shape, dtype="float16", log=log, words=WORDS)

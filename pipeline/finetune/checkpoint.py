@@ -53,14 +53,31 @@ def save(path: Path, model, best_weights, state: dict):
             np.savez(f, state=np.array(json.dumps(state)), **arrays)
 
 
-def restore(path: Path, model, stopper) -> dict:
+def restore(path: Path, model, stopper, run: str) -> dict:
     """Load weights and optimizer state into a compiled `model`; arm `stopper`; return the state.
-    A checkpoint that cannot be read, or was made for another model, is a UserError."""
+    A checkpoint that cannot be read, was written by another run than `run` (or before checkpoints
+    named their run), or was made for another model, is a UserError."""
+    fix = "delete it to start over, or run without --resume"
+    try:
+        written_by = _state(path).get("run")
+    except Exception as exc:      # not kept in a local: a frame holding its own exception keeps the data open
+        raise UserError(f"checkpoint {path} cannot be used ({first_line(exc)}); {fix}") from None
+    if written_by != run:
+        why = f"it was written by run {written_by}, not this run {run}" if written_by else \
+            "it names no run, so it may be another run's"
+        raise UserError(f"checkpoint {path} cannot be used ({why}); {fix}")
     try:
         return _restore(path, model, stopper)
     except Exception as exc:
-        raise UserError(f"checkpoint {path} cannot be used ({first_line(exc)}); delete it to start over, "
-                        "or run without --resume") from None
+        raise UserError(f"checkpoint {path} cannot be used ({first_line(exc)}); {fix}") from None
+
+
+def _state(path: Path) -> dict:
+    with np.load(path) as z:
+        state = json.loads(str(z["state"]))
+    if not isinstance(state, dict):
+        raise ValueError("its state is not a JSON object")
+    return state
 
 
 def _restore(path: Path, model, stopper) -> dict:

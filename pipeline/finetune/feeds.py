@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.foundation import identity
 from pipeline import store
 from pipeline.backbones.folding import fast_extractor
 from pipeline.finetune import activations
@@ -61,7 +62,7 @@ def training_data(s, attrs, features_path, parts, mode, precision, log, drop=Non
     produce(path, path.exists, build, log, what="activation cache")
     # Every row checked (finite, labels in range) once before training: a damaged cache must not
     # train a garbage model.
-    store.read_rows(path, expect={"settings_hash": store.settings_hash(cs)}, splits=(), words=activations.WORDS,
+    store.read_rows(path, expect={"settings_hash": identity.digest(cs)}, splits=(), words=activations.WORDS,
                     n_classes=len(attrs["class_names"]))
     return {k: activations.batches(path, k, s.batch_size, shuffle=(k == "train"), seed=s.seed, shift=s.map_shift,
                                    drop=drop if k == "train" else None)

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import store
 from pipeline.backbones.compose import image_model
 from pipeline.backbones.precision import resolve_precision
 from pipeline.backbones.rebuild import rebuild_backbone
 from pipeline.backbones.table import default_unfreeze
-from pipeline.backbones.weights import sha256_file
+from pipeline.foundation.readback import sealed, sha256_file
 from pipeline.finetune import surgery
 from pipeline.finetune.comparison import compare, comparison_table
 from pipeline.finetune.feeds import training_data
@@ -27,7 +26,7 @@ from pipeline.finetune.inputs import find_head, head_run, load_head, split_sizes
 from pipeline.finetune.recipe import (announce, auto_epochs, compile_model, fit, train_precision, training_model,
                                       warmup_steps)
 from pipeline.finetune.settings import FinetuneSettings
-from pipeline.foundation import records, settings
+from pipeline.foundation import identity, layout, settings
 from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import atomic_file, produce, write_json_atomic
 from pipeline.heads import evaluation   # evaluation.write_report, looked up when called (tests patch it)
@@ -130,12 +129,12 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         log(f"--epochs auto: {s.epochs} epochs of {-(-sizes['train'] // s.batch_size)} steps")
     recorded = {**run_settings(s, attrs, head_path, mode, parts.cut, unfreeze, precision, exclusion),
                 "warmup_steps": warmup_steps(s, -(-sizes["train"] // s.batch_size))}   # as the schedule resolves it
-    run_dir = (records.folder(s.cache_dir, records.FINETUNE)
-               / f"{features_path.stem}-{mode}-{unfreeze}-{store.settings_hash(recorded)}")
-    model_path = run_dir / records.MODEL
+    run_dir = (layout.folder(s.cache_dir, layout.FINETUNE_DIR)
+               / identity.name(recorded, features_path.stem, mode, unfreeze))
+    model_path = run_dir / layout.MODEL
 
     def done():
-        return model_path.is_file() and (run_dir / records.RUN_JSON).is_file()
+        return model_path.is_file() and (run_dir / layout.RUN_JSON).is_file()
 
     def train():
         started = time.perf_counter()
@@ -149,7 +148,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
                              index["train"][exclusion.rows] if exclusion else None)
         run_dir.mkdir(parents=True, exist_ok=True)     # after the images are read and checked: a bad file leaves none
         compile_model(model, s, precision, steps, upper.trainable_variables)
-        history = fit(model, s, data, run_dir / records.CHECKPOINT, log)
+        history = fit(model, s, data, run_dir / layout.CHECKPOINT, log)
         y_prob = {k: model.predict(data[k], verbose=0) for k in ("val", "test")}
         if not all(np.isfinite(p).all() for p in y_prob.values()):   # the model to save, not every epoch
             raise UserError("fine-tuning diverged (its predictions are not finite); no model was saved; "
@@ -160,21 +159,22 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         wall = time.perf_counter() - started
         comparison = compare(y_true, baseline, y_prob, head_path, head_info)
         calibrated = calibration.assess(y_true, y_prob, fit=True)
-        evaluation.write_report(run_dir / records.REPORT_DIR, y_true=y_true, y_prob=y_prob, class_names=class_names,
+        evaluation.write_report(run_dir / layout.RUN_REPORT_DIR, y_true=y_true, y_prob=y_prob, class_names=class_names,
                                 wall_seconds=wall, history=history, features=fs, cache_dir=s.cache_dir,
                                 extra={"stage": "finetune", "settings": recorded, "comparison": comparison},
                                 calibrated=calibrated)
-        write_json_atomic(run_dir / records.RUN_JSON, {
-            "stage": "finetune", "settings": recorded, "class_names": class_names, "model": records.MODEL,
+        write_json_atomic(run_dir / layout.RUN_JSON, sealed({
+            "stage": "finetune", "settings": recorded, "class_names": class_names, "model": layout.MODEL,
             "features": {"path": str(Path(features_path).absolute()), "settings_hash": attrs["settings_hash"]},
             "head": {"path": str(Path(head_path).absolute())}, "backbone": {"name": bb.name, **bb.weights.attrs(),
                                                             "input_size": bb.input_size},
             "device": device, "metrics": comparison["finetuned"], "comparison": comparison,
             "calibration": calibrated.summary,
-            "epochs_run": len(history.get("loss", [])), "wall_seconds": round(wall, 1)}, default=str)
+            "epochs_run": len(history.get("loss", [])), "wall_seconds": round(wall, 1)},
+            run_dir, layout.RUN_JSON, run_dir.name, leave_out=(layout.CHECKPOINT,)), default=str)
         return comparison
 
-    up_to_date, comparison = produce(run_dir, done, train, log, shown=model_path)
+    up_to_date, comparison = produce(run_dir, done, train, log, shown=model_path, record=layout.RUN_JSON)
     if not up_to_date:
         log(comparison_table(comparison))
     return model_path

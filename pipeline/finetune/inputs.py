@@ -9,7 +9,7 @@ import h5py
 from pipeline import store
 from pipeline.backbones.compose import load_keras_file
 from pipeline.finetune.settings import FinetuneSettings
-from pipeline.foundation import records, runs
+from pipeline.foundation import layout, runs
 from pipeline.foundation.errors import UserError
 from pipeline.heads.training import find_best_head
 
@@ -25,9 +25,9 @@ def load_head(path: Path, width: int, n_classes: int):
 
 def head_run(path: Path, features_hash: str) -> dict:
     """The stage-two run.json beside the head, checked against the features file (empty if none)."""
-    if not (path.parent / records.RUN_JSON).is_file():
+    if not (path.parent / layout.RUN_JSON).is_file():
         return {}
-    info = runs.read_run(path.parent)
+    info = runs.Run.read(path.parent).record
     made_from = info["features"]["settings_hash"]
     if made_from not in (None, features_hash):
         raise UserError(f"head {path} was trained on features {made_from}, not on this features file "
@@ -40,10 +40,11 @@ def find_head(s: FinetuneSettings, features_hash: str) -> Path:
         return Path(s.start_from)
     found = find_best_head(s.cache_dir, features_hash, head="dense")
     if found is None:
-        raise UserError(f"no dense head for features {features_hash} in {records.folder(s.cache_dir, records.HEADS)}; "
+        heads = layout.folder(s.cache_dir, layout.HEADS_DIR)
+        raise UserError(f"no dense head for features {features_hash} in {heads}; "
                         "run `make head` first (or pass --start-from FILE)")
     found = Path(found)
-    return found / records.MODEL if found.is_dir() else found
+    return found / layout.MODEL if found.is_dir() else found
 
 
 def split_sizes(features_path: Path) -> dict:

@@ -138,9 +138,10 @@ def fit(model, s: FinetuneSettings, data: dict, ckpt: Path, log) -> dict:
     from pipeline.finetune.checkpoint import Checkpoint, ResumableEarlyStopping, restore
     stopper = ResumableEarlyStopping(monitor="val_accuracy", mode="max", patience=s.patience,
                                      restore_best_weights=True)
-    state = {"epochs_done": 0, "history": {}, "stopped": False}
+    # the run's name (its settings' hash) goes into every checkpoint: another run's is refused
+    state = {"run": ckpt.parent.name, "epochs_done": 0, "history": {}, "stopped": False}
     if s.resume and ckpt.is_file():
-        state = restore(ckpt, model, stopper)
+        state = restore(ckpt, model, stopper, state["run"])
         log(f"resuming from epoch {state['epochs_done']} of {s.epochs} ({ckpt})")
     elif s.resume:
         log(f"nothing to resume in {ckpt.parent}; starting from the head")

@@ -11,6 +11,11 @@ class UserError(Exception):
     """A mistake in the user's input. The CLI prints it as one line and exits with code 2."""
 
 
+def notice(message: str):
+    """A line for the user on stderr that is neither a result nor a warning ("features: ...", "removed ...")."""
+    print(message, file=sys.stderr)
+
+
 def warn(message: str):
     """A `warning: ...` line on stderr: something left out that does not stop the command."""
     print(message if message.startswith("warning: ") else f"warning: {message}", file=sys.stderr)

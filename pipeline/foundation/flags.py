@@ -34,6 +34,13 @@ def cache_dir(text) -> str:
     return str(text)
 
 
+def existing_path(text) -> str:
+    """A file or folder that exists (a moved source or model file, checked even when unused)."""
+    if not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    return str(text)
+
+
 def out_file(text) -> str:
     """A file to write at the end (predict --out), checked before any work: not a folder, its
     folder exists or can be made, and can be written to."""
@@ -44,6 +51,9 @@ def out_file(text) -> str:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"cannot write in {folder}: permission denied or a read-only file system")
     return str(text)
+
+
+EXISTING = Checked(existing_path, "a file or folder that exists", "PATH")
 
 
 # The settings several commands declare (pipeline.foundation.settings), declared here once.
@@ -65,12 +75,12 @@ def seed_setting(help_text):
 # now; the file must be the one the features were made with (its sha256 is checked), so it never
 # chooses another network (docs/features.md says so).
 def moved_backbone_setting():
-    return setting(None, None, "the .keras backbone file the features were made with, if it moved since "
+    return setting(None, EXISTING, "the .keras backbone file the features were made with, if it moved since "
                    "(default: where the features file recorded it)", metavar="PATH", record=False)
 
 
 def moved_weights_setting():
-    return setting(None, None, "the weights file the features were made with, if it moved since "
+    return setting(None, EXISTING, "the weights file the features were made with, if it moved since "
                    "(default: where the features file recorded it)", metavar="PATH", record=False)
 
 
@@ -90,5 +100,5 @@ def address_setting(what: str):
 
 
 def moved_data_setting():
-    return setting(None, None, "the image source, if it moved since the features file was made", metavar="PATH",
+    return setting(None, EXISTING, "the image source, if it moved since the features file was made", metavar="PATH",
                    record=False)

@@ -17,11 +17,11 @@ import fcntl
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Callable
 
-from pipeline.foundation.errors import UserError
+from pipeline.foundation import readback
+from pipeline.foundation.errors import UserError, notice
 
 TMP_TAG = ".tmp-"
 
@@ -112,12 +112,8 @@ def remove_leftovers(path: Path, log=None) -> list[Path]:
         found += [p for p in path.glob(f".*{TMP_TAG}*")]
     for leftover in found:
         _remove(leftover)
-        (log or _stderr)(f"removed {leftover}, left behind by an interrupted run")
+        (log or notice)(f"removed {leftover}, left behind by an interrupted run")
     return found
-
-
-def _stderr(message: str):
-    print(message, file=sys.stderr)
 
 
 class Lock:
@@ -164,21 +160,32 @@ class Lock:
         os.close(self._fd)
 
 
-def produce(final, done: Callable[[], bool], make: Callable[[], object], log=_stderr, *, wait: bool = False,
-            also=(), shown=None, what: str = "") -> tuple[bool, object]:
+def produce(final, done: Callable[[], bool], make: Callable[[], object], log=notice, *, wait: bool = False,
+            also=(), shown=None, what: str = "", record: str | None = None) -> tuple[bool, object]:
     """The one "up to date" rule of every output. `final` is named by the hash of its settings and
-    of every input's identity; it is up to date when `done()` says its last-written part exists
-    and reads back (a run's run.json, a file's complete flag). Otherwise `make()` writes it under
-    the output's lock, atomically, with the leftovers of killed runs removed first; a second
-    writer is refused (or, with `wait`, waits and then finds it done). Returns (was up to date,
-    what make returned); "<what> up to date: <shown or final>" is logged when it was (`what`
-    names an output that is not the command's own, e.g. "activation cache")."""
+    of every input's identity (pipeline.foundation.identity); it is up to date when `done()` says its
+    last-written part exists and reads back (a run's run.json, a file's complete flag) and, for a
+    folder whose `record` carries a seal (pipeline.foundation.readback), when every file in it is
+    still the one written. Otherwise `make()` writes it under the output's lock, atomically, with the
+    leftovers of killed runs removed first; a second writer is refused (or, with `wait`, waits and
+    then finds it done). Returns (was up to date, what make returned); "<what> up to date: <shown or
+    final>" is logged when it was (`what` names an output that is not the command's own, e.g.
+    "activation cache"), and "remaking ...: <why>" when a finished output no longer reads back."""
     said = f"{what} up to date: {shown or final}".lstrip()
-    if done():
+
+    def found() -> bool:
+        if not done():
+            return False
+        why = record and readback.broken_record(final, record)
+        if why:
+            log(f"remaking {final}: {why}")
+        return not why
+
+    if found():
         log(said)
         return True, None
     with Lock(final, wait=wait, also=also, log=log):
-        if done():                # finished by another run while we waited for the lock
+        if done() and not (record and readback.broken_record(final, record)):   # finished while we waited
             log(said)
             return True, None
         return False, make()

@@ -1,12 +1,11 @@
-"""The cache layout and the records in it: every folder and file name a command writes, and the one
-validating reader of every JSON record (a run's run.json, report.json, export.json, cached answers).
+"""The records in the cache (pipeline.foundation.layout names them): the one validating reader of every
+JSON record (a run's run.json, report.json, export.json, cached answers).
 
 Every record kind declares the shape a command relies on (required keys, their types, finite
 numbers, a positive temperature). A record damaged in any way (missing, truncated, not UTF-8, not
 JSON, the wrong type anywhere, a missing key, NaN or infinity) is one UserError naming the file and
-what to do, so no command ever crashes or prints nonsense on one. Records store absolute paths;
-`resolve` finds the paths of older records (relative to the directory they were made in) in the
-cache they sit in, from any working directory. A finished run as an object: pipeline.foundation.runs.
+what to do, so no command ever crashes or prints nonsense on one. Records store absolute paths
+(layout.resolve finds older relative ones). A finished run as an object: pipeline.foundation.runs.
 """
 from __future__ import annotations
 
@@ -18,68 +17,12 @@ from typing import Callable
 
 from pipeline.foundation.errors import UserError, first_line
 
-# ---------------------------------------------------------------- the cache layout
-
-# folders under --cache-dir, one per kind of output
-FEATURES = "features"          # stage one's HDF5 files
-ACTIVATIONS = "activations"    # stage three's cached cut activations
-HEADS = "heads"                # one folder per head run
-SWEEPS = "sweeps"              # one leaderboard (.json, .csv) per sweep
-FINETUNE = "finetune"          # one folder per fine-tune run (its report inside, in REPORT_DIR)
-EXPORTS = "exports"            # one folder per exported run and format
-LOOKING = "looking"            # cached answers of `neighbors` and `map`
-AUDIT = "audit"                # one folder per audit
-REPORTS = "reports"            # the site (INDEX, RUN_PAGES) and one report folder per head run
-COMPARE = "compare"            # one folder per `compare` of two runs
-SEEDS = "seeds"                # one summary per `head --seeds N`
-FOLDERS = (FEATURES, ACTIVATIONS, HEADS, SWEEPS, FINETUNE, EXPORTS, LOOKING, AUDIT, REPORTS, COMPARE, SEEDS)
-CHECKED_SOURCES = "sources"    # under LOOKING: image sources already checked against a fingerprint
-
-# file and folder names inside those
-MODEL = "model.keras"          # a Keras model (a dense head, or a stage-three image model)
-MODEL_JOBLIB = "model.joblib"  # a scikit-learn head
-RUN_JSON = "run.json"          # written last: a folder with one is a finished run
-REPORT_JSON = "report.json"
-EXPORT_JSON = "export.json"
-LABELS = "labels.txt"          # an export's class names, one a line
-AUDIT_JSON = "audit.json"
-LABELS_JSON = "labels.json"    # `audit --labels`: its answer (written last), the flagged images, the
-LABEL_ISSUES = "label_issues.csv"     # counts per (given, suggested) pair and the gallery
-LABEL_PAIRS = "label_pairs.csv"
-LABEL_GALLERY = "label_issues.png"
-COMPARE_JSON = "compare.json"
-HISTORY_JSON = "history.json"
-PREDICTIONS = "predictions.csv"
-REPORT_DIR = "report"          # a fine-tune run's report folder
-CHECKPOINT = "checkpoint.npz"  # a fine-tune run's last finished epoch, for --resume
-INDEX = "index.html"
-RUN_PAGES = "runs"             # the site's page per run
-
-
-def folder(cache_dir, name: str) -> Path:
-    """The cache's folder for one kind of output (one of FOLDERS)."""
-    return Path(cache_dir) / name
-
-
-def resolve(stored, cache_dir) -> Path:
-    """A path read from a record, absolute. Records made before paths were stored absolute hold
-    them relative to the directory the command ran in ("cache/features/x.h5"): such a path is
-    taken relative to the working directory when it exists there, else found in `cache_dir` from
-    its layout folder on ("features/x.h5"), so any working directory gives the same answer."""
-    path = Path(stored)
-    if path.is_absolute() or path.exists():
-        return path.absolute()
-    parts = path.parts
-    for i in range(len(parts) - 2, -1, -1):
-        if parts[i] in FOLDERS:
-            return Path(cache_dir, *parts[i:]).absolute()
-    return path.absolute()
-
-
 # ---------------------------------------------------------------- declared shapes
 
 NUMBER = "a finite number"
-POSITIVE = "a finite number > 0"
+POSITIVE_NUMBER = "a finite number > 0"
+COUNT = "an integer >= 0"
+INTERVAL = "a list [low, high] of two finite numbers, low <= high"
 
 
 @dataclass(frozen=True)
@@ -142,16 +85,25 @@ def _check(value, shape, where: str):
             except ValueError:
                 if i == len(shape.inner) - 1:
                     raise
-    elif shape in (NUMBER, POSITIVE):
-        # bool is an int in Python, not a number in a record; NaN and infinity parse from JSON
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or (shape == POSITIVE and value <= 0):
+    elif shape in (NUMBER, POSITIVE_NUMBER):
+        if not _finite(value) or (shape == POSITIVE_NUMBER and value <= 0):
+            wrong(shape)
+    elif shape == COUNT:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            wrong(shape)
+    elif shape == INTERVAL:
+        if not (isinstance(value, list) and len(value) == 2 and all(map(_finite, value)) and value[0] <= value[1]):
             wrong(shape)
     elif isinstance(shape, str):            # an exact value
         if value != shape:
             wrong(json.dumps(shape))
     elif isinstance(value, bool) is not (shape is bool) or not isinstance(value, shape):
         wrong(_TYPE_NAMES.get(shape, shape.__name__))
+
+
+def _finite(value) -> bool:
+    # bool is an int in Python, not a number in a record; NaN and infinity parse from JSON
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -163,36 +115,56 @@ class Kind:
     check: Callable[[object], str | None] = lambda data: None   # a rule across keys: None or what is wrong
 
 
+# pipeline.foundation.readback's seal: the folder's final name and each file's size and sha256
+_SEAL = {"name": str, "files": Values({"bytes": COUNT, "sha256": str})}
 _FEATURES_REF = {"path": str, "settings_hash": str, "class_names?": Each(str)}
-_METRICS = {"val_accuracy": NUMBER, "test_accuracy?": NUMBER, "wall_seconds?": NUMBER}
-_CALIBRATION = {"temperature?": POSITIVE}
+_METRICS = {"val_accuracy": NUMBER, "test_accuracy?": NUMBER, "wall_seconds?": NUMBER,
+            "val_accuracy_interval?": Maybe(INTERVAL), "test_accuracy_interval?": Maybe(INTERVAL)}
+_ACCURACY = {"accuracy": NUMBER, "low": NUMBER, "high": NUMBER, "n": COUNT}
+# two runs on the same images, per split (pipeline.foundation.stats.paired): what `compare` stores and prints
+PAIRED = Values({"a": _ACCURACY, "b": _ACCURACY, "difference": NUMBER, "difference_low": NUMBER,
+                 "difference_high": NUMBER, "mcnemar_p": NUMBER, "only_a": COUNT, "only_b": COUNT, "method": str})
+# one side's accuracies ({"val_accuracy": 0.8, "val_accuracy_interval": [0.78, 0.82], ...}); the head's its path
+_SIDE = {**{f"{split}_accuracy{end}": shape for split in ("val", "test")
+            for end, shape in (("?", NUMBER), ("_interval?", INTERVAL))}, "path?": str, "reported?": dict}
+# a fine-tune against its starting head (pipeline.finetune.comparison)
+_COMPARISON = {"paired?": PAIRED, "head?": _SIDE, "finetuned?": _SIDE, "delta?": _SIDE}
+_CALIBRATION = {"temperature?": POSITIVE_NUMBER}
 
 # a head run names its kind ("head": "dense"); a fine-tune run is "stage": "finetune" and names its head's file
 RUN = Kind("run record", {"settings": dict, "features": _FEATURES_REF, "metrics": _METRICS,
                          "head?": Either((str, {"path": str})),
                          "stage?": "finetune", "class_names?": Each(str), "calibration?": _CALIBRATION,
-                         "wall_seconds?": NUMBER, "backbone?": {"name?": str}, "comparison?": dict},
+                         "wall_seconds?": NUMBER, "backbone?": {"name?": str}, "comparison?": _COMPARISON,
+                         "sealed?": _SEAL},
            "delete the run's folder {folder} and rerun the command that made it",
            lambda run: None if isinstance(run.get("head"), str) or "stage" in run else "it names no head kind")
 
 
 def _report_classes(report: dict) -> str | None:
+    """Every split names every class, and its confusion matrix is classes x classes."""
+    n = len(report["class_names"])
     for split, m in report["splits"].items():
         missing = [c for c in report["class_names"] if c not in m["per_class"]]
         if missing:
             return f"splits.{split}.per_class has no {missing[0]!r}"
+        if "confusion" in m and (len(m["confusion"]) != n or any(len(row) != n for row in m["confusion"])):
+            return f"splits.{split}.confusion is not {n} x {n}, one row and column per class"
     return None
 
 
 REPORT = Kind("report", {
     "class_names": Each(str), "wall_seconds": NUMBER,
-    "splits": Values({"accuracy": NUMBER, "per_class": Values({"precision": NUMBER, "recall": NUMBER, "f1": NUMBER})}),
-    "most_confused?": Values(Each({"true": str, "predicted": str, "count": int})),
-    "mistakes?": {"note?": str}, "comparison?": dict,
+    "splits": Values({"accuracy": NUMBER, "accuracy_interval?": INTERVAL, "confusion?": Each(Each(COUNT)),
+                      "per_class": Values({"precision": NUMBER, "recall": NUMBER, "f1": NUMBER,
+                                           "support?": COUNT, "recall_interval?": INTERVAL})}),
+    "most_confused?": Values(Each({"true": str, "predicted": str, "count": COUNT})),
+    "mistakes?": {"note?": str}, "comparison?": _COMPARISON, "data_fingerprint?": Maybe(str),
+    "features?": {"path?": str},
 }, "delete the run's folder and its report {folder}, and rerun the command that made it", _report_classes)
 
-EXPORT = Kind("export record", {"run": str, "format": str, "model_sha256": str, "temperature": POSITIVE,
-                                "file": str, "class_names": Each(str)},
+EXPORT = Kind("export record", {"run": str, "format": str, "model_sha256": str, "temperature": POSITIVE_NUMBER,
+                                "file": str, "class_names": Each(str), "sealed?": _SEAL},
               "delete the folder {folder} and rerun `python -m pipeline export`")
 
 _NEIGHBOR = {"rank": int, "similarity": NUMBER, "split": str, "row": int, "class": str, "source_index": int,
@@ -210,17 +182,14 @@ AUDIT_ANSWER = Kind("cached audit", {
                        "label_disagrees": int, "searched": Each(str), "with_duplicate_at?": Values(int)}),
 }, "delete the folder {folder} and rerun the same command")
 
-_ACCURACY = {"accuracy": NUMBER, "low": NUMBER, "high": NUMBER, "n": int}
 _RUN_NAMED = {"name": str, "report": str}
 COMPARE_ANSWER = Kind("cached comparison", {
-    "a": _RUN_NAMED, "b": _RUN_NAMED,
-    "splits": Values({"a": _ACCURACY, "b": _ACCURACY, "difference": NUMBER, "difference_low": NUMBER,
-                      "difference_high": NUMBER, "mcnemar_p": NUMBER, "only_a": int, "only_b": int,
-                      "method": str}),
-    "gallery": {"split": str, "file?": str, "note?": str},
-}, "delete the folder {folder} and rerun the same command")
+    "a": _RUN_NAMED, "b": _RUN_NAMED, "splits": PAIRED, "gallery": {"split": str, "file?": str, "note?": str},
+    "sealed?": _SEAL,
+}, "delete the folder {folder} and rerun the same command",
+    lambda c: None if c["gallery"]["split"] in c["splits"] else f"splits has no {c['gallery']['split']!r}")
 
-LEADERBOARD = Kind("sweep leaderboard", Each(dict), "delete it and rerun the sweep")
+LEADERBOARD = Kind("sweep leaderboard", Each({"run": str, "recommended?": bool}), "delete it and rerun the sweep")
 
 
 # ---------------------------------------------------------------- reading

@@ -6,14 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.foundation.records import (FINETUNE, HEADS, MODEL, REPORT_DIR, REPORTS, RUN, RUN_JSON, folder, read,
-                                         resolve)
-
-
-def read_run(run_dir) -> dict:
-    """A finished run's run.json (head or fine-tune), with its features path made absolute (see
-    `resolve`; a run folder sits two levels below the cache)."""
-    return Run.read(run_dir).record
+from pipeline.foundation import readback
+from pipeline.foundation.layout import (FINETUNE_DIR, HEADS_DIR, MODEL, REPORTS_DIR, RUN_JSON, RUN_REPORT_DIR, folder,
+                                        resolve)
+from pipeline.foundation.records import RUN, damaged, read
 
 
 def run_kind(info: dict) -> str:
@@ -36,14 +32,22 @@ class Run:
         record["features"]["path"] = str(resolve(record["features"]["path"], folder.parent.parent))
         return cls(folder, record)
 
+    def check_files(self) -> "Run":
+        """The run, when every file its record sealed is still the one written (a model truncated
+        or replaced is one UserError naming it, not "file not found" from Keras); returns self."""
+        why = readback.broken(self.folder, self.record)
+        if why:
+            raise damaged(self.folder / RUN_JSON, RUN, f"the run's files do not read back: {why}")
+        return self
+
     @property
     def cache(self) -> Path:
         return self.folder.parent.parent
 
     @property
     def stage(self) -> str:
-        """FINETUNE or HEADS: the layout folder the run lives in."""
-        return FINETUNE if self.record.get("stage") == "finetune" else HEADS
+        """FINETUNE_DIR or HEADS_DIR: the layout folder the run lives in."""
+        return FINETUNE_DIR if self.record.get("stage") == "finetune" else HEADS_DIR
 
     @property
     def kind(self) -> str:
@@ -62,13 +66,13 @@ class Run:
     @property
     def report(self) -> Path:
         """Its report folder: inside a fine-tune run, beside the site for a head run."""
-        if self.stage == FINETUNE:
-            return self.folder / REPORT_DIR
-        return folder(self.cache, REPORTS) / self.folder.name
+        if self.stage == FINETUNE_DIR:
+            return self.folder / RUN_REPORT_DIR
+        return folder(self.cache, REPORTS_DIR) / self.folder.name
 
 
 def run_folders(cache_dir, *stages: str) -> list[Path]:
     """Every finished run folder of `stages` (default: heads and fine-tunes) in the cache, oldest
     first, unread (a damaged one is for the caller to read and report)."""
-    return [p.parent for stage in (stages or (HEADS, FINETUNE))
+    return [p.parent for stage in (stages or (HEADS_DIR, FINETUNE_DIR))
             for p in sorted(folder(cache_dir, stage).glob(f"*/{RUN_JSON}"))]

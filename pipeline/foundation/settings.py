@@ -36,7 +36,7 @@ class Interval:
     def parse(self, text):
         if isinstance(text, bool) or (self.kind is int and isinstance(text, float) and not text.is_integer()):
             raise ValueError(text)
-        value = self.kind(text)
+        value = self.kind(text) or self.kind(0)      # -0 is 0: one setting, one identity
         left, right = self.closed in ("left", "both"), self.closed in ("right", "both")
         if (not math.isfinite(value)
                 or (self.low is not None and not (value >= self.low if left else value > self.low))
@@ -150,7 +150,13 @@ def parse_value(field: dataclasses.Field, value, name: str | None = None):
     valid, name = field.metadata["valid"], name or flag_name(field)
     if value == "auto" and field.metadata["auto"]:
         return None
-    if value is None or valid is None:
+    if value is None:         # a library caller's None: the declared default, as a flag left out
+        if field.metadata["auto"] or field.default is None:
+            return None
+        value = field.default
+    if isinstance(value, str) and not value.strip():     # never "the default" in disguise
+        raise UserError(f"{name} is empty; leave the flag out for its default")
+    if valid is None:
         return value
     try:
         return valid.parse(value)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pipeline import store
 from pipeline.extract import views
-from pipeline.foundation import records
+from pipeline.foundation import layout
 from pipeline.foundation.errors import UserError
 from pipeline.heads import autosize
 
@@ -66,7 +66,7 @@ def train_dense(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=Non
     fit = model.fit(x_tr, y_tr.astype("int32"), validation_data=(validation[0], validation[1].astype("int32")),
                     epochs=s["epochs"], batch_size=s["batch_size"], callbacks=[stopper],
                     verbose=verbose, shuffle=True)
-    model.save(out_dir / records.MODEL)      # the best epoch's weights, restored at the end of fit
+    model.save(out_dir / layout.MODEL)      # the best epoch's weights, restored at the end of fit
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
     val_loss = history["val_loss"]
     watched = val_loss[s["min_epochs"]:] or val_loss[-1:]      # none watched: the last epoch is kept
@@ -113,7 +113,7 @@ def train_knn(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=None)
 
 def _save_joblib(model, out_dir: Path):
     import joblib
-    joblib.dump(model, out_dir / records.MODEL_JOBLIB)
+    joblib.dump(model, out_dir / layout.MODEL_JOBLIB)
 
 
 def load_keras(path: Path):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.foundation import records, stats
+from pipeline.foundation import layout, stats
 from pipeline.foundation.outputs import atomic_dir
 from pipeline.foundation.tables import format_table
 from pipeline.heads.mistakes import write_run_views
@@ -127,15 +127,15 @@ def write_report(out_dir, *, y_true: dict, y_prob: dict, class_names, wall_secon
               "splits": splits, "calibration": calibrated.summary,
               **(extra or {})}
     with atomic_dir(out_dir) as tmp:
-        _plot_confusion(tmp / "confusion.png", splits, class_names)
-        calibration.plot_reliability(tmp / "reliability.png", calibrated)
+        _plot_confusion(tmp / layout.CONFUSION_PNG, splits, class_names)
+        calibration.plot_reliability(tmp / layout.RELIABILITY_PNG, calibrated)
         if history:
-            _plot_curves(tmp / "curves.png", history)
+            _plot_curves(tmp / layout.CURVES_PNG, history)
         if features is not None:
             # which images these are scored on: `compare` refuses two runs whose sources differ
             report["data_fingerprint"] = features.attrs.get("data_fingerprint")
             report.update(write_run_views(tmp, features, y_true, y_prob, class_names, splits, cache_dir))
-        (tmp / records.REPORT_JSON).write_text(json.dumps(report, indent=2))
+        (tmp / layout.REPORT_JSON).write_text(json.dumps(report, indent=2))
     return report
 
 

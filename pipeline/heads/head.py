@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.foundation import records, settings
+from pipeline.foundation import layout, records, settings
 from pipeline.foundation.settings import Interval, setting
 from pipeline.heads import seeds
 from pipeline.heads.exclude import read_exclusion
@@ -52,7 +52,7 @@ def add_arguments(p):
 def run(args):
     s = settings.from_args(HeadSettings, args)
     kind_settings = settings_from_args(args, s.head)        # flag mistakes surface before any loading
-    seeds.check(s.head, s.seeds)
+    seeds.check(s.head, s.seeds, kind_settings.get("seed"))
     fs = features_from_args(s)
     exclusion = s.exclude and read_exclusion(s.exclude, fs.attrs, {k: v.index for k, v in fs.splits.items()})
     if exclusion:
@@ -65,7 +65,7 @@ def run(args):
         return
     result = run_head(fs, s.head, kind_settings, s.cache_dir, verbose=2, log=print, exclude=exclusion)
     # a run trained now hands its report back; an up-to-date one's is read from its folder
-    report_json = Path(result["report"], records.REPORT_JSON)
+    report_json = Path(result["report"], layout.REPORT_JSON)
     report = result.get("report_content") or (records.read(report_json, records.REPORT) if report_json.is_file()
                                                else None)
     if report:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pipeline.foundation import flags, records, runs, settings
+from pipeline.foundation import flags, layout, records, runs, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import POSITIVE, Choice, Interval, setting
 from pipeline.heads import autosize
@@ -87,13 +87,13 @@ class HeadKind:
 
 HEADS = {kind.name: kind for kind in [
     HeadKind("dense", "Keras: standardize -> Dense(hidden, relu) -> Dropout -> Dense(K, softmax)", DenseSettings,
-             train_dense, records.MODEL, load_keras,
+             train_dense, layout.MODEL, load_keras,
              ("hidden", "dropout", "lr", "batch_size", "l2", "patience", "min_epochs", "seed"),
              _no_dropout_without_hidden, resolve=autosize.dense, calibrated=True, simpler=(("hidden", 1), ("l2", -1), ("dropout", -1))),
     HeadKind("logreg", "scikit-learn: StandardScaler -> LogisticRegression(lbfgs)", LogregSettings,
-             train_logreg, records.MODEL_JOBLIB, load_joblib, ("C", "max_iter"), simpler=(("C", 1),)),
+             train_logreg, layout.MODEL_JOBLIB, load_joblib, ("C", "max_iter"), simpler=(("C", 1),)),
     HeadKind("knn", "scikit-learn: StandardScaler -> cosine k-nearest neighbours", KnnSettings,
-             train_knn, records.MODEL_JOBLIB, load_joblib, ("k", "weighting"), simpler=(("k", -1),)),
+             train_knn, layout.MODEL_JOBLIB, load_joblib, ("k", "weighting"), simpler=(("k", -1),)),
 ]}
 
 
@@ -145,23 +145,18 @@ def predict_proba(model, x):
 def load_head(run_dir):
     """The saved model of a run folder, by the artifact its run.json's head kind names."""
     run_dir = Path(run_dir)
-    kinds = [HEADS[kind_of(run_dir)]] if (run_dir / records.RUN_JSON).is_file() else list(HEADS.values())
+    kinds = [HEADS[kind_of(run_dir)]] if (run_dir / layout.RUN_JSON).is_file() else list(HEADS.values())
     for kind in kinds:
         if (run_dir / kind.artifact).is_file():
             return kind.load(run_dir / kind.artifact)
     raise UserError(f"{run_dir} holds no {' or '.join(sorted({k.artifact for k in kinds}))}")
 
 
-def read_run_json(path: Path) -> dict:
-    """A head run's run.json (pipeline.foundation.records: a damaged one is a UserError saying what to do)."""
-    return runs.read_run(Path(path).parent)
-
-
 def kind_of(run_dir: Path) -> str:
     """The head kind a run folder's run.json names; one this version does not know is a damaged record."""
     head = runs.Run.read(run_dir).kind
     if head not in HEADS:
-        raise records.damaged(run_dir / records.RUN_JSON, records.RUN, f"unknown head kind {head!r}")
+        raise records.damaged(run_dir / layout.RUN_JSON, records.RUN, f"unknown head kind {head!r}")
     return head
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.foundation import records, runs, stats
+from pipeline.foundation import layout, records, runs, stats
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import write_text_atomic
 from pipeline.heads import kinds
@@ -36,7 +36,7 @@ def _interval(run: dict, split: str) -> dict:
     report = {}
     if not run["metrics"].get(f"{split}_accuracy_interval") and run.get("report"):   # a run from before intervals
         try:
-            report = records.read(Path(run["report"], records.REPORT_JSON), records.REPORT)
+            report = records.read(Path(run["report"], layout.REPORT_JSON), records.REPORT)
         except UserError:
             pass            # no interval for a run whose report is gone or damaged
     low, high = recorded_interval(run["metrics"], report, split) or (None, None)
@@ -47,7 +47,7 @@ def val_correct(run_dir) -> np.ndarray | None:
     """Which val images a run gets right, in source order (its report's predictions.csv); None
     when they are missing (a report from before they were written) or unreadable."""
     try:
-        rows = read_predictions(runs.Run.read(run_dir).report / records.PREDICTIONS)
+        rows = read_predictions(runs.Run.read(run_dir).report / layout.PREDICTIONS)
     except (UserError, OSError):
         return None
     return np.array([r["correct"] for r in sorted(rows, key=lambda r: r["source_index"]) if r["split"] == "val"],

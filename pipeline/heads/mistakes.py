@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import store
-from pipeline.foundation import records
+from pipeline.foundation import layout
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.foundation.gallery import save_grid
 from pipeline.sources import rows
@@ -57,11 +57,11 @@ def find_report(arg, cache_dir) -> Path | None:
     run's report is cache/reports/NAME beside cache/heads/NAME, a fine-tune's is inside its folder),
     the report folder itself, or a run NAME under `cache_dir`; None when there is none."""
     p = Path(arg)
-    candidates = [p, p / records.REPORT_DIR, p.parent.parent / records.REPORTS / p.name]
-    if len(p.parts) == 1:        # a bare NAME
-        candidates += [records.folder(cache_dir, records.REPORTS) / p.name,
-                       records.folder(cache_dir, records.FINETUNE) / p.name / records.REPORT_DIR]
-    return next((d for d in candidates if (d / records.PREDICTIONS).is_file()), None)
+    candidates = [p, p / layout.RUN_REPORT_DIR, p.parent.parent / layout.REPORTS_DIR / p.name]
+    if len(p.parts) == 1:        # a bare NAME: the cache's run first, as --cache-dir says, then the working folder
+        candidates[:0] = [layout.folder(cache_dir, layout.REPORTS_DIR) / p.name,
+                          layout.folder(cache_dir, layout.FINETUNE_DIR) / p.name / layout.RUN_REPORT_DIR]
+    return next((d for d in candidates if (d / layout.PREDICTIONS).is_file()), None)
 
 
 def read_predictions(path: Path) -> list[dict]:
@@ -109,7 +109,7 @@ def write_run_views(out_dir: Path, fs: store.RowSet, y_true: dict, y_prob: dict,
     writer = csv.DictWriter(buf, fieldnames=list(table[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(table)
-    (out_dir / records.PREDICTIONS).write_text(buf.getvalue())   # the folder itself appears atomically
+    (out_dir / layout.PREDICTIONS).write_text(buf.getvalue())   # the folder itself appears atomically
 
     gallery_split = "test" if "test" in y_true else next(iter(y_true))
     wrong = [r for r in table if r["split"] == gallery_split and not r["correct"]]
@@ -126,9 +126,9 @@ def write_run_views(out_dir: Path, fs: store.RowSet, y_true: dict, y_prob: dict,
             extra["mistakes"]["note"] = rows.unreadable(exc)
         else:
             captions = [f"{r['true']}\n-> {r['predicted']} {float(r['probability']):.2f}" for r in wrong]
-            save_grid(out_dir / "mistakes.png", images, captions,
+            save_grid(out_dir / layout.MISTAKES_PNG, images, captions,
                       title=f"most confident {gallery_split} mistakes (true -> predicted, probability)")
-            extra["mistakes"]["file"] = "mistakes.png"
+            extra["mistakes"]["file"] = layout.MISTAKES_PNG
     if notes:
         extra["paths_note"] = notes
     return extra

@@ -8,26 +8,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.foundation import records, stats
+from pipeline.foundation import layout, stats
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.outputs import write_json_atomic
 from pipeline.foundation.tables import format_table
+from pipeline.foundation.settings import SEED_MAX
 from pipeline.heads import training
 
 
 SEEDED = ("dense",)          # the other kinds are deterministic: a second seed gives the same run
 
 
-def check(head: str, n: int):
+def check(head: str, n: int, first_seed: int | None = None):
+    """Before any training: --seeds applies to the head, and the last seed is in range."""
     if n > 1 and head not in SEEDED:
         raise UserError(f"--seeds applies to the {', '.join(SEEDED)} head; {head} is deterministic (one seed is all)")
+    if first_seed is not None and first_seed + n - 1 > SEED_MAX:
+        raise UserError(f"--seed {first_seed} --seeds {n} would train seeds up to {first_seed + n - 1}, past the "
+                        f"largest seed {SEED_MAX}; give --seed at most {SEED_MAX - n + 1}")
 
 
 def run_seeds(fs, head: str, settings: dict, cache_dir, n: int, verbose=0, log=training.NOTICE,
               exclude=None) -> tuple[dict, Path]:
     """Train (or find) the N seeded runs; return (the summary, where it was saved). `log`, `exclude`:
     as run_head's."""
-    check(head, n)
+    check(head, n, settings["seed"])
     runs = [training.run_head(fs, head, {**settings, "seed": settings["seed"] + i}, cache_dir, verbose=verbose, log=log,
                               exclude=exclude)
             for i in range(n)]
@@ -37,7 +42,7 @@ def run_seeds(fs, head: str, settings: dict, cache_dir, n: int, verbose=0, log=t
     for split in ("val", "test"):
         values = [r["metrics"][f"{split}_accuracy"] for r in runs]
         summary[f"{split}_accuracy"] = {"per_seed": values, **stats.over_seeds(values)}
-    path = records.folder(cache_dir, records.SEEDS) / f"{summary['runs'][0]}-x{n}.json"
+    path = layout.folder(cache_dir, layout.SEEDS_DIR) / f"{summary['runs'][0]}-x{n}.json"
     write_json_atomic(path, summary)
     return summary, path
 

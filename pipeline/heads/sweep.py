@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from pipeline import store
-from pipeline.foundation import flags, records, settings
+from pipeline.foundation import flags, identity, layout, settings
 from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import Lock
 from pipeline.foundation.settings import Interval, setting
@@ -72,8 +71,8 @@ def run_sweep(s: SweepSettings, base: dict):
     configs = [c for i, c in enumerate(configs) if c not in configs[:i]]
     features_hash = fs.attrs["settings_hash"]
     configs = _readable(s.cache_dir, s.head, features_hash, configs)
-    stem = (records.folder(s.cache_dir, records.SWEEPS)
-            / f"{s.head}-{features_hash}-{store.settings_hash({'base': base, 'grid': grid})}")
+    stem = (layout.folder(s.cache_dir, layout.SWEEPS_DIR)
+            / identity.name({"base": base, "grid": grid}, s.head, features_hash))
     started = time.perf_counter()
     # One sweep per grid at a time; a configuration shared with another sweep or a `head` run
     # is trained once, under that run's own lock.

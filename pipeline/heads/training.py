@@ -13,12 +13,12 @@ import numpy as np
 
 from pipeline import store
 from pipeline.extract import views
-from pipeline.foundation import records
+from pipeline.foundation import identity, layout, readback, runs
 from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import atomic_dir, produce, write_json_atomic
 from pipeline.heads import calibration
 from pipeline.heads.evaluation import write_report
-from pipeline.heads.kinds import HEADS, make_settings, predict_proba, read_run_json, resolve
+from pipeline.heads.kinds import HEADS, make_settings, predict_proba, resolve
 
 
 # where a run's "up to date: RUN" and leftover notices go unless the caller says (the commands: stdout)
@@ -26,7 +26,7 @@ NOTICE = partial(print, file=sys.stderr)
 
 
 def run_name(head: str, features_hash: str, settings: dict) -> str:
-    return f"{head}-{features_hash}-{store.settings_hash(settings)}"
+    return identity.name(settings, head, features_hash)
 
 
 def _identity(fs: store.RowSet) -> dict:
@@ -39,11 +39,11 @@ def finished_run(cache_dir, head: str, features_hash: str, settings: dict) -> di
     """run.json of the run with these settings (plus run_dir, report, skipped), if it finished:
     a run.json (written last) and a model."""
     name = run_name(head, features_hash, settings)
-    run_dir = records.folder(cache_dir, records.HEADS) / name
-    if not (run_dir / records.RUN_JSON).is_file() or not (run_dir / HEADS[head].artifact).is_file():
+    run_dir = layout.folder(cache_dir, layout.HEADS_DIR) / name
+    if not (run_dir / layout.RUN_JSON).is_file() or not (run_dir / HEADS[head].artifact).is_file():
         return None
-    return {**read_run_json(run_dir / records.RUN_JSON), "run_dir": str(run_dir),
-            "report": str(records.folder(cache_dir, records.REPORTS) / name), "skipped": True}
+    return {**runs.Run.read(run_dir).record, "run_dir": str(run_dir),
+            "report": str(layout.folder(cache_dir, layout.REPORTS_DIR) / name), "skipped": True}
 
 
 def _check_finite(y_prob: dict, head: str):
@@ -68,8 +68,8 @@ def run_head(fs: store.RowSet, head: str, settings: dict, cache_dir, verbose=0, 
         settings = {**settings, "exclude": exclude.identity}
     features_hash = fs.attrs["settings_hash"]
     name = run_name(head, features_hash, settings)
-    final = records.folder(cache_dir, records.HEADS) / name
-    report_dir = records.folder(cache_dir, records.REPORTS) / name
+    final = layout.folder(cache_dir, layout.HEADS_DIR) / name
+    report_dir = layout.folder(cache_dir, layout.REPORTS_DIR) / name
 
     def train():
         with atomic_dir(final) as tmp:
@@ -77,7 +77,7 @@ def run_head(fs: store.RowSet, head: str, settings: dict, cache_dir, verbose=0, 
             model, history, metrics = HEADS[head].train(trained_on, settings, tmp,
                                                         verbose, threads)
             if history is not None:
-                write_json_atomic(tmp / records.HISTORY_JSON, history)
+                write_json_atomic(tmp / layout.HISTORY_JSON, history)
             wall = time.perf_counter() - started
             y_true = {s: fs.splits[s].labels for s in ("val", "test")}
             # every stored view of each image, and their mean: a 2-view file is evaluated with flip TTA
@@ -98,12 +98,13 @@ def run_head(fs: store.RowSet, head: str, settings: dict, cache_dir, verbose=0, 
                                "val_accuracy_interval": report["val_accuracy_interval"],
                                "test_accuracy_interval": report["test_accuracy_interval"],
                                "wall_seconds": report["wall_seconds"], **metrics}
-            write_json_atomic(tmp / records.RUN_JSON, info)   # last: a folder with run.json is a finished run
+            info = readback.sealed(info, tmp, layout.RUN_JSON, name)
+            write_json_atomic(tmp / layout.RUN_JSON, info)   # last: a folder with run.json is a finished run
         return {**info, "run_dir": str(final), "report": str(report_dir), "skipped": False, "model": model,
                 "report_content": report}
 
     up_to_date, made = produce(final, lambda: finished_run(cache_dir, head, features_hash, settings) is not None,
-                               train, log, wait=wait, also=[report_dir])
+                               train, log, wait=wait, also=[report_dir], record=layout.RUN_JSON)
     return finished_run(cache_dir, head, features_hash, settings) if up_to_date else made
 
 
@@ -112,13 +113,13 @@ def find_best_head(cache_dir, settings_hash: str, head: str = "dense") -> Path |
     file `settings_hash`; None when there is none. A run with a damaged run.json is left out with a
     warning: the user named none of them, and one bad run must not hide the others."""
     best, best_acc = None, -1.0
-    runs = records.folder(cache_dir, records.HEADS)
-    for run_json in sorted(runs.glob(f"{head}-{settings_hash}-*/{records.RUN_JSON}")):
+    heads_dir = layout.folder(cache_dir, layout.HEADS_DIR)
+    for run_json in sorted(heads_dir.glob(f"{head}-{settings_hash}-*/{layout.RUN_JSON}")):
         model = run_json.parent / HEADS[head].artifact
         if not model.is_file():
             continue                       # not a finished run
         try:
-            acc = read_run_json(run_json)["metrics"]["val_accuracy"]
+            acc = runs.Run.read(run_json.parent).record["metrics"]["val_accuracy"]
         except UserError as exc:
             warn(f"left out of the search for the best {head} head: {exc}")
             continue

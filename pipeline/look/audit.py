@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import store
-from pipeline.foundation import flags, outputs, records, settings, stats
+from pipeline.foundation import flags, identity, layout, outputs, records, settings, stats
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import Checked, Interval, setting
 from pipeline.foundation.gallery import save_grid
@@ -83,7 +83,7 @@ def run_predictions(run_dir: Path, fs: store.RowSet, cache_dir) -> tuple[Path, l
 def _predictions_of(run_dir: Path, cache_dir) -> Path:
     found = find_report(run_dir, cache_dir)
     if found is not None:
-        return found / records.PREDICTIONS
+        return found / layout.PREDICTIONS
     if not run_dir.is_dir():
         raise UserError(f"--run {run_dir} does not exist")
     raise UserError(f"--run {run_dir} has no predictions.csv (runs made before it existed lack one; "
@@ -156,15 +156,15 @@ def run_audit(s: AuditSettings, log=print, label_settings: labels.LabelSettings 
         source, note = rows.checked_source(fs.attrs, s.data, s.cache_dir), None
     else:
         source, note = rows.source_or_note(fs.attrs, s.data, s.cache_dir)
-    key = store.settings_hash({"features": fs.attrs["settings_hash"],
-                               "data_fingerprint": fs.attrs.get("data_fingerprint"), "source": source and source.key,
-                               **({"threshold": s.threshold, "exact": exact, "answer": 2} if duplicates else {}),
-                               **(job.key if job else {})})     # answer 2: with the nearest-neighbour cosines' cut
-    out = records.folder(s.cache_dir, records.AUDIT) / f"{fs.path.stem}-{key}"
+    out = layout.folder(s.cache_dir, layout.AUDIT_DIR) / identity.name(
+        {**identity.of_features(fs.attrs), "source": source and source.key,
+         # answer 2: with the nearest-neighbour cosines' cut
+         **({"threshold": s.threshold, "exact": exact, "answer": 2} if duplicates else {}), **(job.key if job else {})},
+        fs.path.stem)
 
     def done():       # a damaged answer is an error naming it, never "up to date"
-        return (not duplicates or ((out / records.AUDIT_JSON).is_file()
-                                   and bool(records.read(out / records.AUDIT_JSON, records.AUDIT_ANSWER)))) \
+        return (not duplicates or ((out / layout.AUDIT_JSON).is_file()
+                                   and bool(records.read(out / layout.AUDIT_JSON, records.AUDIT_ANSWER)))) \
             and (job is None or job.done(out))
 
     def make():
@@ -176,11 +176,11 @@ def run_audit(s: AuditSettings, log=print, label_settings: labels.LabelSettings 
 
     _, result = outputs.produce(out, done, make, log)
     if duplicates:
-        print_summary(result or records.read(out / records.AUDIT_JSON, records.AUDIT_ANSWER), log)
+        print_summary(result or records.read(out / layout.AUDIT_JSON, records.AUDIT_ANSWER), log)
     if job:
         job.report(out, log)
     if predictions and duplicates:
-        result = result or records.read(out / records.AUDIT_JSON, records.AUDIT_ANSWER)
+        result = result or records.read(out / layout.AUDIT_JSON, records.AUDIT_ANSWER)
         acc = accuracy_without(Path(s.run_dir), *predictions, set(result["test_duplicate_source_index"]))
         clean = acc["test_accuracy_without_duplicates"]
         log(f"run {Path(acc['run']).name}: test accuracy {accuracy_text(acc['test_accuracy'])} on all "
@@ -213,16 +213,16 @@ def audit(fs: store.RowSet, threshold: float | str, exact: bool, source: rows.So
         if source is None:
             result["gallery"] = result["borderline"] = note
         else:
-            result["gallery"] = draw_pairs(tmp / "pairs.png", fs, by_similarity[:SHOW], source.path,
+            result["gallery"] = draw_pairs(tmp / layout.PAIRS_PNG, fs, by_similarity[:SHOW], source.path,
                                            "most similar pairs")
-            result["borderline"] = draw_pairs(tmp / "borderline.png", fs, by_similarity[-SHOW:], source.path,
+            result["borderline"] = draw_pairs(tmp / layout.BORDERLINE_PNG, fs, by_similarity[-SHOW:], source.path,
                                               f"least similar pairs still >= {threshold}")
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=list(PAIR_FIELDS), lineterminator="\n")
         writer.writeheader()
         writer.writerows(pairs)
-        (tmp / "pairs.csv").write_text(buf.getvalue())
-        (tmp / records.AUDIT_JSON).write_text(json.dumps(result, indent=2))
+        (tmp / layout.PAIRS_CSV).write_text(buf.getvalue())
+        (tmp / layout.AUDIT_JSON).write_text(json.dumps(result, indent=2))
         if also:
             also(tmp)
     return result

@@ -6,7 +6,7 @@ import datetime
 from pathlib import Path
 
 from pipeline import store
-from pipeline.foundation import records
+from pipeline.foundation import layout, records
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.runs import Run, run_folders
 from pipeline.heads.evaluation import recorded_interval
@@ -30,7 +30,7 @@ def collect_runs(cache_dir, skipped: list | None = None) -> tuple[list[dict], li
     for folder in run_folders(cache):
         try:
             run = Run.read(folder)
-            report_json = run.report / records.REPORT_JSON
+            report_json = run.report / layout.REPORT_JSON
             report = records.read(report_json, records.REPORT) if report_json.is_file() else {}
         except UserError as exc:
             if skipped is not None:
@@ -44,16 +44,16 @@ def collect_runs(cache_dir, skipped: list | None = None) -> tuple[list[dict], li
         runs.append({
             "name": folder.name, "kind": run.kind, "sweep": "", "features": run.features.name,
             "backbone": backbone,
-            "settings": _settings_text(info["settings"], run.stage == records.FINETUNE),
+            "settings": _settings_text(info["settings"], run.stage == layout.FINETUNE_DIR),
             "val_accuracy": metrics.get("val_accuracy"), "test_accuracy": metrics.get("test_accuracy"),
             **{f"{k}_accuracy_interval": recorded_interval(metrics, report, k) for k in ("val", "test")},
             "wall_seconds": info.get("wall_seconds", metrics.get("wall_seconds", report.get("wall_seconds"))),
-            "finished": datetime.datetime.fromtimestamp((folder / records.RUN_JSON).stat().st_mtime,
+            "finished": datetime.datetime.fromtimestamp((folder / layout.RUN_JSON).stat().st_mtime,
                                                         datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
             "report_dir": run.report, "report": report, "info": info})
     by_name = {r["name"]: r for r in runs}
     sweeps = []
-    for path in sorted(records.folder(cache, records.SWEEPS).glob("*.json")):
+    for path in sorted(layout.folder(cache, layout.SWEEPS_DIR).glob("*.json")):
         try:
             board = records.read(path, records.LEADERBOARD)
         except UserError as exc:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import store
-from pipeline.foundation import flags, records, runs, settings, stats
+from pipeline.foundation import flags, identity, layout, readback, records, runs, settings, stats
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.foundation.outputs import atomic_dir, produce
 from pipeline.foundation.settings import Choice, setting
@@ -52,8 +52,8 @@ def _run_of(report_dir: Path) -> runs.Run | None:
     """The run whose report `report_dir` is (a fine-tune's is inside its run folder, a head's beside
     it in the cache), None when it is gone."""
     report_dir = report_dir.absolute()
-    for folder in (report_dir.parent, report_dir.parent.parent / records.HEADS / report_dir.name):
-        if (folder / records.RUN_JSON).is_file():
+    for folder in (report_dir.parent, report_dir.parent.parent / layout.HEADS_DIR / report_dir.name):
+        if (folder / layout.RUN_JSON).is_file():
             run = runs.Run.read(folder)
             if run.report == report_dir:
                 return run
@@ -64,11 +64,12 @@ def load(arg: str, cache_dir) -> Scored:
     found = find_report(arg, cache_dir)
     if found is None:
         raise UserError(f"{arg} is not a run with per-image predictions (no predictions.csv in its report); "
-                        f"pass a run folder such as {records.folder(cache_dir, records.HEADS) / 'NAME'} or a run name")
+                        f"pass a run folder such as {layout.folder(cache_dir, layout.HEADS_DIR) / 'NAME'} "
+                        "or a run name")
     run = _run_of(found)
-    report = records.read(found / records.REPORT_JSON, records.REPORT)
+    report = records.read(found / layout.REPORT_JSON, records.REPORT)
     try:
-        table = read_predictions(found / records.PREDICTIONS)
+        table = read_predictions(found / layout.PREDICTIONS)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(f"the report {found} is damaged ({first_line(exc)}); rerun that run") from None
     predictions = {}
@@ -76,15 +77,40 @@ def load(arg: str, cache_dir) -> Scored:
         predictions.setdefault(r["split"], []).append(r)
     for split_rows in predictions.values():
         split_rows.sort(key=lambda r: r["source_index"])
+    _check_complete(found, report, predictions)
     return Scored(run.folder.name if run else found.name, found, run.record if run else {}, report, predictions)
+
+
+def _check_complete(found: Path, report: dict, predictions: dict):
+    """predictions.csv holds a row per image its report scored, split by split (a file cut at a
+    line boundary reads as valid CSV: only the count tells)."""
+    for split, m in report["splits"].items():
+        scored = sum(int(c.get("support", 0)) for c in m["per_class"].values()) or \
+            sum(map(sum, m.get("confusion") or [])) or None
+        got = len(predictions.get(split, []))
+        if scored is not None and got != scored:
+            raise UserError(f"{found / layout.PREDICTIONS} is damaged (it has {got} {split} rows; its report scored "
+                            f"{scored}); rerun that run")
+
+
+# the stage-one settings that decide which images land in val and test
+_SPLIT_SETTINGS = ("source", "limit", "val_fraction", "split_seed")
 
 
 def check_same_images(a: Scored, b: Scored):
     """Refuse two runs scored on different images, saying why."""
     fa, fb = a.fingerprint(), b.fingerprint()
     if fa != fb:
-        raise UserError(f"{a.name} and {b.name} were scored on different images (source fingerprints "
-                        f"{fa[:12]} and {fb[:12]}); compare runs made from the same source")
+        try:
+            attrs = a.features_attrs(), b.features_attrs()
+            differ = [f"{k} {attrs[0].get(k)} and {attrs[1].get(k)}" for k in _SPLIT_SETTINGS
+                      if attrs[0].get(k) != attrs[1].get(k)]
+        except UserError:
+            differ = []
+        why = f"their features files differ in {'; '.join(differ)}" if differ else "the source's images differ"
+        raise UserError(f"{a.name} and {b.name} were scored on different images ({why}; data fingerprints "
+                        f"{str(fa)[:12]} and {str(fb)[:12]}); compare runs whose features files were made from "
+                        "the same source with the same split settings")
     if set(a.predictions) != set(b.predictions):
         raise UserError(f"{a.name} is scored on {', '.join(sorted(a.predictions))} and {b.name} on "
                         f"{', '.join(sorted(b.predictions))}; compare runs scored on the same splits")
@@ -146,23 +172,24 @@ def run_compare(arg_a: str, arg_b: str, s: CompareSettings, log=print) -> tuple[
     if s.split not in paired:
         raise UserError(f"--split {s.split}: the runs are scored on {', '.join(paired)}")
     # the folder's name covers exactly what the result depends on: both runs' predictions and the split
-    key = {"a": _sha256(a.report_dir / records.PREDICTIONS), "b": _sha256(b.report_dir / records.PREDICTIONS),
+    key = {"a": _sha256(a.report_dir / layout.PREDICTIONS), "b": _sha256(b.report_dir / layout.PREDICTIONS),
            "split": s.split, "method": stats.PAIRED_METHOD}
-    out = records.folder(s.cache_dir, records.COMPARE) / store.settings_hash(key)
-    saved = out / records.COMPARE_JSON
+    out = layout.folder(s.cache_dir, layout.COMPARE_DIR) / identity.name(key)
+    saved = out / layout.COMPARE_JSON
 
     def done():       # a damaged answer is an error naming it, never "up to date"
         return saved.is_file() and bool(records.read(saved, records.COMPARE_ANSWER))
 
     def make():
-        result = {"a": {"name": a.name, "report": str(a.report_dir)},
-                  "b": {"name": b.name, "report": str(b.report_dir)}, "splits": paired}
+        result = {"a": {"name": a.name, "report": str(a.report_dir.absolute())},
+                  "b": {"name": b.name, "report": str(b.report_dir.absolute())}, "splits": paired}
         with atomic_dir(out) as tmp:
-            result["gallery"] = _gallery(tmp / "disagreements.png", a, b, s.split)
-            (tmp / records.COMPARE_JSON).write_text(json.dumps(result, indent=2))
+            result["gallery"] = _gallery(tmp / layout.DISAGREEMENTS, a, b, s.split)
+            result = readback.sealed(result, tmp, layout.COMPARE_JSON, out.name)
+            (tmp / layout.COMPARE_JSON).write_text(json.dumps(result, indent=2))
         return result
 
-    _, result = produce(out, done, make, log)
+    _, result = produce(out, done, make, log, record=layout.COMPARE_JSON)
     return result or records.read(saved, records.COMPARE_ANSWER), out
 
 
@@ -187,6 +214,7 @@ def add_arguments(p):
                    "folder, or NAME under --cache-dir")
     p.add_argument("b", metavar="B", help="the run to compare with A, scored on the same images")
     settings.add_flags(p, CompareSettings)
+    p.set_defaults(keeps_work=False)     # a failed write keeps nothing: the answer is written whole at the end
 
 
 def run(args):
@@ -198,4 +226,4 @@ def run(args):
         print(f"gallery: {out / gallery['file']}")
     elif gallery.get("note"):
         print(f"gallery: {gallery['note']}")
-    print(f"comparison: {out / records.COMPARE_JSON}")
+    print(f"comparison: {out / layout.COMPARE_JSON}")

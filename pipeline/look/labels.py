@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import store
-from pipeline.foundation import flags, records, runs, settings
+from pipeline.foundation import flags, layout, records, runs, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import Choice, Interval, setting
 from pipeline.heads.kinds import HEADS
@@ -94,14 +94,14 @@ class LabelJob:
         return {"labels": {**settings.record(self.s, folds=self.folds), "run_predictions": run}}
 
     def done(self, out: Path) -> bool:
-        return (out / records.LABELS_JSON).is_file() and bool(records.read(out / records.LABELS_JSON, ANSWER))
+        return (out / layout.LABELS_JSON).is_file() and bool(records.read(out / layout.LABELS_JSON, ANSWER))
 
     def write(self, tmp: Path, source: rows.Source | None, note: str | None, log=print) -> dict:
         return audit_labels(self, tmp, source, note, log)
 
     def report(self, out: Path, log=print):
         """Print the answer in `out` and rebuild the site, which links its gallery."""
-        print_summary(records.read(out / records.LABELS_JSON, ANSWER), log)
+        print_summary(records.read(out / layout.LABELS_JSON, ANSWER), log)
         refresh_site(Path(out).parent.parent)        # out: CACHE/audit/NAME
 
 
@@ -135,8 +135,8 @@ def prepare(s: LabelSettings | None, fs: store.RowSet, run_dir, predictions: Pat
 def _run_of(run_dir, predictions: Path) -> runs.Run:
     """The run whose predictions.csv `predictions` is (--run may name its folder, its report or its NAME)."""
     report = predictions.parent
-    for folder in (Path(run_dir), report.parent, report.parent.parent / records.HEADS / report.name):
-        if (folder / records.RUN_JSON).is_file():
+    for folder in (Path(run_dir), report.parent, report.parent.parent / layout.HEADS_DIR / report.name):
+        if (folder / layout.RUN_JSON).is_file():
             return runs.Run.read(folder)
     raise UserError(f"--run {run_dir}: no run.json found beside {predictions}; name the run's folder")
 
@@ -182,14 +182,14 @@ def audit_labels(job: LabelJob, tmp: Path, source: rows.Source | None, note: str
     pairs = [{"split": sp, "given": g, "suggested": h, "count": c} for (sp, g, h), c in
              sorted(Counter((i["split"], i["given"], i["suggested"]) for i in issues).items(),
                     key=lambda kv: (store.SPLITS.index(kv[0][0]), -kv[1], kv[0]))]
-    write_csv(tmp / records.LABEL_ISSUES, issues, ["rank", "split", "row", "source_index", "path", "given", "suggested",
+    write_csv(tmp / layout.LABEL_ISSUES, issues, ["rank", "split", "row", "source_index", "path", "given", "suggested",
                                           "score", "confident", "neighbors"] + (["planted"] if s.flip else []))
-    write_csv(tmp / records.LABEL_PAIRS, pairs, ["split", "given", "suggested", "count"])
-    gallery = note or draw_suspects(tmp / records.LABEL_GALLERY, fs, issues, neighbours, given["train"], source)
+    write_csv(tmp / layout.LABEL_PAIRS, pairs, ["split", "given", "suggested", "count"])
+    gallery = note or draw_suspects(tmp / layout.LABEL_GALLERY, fs, issues, neighbours, given["train"], source)
     answer = {"settings": settings.record(s, folds=job.folds), "probabilities": where, "summary": summary,
               "pairs": pairs, "gallery": gallery, **({"planted": {"rows": int(planted.sum()), "scores": measured}}
                                                       if s.flip else {})}
-    (tmp / records.LABELS_JSON).write_text(json.dumps(answer, indent=2))
+    (tmp / layout.LABELS_JSON).write_text(json.dumps(answer, indent=2))
     return answer
 
 

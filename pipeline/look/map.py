@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import store
-from pipeline.foundation import flags, outputs, records, settings
+from pipeline.foundation import flags, identity, layout, outputs, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.gallery import save_sprite
 from pipeline.foundation.settings import Checked, Choice, Interval, setting
@@ -156,10 +156,9 @@ def run_map(s: MapSettings, log=print) -> Path:
         raise UserError(f"the {s.split} split gives only {len(picked)} rows; a map needs at least 3")
     # the images (sprite, paths) come from a source checked against the features file, before any work
     source = rows.checked_source(fs.attrs, s.data, s.cache_dir) if projector or s.data else None
-    key = store.settings_hash({"features": fs.attrs["settings_hash"],
-                               "data_fingerprint": fs.attrs.get("data_fingerprint"), "split": s.split,
-                               "per_class": s.per_class, "perplexity": s.perplexity, "seed": s.seed})
-    out = records.folder(s.cache_dir, records.LOOKING) / f"map-{key}"
+    key = identity.digest({**identity.of_features(fs.attrs), "split": s.split, "per_class": s.per_class,
+                           "perplexity": s.perplexity, "seed": s.seed})
+    out = layout.folder(s.cache_dir, layout.LOOKING_DIR) / f"map-{key}"
     png, table = out.with_suffix(".png"), out.with_suffix(".csv")
     names = fs.class_names
 
@@ -178,7 +177,7 @@ def run_map(s: MapSettings, log=print) -> Path:
     # one lock for both files (their temporary names share the stem map-<hash>)
     outputs.produce(png, lambda: png.is_file() and table.is_file(), draw, log)
     if projector is not None:
-        key = store.settings_hash({"map": key, "source": source.key})
+        key = identity.digest({"map": key, "source": source.key})
 
         def write():
             images, paths = rows.images(fs.attrs, s.split, split.index[picked], source.path)

@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline import store
 from pipeline.backbones.rebuild import row_extractor
-from pipeline.foundation import flags, outputs, records, settings
+from pipeline.foundation import flags, identity, layout, outputs, records, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import Checked, Choice, Interval, setting
 from pipeline.foundation.tables import format_table
@@ -108,10 +108,9 @@ def run_neighbors(s: NeighborsSettings, images=(), log=print) -> dict:
             raise UserError(f"--row must be between 0 and {n - 1} (the {s.split} split has {n} rows), got {s.row}")
         question = {"split": s.split, "row": s.row}
     source, note = rows.source_or_note(fs.attrs, s.data, s.cache_dir)
-    key = store.settings_hash({"features": fs.attrs["settings_hash"],
-                               "data_fingerprint": fs.attrs.get("data_fingerprint"),
-                               "source": source and source.key, **question, "k": s.k, "search": search})
-    out = records.folder(s.cache_dir, records.LOOKING) / f"neighbors-{key}"
+    out = layout.folder(s.cache_dir, layout.LOOKING_DIR) / identity.name(
+        {**identity.of_features(fs.attrs), "source": source and source.key, **question, "k": s.k, "search": search},
+        "neighbors")
     json_path, png_path = out.with_suffix(".json"), out.with_suffix(".png")
 
     def done():       # a damaged answer is an error naming it, never "up to date"

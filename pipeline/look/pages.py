@@ -6,7 +6,7 @@ import html
 import os
 from pathlib import Path
 
-from pipeline.foundation import records
+from pipeline.foundation import layout
 from pipeline.foundation.stats import interval_text
 from pipeline.foundation.tables import paired_table
 from pipeline.heads.kinds import TIE_RULE
@@ -50,7 +50,7 @@ def _page(title: str, body: str, script: str = "") -> str:
 def _cell(run: dict, key: str, numeric: bool) -> str:
     value = run.get(key)
     if key == "name":
-        return f'<td><a href="{records.RUN_PAGES}/{_e(run["name"])}.html">{_e(value)}</a></td>'
+        return f'<td><a href="{layout.RUN_PAGES}/{_e(run["name"])}.html">{_e(value)}</a></td>'
     if numeric:
         text = "" if value is None else (_accuracy_text(run, key) if key.endswith("accuracy") else f"{value:.1f}")
         return f'<td class="num" data-v="{"" if value is None else _e(value)}">{text}</td>'
@@ -74,8 +74,8 @@ def index_html(runs: list[dict], sweeps: list[dict], label_audits=()) -> str:
              f'<table id="runs"><thead><tr>{head}</tr></thead><tbody>\n{body_rows}\n</tbody></table>']
     if sweeps:
         rows = "\n".join(f'<tr><td>{_e(s["name"])}</td><td class="num">{len(s["runs"])}</td>'
-                         f'<td><a href="{records.RUN_PAGES}/{_e(s["best"])}.html">{_e(s["best"])}</a></td><td>'
-                         + (f'<a href="{records.RUN_PAGES}/{_e(s["recommended"])}.html">{_e(s["recommended"])}</a>'
+                         f'<td><a href="{layout.RUN_PAGES}/{_e(s["best"])}.html">{_e(s["best"])}</a></td><td>'
+                         + (f'<a href="{layout.RUN_PAGES}/{_e(s["recommended"])}.html">{_e(s["recommended"])}</a>'
                             if s["recommended"] else "") + "</td></tr>" for s in sweeps)
         parts.append("<h2>Sweeps</h2><table><thead><tr><th>sweep</th><th>runs</th><th>best on val</th>"
                      f"<th>recommended</th></tr></thead><tbody>\n{rows}\n</tbody></table>"
@@ -95,7 +95,7 @@ def run_html(run: dict, page_dir: Path) -> str:
         return _e(os.path.relpath(report_dir / name, page_dir))
     facts = [(h, _accuracy_text(run, k) if k.endswith("accuracy") and run.get(k) is not None else run.get(k))
              for h, k, _ in COLUMNS if k != "name"]
-    parts = [f"<p><a href=\"../{records.INDEX}\">all runs</a></p><h1>{_e(run['name'])}</h1>",
+    parts = [f"<p><a href=\"../{layout.INDEX}\">all runs</a></p><h1>{_e(run['name'])}</h1>",
              "<table>" + "".join(f"<tr><th>{_e(h)}</th><td>{_e('' if v is None else v)}</td></tr>" for h, v in facts)
              + "</table>"]
     comparison = report.get("comparison") or run["info"].get("comparison")
@@ -124,14 +124,14 @@ def run_html(run: dict, page_dir: Path) -> str:
                                                       f"({p['count']})" for p in pairs) + "</li>"
                         for s, pairs in confused.items())
         parts.append(f"<h2>Most-confused pairs (true &rarr; predicted, count)</h2><ul>{items}</ul>")
-    for title, name in (("Confusion matrices", "confusion.png"), ("Learning curves", "curves.png"),
-                        ("Most confident mistakes", "mistakes.png")):
+    for title, name in (("Confusion matrices", layout.CONFUSION_PNG), ("Learning curves", layout.CURVES_PNG),
+                        ("Most confident mistakes", layout.MISTAKES_PNG)):
         if (report_dir / name).is_file():
             parts.append(f'<h2>{title}</h2><img src="{rel(name)}" alt="{_e(title)}">')
     note = (report.get("mistakes") or {}).get("note")
     if note:
         parts.append(f'<p class="note">{_e(note)}</p>')
-    links = [f'<a href="{rel(n)}">{n}</a>' for n in (records.PREDICTIONS, records.REPORT_JSON)
+    links = [f'<a href="{rel(n)}">{n}</a>' for n in (layout.PREDICTIONS, layout.REPORT_JSON)
              if (report_dir / n).is_file()]
     if links:
         parts.append("<p>" + " &middot; ".join(links) + "</p>")

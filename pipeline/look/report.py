@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.foundation import errors, outputs, records, settings
+from pipeline.foundation import errors, layout, outputs, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import setting
 from pipeline.look.collect import collect_runs
@@ -21,7 +21,7 @@ def _write_if_changed(path: Path, text: str) -> bool:
 
 
 def index_path(cache_dir) -> Path:
-    return records.folder(cache_dir, records.REPORTS) / records.INDEX
+    return layout.folder(cache_dir, layout.REPORTS_DIR) / layout.INDEX
 
 
 def rebuild(cache_dir, warn=None) -> tuple[Path, bool]:
@@ -31,7 +31,7 @@ def rebuild(cache_dir, warn=None) -> tuple[Path, bool]:
     waiting: two rebuilds at once (a `report` and a finishing `head`) take turns instead of one
     removing a page the other is writing."""
     index = index_path(cache_dir)
-    page_dir = index.parent / records.RUN_PAGES
+    page_dir = index.parent / layout.RUN_PAGES
     with outputs.Lock(page_dir, wait=True, also=[index]):
         page_dir.mkdir(parents=True, exist_ok=True)
         skipped = []
@@ -47,7 +47,7 @@ def rebuild(cache_dir, warn=None) -> tuple[Path, bool]:
                 old.unlink()
                 changed = True
         audits = [os.path.relpath(p, index.parent) for p in      # audit --labels' galleries
-                  sorted(records.folder(cache_dir, records.AUDIT).glob(f"*/{records.LABEL_GALLERY}"))]
+                  sorted(layout.folder(cache_dir, layout.AUDIT_DIR).glob(f"*/{layout.LABEL_GALLERY}"))]
         changed |= _write_if_changed(index, index_html(runs, sweeps, audits))
     return index, changed
 

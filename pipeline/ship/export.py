@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.backbones.weights import sha256_file
-from pipeline.foundation import flags, outputs, records, runs, settings
+from pipeline.foundation.readback import sealed, sha256_file
+from pipeline.foundation import flags, layout, outputs, records, runs, settings
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.foundation.settings import Choice, Interval, setting
 from pipeline.ship.formats import CHECK_BATCH, FORMATS, OPEN, WRITE, in_batches
 from pipeline.ship.models import (class_names, features_attrs, image_model, model_file, newest_run, picked_line,
-                                  read_run, sample_test_images, temperature)
+                                  shipped_run, sample_test_images, temperature)
 
 
 @dataclass
@@ -69,18 +69,19 @@ def run(args):
 def export_run(run_path: Path, s: ExportSettings, log=print) -> Path:
     """Export, check and keep (or find up to date) one run in one format; return the model's path."""
     s = settings.check(s)
-    run = read_run(Path(run_path))
+    run = shipped_run(Path(run_path))
     source = model_file(run)
     identity = {"run": run.folder.name, "format": s.format, "model_sha256": sha256_file(source),
                 "temperature": temperature(run)}
-    final = records.folder(s.cache_dir, records.EXPORTS) / f"{run.folder.name}-{s.format}"
+    final = layout.folder(s.cache_dir, layout.EXPORTS_DIR) / f"{run.folder.name}-{s.format}"
     name, tolerance = FORMATS[s.format]
 
     def done():       # an export of this very model and temperature; a damaged record is an error
-        meta = final / records.EXPORT_JSON
+        meta = final / layout.EXPORT_JSON
         return meta.is_file() and all(records.read(meta, records.EXPORT).get(k) == v for k, v in identity.items())
 
-    outputs.produce(final, done, lambda: _export(run, s, identity, final, log), log, shown=final / name)
+    outputs.produce(final, done, lambda: _export(run, s, identity, final, log), log, shown=final / name,
+                    record=layout.EXPORT_JSON)
     return final / name
 
 
@@ -111,13 +112,13 @@ def _export(run: runs.Run, s: ExportSettings, identity: dict, final: Path, log):
             raise UserError(f"the {fmt} export differs from the Keras model by up to {diff:.2e} in a "
                             f"probability (allowed {tolerance:.0e}) on {len(images)} test images; not kept")
         names = class_names(run)
-        outputs.write_text_atomic(tmp / records.LABELS, "".join(f"{c}\n" for c in names))
-        outputs.write_text_atomic(tmp / records.EXPORT_JSON, json.dumps({
-            **identity, "file": name, "labels": records.LABELS, "run_dir": str(run.folder),
+        outputs.write_text_atomic(tmp / layout.LABELS, "".join(f"{c}\n" for c in names))
+        outputs.write_text_atomic(tmp / layout.EXPORT_JSON, json.dumps(sealed({
+            **identity, "file": name, "labels": layout.LABELS, "run_dir": str(run.folder),
             "kind": run.kind, "class_names": names,
             "input": {"dtype": "uint8", "shape": [None, *shape[1:]], "pixels": "RGB 0-255"},
             "output": f"class probabilities (None, {len(names)}), softmax of logits / temperature",
             "check": check, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }, indent=2))
+        }, tmp, layout.EXPORT_JSON, final.name), indent=2))
     log(f"{fmt}: max |probability difference| {diff:.2e} against the Keras model on {len(images)} "
         f"test images (allowed {tolerance:.0e}); labels.txt beside it")

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.foundation import records
+from pipeline.foundation import layout
 
 
 # format -> (file or folder name in the export, largest allowed absolute probability difference)
-FORMATS = {"savedmodel": ("saved_model", 1e-4), "tflite": ("model.tflite", 1e-3), "keras": (records.MODEL, 1e-4)}
+FORMATS = {"savedmodel": ("saved_model", 1e-4), "tflite": ("model.tflite", 1e-3), "keras": (layout.MODEL, 1e-4)}
 
 
 CHECK_BATCH = 32

@@ -11,7 +11,7 @@ from PIL import Image
 from pipeline import store
 from pipeline.backbones.compose import image_model as stack, load_keras_file
 from pipeline.backbones.rebuild import rebuild_backbone
-from pipeline.foundation import records, runs
+from pipeline.foundation import layout, runs
 from pipeline.foundation.errors import UserError, warn
 from pipeline.heads.calibration import apply_temperature
 from pipeline.sources.files import to_size
@@ -45,7 +45,7 @@ def newest_run(cache_dir) -> Path:
 
 
 def _finished_at(run_dir: Path) -> float:
-    return (Path(run_dir) / records.RUN_JSON).stat().st_mtime
+    return (Path(run_dir) / layout.RUN_JSON).stat().st_mtime
 
 
 def picked_line(run_dir, cache_dir, choose: str) -> str:
@@ -62,15 +62,15 @@ def picked_line(run_dir, cache_dir, choose: str) -> str:
 
 def model_file(run: runs.Run) -> Path:
     """The file a run's model is saved in: model.joblib (logreg) or model.keras (dense, fine-tune)."""
-    return run.folder / (records.MODEL_JOBLIB if run.kind == "logreg" else records.MODEL)
+    return run.folder / (layout.MODEL_JOBLIB if run.kind == "logreg" else layout.MODEL)
 
 
-def read_run(path: Path) -> runs.Run:
+def shipped_run(path: Path) -> runs.Run:
     """The run of a run folder, or of its run.json or model file; only runs that ship (SHIPPED)."""
     run_dir = path if path.is_dir() else path.parent
-    if not (run_dir / records.RUN_JSON).is_file():
+    if not (run_dir / layout.RUN_JSON).is_file():
         raise UserError(f"{path} is not a run folder (no run.json); give cache/heads/<run> or cache/finetune/<run>")
-    run = runs.Run.read(run_dir)
+    run = runs.Run.read(run_dir).check_files()
     if run.kind not in SHIPPED:
         raise UserError(f"{run.folder} is a {run.kind} head run; only dense and logreg head runs and "
                         "stage-three runs export or predict (a k-NN vote is no fixed function of one image)")
@@ -89,8 +89,8 @@ def features_attrs(run: runs.Run) -> dict:
 
 def image_model(run: runs.Run, attrs: dict, backbone=None, weights=None):
     """The Keras model to export: uint8 images -> probabilities, temperature applied."""
-    if run.stage == records.FINETUNE:
-        model = load_keras_file(run.folder / records.MODEL, "fine-tuned model", "finetune")
+    if run.stage == layout.FINETUNE_DIR:
+        model = load_keras_file(run.folder / layout.MODEL, "fine-tuned model", "finetune")
     else:
         bb = rebuild_backbone(attrs, backbone, weights)
         model = stack(bb.model, head_model(run))

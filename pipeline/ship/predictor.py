@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline.backbones.rebuild import row_extractor
 from pipeline.extract.views import image_views
-from pipeline.foundation import records
+from pipeline.foundation import layout, readback, records
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.ship import formats, models
 from pipeline.heads.calibration import apply_temperature
@@ -21,12 +21,20 @@ BATCH = 64
 
 
 def export_labels(folder: Path) -> list[str] | None:
-    """An export's class names (labels.txt beside its export.json), both read and checked."""
-    if not (folder / records.EXPORT_JSON).is_file():
+    """An export's class names (export.json's), checked: its files read back as written, and its
+    labels.txt, when there, says the same names in the same order (one a line)."""
+    if not (folder / layout.EXPORT_JSON).is_file():
         return None
-    found = records.read(folder / records.EXPORT_JSON, records.EXPORT)
-    labels = folder / records.LABELS
-    return records.read_labels(labels) if labels.is_file() else list(found["class_names"])
+    found = records.read(folder / layout.EXPORT_JSON, records.EXPORT)
+    why = readback.broken(folder, found)
+    if why:
+        raise records.damaged(folder / layout.EXPORT_JSON, records.EXPORT,
+                              f"the export's files do not read back: {why}")
+    labels = folder / layout.LABELS
+    if labels.is_file() and records.read_labels(labels) != found["class_names"]:
+        raise records.damaged(labels, records.EXPORT, f"its {len(records.read_labels(labels))} lines are not "
+                              f"export.json's {len(found['class_names'])} class names, one a line")
+    return list(found["class_names"])
 
 
 FORMAT_OF_SUFFIX = {".keras": "keras", ".tflite": "tflite"}
@@ -40,9 +48,9 @@ def open_model(path: Path, backbone=None, weights=None):
         raise UserError(f"--model {path} does not exist; give a run folder (cache/heads/dense-..., "
                         "cache/finetune/...), a .keras file or an export")
     folder = path if path.is_dir() else path.parent
-    if (folder / records.RUN_JSON).is_file() and (path.is_dir() or path.name in (records.MODEL, records.MODEL_JOBLIB)):
+    if (folder / layout.RUN_JSON).is_file() and (path.is_dir() or path.name in (layout.MODEL, layout.MODEL_JOBLIB)):
         return _run_model(folder, backbone, weights)
-    if path.is_dir() and (path / records.EXPORT_JSON).is_file():
+    if path.is_dir() and (path / layout.EXPORT_JSON).is_file():
         inside = [path / name for name, _ in formats.FORMATS.values() if (path / name).exists()]
         if not inside:
             raise UserError(f"{path} holds an export.json but no exported model in it")
@@ -60,8 +68,11 @@ def open_model(path: Path, backbone=None, weights=None):
     if len(shape) != 4 or shape[-1] != 3 or dtype != "uint8":
         raise UserError(f"{path} takes {dtype} {shape}, not uint8 images; give an image model (a stage-two "
                         "head's model.keras takes features: give its run folder, with run.json)")
-    # An export carries its temperature; a file of one's own is taken as it is.
-    names = names if names and len(names) == int(n) else [f"class {i}" for i in range(int(n))]
+    # An export carries its temperature and class names; a file of one's own is taken as it is.
+    if names is not None and len(names) != int(n):
+        raise records.damaged(path.parent / layout.EXPORT_JSON, records.EXPORT,
+                              f"it names {len(names)} classes, the model in it gives {int(n)}")
+    names = names or [f"class {i}" for i in range(int(n))]
     return forward, tuple(shape[1:3]), names
 
 
@@ -70,8 +81,8 @@ def _run_model(run_dir: Path, backbone, weights):
     computed as stage one computed them (decoded as it decoded them, in the file's precision), so
     a source image gets exactly its stored row's answer. The run's temperature is applied.
     Size None (files made before images were resized per file): each image as it is, a list."""
-    run = models.read_run(run_dir)
-    if run.stage == records.FINETUNE:
+    run = models.shipped_run(run_dir)
+    if run.stage == layout.FINETUNE_DIR:
         model = models.image_model(run, None)
         return (lambda x: model.predict(x, verbose=0)), tuple(model.input_shape[1:3]), models.class_names(run)
     attrs = models.features_attrs(run)

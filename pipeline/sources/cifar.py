@@ -80,6 +80,24 @@ def _batch_arrays(batch: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
     return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels.astype(np.uint8)
 
 
+def _class_names(names, largest_label: int, where: str) -> tuple[str, ...]:
+    """batches.meta's label_names, refused unless they fit the labels: one distinct, non-empty name
+    per label 0..largest (a file whose names do not fit would be complete and fail every later check)."""
+    try:
+        classes = tuple(n.decode() if isinstance(n, bytes) else n for n in names)
+    except (TypeError, UnicodeDecodeError):
+        classes = ()
+    if not classes or not all(isinstance(c, str) and c.strip() for c in classes):
+        raise UserError(f"{where}: b'label_names' must be a list of non-empty class names")
+    twice = sorted({c for c in classes if classes.count(c) > 1})
+    if twice:
+        raise UserError(f"{where} names the class {twice[0]!r} more than once; each label needs its own name")
+    if len(classes) <= largest_label:
+        raise UserError(f"{where} names {len(classes)} classes, but the batches' labels run 0..{largest_label}; "
+                        f"it needs one name per label")
+    return classes
+
+
 def _from_batches(read, where: str, name: str, limit) -> Dataset:
     """Build a Dataset from a function that returns a batch file's bytes (or None if missing)."""
     parts = []
@@ -94,7 +112,7 @@ def _from_batches(read, where: str, name: str, limit) -> Dataset:
     if meta is not None:
         names = _unpickle_batch(meta, f"{where}/batches.meta").get(b"label_names")
         if names:
-            classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+            classes = _class_names(names, max(int(p[1].max(initial=0)) for p in parts), f"{where}/batches.meta")
     train_x = np.concatenate([p[0] for p in parts[:5]])
     train_y = np.concatenate([p[1] for p in parts[:5]])
     k = len(classes)

@@ -3,6 +3,7 @@ file decoded upright as 8-bit RGB and resized to the size a model takes (sources
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,16 +23,29 @@ def expand(patterns: list[str]) -> list[Path]:
     for text in patterns:
         path = Path(text)
         if path.is_dir():
-            matches = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        elif path.exists() or not glob.has_magic(text):
+            matches = _images_in(path)
+        elif path.exists() or path.is_symlink() or not glob.has_magic(text):
             matches = [path]
-        else:
-            matches = sorted(p for p in _glob(path) if p.is_file())
+        else:       # a folder matched (`dir/**` matches folders only) is searched as a folder argument
+            matches = sorted(q for p in _glob(path) if not p.is_symlink() or p.is_file()
+                             for q in (_images_in(p) if p.is_dir() else [p] if p.is_file() else []))
         if not matches:
             raise UserError(f"{text} matches no image files")
         for p in matches:
-            found.setdefault(p.resolve(), p)
+            found.setdefault(_real(p), p)
     return list(found.values())
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def _real(path: Path) -> Path:
+    """The file a path names, links followed; a link that loops is its own (it is skipped when read)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):          # "Symlink loop" (RuntimeError before Python 3.13, OSError after)
+        return path.absolute()
 
 
 def _glob(pattern: Path) -> list[Path]:
@@ -49,6 +63,20 @@ def _glob(pattern: Path) -> list[Path]:
     return found
 
 
+def _not_a_file(path: Path) -> str:
+    """Why `path` is not a file to read (never opened: a FIFO would block the read)."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except (RuntimeError, OSError):
+            return "is a link that loops or leads nowhere"
+    if not os.path.lexists(path):
+        return "does not exist"
+    if path.is_dir():
+        return "is a folder"
+    return "is not a regular file (a pipe, socket or device)"
+
+
 def to_size(img, size: tuple[int, int] | None) -> np.ndarray:
     """A PIL image as uint8 RGB (H, W, 3) at `size` (None: its own), resized as predict resizes every image."""
     return np.asarray(upright(img, exif=False, size=size), dtype=np.uint8)
@@ -58,5 +86,5 @@ def load_image(path: Path, size: tuple[int, int] | None) -> np.ndarray:
     """uint8 (H, W, 3), upright as its EXIF orientation says, at `size` (None: its own); a UserError
     with the reason when the file cannot be read."""
     if not path.is_file():
-        raise UserError(f"image {path} does not exist")
+        raise UserError(f"image {path} {_not_a_file(path)}")
     return read_image(path, size)

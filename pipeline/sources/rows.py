@@ -11,8 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import store
-from pipeline.foundation import outputs, records
+from pipeline.foundation import identity, layout, outputs
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.sources import dataset, digest, partition
 from pipeline.sources.decode import read_images
@@ -37,8 +36,8 @@ def checked_source(attrs: dict, data_path, cache_dir) -> Source:
     where = str(Path(path).resolve()) if path is not None else None
     seen = {"data_fingerprint": attrs["data_fingerprint"], "source": where,
             "source_identity": dataset.source_identity(path)}
-    key = store.settings_hash(seen)
-    marker = records.folder(cache_dir, records.LOOKING) / records.CHECKED_SOURCES / f"{key}.json"
+    key = identity.digest(seen)
+    marker = layout.folder(cache_dir, layout.LOOKING_DIR) / layout.CHECKED_SOURCES / f"{key}.json"
     if not marker.is_file():
         load_splits(attrs, path)
         marker.parent.mkdir(parents=True, exist_ok=True)

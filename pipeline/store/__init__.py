@@ -30,10 +30,11 @@ writer (streaming, resumable), info (the `info` command). Callers use this packa
 """
 from pipeline.store.reader import (RowSet, RowSplit, check_settings, check_structure, check_values, is_complete,
                                    older_schema, open_store, read_rows)
-from pipeline.store.schema import (CHECK_ROWS, CHUNK_ROWS, FEATURES, MIRRORED, SCHEMA_VERSION, SPLITS, Words,
-                                   features_path, partial_path, settings_hash)
+from pipeline.store.schema import (ACTIVATION_CACHE, CHECK_ROWS, CHUNK_ROWS, FEATURES_FILE, MIRRORED, SCHEMA_VERSION,
+                                   SPLITS, Words, features_path, partial_path, words_for)
 from pipeline.store.writer import RowWriter
 
-__all__ = ["CHECK_ROWS", "CHUNK_ROWS", "FEATURES", "MIRRORED", "SCHEMA_VERSION", "SPLITS", "RowSet", "RowSplit",
+__all__ = ["ACTIVATION_CACHE", "CHECK_ROWS", "CHUNK_ROWS", "FEATURES_FILE", "MIRRORED", "SCHEMA_VERSION", "SPLITS",
+           "RowSet", "RowSplit",
            "RowWriter", "Words", "check_settings", "check_structure", "check_values", "features_path",
-           "is_complete", "older_schema", "open_store", "partial_path", "read_rows", "settings_hash"]
+           "is_complete", "older_schema", "open_store", "partial_path", "read_rows", "words_for"]

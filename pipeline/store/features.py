@@ -2,19 +2,18 @@
 image of the declared width, and the one rule for a left-out `--features` (the newest complete file)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from pipeline import store
-from pipeline.foundation import records
-from pipeline.foundation.errors import UserError
+from pipeline.foundation import layout
+from pipeline.foundation.errors import UserError, notice
 
 
 def load_features(path, splits=store.SPLITS, expect: dict | None = None) -> store.RowSet:
     """Read a features file with every check any stage relies on: the store's own (schema,
     completeness, shapes, stale settings, labels within class_names, finite values) plus one
     vector per image of the declared feature_width. `splits`: which to load into memory."""
-    fs = store.read_rows(path, expect=expect, splits=splits, words=store.FEATURES)
+    fs = store.read_rows(path, expect=expect, splits=splits, words=store.FEATURES_FILE)
     attrs, path = fs.attrs, fs.path
     row_shape = list(attrs.get("row_shape", [attrs.get("feature_width")]))
     if len(row_shape) != 1:
@@ -23,7 +22,7 @@ def load_features(path, splits=store.SPLITS, expect: dict | None = None) -> stor
                         f"image, (N, D); pass a stage-one features file")
     if row_shape[0] != attrs.get("feature_width"):
         raise UserError(f"{path}: its features are {row_shape[0]} wide but the file's feature_width says "
-                        f"{attrs.get('feature_width')}; {store.FEATURES.fix}")
+                        f"{attrs.get('feature_width')}; {store.FEATURES_FILE.fix}")
     return fs
 
 
@@ -32,7 +31,7 @@ def default_features(cache_dir, log=None) -> Path:
     features file in CACHE/features, whatever its settings, named on stderr (its values are checked
     when it is loaded: a damaged newest file is reported, not silently passed over for an older one)."""
     found = []
-    for path in records.folder(cache_dir, records.FEATURES).glob("*.h5"):
+    for path in layout.folder(cache_dir, layout.FEATURES_DIR).glob("*.h5"):
         try:
             attrs = store.read_rows(path, splits=(), values=False).attrs
         except UserError:
@@ -43,12 +42,8 @@ def default_features(cache_dir, log=None) -> Path:
         raise UserError(f"no complete features file in {Path(cache_dir, 'features')}; run `make features` "
                         "(or `python -m pipeline features --data DIR`) first, or pass --features FILE")
     newest = max(found, key=lambda p: p.stat().st_mtime)
-    (log or _stderr)(f"features: {newest} (the newest in {Path(cache_dir, 'features')}; --features chooses another)")
+    (log or notice)(f"features: {newest} (the newest in {Path(cache_dir, 'features')}; --features chooses another)")
     return newest
-
-
-def _stderr(line: str):
-    print(line, file=sys.stderr)
 
 
 def features_from_args(args) -> store.RowSet:

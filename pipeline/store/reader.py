@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.foundation.errors import UserError, first_line
-from pipeline.store.schema import CHECK_ROWS, FEATURES, MIRRORED, SCHEMA_VERSION, SPLITS, Words, settings_hash
+from pipeline.foundation import identity
+from pipeline.store.schema import CHECK_ROWS, FEATURES_FILE, MIRRORED, SCHEMA_VERSION, SPLITS, Words, words_for
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,10 @@ class RowSet:
         return list(self.attrs["class_names"])
 
 
-def open_store(path: Path, words: Words = FEATURES, mode="r"):
+def open_store(path: Path, words: Words = FEATURES_FILE, mode="r"):
     import h5py
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a {words.what}; give a file in it")
     if not path.is_file():
         raise UserError(f"{words.what} {path} does not exist; {words.make}")
     try:
@@ -75,9 +78,13 @@ def is_complete(attrs: dict) -> bool:
     return attrs.get("complete") is True
 
 
-def check_structure(f, path: Path, require_complete: bool = True, words: Words = FEATURES) -> dict:
+def check_structure(f, path: Path, require_complete: bool = True, words: Words = FEATURES_FILE) -> dict:
     """Validate schema and shapes; return the attributes. UserError names what is wrong."""
     attrs = _attrs(f, path, words)
+    if words_for(attrs) is not words:           # an activation cache given as a features file, or the reverse
+        found = words_for(attrs)
+        raise UserError(f"{path} is {'an' if found.what[0] in 'aeiou' else 'a'} {found.what}, not a {words.what}"
+                        + ("; give a features file from CACHE/features" if words is FEATURES_FILE else ""))
     if "schema_version" not in attrs:
         raise UserError(f"{path} is not a {words.what} of this pipeline (it has no schema_version attribute)")
     if attrs["schema_version"] != SCHEMA_VERSION:
@@ -124,14 +131,14 @@ def older_schema(path: Path) -> int | None:
     return int(version) if isinstance(version, (int, np.integer)) and 0 < version < SCHEMA_VERSION else None
 
 
-def check_settings(attrs: dict, path: Path, words: Words = FEATURES):
+def check_settings(attrs: dict, path: Path, words: Words = FEATURES_FILE):
     """The settings stored beside the hash must still hash to it."""
-    if "settings" in attrs and settings_hash(attrs["settings"]) != attrs["settings_hash"]:
+    if "settings" in attrs and identity.digest(attrs["settings"]) != attrs["settings_hash"]:
         raise UserError(f"{path} is stale: its settings no longer match its settings_hash "
                         f"{attrs['settings_hash']}; {words.fix}")
 
 
-def check_values(split: str, labels: np.ndarray, rows, n_classes: int, path: Path, words: Words = FEATURES):
+def check_values(split: str, labels: np.ndarray, rows, n_classes: int, path: Path, words: Words = FEATURES_FILE):
     """Labels are whole numbers in [0, n_classes) and every row is finite. `rows` may be an h5py
     dataset: it is then read CHECK_ROWS at a time, never whole."""
     if len(labels) == 0:
@@ -149,7 +156,7 @@ def check_values(split: str, labels: np.ndarray, rows, n_classes: int, path: Pat
             raise UserError(f"{path}: {split} row {bad} holds NaN or infinite values; {words.fix}")
 
 
-def read_rows(path, expect: dict | None = None, splits=SPLITS, words: Words = FEATURES,
+def read_rows(path, expect: dict | None = None, splits=SPLITS, words: Words = FEATURES_FILE,
               values: bool = True, n_classes: int | None = None) -> RowSet:
     """Open a complete file and check everything a reader relies on (schema, completeness, shapes,
     settings against their hash, labels, finite rows: the splits not loaded are checked chunk by

@@ -2,13 +2,10 @@
 name rule, and the words errors use for each kind of file (`Words`)."""
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.foundation import records
+from pipeline.foundation import identity, layout
 
 
 SCHEMA_VERSION = 2
@@ -34,24 +31,23 @@ class Words:
     fix: str = "delete it and rerun `python -m pipeline features` with the flags that made it"
 
 
-FEATURES = Words()
+FEATURES_FILE = Words()
+# stage three's cached cut activations (pipeline.finetune.activations), kept in the same row store
+ACTIVATION_CACHE = Words(what="activation cache", make="`python -m pipeline finetune --mode cached` builds it",
+                         fix="delete it; the next `finetune` run rebuilds it")
 
 
-def settings_hash(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _slug(text) -> str:
-    return re.sub(r"[^A-Za-z0-9_.]+", "-", str(text)).strip("-.").lower() or "x"
+def words_for(attrs: dict) -> Words:
+    """How to name a file of this store from its attributes: only activation caches record rows_per_image."""
+    return ACTIVATION_CACHE if "rows_per_image" in attrs else FEATURES_FILE
 
 
 def features_path(cache_dir, settings: dict) -> Path:
     """cache/features/<dataset>-<backbone>-<size>-<precision>-<hash>.h5: readable, and unique."""
     stem = Path(settings["backbone"]).stem if settings["backbone"].endswith(".keras") else settings["backbone"]
-    name = "-".join([_slug(settings["dataset"]), _slug(stem), str(settings["input_size"]),
-                     settings["precision"], *(["2views"] if settings.get("views", 1) == 2 else []),
-                     settings_hash(settings)])
-    return Path(cache_dir) / records.FEATURES / f"{name}.h5"
+    name = identity.name(settings, identity.slug(settings["dataset"]), identity.slug(stem), settings["input_size"],
+                         settings["precision"], *(["2views"] if settings.get("views", 1) == 2 else []))
+    return Path(cache_dir) / layout.FEATURES_DIR / f"{name}.h5"
 
 
 def partial_path(path: Path) -> Path:

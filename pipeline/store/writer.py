@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.foundation.errors import UserError
 from pipeline.store.reader import check_structure
-from pipeline.store.schema import CHUNK_ROWS, FEATURES, MIRRORED, SPLITS, Words, partial_path
+from pipeline.store.schema import CHUNK_ROWS, FEATURES_FILE, MIRRORED, SPLITS, Words, partial_path
 
 
 def _preallocated(group, name, shape, dtype, fill=0):
@@ -32,7 +32,7 @@ class RowWriter:
     during interpreter shutdown after a failed write crashes the process."""
 
     def __init__(self, final: Path, attrs: dict, labels: dict, index: dict, row_shape: tuple,
-                 dtype="float32", log=print, block_rows: int | None = None, words: Words = FEATURES):
+                 dtype="float32", log=print, block_rows: int | None = None, words: Words = FEATURES_FILE):
         import h5py
         self.final, self.partial = final, partial_path(final)
         self.final.parent.mkdir(parents=True, exist_ok=True)
