@@ -16,7 +16,7 @@ import pytest
 from pipeline.cli import main
 from pipeline.ship.formats import FORMATS
 from pipeline.ship.export import ExportSettings, export_run
-from pipeline.ship.models import features_attrs, image_model, keras_run, sample_test_images
+from pipeline.ship.models import features_attrs, image_model, shipped_run, sample_test_images
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
@@ -80,7 +80,7 @@ def test_every_format_reloads_without_the_project_and_matches_the_keras_model(ru
     cache, head_run, tuned_run, backbone = runs
     exported, expected = {}, {}
     for kind, run_dir, formats in (("head", head_run, FORMATS), ("tuned", tuned_run, ("savedmodel",))):
-        run = keras_run(run_dir)
+        run = shipped_run(run_dir)
         attrs = features_attrs(run)
         images = sample_test_images(attrs, None, 64)     # all 40 test images, the same for both runs
         expected[kind] = image_model(run, attrs, backbone=backbone).predict(images, verbose=0)
@@ -115,7 +115,7 @@ def test_the_exported_model_is_the_run_with_its_temperature(runs):
     from pipeline.backbones.rebuild import rebuild_backbone
     from pipeline.backbones.compose import image_model as stack
     cache, head_run, _, backbone = runs
-    run = keras_run(head_run)
+    run = shipped_run(head_run)
     attrs = features_attrs(run)
     images = sample_test_images(attrs, None, 16)
     t = run.record["calibration"]["temperature"]
