@@ -109,6 +109,7 @@ verify: $(STAMP)
 # docs/numbers.md's generated section comes from cache/bench/*.json: a checkout without them leaves it as it is.
 docs: $(STAMP)
 	$(PY) tools/make_reference.py
+	$(PY) tools/make_layout.py
 	$(PY) tools/make_numbers.py
 
 # Two processes (pytest-xdist): many tests wait on subprocesses, sleeps and I/O, so two share 2 cores well.

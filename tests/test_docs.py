@@ -14,15 +14,16 @@ DOCS = ROOT / "docs"
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
-def make_reference():
-    spec = importlib.util.spec_from_file_location("make_reference", ROOT / "tools" / "make_reference.py")
+def _tool(name):
+    """A tools/ script as a module."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_the_reference_is_what_the_parsers_say():
-    assert (DOCS / "reference.md").read_text() == make_reference().render(), \
+    assert (DOCS / "reference.md").read_text() == _tool("make_reference").render(), \
         "docs/reference.md is stale: run `make docs`"
 
 
@@ -91,3 +92,38 @@ def test_every_test_the_guarantees_table_names_exists():
     missing = [f"{file or 'test_faults.py'}::{name}" for file, name in named
                if not re.search(rf"^def {name}\(", (ROOT / "tests" / (file or "test_faults.py")).read_text(), re.M)]
     assert not missing, f"docs/guarantees.md names tests that do not exist: {missing}"
+
+
+@pytest.mark.parametrize("page", ["docs/schema.md", "cache/README.md"])
+def test_the_cache_layout_in_the_docs_is_the_layout_modules(page):
+    text = (ROOT / page).read_text()
+    assert _tool("make_layout").updated(text) == text, f"{page}'s cache layout is stale: run `make docs`"
+
+
+def _layout_names() -> set[str]:
+    from pipeline.foundation import layout
+    return {value for name, value in vars(layout).items() if name.isupper() and isinstance(value, str)}
+
+
+def test_every_cache_file_name_the_docs_mention_is_one_of_the_layouts():
+    """A file name in code formatting with an extension the layout's files have (`run.json`, `confusion.png`)
+    is one the layout module spells, so renaming a file there fails here until the docs follow. Patterns
+    (`<run>.html`, `*.json`) and paths outside the cache (`cache/bench/...`, `docs/...`) are not names."""
+    names = _layout_names()
+    extensions = {name.rsplit(".", 1)[1] for name in names if "." in name}
+    unknown, checked = [], 0
+    for page in [ROOT / "cache" / "README.md", *sorted(DOCS.glob("*.md"))]:
+        for code in re.findall(r"`([^`\n]+)`", page.read_text()):
+            for token in re.split(r"[\s,()|]+", re.sub(r"<[^>]*>", "<>", code)):
+                base = token.rstrip("/").rsplit("/", 1)[-1]
+                stem, _, extension = base.rpartition(".")
+                # a pattern, a bare suffix, a placeholder (FILE.keras), a benchmark's or the repository's file
+                if not stem or re.search(r"[<*{$=]", base) or stem.isupper() or "bench/" in token \
+                        or token.startswith(("docs/", "tests/", "tools/", "benchmarks/")):
+                    continue
+                if extension in extensions:
+                    checked += 1
+                    if base not in names:
+                        unknown.append(f"{page.name}: {token}")
+    assert not unknown, f"file names the layout (pipeline/foundation/layout.py) does not have: {unknown}"
+    assert checked >= 50, checked

@@ -51,6 +51,36 @@ BORDERLINE_PNG = "borderline.png"
 PAIRS_CSV = "pairs.csv"
 INDEX = "index.html"
 RUN_PAGES = "runs"             # the site's page per run
+# `map --projector DIR`: TensorBoard's Embedding Projector files (the config written last)
+PROJECTOR_TENSORS = "tensors.tsv"
+PROJECTOR_METADATA = "metadata.tsv"
+PROJECTOR_SPRITE = "sprite.png"
+PROJECTOR_CONFIG = "projector_config.pbtxt"
+BENCH_DIR = "bench"            # `make bench`'s results (benchmarks/, not a command)
+
+# The layout as the docs show it (docs/schema.md, cache/README.md: `make docs` writes it there with
+# tools/make_layout.py, and tests/test_docs.py fails when they differ): each path under the cache, and what is in it.
+TREE = (
+    (f"{FEATURES_DIR}/<dataset>-<backbone>-<size>-<precision>-<hash>.h5",
+     "stage one (*.h5.partial: in progress or killed; rerun the same command to resume)"),
+    (f"{HEADS_DIR}/<run>/", f"head: {RUN_JSON}, {MODEL} or {MODEL_JOBLIB}, {HISTORY_JSON}"),
+    (f"{REPORTS_DIR}/<run>/", f"its report: {REPORT_JSON}, {CONFUSION_PNG}, {RELIABILITY_PNG}, {CURVES_PNG}, "
+                              f"{PREDICTIONS}, {MISTAKES_PNG}"),
+    (f"{SWEEPS_DIR}/<head>-<features hash>-<grid hash>.json|csv", "sweep: the leaderboard"),
+    (f"{SEEDS_DIR}/<first run>-xN.json", "head --seeds N"),
+    (f"{COMPARE_DIR}/<hash>/", f"compare: {COMPARE_JSON}, {DISAGREEMENTS}"),
+    (f"{ACTIVATIONS_DIR}/*.h5", "stage three's cached activations below the cut"),
+    (f"{FINETUNE_DIR}/<run>/", f"finetune: {RUN_JSON}, {MODEL}, {CHECKPOINT}, its report in {RUN_REPORT_DIR}/"),
+    (f"{EXPORTS_DIR}/<run>-<format>/", f"export: the model, {LABELS}, {EXPORT_JSON}"),
+    (f"{REPORTS_DIR}/{INDEX}", "report: every run in one sortable page"),
+    (f"{REPORTS_DIR}/{RUN_PAGES}/<run>.html", "report: one page per run"),
+    (f"{LOOKING_DIR}/neighbors-<hash>.png|json", "neighbors"),
+    (f"{LOOKING_DIR}/map-<hash>.png|csv", "map"),
+    (f"{LOOKING_DIR}/{CHECKED_SOURCES}/", "image sources already checked against a features file"),
+    (f"{AUDIT_DIR}/<features>-<hash>/", f"audit: {AUDIT_JSON}, {PAIRS_CSV}, {PAIRS_PNG}, {BORDERLINE_PNG}; with "
+                                        f"--labels {LABELS_JSON}, {LABEL_ISSUES}, {LABEL_PAIRS}, {LABEL_GALLERY}"),
+    (f"{BENCH_DIR}/*.json", "make bench"),
+)
 
 
 def folder(cache_dir, name: str) -> Path:

@@ -19,7 +19,6 @@ from pipeline.store.features import features_from_args
 
 
 PCA_DIMS = 50
-CONFIG = "projector_config.pbtxt"
 
 
 def stratified(labels, per_class: int, seed: int) -> np.ndarray:
@@ -69,10 +68,10 @@ def projector_config(key: str, name: str, shape: tuple[int, int], thumb: tuple[i
             f'  tensor_name: "{name}"\n'
             f"  tensor_shape: {shape[0]}\n"
             f"  tensor_shape: {shape[1]}\n"
-            '  tensor_path: "tensors.tsv"\n'
-            '  metadata_path: "metadata.tsv"\n'
+            f'  tensor_path: "{layout.PROJECTOR_TENSORS}"\n'
+            f'  metadata_path: "{layout.PROJECTOR_METADATA}"\n'
             "  sprite {\n"
-            '    image_path: "sprite.png"\n'
+            f'    image_path: "{layout.PROJECTOR_SPRITE}"\n'
             f"    single_image_dim: {thumb[1]}\n"      # width first, then height
             f"    single_image_dim: {thumb[0]}\n"
             "  }\n"
@@ -80,7 +79,7 @@ def projector_config(key: str, name: str, shape: tuple[int, int], thumb: tuple[i
 
 
 def projector_up_to_date(folder: Path, key: str) -> bool:
-    config = folder / CONFIG
+    config = folder / layout.PROJECTOR_CONFIG
     # bytes, decoded leniently: a damaged config is not up to date (rewritten), never a crash
     lines = config.read_bytes().decode("utf-8", "replace").splitlines() if config.is_file() else []
     return bool(lines) and f"settings {key}\n" in lines[0] + "\n"
@@ -89,15 +88,15 @@ def projector_up_to_date(folder: Path, key: str) -> bool:
 def write_projector(folder: Path, key: str, name: str, features, meta: list[dict], images: list[np.ndarray]):
     """Each file written atomically; the config last, so a folder with it is complete."""
     folder.mkdir(parents=True, exist_ok=True)
-    outputs.write_text_atomic(folder / "tensors.tsv",
+    outputs.write_text_atomic(folder / layout.PROJECTOR_TENSORS,
                             "".join("\t".join(f"{v:.6g}" for v in row) + "\n" for row in features))
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(meta[0]), delimiter="\t", lineterminator="\n")
     writer.writeheader()        # more than one column: the projector expects a header line
     writer.writerows(meta)
-    outputs.write_text_atomic(folder / "metadata.tsv", buf.getvalue())
-    cell = save_sprite(folder / "sprite.png", images)
-    outputs.write_text_atomic(folder / CONFIG, projector_config(key, name, features.shape, cell))
+    outputs.write_text_atomic(folder / layout.PROJECTOR_METADATA, buf.getvalue())
+    cell = save_sprite(folder / layout.PROJECTOR_SPRITE, images)
+    outputs.write_text_atomic(folder / layout.PROJECTOR_CONFIG, projector_config(key, name, features.shape, cell))
 
 
 # ---------------------------------------------------------------- command line
