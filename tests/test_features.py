@@ -181,8 +181,8 @@ def test_foreign_file_under_the_cache_name_is_refused_and_kept(capsys, batches_d
     (["--weights", "/no/such/weights.h5"], "not a file"),
     (["--val-fraction", "1.5"], "--val-fraction must be in (0, 1), got '1.5'"),
     # the local engine is one process: Ray's flags are refused, not ignored
-    (["--workers", "3"], "--address, --workers and --gpus-per-worker apply to --engine ray only"),
-    (["--gpus-per-worker", "1"], "apply to --engine ray only"),
+    (["--workers", "3"], "--workers applies to --engine ray only"),
+    (["--gpus-per-worker", "1", "--address", "auto"], "--address and --gpus-per-worker apply to --engine ray only"),
     (["--shard-rows", "100"], "--shard-rows must be a positive multiple of 128 (the fingerprint block), got '100'"),
 ])
 def test_bad_flags_give_one_error_line_and_exit_2(capsys, batches_dir, tmp_path, extra, message):

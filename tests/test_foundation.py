@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.foundation import layout, outputs, runs, settings
 from pipeline.foundation.errors import UserError
-from pipeline.foundation.settings import Checked, Choice, Interval, setting
+from pipeline.foundation.settings import Checked, Choice, Interval, OnlyWith, setting
 
 
 def _folder(text):
@@ -67,6 +67,36 @@ def test_a_library_caller_is_checked_the_same_way_as_a_flag():
     with pytest.raises(UserError, match=r"^--count must be a whole number >= 1, got -2$"):
         settings.check(Example(count=-2))
     assert settings.check(Example(rate="0.1", count="4")) == Example(0.1, 4)   # text parsed to its type
+
+
+@dataclass
+class Ruled:
+    engine: str = setting("local", Choice(("local", "ray")), "where")
+    workers: int | None = setting(None, Interval(int, 1), "actors")
+    address: str | None = setting(None, None, "cluster")
+    RULES = (OnlyWith(("address", "workers"), lambda s: s.engine == "ray", "--engine ray"),)
+
+
+def test_a_rule_across_settings_is_declared_with_them_and_checked_with_them():
+    assert settings.check(Ruled(engine="ray", workers=2, address="auto")).workers == 2
+    assert settings.check(Ruled()) == Ruled()                  # the defaults are not "given"
+    with pytest.raises(UserError, match=r"^--workers applies to --engine ray only$"):
+        settings.check(Ruled(workers="2"))                    # checked after parsing: "2" is 2, not the default
+    with pytest.raises(UserError, match=r"^--address and --workers apply to --engine ray only$"):
+        settings.check(Ruled(workers=2, address="auto"))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["features", "--workers", "2"], "--workers applies to --engine ray only"),
+    (["sweep", "--address", "auto"], "--address applies to --engine ray only"),
+    (["head", "--head", "knn", "--seeds", "3"], "--seeds applies to --head dense only"),
+    (["audit", "--flip", "0.1"], "--flip applies to --labels only"),
+])
+def test_each_commands_rule_is_one_error_line(argv, message, tmp_path, capsys):
+    from pipeline.cli import main
+    assert main([*argv, "--cache-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert not any(tmp_path.iterdir())
 
 
 def test_the_record_holds_the_recorded_settings_with_resolved_values():

@@ -143,7 +143,7 @@ def test_label_audit_bad_input(planted, tmp_path, capsys):
     base = ["audit", "--features", str(path), "--cache-dir", str(tmp_path)]
     assert_user_error(capsys, base + ["--labels", "--folds", "1"], "--folds must be a whole number in [2, 50], got '1'")
     assert_user_error(capsys, base + ["--labels", "--folds", "50"], "--folds must be at most")
-    assert_user_error(capsys, base + ["--flip", "0.1"], "--flip applies to the label audit; add --labels")
+    assert_user_error(capsys, base + ["--flip", "0.1"], "--flip applies to --labels only")
     assert_user_error(capsys, base + ["--labels", "--flip", "0.5"], "--flip must be in [0, 0.5)")
     r = training.run_head(fs, "logreg", kinds.make_settings("logreg"), tmp_path / "runs")
     other = copy_run(Path(r["run_dir"]), tmp_path / "other", "0123456789ab")

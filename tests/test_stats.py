@@ -107,4 +107,4 @@ def test_seeds_refused_for_deterministic_heads(tmp_path, capsys):
     from pipeline.cli import main
     assert main(["head", "--head", "logreg", "--seeds", "2", "--cache-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: --seeds applies to the dense head") and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: --seeds applies to --head dense only") and len(err.strip().splitlines()) == 1

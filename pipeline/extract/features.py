@@ -16,10 +16,9 @@ from pipeline.extract import views
 from pipeline.extract.memory import check_memory
 from pipeline.extract.moved import record_moved_files, recorded_files
 from pipeline.foundation import flags, identity, settings
-from pipeline.foundation.errors import UserError
 from pipeline.foundation.machine import versions
 from pipeline.foundation.outputs import produce
-from pipeline.foundation.settings import Interval, setting
+from pipeline.foundation.settings import Interval, OnlyWith, setting
 from pipeline.foundation.progress import Progress
 from pipeline.sources import dataset, digest, partition
 from pipeline.sources.images import Decoding
@@ -72,6 +71,8 @@ class FeatureSettings:
     views: int = setting(1, Interval(int, min(views.VIEWS), max(views.VIEWS), closed="both"), "2: also store each "
                          "image's horizontally mirrored view; heads then train on both and average the two views' "
                          "probabilities")
+    # the local engine is one process (its threads are TensorFlow's): Ray's flags are refused with it, not ignored
+    RULES = (OnlyWith(("address", "workers", "gpus_per_worker"), lambda s: s.engine == "ray", "--engine ray"),)
 
 
 def dataset_name(path: str | None) -> str:
@@ -110,13 +111,6 @@ def run(args):
     print(run_features(settings.from_args(FeatureSettings, args)))
 
 
-def _check(s: FeatureSettings):
-    """The rule across settings: the local engine is one process (its threads are TensorFlow's), so
-    Ray's flags are refused with it, not ignored."""
-    if s.engine == "local" and (s.address is not None or s.gpus_per_worker or s.workers is not None):
-        raise UserError("--address, --workers and --gpus-per-worker apply to --engine ray only")
-
-
 def _up_to_date(final: Path, recorded: dict, log) -> bool:
     if not final.exists():
         return False
@@ -132,7 +126,6 @@ def _up_to_date(final: Path, recorded: dict, log) -> bool:
 def run_features(s: FeatureSettings, log=print) -> Path:
     """Compute (or find up to date, or resume) the features file for `s`; return its path."""
     s = settings.check(s)
-    _check(s)
     if s.engine == "ray" and s.address is not None:
         from pipeline.extract import ray_address
         ray_address.check_reachable(s.address)    # before TensorFlow loads: a wrong address fails in seconds

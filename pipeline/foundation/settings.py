@@ -11,6 +11,9 @@ HfArgumentParser over dataclasses; the constraints are scikit-learn's _parameter
         epochs: int | None = setting(None, Interval(int, 0), "most epochs", auto="about 2,000 steps")
 
 A default of None with `auto` means "decided by the command" and the flag takes the word auto.
+A rule across settings is declared with them, in the class's RULES, and checked by `check` too:
+
+        RULES = (OnlyWith(("address", "workers"), lambda s: s.engine == "ray", "--engine ray"),)
 """
 from __future__ import annotations
 
@@ -166,10 +169,33 @@ def parse_value(field: dataclasses.Field, value, name: str | None = None):
         raise UserError(f"{name} must be {valid}, got {value!r}") from None
 
 
+@dataclass(frozen=True)
+class OnlyWith:
+    """A rule across settings: `fields` apply only when `when(settings)` holds (`what` says when, in
+    flags), so one given otherwise (not its default) is refused, not ignored, with the one message
+    "--workers applies to --engine ray only"."""
+    fields: tuple
+    when: Callable[[Any], bool]
+    what: str
+
+    def check(self, settings):
+        if self.when(settings):
+            return
+        fields = {f.name: f for f in dataclasses.fields(settings)}
+        given = [flag_name(fields[name]) for name in self.fields if getattr(settings, name) != fields[name].default]
+        if given:
+            names = given[0] if len(given) == 1 else ", ".join(given[:-1]) + " and " + given[-1]
+            raise UserError(f"{names} {'applies' if len(given) == 1 else 'apply'} to {self.what} only")
+
+
 def check(settings):
-    """A settings instance with every declared field parsed and checked (a UserError otherwise)."""
-    return dataclasses.replace(settings, **{f.name: parse_value(f, getattr(settings, f.name))
-                                            for f in declared(type(settings))})
+    """A settings instance with every declared field parsed and checked, then the rules across them
+    its class declares in RULES (a UserError otherwise)."""
+    checked = dataclasses.replace(settings, **{f.name: parse_value(f, getattr(settings, f.name))
+                                               for f in declared(type(settings))})
+    for rule in getattr(type(settings), "RULES", ()):
+        rule.check(checked)
+    return checked
 
 
 def from_args(cls, args):

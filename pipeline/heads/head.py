@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.foundation import layout, records, settings
-from pipeline.foundation.settings import Interval, setting
+from pipeline.foundation.settings import Interval, OnlyWith, setting
 from pipeline.heads import seeds
+from pipeline.heads.seeds import SEEDED
 from pipeline.heads.exclude import read_exclusion
 from pipeline.heads.evaluation import print_summary
 from pipeline.heads.kinds import StageTwoSettings, add_arguments as add_head_arguments, settings_from_args
@@ -22,6 +23,8 @@ class HeadSettings(StageTwoSettings):
     exclude: str | None = setting(None, None, "train without the training rows this CSV names (a `row` or `path` "
                                   "column, e.g. audit --labels' label_issues.csv); val and test stay whole",
                                   metavar="FILE", record=False)
+    RULES = (OnlyWith(("seeds",), lambda s: s.head in SEEDED,    # the other kinds are deterministic
+                      " or ".join(f"--head {kind}" for kind in SEEDED)),)
 
 
 HELP = """Stage two: train a classifier on cached features alone (no images, no backbone, no GPU needed).
@@ -52,7 +55,7 @@ def add_arguments(p):
 def run(args):
     s = settings.from_args(HeadSettings, args)
     kind_settings = settings_from_args(args, s.head)        # flag mistakes surface before any loading
-    seeds.check(s.head, s.seeds, kind_settings.get("seed"))
+    seeds.check(s.seeds, kind_settings.get("seed"))
     fs = features_from_args(s)
     exclusion = s.exclude and read_exclusion(s.exclude, fs.attrs, {k: v.index for k, v in fs.splits.items()})
     if exclusion:

@@ -19,10 +19,9 @@ from pipeline.heads import training
 SEEDED = ("dense",)          # the other kinds are deterministic: a second seed gives the same run
 
 
-def check(head: str, n: int, first_seed: int | None = None):
-    """Before any training: --seeds applies to the head, and the last seed is in range."""
-    if n > 1 and head not in SEEDED:
-        raise UserError(f"--seeds applies to the {', '.join(SEEDED)} head; {head} is deterministic (one seed is all)")
+def check(n: int, first_seed: int | None = None):
+    """Before any training: the last seed is in range (that --seeds applies to the head kind is
+    HeadSettings' rule)."""
     if first_seed is not None and first_seed + n - 1 > SEED_MAX:
         raise UserError(f"--seed {first_seed} --seeds {n} would train seeds up to {first_seed + n - 1}, past the "
                         f"largest seed {SEED_MAX}; give --seed at most {SEED_MAX - n + 1}")
@@ -32,7 +31,7 @@ def run_seeds(fs, head: str, settings: dict, cache_dir, n: int, verbose=0, log=t
               exclude=None) -> tuple[dict, Path]:
     """Train (or find) the N seeded runs; return (the summary, where it was saved). `log`, `exclude`:
     as run_head's."""
-    check(head, n, settings["seed"])
+    check(n, settings["seed"])
     runs = [training.run_head(fs, head, {**settings, "seed": settings["seed"] + i}, cache_dir, verbose=verbose, log=log,
                               exclude=exclude)
             for i in range(n)]

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pipeline.foundation import flags, identity, layout, settings
 from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import Lock
-from pipeline.foundation.settings import Interval, setting
+from pipeline.foundation.settings import Interval, OnlyWith, setting
 from pipeline.foundation.stats import ACCURACY_METHOD, interval_text
 from pipeline.foundation.tables import format_table
 from pipeline.heads import kinds, training
@@ -30,6 +30,7 @@ class SweepSettings(StageTwoSettings):
     jobs: int | None = setting(None, Interval(int, 1), "parallel worker processes", auto="min(4, cores)")
     engine: str = flags.engine_setting("joblib processes", "Ray tasks sharing one copy of the features")
     address: str | None = flags.address_setting("sweep")
+    RULES = (OnlyWith(("address",), lambda s: s.engine == "ray", "--engine ray"),)
 
 
 HELP = f"""Stage two: train a grid of head settings in parallel processes and rank them.
@@ -63,8 +64,6 @@ def run_sweep(s: SweepSettings, base: dict):
     """Train the grid over `base` (the head kind's settings), rank it, save and print the leaderboard."""
     s, base = settings.check(s), kinds.make_settings(s.head, **base)
     grid = parse_grid(s.head, s.grid)                  # grid mistakes surface before any loading
-    if s.engine == "local" and s.address is not None:
-        raise UserError("--address applies to --engine ray only")
     fs = features_from_args(s)
     # auto settings resolved from the data size, as `head` records them; then one run is listed once
     configs = [kinds.resolve(s.head, c, fs) for c in configurations(s.head, base, grid)]

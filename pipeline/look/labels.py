@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ import numpy as np
 from pipeline import store
 from pipeline.foundation import flags, layout, records, runs, settings
 from pipeline.foundation.errors import UserError
-from pipeline.foundation.settings import Choice, Interval, setting
+from pipeline.foundation.settings import Choice, Interval, OnlyWith, setting
 from pipeline.heads.kinds import HEADS
 from pipeline.look import label_evidence as ev
 from pipeline.look.label_views import draw_suspects, print_summary, refresh_site, write_csv
@@ -63,6 +63,8 @@ class LabelSettings:
     flip: float = setting(0.0, Interval(float, 0, 0.5, closed="left"), "plant this share of wrong training labels "
                           "(seeded, in memory) and report how well each score finds them", metavar="SHARE")
     seed: int = flags.seed_setting("the folds and the planted flips")
+    RULES = (OnlyWith(("no_duplicates", "folds", "fold_head", "label_neighbors", "label_score", "flip", "seed"),
+                      lambda s: s.labels, "--labels"),)
 
 
 def add_arguments(p):
@@ -112,9 +114,6 @@ def prepare(s: LabelSettings | None, fs: store.RowSet, run_dir, predictions: Pat
         return None
     s = settings.check(s)
     if not s.labels:
-        changed = [f for f in fields(LabelSettings) if f.name != "labels" and getattr(s, f.name) != f.default]
-        if changed:
-            raise UserError(f"{settings.flag_name(changed[0])} applies to the label audit; add --labels")
         return None
     labels = fs.splits["train"].labels
     folds = s.folds or ev.default_folds(labels)
