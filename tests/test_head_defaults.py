@@ -2,7 +2,6 @@
 epochs before early stopping watches are derived from the number of training rows and recorded as
 numbers, so the same numbers given by hand are the same run."""
 import json
-from pathlib import Path
 
 from conftest import run_cli, synthetic_features
 from pipeline.heads import autosize

@@ -1,6 +1,5 @@
 """Stage two: both heads on synthetic and real features, saving and reloading, the CLI without a GPU
 or InceptionV3, and every kind of bad input."""
-import ast
 import json
 import os
 import subprocess

@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
 from pipeline.foundation.errors import UserError
 from pipeline.heads import training
@@ -64,7 +65,17 @@ def _ray_results(fs, head, todo, cache_dir, threads, address):
             yield ray.get(finished[0])
 
 
-def train_all(s: SweepSettings, fs, configs) -> tuple[int, list[str]]:
+class SweepPlan(Protocol):
+    """What train_all reads of a sweep's settings (pipeline.heads.sweep.SweepSettings, which imports
+    this module: named by its shape, not imported)."""
+    head: str
+    cache_dir: str
+    jobs: int | None
+    engine: str
+    address: str | None
+
+
+def train_all(s: SweepPlan, fs, configs) -> tuple[int, list[str]]:
     """Train the configurations not finished yet (local processes or Ray tasks); returns (how
     many were trained, error lines of those that failed)."""
     from joblib import Parallel, delayed

@@ -8,8 +8,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from pipeline import store
 from pipeline.foundation import flags, identity, layout, outputs, records, settings, stats
 from pipeline.foundation.errors import UserError
