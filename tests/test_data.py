@@ -198,6 +198,13 @@ def test_bad_data_gives_one_clear_error(tmp_path, make, message):
         ds.train.read(), ds.test.read()      # images are decoded only when read
 
 
+def test_an_unreadable_file_is_named_when_stage_one_sizes_the_images(tmp_path):
+    # stage one reads every file's header to choose the one size it decodes at, before any row
+    ds = dataset.load_dataset(_corrupt_image_tree(tmp_path / "data"))
+    with pytest.raises(UserError, match=r"cannot read image .*c2/0002\.png: "):
+        ds.shape_for(32)
+
+
 class _RunsCode:
     """What a hostile pickle holds: unpickling it calls os.system."""
 

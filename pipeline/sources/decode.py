@@ -57,10 +57,15 @@ def upright(img, exif: bool, size: tuple[int, int] | None = None):
 
 
 def shown_size(path) -> tuple[int, int]:
-    """(H, W) of an image file as it stands upright, from its header (nothing decoded)."""
-    with Image.open(str(path)) as img:
-        w, h = img.size
-        return (w, h) if orientation(img) in TURNED else (h, w)
+    """(H, W) of an image file as it stands upright, from its header (nothing decoded); a UserError
+    naming the file when it cannot be read, as read_image's."""
+    path = str(path)
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            return (w, h) if orientation(img) in TURNED else (h, w)
+    except Exception as exc:
+        raise UserError(f"cannot read image {path}: {first_line(exc)}") from None
 
 
 def read_image(path, size: tuple[int, int] | None = None, exif: bool = True) -> np.ndarray:
