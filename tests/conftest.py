@@ -173,13 +173,17 @@ def tiny_backbone(tmp_path_factory) -> Path:
     return save_tiny_backbone(tmp_path_factory.mktemp("tiny-backbone") / "tiny.keras")
 
 
+def tiny_features(data: Path, backbone: Path, cache_dir: Path) -> Path:
+    """Stage one through the tiny backbone file with no flag but --data and --backbone."""
+    from pipeline.extract.features import FeatureSettings, run_features
+    return run_features(FeatureSettings(data=str(data), backbone=str(backbone), cache_dir=str(cache_dir)),
+                        log=lambda *a: None)
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone_features(tiny_backbone, small_cifar, tmp_path_factory) -> Path:
     """Stage one with the tiny backbone file on small_cifar's 80 real images (train 30, val 10, test 40)."""
-    from pipeline.extract.features import FeatureSettings, run_features
-    return run_features(FeatureSettings(data=str(small_cifar), backbone=str(tiny_backbone),
-                                        cache_dir=str(tmp_path_factory.mktemp("tiny-backbone-cache"))),
-                        log=lambda *a: None)
+    return tiny_features(small_cifar, tiny_backbone, tmp_path_factory.mktemp("tiny-backbone-cache"))
 
 
 # ---------------------------------------------------------------- a tree of mixed image sizes
@@ -522,6 +526,4 @@ def photo_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def photo_features(photo_folder, tiny_backbone, tmp_path_factory) -> Path:
     """Stage one with the tiny backbone on photo_folder, with no flag but --data and --backbone."""
-    from pipeline.extract.features import FeatureSettings, run_features
-    return run_features(FeatureSettings(data=str(photo_folder), backbone=str(tiny_backbone),
-                                        cache_dir=str(tmp_path_factory.mktemp("photo-cache"))), log=lambda *a: None)
+    return tiny_features(photo_folder, tiny_backbone, tmp_path_factory.mktemp("photo-cache"))

@@ -50,9 +50,10 @@ def folder_files(root: Path, classes: list[str], unused: list | None = None) -> 
     files, labels = [], []
     for label, name in enumerate(classes):
         entries = _visible(root / name)
-        found = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-        if unused is not None:
-            unused += [p for p in entries if p not in found]
+        is_image = [p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in entries]
+        found = [p for p, image in zip(entries, is_image) if image]
+        if unused is not None:      # one pass: testing `p not in found` was quadratic in a class's files
+            unused += [p for p, image in zip(entries, is_image) if not image]
         if not found:
             raise UserError(f"class folder {root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         files += found
