@@ -22,8 +22,13 @@ def load_keras_file(path: Path, what: str, make: str):
                         f"{first_line(exc)}") from None
 
 
-def image_model(backbone_model, head, name="image_classifier"):
-    """The deliverable: uint8 images -> front -> pretrained network -> head -> probabilities."""
+def image_model(backbone_model, head, name="image_classifier", views: int = 1):
+    """The deliverable: uint8 images -> front -> pretrained network -> head -> probabilities; with
+    views=2, the mean of the probabilities for the image and for its mirror image (a plain Keras
+    graph: keras.ops.flip is saved with the model and loads without this package)."""
     import keras
-    probabilities = head(backbone_model.output)
-    return keras.Model(backbone_model.input, probabilities, name=name)
+    if views == 1:
+        return keras.Model(backbone_model.input, head(backbone_model.output), name=name)
+    image = keras.Input(backbone_model.input.shape[1:], dtype=backbone_model.input.dtype, name="image")
+    mirrored = head(backbone_model(keras.ops.flip(image, axis=2)))
+    return keras.Model(image, keras.layers.Average()([head(backbone_model(image)), mirrored]), name=name)

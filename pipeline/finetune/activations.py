@@ -7,7 +7,8 @@ run of rows is a random sample: training then reads whole contiguous windows (fa
 HDF5 reads) instead of scattered rows. With K views per image (pipeline.finetune.augment.cached_view: as is,
 mirrored, then random flips and translations of the image), image i of that order fills rows
 K*i .. K*i+K-1, and each epoch picks one of the K per image, as on-the-fly augmentation would.
-Val and test rows keep the features file's order, one view (as is).
+Val and test rows keep the features file's order: one view (as is), or with test_views 2 the image
+and its mirror image (rows 2*i, 2*i+1), averaged by the final evaluation as the exported model does.
 
 Augmentation on the stored maps: training batches may also move each map by up to `shift` cells
 (the border cells repeated), which is what moving the image by that many strides of the cut does
@@ -34,8 +35,10 @@ TRAIN_ORDER_SEED = 0
 WORDS = store.ACTIVATION_CACHE
 
 
-def settings(features_attrs: dict, cut: str, views: int, precision: str) -> dict:
-    return {"kind": "cut activations", "features_hash": features_attrs["settings_hash"],
+def settings(features_attrs: dict, cut: str, views: int, precision: str, test_views: int = 1) -> dict:
+    # test_views only when above 1: caches made before it existed keep their names
+    more = {"test_views": int(test_views)} if test_views > 1 else {}
+    return {"kind": "cut activations", "features_hash": features_attrs["settings_hash"], **more,
             "data_fingerprint": features_attrs["data_fingerprint"], "cut": cut, "views_per_image": int(views),
             "view_seed": VIEW_SEED, "view_max_shift_px": MAX_SHIFT_PX,
             "precision": precision, "storage": "float16", "train_order_seed": TRAIN_ORDER_SEED}
@@ -67,7 +70,7 @@ def build(final: Path, s: dict, splits: dict, lower_fn, batch_size: int, log=pri
     float32 cut activations. Returns the final path."""
     order = {"train": train_order(len(splits["train"].y))}
     order.update({k: np.arange(len(splits[k].y)) for k in ("val", "test")})
-    copies = {"train": s["views_per_image"], "val": 1, "test": 1}
+    copies = {"train": s["views_per_image"], "val": s.get("test_views", 1), "test": s.get("test_views", 1)}
     labels = {k: np.repeat(splits[k].y[order[k]], copies[k]) for k in store.SPLITS}
     index = {k: np.repeat(splits[k].index[order[k]], copies[k]) for k in store.SPLITS}
     probe = lower_fn(splits["val"].batch(np.arange(min(batch_size, len(splits["val"])))))
@@ -113,13 +116,15 @@ def shift_maps(x: np.ndarray, shifts: np.ndarray, most: int) -> np.ndarray:
     return np.stack([p[most - dy:most - dy + h, most - dx:most - dx + w] for p, (dy, dx) in zip(padded, shifts)])
 
 
-def batches(path: Path, split: str, batch_size: int, shuffle: bool, seed: int = 0, shift: int = 0, drop=None):
+def batches(path: Path, split: str, batch_size: int, shuffle: bool, seed: int = 0, shift: int = 0, drop=None,
+            view: int = 0):
     """A keras PyDataset of (activations float32, labels) from the cache. Shuffled, each epoch reads
     the split as contiguous windows from a random offset in a random order, picks one stored view
     per image and moves each map by up to `shift` cells: all a seeded function of (epoch, batch),
     so a resumed run sees what an uninterrupted one would have, whatever order batches are read in.
     `drop`: source indices of images left out (--exclude); a window then spans the rows of the
-    next batch_size images kept, still one contiguous read."""
+    next batch_size images kept, still one contiguous read. Not shuffled, every batch holds stored view
+    `view` of each image (0: as is, 1: mirrored)."""
     import h5py
     import keras
 
@@ -173,7 +178,7 @@ def batches(path: Path, split: str, batch_size: int, shuffle: bool, seed: int = 
             x, y = self._images(self.offset + lo, self.offset + hi)
             rng = np.random.default_rng([seed, self.epoch, i])
             if self.k > 1:   # one of the K stored views per image, chosen at random
-                pick = rng.integers(self.k, size=len(y)) if shuffle else np.zeros(len(y), int)
+                pick = rng.integers(self.k, size=len(y)) if shuffle else np.full(len(y), view)
                 x = x.reshape(len(y), self.k, *x.shape[1:])[np.arange(len(y)), pick]
             if shuffle and shift:
                 x = shift_maps(x, rng.integers(-shift, shift + 1, size=(len(y), 2)), shift)

@@ -14,7 +14,7 @@ from pipeline.foundation.outputs import produce
 from pipeline.sources.rows import load_splits
 
 
-def image_dataset(split, batch_size: int, shuffle: bool, augment: bool, seed: int):
+def image_dataset(split, batch_size: int, shuffle: bool, augment: bool, seed: int, mirrored: bool = False):
     """tf.data over a split's uint8 images, decoded a batch at a time (an image folder is never held
     whole: each file is read, turned upright and resized as stage one reads it, when its batch is
     due); augmentation: random horizontal flip and a shift of up to MAX_SHIFT_PX pixels (reflect-pad,
@@ -39,21 +39,28 @@ def image_dataset(split, batch_size: int, shuffle: bool, augment: bool, seed: in
             img = tf.pad(img, [[MAX_SHIFT_PX] * 2, [MAX_SHIFT_PX] * 2, [0, 0]], mode="REFLECT")
             return tf.image.random_crop(img, shape), label
         ds = ds.map(jitter, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size)
+    if mirrored:          # every image left-right mirrored (a test-time view), as the exported model mirrors it
+        ds = ds.map(lambda x, y: (tf.reverse(x, [2]), y))
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def training_data(s, attrs, features_path, parts, mode, precision, log, drop=None) -> dict:
-    """{"train", "val", "test"}: keras-ready inputs for the training model in `mode`. `drop`: source
-    indices of training images left out (--exclude)."""
+    """{"train", "val", "test"}: keras-ready inputs for the training model in `mode`, and "views":
+    {"val", "test"} -> one input per test-time view (s.test_views: as is, then mirrored), the first
+    being data["val"] / data["test"]. `drop`: source indices of training images left out (--exclude)."""
+    views = range(s.test_views)
     if mode == "end-to-end":
         splits = load_splits(attrs, s.data)
         if drop is not None:
             splits["train"] = splits["train"].select(np.flatnonzero(~np.isin(splits["train"].index, drop)))
-        return {k: image_dataset(v, s.batch_size, shuffle=(k == "train"), augment=s.augment and k == "train",
+        data = {k: image_dataset(v, s.batch_size, shuffle=(k == "train"), augment=s.augment and k == "train",
                                  seed=s.seed) for k, v in splits.items()}
+        return {**data, "views": {k: [data[k]] + [image_dataset(splits[k], s.batch_size, False, False, s.seed, True)
+                                                  for _ in views[1:]] for k in ("val", "test")}}
     if s.augment:
         log("cached mode: --augment has no effect; cached mode augments with --views-per-image and --map-shift")
-    cs = activations.settings(attrs, parts.cut, s.views_per_image, precision)
+    cs = activations.settings(attrs, parts.cut, s.views_per_image, precision, s.test_views)
     path = activations.path_for(s.cache_dir, features_path, cs)
 
     def build():
@@ -64,7 +71,9 @@ def training_data(s, attrs, features_path, parts, mode, precision, log, drop=Non
     # train a garbage model.
     store.read_rows(path, expect={"settings_hash": identity.digest(cs)}, splits=(), words=activations.WORDS,
                     n_classes=len(attrs["class_names"]))
-    return {k: activations.batches(path, k, s.batch_size, shuffle=(k == "train"), seed=s.seed, shift=s.map_shift,
+    data = {k: activations.batches(path, k, s.batch_size, shuffle=(k == "train"), seed=s.seed, shift=s.map_shift,
                                    drop=drop if k == "train" else None)
             for k in store.SPLITS}
+    return {**data, "views": {k: [data[k]] + [activations.batches(path, k, s.batch_size, shuffle=False, view=v)
+                                              for v in views[1:]] for k in ("val", "test")}}
 

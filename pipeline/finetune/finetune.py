@@ -93,7 +93,13 @@ def run_settings(s: FinetuneSettings, attrs: dict, head_path: Path, mode: str, c
                            weight_decay=s.weight_decay if s.optimizer == "adamw" else None,
                            views_per_image=s.views_per_image if cached else None,
                            map_shift=s.map_shift if cached else None, augment=s.augment and not cached,
+                           test_views=s.test_views,
                            precision=precision, train_precision=train_precision(precision))
+
+
+def as_is_view(y_true: dict, per_view: dict) -> dict:
+    """Accuracy from the image as is alone (what test-time views add is the metrics' difference)."""
+    return {f"{k}_accuracy": round(float(np.mean(p[0].argmax(1) == y_true[k])), 4) for k, p in per_view.items()}
 
 
 def save_model_atomically(model, path: Path):
@@ -149,16 +155,18 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)     # after the images are read and checked: a bad file leaves none
         compile_model(model, s, precision, steps, upper.trainable_variables)
         history = fit(model, s, data, run_dir / layout.CHECKPOINT, log)
-        y_prob = {k: model.predict(data[k], verbose=0) for k in ("val", "test")}
+        # (V, N, K): each test-time view's probabilities; the run's are their mean, as the exported model's
+        per_view = {k: np.stack([model.predict(v, verbose=0) for v in data["views"][k]]) for k in ("val", "test")}
+        y_prob = {k: p.mean(axis=0) for k, p in per_view.items()}
         if not all(np.isfinite(p).all() for p in y_prob.values()):   # the model to save, not every epoch
             raise UserError("fine-tuning diverged (its predictions are not finite); no model was saved; "
                             "lower --lr")
         surgery.copy_weights_back(upper, parts.base)
-        save_model_atomically(image_model(bb.model, head), model_path)
+        save_model_atomically(image_model(bb.model, head, views=s.test_views), model_path)
         y_true = {k: fs.splits[k].labels for k in ("val", "test")}
         wall = time.perf_counter() - started
         comparison = compare(y_true, baseline, y_prob, head_path, head_info)
-        calibrated = calibration.assess(y_true, y_prob, fit=True)
+        calibrated = calibration.assess(y_true, per_view, fit=True)
         evaluation.write_report(run_dir / layout.RUN_REPORT_DIR, y_true=y_true, y_prob=y_prob, class_names=class_names,
                                 wall_seconds=wall, history=history, features=fs, cache_dir=s.cache_dir,
                                 extra={"stage": "finetune", "settings": recorded, "comparison": comparison},
@@ -169,7 +177,7 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
             "head": {"path": str(Path(head_path).absolute())}, "backbone": {"name": bb.name, **bb.weights.attrs(),
                                                             "input_size": bb.input_size},
             "device": device, "metrics": comparison["finetuned"], "comparison": comparison,
-            "calibration": calibrated.summary,
+            "calibration": calibrated.summary, "as_is_view": as_is_view(y_true, per_view),
             "epochs_run": len(history.get("loss", [])), "wall_seconds": round(wall, 1)},
             run_dir, layout.RUN_JSON, run_dir.name, leave_out=(layout.CHECKPOINT,)), default=str)
         return comparison

@@ -111,9 +111,10 @@ def announce(s, parts, model, mode, sizes: dict, steps: int, log):
     import tensorflow as tf
     if mode == "cached":
         shape = tuple(parts.lower.output.shape[1:])
-        rows = sizes["train"] * s.views_per_image + sizes["val"] + sizes["test"]
+        rows = sizes["train"] * s.views_per_image + (sizes["val"] + sizes["test"]) * s.test_views
         log(f"activation cache: {rows:,} rows of {'x'.join(map(str, shape))} float16, "
-            f"{activations.size_bytes(shape, rows) / 1e9:.2f} GB ({s.views_per_image} views per train image)")
+            f"{activations.size_bytes(shape, rows) / 1e9:.2f} GB ({s.views_per_image} views per train image, "
+            f"{s.test_views} per val/test image)")
     x = tf.random.uniform((s.batch_size, *model.input.shape[1:]), 0, 255 if mode == "end-to-end" else 1)
     x = tf.cast(x, model.input.dtype)
     variables = model.trainable_variables

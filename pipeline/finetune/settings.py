@@ -29,8 +29,8 @@ class FinetuneSettings:
     mode: str | None = setting(None, Choice(MODES), "default: end-to-end on a GPU, cached on a CPU")
     unfreeze_from: str | None = setting(None, None, "train this block and everything after it", metavar="NAME",
                                         auto="the top two blocks, as the backbones command lists them; for a backbone "
-                                        "file, the first block at its last spatial resolution, e.g. "
-                                        "block11_expand_conv for EfficientNet-Lite0")
+                                        "file, the fewest top blocks holding 85 percent of its weights, e.g. "
+                                        "block09_expand_conv for EfficientNet-Lite0")
     epochs: int | None = setting(None, Interval(int, 0), "at most N epochs, the length of the cosine decay; 0 exports "
                                  "backbone + head unchanged",
                                  auto=f"the epochs nearest {AUTO_STEPS:,} optimizer steps, {EPOCH_RANGE[0]} to "
@@ -55,6 +55,9 @@ class FinetuneSettings:
                                    "times the activation pass",
                                    metavar="K")
     map_shift: int = setting(1, Interval(int, 0), "cached mode: move each training map by up to N cells per step")
+    test_views: int = setting(2, Interval(int, 1, 2, "both"), "views averaged in the final evaluation and in the exported "
+                              "model: 1 the image as is, 2 also its mirror image (each prediction costs N passes)",
+                              metavar="N")
     augment: bool = setting(False, None, "end-to-end mode: on-the-fly random flips and translations (cached mode "
                             "augments through --views-per-image and --map-shift)")
     exclude: str | None = setting(None, None, "train without the training rows this CSV names (a `row` or `path` "

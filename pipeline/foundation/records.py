@@ -136,7 +136,7 @@ RUN = Kind("run record", {"settings": dict, "features": _FEATURES_REF, "metrics"
                          "head?": Either((str, {"path": str})),
                          "stage?": "finetune", "class_names?": Each(str), "calibration?": _CALIBRATION,
                          "wall_seconds?": NUMBER, "backbone?": {"name?": str}, "comparison?": _COMPARISON,
-                         "sealed?": _SEAL},
+                         "as_is_view?": _SIDE, "sealed?": _SEAL},
            "delete the run's folder {folder} and rerun the command that made it",
            lambda run: None if isinstance(run.get("head"), str) or "stage" in run else "it names no head kind")
 
