@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
-from bench_features import ROOT, images, plain_and_fast, rate, save_result
+from bench_features import images, plain_and_fast, rate, save_result
 from pipeline.foundation.machine import cpu_model  # noqa: E402
 
 

@@ -14,7 +14,6 @@ Writes cache/bench/features.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
