@@ -139,6 +139,8 @@ def test_stage_three_reads_the_photos_a_batch_at_a_time(photo_features, monkeypa
     assert got.shape == (len(train), 32, 32, 3) and max(asked) <= 4
     plain = np.concatenate([x for x, _ in image_dataset(train, 4, shuffle=False, augment=False, seed=0)])
     np.testing.assert_array_equal(plain, train.read())
+    mirrored = np.concatenate([x for x, _ in image_dataset(train, 4, False, False, 0, mirrored=True)])
+    np.testing.assert_array_equal(mirrored, plain[:, :, ::-1])      # the test-time view
 
 
 @pytest.mark.slow
