@@ -53,7 +53,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     import keras
     import tensorflow as tf
-    s = FinetuneSettings()
+    s = FinetuneSettings(epochs=3)           # what --epochs auto gives all of CIFAR-10
     precision, _ = resolve_precision(s.precision)
     bb = rebuild_backbone(read_rows(a.features, splits=()).attrs, a.backbone)
     cut_block = a.unfreeze_from or default_unfreeze(bb.model.layers[-1], bb.policy)

@@ -112,6 +112,24 @@ def test_every_score_finds_flips_planted_in_separable_classes():
     assert set(held) == {"val", "test"} and held["test"].shape == (80, 4)
 
 
+@pytest.mark.slow
+def test_the_default_dense_fold_heads_train_with_their_auto_settings():
+    """The default fold head is the dense head, whose batch and patience are sized from the rows (auto):
+    each fold's head gets them resolved, as `head` does (they once reached Keras unresolved)."""
+    rng = np.random.default_rng(1)
+    centres = rng.normal(scale=6, size=(3, 8))
+    splits = {}
+    for split, n in (("train", 90), ("val", 15), ("test", 15)):
+        y = np.arange(n) % 3
+        splits[split] = store.RowSplit((centres[y] + rng.normal(size=(n, 8))).astype(np.float32),
+                                       y.astype(np.uint8), np.arange(n))
+    fs = store.RowSet(Path("blobs.h5"), {"class_names": list("abc")}, splits)
+    oof, held = label_evidence.out_of_fold(fs, splits["train"].labels.astype(np.int64), 2, "dense", 0,
+                                           log=lambda *a: None)
+    assert oof.shape == (90, 3) and np.allclose(oof.sum(axis=1), 1, atol=1e-4)
+    assert (oof.argmax(1) == splits["train"].labels).mean() >= 0.9
+
+
 def test_neighbour_votes_count_the_nearest_training_labels_without_the_image_itself():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(30, 8)).astype(np.float32)

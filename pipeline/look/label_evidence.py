@@ -15,7 +15,7 @@ import numpy as np
 from pipeline import store
 from pipeline.extract import views
 from pipeline.foundation.errors import UserError
-from pipeline.heads.kinds import HEADS, make_settings, predict_proba
+from pipeline.heads.kinds import HEADS, make_settings, predict_proba, resolve
 from pipeline.heads.mistakes import read_predictions
 from pipeline.look.similarity import top_k
 
@@ -65,7 +65,8 @@ def out_of_fold(fs: store.RowSet, labels: np.ndarray, folds: int, head: str, see
                               None if train.mirrored is None else train.mirrored[fit_rows])
         sub = store.RowSet(fs.path, fs.attrs, {**fs.splits, "train": part})
         with tempfile.TemporaryDirectory() as tmp:      # the head's own files: not kept
-            model = HEADS[head].train(sub, settings, Path(tmp), 0, None)[0]
+            # auto settings (a dense head's batch, patience) sized from the fold, as `head` sizes them
+            model = HEADS[head].train(sub, resolve(head, settings, sub), Path(tmp), 0, None)[0]
         probs = views.per_view(lambda x: predict_proba(model, x), [v[score_rows] for v in train.views])
         oof[score_rows] = probs.mean(axis=0)
         for s in held:
