@@ -60,7 +60,7 @@ that are not UTF-8 are written as their bytes. An image that cannot be read is s
 stderr with the reason; the others are still predicted, and the exit code is then 3. A path that
 exists is a file even with glob characters in its name; globs, like folders, follow no linked
 folder and each real file is predicted once. --tta averages the probabilities of each image and its
-mirror.
+mirror; a fine-tuned model made with two test-time views (finetune's default) does that itself.
 """
 
 
