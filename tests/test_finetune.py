@@ -68,6 +68,20 @@ def quiet(*args):
     pass
 
 
+def network(model, name: str):
+    """The layer `name` of a saved fine-tuned model, which may sit inside its image-to-probabilities
+    part (two test-time views wrap that part once per view)."""
+    for layer in model.layers:
+        if layer.name == name:
+            return layer
+        if hasattr(layer, "layers"):
+            try:
+                return network(layer, name)
+            except ValueError:
+                pass
+    raise ValueError(f"no layer {name} in {model.name}")
+
+
 def fresh_parts(features, head_path):
     import keras
     attrs = read_rows(features, splits=()).attrs
@@ -79,7 +93,7 @@ def fresh_parts(features, head_path):
 def test_only_the_top_blocks_train_and_batchnorm_statistics_never_move(tiny_inception_features, head, tuned):
     import keras
     path, seen = tuned
-    trained = keras.models.load_model(path).get_layer("inception_v3")
+    trained = network(keras.models.load_model(path), "inception_v3")
     _, bb, parts = fresh_parts(tiny_inception_features, head)
     upper = {layer.name for layer in parts.upper.layers[1:]}
     assert parts.cut == "mixed8" and {"mixed9", "mixed10"} <= upper and "mixed8" not in upper
@@ -100,7 +114,7 @@ def test_only_the_top_blocks_train_and_batchnorm_statistics_never_move(tiny_ince
 def test_starting_model_predicts_what_the_head_does_on_the_stored_features(tiny_inception_features, head, tmp_path,
                                                                            captured):
     import keras
-    path = run_finetune(settings(tiny_inception_features, head, tmp_path, epochs=0), log=quiet)
+    path = run_finetune(settings(tiny_inception_features, head, tmp_path, epochs=0, test_views=1), log=quiet)
     fs = read_rows(tiny_inception_features)
     expected = keras.models.load_model(head).predict(fs.splits["val"].features, verbose=0)
     images = load_splits(fs.attrs, None)["val"].x
@@ -255,7 +269,7 @@ def test_resnet50_fine_tunes_from_its_default_block(tmp_path):
     assert (run["settings"]["unfreeze_from"], run["settings"]["cut"]) == ("conv5_block2_1_conv", "conv5_block1_out")
     attrs = read_rows(features, splits=()).attrs
     before = rebuild_backbone(attrs).model.get_layer("resnet50")
-    after = keras.models.load_model(path).get_layer("resnet50")
+    after = network(keras.models.load_model(path), "resnet50")
     moved = {a.name for a, b in zip(before.layers, after.layers)
              if any(not np.array_equal(np.asarray(v), np.asarray(w)) for v, w in zip(a.weights, b.weights))}
     assert moved and all(name.startswith(("conv5_block2", "conv5_block3")) for name in moved), moved

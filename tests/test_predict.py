@@ -16,12 +16,13 @@ CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "hors
 
 @pytest.fixture(scope="module")
 def model(tiny_backbone_features, tiny_backbone, tmp_path_factory):
-    """Backbone + head exported without training (--epochs 0): the quickest real image model."""
+    """Backbone + head exported without training (--epochs 0): the quickest real image model; one
+    test-time view, so that predict's own --tta is what averages the mirror."""
     cache = tmp_path_factory.mktemp("predict")
     head = make_head(tiny_backbone_features, cache / "heads" / "dense-1", epochs=3)
     return run_finetune(FinetuneSettings(features=str(tiny_backbone_features), start_from=str(head), epochs=0,
                                          backbone=str(tiny_backbone), mode="cached", precision="float32",
-                                         cache_dir=str(cache)),
+                                         test_views=1, cache_dir=str(cache)),
                         log=lambda *a: None)
 
 
