@@ -105,7 +105,8 @@ def train_logreg(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=No
     the dense path's optimizer (pipeline.heads.streamed_logreg)."""
     if streamed_data.is_streamed(fs.splits["train"]):
         from pipeline.heads import streamed_logreg
-        model, metrics = streamed_logreg.train(fs, s, _configure_tf(threads), verbose)
+        _configure_tf(threads)
+        model, metrics = streamed_logreg.train(fs, s, verbose)
         _save_joblib(model, out_dir)
         return model, None, metrics
     from sklearn.exceptions import ConvergenceWarning

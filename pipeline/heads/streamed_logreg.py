@@ -50,7 +50,7 @@ def as_pipeline(model, s: dict, class_count: int):
     return Pipeline([("scale", scaler), ("logreg", logreg)])
 
 
-def train(fs, s: dict, tf, verbose=0):
+def train(fs, s: dict, verbose=0):
     """(fitted Pipeline, metrics) for logreg settings `s` on the streamed file `fs`."""
     import keras
     from pipeline.heads.classifiers import fit_dense

@@ -1,0 +1,199 @@
+"""Stage two at scale: time and memory of each command on a features file of --rows N rows.
+
+    python benchmarks/bench_scale.py --rows 500000 [--source FILE]
+
+Makes (once; cached as cache/bench/scale-<N>-<hash>.h5, written by pipeline.store's RowWriter under a
+temporary name and renamed, so `info`, `verify`'s structural checks and `head` accept it) a features
+file of N rows from a real one (--source, default the newest complete file in cache/features; all of
+CIFAR-10 through EfficientNet-Lite0 at width 1,280 is the intended one): each split keeps its share
+of the source's rows (45,000 : 5,000 : 10,000 for CIFAR-10), its rows cycle through the source
+split's rows, and every copy after the first gets seeded Gaussian noise of NOISE times each feature's
+standard deviation; labels, source indices and the data fingerprint are the source's, so every
+command finds the images behind the rows.
+
+Then runs, each as its own process on that file (`python -m pipeline ... --features FILE
+--cache-dir cache/bench/scale-<N>-cache`): `head` (dense), `head --head logreg`, `head --head knn`,
+`neighbors` (test row 0, k 10) and `audit --no-exact` (the exact-copy check hashes the source's
+images, the same work at every N). Per command: wall seconds (start-up included) and peak resident
+memory in MB, taken from os.wait4's rusage of that one child (ru_maxrss: the largest resident set of
+the process, and of any process it waited for), so one command's peak is not mixed with another's
+(getrusage(RUSAGE_CHILDREN) is the maximum over all children so far). For the searches, recall@10
+against exact search as the command records it in its own JSON output (`recall_at_10`; null when
+the command does not record one). Writes cache/bench/scale-<N>.json atomically; prints its path last.
+
+Not part of `make bench` (it runs for hours at 2,000,000 rows); docs/numbers.md holds its results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+NOISE = 0.01          # of each feature's standard deviation: copies stay each other's nearest neighbours
+WRITE_ROWS = 8192     # rows generated and written at a time (the making never holds the file)
+COMMANDS = {
+    "head_dense": ["head", "--head", "dense"],
+    "head_logreg": ["head", "--head", "logreg"],
+    "head_knn": ["head", "--head", "knn"],
+    "neighbors": ["neighbors", "--split", "test", "--row", "0", "--k", "10"],
+    "audit": ["audit", "--no-exact"],
+}
+SEARCHES = ("head_knn", "neighbors", "audit")
+RECALL_KEY = "recall_at_10"     # the key the searching commands record their recall@10 under
+
+
+def bench_dir() -> Path:
+    return ROOT / "cache" / "bench"
+
+
+def split_sizes(source_sizes: dict, rows: int) -> dict:
+    """Each split's share of `rows`, in the source's proportions (at least 1 row each)."""
+    total = sum(source_sizes.values())
+    sizes = {s: max(1, round(rows * n / total)) for s, n in source_sizes.items()}
+    sizes["train"] += rows - sum(sizes.values())
+    return sizes
+
+
+def make_file(source, rows: int, out_dir: Path, seed: int = 0, log=print) -> Path:
+    """The N-row features file made from `source` (see the module's text); made once, up to date after."""
+    import numpy as np
+    from pipeline import store
+    from pipeline.foundation import identity
+    from pipeline.foundation.errors import UserError
+    from pipeline.foundation.outputs import produce
+    from pipeline.store.features import load_features
+    src = load_features(source, stream_above=0)      # checked; the rows stay on disk (store.Rows)
+    sizes = split_sizes({s: len(src.splits[s].labels) for s in store.SPLITS}, rows)
+    if rows < len(sizes):
+        raise UserError(f"--rows must be at least {len(sizes)}, got {rows}")
+    settings = {"dataset": "bench-scale", "source": src.attrs["settings_hash"], "rows": rows, "noise": NOISE,
+                "seed": seed}
+    final = Path(out_dir) / f"scale-{rows}-{identity.digest(settings)}.h5"
+    keep = {k: v for k, v in src.attrs.items() if k not in ("complete", "settings", "settings_hash", "row_shape")}
+    attrs = {**keep, "settings": settings, "settings_hash": identity.digest(settings), "bench_rows": rows}
+    copy_of = {s: np.arange(n) % len(src.splits[s].labels) for s, n in sizes.items()}
+
+    def make():
+        writer = store.RowWriter(final, attrs, {s: src.splits[s].labels[c] for s, c in copy_of.items()},
+                                 {s: src.splits[s].index[c] for s, c in copy_of.items()},
+                                 (int(src.attrs["feature_width"]),), log=log)
+        try:
+            for split, at in copy_of.items():
+                rows_of = src.splits[split].features
+                std = np.sqrt(_variance(rows_of)).astype(np.float32)
+                for lo in range(writer.rows_done(split) // WRITE_ROWS * WRITE_ROWS, len(at), WRITE_ROWS):
+                    part = at[lo:lo + WRITE_ROWS]
+                    x = _gather(rows_of, part)
+                    rng = np.random.default_rng([seed, store.SPLITS.index(split), lo])
+                    copy = (np.arange(lo, lo + len(part)) >= len(rows_of))[:, None]   # the first pass stays exact
+                    x = x + copy * rng.standard_normal(x.shape, dtype=np.float32) * (NOISE * std)
+                    writer.write(split, lo, x.astype(np.float32))
+            writer.finish({"made_from": str(source)})
+        finally:
+            writer.close()
+
+    produce(final, final.is_file, make, log)
+    return final
+
+
+def _variance(rows):
+    import numpy as np
+    total, squares, n = 0.0, 0.0, 0
+    for x in rows.windows(WRITE_ROWS):
+        x = x.astype(np.float64)
+        total, squares, n = total + x.sum(axis=0), squares + (x * x).sum(axis=0), n + len(x)
+    return np.maximum(squares / n - (total / n) ** 2, 0.0)
+
+
+def _gather(rows, at):
+    """Source rows `at` (runs of consecutive rows, as the cycling makes them), one read per run."""
+    import numpy as np
+    breaks = np.flatnonzero(np.diff(at) != 1) + 1
+    return np.concatenate([rows[int(run[0]):int(run[-1]) + 1] for run in np.split(at, breaks)])
+
+
+def measure(name: str, argv: list[str], log_path: Path) -> dict:
+    """One command in its own process: wall seconds, its own peak RSS (os.wait4), exit code."""
+    started = time.perf_counter()
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
+                                env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"})
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"wall_seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024),
+            "exit_code": proc.returncode, "log": str(log_path)}
+
+
+def recall_of(cache: Path, since: float):
+    """recall@10 as the command recorded it in a JSON it wrote under `cache` after `since` (the
+    searches record it with their answer); None when none does."""
+    for path in sorted(cache.rglob("*.json")):
+        if path.stat().st_mtime < since:
+            continue
+        try:
+            found = _find(json.loads(path.read_text()), RECALL_KEY)
+        except (OSError, ValueError):
+            continue
+        if found is not None:
+            return found
+    return None
+
+
+def _find(record, key):
+    if isinstance(record, dict):
+        if isinstance(record.get(key), (int, float)):
+            return record[key]
+        record = list(record.values())
+    if isinstance(record, list):
+        for value in record:
+            found = _find(value, key)
+            if found is not None:
+                return found
+    return None
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, required=True, help="rows of the features file (all splits)")
+    p.add_argument("--source", help="the real features file its rows come from (default: the newest in cache/features)")
+    p.add_argument("--only", help="comma-separated commands to run (default: all of " + ", ".join(COMMANDS) + ")")
+    args = p.parse_args(argv)
+    from bench_features import environment
+    from pipeline.foundation.outputs import write_json_atomic
+    from pipeline.store.features import default_features
+    source = Path(args.source) if args.source else default_features(ROOT / "cache")
+    out = bench_dir()
+    started = time.perf_counter()
+    path = make_file(source, args.rows, out)
+    result = {"rows": args.rows, "width": None, "source": str(source), "file": str(path),
+              "file_gb": round(path.stat().st_size / 1e9, 2), "make_seconds": round(time.perf_counter() - started, 1),
+              "memory_method": "os.wait4 rusage ru_maxrss of each command's process", "commands": {}}
+    from pipeline import store
+    result["width"] = int(store.read_rows(path, splits=(), values=False).attrs["feature_width"])
+    cache = out / f"scale-{args.rows}-cache"
+    logs = out / f"scale-{args.rows}-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for name in (args.only.split(",") if args.only else COMMANDS):
+        since = time.time()
+        argv = [sys.executable, "-m", "pipeline", *COMMANDS[name], "--features", str(path), "--cache-dir", str(cache)]
+        r = measure(name, argv, logs / f"{name}.log")
+        if name in SEARCHES:
+            r[RECALL_KEY] = recall_of(cache, since)
+        result["commands"][name] = r
+        print(f"{name:>12}: {r['wall_seconds']:.1f} s, peak RSS {r['peak_rss_mb']} MB, exit {r['exit_code']}"
+              + (f", recall@10 {r[RECALL_KEY]}" if name in SEARCHES else ""), flush=True)
+    final = out / f"scale-{args.rows}.json"
+    write_json_atomic(final, {**result, "environment": environment()})
+    print(final)
+
+
+if __name__ == "__main__":
+    main()
