@@ -6,9 +6,9 @@ Makes (once; cached as cache/bench/scale-<N>-<hash>.h5, written by pipeline.stor
 temporary name and renamed, so `info`, `verify`'s structural checks and `head` accept it) a features
 file of N rows from a real one (--source, default the newest complete file in cache/features; all of
 CIFAR-10 through EfficientNet-Lite0 at width 1,280 is the intended one): each split keeps its share
-of the source's rows (45,000 : 5,000 : 10,000 for CIFAR-10), its rows cycle through the source
-split's rows, and every copy after the first gets seeded Gaussian noise of NOISE times each feature's
-standard deviation; labels, source indices and the data fingerprint are the source's, so every
+of the source's rows (45,000 : 5,000 : 10,000 for CIFAR-10), its rows are whole passes over the source
+split's rows (a seeded sample of them when fewer), and every copy after the first gets seeded Gaussian
+noise of NOISE times each feature's standard deviation; labels, source indices and the data fingerprint are the source's, so every
 command finds the images behind the rows.
 
 Then runs, each as its own process on that file (`python -m pipeline ... --features FILE
@@ -70,7 +70,7 @@ def make_file(source, rows: int, out_dir: Path, seed: int = 0, log=print) -> Pat
     from pipeline.foundation.errors import UserError
     from pipeline.foundation.outputs import produce
     from pipeline.store.features import load_features
-    src = load_features(source, stream_above=0)      # checked; the rows stay on disk (store.Rows)
+    src = load_features(source)      # checked; a source is one real file (all of CIFAR-10: 307 MB)
     sizes = split_sizes({s: len(src.splits[s].labels) for s in store.SPLITS}, rows)
     if rows < len(sizes):
         raise UserError(f"--rows must be at least {len(sizes)}, got {rows}")
@@ -79,7 +79,7 @@ def make_file(source, rows: int, out_dir: Path, seed: int = 0, log=print) -> Pat
     final = Path(out_dir) / f"scale-{rows}-{identity.digest(settings)}.h5"
     keep = {k: v for k, v in src.attrs.items() if k not in ("complete", "settings", "settings_hash", "row_shape")}
     attrs = {**keep, "settings": settings, "settings_hash": identity.digest(settings), "bench_rows": rows}
-    copy_of = {s: np.arange(n) % len(src.splits[s].labels) for s, n in sizes.items()}
+    copy_of = {s: rows_of(len(src.splits[s].labels), n, seed) for s, n in sizes.items()}
 
     def make():
         writer = store.RowWriter(final, attrs, {s: src.splits[s].labels[c] for s, c in copy_of.items()},
@@ -87,13 +87,13 @@ def make_file(source, rows: int, out_dir: Path, seed: int = 0, log=print) -> Pat
                                  (int(src.attrs["feature_width"]),), log=log)
         try:
             for split, at in copy_of.items():
-                rows_of = src.splits[split].features
-                std = np.sqrt(_variance(rows_of)).astype(np.float32)
+                x_src = src.splits[split].features
+                std = x_src.std(axis=0, dtype=np.float64).astype(np.float32)
                 for lo in range(writer.rows_done(split) // WRITE_ROWS * WRITE_ROWS, len(at), WRITE_ROWS):
                     part = at[lo:lo + WRITE_ROWS]
-                    x = _gather(rows_of, part)
+                    x = x_src[part]
                     rng = np.random.default_rng([seed, store.SPLITS.index(split), lo])
-                    copy = (np.arange(lo, lo + len(part)) >= len(rows_of))[:, None]   # the first pass stays exact
+                    copy = (np.arange(lo, lo + len(part)) >= len(x_src))[:, None]   # the first pass stays exact
                     x = x + copy * rng.standard_normal(x.shape, dtype=np.float32) * (NOISE * std)
                     writer.write(split, lo, x.astype(np.float32))
             writer.finish({"made_from": str(source)})
@@ -104,20 +104,14 @@ def make_file(source, rows: int, out_dir: Path, seed: int = 0, log=print) -> Pat
     return final
 
 
-def _variance(rows):
+def rows_of(n_source: int, n: int, seed: int):
+    """Which source row each of n rows copies: fewer than the source's, a seeded sample of them in the
+    source's order (so every class is there, stored as the source stores them); more, whole passes
+    over the source, the last one partial."""
     import numpy as np
-    total, squares, n = 0.0, 0.0, 0
-    for x in rows.windows(WRITE_ROWS):
-        x = x.astype(np.float64)
-        total, squares, n = total + x.sum(axis=0), squares + (x * x).sum(axis=0), n + len(x)
-    return np.maximum(squares / n - (total / n) ** 2, 0.0)
-
-
-def _gather(rows, at):
-    """Source rows `at` (runs of consecutive rows, as the cycling makes them), one read per run."""
-    import numpy as np
-    breaks = np.flatnonzero(np.diff(at) != 1) + 1
-    return np.concatenate([rows[int(run[0]):int(run[-1]) + 1] for run in np.split(at, breaks)])
+    if n <= n_source:
+        return np.sort(np.random.default_rng(seed).choice(n_source, n, replace=False))
+    return np.arange(n) % n_source
 
 
 def measure(name: str, argv: list[str], log_path: Path) -> dict:

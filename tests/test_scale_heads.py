@@ -10,6 +10,7 @@ import pytest
 from conftest import ROOT, synthetic_features
 from pipeline import store
 from pipeline.heads import streamed_data, streamed_logreg
+from pipeline.heads.classifiers import fit_dense
 from pipeline.heads.exclude import Exclusion
 from pipeline.heads.training import run_head
 from pipeline.store.features import load_features
@@ -92,7 +93,7 @@ def test_the_streamed_logreg_pipeline_equals_its_keras_layer(features):
     from pipeline.heads.affine import AFFINE_TOLERANCE, keras_head
     fs = load_features(features, stream_above=0)
     s = {"C": 0.1, "max_iter": 1000}
-    model, metrics = streamed_logreg.train(fs, {**s, "max_iter": 3})
+    model, metrics = streamed_logreg.train(fs, {**s, "max_iter": 3}, fit_dense)
     assert metrics["streamed"] and metrics["iterations"] == 3
     x = fs.splits["test"].features[0:200]
     # the Pipeline written back from the Keras layers is the model affine.py ships as one layer
@@ -113,6 +114,8 @@ def test_the_scale_benchmarks_file_is_a_features_file(features, tmp_path):
     np.testing.assert_array_equal(train.labels[1000:], src.labels[:642])           # copies keep their labels
     noise = train.features[1000:] - src.features[:642]
     assert 0 < np.abs(noise).max() < 0.1 * src.features.std()
+    few = bench_scale.rows_of(1000, 300, seed=0)       # a smaller file: a sample spread over the source
+    assert len(set(few)) == 300 and np.all(np.diff(few) > 0) and few[-1] > 900
     assert fs.attrs["data_fingerprint"] == source.attrs["data_fingerprint"]
     assert "1642" in describe(path).replace(",", "")
     assert bench_scale.make_file(features, 2_300, tmp_path, log=lambda *a: None) == path   # made once

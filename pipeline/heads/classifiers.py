@@ -106,7 +106,7 @@ def train_logreg(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=No
     if streamed_data.is_streamed(fs.splits["train"]):
         from pipeline.heads import streamed_logreg
         _configure_tf(threads)
-        model, metrics = streamed_logreg.train(fs, s, verbose)
+        model, metrics = streamed_logreg.train(fs, s, fit_dense, verbose)
         _save_joblib(model, out_dir)
         return model, None, metrics
     from sklearn.exceptions import ConvergenceWarning

@@ -50,10 +50,10 @@ def as_pipeline(model, s: dict, class_count: int):
     return Pipeline([("scale", scaler), ("logreg", logreg)])
 
 
-def train(fs, s: dict, verbose=0):
-    """(fitted Pipeline, metrics) for logreg settings `s` on the streamed file `fs`."""
+def train(fs, s: dict, fit_dense, verbose=0):
+    """(fitted Pipeline, metrics) for logreg settings `s` on the streamed file `fs`; `fit_dense`:
+    classifiers.fit_dense (passed in: that module calls this one)."""
     import keras
-    from pipeline.heads.classifiers import fit_dense
     keras.utils.set_random_seed(0)
     dense = settings(s, streamed_data.n_rows(fs.splits["train"]))
     model, fit = fit_dense(fs, dense, verbose, monitor="loss")
