@@ -119,3 +119,15 @@ def test_the_scale_benchmarks_file_is_a_features_file(features, tmp_path):
     assert fs.attrs["data_fingerprint"] == source.attrs["data_fingerprint"]
     assert "1642" in describe(path).replace(",", "")
     assert bench_scale.make_file(features, 2_300, tmp_path, log=lambda *a: None) == path   # made once
+
+
+def test_head_streams_a_file_over_the_switch(features, tmp_path, capsys, monkeypatch):
+    import json
+    from conftest import run_cli
+    from pipeline.heads import head
+    monkeypatch.setattr(head, "STREAM_ABOVE_BYTES", 0)          # the switch, lowered under this small file
+    code, out, err = run_cli(capsys, "head", "--head", "logreg", "--max-iter", "3", "--features", features,
+                             "--cache-dir", tmp_path)
+    assert code == 0 and any(line.startswith("streaming ") for line in err), err
+    run = json.loads(next((tmp_path / "heads").glob("logreg-*/run.json")).read_text())
+    assert run["metrics"]["streamed"] is True and run["metrics"]["iterations"] == 3
