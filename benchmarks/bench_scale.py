@@ -17,7 +17,10 @@ Then runs, each as its own process on that file (`python -m pipeline ... --featu
 images, the same work at every N). Per command: wall seconds (start-up included) and peak resident
 memory in MB, taken from os.wait4's rusage of that one child (ru_maxrss: the largest resident set of
 the process, and of any process it waited for), so one command's peak is not mixed with another's
-(getrusage(RUSAGE_CHILDREN) is the maximum over all children so far). For the searches, recall@10
+(getrusage(RUSAGE_CHILDREN) is the maximum over all children so far). Linux carries a parent's
+resident size at fork into the child's ru_maxrss, so this process stays small: the file is made in
+a child of its own, and nothing large is imported here until the last command has run. The
+commands' cache folder is emptied first, so every command computes (nothing is up to date). For the searches, recall@10
 against exact search as the command records it in its own JSON output (`recall_at_10`; null when
 the command does not record one). Writes cache/bench/scale-<N>.json atomically; prints its path last.
 
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -154,25 +158,42 @@ def _find(record, key):
     return None
 
 
+def made(rows: int, source: str | None) -> dict:
+    """Make (or find) the file, in this process: {file, source, width} (the --make-only child's answer)."""
+    from pipeline import store
+    from pipeline.store.features import default_features
+    source = Path(source) if source else default_features(ROOT / "cache")
+    path = make_file(source, rows, bench_dir())
+    return {"file": str(path), "source": str(source),
+            "width": int(store.read_rows(path, splits=(), values=False).attrs["feature_width"])}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, required=True, help="rows of the features file (all splits)")
     p.add_argument("--source", help="the real features file its rows come from (default: the newest in cache/features)")
     p.add_argument("--only", help="comma-separated commands to run (default: all of " + ", ".join(COMMANDS) + ")")
+    p.add_argument("--make-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    from bench_features import environment
-    from pipeline.foundation.outputs import write_json_atomic
-    from pipeline.store.features import default_features
-    source = Path(args.source) if args.source else default_features(ROOT / "cache")
+    if args.make_only:                        # the child that makes the file: its answer on the last line
+        print(json.dumps(made(args.rows, args.source)))
+        return
+    # This process stays small: Linux hands a parent's resident size at fork on to the child's ru_maxrss
+    # (it survives the exec), so the file is made in a child and nothing large is imported here.
     out = bench_dir()
     started = time.perf_counter()
-    path = make_file(source, args.rows, out)
-    result = {"rows": args.rows, "width": None, "source": str(source), "file": str(path),
+    proc = subprocess.run([sys.executable, __file__, "--rows", str(args.rows), "--make-only",
+                           *(["--source", args.source] if args.source else [])], capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"making the file failed:\n{proc.stderr[-3000:]}")
+    file = json.loads(proc.stdout.strip().splitlines()[-1])
+    path = Path(file["file"])
+    result = {"rows": args.rows, "width": file["width"], "source": file["source"], "file": str(path),
               "file_gb": round(path.stat().st_size / 1e9, 2), "make_seconds": round(time.perf_counter() - started, 1),
-              "memory_method": "os.wait4 rusage ru_maxrss of each command's process", "commands": {}}
-    from pipeline import store
-    result["width"] = int(store.read_rows(path, splits=(), values=False).attrs["feature_width"])
+              "memory_method": "os.wait4 rusage ru_maxrss of each command's process (the parent kept small)",
+              "commands": {}}
     cache = out / f"scale-{args.rows}-cache"
+    shutil.rmtree(cache, ignore_errors=True)           # every command computes: nothing up to date
     logs = out / f"scale-{args.rows}-logs"
     logs.mkdir(parents=True, exist_ok=True)
     for name in (args.only.split(",") if args.only else COMMANDS):
@@ -184,6 +205,8 @@ def main(argv=None):
         result["commands"][name] = r
         print(f"{name:>12}: {r['wall_seconds']:.1f} s, peak RSS {r['peak_rss_mb']} MB, exit {r['exit_code']}"
               + (f", recall@10 {r[RECALL_KEY]}" if name in SEARCHES else ""), flush=True)
+    from bench_features import environment          # heavy imports only now, after the last command
+    from pipeline.foundation.outputs import write_json_atomic
     final = out / f"scale-{args.rows}.json"
     write_json_atomic(final, {**result, "environment": environment()})
     print(final)
