@@ -131,3 +131,12 @@ def test_head_streams_a_file_over_the_switch(features, tmp_path, capsys, monkeyp
     assert code == 0 and any(line.startswith("streaming ") for line in err), err
     run = json.loads(next((tmp_path / "heads").glob("logreg-*/run.json")).read_text())
     assert run["metrics"]["streamed"] is True and run["metrics"]["iterations"] == 3
+
+
+def test_the_benchmark_reads_recall_from_a_searchs_own_json(tmp_path):
+    import json
+    import bench_scale
+    assert bench_scale.recall_of(tmp_path, 0) is None                      # no search recorded one: null
+    (tmp_path / "looking").mkdir()
+    (tmp_path / "looking" / "neighbors-x.json").write_text(json.dumps({"index": {"kind": "flat", "recall@10": 0.97}}))
+    assert bench_scale.recall_of(tmp_path, 0) == 0.97
