@@ -113,3 +113,16 @@ def test_an_unknown_shape_or_a_result_without_its_environment_still_shows(tmp_pa
     assert doc.count("not recorded") == 2 and "heads.json: no table for its shape" in proc.stderr
     proc, doc = make_numbers(tmp_path, {"heads": {**RESULTS["heads"], "environment": {"date": "2099-01-01"}}})
     assert "| date | 2099-01-01 |" in doc and "| dense | 32.0 |" in doc     # an environment of another shape
+
+
+def test_a_scale_result_renders_as_its_table_under_its_own_script(tmp_path):
+    result = {"rows": 20000, "width": 1280, "source": "/x/cifar.h5", "file": "/c/scale.h5", "file_gb": 0.1,
+              "make_seconds": 3.5, "memory_method": "os.wait4 rusage ru_maxrss of each command's process",
+              "commands": {"head_dense": {"wall_seconds": 61.2, "peak_rss_mb": 900, "exit_code": 0},
+                           "neighbors": {"wall_seconds": 9.0, "peak_rss_mb": 700, "exit_code": 0,
+                                         "recall_at_10": None}},
+              "environment": {**env("2026-12-07T16:40:00+00:00"), "argv": ["--rows", "20000"]}}
+    proc, doc = make_numbers(tmp_path, {"scale-20000": result})
+    assert proc.returncode == 0, proc.stderr
+    assert "Run as `python benchmarks/bench_scale.py --rows 20000`." in doc and "### bench_scale-20000" in doc
+    assert "| `head_dense` | 61.2 | 900 | - | 0 |" in doc and "| `neighbors` | 9.0 | 700 | - | 0 |" in doc

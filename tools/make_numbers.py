@@ -57,7 +57,12 @@ def measured_on(name: str, env: dict | None) -> list[str]:
     return [f"Measured {env['date'][:16].replace('T', ' ')} UTC on {env['cpu']} ({env['cores']} cores; {flags}; "
             f"{env['device']}, precision auto = {env['precision_auto']}), load average {load} (1/5/15 min); "
             f"commit {commit}; {versions}.",
-            "Run as `" + " ".join(["python", f"benchmarks/bench_{name}.py", *env["argv"]]) + "`."]
+            "Run as `" + " ".join(["python", f"benchmarks/bench_{script(name)}.py", *env["argv"]]) + "`."]
+
+
+def script(name: str) -> str:
+    """The benchmark a result is from: scale-500000.json is bench_scale.py's (one result per --rows)."""
+    return name.split("-")[0]
 
 
 # ---------------------------------------------------------------- one renderer per benchmark's result shape
@@ -135,6 +140,16 @@ def views(r) -> list[str]:
             f"{_cell(rates['2_view_images_per_second'])} with two."]
 
 
+def scale(r) -> list[str]:
+    return [f"A {_cell(r['rows'])}-row x {_cell(r['width'])} features file ({_cell(r['file_gb'])} GB, made once in "
+            f"{_cell(r['make_seconds'])} s from `{Path(r['source']).name}`), each command in its own process; peak RSS "
+            f"is {r['memory_method']}:", "",
+            *_table(["command", "wall seconds", "peak RSS MB", "recall@10", "exit code"],
+                    [[f"`{name}`", c["wall_seconds"], c["peak_rss_mb"],
+                      "-" if c.get("recall_at_10") is None else c["recall_at_10"], c["exit_code"]]
+                     for name, c in r["commands"].items()])]
+
+
 def flat(r, prefix="") -> list[list]:
     """Any other shape: its numbers and strings, one row each."""
     rows = []
@@ -147,13 +162,14 @@ def flat(r, prefix="") -> list[list]:
 
 
 RENDERERS = {"features": features, "backbones": backbones, "engines": engines, "heads": heads,
-             "finetune": finetune, "views": views}
+             "finetune": finetune, "views": views, "scale": scale}
 
 
 def render_block(name: str, result: dict) -> str:
     env = result.get("environment")
     data = {k: v for k, v in result.items() if k != "environment"}
-    lines = [*_or_listing(name, lambda e: measured_on(name, e), env), "", *_or_listing(name, RENDERERS.get(name), data)]
+    lines = [*_or_listing(name, lambda e: measured_on(name, e), env), "",
+             *_or_listing(name, RENDERERS.get(script(name)), data)]
     prose = [line if line.startswith("|") else _wrap(line) for line in lines]
     return "\n".join([f"<!-- bench {name} {env['date'] if env else ''} -->", f"### bench_{name}", "", *prose, ""])
 

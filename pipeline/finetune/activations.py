@@ -149,10 +149,7 @@ def batches(path: Path, split: str, batch_size: int, shuffle: bool, seed: int = 
 
         def _plan(self):
             """This epoch's windows: a random start offset and a random window order (train only)."""
-            rng = np.random.default_rng([seed, self.epoch])
-            count = len(self)
-            self.offset = int(rng.integers(self.n)) if shuffle else 0
-            self.window_order = rng.permutation(count) if shuffle else np.arange(count)
+            self.offset, self.window_order = store.window_plan(self.n, batch_size, seed, self.epoch, shuffle)
 
         def __len__(self):
             return math.ceil(self.n / batch_size)

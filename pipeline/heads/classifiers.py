@@ -16,7 +16,7 @@ from pipeline import store
 from pipeline.extract import views
 from pipeline.foundation import layout
 from pipeline.foundation.errors import UserError
-from pipeline.heads import autosize
+from pipeline.heads import autosize, streamed_data
 
 
 def _configure_tf(threads: int | None):
@@ -34,15 +34,20 @@ def _configure_tf(threads: int | None):
     return tf
 
 
-def build_dense(train_x, n_classes: int, s: dict):
+def build_dense(train_x, n_classes: int, s: dict, moments=None):
     """Raw features in, softmax out; standardization is the first layer, so the saved model needs
-    nothing else (stage three stacks it on the backbone as it is). Built-in layers only."""
+    nothing else (stage three stacks it on the backbone as it is). Built-in layers only. The layer
+    adapts to `train_x`, or takes `moments` (mean, variance) computed by streaming (train_x then
+    only gives the width)."""
     import keras
     from keras import layers
     reg = keras.regularizers.L2(s["l2"]) if s["l2"] else None
     inputs = keras.Input((train_x.shape[1],), dtype="float32", name="features")
-    norm = layers.Normalization(name="standardize")
-    norm.adapt(train_x)
+    if moments is None:
+        norm = layers.Normalization(name="standardize")
+        norm.adapt(train_x)
+    else:
+        norm = layers.Normalization(mean=moments[0], variance=moments[1], name="standardize")
     x = norm(inputs)
     if s["hidden"]:
         x = layers.Dense(s["hidden"], activation="relu", kernel_regularizer=reg, name="hidden")(x)
@@ -57,27 +62,53 @@ def train_dense(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=Non
     _configure_tf(threads)
     import keras
     keras.utils.set_random_seed(s["seed"])
-    (x_tr, y_tr), validation = (views.training_rows(fs.splits[k]) for k in ("train", "val"))
-    model = build_dense(x_tr, len(fs.class_names), s)
-    model.compile(optimizer=keras.optimizers.Adam(s["lr"]), loss="sparse_categorical_crossentropy",
-                  metrics=["accuracy"])
-    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=s["patience"], restore_best_weights=True,
-                                            start_from_epoch=s["min_epochs"])
-    fit = model.fit(x_tr, y_tr.astype("int32"), validation_data=(validation[0], validation[1].astype("int32")),
-                    epochs=s["epochs"], batch_size=s["batch_size"], callbacks=[stopper],
-                    verbose=verbose, shuffle=True)
+    model, fit = fit_dense(fs, s, verbose)
     model.save(out_dir / layout.MODEL)      # the best epoch's weights, restored at the end of fit
     history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
     val_loss = history["val_loss"]
     watched = val_loss[s["min_epochs"]:] or val_loss[-1:]      # none watched: the last epoch is kept
     best = len(val_loss) - len(watched) + watched.index(min(watched)) + 1   # restored: the first lowest
+    train = fs.splits["train"]
     return model, history, {"epochs": len(val_loss), "best_epoch": best,
-                            "steps_per_epoch": autosize.steps_per_epoch(len(y_tr), s["batch_size"])}
+                            "steps_per_epoch": autosize.steps_per_epoch(streamed_data.n_rows(train), s["batch_size"]),
+                            **({"streamed": True} if streamed_data.is_streamed(train) else {})}
+
+
+def fit_dense(fs: store.RowSet, s: dict, verbose=0, monitor: str = "val_loss"):
+    """Build and fit the dense model of settings `s` (early stopping on `monitor`, best weights
+    restored): on arrays in memory, or on a streamed file's batches (pipeline.heads.streamed_data).
+    Returns (model, Keras history)."""
+    import keras
+    train, val = fs.splits["train"], fs.splits["val"]
+    stopper = keras.callbacks.EarlyStopping(monitor=monitor, patience=s["patience"], restore_best_weights=True,
+                                            start_from_epoch=s["min_epochs"])
+    compile_args = dict(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    if streamed_data.is_streamed(train):
+        model = build_dense(train.features, len(fs.class_names), s, moments=streamed_data.moments(train))
+        model.compile(optimizer=keras.optimizers.Adam(s["lr"]), **compile_args)
+        fit = model.fit(streamed_data.batches(train, s["batch_size"], s["seed"]), epochs=s["epochs"],
+                        validation_data=streamed_data.batches(val, streamed_data.PREDICT_ROWS, shuffle=False),
+                        callbacks=[stopper], verbose=verbose)
+        return model, fit
+    (x_tr, y_tr), validation = (views.training_rows(fs.splits[k]) for k in ("train", "val"))
+    model = build_dense(x_tr, len(fs.class_names), s)
+    model.compile(optimizer=keras.optimizers.Adam(s["lr"]), **compile_args)
+    fit = model.fit(x_tr, y_tr.astype("int32"), validation_data=(validation[0], validation[1].astype("int32")),
+                    epochs=s["epochs"], batch_size=s["batch_size"], callbacks=[stopper],
+                    verbose=verbose, shuffle=True)
+    return model, fit
 
 
 def train_logreg(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=None):
     """Returns (fitted Pipeline, None, whether lbfgs converged within max_iter and how many
-    iterations it took); saved as out_dir/model.joblib."""
+    iterations it took); saved as out_dir/model.joblib. A streamed file trains the same model by
+    the dense path's optimizer (pipeline.heads.streamed_logreg)."""
+    if streamed_data.is_streamed(fs.splits["train"]):
+        from pipeline.heads import streamed_logreg
+        _configure_tf(threads)
+        model, metrics = streamed_logreg.train(fs, s, fit_dense, verbose)
+        _save_joblib(model, out_dir)
+        return model, None, metrics
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline

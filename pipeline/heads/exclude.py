@@ -43,8 +43,12 @@ class Exclusion:
         """`fs` with its train split's excluded rows (every stored view of them) removed."""
         train = fs.splits["train"]
         keep = self.keep(len(train.labels))
-        part = store.RowSplit(train.features[keep], train.labels[keep], train.index[keep],
-                              None if train.mirrored is None else train.mirrored[keep])
+        if isinstance(train.features, store.Rows):      # a streamed file: a mask, applied as windows are read
+            part = store.RowSplit(train.features.excluding(keep), train.labels[keep], train.index[keep],
+                                  None if train.mirrored is None else train.mirrored.excluding(keep))
+        else:
+            part = store.RowSplit(train.features[keep], train.labels[keep], train.index[keep],
+                                  None if train.mirrored is None else train.mirrored[keep])
         return store.RowSet(fs.path, fs.attrs, {**fs.splits, "train": part})
 
     def describe(self) -> str:

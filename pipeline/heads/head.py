@@ -13,6 +13,8 @@ from pipeline.heads.exclude import read_exclusion
 from pipeline.heads.evaluation import print_summary
 from pipeline.heads.kinds import StageTwoSettings, add_arguments as add_head_arguments, settings_from_args
 from pipeline.heads.training import run_head
+from pipeline.foundation.errors import notice
+from pipeline.heads.streamed_data import STREAMED, STREAM_ABOVE_BYTES, is_streamed
 from pipeline.store.features import features_from_args
 
 
@@ -56,7 +58,11 @@ def run(args):
     s = settings.from_args(HeadSettings, args)
     kind_settings = settings_from_args(args, s.head)        # flag mistakes surface before any loading
     seeds.check(s.seeds, kind_settings.get("seed"))
-    fs = features_from_args(s)
+    # dense and logreg stream a file larger than STREAM_ABOVE_BYTES instead of loading it (streamed_data.py)
+    fs = features_from_args(s, stream_above=STREAM_ABOVE_BYTES if s.head in STREAMED else None)
+    if is_streamed(fs.splits["train"]):
+        notice(f"streaming {fs.path.name}: its rows take more than {STREAM_ABOVE_BYTES / 2**30:g} GiB, so they are "
+               "read a window at a time (pipeline/heads/streamed_data.py)")
     exclusion = s.exclude and read_exclusion(s.exclude, fs.attrs, {k: v.index for k, v in fs.splits.items()})
     if exclusion:
         print(exclusion.describe())

@@ -19,6 +19,7 @@ from pipeline.foundation.outputs import atomic_dir, produce, write_json_atomic
 from pipeline.heads import calibration
 from pipeline.heads.evaluation import write_report
 from pipeline.heads.kinds import HEADS, make_settings, predict_proba, resolve
+from pipeline.heads.streamed_data import predict_rows
 
 
 # where a run's "up to date: RUN" and leftover notices go unless the caller says (the commands: stdout)
@@ -81,7 +82,9 @@ def run_head(fs: store.RowSet, head: str, settings: dict, cache_dir, verbose=0, 
             wall = time.perf_counter() - started
             y_true = {s: fs.splits[s].labels for s in ("val", "test")}
             # every stored view of each image, and their mean: a 2-view file is evaluated with flip TTA
-            per_view = {s: views.per_view(lambda x: predict_proba(model, x), fs.splits[s].views) for s in ("val", "test")}
+            # (streamed rows are predicted a window at a time: streamed_data.predict_rows)
+            per_view = {s: views.per_view(lambda x: predict_rows(lambda r: predict_proba(model, r), x),
+                                          fs.splits[s].views) for s in ("val", "test")}
             y_prob = {s: p.mean(axis=0) for s, p in per_view.items()}
             _check_finite(y_prob, head)
             # a temperature is fitted on val only for a kind whose output is a softmax layer

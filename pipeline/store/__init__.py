@@ -25,16 +25,18 @@ Errors speak the caller's words (`Words`): what the file is, how to make one, ho
 damaged one, so a reader of an activation cache is not told to run `make features`.
 
 The modules: schema (names, the settings -> file name rule), reader (the one validator),
-writer (streaming, resumable), info (the `info` command). Callers use this package's names:
+writer (streaming, resumable), windows (a split read a window at a time: `Rows`, and the seeded
+window order streamed readers share), info (the `info` command). Callers use this package's names:
 `from pipeline import store; store.read_rows(...)`.
 """
 from pipeline.store.reader import (RowSet, RowSplit, check_settings, check_structure, check_values, is_complete,
                                    older_schema, open_store, read_rows)
 from pipeline.store.schema import (ACTIVATION_CACHE, CHECK_ROWS, CHUNK_ROWS, FEATURES_FILE, MIRRORED, SCHEMA_VERSION,
                                    SPLITS, Words, features_path, partial_path, words_for)
+from pipeline.store.windows import Rows, plan as window_plan, stored_bytes
 from pipeline.store.writer import RowWriter
 
 __all__ = ["ACTIVATION_CACHE", "CHECK_ROWS", "CHUNK_ROWS", "FEATURES_FILE", "MIRRORED", "SCHEMA_VERSION", "SPLITS",
-           "RowSet", "RowSplit",
+           "RowSet", "RowSplit", "Rows",
            "RowWriter", "Words", "check_settings", "check_structure", "check_values", "features_path",
-           "is_complete", "older_schema", "open_store", "partial_path", "read_rows", "words_for"]
+           "is_complete", "older_schema", "open_store", "partial_path", "read_rows", "stored_bytes", "window_plan", "words_for"]

@@ -9,11 +9,16 @@ from pipeline.foundation import layout
 from pipeline.foundation.errors import UserError, notice
 
 
-def load_features(path, splits=store.SPLITS, expect: dict | None = None) -> store.RowSet:
+def load_features(path, splits=store.SPLITS, expect: dict | None = None,
+                  stream_above: int | None = None) -> store.RowSet:
     """Read a features file with every check any stage relies on: the store's own (schema,
     completeness, shapes, stale settings, labels within class_names, finite values) plus one
-    vector per image of the declared feature_width. `splits`: which to load into memory."""
-    fs = store.read_rows(path, expect=expect, splits=splits, words=store.FEATURES_FILE)
+    vector per image of the declared feature_width. `splits`: which to load into memory, or with
+    `stream_above` (bytes) on a file whose rows take more: which to leave on disk as store.Rows,
+    read a window at a time (the caller chooses the size; `head` passes heads.streamed_data's)."""
+    big = stream_above is not None and store.stored_bytes(path) > stream_above
+    fs = store.read_rows(path, expect=expect, splits=() if big else splits, words=store.FEATURES_FILE,
+                         stream=splits if big else ())
     attrs, path = fs.attrs, fs.path
     row_shape = list(attrs.get("row_shape", [attrs.get("feature_width")]))
     if len(row_shape) != 1:
@@ -46,6 +51,6 @@ def default_features(cache_dir, log=None) -> Path:
     return newest
 
 
-def features_from_args(args) -> store.RowSet:
+def features_from_args(args, stream_above: int | None = None) -> store.RowSet:
     """The features file a command's --features names, or the newest one (`default_features`)."""
-    return load_features(args.features or default_features(args.cache_dir))
+    return load_features(args.features or default_features(args.cache_dir), stream_above=stream_above)

@@ -11,12 +11,13 @@ import numpy as np
 
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.foundation import identity
+from pipeline.store.windows import Rows
 from pipeline.store.schema import CHECK_ROWS, FEATURES_FILE, MIRRORED, SCHEMA_VERSION, SPLITS, Words, words_for
 
 
 @dataclass(frozen=True)
 class RowSplit:
-    features: np.ndarray      # the rows (the name of the HDF5 dataset)
+    features: np.ndarray      # the rows (the name of the HDF5 dataset); a store.Rows when streamed
     labels: np.ndarray
     index: np.ndarray
     mirrored: np.ndarray | None = None    # the mirrored view's features (views = 2 files)
@@ -157,10 +158,12 @@ def check_values(split: str, labels: np.ndarray, rows, n_classes: int, path: Pat
 
 
 def read_rows(path, expect: dict | None = None, splits=SPLITS, words: Words = FEATURES_FILE,
-              values: bool = True, n_classes: int | None = None) -> RowSet:
+              values: bool = True, n_classes: int | None = None, stream=()) -> RowSet:
     """Open a complete file and check everything a reader relies on (schema, completeness, shapes,
     settings against their hash, labels, finite rows: the splits not loaded are checked chunk by
     chunk; values=False skips the labels and rows of splits not loaded); load `splits` into memory.
+    `stream`: splits whose rows stay on disk, read a window at a time (store.Rows), with their
+    labels and index in memory.
     `expect`: attributes it must have been made with; `n_classes`: the number of classes when the
     file does not name them itself (stage three's activation caches)."""
     path = Path(path)
@@ -177,12 +180,15 @@ def read_rows(path, expect: dict | None = None, splits=SPLITS, words: Words = FE
         data = {}
         for split in SPLITS:
             g = f[split]
-            if split not in splits and not values:
+            if split not in splits and split not in stream and not values:
                 continue
             labels = g["labels"][...]
-            rows = g["features"][...] if split in splits else g["features"]
+            rows = g["features"][...] if split in splits and split not in stream else g["features"]
             check_values(split, labels, rows, n_classes, path, words)
-            if split in splits:
+            if split in stream:
+                data[split] = RowSplit(Rows(path, split), labels, g["index"][...],
+                                       Rows(path, split, MIRRORED) if MIRRORED in g else None)
+            elif split in splits:
                 data[split] = RowSplit(rows, labels, g["index"][...],
                                        g[MIRRORED][...] if MIRRORED in g else None)
     return RowSet(path, attrs, data)

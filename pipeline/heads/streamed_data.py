@@ -1,0 +1,136 @@
+"""Heads on features files larger than memory: when `head` streams, and the streamed rows it trains
+and evaluates on. A file whose rows take more than STREAM_ABOVE_BYTES is not loaded: its splits
+stay on disk as store.Rows (pipeline.store.windows) and
+  - training reads them in batches from blocks of BLOCK_ROWS rows: each block gathers contiguous,
+    chunk-aligned windows of WINDOW_ROWS rows from random places of the split (store.window_plan's
+    seeded order) and shuffles its rows, so a batch mixes ~BLOCK_ROWS / WINDOW_ROWS places of the
+    file even where the file is sorted by class (stage one writes a folder's train split class by
+    class); memory holds one block, whatever the rows;
+  - standardization's mean and variance come from one streaming pass (`moments`);
+  - predictions (evaluation, report, calibration) are made PREDICT_ROWS rows at a time.
+Files that fit keep the in-memory path (pipeline.heads.classifiers), faster there: one read, and
+Keras shuffles every row each epoch."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from pipeline import store
+
+# Stream when the rows (every split and view, float32) take more than this. 1 GiB: the in-memory
+# path holds the rows about three times at its peak (the file's arrays, the training copy of every
+# view, Keras's own), so up to here it stays under ~3 GB (the scale issue's bound) while being the
+# faster path; all of CIFAR-10 at width 1,280 (60,000 rows, 307 MB) stays in memory. `head` passes
+# it to store.features.load_features; tests pass a smaller number to stream a small file.
+STREAM_ABOVE_BYTES = 1 << 30
+STREAMED = ("dense", "logreg")      # the kinds that stream; knn searches its own way (its index)
+
+WINDOW_ROWS = store.CHUNK_ROWS      # one HDF5 chunk: the smallest read that costs no more than it returns
+BLOCK_ROWS = 8192                   # ~42 MB at width 1,280: the memory a streamed epoch holds
+PREDICT_ROWS = 8192
+
+
+def is_streamed(split) -> bool:
+    return isinstance(split.features, store.Rows)
+
+
+def n_rows(split) -> int:
+    """Training rows of a split: every stored view of each (kept) image."""
+    return len(split.labels) * len(split.views)
+
+
+def _units(split) -> list[tuple[int, int, int]]:
+    """(view, stored lo, stored hi) windows covering every view's stored rows."""
+    stored = split.features.stored
+    return [(v, lo, min(lo + WINDOW_ROWS, stored)) for v in range(len(split.views))
+            for lo in range(0, stored, WINDOW_ROWS)]
+
+
+def _read(split, unit):
+    v, lo, hi = unit
+    x, kept = split.views[v].stored_window(lo, hi)
+    return x, split.labels[kept]
+
+
+def moments(split) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, population variance) per feature over every training row, float64, in one streaming
+    pass (Chan et al.'s pairwise update, so a large split loses no precision)."""
+    count, mean, m2 = 0, None, None
+    for unit in _units(split):
+        x = _read(split, unit)[0].astype(np.float64)
+        if not len(x):
+            continue
+        n, mu = len(x), x.mean(axis=0)
+        if mean is None:
+            count, mean, m2 = n, mu, ((x - mu) ** 2).sum(axis=0)
+            continue
+        delta, total = mu - mean, count + n
+        mean = mean + delta * n / total
+        m2 = m2 + ((x - mu) ** 2).sum(axis=0) + delta ** 2 * count * n / total
+        count = total
+    return mean, m2 / count
+
+
+def predict_rows(predict, rows) -> np.ndarray:
+    """predict(rows) for an in-memory array; for streamed rows, PREDICT_ROWS at a time, concatenated."""
+    if isinstance(rows, np.ndarray):
+        return predict(rows)
+    return np.concatenate([np.asarray(predict(x)) for x in rows.windows(PREDICT_ROWS)])
+
+
+def batches(split, batch_size: int, seed: int = 0, shuffle: bool = True):
+    """A keras PyDataset of (rows float32, labels int32) over a streamed split. Epoch e is the split's
+    windows in store.window_plan(seed, e)'s order, cut into blocks of whole batches, each block's
+    rows shuffled by a seeded function of (seed, epoch, block): the same batches whatever order they
+    are asked for. Unshuffled: every row once, in training_rows' order (validation)."""
+    import keras
+
+    units = _units(split)
+    sizes = np.array([len(split.labels[split.views[v].kept_slice(lo, hi)]) for v, lo, hi in units])
+    per_block = max(1, BLOCK_ROWS // batch_size)
+
+    class Batches(keras.utils.PyDataset):
+        def __init__(self):
+            super().__init__()
+            self.total = int(sizes.sum())
+            self.epoch, self.cached = 0, (None, None)
+            self._plan()
+
+        def _plan(self):
+            _, order = store.window_plan(len(units), 1, seed, self.epoch, shuffle, offset=False)
+            self.order = order
+            self.ends = np.cumsum(sizes[order])        # stream position where each window ends
+
+        def __len__(self):
+            return math.ceil(self.total / batch_size)
+
+        def _block(self, b: int):
+            """Rows b*per_block*batch_size .. of this epoch's stream, shuffled within the block."""
+            if self.cached[0] != (self.epoch, b):
+                lo = b * per_block * batch_size
+                hi = min(lo + per_block * batch_size, self.total)
+                first = int(np.searchsorted(self.ends, lo, side="right"))
+                last = int(np.searchsorted(self.ends, hi - 1, side="right"))
+                xs, ys = zip(*(_read(split, units[self.order[w]]) for w in range(first, last + 1)))
+                start = int(self.ends[first] - sizes[self.order[first]])
+                x, y = np.concatenate(xs)[lo - start:hi - start], np.concatenate(ys)[lo - start:hi - start]
+                if shuffle:
+                    mix = np.random.default_rng([seed, self.epoch, b]).permutation(len(y))
+                    x, y = x[mix], y[mix]
+                self.cached = ((self.epoch, b), (x.astype(np.float32), y.astype(np.int32)))
+            return self.cached[1]
+
+        def __getitem__(self, i):
+            x, y = self._block(i // per_block)
+            at = slice((i % per_block) * batch_size, (i % per_block + 1) * batch_size)
+            return x[at], y[at]
+
+        def on_epoch_end(self):
+            self.epoch += 1
+            self.cached = (None, None)
+            if shuffle:
+                self._plan()
+
+    return Batches()
+
