@@ -61,5 +61,6 @@ def train_knn(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=None)
     import joblib
     joblib.dump(model, Path(out_dir) / layout.MODEL_JOBLIB)
     found = search.recall(index, ArrayRows(fs.splits["val"].features))
-    return model, None, {"train_rows": int(len(y)), "search": {**search.summary(index, found), "settings": index.meta["settings"]}}
+    used = {**search.summary(index, found), "settings": index.meta["settings"]}
+    return model, None, {"train_rows": int(len(y)), "search": used}
 

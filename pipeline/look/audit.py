@@ -38,7 +38,7 @@ def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None, cache_d
     """(every (query split row, searched split row) pair with cosine >= threshold or identical
     pixels (`digests`: split -> per-row pixel hashes; None skips the exact check), {query split:
     each image's nearest-neighbour cosine}, {query split: the index searched and its recall@10})."""
-    out, nearest, used = [], {}, {}
+    out, nearest, used, names = [], {}, {}, fs.class_names
     for query, searched in DIRECTIONS:
         q = fs.splits[query]
         starts = np.cumsum([0] + [len(fs.splits[s].labels) for s in searched])    # ids count rows across `searched`
@@ -50,16 +50,14 @@ def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None, cache_d
         for qi, bi, sim in zip(*hits):
             found[(int(qi), int(bi))] = float(sim)
         if digests is not None:
-            at = {}
+            at = {}           # digest -> its rows in `searched`, numbered as the index numbers them
             for part, s in enumerate(searched):
                 for r, d in enumerate(digests[s]):
                     at.setdefault(d, []).append(int(starts[part]) + r)
             for qi, d in enumerate(digests[query]):
                 for bi in at.get(d, ()):
                     if (qi, bi) not in found:    # a copy whose features drifted below the threshold
-                        found[(qi, bi)] = float(search.unit_rows(queries.take([qi]))[0]
-                                                @ search.unit_rows(base.take([bi]))[0])
-        names = fs.class_names
+                        found[(qi, bi)] = float(search.unit_rows(queries.take([qi]))[0] @ search.unit_rows(base.take([bi]))[0])
         for (qi, bi), sim in sorted(found.items(), key=lambda kv: (-kv[1], kv[0])):
             part = int(np.searchsorted(starts, bi, side="right")) - 1
             s, r = searched[part], int(bi - starts[part])
@@ -151,7 +149,8 @@ def run_audit(s: AuditSettings, log=print, label_settings: labels.LabelSettings 
     """Audit (or find up to date) the features file, print the summary; return the audit's folder.
     With `label_settings.labels`, the label audit too (pipeline.look.labels), in the same folder."""
     s = settings.check(s)
-    fs = features_from_args(s)
+    # the label audit's heads need the rows in memory; the duplicate search reads them from the file
+    fs = features_from_args(s) if label_settings and label_settings.labels else search.rows.features_on_disk(s)
     # everything the user named is checked before the audit's work: the run, then the images
     predictions = run_predictions(Path(s.run_dir), fs, s.cache_dir) if s.run_dir else None
     job = labels.prepare(label_settings, fs, s.run_dir, predictions and predictions[0])

@@ -17,7 +17,6 @@ from pipeline.foundation.tables import format_table
 from pipeline.foundation.gallery import save_grid
 from pipeline.sources import images
 from pipeline.sources import rows
-from pipeline.store.features import features_from_args
 
 
 def read_files(attrs: dict, files: list[Path]) -> list[np.ndarray]:
@@ -65,10 +64,11 @@ backbone (rebuilt and checked by its identity), its precision, each image resize
 network's resize layer whatever its size. The search goes through the features file's cached index
 of the searched splits (cache/indexes/): exact up to 100,000 rows, approximate (an inverted file)
 above, its recall@10 against the exact search recorded in the JSON (search_index.recall_at_10).
-Prints rank, similarity, split, row, class, source index and path; writes a PNG strip (query, then its neighbours) and the list as JSON to
-cache/looking/neighbors-<hash>.* (the same question again is up to date). Paths and pictures come
-from the source checked against the file's data fingerprint; the answer's
-key holds the file's hash, its data fingerprint, that source, and each query image's bytes and name.
+Prints rank, similarity, split, row, class, source index and path; writes a PNG strip (query,
+then its neighbours) and the list as JSON to cache/looking/neighbors-<hash>.* (the same question
+again is up to date). Paths and pictures come from the source checked against the file's data
+fingerprint; the answer's key holds the file's hash, its data fingerprint, that source, each query
+image's bytes and name, and the index settings.
 """
 
 
@@ -98,7 +98,7 @@ def run_neighbors(s: NeighborsSettings, images=(), log=print) -> dict:
     images = [str(f) for f in images]
     _check_question(s, images)
     search = s.search.split(",")
-    fs = features_from_args(s)
+    fs = index_search.rows.features_on_disk(s)      # the rows stay on disk: the search reads them
     if images:
         # an image is its bytes, shown under the name it was given: both are the question
         question = {"images": [[hashlib.sha256(Path(f).read_bytes()).hexdigest(), f] for f in images]}
@@ -145,7 +145,7 @@ def search_neighbors(fs: store.RowSet, s: NeighborsSettings, images: list[str], 
         exclude = None
     else:
         split = fs.splits[s.split]
-        queries = split.features[s.row:s.row + 1]
+        queries = index_search.FileRows(fs.path, index_search.parts([s.split])).take([s.row])
         described = [{"split": s.split, "row": s.row, "class": names[int(split.labels[s.row])],
                       "source_index": int(split.index[s.row])}]
         own = int(starts[search.index(s.split)]) + s.row if s.split in search else -1

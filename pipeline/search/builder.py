@@ -35,8 +35,9 @@ def build(rows, transform: Transform, rows_path=None, log=print, exact_rows: int
     kind = "flat" if n <= exact_rows else "ivf"
     nlist = 1 if kind == "flat" else nlist_for(n)
     centroids = None if kind == "flat" else train_centroids(rows, transform, nlist)
-    index = Index({"kind": kind, "rows": n, "width": width, "nlist": nlist, "nprobe": 1,
-                   "settings": {**SETTINGS, "exact_rows": exact_rows}}, np.array([0, n]), np.arange(n), centroids, transform)
+    meta = {"kind": kind, "rows": n, "width": width, "nlist": nlist, "nprobe": 1,
+            "settings": {**SETTINGS, "exact_rows": exact_rows}}
+    index = Index(meta, np.array([0, n]), np.arange(n), centroids, transform)
     if kind == "flat":
         assign = None
     else:

@@ -109,3 +109,17 @@ class FileRows:
 def as_rows(x):
     """Rows from an array or a Rows object (anything with chunks/take/n/width)."""
     return x if hasattr(x, "chunks") else ArrayRows(x)
+
+
+def features_on_disk(args):
+    """The features file a command's --features names (or the newest), with every check
+    load_features makes (its rows' values read a chunk at a time), each split's labels and index in
+    memory and its rows left on disk (features None): for the commands whose only use of the rows is
+    the search, which reads them from the file itself (`neighbors`, `audit` without --labels)."""
+    import h5py
+    from pipeline import store
+    from pipeline.store.features import default_features, load_features
+    fs = load_features(args.features or default_features(args.cache_dir), splits=())
+    with h5py.File(fs.path, "r") as f:
+        splits = {s: store.RowSplit(None, f[s]["labels"][...], f[s]["index"][...]) for s in store.SPLITS}
+    return store.RowSet(fs.path, fs.attrs, splits)
