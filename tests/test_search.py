@@ -206,3 +206,24 @@ def test_nearest_for_other_callers(tmp_path):
     base = np.concatenate([fs.splits["train"].features, fs.splits["val"].features])
     np.testing.assert_array_equal(ids, brute(q, base, 4)[0])
     assert measured is None
+
+
+def test_knn_head_searches_the_cached_index_of_its_features_file(tmp_path, capsys):
+    import shutil
+    from pipeline.heads import kinds, training
+    from pipeline.store import read_rows
+    path = synthetic_features(tmp_path, width=16)
+    fs = read_rows(path)
+    first = training.run_head(fs, "knn", kinds.make_settings("knn", k=3), tmp_path, log=lambda *_: None)
+    indexes = list((tmp_path / layout.INDEXES_DIR).iterdir())
+    assert len([p for p in indexes if p.is_dir()]) == 1
+    capsys.readouterr()
+    other = training.run_head(fs, "knn", kinds.make_settings("knn", k=5), tmp_path, log=lambda *_: None)
+    assert "search index up to date" in capsys.readouterr().err          # built once, for both runs
+    assert other["run_dir"] != first["run_dir"]
+    model_file = Path(first["run_dir"]) / layout.MODEL_JOBLIB
+    assert model_file.stat().st_size < 20_000                            # the rows stay in the index
+    x = fs.splits["test"].features
+    expected = kinds.load_head(first["run_dir"]).predict_proba(x)
+    shutil.rmtree(indexes[0] if indexes[0].is_dir() else indexes[1])     # gone: rebuilt on first use
+    np.testing.assert_allclose(kinds.load_head(first["run_dir"]).predict_proba(x), expected)
