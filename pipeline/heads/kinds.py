@@ -95,7 +95,7 @@ HEADS = {kind.name: kind for kind in [
              _no_dropout_without_hidden, resolve=autosize.dense, calibrated=True, simpler=(("hidden", 1), ("l2", -1), ("dropout", -1))),
     HeadKind("logreg", "scikit-learn: StandardScaler -> LogisticRegression(lbfgs)", LogregSettings,
              train_logreg, layout.MODEL_JOBLIB, load_joblib, ("C", "max_iter"), simpler=(("C", 1),)),
-    HeadKind("knn", "standardize -> cosine k-nearest neighbours through the search index (pipeline.search)",
+    HeadKind("knn", "standardize -> cosine k-nearest neighbours through the cached search index",
              KnnSettings, knn.train_knn, layout.MODEL_JOBLIB, load_joblib, ("k", "weighting"),
              extra={"index": INDEX_SETTINGS}, simpler=(("k", -1),)),
 ]}

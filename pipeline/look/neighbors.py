@@ -63,7 +63,7 @@ Image files are embedded exactly as stage one embedded its images: the features 
 backbone (rebuilt and checked by its identity), its precision, each image resized alone by the
 network's resize layer whatever its size. The search goes through the features file's cached index
 of the searched splits (cache/indexes/): exact up to 100,000 rows, approximate (an inverted file)
-above, its recall@10 against the exact search recorded in the JSON (search_index.recall_at_10).
+above, its recall@10 against the exact search recorded in the JSON answer.
 Prints rank, similarity, split, row, class, source index and path; writes a PNG strip (query,
 then its neighbours) and the list as JSON to cache/looking/neighbors-<hash>.* (the same question
 again is up to date). Paths and pictures come from the source checked against the file's data
