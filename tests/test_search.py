@@ -47,7 +47,7 @@ def test_exact_index_equals_brute_force_on_random_rows(monkeypatch):
     # small blocks and chunks, so several blocks, similarity batches and query chunks are merged
     monkeypatch.setattr(query, "BLOCK", 300)
     monkeypatch.setattr(query, "SIMILARITIES", 20_000)
-    monkeypatch.setattr(query, "QUERY_CHUNK", 70)
+    monkeypatch.setattr(query, "QUERY_BYTES", 1)           # 64 queries a chunk
     rng = np.random.default_rng(1)
     base = rng.normal(size=(1000, 32)).astype(np.float32)
     base[500:510] = base[0]                      # exact ties: answered by smaller row

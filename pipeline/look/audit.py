@@ -42,11 +42,10 @@ def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None, cache_d
     for query, searched in DIRECTIONS:
         q = fs.splits[query]
         starts = np.cumsum([0] + [len(fs.splits[s].labels) for s in searched])    # ids count rows across `searched`
-        index, queries = searched_index(fs, searched, cache_dir, log), query_rows(fs, query)
-        base = search.FileRows(fs.path, search.parts(searched))
-        found = {}
-        *hits, nearest[query] = search.pairs_above(index, queries, threshold, limit=MAX_PAIRS)
-        used[query] = search.summary(index, search.recall(index, queries))
+        (index, below), queries = searched_index(fs, searched, cache_dir, log), query_rows(fs, query)
+        base, found = search.FileRows(fs.path, search.parts(searched)), {}
+        *hits, nearest[query] = search.pairs_above(index, queries, threshold, limit=MAX_PAIRS, below=below)
+        used[query] = search.summary(index, search.recall(index, queries, below=below))
         for qi, bi, sim in zip(*hits):
             found[(int(qi), int(bi))] = float(sim)
         if digests is not None:

@@ -12,7 +12,9 @@ from pipeline.foundation.errors import UserError
 from pipeline.search.index import NPROBES, RECALL_K, RECALL_QUERIES, RECALL_TARGET, SEED, Index
 from pipeline.search.rows import ArrayRows, Transform, as_rows
 
-QUERY_CHUNK = 8_192       # queries transformed and probed at once
+# Queries transformed and probed at once: 256 MB of them (52,428 at width 1280), whatever the rows, so
+# a search reads the stored rows once per chunk (a pass over the index file) as few times as it can.
+QUERY_BYTES = 256 << 20
 BLOCK = 32_768            # stored rows read at once: 160 MB at width 1280
 SIMILARITIES = 16 << 20   # similarities computed at once: 64 MB of float32
 
@@ -38,10 +40,15 @@ def _pieces(index: Index, probes: np.ndarray, nprobe_all: bool = False):
                 yield who[w:w + step], lo, hi
 
 
-def _scan(index: Index, queries, visit, nprobe=None, exact=False):
+def query_chunk(width: int) -> int:
+    return max(64, QUERY_BYTES // (4 * max(1, width)))
+
+
+def _scan(index: Index, queries, visit, nprobe=None, exact=False, below=None):
     """For each chunk of queries (transformed): visit(chunk lo, chunk size, query rows, stored ids,
-    similarities) for every block it meets; returns nothing (visit keeps the answers)."""
-    for qlo, x in as_rows(queries).chunks(QUERY_CHUNK):
+    similarities) for every block it meets; returns nothing (visit keeps the answers). `below`:
+    only ids below it are answers (a search of the first parts of an index's rows)."""
+    for qlo, x in as_rows(queries).chunks(query_chunk(index.width)):
         q = index.transform(x)
         probes = None if exact else index.probes(q, nprobe)
         cached = (None, None, None)
@@ -49,15 +56,19 @@ def _scan(index: Index, queries, visit, nprobe=None, exact=False):
                                    nprobe_all=exact):
             if cached[0] != (lo, hi):
                 cached = ((lo, hi), index.read(lo, hi), index.ids[lo:hi])
-            visit(qlo, len(q), who, cached[2], q[who] @ cached[1].T)
+            sims = q[who] @ cached[1].T
+            if below is not None:
+                sims[:, cached[2] >= below] = -np.inf
+            visit(qlo, len(q), who, cached[2], sims)
 
 
-def top_k(index: Index, queries, k: int, exclude=None, nprobe=None, exact=False):
+def top_k(index: Index, queries, k: int, exclude=None, nprobe=None, exact=False, below=None):
     """(ids, similarities), each (n queries, k), most similar first, ties by smaller id; ids are
     positions in the index's source order. `exclude[i]`: a source row query i must not return
-    (itself), or -1. Rows never met (an approximate search with few rows per list) are -1."""
+    (itself), or -1. Rows never met (an approximate search with few rows per list) are -1. `below`:
+    only ids below it are answers."""
     queries = as_rows(queries)
-    k = min(k, index.rows - (exclude is not None))
+    k = min(k, (index.rows if below is None else below) - (exclude is not None))
     if k < 1:
         raise UserError("nothing to search: the index holds no other rows")
     best_s = np.full((queries.n, k), -np.inf, np.float32)
@@ -81,15 +92,15 @@ def top_k(index: Index, queries, k: int, exclude=None, nprobe=None, exact=False)
         best_s[rows] = np.take_along_axis(all_s, order, axis=1)
         best_i[rows] = np.take_along_axis(all_i, order, axis=1)
 
-    _scan(index, queries, visit, nprobe, exact)
+    _scan(index, queries, visit, nprobe, exact, below)
     best_i[~np.isfinite(best_s)] = -1
     return best_i, best_s
 
 
-def pairs_above(index: Index, queries, threshold: float, limit: int | None = None, exact=False):
+def pairs_above(index: Index, queries, threshold: float, limit: int | None = None, exact=False, below=None):
     """(query rows, ids, similarities) of every pair with cosine >= threshold that the search meets,
     and each query's nearest cosine (-1 when it meets no row). More than `limit` pairs is refused
-    (a threshold that low matches nearly everything)."""
+    (a threshold that low matches nearly everything). `below`: only ids below it count."""
     queries = as_rows(queries)
     nearest = np.full(queries.n, -1.0, np.float32)
     found, total = [], [0]
@@ -97,7 +108,7 @@ def pairs_above(index: Index, queries, threshold: float, limit: int | None = Non
     def visit(qlo, _, who, ids, s):
         rows = qlo + who
         if s.shape[1]:
-            np.maximum.at(nearest, rows, s.max(axis=1))
+            np.maximum.at(nearest, rows, np.maximum(s.max(axis=1), -1.0))
         r, c = np.nonzero(s >= threshold)
         total[0] += len(r)
         if limit is not None and total[0] > limit:
@@ -105,7 +116,7 @@ def pairs_above(index: Index, queries, threshold: float, limit: int | None = Non
                             "(duplicates are rare: try --threshold auto, or 0.9 or more)")
         found.append((rows[r], ids[c], s[r, c]))
 
-    _scan(index, queries, visit, exact=exact)
+    _scan(index, queries, visit, exact=exact, below=below)
     qi, bi, sv = (np.concatenate([f[j] for f in found]) if found else np.zeros(0, t)
                   for j, t in enumerate((np.int64, np.int64, np.float32)))
     order = np.lexsort((bi, qi))
@@ -113,7 +124,7 @@ def pairs_above(index: Index, queries, threshold: float, limit: int | None = Non
 
 
 def recall(index: Index, queries, k: int = RECALL_K, exclude=None, sample: int = RECALL_QUERIES,
-           nprobe=None, seed: int = SEED) -> dict | None:
+           nprobe=None, seed: int = SEED, below=None) -> dict | None:
     """recall@k of the search against the exact one on a seeded sample of at most `sample` of
     `queries` (the share of each query's exact k nearest that the search also returns); None when
     the index is exact (nothing to measure: its answers are the exact ones)."""
@@ -123,9 +134,9 @@ def recall(index: Index, queries, k: int = RECALL_K, exclude=None, sample: int =
     picked = np.sort(np.random.default_rng([seed, 2]).choice(queries.n, size=min(sample, queries.n), replace=False))
     x = queries.take(picked)
     ex = None if exclude is None else np.asarray(exclude)[picked]
-    k = min(k, index.rows - (exclude is not None))
-    truth = top_k(index, x, k, ex, exact=True)[0]
-    found = top_k(index, x, k, ex, nprobe=nprobe)[0]
+    k = min(k, (index.rows if below is None else below) - (exclude is not None))
+    truth = top_k(index, x, k, ex, exact=True, below=below)[0]
+    found = top_k(index, x, k, ex, nprobe=nprobe, below=below)[0]
     hits = sum(len(np.intersect1d(a[a >= 0], b)) for a, b in zip(found, truth))
     return {"recall": round(hits / truth.size, 4), "k": int(k), "queries": int(len(picked)), "seed": seed,
             "nprobe": int(nprobe or index.meta["nprobe"]), "nlist": int(index.meta["nlist"])}
