@@ -23,7 +23,6 @@ from pipeline import search, store
 
 # (queries, searched): test against everything trained on or selected with; val against train.
 DIRECTIONS = (("test", ("train", "val")), ("val", ("train",)))
-INDEXED = ("train", "val")     # the rows indexed: each direction searches its first parts
 # Counts are also given at these thresholds (those above --threshold), so one run shows how the count
 # falls as the threshold rises; on CIFAR-10 through EfficientNet-Lite0 it falls from 9.2% of the test
 # images at 0.85 to 1.9% at 0.90 and 0.15% at 0.95 (see the README).
@@ -36,13 +35,10 @@ METHOD = (f"median + {ROBUST_K:g} x 1.4826 x MAD of every query image's nearest-
 
 
 def searched_index(fs: store.RowSet, searched, cache_dir, log=print) -> tuple[search.Index, int | None]:
-    """(the cached index of train + val, which every direction searches: val against train is its
-    first part, so one index is built, not two; the bound on the ids this direction may answer,
-    None for all)."""
-    assert tuple(searched) == INDEXED[:len(searched)]
-    index = search.cached_index(cache_dir, fs.path, fs.attrs, search.parts(INDEXED), log=log)
-    below = sum(len(fs.splits[s].labels) for s in searched)
-    return index, (None if below == index.rows else below)
+    """(the cached index a direction searches, the bound on its ids): train + val, shared by both
+    directions (val against train searches its first part) and by `neighbors`' default."""
+    return search.index_of_splits(cache_dir, fs.path, fs.attrs, searched,
+                                  {s: len(fs.splits[s].labels) for s in searched}, log)
 
 
 def query_rows(fs: store.RowSet, split: str) -> search.FileRows:

@@ -152,8 +152,9 @@ def search_neighbors(fs: store.RowSet, s: NeighborsSettings, images: list[str], 
         exclude = np.array([own])
     if starts[-1] - (exclude is not None) < 1:
         raise UserError(f"nothing to search: the {', '.join(search)} split(s) hold no other rows")
-    index = index_search.cached_index(s.cache_dir, fs.path, fs.attrs, index_search.parts(search), log=log)
-    idx, sim = index_search.top_k(index, queries, s.k, exclude)
+    index, below = index_search.index_of_splits(s.cache_dir, fs.path, fs.attrs, search,
+                                                {sp: len(fs.splits[sp].labels) for sp in search}, log)
+    idx, sim = index_search.top_k(index, queries, s.k, exclude, below=below)
 
     def where(i):          # an id -> (split, row)
         part = int(np.searchsorted(starts, i, side="right")) - 1
@@ -173,7 +174,8 @@ def search_neighbors(fs: store.RowSet, s: NeighborsSettings, images: list[str], 
                                                source.path)):
                 n["path"] = p
     return {"features": str(Path(fs.path).absolute()), "search": search, "queries": described,
-            "search_index": index_search.summary(index, index_search.recall(index, queries, exclude=exclude))}
+            "search_index": index_search.summary(index, index_search.recall(index, queries, exclude=exclude,
+                                                                            below=below))}
 
 
 def print_result(result: dict, log=print):

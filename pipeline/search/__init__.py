@@ -20,8 +20,8 @@ from pipeline.search.index import EXACT_ROWS, SETTINGS, Index, set_threads
 from pipeline.search.query import pairs_above, recall, top_k
 from pipeline.search.rows import ArrayRows, FileRows, Transform, unit_rows
 
-__all__ = ["EXACT_ROWS", "SETTINGS", "ArrayRows", "FileRows", "Index", "Transform", "build", "cached_index",
-           "nearest", "pairs_above", "parts", "recall", "set_threads", "summary", "top_k", "unit_rows"]
+__all__ = ["EXACT_ROWS", "SETTINGS", "SHARED", "ArrayRows", "FileRows", "Index", "Transform", "build", "cached_index",
+           "index_of_splits", "nearest", "pairs_above", "parts", "recall", "set_threads", "summary", "top_k", "unit_rows"]
 
 
 def parts(splits, views: int = 1) -> list[tuple[str, str]]:
@@ -31,16 +31,35 @@ def parts(splits, views: int = 1) -> list[tuple[str, str]]:
     return [(s, "features") for s in splits] + ([(s, MIRRORED) for s in splits] if views == 2 else [])
 
 
+# The rows indexed for a search of train, or of train and val: one index serves `neighbors`' default
+# search and both directions of `audit` (a search of train is the index's first part: its ids below
+# the train rows), so a features file is indexed once for all of them.
+SHARED = ("train", "val")
+
+
+def index_of_splits(cache_dir, path, attrs: dict, splits, sizes: dict, log=print) -> tuple[Index, int | None]:
+    """(the cached index a search of `splits` of a features file goes through, the bound on the ids
+    it may answer: None for all). `sizes`: each split's rows."""
+    splits = tuple(splits)
+    indexed = SHARED if splits == SHARED[:len(splits)] else splits
+    index = cached_index(cache_dir, path, attrs, parts(indexed), log=log)
+    below = sum(sizes[s] for s in splits)
+    return index, (None if below == index.rows else below)
+
+
 def nearest(features, splits, queries, k: int, cache_dir, exclude=None, log=print):
     """(similarities, ids), each (len(queries), k), most similar first: the k rows of `splits` of the
     features file `features` with the highest cosine similarity to each query row, through the cached
     index; ids count rows across `splits` in the order given. Also returns the recall@10 measured
     against the exact search (None when the index is exact)."""
+    import h5py
     from pipeline.store import read_rows
     attrs = read_rows(features, splits=(), values=False).attrs
-    index = cached_index(cache_dir, features, attrs, parts(splits), log=log)
-    ids, sims = top_k(index, queries, k, exclude)
-    return sims, ids, recall(index, queries, exclude=exclude)
+    with h5py.File(features, "r") as f:
+        sizes = {s: f[s]["labels"].shape[0] for s in splits}
+    index, below = index_of_splits(cache_dir, features, attrs, splits, sizes, log)
+    ids, sims = top_k(index, queries, k, exclude, below=below)
+    return sims, ids, recall(index, queries, exclude=exclude, below=below)
 
 
 def summary(index: Index, measured: dict | None, folder=None) -> dict:
