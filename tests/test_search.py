@@ -65,6 +65,11 @@ def test_exact_index_equals_brute_force_on_random_rows(monkeypatch):
     np.testing.assert_allclose(sv, s[r, c], atol=1e-6)
     np.testing.assert_allclose(nearest, s.max(axis=1), atol=1e-6)
     assert search.recall(index, queries) is None         # exact: nothing to measure
+    # a search of the index's first 600 rows (train of a train + val index) answers from them alone
+    assert_same_answer(search.top_k(index, queries, 12, below=600), brute(queries, base[:600], 12))
+    qi, bi, sv, nearest = search.pairs_above(index, queries, 0.5, below=600)
+    assert (bi < 600).all() and len(bi) == int((s[:, :600] >= 0.5).sum())
+    np.testing.assert_allclose(nearest, s[:, :600].max(axis=1), atol=1e-6)
 
 
 def real_rows(planted):
