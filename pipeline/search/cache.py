@@ -59,7 +59,9 @@ def cached_index(cache_dir, path, attrs: dict, parts, standardize: bool = False,
             index = build(rows, transform, tmp / layout.INDEX_ROWS, log)
             write(tmp, out.name, index, {"features": str(Path(path).absolute()), **key(attrs, parts, standardize)})
 
-    outputs.produce(out, done, make, log, what="search index")
+    # a shared input, not a command's answer: a second search (a sweep's other knn worker) waits for
+    # the first to finish building it, then finds it up to date
+    outputs.produce(out, done, make, log, what="search index", wait=True)
     return load(out)
 
 
