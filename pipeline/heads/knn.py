@@ -22,11 +22,11 @@ class IndexKnn:
     a query with a neighbour at distance 0 takes only those neighbours' votes."""
 
     def __init__(self, index: search.Index, labels: np.ndarray, n_classes: int, k: int, weighting: str,
-                 recipe: dict | None = None):
+                 recipe: dict | None = None, nprobe: int | None = None):
         # `recipe`: search.cached_index's arguments for a cached index: the saved model holds them,
         # not the index, so it stays small and a removed or damaged index is rebuilt on first use
         self._index, self.recipe, self.labels, self.n_classes = index, recipe, np.asarray(labels), n_classes
-        self.k, self.weighting = k, weighting
+        self.k, self.weighting, self.nprobe = k, weighting, nprobe     # nprobe: tuned on val (approximate)
 
     @property
     def index(self) -> search.Index:
@@ -38,7 +38,8 @@ class IndexKnn:
         return {**self.__dict__, "_index": None} if self.recipe else self.__dict__
 
     def predict_proba(self, x) -> np.ndarray:
-        ids, sims = search.top_k(self.index, ArrayRows(np.asarray(x, np.float32)), self.k)
+        ids, sims = search.top_k(self.index, ArrayRows(np.asarray(x, np.float32)), self.k,
+                                 nprobe=getattr(self, "nprobe", None))
         dist = np.clip(1.0 - sims.astype(np.float64), 0.0, 2.0)
         if self.weighting == "uniform":
             weights = np.ones_like(dist)
@@ -80,10 +81,10 @@ def train_knn(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=None)
     else:
         recipe, rows = None, ArrayRows(views.training_rows(tr)[0])
         index, val = search.build(rows, standardizer(rows), log=lambda *_: None), ArrayRows(fs.splits["val"].features)
+    found = search.recall(index, val)              # the nprobe its queries need; None: exact
     import joblib
-    model = IndexKnn(index, y, len(fs.class_names), s["k"], s["weighting"], recipe)
+    model = IndexKnn(index, y, len(fs.class_names), s["k"], s["weighting"], recipe, found and found["nprobe"])
     joblib.dump(model, Path(out_dir) / layout.MODEL_JOBLIB)
-    found = search.recall(index, val)
     used = {**search.summary(index, found), "settings": index.meta["settings"]}
     return model, None, {"train_rows": int(len(y)), "search": used}
 

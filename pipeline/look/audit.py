@@ -44,8 +44,9 @@ def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None, cache_d
         starts = np.cumsum([0] + [len(fs.splits[s].labels) for s in searched])    # ids count rows across `searched`
         (index, below), queries = searched_index(fs, searched, cache_dir, log), query_rows(fs, query)
         base, found = search.FileRows(fs.path, search.parts(searched)), {}
-        *hits, nearest[query] = search.pairs_above(index, queries, threshold, limit=MAX_PAIRS, below=below)
-        used[query] = search.summary(index, search.recall(index, queries, below=below))
+        used[query] = search.summary(index, search.recall(index, queries, below=below))   # its nprobe, recall@10
+        *hits, nearest[query] = search.pairs_above(index, queries, threshold, MAX_PAIRS, below=below,
+                                                   nprobe=used[query]["nprobe"])
         for qi, bi, sim in zip(*hits):
             found[(int(qi), int(bi))] = float(sim)
         if digests is not None:

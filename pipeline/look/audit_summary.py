@@ -51,7 +51,9 @@ def nearest_cosines(fs: store.RowSet, cache_dir, log=print) -> dict:
     out = {}
     for query, searched in DIRECTIONS:
         index, below = searched_index(fs, searched, cache_dir, log)
-        out[query] = search.top_k(index, query_rows(fs, query), 1, below=below)[1][:, 0]
+        measured = search.recall(index, query_rows(fs, query), below=below)
+        out[query] = search.top_k(index, query_rows(fs, query), 1, below=below,
+                                  nprobe=measured and measured["nprobe"])[1][:, 0]
     return out
 
 

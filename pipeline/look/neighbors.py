@@ -154,7 +154,8 @@ def search_neighbors(fs: store.RowSet, s: NeighborsSettings, images: list[str], 
         raise UserError(f"nothing to search: the {', '.join(search)} split(s) hold no other rows")
     index, below = index_search.index_of_splits(s.cache_dir, fs.path, fs.attrs, search,
                                                 {sp: len(fs.splits[sp].labels) for sp in search}, log)
-    idx, sim = index_search.top_k(index, queries, s.k, exclude, below=below)
+    measured = index_search.recall(index, queries, exclude=exclude, below=below)     # None: exact
+    idx, sim = index_search.top_k(index, queries, s.k, exclude, below=below, nprobe=measured and measured["nprobe"])
 
     def where(i):          # an id -> (split, row)
         part = int(np.searchsorted(starts, i, side="right")) - 1
@@ -174,8 +175,7 @@ def search_neighbors(fs: store.RowSet, s: NeighborsSettings, images: list[str], 
                                                source.path)):
                 n["path"] = p
     return {"features": str(Path(fs.path).absolute()), "search": search, "queries": described,
-            "search_index": index_search.summary(index, index_search.recall(index, queries, exclude=exclude,
-                                                                            below=below))}
+            "search_index": index_search.summary(index, measured)}
 
 
 def print_result(result: dict, log=print):

@@ -58,8 +58,9 @@ def nearest(features, splits, queries, k: int, cache_dir, exclude=None, log=prin
     with h5py.File(features, "r") as f:
         sizes = {s: f[s]["labels"].shape[0] for s in splits}
     index, below = index_of_splits(cache_dir, features, attrs, splits, sizes, log)
-    ids, sims = top_k(index, queries, k, exclude, below=below)
-    return sims, ids, recall(index, queries, exclude=exclude, below=below)
+    measured = recall(index, queries, exclude=exclude, below=below)
+    ids, sims = top_k(index, queries, k, exclude, below=below, nprobe=measured and measured["nprobe"])
+    return sims, ids, measured
 
 
 def summary(index: Index, measured: dict | None, folder=None) -> dict:
@@ -67,7 +68,8 @@ def summary(index: Index, measured: dict | None, folder=None) -> dict:
     recall@10 against the exact search (1.0 for the exact index, by construction; `measured`, from
     `recall`, for the approximate one), plus the recall nprobe was chosen by."""
     meta = index.meta
-    return {"kind": meta["kind"], "rows": int(meta["rows"]), "nlist": int(meta["nlist"]), "nprobe": int(meta["nprobe"]),
+    nprobe = measured["nprobe"] if measured else meta["nprobe"]
+    return {"kind": meta["kind"], "rows": int(meta["rows"]), "nlist": int(meta["nlist"]), "nprobe": int(nprobe),
             "exact_rows": int(meta["settings"]["exact_rows"]),
             "recall_at_10": 1.0 if measured is None else measured["recall"], "recall": measured,
             "build_recall": meta.get("build_recall"), **({"folder": str(folder)} if folder else {})}

@@ -8,9 +8,10 @@ chunk of queries and a list of rows, not by the rows searched.
   seeded sample of at most TRAIN_ROWS rows trains spherical k-means (faiss.Kmeans) with nlist =
   4 * sqrt(rows) centroids (at most TRAIN_ROWS / 39, faiss's floor of training points per centroid);
   each row is stored in the list of its nearest centroid, and a query compares itself only with the
-  rows of its `nprobe` nearest lists. nprobe is the smallest of NPROBES whose recall@10 against the
-  exact search, on RECALL_QUERIES seeded rows of the index as queries (each leaving itself out),
-  reaches RECALL_TARGET; that recall is recorded in the index's meta.
+  rows of its `nprobe` nearest lists. The build's nprobe is the smallest of NPROBES whose recall@10
+  against the exact search, on RECALL_QUERIES seeded rows of the index as queries (each leaving
+  itself out), reaches RECALL_TARGET (recorded in the meta); every answer chooses its own the same
+  way on its own queries (query.recall), since the index's rows can be far easier queries.
 
 The lists live in one file of float32 rows ordered by list (layout.INDEX_ROWS), read with plain
 reads (never mapped, which would count every page touched as resident memory), beside their
