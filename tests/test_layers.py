@@ -12,6 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pipeline"
 FLOORS = [
     ("foundation",),            # under everything: layout, records, settings, outputs, errors
     ("store",),                 # the HDF5 row store
+    ("search",),                # the cosine search index over a store's rows: heads (knn) and look use it
     ("sources", "backbones"),   # images in; networks (table, weights, composition, Keras files)
     ("extract",),               # stage one, and its check (verify)
     ("heads",),                 # stage two: kinds, training, evaluation, calibration, sweeps

@@ -18,8 +18,9 @@ AUDIT_DIR = "audit"                # one folder per audit
 REPORTS_DIR = "reports"            # the site (INDEX, RUN_PAGES) and one report folder per head run
 COMPARE_DIR = "compare"            # one folder per `compare` of two runs
 SEEDS_DIR = "seeds"                # one summary per `head --seeds N`
+INDEXES_DIR = "indexes"            # one search index per features file, searched rows and index settings
 FOLDERS = (FEATURES_DIR, ACTIVATIONS_DIR, HEADS_DIR, SWEEPS_DIR, FINETUNE_DIR, EXPORTS_DIR, LOOKING_DIR, AUDIT_DIR,
-           REPORTS_DIR, COMPARE_DIR, SEEDS_DIR)
+           REPORTS_DIR, COMPARE_DIR, SEEDS_DIR, INDEXES_DIR)
 CHECKED_SOURCES = "sources"    # under LOOKING_DIR: image sources already checked against a fingerprint
 
 # file and folder names inside those
@@ -50,6 +51,14 @@ PAIRS_PNG = "pairs.png"
 BORDERLINE_PNG = "borderline.png"
 PAIRS_CSV = "pairs.csv"
 INDEX = "index.html"
+# a search index's folder (pipeline.search): its record (written last), the rows in list order, their
+# positions in the searched rows, the lists' offsets, the quantizer (faiss.write_index) and the transform
+INDEX_JSON = "index.json"
+INDEX_ROWS = "rows.f32"
+INDEX_IDS = "ids.npy"
+INDEX_OFFSETS = "offsets.npy"
+INDEX_QUANTIZER = "quantizer.faiss"
+INDEX_TRANSFORM = "transform.npz"
 RUN_PAGES = "runs"             # the site's page per run
 # `map --projector DIR`: TensorBoard's Embedding Projector files (the config written last)
 PROJECTOR_TENSORS = "tensors.tsv"
@@ -79,6 +88,9 @@ TREE = (
     (f"{LOOKING_DIR}/{CHECKED_SOURCES}/", "image sources already checked against a features file"),
     (f"{AUDIT_DIR}/<features>-<hash>/", f"audit: {AUDIT_JSON}, {PAIRS_CSV}, {PAIRS_PNG}, {BORDERLINE_PNG}; with "
                                         f"--labels {LABELS_JSON}, {LABEL_ISSUES}, {LABEL_PAIRS}, {LABEL_GALLERY}"),
+    (f"{INDEXES_DIR}/<features>-<hash>/", f"the search index of neighbors, audit and the knn head: {INDEX_JSON}, "
+                                          f"{INDEX_ROWS}, {INDEX_IDS}, {INDEX_OFFSETS}, {INDEX_QUANTIZER}, "
+                                          f"{INDEX_TRANSFORM}"),
     (f"{BENCH_DIR}/*.json", "make bench"),
 )
 

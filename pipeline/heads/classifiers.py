@@ -3,8 +3,7 @@
            (hidden 0: standardize -> softmax), EarlyStopping on val loss after min_epochs with the
            best weights restored; batch, patience and min_epochs fit the data size (autosize.py).
   logreg   scikit-learn Pipeline(StandardScaler, LogisticRegression(lbfgs, multinomial)).
-  knn      scikit-learn Pipeline(StandardScaler, KNeighborsClassifier(cosine)): the training-free
-           k-nearest-neighbour probe of DINO- and CLIP-style evaluations.
+  knn      pipeline.heads.knn: standardized rows, cosine k-nearest neighbours through the search index.
 The model is chosen on the validation split; test accuracy is only reported."""
 from __future__ import annotations
 
@@ -121,25 +120,6 @@ def train_logreg(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=No
     _save_joblib(model, out_dir)
     converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
     return model, None, {"converged": converged, "iterations": int(model[-1].n_iter_.max())}
-
-
-def train_knn(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=None):
-    """Cosine k-nearest neighbours on standardized features: no training beyond storing the
-    standardized train rows (float32). Returns (fitted Pipeline, None, metrics); saved as
-    out_dir/model.joblib."""
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-    tr = fs.splits["train"]
-    rows = len(tr.labels) * len(tr.views)     # the model holds every stored view of each train image
-    if s["k"] > rows:
-        raise UserError(f"k must be at most the number of training rows ({rows}), got {s['k']}")
-    model = Pipeline([("scale", StandardScaler()),
-                      ("knn", KNeighborsClassifier(n_neighbors=s["k"], weights=s["weighting"], metric="cosine",
-                                                   algorithm="brute", n_jobs=threads))])
-    model.fit(*views.training_rows(tr))     # every stored view of each train image
-    _save_joblib(model, out_dir)
-    return model, None, {"train_rows": rows}
 
 
 def _save_joblib(model, out_dir: Path):

@@ -38,8 +38,9 @@ HELP = """Stage two: train a classifier on cached features alone (no images, no 
                   recorded as the numbers they resolved to (the same numbers given by hand are
                   the same run).
   --head logreg   scikit-learn: StandardScaler, then LogisticRegression (lbfgs, multinomial).
-  --head knn      scikit-learn: StandardScaler, then cosine k-nearest neighbours: the training-free
-                  probe of DINO- and CLIP-style evaluations.
+  --head knn      standardized rows, then cosine k-nearest neighbours (scikit-learn's votes) through
+                  the features file's cached search index, exact up to 100,000 rows: the
+                  training-free probe of DINO- and CLIP-style evaluations.
 
 Each kind's own flags are listed below under its name; a flag of another kind is refused. Each run
 goes to <cache-dir>/heads/<head>-<features hash>-<settings hash>/ (the model, run.json, and the

@@ -13,8 +13,9 @@ from typing import Callable
 from pipeline.foundation import flags, layout, records, runs, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import POSITIVE, Choice, Interval, setting
-from pipeline.heads import autosize
-from pipeline.heads.classifiers import load_joblib, load_keras, train_dense, train_knn, train_logreg
+from pipeline.heads import autosize, knn
+from pipeline.search import SETTINGS as INDEX_SETTINGS
+from pipeline.heads.classifiers import load_joblib, load_keras, train_dense, train_logreg
 
 
 # Each kind's settings. The dense ones that depend on the data size are auto (None), resolved from
@@ -73,6 +74,8 @@ class HeadKind:
     # how a sweep breaks a tie between configurations toward the more regularized one, as the
     # one-standard-error rule does (Breiman et al.): (setting, +1 smaller is simpler / -1 larger is)
     simpler: tuple = ()
+    # settings outside the flags that are part of a run's identity (its name's hash): the knn head's index's
+    extra: dict = field(default_factory=dict)
 
     @property
     def defaults(self) -> dict:
@@ -92,8 +95,9 @@ HEADS = {kind.name: kind for kind in [
              _no_dropout_without_hidden, resolve=autosize.dense, calibrated=True, simpler=(("hidden", 1), ("l2", -1), ("dropout", -1))),
     HeadKind("logreg", "scikit-learn: StandardScaler -> LogisticRegression(lbfgs)", LogregSettings,
              train_logreg, layout.MODEL_JOBLIB, load_joblib, ("C", "max_iter"), simpler=(("C", 1),)),
-    HeadKind("knn", "scikit-learn: StandardScaler -> cosine k-nearest neighbours", KnnSettings,
-             train_knn, layout.MODEL_JOBLIB, load_joblib, ("k", "weighting"), simpler=(("k", -1),)),
+    HeadKind("knn", "standardize -> cosine k-nearest neighbours through the cached search index",
+             KnnSettings, knn.train_knn, layout.MODEL_JOBLIB, load_joblib, ("k", "weighting"),
+             extra={"index": INDEX_SETTINGS}, simpler=(("k", -1),)),
 ]}
 
 

@@ -27,7 +27,8 @@ NOTICE = partial(print, file=sys.stderr)
 
 
 def run_name(head: str, features_hash: str, settings: dict) -> str:
-    return identity.name(settings, head, features_hash)
+    """The run's folder name: its kind, features, and the hash of its settings and the kind's extra identity."""
+    return identity.name({**settings, **HEADS[head].extra}, head, features_hash)
 
 
 def _identity(fs: store.RowSet) -> dict:

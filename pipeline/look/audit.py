@@ -8,7 +8,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline import store
+import numpy as np
+
+from pipeline import search, store
 from pipeline.foundation import flags, identity, layout, outputs, records, settings, stats
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import Checked, Interval, setting
@@ -16,8 +18,7 @@ from pipeline.foundation.gallery import save_grid
 from pipeline.heads.mistakes import find_report, read_predictions
 from pipeline.look import audit_summary, labels
 from pipeline.look.audit_summary import (DIRECTIONS, accuracy_text, accuracy_without, nearest_cosines,
-                                         print_summary, searched_rows, summarize)
-from pipeline.look.similarity import pairs_above, unit_rows
+                                         print_summary, query_rows, searched_index, summarize)
 from pipeline.sources import rows
 from pipeline.store.features import features_from_args
 
@@ -32,37 +33,41 @@ def pixel_digests(attrs: dict, split: str, index, data_path=None) -> list[str]:
     return [hashlib.sha1(img.tobytes()).hexdigest() for img in rows.stream(attrs, split, index, data_path)]
 
 
-def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None) -> tuple[list[dict], dict]:
+def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None, cache_dir, log=print
+               ) -> tuple[list[dict], dict, dict]:
     """(every (query split row, searched split row) pair with cosine >= threshold or identical
     pixels (`digests`: split -> per-row pixel hashes; None skips the exact check), {query split:
-    each image's nearest-neighbour cosine})."""
-    out, nearest = [], {}
+    each image's nearest-neighbour cosine}, {query split: the index searched and its recall@10})."""
+    out, nearest, used, names = [], {}, {}, fs.class_names
     for query, searched in DIRECTIONS:
         q = fs.splits[query]
-        where = [(s, r) for s in searched for r in range(len(fs.splits[s].labels))]
-        base = searched_rows(fs, searched)
-        found = {}
-        *hits, nearest[query] = pairs_above(q.features, base, threshold, limit=MAX_PAIRS)
+        starts = np.cumsum([0] + [len(fs.splits[s].labels) for s in searched])    # ids count rows across `searched`
+        (index, below), queries = searched_index(fs, searched, cache_dir, log), query_rows(fs, query)
+        base, found = search.FileRows(fs.path, search.parts(searched)), {}
+        used[query] = search.summary(index, search.recall(index, queries, below=below))   # its nprobe, recall@10
+        *hits, nearest[query] = search.pairs_above(index, queries, threshold, MAX_PAIRS, below=below,
+                                                   nprobe=used[query]["nprobe"])
         for qi, bi, sim in zip(*hits):
             found[(int(qi), int(bi))] = float(sim)
         if digests is not None:
-            at = {}
-            for b, (s, r) in enumerate(where):
-                at.setdefault(digests[s][r], []).append(b)
+            at = {}           # digest -> its rows in `searched`, numbered as the index numbers them
+            for part, s in enumerate(searched):
+                for r, d in enumerate(digests[s]):
+                    at.setdefault(d, []).append(int(starts[part]) + r)
             for qi, d in enumerate(digests[query]):
                 for bi in at.get(d, ()):
                     if (qi, bi) not in found:    # a copy whose features drifted below the threshold
-                        found[(qi, bi)] = float(unit_rows(q.features[qi:qi + 1])[0] @ unit_rows(base[bi:bi + 1])[0])
-        names = fs.class_names
+                        found[(qi, bi)] = float(search.unit_rows(queries.take([qi]))[0] @ search.unit_rows(base.take([bi]))[0])
         for (qi, bi), sim in sorted(found.items(), key=lambda kv: (-kv[1], kv[0])):
-            s, r = where[bi]
+            part = int(np.searchsorted(starts, bi, side="right")) - 1
+            s, r = searched[part], int(bi - starts[part])
             other = fs.splits[s]
             out.append({"split": query, "row": qi, "source_index": int(q.index[qi]),
                         "class": names[int(q.labels[qi])], "other_split": s, "other_row": r,
                         "other_source_index": int(other.index[r]), "other_class": names[int(other.labels[r])],
                         "similarity": round(sim, 6),
                         "exact": bool(digests is not None and digests[query][qi] == digests[s][r])})
-    return out, nearest
+    return out, nearest, used
 
 
 def run_predictions(run_dir: Path, fs: store.RowSet, cache_dir) -> tuple[Path, list[dict]]:
@@ -144,7 +149,8 @@ def run_audit(s: AuditSettings, log=print, label_settings: labels.LabelSettings 
     """Audit (or find up to date) the features file, print the summary; return the audit's folder.
     With `label_settings.labels`, the label audit too (pipeline.look.labels), in the same folder."""
     s = settings.check(s)
-    fs = features_from_args(s)
+    # the label audit's heads need the rows in memory; the duplicate search reads them from the file
+    fs = features_from_args(s) if label_settings and label_settings.labels else search.rows.features_on_disk(s)
     # everything the user named is checked before the audit's work: the run, then the images
     predictions = run_predictions(Path(s.run_dir), fs, s.cache_dir) if s.run_dir else None
     job = labels.prepare(label_settings, fs, s.run_dir, predictions and predictions[0])
@@ -157,7 +163,8 @@ def run_audit(s: AuditSettings, log=print, label_settings: labels.LabelSettings 
     out = layout.folder(s.cache_dir, layout.AUDIT_DIR) / identity.name(
         {**identity.of_features(fs.attrs), "source": source and source.key,
          # answer 2: with the nearest-neighbour cosines' cut
-         **({"threshold": s.threshold, "exact": exact, "answer": 2} if duplicates else {}), **(job.key if job else {})},
+         **({"threshold": s.threshold, "exact": exact, "answer": 2, "index": search.SETTINGS} if duplicates else {}),
+         **(job.key if job else {})},
         fs.path.stem)
 
     def done():       # a damaged answer is an error naming it, never "up to date"
@@ -168,7 +175,7 @@ def run_audit(s: AuditSettings, log=print, label_settings: labels.LabelSettings 
     def make():
         write_labels = job and (lambda tmp: job.write(tmp, source, note, log))
         if duplicates:
-            return audit(fs, s.threshold, exact, source, note, out, also=write_labels)
+            return audit(fs, s.threshold, exact, source, note, out, also=write_labels, cache_dir=s.cache_dir, log=log)
         with outputs.atomic_dir(out) as tmp:
             write_labels(tmp)
 
@@ -191,21 +198,21 @@ def run_audit(s: AuditSettings, log=print, label_settings: labels.LabelSettings 
 
 
 def audit(fs: store.RowSet, threshold: float | str, exact: bool, source: rows.Source | None, note: str | None,
-          out: Path, also=None) -> dict:
+          out: Path, also=None, cache_dir="cache", log=print) -> dict:
     """`source`: the checked image source (None: it is gone, and `note` says why nothing is drawn).
     `also(tmp)`: writes more into the folder before it appears (the label audit)."""
     digests = ({s: pixel_digests(fs.attrs, s, fs.splits[s].index, source.path) for s in store.SPLITS}
                if exact else None)
     given = threshold
     if threshold == "auto":      # one more pass over the similarities: the cut first, then the pairs above it
-        threshold = audit_summary.derived(nearest_cosines(fs))["threshold"]
-    pairs, nearest = find_pairs(fs, threshold, digests)
+        threshold = audit_summary.derived(nearest_cosines(fs, cache_dir, log))["threshold"]
+    pairs, nearest, used = find_pairs(fs, threshold, digests, cache_dir, log)
     own = audit_summary.derived(nearest)
     own["would_flag"] = audit_summary.flagged_at(nearest, own["threshold"])
     result = {"features": str(Path(fs.path).absolute()), "threshold": threshold, "threshold_given": given,
               "exact_check": exact, "summary": summarize(fs, pairs, threshold), "data_threshold": own,
               "test_duplicate_source_index": sorted({p["source_index"] for p in pairs if p["split"] == "test"}),
-              "pairs": pairs}
+              "search_index": used, "pairs": pairs}
     with outputs.atomic_dir(out) as tmp:       # under the lock outputs.produce holds
         by_similarity = sorted(pairs, key=lambda p: -p["similarity"])
         if source is None:

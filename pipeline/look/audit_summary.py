@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import store
 from pipeline.foundation import stats
 from pipeline.foundation.errors import warn
 from pipeline.foundation.tables import format_table
-from pipeline.look.similarity import top_k
+from pipeline import search, store
 
 # (queries, searched): test against everything trained on or selected with; val against train.
 DIRECTIONS = (("test", ("train", "val")), ("val", ("train",)))
@@ -35,14 +34,27 @@ METHOD = (f"median + {ROBUST_K:g} x 1.4826 x MAD of every query image's nearest-
           "(test against train + val, val against train), at most 1")
 
 
-def nearest_cosines(fs: store.RowSet) -> dict:
+def searched_index(fs: store.RowSet, searched, cache_dir, log=print) -> tuple[search.Index, int | None]:
+    """(the cached index a direction searches, the bound on its ids): train + val, shared by both
+    directions (val against train searches its first part) and by `neighbors`' default."""
+    return search.index_of_splits(cache_dir, fs.path, fs.attrs, searched,
+                                  {s: len(fs.splits[s].labels) for s in searched}, log)
+
+
+def query_rows(fs: store.RowSet, split: str) -> search.FileRows:
+    """A direction's queries, read from the file a chunk at a time."""
+    return search.FileRows(fs.path, search.parts([split]))
+
+
+def nearest_cosines(fs: store.RowSet, cache_dir, log=print) -> dict:
     """{query split: each of its images' nearest-neighbour cosine in the splits it is searched in}."""
-    return {query: top_k(fs.splits[query].features, searched_rows(fs, searched), 1)[1][:, 0]
-            for query, searched in DIRECTIONS}
-
-
-def searched_rows(fs: store.RowSet, searched) -> np.ndarray:
-    return np.concatenate([fs.splits[s].features for s in searched])
+    out = {}
+    for query, searched in DIRECTIONS:
+        index, below = searched_index(fs, searched, cache_dir, log)
+        measured = search.recall(index, query_rows(fs, query), below=below)
+        out[query] = search.top_k(index, query_rows(fs, query), 1, below=below,
+                                  nprobe=measured and measured["nprobe"])[1][:, 0]
+    return out
 
 
 def derived(nearest: dict) -> dict:

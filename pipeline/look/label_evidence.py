@@ -12,12 +12,11 @@ import warnings
 
 import numpy as np
 
-from pipeline import store
+from pipeline import search, store
 from pipeline.extract import views
 from pipeline.foundation.errors import UserError
 from pipeline.heads.kinds import HEADS, make_settings, predict_proba, resolve
 from pipeline.heads.mistakes import read_predictions
-from pipeline.look.similarity import top_k
 
 # The ways to score a label: confident learning on the classifier's probabilities, on the
 # neighbours' votes, or on their mean ("combined"); each flags and ranks through cleanlab.
@@ -106,10 +105,11 @@ def run_probabilities(csv_path, fs: store.RowSet, split: str) -> np.ndarray:
 def neighbour_votes(fs: store.RowSet, labels: np.ndarray, split: str, k: int) -> tuple[np.ndarray, np.ndarray]:
     """((N, K) share of each row's k nearest training images (cosine, itself left out) per class,
     their train rows (N, k)). `labels`: the train split's labels to count (planted flips included)."""
-    base = fs.splits["train"].features
     queries = fs.splits[split].features
     exclude = np.arange(len(queries)) if split == "train" else None
-    found, _ = top_k(queries, base, k, exclude)
+    # in memory like the rest of the label audit (its out-of-fold heads hold the rows anyway): not cached
+    index = search.build(search.ArrayRows(fs.splits["train"].features), search.Transform(), log=lambda *_: None)
+    found, _ = search.top_k(index, queries, k, exclude)
     votes = np.zeros((len(queries), len(fs.class_names)))
     np.add.at(votes, (np.repeat(np.arange(len(queries)), found.shape[1]), labels[found].reshape(-1)), 1.0)
     return votes / found.shape[1], found

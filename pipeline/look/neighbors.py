@@ -1,4 +1,4 @@
-"""The `neighbors` command: a cosine search over a features file (similarity.py), cached by its question."""
+"""The `neighbors` command: a cosine search over a features file (pipeline.search), cached by its question."""
 from __future__ import annotations
 
 import argparse
@@ -8,17 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import store
+from pipeline import search as index_search, store
 from pipeline.backbones.rebuild import row_extractor
 from pipeline.foundation import flags, identity, layout, outputs, records, settings
 from pipeline.foundation.errors import UserError
 from pipeline.foundation.settings import Checked, Choice, Interval, setting
 from pipeline.foundation.tables import format_table
 from pipeline.foundation.gallery import save_grid
-from pipeline.look.similarity import top_k
 from pipeline.sources import images
 from pipeline.sources import rows
-from pipeline.store.features import features_from_args
 
 
 def read_files(attrs: dict, files: list[Path]) -> list[np.ndarray]:
@@ -63,12 +61,14 @@ HELP = """The k most similar images (cosine similarity of cached features) to a 
 
 Image files are embedded exactly as stage one embedded its images: the features file's own
 backbone (rebuilt and checked by its identity), its precision, each image resized alone by the
-network's resize layer whatever its size. The search is brute force over every row of the searched
-splits, a block of queries at a time. Prints rank, similarity, split, row, class, source index and
-path; writes a PNG strip (query, then its neighbours) and the list as JSON to
-cache/looking/neighbors-<hash>.* (the same question again is up to date). Paths and pictures come
-from the source checked against the file's data fingerprint; the answer's
-key holds the file's hash, its data fingerprint, that source, and each query image's bytes and name.
+network's resize layer whatever its size. The search goes through the features file's cached index
+of the searched splits (cache/indexes/): exact up to 100,000 rows, approximate (an inverted file)
+above, its recall@10 against the exact search recorded in the JSON answer.
+Prints rank, similarity, split, row, class, source index and path; writes a PNG strip (query,
+then its neighbours) and the list as JSON to cache/looking/neighbors-<hash>.* (the same question
+again is up to date). Paths and pictures come from the source checked against the file's data
+fingerprint; the answer's key holds the file's hash, its data fingerprint, that source, each query
+image's bytes and name, and the index settings.
 """
 
 
@@ -98,7 +98,7 @@ def run_neighbors(s: NeighborsSettings, images=(), log=print) -> dict:
     images = [str(f) for f in images]
     _check_question(s, images)
     search = s.search.split(",")
-    fs = features_from_args(s)
+    fs = index_search.rows.features_on_disk(s)      # the rows stay on disk: the search reads them
     if images:
         # an image is its bytes, shown under the name it was given: both are the question
         question = {"images": [[hashlib.sha256(Path(f).read_bytes()).hexdigest(), f] for f in images]}
@@ -109,15 +109,15 @@ def run_neighbors(s: NeighborsSettings, images=(), log=print) -> dict:
         question = {"split": s.split, "row": s.row}
     source, note = rows.source_or_note(fs.attrs, s.data, s.cache_dir)
     out = layout.folder(s.cache_dir, layout.LOOKING_DIR) / identity.name(
-        {**identity.of_features(fs.attrs), "source": source and source.key, **question, "k": s.k, "search": search},
-        "neighbors")
+        {**identity.of_features(fs.attrs), "source": source and source.key, **question, "k": s.k, "search": search,
+         "index": index_search.SETTINGS}, "neighbors")
     json_path, png_path = out.with_suffix(".json"), out.with_suffix(".png")
 
     def done():       # a damaged answer is an error naming it, never "up to date"
         return json_path.is_file() and bool(records.read(json_path, records.NEIGHBORS))
 
     def answer():
-        result = search_neighbors(fs, s, images, search, source)
+        result = search_neighbors(fs, s, images, search, source, log)
         found_note = note or draw_strip(png_path, fs, result, source)
         if found_note:
             result["note"] = found_note
@@ -134,30 +134,36 @@ def run_neighbors(s: NeighborsSettings, images=(), log=print) -> dict:
 
 
 def search_neighbors(fs: store.RowSet, s: NeighborsSettings, images: list[str], search: list[str],
-                     source: rows.Source | None) -> dict:
-    """{"queries": [{..., "neighbors": [{rank, similarity, split, row, class, source_index, path}]}]}
-    (paths from the checked `source`; none when it is gone)."""
+                     source: rows.Source | None, log=print) -> dict:
+    """{"queries": [{..., "neighbors": [{rank, similarity, split, row, class, source_index, path}]}],
+    "search_index": the index used and its recall@10} (paths from the checked `source`; none when it is gone)."""
     names = fs.class_names
-    base = np.concatenate([fs.splits[s].features for s in search])
-    where = [(s, r) for s in search for r in range(len(fs.splits[s].labels))]
+    starts = np.cumsum([0] + [len(fs.splits[sp].labels) for sp in search])   # ids count rows across `search`
     if images:
         queries = embed_files(fs.attrs, [Path(f) for f in images], s.backbone, s.weights)
         described = [{"image": f} for f in images]
         exclude = None
     else:
         split = fs.splits[s.split]
-        queries = split.features[s.row:s.row + 1]
+        queries = index_search.FileRows(fs.path, index_search.parts([s.split])).take([s.row])
         described = [{"split": s.split, "row": s.row, "class": names[int(split.labels[s.row])],
                       "source_index": int(split.index[s.row])}]
-        own = where.index((s.split, s.row)) if s.split in search else -1
+        own = int(starts[search.index(s.split)]) + s.row if s.split in search else -1
         exclude = np.array([own])
-    if len(base) - (exclude is not None) < 1:
+    if starts[-1] - (exclude is not None) < 1:
         raise UserError(f"nothing to search: the {', '.join(search)} split(s) hold no other rows")
-    idx, sim = top_k(queries, base, s.k, exclude)
+    index, below = index_search.index_of_splits(s.cache_dir, fs.path, fs.attrs, search,
+                                                {sp: len(fs.splits[sp].labels) for sp in search}, log)
+    measured = index_search.recall(index, queries, exclude=exclude, below=below)     # None: exact
+    idx, sim = index_search.top_k(index, queries, s.k, exclude, below=below, nprobe=measured and measured["nprobe"])
+
+    def where(i):          # an id -> (split, row)
+        part = int(np.searchsorted(starts, i, side="right")) - 1
+        return search[part], int(i - starts[part])
     for q, found, sims in zip(described, idx, sim):
         q["neighbors"] = []
         for rank, (i, similarity) in enumerate(zip(found, sims), 1):
-            split_name, r = where[int(i)]
+            split_name, r = where(i)
             sp = fs.splits[split_name]
             q["neighbors"].append({"rank": rank, "similarity": round(float(similarity), 6), "split": split_name, "row": r,
                                    "class": names[int(sp.labels[r])], "source_index": int(sp.index[r])})
@@ -168,7 +174,8 @@ def search_neighbors(fs: store.RowSet, s: NeighborsSettings, images: list[str], 
             for n, p in zip(picked, rows.paths(fs.attrs, split_name, [n["source_index"] for n in picked],
                                                source.path)):
                 n["path"] = p
-    return {"features": str(Path(fs.path).absolute()), "search": search, "queries": described}
+    return {"features": str(Path(fs.path).absolute()), "search": search, "queries": described,
+            "search_index": index_search.summary(index, measured)}
 
 
 def print_result(result: dict, log=print):
