@@ -33,10 +33,10 @@ from pipeline.store.reader import (RowSet, RowSplit, check_settings, check_struc
                                    older_schema, open_store, read_rows)
 from pipeline.store.schema import (ACTIVATION_CACHE, CHECK_ROWS, CHUNK_ROWS, FEATURES_FILE, MIRRORED, SCHEMA_VERSION,
                                    SPLITS, Words, features_path, partial_path, words_for)
-from pipeline.store.windows import Rows, plan as window_plan, stored_bytes
+from pipeline.store.windows import Rows, plan as window_plan
 from pipeline.store.writer import RowWriter
 
 __all__ = ["ACTIVATION_CACHE", "CHECK_ROWS", "CHUNK_ROWS", "FEATURES_FILE", "MIRRORED", "SCHEMA_VERSION", "SPLITS",
            "RowSet", "RowSplit", "Rows",
            "RowWriter", "Words", "check_settings", "check_structure", "check_values", "features_path",
-           "is_complete", "older_schema", "open_store", "partial_path", "read_rows", "stored_bytes", "window_plan", "words_for"]
+           "is_complete", "older_schema", "open_store", "partial_path", "read_rows", "window_plan", "words_for"]

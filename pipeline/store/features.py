@@ -16,9 +16,7 @@ def load_features(path, splits=store.SPLITS, expect: dict | None = None,
     vector per image of the declared feature_width. `splits`: which to load into memory, or with
     `stream_above` (bytes) on a file whose rows take more: which to leave on disk as store.Rows,
     read a window at a time (the caller chooses the size; `head` passes heads.streamed_data's)."""
-    big = stream_above is not None and store.stored_bytes(path) > stream_above
-    fs = store.read_rows(path, expect=expect, splits=() if big else splits, words=store.FEATURES_FILE,
-                         stream=splits if big else ())
+    fs = store.read_rows(path, expect=expect, splits=splits, words=store.FEATURES_FILE, stream_above=stream_above)
     attrs, path = fs.attrs, fs.path
     row_shape = list(attrs.get("row_shape", [attrs.get("feature_width")]))
     if len(row_shape) != 1:

@@ -11,7 +11,7 @@ import numpy as np
 
 from pipeline.foundation.errors import UserError, first_line
 from pipeline.foundation import identity
-from pipeline.store.windows import Rows
+from pipeline.store.windows import Rows, stored_bytes
 from pipeline.store.schema import CHECK_ROWS, FEATURES_FILE, MIRRORED, SCHEMA_VERSION, SPLITS, Words, words_for
 
 
@@ -158,12 +158,13 @@ def check_values(split: str, labels: np.ndarray, rows, n_classes: int, path: Pat
 
 
 def read_rows(path, expect: dict | None = None, splits=SPLITS, words: Words = FEATURES_FILE,
-              values: bool = True, n_classes: int | None = None, stream=()) -> RowSet:
+              values: bool = True, n_classes: int | None = None, stream=(), stream_above: int | None = None) -> RowSet:
     """Open a complete file and check everything a reader relies on (schema, completeness, shapes,
     settings against their hash, labels, finite rows: the splits not loaded are checked chunk by
     chunk; values=False skips the labels and rows of splits not loaded); load `splits` into memory.
     `stream`: splits whose rows stay on disk, read a window at a time (store.Rows), with their
-    labels and index in memory.
+    labels and index in memory. `stream_above` (bytes): when the file's rows take more, the `splits`
+    asked for are streamed instead of loaded (decided on the file already open: one open per read).
     `expect`: attributes it must have been made with; `n_classes`: the number of classes when the
     file does not name them itself (stage three's activation caches)."""
     path = Path(path)
@@ -173,6 +174,8 @@ def read_rows(path, expect: dict | None = None, splits=SPLITS, words: Words = FE
             if attrs.get(key) != wanted:
                 raise UserError(f"{path} was made with {key}={attrs.get(key)!r}, not {wanted!r}; {words.fix}")
         check_settings(attrs, path, words)
+        if stream_above is not None and stored_bytes(f) > stream_above:
+            splits, stream = (), splits
         if n_classes is None:
             n_classes = len(attrs.get("class_names") or [])
             if n_classes < 2:
