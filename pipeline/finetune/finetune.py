@@ -39,12 +39,14 @@ HELP = """Stage three: fine-tune the upper backbone blocks, starting from the tr
 One Keras model: uint8 images -> resize and preprocessing -> the backbone of the features file
 (rebuilt exactly: same network, weights and input size) -> the stage-two dense head with its
 trained weights. Everything from --unfreeze-from on trains (default: the top two blocks, as
-`python -m pipeline backbones` lists them; for a backbone file, its last resolution's blocks);
+`python -m pipeline backbones` lists them; for a backbone file, the fewest top blocks holding 85
+percent of its weights);
 BatchNorm stays in inference mode throughout, so moving statistics never change.
 
 The recipe (defaults, meant to work untuned): AdamW, one epoch of linear warm-up (but at least
 300 steps, at most half the run) then cosine decay to zero, label smoothing, weight decay, the backbone's layers at a fraction of the head's rate,
-early stopping on validation accuracy with the best epoch's weights restored.
+early stopping on validation accuracy with the best epoch's weights restored. The final evaluation
+and the exported model average each image's and its mirror image's probabilities (--test-views).
 
 Modes:
   cached      (default on a CPU) the frozen part below the cut is a fixed function of the image:
