@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.backbones.table import (BACKBONES, FILE_POLICY, FinetunePolicy, block_names,  # noqa: E402
                                       default_unfreeze)
 from pipeline.finetune import surgery  # noqa: E402
+from pipeline.finetune.recipe import training_model  # noqa: E402
 
 STEPS, BATCH = 10, 64
 
@@ -54,13 +55,10 @@ def seconds_per_step(model, policy, block: str) -> float:
     width = int(model.output.shape[-1])
     head = keras.Sequential([keras.Input((width,)), keras.layers.Dense(1024, activation="relu"),
                              keras.layers.Dropout(0.5), keras.layers.Dense(10, activation="softmax")])
-    parts = surgery.split(model, head, block, policy)
-    upper = surgery.with_precision(parts.upper, "float32")
-    cut = keras.Input(tuple(parts.lower.output.shape[1:]))
-    trained = keras.Model(cut, parts.head(upper(cut, training=False)))
+    trained, _ = training_model(surgery.split(model, head, block, policy), "cached", "float32")
     trained.compile(optimizer=keras.optimizers.AdamW(1e-4), loss="sparse_categorical_crossentropy")
     rng = np.random.default_rng(0)
-    x = rng.random((BATCH * STEPS, *cut.shape[1:]), dtype=np.float32)
+    x = rng.random((BATCH * STEPS, *trained.input.shape[1:]), dtype=np.float32)
     y = rng.integers(0, 10, BATCH * STEPS)
     trained.fit(x[:BATCH * 2], y[:BATCH * 2], batch_size=BATCH, epochs=1, verbose=0)      # traces
     timed = []

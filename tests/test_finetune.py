@@ -326,6 +326,22 @@ def test_a_second_identical_finetune_is_refused(tiny_backbone_features, tiny_tun
     assert "--resume" in capsys.readouterr().err          # Ctrl-C names the flag that continues
 
 
+def test_a_damaged_field_in_a_finished_runs_record_is_one_error_not_up_to_date(tiny_backbone_features, tiny_tuned,
+                                                                             tmp_path, capsys):
+    argv = ["finetune", "--features", str(tiny_backbone_features), "--start-from", str(tiny_tuned[1]), "--mode",
+            "cached", "--epochs", "1", "--batch-size", "8", "--lr", str(LR), "--precision", "float32",
+            "--cache-dir", str(tmp_path)]
+    assert main(argv) == 0
+    record = next((tmp_path / "finetune").glob("*/run.json"))
+    run = json.loads(record.read_text())
+    run["as_is_view"]["test_accuracy"] = "high"
+    record.write_text(json.dumps(run))
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "as_is_view.test_accuracy" in err[0], err
+
+
 @pytest.mark.slow
 def test_a_corrupt_checkpoint_or_a_nan_activation_is_one_error(tiny_inception_features, head, tuned, tmp_path,
                                                                 capsys):

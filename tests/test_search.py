@@ -202,17 +202,6 @@ def test_audit_records_the_index_and_its_recall(planted, tmp_path, capsys, monke
     assert planted_pairs(planted[2]) <= found       # the planted copies, still found through the lists
 
 
-def test_nearest_for_other_callers(tmp_path):
-    path = synthetic_features(tmp_path, width=16)
-    from pipeline.store import read_rows
-    fs = read_rows(path)
-    q = fs.splits["test"].features[:20]
-    sims, ids, measured = search.nearest(path, ["train", "val"], q, 4, tmp_path, log=lambda *_: None)
-    base = np.concatenate([fs.splits["train"].features, fs.splits["val"].features])
-    np.testing.assert_array_equal(ids, brute(q, base, 4)[0])
-    assert measured is None
-
-
 def test_knn_head_searches_the_cached_index_of_its_features_file(tmp_path, capsys):
     import shutil
     from pipeline.heads import kinds, training

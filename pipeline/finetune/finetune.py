@@ -26,7 +26,7 @@ from pipeline.finetune.inputs import find_head, head_run, load_head, split_sizes
 from pipeline.finetune.recipe import (announce, auto_epochs, compile_model, fit, train_precision, training_model,
                                       warmup_steps)
 from pipeline.finetune.settings import FinetuneSettings
-from pipeline.foundation import identity, layout, settings
+from pipeline.foundation import identity, layout, records, settings
 from pipeline.foundation.errors import UserError, warn
 from pipeline.foundation.outputs import atomic_file, produce, write_json_atomic
 from pipeline.heads import evaluation   # evaluation.write_report, looked up when called (tests patch it)
@@ -141,8 +141,9 @@ def run_finetune(s: FinetuneSettings, log=print) -> Path:
                / identity.name(recorded, features_path.stem, mode, unfreeze))
     model_path = run_dir / layout.MODEL
 
-    def done():
-        return model_path.is_file() and (run_dir / layout.RUN_JSON).is_file()
+    def done():       # a damaged record is an error naming it, never "up to date" (as compare and export)
+        record = run_dir / layout.RUN_JSON
+        return model_path.is_file() and record.is_file() and bool(records.read(record, records.RUN))
 
     def train():
         started = time.perf_counter()

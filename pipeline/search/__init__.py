@@ -8,10 +8,7 @@ rows in chunks and nothing else of the project) and below sources, heads and loo
   cache    built once per features file, searched parts, transform and settings, in CACHE/indexes/
   query    top_k, pairs_above and recall (recall@10 against the exact search on a seeded sample
            of queries, recorded with every answer that used the approximate index)
-  rows     rows from a features file a chunk at a time, or from arrays; the cosine transform
-
-`nearest` is the small entry for any other caller: (similarities, ids) of the k nearest rows of
-some splits of a features file to query rows."""
+  rows     rows from a features file a chunk at a time, or from arrays; the cosine transform"""
 from __future__ import annotations
 
 from pipeline.search.cache import cached_index
@@ -21,7 +18,7 @@ from pipeline.search.query import pairs_above, recall, top_k
 from pipeline.search.rows import ArrayRows, FileRows, Transform, unit_rows
 
 __all__ = ["EXACT_ROWS", "SETTINGS", "SHARED", "ArrayRows", "FileRows", "Index", "Transform", "build", "cached_index",
-           "index_of_splits", "nearest", "pairs_above", "parts", "recall", "set_threads", "summary", "top_k", "unit_rows"]
+           "index_of_splits", "pairs_above", "parts", "recall", "set_threads", "summary", "top_k", "unit_rows"]
 
 
 def parts(splits, views: int = 1) -> list[tuple[str, str]]:
@@ -45,22 +42,6 @@ def index_of_splits(cache_dir, path, attrs: dict, splits, sizes: dict, log=print
     index = cached_index(cache_dir, path, attrs, parts(indexed), log=log)
     below = sum(sizes[s] for s in splits)
     return index, (None if below == index.rows else below)
-
-
-def nearest(features, splits, queries, k: int, cache_dir, exclude=None, log=print):
-    """(similarities, ids), each (len(queries), k), most similar first: the k rows of `splits` of the
-    features file `features` with the highest cosine similarity to each query row, through the cached
-    index; ids count rows across `splits` in the order given. Also returns the recall@10 measured
-    against the exact search (None when the index is exact)."""
-    import h5py
-    from pipeline.store import read_rows
-    attrs = read_rows(features, splits=(), values=False).attrs
-    with h5py.File(features, "r") as f:
-        sizes = {s: f[s]["labels"].shape[0] for s in splits}
-    index, below = index_of_splits(cache_dir, features, attrs, splits, sizes, log)
-    measured = recall(index, queries, exclude=exclude, below=below)
-    ids, sims = top_k(index, queries, k, exclude, below=below, nprobe=measured and measured["nprobe"])
-    return sims, ids, measured
 
 
 def summary(index: Index, measured: dict | None, folder=None) -> dict:
