@@ -22,7 +22,9 @@ resident size at fork into the child's ru_maxrss, so this process stays small: t
 a child of its own, and nothing large is imported here until the last command has run. The
 commands' cache folder is emptied first, so every command computes (nothing is up to date). For the searches, recall@10
 against exact search as the command records it in its own JSON output (`recall_at_10`; null when
-the command does not record one). Writes cache/bench/scale-<N>.json atomically; prints its path last.
+the command does not record one). Writes cache/bench/scale-<N>.json atomically (with --only, the other
+commands an earlier run measured on the same file are kept, each with the date, commit and load
+it was measured at); prints its path last.
 
 Not part of `make bench` (it runs for hours at 2,000,000 rows); docs/numbers.md holds its results.
 """
@@ -172,6 +174,20 @@ def made(rows: int, source: str | None) -> dict:
             "width": int(store.read_rows(path, splits=(), values=False).attrs["feature_width"])}
 
 
+def earlier_commands(final: Path, file: Path) -> dict:
+    """The commands an earlier run (--only) measured on the same file, kept beside this run's: each
+    carries its own date, commit and load ("measured")."""
+    try:
+        earlier = json.loads(final.read_text())
+    except (OSError, ValueError):
+        return {}
+    if earlier.get("file") != str(file):
+        return {}
+    env = earlier.get("environment", {})
+    when = {k: env.get(k) for k in ("date", "commit", "load_average")}
+    return {name: {"measured": when, **r} for name, r in earlier.get("commands", {}).items()}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, required=True, help="rows of the features file (all splits)")
@@ -212,7 +228,11 @@ def main(argv=None):
     from bench_features import environment          # heavy imports only now, after the last command
     from pipeline.foundation.outputs import write_json_atomic
     final = out / f"scale-{args.rows}.json"
-    write_json_atomic(final, {**result, "environment": environment()})
+    env = environment()
+    for r in result["commands"].values():
+        r["measured"] = {"date": env["date"], "commit": env["commit"], "load_average": env["load_average"]}
+    write_json_atomic(final, {**result, "commands": {**earlier_commands(final, path), **result["commands"]},
+                              "environment": env})
     print(final)
 
 

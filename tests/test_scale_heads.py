@@ -58,6 +58,12 @@ def test_an_epoch_holds_every_row_once_in_mixed_batches(features, monkeypatch):
     assert not np.array_equal(epochs[0][0][1], epochs[1][0][1])            # another order each epoch
     again = streamed_data.batches(train, 64, seed=3)
     assert np.array_equal(again[5][0], epochs[0][5][0])                    # a seeded function of the batch
+    # Keras's feed: each pass over it is the next epoch, the same batches as the plan's
+    feed = streamed_data.feed(train, 64, seed=3)
+    fed = [list(feed), list(feed)]
+    for passed, planned in zip(fed, epochs):
+        assert len(passed) == len(planned)
+        assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(passed, planned))
 
 
 def test_streamed_moments_and_excluded_rows(features):
@@ -140,3 +146,20 @@ def test_the_benchmark_reads_recall_from_a_searchs_own_json(tmp_path):
     (tmp_path / "looking").mkdir()
     (tmp_path / "looking" / "neighbors-x.json").write_text(json.dumps({"index": {"kind": "flat", "recall@10": 0.97}}))
     assert bench_scale.recall_of(tmp_path, 0) == 0.97
+
+
+def test_the_knn_head_on_a_streamed_file_is_the_in_memory_one(features, tmp_path):
+    """The knn head never needs a streamed train split in memory (it searches the file's cached
+    index), and gives the in-memory run's predictions, whole or with rows excluded (in memory)."""
+    s = {"k": 5}
+    streamed_fs = load_features(features, stream_above=0)
+    streamed = run_head(streamed_fs, "knn", s, tmp_path / "s")
+    memory = run_head(load_features(features), "knn", s, tmp_path / "m")
+    assert streamed["metrics"]["test_accuracy"] == memory["metrics"]["test_accuracy"]
+    assert streamed_fs.splits["train"].features.largest_read == 0          # train came from the index
+    x = load_features(features).splits["test"].features
+    np.testing.assert_array_equal(streamed["model"].predict(x), memory["model"].predict(x))
+    cut = Exclusion(features, np.arange(0, 1000, 7), 0)
+    parts = [run_head(fs, "knn", s, tmp_path / name, exclude=cut)["model"].predict(x)
+             for name, fs in (("se", load_features(features, stream_above=0)), ("me", load_features(features)))]
+    np.testing.assert_array_equal(*parts)

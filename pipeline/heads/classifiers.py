@@ -73,20 +73,21 @@ def train_dense(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=Non
                             **({"streamed": True} if streamed_data.is_streamed(train) else {})}
 
 
-def fit_dense(fs: store.RowSet, s: dict, verbose=0, monitor: str = "val_loss"):
-    """Build and fit the dense model of settings `s` (early stopping on `monitor`, best weights
-    restored): on arrays in memory, or on a streamed file's batches (pipeline.heads.streamed_data).
-    Returns (model, Keras history)."""
+def fit_dense(fs: store.RowSet, s: dict, verbose=0, monitor: str = "val_loss", min_delta: float = 0.0):
+    """Build and fit the dense model of settings `s` (early stopping on `monitor`, an epoch counting
+    as better when it lowers it by more than `min_delta`; best weights restored): on arrays in
+    memory, or on a streamed file's batches (pipeline.heads.streamed_data). Returns (model, Keras
+    history)."""
     import keras
     train, val = fs.splits["train"], fs.splits["val"]
     stopper = keras.callbacks.EarlyStopping(monitor=monitor, patience=s["patience"], restore_best_weights=True,
-                                            start_from_epoch=s["min_epochs"])
+                                            start_from_epoch=s["min_epochs"], min_delta=min_delta)
     compile_args = dict(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     if streamed_data.is_streamed(train):
         model = build_dense(train.features, len(fs.class_names), s, moments=streamed_data.moments(train))
         model.compile(optimizer=keras.optimizers.Adam(s["lr"]), **compile_args)
-        fit = model.fit(streamed_data.batches(train, s["batch_size"], s["seed"]), epochs=s["epochs"],
-                        validation_data=streamed_data.batches(val, streamed_data.PREDICT_ROWS, shuffle=False),
+        fit = model.fit(streamed_data.feed(train, s["batch_size"], s["seed"]), epochs=s["epochs"], shuffle=False,
+                        validation_data=streamed_data.feed(val, streamed_data.PREDICT_ROWS, shuffle=False),
                         callbacks=[stopper], verbose=verbose)
         return model, fit
     (x_tr, y_tr), validation = (views.training_rows(fs.splits[k]) for k in ("train", "val"))

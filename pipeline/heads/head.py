@@ -59,7 +59,7 @@ def run(args):
     s = settings.from_args(HeadSettings, args)
     kind_settings = settings_from_args(args, s.head)        # flag mistakes surface before any loading
     seeds.check(s.seeds, kind_settings.get("seed"))
-    # dense and logreg stream a file larger than STREAM_ABOVE_BYTES instead of loading it (streamed_data.py)
+    # dense, logreg and knn stream a file larger than STREAM_ABOVE_BYTES instead of loading it (streamed_data.py)
     fs = features_from_args(s, stream_above=STREAM_ABOVE_BYTES if s.head in STREAMED else None)
     if is_streamed(fs.splits["train"]):
         notice(f"streaming {fs.path.name}: its rows take more than {STREAM_ABOVE_BYTES / 2**30:g} GiB, so they are "

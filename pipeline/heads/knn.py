@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import search, store
-from pipeline.extract import views
 from pipeline.foundation import layout
 from pipeline.foundation.errors import UserError, notice
 from pipeline.search.rows import ArrayRows, standardizer
@@ -78,9 +77,10 @@ def train_knn(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=None)
                   "parts": search.parts(["train"], views_), "standardize": True}
         index = search.cached_index(**recipe, log=notice)
         val = search.FileRows(fs.path, search.parts(["val"]))
-    else:
-        recipe, rows = None, ArrayRows(views.training_rows(tr)[0])
-        index, val = search.build(rows, standardizer(rows), log=lambda *_: None), ArrayRows(fs.splits["val"].features)
+    else:       # a subset's index is built in memory: a streamed file's kept train rows are read into it
+        rows = ArrayRows(np.concatenate([v[0:len(v)] for v in tr.views]))
+        recipe, index = None, search.build(rows, standardizer(rows), log=lambda *_: None)
+        val = ArrayRows(fs.splits["val"].features[0:len(fs.splits["val"].features)])
     found = search.recall(index, val)              # the nprobe its queries need; None: exact
     import joblib
     model = IndexKnn(index, y, len(fs.class_names), s["k"], s["weighting"], recipe, found and found["nprobe"])

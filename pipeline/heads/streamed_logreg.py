@@ -18,6 +18,7 @@ from pipeline.heads import autosize, streamed_data
 
 LR = 1e-3            # the dense head's default Adam learning rate
 MAX_EPOCHS = 100     # the dense head's default --epochs; max_iter (lbfgs iterations) caps it too
+MIN_DELTA = 1e-3     # an epoch lowering the objective less than this (nats a row) is not progress
 
 
 def settings(s: dict, train_rows: int) -> dict:
@@ -56,7 +57,7 @@ def train(fs, s: dict, fit_dense, verbose=0):
     import keras
     keras.utils.set_random_seed(0)
     dense = settings(s, streamed_data.n_rows(fs.splits["train"]))
-    model, fit = fit_dense(fs, dense, verbose, monitor="loss")
+    model, fit = fit_dense(fs, dense, verbose, monitor="loss", min_delta=MIN_DELTA)
     epochs = len(fit.history["loss"])
     pipeline = as_pipeline(model, s, len(fs.class_names))
     pipeline[-1].n_iter_ = np.array([epochs])
