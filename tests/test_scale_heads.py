@@ -163,3 +163,18 @@ def test_the_knn_head_on_a_streamed_file_is_the_in_memory_one(features, tmp_path
     parts = [run_head(fs, "knn", s, tmp_path / name, exclude=cut)["model"].predict(x)
              for name, fs in (("se", load_features(features, stream_above=0)), ("me", load_features(features)))]
     np.testing.assert_array_equal(*parts)
+
+
+def test_the_scale_benchmark_keeps_what_an_earlier_run_measured(tmp_path):
+    import json
+    import bench_scale
+    final, file = tmp_path / "scale-10.json", tmp_path / "scale-10-abc.h5"
+    env = {"date": "2026-12-07T18:22:46+00:00", "commit": "3d2e02e", "load_average": [1.7, 1.6, 2.2]}
+    final.write_text(json.dumps({"file": str(file), "environment": env,
+                                 "commands": {"audit": {"wall_seconds": 69.0}}}))
+    kept = bench_scale.earlier_commands(final, file)
+    assert kept == {"audit": {"wall_seconds": 69.0, "measured": env}}
+    assert bench_scale.earlier_commands(final, tmp_path / "another.h5") == {}     # another file: nothing kept
+    assert bench_scale.earlier_commands(tmp_path / "none.json", file) == {}
+    record = {"search_index": {"recall_at_10": 0.97, "build_recall": {"recall": 0.95, "k": 10}}}
+    assert bench_scale._find(record, "recall_at_10") == 0.97 and bench_scale._find(record, "build_recall") == 0.95

@@ -73,15 +73,14 @@ def train_dense(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=Non
                             **({"streamed": True} if streamed_data.is_streamed(train) else {})}
 
 
-def fit_dense(fs: store.RowSet, s: dict, verbose=0, monitor: str = "val_loss", min_delta: float = 0.0):
-    """Build and fit the dense model of settings `s` (early stopping on `monitor`, an epoch counting
-    as better when it lowers it by more than `min_delta`; best weights restored): on arrays in
-    memory, or on a streamed file's batches (pipeline.heads.streamed_data). Returns (model, Keras
-    history)."""
+def fit_dense(fs: store.RowSet, s: dict, verbose=0):
+    """Build and fit the dense model of settings `s` (early stopping on val loss, best weights
+    restored): on arrays in memory, or on a streamed file's batches (pipeline.heads.streamed_data).
+    Returns (model, Keras history)."""
     import keras
     train, val = fs.splits["train"], fs.splits["val"]
-    stopper = keras.callbacks.EarlyStopping(monitor=monitor, patience=s["patience"], restore_best_weights=True,
-                                            start_from_epoch=s["min_epochs"], min_delta=min_delta)
+    stopper = keras.callbacks.EarlyStopping(monitor="val_loss", patience=s["patience"], restore_best_weights=True,
+                                            start_from_epoch=s["min_epochs"])
     compile_args = dict(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     if streamed_data.is_streamed(train):
         model = build_dense(train.features, len(fs.class_names), s, moments=streamed_data.moments(train))

@@ -4,9 +4,13 @@ once. Streamed, the same softmax layer on standardized rows is fitted by the den
 (classifiers.fit_dense: hidden 0, Adam, batches from pipeline.heads.streamed_data) to the same
 objective: LogisticRegression minimizes ||W||^2 / 2 + C * sum(loss), which divided by C * N is the
 mean loss + ||W||^2 / (2 C N), Keras's L2(1 / (2 C N)) on the kernel (the intercept unpenalized,
-as scikit-learn's). Training stops when that objective (the training loss) stops falling and keeps
-the lowest epoch's weights. The result is written back into a fitted scikit-learn Pipeline (scaler
-statistics and coefficients), so `predict`, `export` and affine.py treat it as any logreg run.
+as scikit-learn's). Training stops as SGDClassifier(early_stopping=True) does at scale, when the
+held-out loss (val's) stops falling, and keeps the best epoch's weights (the dense head's rule and
+its auto patience): run to the training objective's minimum, a file of many near-copies of its
+rows let the weakened penalty 1 / (2 C N) fit them ever closer, epoch after epoch, while val got
+worse (docs/numbers.md, "Stage two at scale"). The result is written back into a fitted
+scikit-learn Pipeline (scaler statistics and coefficients), so `predict`, `export` and affine.py
+treat it as any logreg run.
 
 Why not SGDClassifier.partial_fit: its multi-class model is one-vs-rest, not the softmax that
 LogisticRegression and the shipped Dense(K, softmax) layer are (docs/numbers.md has both measured)."""
@@ -18,7 +22,6 @@ from pipeline.heads import autosize, streamed_data
 
 LR = 1e-3            # the dense head's default Adam learning rate
 MAX_EPOCHS = 100     # the dense head's default --epochs; max_iter (lbfgs iterations) caps it too
-MIN_DELTA = 1e-3     # an epoch lowering the objective less than this (nats a row) is not progress
 
 
 def settings(s: dict, train_rows: int) -> dict:
@@ -57,7 +60,7 @@ def train(fs, s: dict, fit_dense, verbose=0):
     import keras
     keras.utils.set_random_seed(0)
     dense = settings(s, streamed_data.n_rows(fs.splits["train"]))
-    model, fit = fit_dense(fs, dense, verbose, monitor="loss", min_delta=MIN_DELTA)
+    model, fit = fit_dense(fs, dense, verbose)
     epochs = len(fit.history["loss"])
     pipeline = as_pipeline(model, s, len(fs.class_names))
     pipeline[-1].n_iter_ = np.array([epochs])
