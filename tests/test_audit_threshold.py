@@ -9,6 +9,7 @@ import numpy as np
 
 from conftest import planted_pairs, run_cli, synthetic_features
 from pipeline.look.audit_summary import derived
+from pipeline.look.pair_table import read_pairs
 
 
 def test_the_derived_cut_is_a_robust_outlier_cut_of_nearest_neighbour_cosines():
@@ -52,13 +53,13 @@ def test_the_data_cut_finds_the_planted_copies_and_pairs_with_other_labels_are_c
     assert code == 0, err
     result = json.loads((Path(out[-1]) / "audit.json").read_text())
     assert result["threshold"] < 0.99
-    flagged = {(p["source_index"], p["other_source_index"]) for p in result["pairs"] if p["split"] == "test"}
+    flagged = {(p["source_index"], p["other_source_index"]) for p in read_pairs(out[-1]) if p["split"] == "test"}
     assert flagged == planted_pairs(fs)
     # a low threshold flags look-alikes of other classes too, and says how many
     code, out, err = run_cli(capsys, "audit", "--features", path, "--cache-dir", tmp_path, "--threshold", "0.6",
                              "--no-exact")
     result = json.loads((Path(out[-1]) / "audit.json").read_text())
-    disagree = {q: sum(p["class"] != p["other_class"] for p in result["pairs"] if p["split"] == q)
+    disagree = {q: sum(p["class"] != p["other_class"] for p in read_pairs(out[-1]) if p["split"] == q)
                 for q in ("test", "val")}
     assert disagree["test"] > 0
     assert (f"flagged pairs that carry different labels: test {disagree['test']:,} of "

@@ -14,6 +14,7 @@ from pipeline.heads import kinds, training
 from pipeline.heads import mistakes
 from pipeline import store
 from pipeline.cli import main
+from pipeline.look.pair_table import read_pairs
 
 
 def folder_file(root: Path, part: str, source_index: int) -> Path:
@@ -34,7 +35,7 @@ def assert_user_error(capsys, argv, message):
 def audit_json(capsys, path, cache, *extra):
     assert main(["audit", "--features", str(path), "--cache-dir", str(cache), *extra]) == 0
     out = capsys.readouterr().out.strip().splitlines()
-    return json.loads((Path(out[-1]) / "audit.json").read_text()), out
+    return {**json.loads((Path(out[-1]) / "audit.json").read_text()), "pairs": read_pairs(out[-1])}, out
 
 
 def test_audit_finds_every_planted_copy_and_nothing_else(planted, tmp_path, capsys):
@@ -58,6 +59,31 @@ def test_audit_finds_every_planted_copy_and_nothing_else(planted, tmp_path, caps
     # the same question again is up to date
     again, out2 = audit_json(capsys, path, tmp_path, "--threshold", "0.85")
     assert again == result and any(line.startswith("up to date") for line in out2)
+
+
+def test_the_pairs_are_columns_written_to_pairs_csv_not_audit_json(planted, tmp_path):
+    """A file of many near-copies flags a million pairs: they are held as columns and written to
+    pairs.csv a row at a time; audit.json keeps the counts and names the file."""
+    from pipeline.look import audit
+    from pipeline.look.pair_table import PairTable
+    path, _, fs = planted
+    s = audit.AuditSettings(features=str(path), threshold=0.6, no_exact=True, cache_dir=str(tmp_path))
+    folder = audit.run_audit(s, log=lambda *a: None)
+    answer = json.loads((folder / "audit.json").read_text())
+    assert "pairs" not in answer and answer["pairs_file"] == "pairs.csv"
+    pairs = read_pairs(folder)
+    assert len(pairs) == answer["summary"]["test"]["pairs"] + answer["summary"]["val"]["pairs"] > 20
+    # each direction most similar first, the test direction before val's
+    for split in ("test", "val"):
+        sims = [p["similarity"] for p in pairs if p["split"] == split]
+        assert sims == sorted(sims, reverse=True)
+    assert [p["split"] for p in pairs] == sorted((p["split"] for p in pairs), key=("test", "val").index)
+    first = pairs[0]
+    other = fs.splits[first["other_split"]]
+    assert (first["other_class"], first["other_source_index"]) == \
+        (fs.class_names[int(other.labels[first["other_row"]])], int(other.index[first["other_row"]]))
+    table = PairTable.of_direction(fs, "val", ("train",), [3, 1, 1], [7, 9, 2], [0.95, 0.97, 0.97], [False] * 3)
+    assert [(p["row"], p["other_row"]) for p in table] == [(1, 2), (1, 9), (3, 7)]     # ties by query row, then id
 
 
 def test_exact_copies_are_found_whatever_the_threshold(planted, tmp_path, capsys):

@@ -16,6 +16,7 @@ from pipeline.foundation.settings import SEED_MAX
 from pipeline.heads import kinds, training
 from pipeline import store
 from pipeline.sources.decode import read_image
+from pipeline.look.pair_table import read_pairs
 
 
 def folder_files(root: Path, part: str) -> list[Path]:
@@ -58,7 +59,7 @@ def test_audit_exact_check_on_mixed_sizes(mixed_features, tmp_path, capsys):
     path, root = mixed_features
     code, out, err = run_cli(capsys, "audit", "--features", path, "--threshold", "1", "--cache-dir", tmp_path)
     assert code == 0, err
-    result = last_json([str(Path(out[-1]) / "audit.json")])
+    result = {**last_json([str(Path(out[-1]) / "audit.json")]), "pairs": read_pairs(out[-1])}
     test, train = folder_files(root, "test"), folder_files(root, "train")
     assert [(test[p["source_index"]].name, train[p["other_source_index"]]) for p in result["pairs"]] == \
         [("zz-copy.png", root / "train" / "cat" / "0001.png")]
@@ -149,7 +150,7 @@ def test_without_the_source_neighbors_and_audit_answer_with_a_note(mixed_feature
     assert code == 0 and "no longer at" in result["note"] and not any("path" in n for n in result["queries"][0]["neighbors"])
     # audit's galleries can go without pictures too; its exact-copy check cannot
     code, out, _ = run_cli(capsys, "audit", "--features", gone, "--no-exact", "--cache-dir", tmp_path / "cache")
-    result = last_json([str(Path(out[-1]) / "audit.json")])
+    result = {**last_json([str(Path(out[-1]) / "audit.json")]), "pairs": read_pairs(out[-1])}
     assert code == 0 and "no longer at" in result["gallery"] and "no longer at" in result["borderline"]
     assert_one_error(*run_cli(capsys, "audit", "--features", gone, "--cache-dir", tmp_path / "cache")[::2],
                      "no longer at")

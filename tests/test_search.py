@@ -12,6 +12,7 @@ from conftest import planted_pairs, run_cli, synthetic_features  # noqa: F401
 from pipeline import search
 from pipeline.foundation import layout
 from pipeline.search import query
+from pipeline.look.pair_table import read_pairs
 
 FULL = Path("/work/cache-full/features/cifar10-jpg-efficientnet_lite0_imagenet-224-bfloat16-e4c8a59a4f00.h5")
 
@@ -198,7 +199,8 @@ def test_audit_records_the_index_and_its_recall(planted, tmp_path, capsys, monke
     for split in ("test", "val"):
         used = answer["search_index"][split]
         assert used["kind"] == "ivf" and used["recall"]["k"] == 10 and used["recall_at_10"] >= 0.95
-    found = {(p["source_index"], p["other_source_index"]) for p in answer["pairs"] if p["other_split"] == "train"}
+    found = {(p["source_index"], p["other_source_index"]) for p in read_pairs(Path(out[-1]))
+             if p["other_split"] == "train"}
     assert planted_pairs(planted[2]) <= found       # the planted copies, still found through the lists
 
 

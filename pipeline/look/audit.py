@@ -1,9 +1,7 @@
 """The `audit` command: near-duplicate and exact-copy pairs across splits, and a run's accuracy without them."""
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +15,7 @@ from pipeline.foundation.settings import Checked, Interval, setting
 from pipeline.foundation.gallery import save_grid
 from pipeline.heads.mistakes import find_report, read_predictions
 from pipeline.look import audit_summary, labels
+from pipeline.look.pair_table import PairTable
 from pipeline.look.audit_summary import (DIRECTIONS, accuracy_text, accuracy_without, nearest_cosines,
                                          print_summary, query_rows, searched_index, summarize)
 from pipeline.sources import rows
@@ -25,8 +24,6 @@ from pipeline.store.features import features_from_args
 
 SHOW = 24              # pairs drawn in pairs.png and borderline.png
 MAX_PAIRS = 1_000_000  # more than this means the threshold is far too low to mean "duplicate"
-PAIR_FIELDS = ("split", "row", "source_index", "class", "other_split", "other_row", "other_source_index",
-               "other_class", "similarity", "exact")
 
 
 def pixel_digests(attrs: dict, split: str, index, data_path=None) -> list[str]:
@@ -34,40 +31,44 @@ def pixel_digests(attrs: dict, split: str, index, data_path=None) -> list[str]:
 
 
 def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None, cache_dir, log=print
-               ) -> tuple[list[dict], dict, dict]:
+               ) -> tuple[PairTable, dict, dict]:
     """(every (query split row, searched split row) pair with cosine >= threshold or identical
     pixels (`digests`: split -> per-row pixel hashes; None skips the exact check), {query split:
     each image's nearest-neighbour cosine}, {query split: the index searched and its recall@10})."""
-    out, nearest, used, names = [], {}, {}, fs.class_names
+    tables, nearest, used = [], {}, {}
     for query, searched in DIRECTIONS:
-        q = fs.splits[query]
         starts = np.cumsum([0] + [len(fs.splits[s].labels) for s in searched])    # ids count rows across `searched`
         (index, below), queries = searched_index(fs, searched, cache_dir, log), query_rows(fs, query)
-        base, found = search.FileRows(fs.path, search.parts(searched)), {}
         used[query] = search.summary(index, search.recall(index, queries, below=below))   # its nprobe, recall@10
         *hits, nearest[query] = search.pairs_above(index, queries, threshold, MAX_PAIRS, below=below,
                                                    nprobe=used[query]["nprobe"])
-        for qi, bi, sim in zip(*hits):
-            found[(int(qi), int(bi))] = float(sim)
+        qi, bi, sim = hits
+        exact = np.zeros(len(qi), bool)
         if digests is not None:
-            at = {}           # digest -> its rows in `searched`, numbered as the index numbers them
-            for part, s in enumerate(searched):
-                for r, d in enumerate(digests[s]):
-                    at.setdefault(d, []).append(int(starts[part]) + r)
-            for qi, d in enumerate(digests[query]):
-                for bi in at.get(d, ()):
-                    if (qi, bi) not in found:    # a copy whose features drifted below the threshold
-                        found[(qi, bi)] = float(search.unit_rows(queries.take([qi]))[0] @ search.unit_rows(base.take([bi]))[0])
-        for (qi, bi), sim in sorted(found.items(), key=lambda kv: (-kv[1], kv[0])):
-            part = int(np.searchsorted(starts, bi, side="right")) - 1
-            s, r = searched[part], int(bi - starts[part])
-            other = fs.splits[s]
-            out.append({"split": query, "row": qi, "source_index": int(q.index[qi]),
-                        "class": names[int(q.labels[qi])], "other_split": s, "other_row": r,
-                        "other_source_index": int(other.index[r]), "other_class": names[int(other.labels[r])],
-                        "similarity": round(sim, 6),
-                        "exact": bool(digests is not None and digests[query][qi] == digests[s][r])})
-    return out, nearest, used
+            qi, bi, sim, exact = _with_exact_copies(fs, query, searched, starts, digests, queries, qi, bi, sim)
+        tables.append(PairTable.of_direction(fs, query, searched, qi, bi, sim, exact))
+    return PairTable.joined(fs.class_names, tables), nearest, used
+
+
+def _with_exact_copies(fs, query, searched, starts, digests, queries, qi, bi, sim):
+    """The pairs found plus every pair of identical pixels (a copy whose features drifted below the
+    threshold), and which pairs are identical."""
+    found = dict(zip(zip(qi.tolist(), bi.tolist()), sim.tolist()))
+    base, at = search.FileRows(fs.path, search.parts(searched)), {}    # digest -> its ids in `searched`
+    for part, s in enumerate(searched):
+        for r, d in enumerate(digests[s]):
+            at.setdefault(d, []).append(int(starts[part]) + r)
+    for q, d in enumerate(digests[query]):
+        for b in at.get(d, ()):
+            if (q, b) not in found:
+                found[(q, b)] = float(search.unit_rows(queries.take([q]))[0] @ search.unit_rows(base.take([b]))[0])
+    keys = list(found)
+    qi = np.array([k[0] for k in keys], np.int64)
+    bi = np.array([k[1] for k in keys], np.int64)
+    sim = np.array([found[k] for k in keys], np.float64)
+    part = np.searchsorted(starts, bi, side="right") - 1
+    exact = np.array([digests[query][q] == digests[searched[p]][b - starts[p]] for q, b, p in zip(qi, bi, part)], bool)
+    return qi, bi, sim, exact
 
 
 def run_predictions(run_dir: Path, fs: store.RowSet, cache_dir) -> tuple[Path, list[dict]]:
@@ -211,26 +212,22 @@ def audit(fs: store.RowSet, threshold: float | str, exact: bool, source: rows.So
     own["would_flag"] = audit_summary.flagged_at(nearest, own["threshold"])
     result = {"features": str(Path(fs.path).absolute()), "threshold": threshold, "threshold_given": given,
               "exact_check": exact, "summary": summarize(fs, pairs, threshold), "data_threshold": own,
-              "test_duplicate_source_index": sorted({p["source_index"] for p in pairs if p["split"] == "test"}),
-              "search_index": used, "pairs": pairs}
+              "test_duplicate_source_index": sorted(set(pairs.of_split("test").columns["source_index"].tolist())),
+              "search_index": used, "pairs_file": layout.PAIRS_CSV}
     with outputs.atomic_dir(out) as tmp:       # under the lock outputs.produce holds
-        by_similarity = sorted(pairs, key=lambda p: -p["similarity"])
+        by_similarity = pairs.by_similarity()
         if source is None:
             result["gallery"] = result["borderline"] = note
         else:
-            result["gallery"] = draw_pairs(tmp / layout.PAIRS_PNG, fs, by_similarity[:SHOW], source.path,
+            result["gallery"] = draw_pairs(tmp / layout.PAIRS_PNG, fs, pairs.take(by_similarity[:SHOW]), source.path,
                                            "most similar pairs")
-            result["borderline"] = draw_pairs(tmp / layout.BORDERLINE_PNG, fs, by_similarity[-SHOW:], source.path,
-                                              f"least similar pairs still >= {threshold}")
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=list(PAIR_FIELDS), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(pairs)
-        (tmp / layout.PAIRS_CSV).write_text(buf.getvalue())
+            result["borderline"] = draw_pairs(tmp / layout.BORDERLINE_PNG, fs, pairs.take(by_similarity[-SHOW:]),
+                                              source.path, f"least similar pairs still >= {threshold}")
+        pairs.write_csv(tmp / layout.PAIRS_CSV)
         (tmp / layout.AUDIT_JSON).write_text(json.dumps(result, indent=2))
         if also:
             also(tmp)
-    return result
+    return {**result, "pairs": pairs}
 
 
 def draw_pairs(path: Path, fs: store.RowSet, shown: list[dict], data_path, what: str) -> str:

@@ -84,21 +84,22 @@ def crowding_warning(summary: dict, threshold: float, suggestion: dict) -> str |
             f"(--threshold auto)")
 
 
-def summarize(fs: store.RowSet, pairs: list[dict], threshold: float) -> dict:
+def summarize(fs: store.RowSet, pairs, threshold: float) -> dict:
+    """Per query split: its rows, how many have a duplicate (and an exact copy), its pairs and how
+    many carry different labels, and how many images keep a match at each LADDER step above
+    `threshold`. `pairs`: the audit's PairTable."""
     out = {}
     for query, searched in DIRECTIONS:
-        mine = [p for p in pairs if p["split"] == query]
+        mine = pairs.of_split(query).columns
         n = len(fs.splits[query].labels)
-        dup = {p["row"] for p in mine}
-        best = {}
-        for p in mine:
-            best[p["row"]] = max(best.get(p["row"], -1.0), p["similarity"])
-        out[query] = {"rows": n, "with_duplicate": len(dup), "share": round(len(dup) / n, 5),
-                      "exact_copies": len({p["row"] for p in mine if p["exact"]}),
-                      "pairs": len(mine), "label_disagrees": sum(p["class"] != p["other_class"] for p in mine),
+        best = np.full(n, -np.inf)
+        np.maximum.at(best, mine["row"], mine["similarity"])
+        found = best > -np.inf
+        out[query] = {"rows": n, "with_duplicate": int(found.sum()), "share": round(int(found.sum()) / n, 5),
+                      "exact_copies": len(np.unique(mine["row"][mine["exact"]])),
+                      "pairs": len(mine["row"]), "label_disagrees": int((mine["class"] != mine["other_class"]).sum()),
                       "searched": list(searched),
-                      "with_duplicate_at": {str(t): sum(b >= t for b in best.values())
-                                            for t in LADDER if t > threshold}}
+                      "with_duplicate_at": {str(t): int((best[found] >= t).sum()) for t in LADDER if t > threshold}}
     return out
 
 
