@@ -11,7 +11,6 @@ in `neighbors` and `audit`: a source that is gone or changed gives a note instea
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -36,20 +35,32 @@ def most_confused(confusion, class_names, n: int = CONFUSED) -> list[dict]:
     return [{"true": class_names[i], "predicted": class_names[j], "count": c} for c, i, j in cells[:n]]
 
 
-def prediction_rows(split: str, index, y_true, y_prob, class_names, paths) -> list[dict]:
+def prediction_rows(split: str, index, y_true, y_prob, class_names, paths, rows=None):
+    """predictions.csv's rows of a split, one dict at a time (a split of 500,000 images held as
+    dicts took ~1 KB each); `rows`: only these positions."""
     prob = np.asarray(y_prob)
-    top = np.argsort(-prob, axis=1, kind="stable")[:, :TOP]
-    out = []
-    for r, (src, t, p, best) in enumerate(zip(index, y_true, prob, top)):
-        row = {"split": split, "row": r, "source_index": int(src), "path": paths[r] or "",
-               "true": class_names[int(t)], "predicted": class_names[int(best[0])],
-               "probability": f"{p[best[0]]:.6f}", "true_probability": f"{p[int(t)]:.6f}",
+    rows = np.arange(len(prob)) if rows is None else np.asarray(rows, np.int64)
+    top = np.argsort(-prob[rows], axis=1, kind="stable")[:, :TOP]
+    for r, best in zip(rows.tolist(), top):
+        src, t, p = index[r], int(y_true[r]), prob[r]
+        row = {"split": split, "row": int(r), "source_index": int(src), "path": paths[r] or "",
+               "true": class_names[t], "predicted": class_names[int(best[0])],
+               "probability": f"{p[best[0]]:.6f}", "true_probability": f"{p[t]:.6f}",
                "correct": int(best[0] == t)}
         for k in range(1, len(best)):
             row[f"top{k + 1}"] = class_names[int(best[k])]
             row[f"top{k + 1}_probability"] = f"{p[best[k]]:.6f}"
-        out.append(row)
-    return out
+        yield row
+
+
+def most_confident_mistakes(y_true, y_prob, n: int = MISTAKES) -> np.ndarray:
+    """Rows of the n wrong predictions with the highest predicted probability (as predictions.csv
+    writes it, to 6 places), ties by row."""
+    prob = np.asarray(y_prob)
+    predicted = prob.argmax(axis=1)                   # the first of equal maxima, as the stable sort's
+    wrong = np.flatnonzero(predicted != np.asarray(y_true))
+    shown = np.array([float(f"{v:.6f}") for v in prob[wrong, predicted[wrong]]])
+    return wrong[np.lexsort((wrong, -shown))][:n] if len(wrong) else wrong
 
 
 def find_report(arg, cache_dir) -> Path | None:
@@ -93,28 +104,29 @@ def write_run_views(out_dir: Path, fs: store.RowSet, y_true: dict, y_prob: dict,
         source, note = rows.source_or_note(fs.attrs, None, cache_dir)
     except (UserError, OSError) as exc:      # changed since stage one: the run is still a result
         source, note = None, rows.unreadable(exc)
-    table, notes = [], {}
-    for split in y_true:
-        index = fs.splits[split].index
-        split_paths = [None] * len(index)
-        if source is None:
-            notes[split] = note
-        else:
-            try:
-                split_paths = rows.paths(fs.attrs, split, index, source.path)
-            except (UserError, OSError) as exc:
-                notes[split] = rows.unreadable(exc)
-        table += prediction_rows(split, index, y_true[split], y_prob[split], class_names, split_paths)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(table[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(table)
-    (out_dir / layout.PREDICTIONS).write_text(buf.getvalue())   # the folder itself appears atomically
+    notes, paths = {}, {}
+    with open(out_dir / layout.PREDICTIONS, "w", newline="", encoding="utf-8") as f:   # the folder appears atomically
+        writer = None
+        for split in y_true:
+            index = fs.splits[split].index
+            paths[split] = [None] * len(index)
+            if source is None:
+                notes[split] = note
+            else:
+                try:
+                    paths[split] = rows.paths(fs.attrs, split, index, source.path)
+                except (UserError, OSError) as exc:
+                    notes[split] = rows.unreadable(exc)
+            for row in prediction_rows(split, index, y_true[split], y_prob[split], class_names, paths[split]):
+                if writer is None:
+                    writer = csv.DictWriter(f, fieldnames=list(row), lineterminator="\n")
+                    writer.writeheader()
+                writer.writerow(row)
 
     gallery_split = "test" if "test" in y_true else next(iter(y_true))
-    wrong = [r for r in table if r["split"] == gallery_split and not r["correct"]]
-    wrong.sort(key=lambda r: (-float(r["probability"]), r["row"]))
-    wrong = wrong[:MISTAKES]
+    shown = most_confident_mistakes(y_true[gallery_split], y_prob[gallery_split])
+    wrong = list(prediction_rows(gallery_split, fs.splits[gallery_split].index, y_true[gallery_split],
+                                 y_prob[gallery_split], class_names, paths[gallery_split], rows=shown))
     extra["mistakes"] = {"split": gallery_split, "shown": len(wrong),
                          "source_index": [r["source_index"] for r in wrong]}
     if wrong and source is None:
