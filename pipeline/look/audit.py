@@ -212,7 +212,8 @@ def audit(fs: store.RowSet, threshold: float | str, exact: bool, source: rows.So
     own["would_flag"] = audit_summary.flagged_at(nearest, own["threshold"])
     result = {"features": str(Path(fs.path).absolute()), "threshold": threshold, "threshold_given": given,
               "exact_check": exact, "summary": summarize(fs, pairs, threshold), "data_threshold": own,
-              "test_duplicate_source_index": sorted(set(pairs.of_split("test").columns["source_index"].tolist())),
+              "test_duplicate_source_index": np.unique(pairs.columns["source_index"][
+                  pairs.columns["split"] == store.SPLITS.index("test")]).tolist(),
               "search_index": used, "pairs_file": layout.PAIRS_CSV}
     with outputs.atomic_dir(out) as tmp:       # under the lock outputs.produce holds
         by_similarity = pairs.by_similarity()

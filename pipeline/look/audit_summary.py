@@ -89,15 +89,16 @@ def summarize(fs: store.RowSet, pairs, threshold: float) -> dict:
     many carry different labels, and how many images keep a match at each LADDER step above
     `threshold`. `pairs`: the audit's PairTable."""
     out = {}
+    c = pairs.columns
     for query, searched in DIRECTIONS:
-        mine = pairs.of_split(query).columns
+        mine = c["split"] == store.SPLITS.index(query)
         n = len(fs.splits[query].labels)
         best = np.full(n, -np.inf)
-        np.maximum.at(best, mine["row"], mine["similarity"])
+        np.maximum.at(best, c["row"][mine], c["similarity"][mine])
         found = best > -np.inf
         out[query] = {"rows": n, "with_duplicate": int(found.sum()), "share": round(int(found.sum()) / n, 5),
-                      "exact_copies": len(np.unique(mine["row"][mine["exact"]])),
-                      "pairs": len(mine["row"]), "label_disagrees": int((mine["class"] != mine["other_class"]).sum()),
+                      "exact_copies": len(np.unique(c["row"][mine & c["exact"]])), "pairs": int(mine.sum()),
+                      "label_disagrees": int((mine & (c["class"] != c["other_class"])).sum()),
                       "searched": list(searched),
                       "with_duplicate_at": {str(t): int((best[found] >= t).sum()) for t in LADDER if t > threshold}}
     return out

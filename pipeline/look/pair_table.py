@@ -1,6 +1,6 @@
 """The pairs an audit flags, held as columns (one numpy array a field) rather than a dict a pair: a
 features file with many near-copies can flag a million pairs, and a Python dict a pair costs about
-1 KB of memory where a row of these columns costs under 60 bytes. Written to pairs.csv a row at a
+1 KB of memory where a row of these columns costs 31 bytes. Written to pairs.csv a row at a
 time (audit.json holds the counts, not the pairs); `read_pairs` gives them back, typed."""
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ FIELDS = ("split", "row", "source_index", "class", "other_split", "other_row", "
           "other_class", "similarity", "exact")
 _INTS = ("row", "source_index", "other_row", "other_source_index")
 _CODED = {"split": "splits", "other_split": "splits", "class": "classes", "other_class": "classes"}
+# 31 bytes a pair: rows and source indices fit int32 (a features file's split holds fewer than 2**31 rows)
+DTYPES = {"split": np.int8, "row": np.int32, "source_index": np.int32, "class": np.int16, "other_split": np.int8,
+          "other_row": np.int32, "other_source_index": np.int32, "other_class": np.int16, "similarity": np.float64,
+          "exact": bool}
 
 
 class PairTable:
@@ -25,15 +29,13 @@ class PairTable:
 
     def __init__(self, class_names, columns: dict | None = None):
         self.names = {"splits": tuple(store.SPLITS), "classes": tuple(class_names)}
-        empty = {f: np.zeros(0, np.float64 if f == "similarity" else bool if f == "exact" else np.int64)
-                 for f in FIELDS}
-        self.columns = {**empty, **(columns or {})}
+        self.columns = {f: np.asarray((columns or {}).get(f, ()), DTYPES[f]) for f in FIELDS}
 
     @classmethod
     def of_direction(cls, fs: store.RowSet, query: str, searched, qi, bi, sim, exact) -> "PairTable":
         """The pairs (query row qi, searched id bi) of one direction, ids counting rows across the
         `searched` splits in order, sorted most similar first, then by (query row, id)."""
-        qi, bi = np.asarray(qi, np.int64), np.asarray(bi, np.int64)
+        qi, bi = np.asarray(qi), np.asarray(bi)
         sim, exact = np.asarray(sim, np.float64), np.asarray(exact, bool)
         order = np.lexsort((bi, qi, -sim))
         qi, bi, sim, exact = qi[order], bi[order], sim[order], exact[order]
@@ -52,7 +54,7 @@ class PairTable:
             "source_index": np.asarray(q.index, np.int64)[qi], "class": np.asarray(q.labels, np.int64)[qi],
             "other_split": np.array([codes[s] for s in searched], np.int64)[part], "other_row": other_row,
             "other_source_index": other_index, "other_class": other_class,
-            "similarity": np.array([round(float(v), 6) for v in sim], np.float64), "exact": exact})
+            "similarity": np.round(sim, 6), "exact": exact})
 
     @classmethod
     def joined(cls, class_names, tables: list["PairTable"]) -> "PairTable":
@@ -71,12 +73,6 @@ class PairTable:
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
-
-    def where(self, mask) -> "PairTable":
-        return PairTable(self.names["classes"], {f: c[mask] for f, c in self.columns.items()})
-
-    def of_split(self, split: str) -> "PairTable":
-        return self.where(self.columns["split"] == store.SPLITS.index(split))
 
     def by_similarity(self) -> np.ndarray:
         """Positions, most similar first (ties in table order)."""
