@@ -14,7 +14,6 @@ from pathlib import Path
 from pipeline import store
 from pipeline.extract import views
 from pipeline.foundation import layout
-from pipeline.foundation.errors import UserError
 from pipeline.heads import autosize, streamed_data
 
 
