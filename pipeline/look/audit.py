@@ -37,7 +37,6 @@ def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None, cache_d
     each image's nearest-neighbour cosine}, {query split: the index searched and its recall@10})."""
     tables, nearest, used = [], {}, {}
     for query, searched in DIRECTIONS:
-        starts = np.cumsum([0] + [len(fs.splits[s].labels) for s in searched])    # ids count rows across `searched`
         (index, below), queries = searched_index(fs, searched, cache_dir, log), query_rows(fs, query)
         used[query] = search.summary(index, search.recall(index, queries, below=below))   # its nprobe, recall@10
         *hits, nearest[query] = search.pairs_above(index, queries, threshold, MAX_PAIRS, below=below,
@@ -45,30 +44,26 @@ def find_pairs(fs: store.RowSet, threshold: float, digests: dict | None, cache_d
         qi, bi, sim = hits
         exact = np.zeros(len(qi), bool)
         if digests is not None:
-            qi, bi, sim, exact = _with_exact_copies(fs, query, searched, starts, digests, queries, qi, bi, sim)
+            qi, bi, sim, exact = _with_exact_copies(fs, query, searched, digests, queries, qi, bi, sim)
         tables.append(PairTable.of_direction(fs, query, searched, qi, bi, sim, exact))
     return PairTable.joined(fs.class_names, tables), nearest, used
 
 
-def _with_exact_copies(fs, query, searched, starts, digests, queries, qi, bi, sim):
+def _with_exact_copies(fs, query, searched, digests, queries, qi, bi, sim):
     """The pairs found plus every pair of identical pixels (a copy whose features drifted below the
-    threshold), and which pairs are identical."""
+    threshold), and which pairs are identical. Ids count rows across the `searched` splits in order."""
+    searched_digests = [d for s in searched for d in digests[s]]       # numbered as the index numbers its rows
     found = dict(zip(zip(qi.tolist(), bi.tolist()), sim.tolist()))
-    base, at = search.FileRows(fs.path, search.parts(searched)), {}    # digest -> its ids in `searched`
-    for part, s in enumerate(searched):
-        for r, d in enumerate(digests[s]):
-            at.setdefault(d, []).append(int(starts[part]) + r)
+    base, at = search.FileRows(fs.path, search.parts(searched)), {}    # digest -> its ids
+    for b, d in enumerate(searched_digests):
+        at.setdefault(d, []).append(b)
     for q, d in enumerate(digests[query]):
         for b in at.get(d, ()):
             if (q, b) not in found:
                 found[(q, b)] = float(search.unit_rows(queries.take([q]))[0] @ search.unit_rows(base.take([b]))[0])
-    keys = list(found)
-    qi = np.array([k[0] for k in keys], np.int64)
-    bi = np.array([k[1] for k in keys], np.int64)
-    sim = np.array([found[k] for k in keys], np.float64)
-    part = np.searchsorted(starts, bi, side="right") - 1
-    exact = np.array([digests[query][q] == digests[searched[p]][b - starts[p]] for q, b, p in zip(qi, bi, part)], bool)
-    return qi, bi, sim, exact
+    qi, bi = (np.array([k[j] for k in found], np.int64) for j in (0, 1))
+    exact = np.array([digests[query][q] == searched_digests[b] for q, b in found], bool)
+    return qi, bi, np.array(list(found.values()), np.float64), exact
 
 
 def run_predictions(run_dir: Path, fs: store.RowSet, cache_dir) -> tuple[Path, list[dict]]:
