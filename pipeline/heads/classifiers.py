@@ -99,12 +99,11 @@ def fit_dense(fs: store.RowSet, s: dict, verbose=0):
 
 def train_logreg(fs: store.RowSet, s: dict, out_dir: Path, verbose=0, threads=None):
     """Returns (fitted Pipeline, None, whether lbfgs converged within max_iter and how many
-    iterations it took); saved as out_dir/model.joblib. A streamed file trains the same model by
-    the dense path's optimizer (pipeline.heads.streamed_logreg)."""
+    iterations it took); saved as out_dir/model.joblib. A streamed file trains the same model by the
+    same solver, a pass over the file per evaluation (pipeline.heads.streamed_logreg)."""
     if streamed_data.is_streamed(fs.splits["train"]):
         from pipeline.heads import streamed_logreg
-        _configure_tf(threads)
-        model, metrics = streamed_logreg.train(fs, s, fit_dense, verbose)
+        model, metrics = streamed_logreg.train(fs, s, verbose)
         _save_joblib(model, out_dir)
         return model, None, metrics
     from sklearn.exceptions import ConvergenceWarning
