@@ -69,6 +69,16 @@ def in_order(split, rows: int | None = None):
                 yield x.astype(np.float32, copy=False), split.labels[kept]
 
 
+def spread_sample(split, rows: int) -> np.ndarray:
+    """About `rows` training rows (all of them if the split has fewer), float32: whole windows of
+    WINDOW_ROWS at evenly spaced places of the split, so a file written class by class gives every
+    class its share. Deterministic: no seed."""
+    units = _units(split)
+    take = min(len(units), max(1, -(-rows // WINDOW_ROWS)))
+    picked = np.unique(np.linspace(0, len(units) - 1, take).round().astype(int))
+    return np.concatenate([_read(split, units[i])[0] for i in picked]).astype(np.float32, copy=False)
+
+
 def moments(split) -> tuple[np.ndarray, np.ndarray]:
     """(mean, population variance) per feature over every training row, float64, in one streaming
     pass (Chan et al.'s pairwise update, so a large split loses no precision)."""
