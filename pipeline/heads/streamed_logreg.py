@@ -5,17 +5,18 @@ Streamed, the standardized rows' objective is scikit-learn's own, written out he
     mean over rows of the multinomial log loss  +  ||W||^2 / (2 C N)       (intercepts unpenalized)
 
 (scikit-learn's C * sum(loss) + ||W||^2 / 2 divided by C * N; two classes are one row of W against a
-zero reference logit, scikit-learn's binomial model), minimized by the same
-scipy.optimize.minimize(method="L-BFGS-B") call with scikit-learn's options (maxiter = max_iter,
-gtol = 1e-4, maxls 50, ftol 64 eps). Each evaluation is a pass over the file, a block of rows at a
-time (float32 products, float64 sums), so memory holds a block and the coefficients, never the rows.
+zero reference logit, scikit-learn's binomial model), minimized from zero by the
+scipy.optimize.minimize(method="L-BFGS-B") scikit-learn calls, with its options (maxiter = max_iter,
+maxls 50, ftol 64 eps) and its stop (every gradient component under tol = 1e-4). Each evaluation is
+a pass over the file, a block of rows at a time (float32 products, float64 sums), so memory holds a
+block and the coefficients, never the rows.
 
 A pass costs a read of the file, so the solver works in whitened coordinates: W = V P with
 P = (S + RIDGE I)^(-1/2), S the standardized rows' second moment on a sample of SAMPLE_ROWS spread
 over the file. A change of variables moves no optimum; it only rounds the level sets lbfgs walks
 (the standardized features are correlated: S's eigenvalues span 0.04 to 48 on CIFAR-10), which
 took 173 -> 60 iterations on CIFAR-10, and 273 -> 79 at the C that mimics 2,000,000 of its rows.
-The stop is scikit-learn's, on W's gradient (max |gradient| under gtol), not on V's.
+The stop is tested on W's gradient, as scikit-learn's, not on V's.
 
 Adam on the softmax layer (the dense path), tried first, does not reach this optimum in a bounded
 number of epochs: stopped on val loss it scored 1.9 points above lbfgs on CIFAR-10, run to its
@@ -31,7 +32,7 @@ import numpy as np
 
 from pipeline.heads import streamed_data
 
-TOL = 1e-4                  # LogisticRegression's default tol: lbfgs's gtol
+TOL = 1e-4                  # LogisticRegression's default tol: its lbfgs's gtol
 SAMPLE_ROWS = 16_384        # rows for the preconditioner's S: 84 MB at width 1,280, 12.8 rows a feature
 RIDGE = 0.1                 # added to S's eigenvalues (0.04 to 48 on CIFAR-10): 0.01 and 0.1 did as well there
 
