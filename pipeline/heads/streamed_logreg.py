@@ -118,19 +118,21 @@ def minimize(objective: Objective, max_iter: int, precondition: np.ndarray | Non
         grad_w, grad_b = objective.unpack(gradient)
         return value, np.concatenate([(grad_w @ p).ravel(), grad_b])
 
+    def at_tolerance(v) -> bool:                        # scikit-learn's test, on W's gradient at v
+        return last["gradient"] <= TOL and np.array_equal(last["at"], v)
+
     def after_iteration(intermediate_result):          # scipy passes the iterate under this name
         after_iteration.count += 1
         if log:
             log(f"lbfgs iteration {after_iteration.count}: objective {intermediate_result.fun:.6g}, "
                 f"{objective.passes} passes")
-        if last["gradient"] <= TOL and np.array_equal(last["at"], intermediate_result.x):
-            raise StopIteration                         # scikit-learn's test, on W's gradient
+        if at_tolerance(intermediate_result.x):
+            raise StopIteration
     after_iteration.count = 0
     result = optimize.minimize(whitened, objective.start(), method="L-BFGS-B", jac=True, callback=after_iteration,
                                options={"maxiter": max_iter, "maxls": 50, "gtol": 0.0, "ftol": 64 * np.finfo(float).eps})
     w, b = objective.unpack(result.x)
-    converged = last["gradient"] <= TOL and np.array_equal(last["at"], result.x)
-    return np.concatenate([(w @ p).ravel(), b]), after_iteration.count, converged
+    return np.concatenate([(w @ p).ravel(), b]), after_iteration.count, at_tolerance(result.x)
 
 
 def as_pipeline(mean, variance, coef, intercept, s: dict, class_count: int):
